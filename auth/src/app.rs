@@ -1,0 +1,80 @@
+//! Builds the auth application: database, indexes, state, router, listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::FromRef;
+use common::server::{ReadinessCheck, Server, finish_router};
+use common::session::{CookiePolicy, SessionKeys};
+use mongodb::Database;
+use tokio_util::sync::CancellationToken;
+
+use crate::routes;
+use crate::settings::Settings;
+use crate::store::UserStore;
+
+/// What handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub users: UserStore,
+    pub keys: SessionKeys,
+    pub cookie: CookiePolicy,
+    pub token_ttl: Duration,
+    /// Verified against for unknown emails, so signin timing does not reveal which emails exist.
+    pub dummy_hash: Arc<String>,
+}
+
+impl FromRef<AppState> for SessionKeys {
+    fn from_ref(state: &AppState) -> Self {
+        state.keys.clone()
+    }
+}
+
+pub struct Application {
+    server: Server,
+    router: Router,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let db = common::store::connect(&settings.mongo, "auth").await?;
+        let users = UserStore::new(&db);
+        users
+            .ensure_indexes()
+            .await
+            .context("creating the users indexes")?;
+        let state = AppState {
+            users,
+            keys: SessionKeys::new(&settings.jwt.key),
+            cookie: CookiePolicy {
+                secure: settings.cookie_secure,
+                max_age: settings.token_ttl,
+            },
+            token_ttl: settings.token_ttl,
+            dummy_hash: Arc::new(crate::password::dummy_hash().await?),
+        };
+        let router = finish_router(routes::router().with_state(state), readiness(db));
+        let server = Server::bind(&settings.http)
+            .await
+            .with_context(|| format!("binding {}:{}", settings.http.host, settings.http.port))?;
+        Ok(Self { server, router })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        self.server.run(self.router, shutdown, Vec::new()).await
+    }
+}
+
+fn readiness(db: Database) -> ReadinessCheck {
+    Arc::new(move || {
+        let db = db.clone();
+        Box::pin(async move { vec![("database", common::store::ping(&db).await)] })
+    })
+}

@@ -1,0 +1,7 @@
+//! The auth service: `/api/users` (signup, signin, signout, currentuser).
+
+pub mod app;
+pub mod password;
+pub mod routes;
+pub mod settings;
+pub mod store;

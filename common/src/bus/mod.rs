@@ -1,0 +1,118 @@
+//! The event bus on NATS JetStream: one Limits-retention stream holding the six subjects, a
+//! publisher that waits for the broker's ack and sets `Nats-Msg-Id`, and durable pull listeners.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, message::PublishMessage, stream};
+use bytes::Bytes;
+
+use crate::events::{Event, Subject};
+use crate::settings::NatsSettings;
+
+mod listener;
+
+pub use listener::{Delivery, ListenerOptions, Outcome, listen};
+
+/// How long JetStream remembers message ids to drop duplicates.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long the broker has to confirm a publish.
+const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection to the bus. Cheap to clone.
+#[derive(Clone)]
+pub struct EventBus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: String,
+    prefix: String,
+}
+
+impl EventBus {
+    /// Connects and makes sure the stream exists (every service may create it; the config is the same).
+    pub async fn connect(settings: &NatsSettings, client_name: &str) -> anyhow::Result<Self> {
+        let client = async_nats::ConnectOptions::new()
+            .name(client_name)
+            .connection_timeout(Duration::from_secs(5))
+            .connect(settings.url.as_str())
+            .await
+            .with_context(|| format!("connecting to NATS at {}", settings.url))?;
+        let js = jetstream::new(client.clone());
+        let bus = Self {
+            client,
+            js,
+            stream: settings.stream.clone(),
+            prefix: settings.subject_prefix.clone(),
+        };
+        bus.ensure_stream().await?;
+        Ok(bus)
+    }
+
+    async fn ensure_stream(&self) -> anyhow::Result<()> {
+        let subjects = Subject::ALL.iter().map(|s| self.subject(*s)).collect();
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: self.stream.clone(),
+                subjects,
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                duplicate_window: DUPLICATE_WINDOW,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("creating JetStream stream {}", self.stream))?;
+        Ok(())
+    }
+
+    /// The NATS subject of an event subject (with the configured prefix).
+    pub fn subject(&self, subject: Subject) -> String {
+        format!("{}{}", self.prefix, subject.as_str())
+    }
+
+    pub fn stream_name(&self) -> &str {
+        &self.stream
+    }
+
+    pub(crate) fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Whether the connection to the server is up (for `/readyz`).
+    pub fn is_connected(&self) -> bool {
+        matches!(
+            self.client.connection_state(),
+            async_nats::connection::State::Connected
+        )
+    }
+
+    /// Publishes an event and waits until the broker has stored it.
+    pub async fn publish<E: Event>(&self, event: &E) -> anyhow::Result<()> {
+        let payload = serde_json::to_vec(event).context("serialising event")?;
+        self.publish_raw(E::SUBJECT, &event.message_id(), Bytes::from(payload))
+            .await
+    }
+
+    /// Publishes an already serialised event. A repeated `msg_id` inside the duplicate window is
+    /// stored once.
+    pub async fn publish_raw(
+        &self,
+        subject: Subject,
+        msg_id: &str,
+        payload: Bytes,
+    ) -> anyhow::Result<()> {
+        let ack = self
+            .js
+            .send_publish(
+                self.subject(subject),
+                PublishMessage::build().payload(payload).message_id(msg_id),
+            )
+            .await
+            .with_context(|| format!("publishing {subject} ({msg_id})"))?;
+        tokio::time::timeout(PUBLISH_ACK_TIMEOUT, ack)
+            .await
+            .with_context(|| format!("no ack from JetStream for {msg_id}"))?
+            .with_context(|| format!("JetStream refused {msg_id}"))?;
+        Ok(())
+    }
+}

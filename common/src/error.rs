@@ -1,0 +1,241 @@
+//! One error type for every HTTP handler, rendered as `{"errors":[{"message", "field"?}]}`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+/// One entry of the error envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorEntry {
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub field: Option<String>,
+}
+
+impl ErrorEntry {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn for_field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+}
+
+/// The JSON envelope every error response carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub errors: Vec<ErrorEntry>,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+pub const NOT_AUTHORIZED: &str = "Not authorized";
+pub const NOT_FOUND: &str = "Not Found";
+pub const SOMETHING_WENT_WRONG: &str = "Something went wrong";
+pub const DATABASE_UNAVAILABLE: &str = "Error connecting to database";
+pub const SERVICE_UNAVAILABLE: &str = "Service temporarily unavailable, please retry";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Request validation: one entry per failed rule, each with its field.
+    #[error("request validation failed")]
+    Validation(Vec<ErrorEntry>),
+    /// A business rule refused the request (400, one message, no field).
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("not authorized")]
+    NotAuthorized,
+    #[error("not found")]
+    NotFound,
+    /// The record changed under us more times than we are willing to retry.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("too many requests")]
+    TooManyRequests,
+    /// A third party (Stripe) failed; `message` is safe to show to the user.
+    #[error("{message}")]
+    Upstream { status: StatusCode, message: String },
+    /// The database cannot be reached: 503 so clients and load balancers retry.
+    #[error("database unavailable")]
+    DatabaseUnavailable(#[source] anyhow::Error),
+    /// The event bus cannot be reached.
+    #[error("event bus unavailable")]
+    BusUnavailable(#[source] anyhow::Error),
+    /// Anything else: logged with its cause chain, answered with a generic 500.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::BadRequest(message.into())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Validation(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NotAuthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Self::Upstream { status, .. } => *status,
+            Self::DatabaseUnavailable(_) | Self::BusUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        let errors = match self {
+            Self::Validation(entries) => entries.clone(),
+            Self::BadRequest(message)
+            | Self::Conflict(message)
+            | Self::UnsupportedMediaType(message) => vec![ErrorEntry::new(message.clone())],
+            Self::NotAuthorized => vec![ErrorEntry::new(NOT_AUTHORIZED)],
+            Self::NotFound => vec![ErrorEntry::new(NOT_FOUND)],
+            Self::PayloadTooLarge => vec![ErrorEntry::new("Request body is too large")],
+            Self::TooManyRequests => vec![ErrorEntry::new(
+                "Too many attempts, please wait a minute and try again",
+            )],
+            Self::Upstream { message, .. } => vec![ErrorEntry::new(message.clone())],
+            Self::DatabaseUnavailable(_) => vec![ErrorEntry::new(DATABASE_UNAVAILABLE)],
+            Self::BusUnavailable(_) => vec![ErrorEntry::new(SERVICE_UNAVAILABLE)],
+            Self::Internal(_) => vec![ErrorEntry::new(SOMETHING_WENT_WRONG)],
+        };
+        ErrorBody { errors }
+    }
+}
+
+impl From<mongodb::error::Error> for ApiError {
+    fn from(err: mongodb::error::Error) -> Self {
+        if crate::store::is_unavailable(&err) {
+            Self::DatabaseUnavailable(err.into())
+        } else {
+            Self::Internal(err.into())
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            Self::Internal(cause) => {
+                tracing::error!(error = %format!("{cause:#}"), "request failed unexpectedly");
+            }
+            Self::DatabaseUnavailable(cause) | Self::BusUnavailable(cause) => {
+                tracing::warn!(error = %format!("{cause:#}"), "dependency unavailable");
+            }
+            Self::Upstream { message, .. } => {
+                tracing::warn!(%status, %message, "upstream failure");
+            }
+            _ => {}
+        }
+        (status, Json(self.body())).into_response()
+    }
+}
+
+/// Router fallback: every unmatched path (and method) is a 404 in our shape.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn render(err: ApiError) -> (StatusCode, serde_json::Value) {
+        let response = err.into_response();
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, serde_json::from_slice(&bytes).expect("json"))
+    }
+
+    #[tokio::test]
+    async fn validation_errors_keep_their_order_and_fields() {
+        let (status, body) = render(ApiError::Validation(vec![
+            ErrorEntry::for_field("email", "Email must be valid."),
+            ErrorEntry::for_field("password", "Password must be between 5 and 20 characters."),
+        ]))
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body,
+            serde_json::json!({"errors": [
+                {"message": "Email must be valid.", "field": "email"},
+                {"message": "Password must be between 5 and 20 characters.", "field": "password"}
+            ]})
+        );
+    }
+
+    #[tokio::test]
+    async fn business_rule_errors_have_one_message_and_no_field() {
+        let (status, body) = render(ApiError::bad_request("Email in use")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body,
+            serde_json::json!({"errors": [{"message": "Email in use"}]})
+        );
+    }
+
+    #[tokio::test]
+    async fn not_authorized_and_not_found_use_the_spec_messages() {
+        assert_eq!(
+            render(ApiError::NotAuthorized).await,
+            (
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"errors": [{"message": "Not authorized"}]})
+            )
+        );
+        assert_eq!(
+            render(ApiError::NotFound).await,
+            (
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"errors": [{"message": "Not Found"}]})
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn internal_errors_never_leak_their_cause() {
+        let cause = anyhow::anyhow!("connection string mongodb://admin:secret@db");
+        let (status, body) = render(ApiError::Internal(cause)).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            body,
+            serde_json::json!({"errors": [{"message": "Something went wrong"}]})
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_is_a_503_with_the_spec_message() {
+        let (status, body) =
+            render(ApiError::DatabaseUnavailable(anyhow::anyhow!("timeout"))).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body,
+            serde_json::json!({"errors": [{"message": "Error connecting to database"}]})
+        );
+    }
+}

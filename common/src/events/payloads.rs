@@ -1,0 +1,255 @@
+//! One struct per subject. Field names follow the SPEC (camelCase JSON).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{Event, OrderStatus, Subject};
+use crate::money::Price;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TicketCreated {
+    pub id: String,
+    pub version: i64,
+    pub title: String,
+    pub price: Price,
+    pub user_id: String,
+}
+
+impl Event for TicketCreated {
+    const SUBJECT: Subject = Subject::TicketCreated;
+    fn message_id(&self) -> String {
+        format!("{}:{}:{}", Self::SUBJECT, self.id, self.version)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TicketUpdated {
+    pub id: String,
+    pub version: i64,
+    pub title: String,
+    pub price: Price,
+    pub user_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+}
+
+impl Event for TicketUpdated {
+    const SUBJECT: Subject = Subject::TicketUpdated;
+    fn message_id(&self) -> String {
+        format!("{}:{}:{}", Self::SUBJECT, self.id, self.version)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderCreatedTicket {
+    pub id: String,
+    pub price: Price,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderCreated {
+    pub id: String,
+    pub version: i64,
+    pub status: OrderStatus,
+    pub user_id: String,
+    #[serde(with = "crate::time::iso_millis")]
+    pub expires_at: DateTime<Utc>,
+    pub ticket: OrderCreatedTicket,
+}
+
+impl Event for OrderCreated {
+    const SUBJECT: Subject = Subject::OrderCreated;
+    fn message_id(&self) -> String {
+        format!("{}:{}:{}", Self::SUBJECT, self.id, self.version)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TicketRef {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderCancelled {
+    pub id: String,
+    pub version: i64,
+    pub ticket: TicketRef,
+}
+
+impl Event for OrderCancelled {
+    const SUBJECT: Subject = Subject::OrderCancelled;
+    fn message_id(&self) -> String {
+        format!("{}:{}:{}", Self::SUBJECT, self.id, self.version)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExpirationComplete {
+    pub order_id: String,
+}
+
+impl Event for ExpirationComplete {
+    const SUBJECT: Subject = Subject::ExpirationComplete;
+    /// An order expires once, so its id alone identifies the event.
+    fn message_id(&self) -> String {
+        format!("{}:{}", Self::SUBJECT, self.order_id)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentCreated {
+    pub id: String,
+    pub order_id: String,
+    pub stripe_id: String,
+}
+
+impl Event for PaymentCreated {
+    const SUBJECT: Subject = Subject::PaymentCreated;
+    /// An order is paid at most once.
+    fn message_id(&self) -> String {
+        format!("{}:{}", Self::SUBJECT, self.order_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn round_trip<E: Event + PartialEq + std::fmt::Debug>(event: &E, expected: serde_json::Value) {
+        let value = serde_json::to_value(event).unwrap_or_default();
+        assert_eq!(value, expected);
+        let back: Option<E> = serde_json::from_value(value).ok();
+        assert_eq!(back.as_ref(), Some(event));
+    }
+
+    #[test]
+    fn ticket_events_use_the_spec_field_names() {
+        round_trip(
+            &TicketCreated {
+                id: "t1".into(),
+                version: 0,
+                title: "Gig".into(),
+                price: Price::from_cents(2050),
+                user_id: "u1".into(),
+            },
+            json!({"id": "t1", "version": 0, "title": "Gig", "price": 20.5, "userId": "u1"}),
+        );
+        round_trip(
+            &TicketUpdated {
+                id: "t1".into(),
+                version: 2,
+                title: "Gig".into(),
+                price: Price::from_cents(2000),
+                user_id: "u1".into(),
+                order_id: Some("o1".into()),
+            },
+            json!({"id": "t1", "version": 2, "title": "Gig", "price": 20, "userId": "u1", "orderId": "o1"}),
+        );
+        round_trip(
+            &TicketUpdated {
+                id: "t1".into(),
+                version: 3,
+                title: "Gig".into(),
+                price: Price::from_cents(2000),
+                user_id: "u1".into(),
+                order_id: None,
+            },
+            json!({"id": "t1", "version": 3, "title": "Gig", "price": 20, "userId": "u1"}),
+        );
+    }
+
+    #[test]
+    fn order_events_use_the_spec_field_names() {
+        let expires_at = Utc
+            .timestamp_millis_opt(1_700_000_000_000)
+            .single()
+            .unwrap_or_default();
+        round_trip(
+            &OrderCreated {
+                id: "o1".into(),
+                version: 0,
+                status: OrderStatus::Created,
+                user_id: "u1".into(),
+                expires_at,
+                ticket: OrderCreatedTicket {
+                    id: "t1".into(),
+                    price: Price::from_cents(1000),
+                },
+            },
+            json!({"id": "o1", "version": 0, "status": "created", "userId": "u1",
+                   "expiresAt": "2023-11-14T22:13:20.000Z", "ticket": {"id": "t1", "price": 10}}),
+        );
+        round_trip(
+            &OrderCancelled {
+                id: "o1".into(),
+                version: 1,
+                ticket: TicketRef { id: "t1".into() },
+            },
+            json!({"id": "o1", "version": 1, "ticket": {"id": "t1"}}),
+        );
+        round_trip(
+            &ExpirationComplete {
+                order_id: "o1".into(),
+            },
+            json!({"orderId": "o1"}),
+        );
+        round_trip(
+            &PaymentCreated {
+                id: "p1".into(),
+                order_id: "o1".into(),
+                stripe_id: "ch_1".into(),
+            },
+            json!({"id": "p1", "orderId": "o1", "stripeId": "ch_1"}),
+        );
+    }
+
+    #[test]
+    fn order_statuses_are_spelled_as_in_the_original() {
+        let all = [
+            OrderStatus::Created,
+            OrderStatus::Cancelled,
+            OrderStatus::AwaitingPayment,
+            OrderStatus::Complete,
+        ];
+        let texts: Vec<String> = all
+            .iter()
+            .filter_map(|s| serde_json::to_value(s).ok())
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
+        assert_eq!(
+            texts,
+            ["created", "cancelled", "awaiting:payment", "complete"]
+        );
+        assert!(all.iter().all(|s| {
+            serde_json::to_value(s)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .as_deref()
+                == Some(s.as_str())
+        }));
+    }
+
+    #[test]
+    fn message_ids_are_stable_per_subject_record_and_version() {
+        let event = OrderCancelled {
+            id: "o1".into(),
+            version: 1,
+            ticket: TicketRef { id: "t1".into() },
+        };
+        assert_eq!(event.message_id(), "order:cancelled:o1:1");
+        assert_eq!(
+            ExpirationComplete {
+                order_id: "o1".into()
+            }
+            .message_id(),
+            "expiration:complete:o1"
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! Shared building blocks of the ticketing services. Nothing here knows about any particular service.
+
+pub mod bus;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod money;
+pub mod server;
+pub mod session;
+pub mod settings;
+pub mod store;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod time;

@@ -1,0 +1,220 @@
+//! Typed settings read from the environment. Every variable name appears here (or in a service's own
+//! `settings.rs`) as a literal in `require`, `optional` or `or`, so the name is easy to find.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SettingsError {
+    #[error("missing required environment variable {0}")]
+    Missing(&'static str),
+    #[error("environment variable {name} has an invalid value: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// A snapshot of the environment (the process's, or a map in tests).
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: HashMap<String, String>,
+}
+
+impl Env {
+    pub fn from_process() -> Self {
+        Self {
+            vars: std::env::vars().collect(),
+        }
+    }
+
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    /// A variable that must be present and not blank.
+    pub fn require(&self, name: &'static str) -> Result<String, SettingsError> {
+        self.optional(name).ok_or(SettingsError::Missing(name))
+    }
+
+    /// A variable that may be absent; blank counts as absent.
+    pub fn optional(&self, name: &'static str) -> Option<String> {
+        self.vars
+            .get(name)
+            .map(|value| value.trim().to_owned())
+            .filter(|value| !value.is_empty())
+    }
+
+    /// A variable with a default.
+    pub fn or(&self, name: &'static str, default: &str) -> String {
+        self.optional(name).unwrap_or_else(|| default.to_owned())
+    }
+
+    /// A variable parsed into `T`, with a default when absent.
+    pub fn parse_or<T>(&self, name: &'static str, default: T) -> Result<T, SettingsError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        match self.optional(name) {
+            None => Ok(default),
+            Some(text) => text.parse().map_err(|err: T::Err| SettingsError::Invalid {
+                name,
+                reason: format!("{text:?}: {err}"),
+            }),
+        }
+    }
+
+    /// A boolean flag: `true/false`, `1/0`, `yes/no`.
+    pub fn flag_or(&self, name: &'static str, default: bool) -> Result<bool, SettingsError> {
+        match self.optional(name).map(|v| v.to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) if matches!(v.as_str(), "true" | "1" | "yes") => Ok(true),
+            Some(v) if matches!(v.as_str(), "false" | "0" | "no") => Ok(false),
+            Some(v) => Err(SettingsError::Invalid {
+                name,
+                reason: format!("{v:?} is not a boolean (true/false)"),
+            }),
+        }
+    }
+}
+
+/// Where the HTTP server listens.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub host: IpAddr,
+    pub port: u16,
+}
+
+impl HttpSettings {
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        Ok(Self {
+            host: env.parse_or("HOST", IpAddr::from([0, 0, 0, 0]))?,
+            port: env.parse_or("PORT", 3000)?,
+        })
+    }
+
+    /// Loopback on a random free port: what tests use.
+    pub fn ephemeral() -> Self {
+        Self {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 0,
+        }
+    }
+}
+
+/// The service's own MongoDB database.
+#[derive(Debug, Clone)]
+pub struct MongoSettings {
+    /// May embed credentials, hence secret.
+    pub url: SecretString,
+    pub database: String,
+}
+
+impl MongoSettings {
+    pub fn from_env(env: &Env, default_database: &str) -> Result<Self, SettingsError> {
+        Ok(Self {
+            url: SecretString::from(env.require("MONGO_URL")?),
+            database: env.or("MONGO_DB", default_database),
+        })
+    }
+}
+
+/// The NATS JetStream event bus. Subject prefix and stream name let tests run in isolation.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    pub url: String,
+    pub stream: String,
+    pub subject_prefix: String,
+}
+
+impl NatsSettings {
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        Ok(Self {
+            url: env.require("NATS_URL")?,
+            stream: env.or("NATS_STREAM", "ticketing"),
+            subject_prefix: env.optional("NATS_SUBJECT_PREFIX").unwrap_or_default(),
+        })
+    }
+}
+
+/// The key every backend uses to verify session tokens.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    pub key: SecretString,
+}
+
+impl JwtSettings {
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        Ok(Self {
+            key: SecretString::from(env.require("JWT_KEY")?),
+        })
+    }
+}
+
+/// Seconds from an environment variable, e.g. `EXPIRATION_WINDOW_SECONDS`.
+pub fn seconds_or(env: &Env, name: &'static str, default: u64) -> Result<Duration, SettingsError> {
+    env.parse_or(name, default).map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_required_variable_is_named_in_the_error() {
+        let env = Env::from_pairs([("MONGO_URL", "mongodb://x")]);
+        assert_eq!(
+            JwtSettings::from_env(&env).err().map(|e| e.to_string()),
+            Some("missing required environment variable JWT_KEY".into())
+        );
+    }
+
+    #[test]
+    fn a_blank_required_variable_counts_as_missing() {
+        let env = Env::from_pairs([("JWT_KEY", "  ")]);
+        assert_eq!(
+            env.require("JWT_KEY"),
+            Err(SettingsError::Missing("JWT_KEY"))
+        );
+    }
+
+    #[test]
+    fn defaults_apply_when_optional_variables_are_absent() -> Result<(), SettingsError> {
+        let env = Env::from_pairs([("MONGO_URL", "mongodb://x"), ("NATS_URL", "nats://y")]);
+        let http = HttpSettings::from_env(&env)?;
+        assert_eq!(http.port, 3000);
+        assert_eq!(MongoSettings::from_env(&env, "auth")?.database, "auth");
+        let nats = NatsSettings::from_env(&env)?;
+        assert_eq!(
+            (nats.stream.as_str(), nats.subject_prefix.as_str()),
+            ("ticketing", "")
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn an_unparseable_value_is_rejected_with_its_name() {
+        let env = Env::from_pairs([("PORT", "eighty")]);
+        let err = HttpSettings::from_env(&env)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("PORT"), "{err}");
+        assert_eq!(
+            Env::from_pairs([("COOKIE_SECURE", "maybe")]).flag_or("COOKIE_SECURE", false),
+            Err(SettingsError::Invalid {
+                name: "COOKIE_SECURE",
+                reason: "\"maybe\" is not a boolean (true/false)".into()
+            })
+        );
+    }
+}

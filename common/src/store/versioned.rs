@@ -1,0 +1,433 @@
+//! Records whose every version is claimed by an insert, with the events of each change stored in the
+//! same write (patterns 3 and 4 of `shared/CONSISTENCY.md`).
+//!
+//! A change to a record at version `v` is first written as a *change document* with
+//! `_id = "<record id>:<v+1>"`, holding the full new state and the events to publish. Only one
+//! writer can insert that id, so versions cannot fork even where conditional updates are not atomic
+//! (FerretDB). The record itself is then brought to the new state. Anyone who finds a change newer
+//! than the record applies it (read repair), and a relay publishes change events left unpublished,
+//! so a crash between any two steps loses nothing.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use mongodb::bson::{self, Bson, Document, doc};
+use mongodb::options::IndexOptions;
+use mongodb::{Collection, Database, IndexModel};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::is_duplicate_key;
+use crate::bus::EventBus;
+use crate::error::ApiError;
+use crate::events::{Event, Subject};
+
+/// How many times a read-decide-commit cycle is retried when another writer wins the version.
+const MAX_COMMIT_ATTEMPTS: usize = 20;
+
+/// A document kept by [`VersionedStore`].
+pub trait VersionedRecord:
+    Serialize + DeserializeOwned + Clone + Send + Sync + Unpin + 'static
+{
+    /// The stored `_id` value.
+    fn key(&self) -> Bson;
+    /// The `_id` as text (change ids are `<id>:<version>`).
+    fn record_id(&self) -> String;
+    fn version(&self) -> i64;
+}
+
+/// An event waiting in a change document to be published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingEvent {
+    pub subject: String,
+    pub msg_id: String,
+    pub payload: String,
+}
+
+impl PendingEvent {
+    pub fn of<E: Event>(event: &E) -> Result<Self, StoreError> {
+        Ok(Self {
+            subject: E::SUBJECT.as_str().to_owned(),
+            msg_id: event.message_id(),
+            payload: serde_json::to_string(event).map_err(|e| StoreError::Other(e.into()))?,
+        })
+    }
+}
+
+/// What a read-decide-commit step wants.
+pub enum Decision<T> {
+    /// Nothing to change.
+    Unchanged,
+    /// Write `next` (whose version must be the current one + 1) and publish `events`.
+    Commit { next: T, events: Vec<PendingEvent> },
+}
+
+/// A change written to the database whose events still need publishing.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    change_id: String,
+    events: Vec<PendingEvent>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer claimed the version first.
+    #[error("version already taken by a concurrent writer")]
+    Conflict,
+    /// A unique key of the record is taken (e.g. a ticket's reservation).
+    #[error("a unique key of the record is already taken")]
+    Duplicate,
+    #[error("record not found")]
+    NotFound,
+    #[error(transparent)]
+    Db(#[from] mongodb::error::Error),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict => {
+                ApiError::Conflict("The record was changed concurrently, please retry".into())
+            }
+            StoreError::Duplicate => ApiError::bad_request("Already exists"),
+            StoreError::NotFound => ApiError::NotFound,
+            StoreError::Db(e) => e.into(),
+            StoreError::Other(e) => ApiError::Internal(e),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ChangeDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    record_id: String,
+    record_key: Bson,
+    version: i64,
+    state: Document,
+    events: Vec<PendingEvent>,
+    published: bool,
+    at: bson::DateTime,
+}
+
+/// A collection of versioned records plus its `<name>_changes` collection.
+pub struct VersionedStore<T: Send + Sync> {
+    records: Collection<T>,
+    raw_records: Collection<Document>,
+    changes: Collection<ChangeDoc>,
+    _record: PhantomData<T>,
+}
+
+impl<T: Send + Sync> Clone for VersionedStore<T> {
+    fn clone(&self) -> Self {
+        Self {
+            records: self.records.clone(),
+            raw_records: self.raw_records.clone(),
+            changes: self.changes.clone(),
+            _record: PhantomData,
+        }
+    }
+}
+
+fn change_id(record_id: &str, version: i64) -> String {
+    format!("{record_id}:{version}")
+}
+
+impl<T: VersionedRecord> VersionedStore<T> {
+    pub fn new(db: &Database, collection: &str) -> Self {
+        Self {
+            records: db.collection(collection),
+            raw_records: db.collection(collection),
+            changes: db.collection(&format!("{collection}_changes")),
+            _record: PhantomData,
+        }
+    }
+
+    /// The records collection, for queries (listing, lookups by other fields).
+    pub fn records(&self) -> &Collection<T> {
+        &self.records
+    }
+
+    /// Index the relay's query of unpublished changes.
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        self.changes
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "published": 1, "at": 1 })
+                    .options(IndexOptions::builder().name("pending".to_owned()).build())
+                    .build(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn change_doc(&self, record: &T, events: Vec<PendingEvent>) -> Result<ChangeDoc, StoreError> {
+        Ok(ChangeDoc {
+            id: change_id(&record.record_id(), record.version()),
+            record_id: record.record_id(),
+            record_key: record.key(),
+            version: record.version(),
+            state: bson::to_document(record)
+                .context("serialising record")
+                .map_err(StoreError::Other)?,
+            events,
+            published: false,
+            at: bson::DateTime::now(),
+        })
+    }
+
+    /// Inserts a new record (version 0) with its events. A unique index of the record that is
+    /// already taken gives [`StoreError::Duplicate`] and leaves nothing behind.
+    pub async fn create(
+        &self,
+        record: &T,
+        events: Vec<PendingEvent>,
+    ) -> Result<Committed, StoreError> {
+        let change = self.change_doc(record, events)?;
+        self.changes.insert_one(&change).await.map_err(|e| {
+            if is_duplicate_key(&e) {
+                StoreError::Duplicate
+            } else {
+                StoreError::Db(e)
+            }
+        })?;
+        match self.records.insert_one(record).await {
+            Ok(_) => Ok(Committed {
+                change_id: change.id,
+                events: change.events,
+            }),
+            Err(e) if is_duplicate_key(&e) => {
+                // Either the relay already materialised our record (fine) or a unique key of the
+                // record belongs to someone else: then our change must vanish unpublished.
+                if self
+                    .records
+                    .find_one(doc! { "_id": record.key() })
+                    .await?
+                    .is_some()
+                {
+                    return Ok(Committed {
+                        change_id: change.id,
+                        events: change.events,
+                    });
+                }
+                self.changes.delete_one(doc! { "_id": &change.id }).await?;
+                Err(StoreError::Duplicate)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Loads a record, first applying any change newer than the stored version.
+    pub async fn get(&self, key: Bson) -> Result<Option<T>, StoreError> {
+        let Some(mut record) = self.records.find_one(doc! { "_id": key }).await? else {
+            return Ok(None);
+        };
+        loop {
+            let next = change_id(&record.record_id(), record.version() + 1);
+            let Some(change) = self.changes.find_one(doc! { "_id": next }).await? else {
+                return Ok(Some(record));
+            };
+            record = self.apply(&record, &change).await?;
+        }
+    }
+
+    /// Writes a change's state over the record if the record is still at the previous version.
+    async fn apply(&self, current: &T, change: &ChangeDoc) -> Result<T, StoreError> {
+        self.raw_records
+            .replace_one(
+                doc! { "_id": current.key(), "version": current.version() },
+                change.state.clone(),
+            )
+            .await?;
+        bson::from_document(change.state.clone())
+            .context("reading a stored change")
+            .map_err(StoreError::Other)
+    }
+
+    /// Claims version `current + 1` for `next` and writes it. [`StoreError::Conflict`] if another
+    /// writer claimed that version first.
+    pub async fn commit(
+        &self,
+        current: &T,
+        next: &T,
+        events: Vec<PendingEvent>,
+    ) -> Result<Committed, StoreError> {
+        if next.version() != current.version() + 1 || next.record_id() != current.record_id() {
+            return Err(StoreError::Other(anyhow::anyhow!(
+                "a change must move {} from version {} to {}, not {}",
+                current.record_id(),
+                current.version(),
+                current.version() + 1,
+                next.version()
+            )));
+        }
+        let change = self.change_doc(next, events)?;
+        match self.changes.insert_one(&change).await {
+            Ok(_) => {}
+            Err(e) if is_duplicate_key(&e) => return Err(StoreError::Conflict),
+            Err(e) => return Err(e.into()),
+        }
+        self.apply(current, &change).await?;
+        Ok(Committed {
+            change_id: change.id,
+            events: change.events,
+        })
+    }
+
+    /// Read, decide, commit; retried when a concurrent writer takes the version. Returns the record
+    /// as it ends up and the committed change, if any. `decide` sees the latest state each time.
+    pub async fn modify<E, F>(&self, key: Bson, mut decide: F) -> Result<(T, Option<Committed>), E>
+    where
+        E: From<StoreError>,
+        F: FnMut(&T) -> Result<Decision<T>, E>,
+    {
+        for _ in 0..MAX_COMMIT_ATTEMPTS {
+            let current = self.get(key.clone()).await?.ok_or(StoreError::NotFound)?;
+            match decide(&current)? {
+                Decision::Unchanged => return Ok((current, None)),
+                Decision::Commit { next, events } => {
+                    match self.commit(&current, &next, events).await {
+                        Ok(committed) => return Ok((next, Some(committed))),
+                        Err(StoreError::Conflict) => continue,
+                        Err(other) => return Err(other.into()),
+                    }
+                }
+            }
+        }
+        Err(StoreError::Conflict.into())
+    }
+
+    /// Publishes a change's events and marks it published. A failure is logged and left to the relay:
+    /// the change is already durable, so the caller's request still succeeded.
+    pub async fn publish(&self, bus: &EventBus, committed: &Committed) {
+        if let Err(err) = self
+            .try_publish(bus, &committed.change_id, &committed.events)
+            .await
+        {
+            tracing::warn!(change = %committed.change_id, error = %format!("{err:#}"),
+                "publishing failed; the outbox relay will retry");
+        }
+    }
+
+    async fn try_publish(
+        &self,
+        bus: &EventBus,
+        change_id: &str,
+        events: &[PendingEvent],
+    ) -> anyhow::Result<()> {
+        for event in events {
+            let subject = Subject::parse(&event.subject).with_context(|| {
+                format!("unknown subject {} in change {change_id}", event.subject)
+            })?;
+            bus.publish_raw(
+                subject,
+                &event.msg_id,
+                Bytes::from(event.payload.clone().into_bytes()),
+            )
+            .await?;
+        }
+        self.changes
+            .update_one(
+                doc! { "_id": change_id },
+                doc! { "$set": { "published": true } },
+            )
+            .await
+            .context("marking a change published")?;
+        Ok(())
+    }
+
+    /// One pass of the outbox relay: every change older than `min_age` that is still unpublished is
+    /// applied to its record if needed, then published. Returns how many were published.
+    pub async fn relay_once(&self, bus: &EventBus, min_age: Duration) -> Result<usize, StoreError> {
+        let cutoff_ms = bson::DateTime::now().timestamp_millis()
+            - i64::try_from(min_age.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = bson::DateTime::from_millis(cutoff_ms);
+        let pending: Vec<ChangeDoc> = self
+            .changes
+            .find(doc! { "published": false, "at": { "$lte": cutoff } })
+            .sort(doc! { "at": 1 })
+            .limit(500)
+            .await?
+            .try_collect()
+            .await?;
+        let mut published = 0;
+        for change in pending {
+            if !self.materialise(&change).await? {
+                continue;
+            }
+            match self.try_publish(bus, &change.id, &change.events).await {
+                Ok(()) => published += 1,
+                Err(err) => {
+                    tracing::warn!(change = %change.id, error = %format!("{err:#}"), "relay could not publish");
+                    break;
+                }
+            }
+        }
+        Ok(published)
+    }
+
+    /// Makes sure the record reflects `change`. `false` if the change lost its claim and was dropped.
+    async fn materialise(&self, change: &ChangeDoc) -> Result<bool, StoreError> {
+        if change.version == 0 {
+            if self
+                .raw_records
+                .find_one(doc! { "_id": change.record_key.clone() })
+                .await?
+                .is_some()
+            {
+                return Ok(true);
+            }
+            return match self.raw_records.insert_one(change.state.clone()).await {
+                Ok(_) => Ok(true),
+                Err(e) if is_duplicate_key(&e) => {
+                    if self
+                        .raw_records
+                        .find_one(doc! { "_id": change.record_key.clone() })
+                        .await?
+                        .is_some()
+                    {
+                        Ok(true)
+                    } else {
+                        // A unique key of the record went to someone else: this change never happened.
+                        self.changes.delete_one(doc! { "_id": &change.id }).await?;
+                        Ok(false)
+                    }
+                }
+                Err(e) => Err(e.into()),
+            };
+        }
+        self.get(change.record_key.clone()).await?;
+        Ok(true)
+    }
+
+    /// Runs [`Self::relay_once`] every `interval` until `shutdown`.
+    pub fn spawn_relay(
+        self: Arc<Self>,
+        bus: EventBus,
+        shutdown: CancellationToken,
+        interval: Duration,
+        min_age: Duration,
+    ) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+                match self.relay_once(&bus, min_age).await {
+                    Ok(0) => {}
+                    Ok(count) => tracing::info!(count, "outbox relay published pending events"),
+                    Err(err) => tracing::warn!(error = %err, "outbox relay pass failed"),
+                }
+            }
+        })
+    }
+}

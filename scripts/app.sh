@@ -1,0 +1,311 @@
+#!/usr/bin/env bash
+# The whole app locally, behind nginx on http://localhost:8080.
+#
+#   scripts/app.sh up               infra (+ stripe-mock unless STRIPE_KEY is set), cargo build
+#                                   --release of the services that exist, start them, start
+#                                   nginx, wait for every GET /readyz = 200
+#   scripts/app.sh down             stop the services and nginx (infra: scripts/infra.sh down)
+#   scripts/app.sh status           services, nginx and infra, up/down
+#   scripts/app.sh logs NAME [-f]   last 200 lines of .data/logs/NAME.log (-f: follow)
+#
+# Services (a service exists when <name>/Cargo.toml exists) and their local ports:
+#   client 3000, auth 3001, tickets 3002, orders 3003, payments 3004, expiration 3005
+# Each is started from target/release/<name> with a clean environment:
+#   all          PORT, HOST=127.0.0.1, RUST_LOG (default info)
+#   auth         JWT_KEY, MONGO_URL, MONGO_DB=auth
+#   tickets, orders, payments
+#                JWT_KEY, MONGO_URL, MONGO_DB=<name>, NATS_URL
+#   orders       + EXPIRATION_WINDOW_SECONDS (only when set in the caller's environment)
+#   payments     + STRIPE_KEY, STRIPE_API_BASE (stripe-mock: sk_test_123, http://127.0.0.1:12111)
+#   expiration   NATS_URL, REDIS_URL
+#   client       API_BASE_URL=http://127.0.0.1:8080, STRIPE_PUBLISHABLE_KEY (when set)
+# JWT_KEY: taken from the environment, else generated once into .data/jwt_key (mode 0600).
+# Environment: APP_READY_TIMEOUT (seconds, default 60).
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+SERVICES=(client auth tickets orders payments expiration)
+READY_TIMEOUT="${APP_READY_TIMEOUT:-60}"
+INFRA=(bash "$ROOT/scripts/infra.sh")
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
+
+usage() {
+  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+service_port() {
+  case "$1" in
+    client) echo 3000 ;;
+    auth) echo 3001 ;;
+    tickets) echo 3002 ;;
+    orders) echo 3003 ;;
+    payments) echo 3004 ;;
+    expiration) echo 3005 ;;
+    *) die "unknown service $1" ;;
+  esac
+}
+
+# Services whose crate exists.
+existing_services() {
+  local s
+  for s in "${SERVICES[@]}"; do
+    [[ -f "$ROOT/$s/Cargo.toml" ]] && echo "$s"
+  done
+  return 0
+}
+
+# Package name from <dir>/Cargo.toml (falls back to the directory name).
+package_name() {
+  local name
+  name="$(awk '/^\[package\]/ { p = 1; next } /^\[/ { p = 0 }
+    p && /^name[[:space:]]*=/ { sub(/^name[[:space:]]*=[[:space:]]*"/, ""); sub(/".*/, ""); print; exit }' "$ROOT/$1/Cargo.toml")"
+  echo "${name:-$1}"
+}
+
+jwt_key() {
+  if [[ -n "${JWT_KEY:-}" ]]; then
+    printf '%s' "$JWT_KEY"
+    return
+  fi
+  local keyfile="$DATA_DIR/jwt_key"
+  if [[ ! -s "$keyfile" ]]; then
+    log "generating a JWT key into ${keyfile#"$ROOT"/} (kept so sessions survive restarts)"
+    (
+      umask 077
+      head -c 48 /dev/urandom | base64 | tr -d '\n=+/' >"$keyfile.tmp"
+      mv -f "$keyfile.tmp" "$keyfile"
+    )
+  fi
+  chmod 600 "$keyfile"
+  cat "$keyfile"
+}
+
+# service_env NAME: the environment of a service, one VAR=value per line.
+service_env() {
+  local s="$1"
+  echo "PORT=$(service_port "$s")"
+  echo "HOST=127.0.0.1"
+  echo "RUST_LOG=${RUST_LOG:-info}"
+  case "$s" in
+    auth)
+      echo "JWT_KEY=$APP_JWT_KEY"
+      echo "MONGO_URL=$MONGO_URL"
+      echo "MONGO_DB=auth"
+      ;;
+    tickets | orders | payments)
+      echo "JWT_KEY=$APP_JWT_KEY"
+      echo "MONGO_URL=$MONGO_URL"
+      echo "MONGO_DB=$s"
+      echo "NATS_URL=$NATS_URL"
+      ;;&
+    orders)
+      if [[ -n "${EXPIRATION_WINDOW_SECONDS:-}" ]]; then echo "EXPIRATION_WINDOW_SECONDS=$EXPIRATION_WINDOW_SECONDS"; fi
+      ;;
+    payments)
+      echo "STRIPE_KEY=$STRIPE_KEY"
+      if [[ -n "${STRIPE_API_BASE:-}" ]]; then echo "STRIPE_API_BASE=$STRIPE_API_BASE"; fi
+      ;;
+    expiration)
+      echo "NATS_URL=$NATS_URL"
+      echo "REDIS_URL=$REDIS_URL"
+      ;;
+    client)
+      echo "API_BASE_URL=http://127.0.0.1:$NGINX_PORT"
+      if [[ -n "${STRIPE_PUBLISHABLE_KEY:-}" ]]; then echo "STRIPE_PUBLISHABLE_KEY=$STRIPE_PUBLISHABLE_KEY"; fi
+      ;;
+  esac
+  # Useful process-level settings passed through when present.
+  local v
+  for v in HOME LANG LC_ALL TZ SSL_CERT_FILE SSL_CERT_DIR; do
+    if [[ -n "${!v:-}" ]]; then echo "$v=${!v}"; fi
+  done
+  echo "PATH=$PATH"
+  echo "RUST_BACKTRACE=${RUST_BACKTRACE:-1}"
+}
+
+# Identity of a built binary, to restart a running service after a rebuild.
+binary_id() { stat -c '%Y %s' "$1" 2>/dev/null || true; }
+
+start_service() {
+  local s="$1" bin logfile pid idfile
+  bin="$TARGET_DIR/release/$(package_name "$s")"
+  logfile="$LOG_DIR/$s.log"
+  idfile="$RUN_DIR/$s.binary"
+  [[ -x "$bin" ]] || die "service $s: binary $bin not found after cargo build (is the [[bin]] named after the package?)"
+  if pid="$(daemon_pid "$s")"; then
+    if [[ "$(cat "$idfile" 2>/dev/null)" == "$(binary_id "$bin")" ]]; then
+      log "$s already running (pid $pid)"
+      return 0
+    fi
+    log "$s: binary was rebuilt, restarting"
+    stop_daemon "$s"
+  fi
+  local port
+  port="$(service_port "$s")"
+  if port_open 127.0.0.1 "$port"; then
+    local owner
+    owner="$(port_owner "$port")"
+    die "cannot start $s: 127.0.0.1:$port is already in use by a process this script did not start${owner:+:
+$owner}"
+  fi
+  # The environment goes through a 0600 file, so that secrets appear neither in the log's
+  # start line nor in any process's argv.
+  local envfile="$RUN_DIR/$s.env" line name value
+  (
+    umask 077
+    while IFS= read -r line; do
+      name="${line%%=*}"
+      value="${line#*=}"
+      printf 'export %s=%q\n' "$name" "$value"
+    done < <(service_env "$s") >"$envfile"
+  )
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  start_daemon "$s" "$logfile" env -i /bin/bash -c 'source "$1" && exec "$2"' "$s" "$envfile" "$bin"
+  binary_id "$bin" >"$idfile"
+}
+
+readyz_code() {
+  curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$1/readyz" 2>/dev/null || true
+}
+
+wait_ready() {
+  local s="$1" port deadline code=""
+  port="$(service_port "$s")"
+  deadline=$((SECONDS + READY_TIMEOUT))
+  log "waiting for $s: GET http://127.0.0.1:$port/readyz = 200 (up to ${READY_TIMEOUT}s)"
+  while :; do
+    code="$(readyz_code "$port")"
+    [[ "$code" == 200 ]] && return 0
+    daemon_running "$s" || fail_with_log "$LOG_DIR/$s.log" "$s exited while starting"
+    ((SECONDS < deadline)) || fail_with_log "$LOG_DIR/$s.log" "$s not ready within ${READY_TIMEOUT}s (last /readyz status: ${code:-no answer})"
+    sleep 0.5
+  done
+}
+
+cmd_up() {
+  local start=$SECONDS s
+  local -a services packages
+  mapfile -t services < <(existing_services)
+
+  # 1. infrastructure (+ stripe-mock when no real Stripe key is given)
+  local -a components=(ferretdb nats redis)
+  if [[ -z "${STRIPE_KEY:-}" ]]; then
+    components+=(stripe-mock)
+  fi
+  "${INFRA[@]}" up "${components[@]}"
+  local caller_stripe_base="${STRIPE_API_BASE:-}"
+  eval "$("${INFRA[@]}" env)"
+  if [[ -z "${STRIPE_KEY:-}" ]]; then
+    STRIPE_KEY=sk_test_123
+    STRIPE_API_BASE="http://$INFRA_HOST:$STRIPE_MOCK_PORT"
+    log "payments uses stripe-mock: STRIPE_KEY=$STRIPE_KEY STRIPE_API_BASE=$STRIPE_API_BASE"
+  else
+    # a real key: never point it at the mock, keep whatever base the caller gave (or none)
+    STRIPE_API_BASE="$caller_stripe_base"
+  fi
+  export STRIPE_KEY STRIPE_API_BASE MONGO_URL NATS_URL REDIS_URL
+  APP_JWT_KEY="$(jwt_key)"
+
+  # 2. build
+  if ((${#services[@]} == 0)); then
+    warn "no service crates found (looked for ${SERVICES[*]/%//Cargo.toml}); starting nginx only"
+  else
+    local -a pkg_args=()
+    for s in "${services[@]}"; do pkg_args+=(-p "$(package_name "$s")"); done
+    local build_log="$LOG_DIR/app-build.log" build_rc=0 build_start=$SECONDS
+    log "building: cargo build --release ${pkg_args[*]} (can take minutes the first time; log ${build_log#"$ROOT"/})"
+    cargo build --release "${pkg_args[@]}" 2>&1 | tee "$build_log" >&2 || build_rc=$?
+    ((build_rc == 0)) || fail_with_log "$build_log" "cargo build --release failed (exit $build_rc)"
+    log "built in $((SECONDS - build_start))s"
+  fi
+  packages=("${services[@]}")
+
+  # 3. services
+  for s in "${packages[@]}"; do start_service "$s"; done
+
+  # 4. nginx (reloaded if the template changed)
+  "${INFRA[@]}" up nginx
+
+  # 5. readiness
+  for s in "${packages[@]}"; do wait_ready "$s"; done
+
+  local missing=()
+  for s in "${SERVICES[@]}"; do
+    [[ " ${packages[*]} " == *" $s "* ]] || missing+=("$s")
+  done
+  echo
+  echo "The app is up in $((SECONDS - start))s:  http://localhost:$NGINX_PORT"
+  if ((${#packages[@]} > 0)); then echo "  services: ${packages[*]}"; fi
+  if ((${#missing[@]} > 0)); then echo "  not built yet (nginx answers 502 for them): ${missing[*]}"; fi
+  echo "  logs:     scripts/app.sh logs NAME [-f]   (.data/logs/NAME.log)"
+  echo "  stop:     scripts/app.sh down   (services + nginx);  scripts/infra.sh down   (databases, NATS, Redis, stripe-mock)"
+}
+
+cmd_down() {
+  local s
+  for s in "${SERVICES[@]}"; do
+    stop_daemon "$s"
+    rm -f "$RUN_DIR/$s.binary" "$RUN_DIR/$s.env"
+  done
+  "${INFRA[@]}" down nginx
+  log "app stopped; infrastructure still running (scripts/infra.sh down to stop it)"
+}
+
+cmd_status() {
+  local s pid port code rc=0
+  for s in "${SERVICES[@]}"; do
+    port="$(service_port "$s")"
+    if pid="$(daemon_pid "$s")"; then
+      code="$(readyz_code "$port")"
+      printf '%-12s %-15s pid %-8s http://127.0.0.1:%s (readyz %s)\n' "$s" "up" "$pid" "$port" "${code:-no answer}"
+      [[ "$code" == 200 ]] || rc=1
+    elif [[ -f "$ROOT/$s/Cargo.toml" ]]; then
+      printf '%-12s %s\n' "$s" "down"
+      rc=1
+    else
+      printf '%-12s %s\n' "$s" "down (no crate yet)"
+    fi
+  done
+  "${INFRA[@]}" status || rc=1
+  return "$rc"
+}
+
+cmd_logs() {
+  local name="${1:-}" follow="${2:-}"
+  [[ -n "$name" ]] || die "usage: scripts/app.sh logs NAME [-f]"
+  local logf="$LOG_DIR/$name.log"
+  [[ -f "$logf" ]] || die "no log file $logf (known: $(find "$LOG_DIR" -maxdepth 1 -name '*.log' -printf '%f\n' | sed 's/\.log$//' | sort | tr '\n' ' '))"
+  if [[ "$follow" == "-f" ]]; then
+    exec tail -n 200 -F "$logf"
+  fi
+  tail -n 200 "$logf"
+}
+
+main() {
+  local cmd="${1:-up}"
+  shift || true
+  case "$cmd" in
+    up | start)
+      with_lock app
+      cmd_up
+      ;;
+    down | stop)
+      with_lock app
+      cmd_down
+      ;;
+    status) cmd_status ;;
+    logs) cmd_logs "$@" ;;
+    -h | --help | help) usage ;;
+    *)
+      echo "unknown command '$cmd'" >&2
+      usage
+      ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,390 @@
+#!/usr/bin/env bash
+# Local infrastructure on loopback for tests and the local app.
+#
+#   scripts/infra.sh up      [COMPONENT...]   install if needed, start, wait until ready
+#                                             (default: ferretdb nats redis)
+#   scripts/infra.sh down    [COMPONENT...]   stop (default: everything this script knows)
+#   scripts/infra.sh restart COMPONENT...     stop + start + wait (fault-injection tests)
+#   scripts/infra.sh kill    COMPONENT...     SIGKILL, no cleanup (crash simulation)
+#   scripts/infra.sh status  [COMPONENT...]   up/down of each component; exit 1 if a named
+#                                             (default: ferretdb nats redis) one is down
+#   scripts/infra.sh env                      print `export ...` lines: eval "$(scripts/infra.sh env)"
+#   scripts/infra.sh pid     COMPONENT        print the pid of a running component
+#
+# Components and loopback ports:
+#   ferretdb     127.0.0.1:37017  MongoDB wire protocol (FerretDB v1.24.2, SQLite backend, .data/ferretdb/)
+#   nats         127.0.0.1:34222  NATS with JetStream (store .data/nats/), monitoring 127.0.0.1:38222
+#   redis        127.0.0.1:36379  Redis with AOF persistence (.data/redis/)
+#   stripe-mock  127.0.0.1:12111  Stripe API mock over HTTP (HTTPS on 12112); only when asked for
+#   nginx        127.0.0.1:8080   reverse proxy of the local app (normally started by scripts/app.sh)
+# Logs: .data/logs/<component>.log.  Environment: INFRA_READY_TIMEOUT (seconds, default 60).
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+FERRETDB_VERSION=v1.24.2
+STRIPE_MOCK_VERSION=v0.203.0 # newest in `go list -m -versions github.com/stripe/stripe-mock`
+
+ALL_COMPONENTS=(ferretdb nats redis stripe-mock nginx)
+DEFAULT_COMPONENTS=(ferretdb nats redis)
+READY_TIMEOUT="${INFRA_READY_TIMEOUT:-60}"
+NGINX_TEMPLATE="$ROOT/infra/local/nginx.conf"
+NGINX_DIR="$DATA_DIR/nginx"
+NGINX_CONF="$NGINX_DIR/nginx.conf"
+
+usage() {
+  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+logfile_of() { printf '%s/%s.log' "$LOG_DIR" "$1"; }
+
+# ============================================================ installation
+ensure_curl() { ensure_apt_packages curl curl; }
+
+# ferretdb --version prints "version: v1.24.2" among other lines.
+ferretdb_version() { "$1" --version 2>/dev/null | sed -n 's/^version: //p'; }
+
+install_ferretdb() {
+  local bin="$BIN_DIR/ferretdb"
+  if [[ -x "$bin" ]] && [[ "$(ferretdb_version "$bin")" == "$FERRETDB_VERSION" ]]; then
+    return 0
+  fi
+  require_go
+  local logfile="$LOG_DIR/install-ferretdb.log" start=$SECONDS src build
+  log "installing FerretDB $FERRETDB_VERSION (go build from the module source, first time only, ~1-3 min; log ${logfile#"$ROOT"/})"
+  : >"$logfile"
+  # `go install github.com/FerretDB/FerretDB/cmd/ferretdb@$FERRETDB_VERSION` builds a binary that
+  # panics at start-up ("Invalid build/version/version.txt file content"): the module zip lacks
+  # the generated build/version/version.txt.  So: fetch the module, add that file, go build.
+  # GOFLAGS/GOWORK from the caller's environment must not change how FerretDB is built.
+  local -x GOFLAGS='' GOWORK=off
+  src="$(cd "$DATA_DIR" && go mod download -json "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" 2>>"$logfile" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')" || true
+  [[ -n "$src" && -d "$src" ]] || fail_with_log "$logfile" "go mod download github.com/FerretDB/FerretDB@$FERRETDB_VERSION failed"
+  build="$DATA_DIR/build/ferretdb-$FERRETDB_VERSION"
+  rm -rf "$build"
+  mkdir -p "$build"
+  cp -R "$src/." "$build/"
+  chmod -R u+w "$build"
+  printf '%s\n' "$FERRETDB_VERSION" >"$build/build/version/version.txt"
+  printf 'go-build\n' >"$build/build/version/package.txt"
+  if ! (cd "$build" && go build -buildvcs=false -trimpath -o "$bin.tmp" ./cmd/ferretdb) >>"$logfile" 2>&1; then
+    fail_with_log "$logfile" "building FerretDB $FERRETDB_VERSION failed"
+  fi
+  mv -f "$bin.tmp" "$bin"
+  rm -rf "$build"
+  rmdir "$DATA_DIR/build" 2>/dev/null || true
+  [[ "$(ferretdb_version "$bin")" == "$FERRETDB_VERSION" ]] ||
+    fail_with_log "$logfile" "built $bin but it does not report version $FERRETDB_VERSION"
+  log "installed FerretDB $FERRETDB_VERSION into ${bin#"$ROOT"/} in $((SECONDS - start))s"
+}
+
+# stripe-mock reports "master" for --version, so the version comes from the Go build info.
+stripe_mock_version() {
+  go version -m "$1" 2>/dev/null | awk '$1 == "mod" && $2 == "github.com/stripe/stripe-mock" { print $3 }'
+}
+
+install_stripe_mock() {
+  local bin="$BIN_DIR/stripe-mock"
+  require_go
+  if [[ -x "$bin" ]] && [[ "$(stripe_mock_version "$bin")" == "$STRIPE_MOCK_VERSION" ]]; then
+    return 0
+  fi
+  local logfile="$LOG_DIR/install-stripe-mock.log" start=$SECONDS
+  log "installing stripe-mock $STRIPE_MOCK_VERSION (go install, first time only, ~1 min; log ${logfile#"$ROOT"/})"
+  : >"$logfile"
+  if ! (cd "$DATA_DIR" && GOFLAGS='' GOWORK=off GOBIN="$BIN_DIR" go install -buildvcs=false "github.com/stripe/stripe-mock@$STRIPE_MOCK_VERSION") >>"$logfile" 2>&1; then
+    fail_with_log "$logfile" "go install github.com/stripe/stripe-mock@$STRIPE_MOCK_VERSION failed"
+  fi
+  [[ "$(stripe_mock_version "$bin")" == "$STRIPE_MOCK_VERSION" ]] ||
+    fail_with_log "$logfile" "installed $bin but its build info does not say $STRIPE_MOCK_VERSION"
+  log "installed stripe-mock $STRIPE_MOCK_VERSION into ${bin#"$ROOT"/} in $((SECONDS - start))s"
+}
+
+install_nats() { ensure_apt_packages nats-server nats-server; }
+install_redis() {
+  ensure_apt_packages redis-server redis-server
+  ensure_apt_packages redis-cli redis-tools
+}
+install_nginx() { ensure_apt_packages nginx nginx; }
+
+# ============================================================ readiness probes
+ready_ferretdb() { mongo_ping "$INFRA_HOST" "$FERRETDB_PORT"; }
+ready_nats() {
+  # JetStream must be up too, not only the client port.
+  local body
+  body="$(curl -fsS --max-time 2 "http://$INFRA_HOST:$NATS_MONITOR_PORT/healthz?js-enabled-only=true")" || return 1
+  [[ "$body" == *'"ok"'* ]]
+}
+ready_redis() { [[ "$(redis-cli -h "$INFRA_HOST" -p "$REDIS_PORT" ping 2>/dev/null)" == "PONG" ]]; }
+ready_stripe_mock() {
+  curl -fsS --max-time 2 -o /dev/null -u sk_test_123: "http://$INFRA_HOST:$STRIPE_MOCK_PORT/v1/customers"
+}
+ready_nginx() { port_open "$INFRA_HOST" "$NGINX_PORT"; }
+
+port_of() {
+  case "$1" in
+    ferretdb) echo "$FERRETDB_PORT" ;;
+    nats) echo "$NATS_PORT" ;;
+    redis) echo "$REDIS_PORT" ;;
+    stripe-mock) echo "$STRIPE_MOCK_PORT" ;;
+    nginx) echo "$NGINX_PORT" ;;
+  esac
+}
+
+describe() {
+  case "$1" in
+    ferretdb) echo "mongodb://$INFRA_HOST:$FERRETDB_PORT (FerretDB $FERRETDB_VERSION, SQLite in .data/ferretdb)" ;;
+    nats) echo "nats://$INFRA_HOST:$NATS_PORT (JetStream, monitoring http://$INFRA_HOST:$NATS_MONITOR_PORT)" ;;
+    redis) echo "redis://$INFRA_HOST:$REDIS_PORT (AOF in .data/redis)" ;;
+    stripe-mock) echo "http://$INFRA_HOST:$STRIPE_MOCK_PORT (stripe-mock $STRIPE_MOCK_VERSION)" ;;
+    nginx) echo "http://$INFRA_HOST:$NGINX_PORT (reverse proxy, config .data/nginx/nginx.conf)" ;;
+  esac
+}
+
+# Refuse to start when a foreign process already holds our port.
+check_port_free() {
+  local name="$1" port="$2"
+  if port_open "$INFRA_HOST" "$port"; then
+    local owner
+    owner="$(port_owner "$port")"
+    die "cannot start $name: $INFRA_HOST:$port is already in use by a process this script did not start${owner:+:
+$owner}
+(stop it, or if it is a leftover of ours, kill that pid)"
+  fi
+}
+
+# ============================================================ start functions
+start_ferretdb() {
+  install_ferretdb
+  local logfile
+  logfile="$(logfile_of ferretdb)"
+  mkdir -p "$DATA_DIR/ferretdb/state"
+  daemon_running ferretdb || check_port_free ferretdb "$FERRETDB_PORT"
+  start_daemon ferretdb "$logfile" "$BIN_DIR/ferretdb" \
+    --handler=sqlite \
+    "--sqlite-url=file:$DATA_DIR/ferretdb/" \
+    "--listen-addr=$INFRA_HOST:$FERRETDB_PORT" \
+    "--state-dir=$DATA_DIR/ferretdb/state" \
+    --telemetry=disable \
+    --debug-addr=- \
+    --log-level=warn
+  wait_for_port "$INFRA_HOST" "$FERRETDB_PORT" ferretdb "$logfile" "$READY_TIMEOUT"
+  wait_until ferretdb "$logfile" "$READY_TIMEOUT" "MongoDB ping on $INFRA_HOST:$FERRETDB_PORT" ready_ferretdb
+}
+
+start_nats() {
+  install_nats
+  ensure_curl
+  local logfile
+  logfile="$(logfile_of nats)"
+  mkdir -p "$DATA_DIR/nats"
+  daemon_running nats || {
+    check_port_free nats "$NATS_PORT"
+    check_port_free nats-monitoring "$NATS_MONITOR_PORT"
+  }
+  # -a binds the client port; the monitoring port binds to the same host.
+  start_daemon nats "$logfile" nats-server \
+    -js -sd "$DATA_DIR/nats" \
+    -a "$INFRA_HOST" -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" \
+    -n ticketing-local
+  wait_for_port "$INFRA_HOST" "$NATS_PORT" nats "$logfile" "$READY_TIMEOUT"
+  wait_until nats "$logfile" "$READY_TIMEOUT" "http://$INFRA_HOST:$NATS_MONITOR_PORT/healthz?js-enabled-only=true" ready_nats
+}
+
+start_redis() {
+  install_redis
+  local logfile
+  logfile="$(logfile_of redis)"
+  mkdir -p "$DATA_DIR/redis"
+  daemon_running redis || check_port_free redis "$REDIS_PORT"
+  # AOF (appendonly) so that expiration's delayed jobs survive a restart; no RDB snapshots.
+  start_daemon redis "$logfile" redis-server \
+    --bind "$INFRA_HOST" --port "$REDIS_PORT" \
+    --dir "$DATA_DIR/redis" \
+    --appendonly yes --save '' \
+    --daemonize no --protected-mode yes
+  wait_for_port "$INFRA_HOST" "$REDIS_PORT" redis "$logfile" "$READY_TIMEOUT"
+  wait_until redis "$logfile" "$READY_TIMEOUT" "redis-cli -p $REDIS_PORT ping = PONG" ready_redis
+}
+
+start_stripe_mock() {
+  install_stripe_mock
+  ensure_curl
+  local logfile
+  logfile="$(logfile_of stripe-mock)"
+  daemon_running stripe-mock || {
+    check_port_free stripe-mock "$STRIPE_MOCK_PORT"
+    check_port_free stripe-mock-https "$STRIPE_MOCK_HTTPS_PORT"
+  }
+  start_daemon stripe-mock "$logfile" "$BIN_DIR/stripe-mock" \
+    -http-addr "$INFRA_HOST:$STRIPE_MOCK_PORT" \
+    -https-addr "$INFRA_HOST:$STRIPE_MOCK_HTTPS_PORT"
+  wait_for_port "$INFRA_HOST" "$STRIPE_MOCK_PORT" stripe-mock "$logfile" "$READY_TIMEOUT"
+  wait_until stripe-mock "$logfile" "$READY_TIMEOUT" "GET http://$INFRA_HOST:$STRIPE_MOCK_PORT/v1/customers = 200" ready_stripe_mock
+}
+
+# Generate .data/nginx/nginx.conf from infra/local/nginx.conf (placeholder __DATA_DIR__).
+# Prints "changed" when the generated file differs from the previous one.
+render_nginx_conf() {
+  [[ -f "$NGINX_TEMPLATE" ]] || die "missing nginx template $NGINX_TEMPLATE"
+  mkdir -p "$NGINX_DIR/tmp"
+  local content
+  content="$(<"$NGINX_TEMPLATE")"
+  content="${content//__DATA_DIR__/"$DATA_DIR"}"
+  printf '# GENERATED from infra/local/nginx.conf by scripts/infra.sh; do not edit.\n%s\n' "$content" >"$NGINX_CONF.new"
+  if [[ -f "$NGINX_CONF" ]] && cmp -s "$NGINX_CONF" "$NGINX_CONF.new"; then
+    rm -f "$NGINX_CONF.new"
+  else
+    mv -f "$NGINX_CONF.new" "$NGINX_CONF"
+    echo changed
+  fi
+}
+
+nginx_cmd() { nginx -e stderr -p "$NGINX_DIR/" -c "$NGINX_CONF" "$@"; }
+
+start_nginx() {
+  install_nginx
+  local logfile changed pid
+  logfile="$(logfile_of nginx)"
+  changed="$(render_nginx_conf)"
+  if ! nginx_cmd -t -q >>"$logfile" 2>&1; then
+    fail_with_log "$logfile" "nginx rejected $NGINX_CONF (generated from ${NGINX_TEMPLATE#"$ROOT"/})"
+  fi
+  if pid="$(daemon_pid nginx)"; then
+    if [[ -n "$changed" ]]; then
+      log "nginx config changed: reloading nginx (pid $pid)"
+      kill -HUP "$pid"
+      sleep 0.5
+    else
+      log "nginx already running (pid $pid)"
+    fi
+  else
+    check_port_free nginx "$NGINX_PORT"
+    # `daemon off;` is in the config: nginx stays in the foreground under start_daemon.
+    start_daemon nginx "$logfile" nginx -e stderr -p "$NGINX_DIR/" -c "$NGINX_CONF"
+  fi
+  wait_for_port "$INFRA_HOST" "$NGINX_PORT" nginx "$logfile" "$READY_TIMEOUT"
+}
+
+# ============================================================ commands
+valid_component() {
+  local c
+  for c in "${ALL_COMPONENTS[@]}"; do [[ "$c" == "$1" ]] && return 0; done
+  die "unknown component '$1' (known: ${ALL_COMPONENTS[*]})"
+}
+
+write_env_file() {
+  local tmp="$DATA_DIR/infra.env.tmp"
+  print_env >"$tmp"
+  mv -f "$tmp" "$DATA_DIR/infra.env"
+}
+
+print_env() {
+  echo "export MONGO_URL=mongodb://$INFRA_HOST:$FERRETDB_PORT"
+  echo "export NATS_URL=nats://$INFRA_HOST:$NATS_PORT"
+  echo "export REDIS_URL=redis://$INFRA_HOST:$REDIS_PORT"
+  if daemon_running stripe-mock; then
+    echo "export STRIPE_API_BASE=http://$INFRA_HOST:$STRIPE_MOCK_PORT"
+  fi
+}
+
+cmd_up() {
+  local c start=$SECONDS
+  for c in "$@"; do
+    log "starting $c"
+    "start_${c//-/_}"
+    log "$c ready: $(describe "$c")"
+  done
+  write_env_file
+  log "infrastructure up in $((SECONDS - start))s ($*); env in ${DATA_DIR#"$ROOT"/}/infra.env"
+}
+
+cmd_down() {
+  local c
+  for c in "$@"; do stop_daemon "$c"; done
+  write_env_file
+}
+
+cmd_restart() {
+  local c
+  for c in "$@"; do
+    stop_daemon "$c"
+    log "starting $c"
+    "start_${c//-/_}"
+    log "$c ready: $(describe "$c")"
+  done
+  write_env_file
+}
+
+cmd_kill() {
+  local c
+  for c in "$@"; do kill_daemon "$c"; done
+  write_env_file
+}
+
+# status [COMPONENT...]: one line per component; exit 1 if a checked one is down.
+cmd_status() {
+  local explicit=$# c pid state rc=0
+  local -a show=("$@") check=("$@")
+  if ((explicit == 0)); then
+    show=("${ALL_COMPONENTS[@]}")
+    check=("${DEFAULT_COMPONENTS[@]}")
+  fi
+  for c in "${show[@]}"; do
+    if pid="$(daemon_pid "$c")"; then
+      if "ready_${c//-/_}" >/dev/null 2>&1; then state="up"; else state="up (not ready)"; fi
+      printf '%-12s %-15s pid %-8s %s\n' "$c" "$state" "$pid" "$(describe "$c")"
+    else
+      state="down"
+      if port_open "$INFRA_HOST" "$(port_of "$c")"; then state="down (port taken by another process)"; fi
+      printf '%-12s %s\n' "$c" "$state"
+    fi
+    if [[ "$state" != "up" && " ${check[*]} " == *" $c "* ]]; then rc=1; fi
+  done
+  return "$rc"
+}
+
+main() {
+  local cmd="${1:-up}"
+  shift || true
+  local c
+  for c in "$@"; do valid_component "$c"; done
+  case "$cmd" in
+    up | start)
+      (($# > 0)) || set -- "${DEFAULT_COMPONENTS[@]}"
+      with_lock infra
+      cmd_up "$@"
+      ;;
+    down | stop)
+      (($# > 0)) || set -- "${ALL_COMPONENTS[@]}"
+      with_lock infra
+      cmd_down "$@"
+      ;;
+    restart)
+      (($# > 0)) || set -- "${DEFAULT_COMPONENTS[@]}"
+      with_lock infra
+      cmd_restart "$@"
+      ;;
+    kill)
+      (($# > 0)) || die "kill needs component names (${ALL_COMPONENTS[*]})"
+      with_lock infra
+      cmd_kill "$@"
+      ;;
+    status) cmd_status "$@" ;;
+    env) print_env ;;
+    pid)
+      (($# == 1)) || die "pid needs exactly one component"
+      daemon_pid "$1" || die "$1 is not running"
+      ;;
+    -h | --help | help) usage ;;
+    *)
+      echo "unknown command '$cmd'" >&2
+      usage
+      ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,5 @@
+//! `common` against the real FerretDB and NATS started by the test command.
+
+mod bus;
+mod helpers;
+mod versioned_store;

@@ -1,0 +1,290 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::events::{Event, ExpirationComplete};
+use common::store::{Decision, PendingEvent, StoreError, VersionedRecord, VersionedStore};
+use futures::TryStreamExt;
+use futures::future::join_all;
+use mongodb::IndexModel;
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::options::IndexOptions;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{bus, drain, fresh_database, fresh_nats_settings, observe};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Counter {
+    #[serde(rename = "_id")]
+    id: String,
+    version: i64,
+    /// Who made each change, in order: lost updates would show up as missing writers.
+    writers: Vec<String>,
+    claim: String,
+}
+
+impl VersionedRecord for Counter {
+    fn key(&self) -> Bson {
+        Bson::String(self.id.clone())
+    }
+    fn record_id(&self) -> String {
+        self.id.clone()
+    }
+    fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+fn counter(id: &str, claim: &str) -> Counter {
+    Counter {
+        id: id.into(),
+        version: 0,
+        writers: Vec::new(),
+        claim: claim.into(),
+    }
+}
+
+fn event_for(id: &str, version: i64) -> PendingEvent {
+    PendingEvent::of(&ExpirationComplete {
+        order_id: format!("{id}:{version}"),
+    })
+    .expect("event")
+}
+
+async fn store_with_unique_claim() -> (VersionedStore<Counter>, mongodb::Database) {
+    let db = fresh_database().await;
+    let store = VersionedStore::<Counter>::new(&db, "counters");
+    store.ensure_indexes().await.expect("indexes");
+    store
+        .records()
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "claim": 1 })
+                .options(IndexOptions::builder().unique(true).build())
+                .build(),
+        )
+        .await
+        .expect("unique index");
+    (store, db)
+}
+
+#[tokio::test]
+async fn concurrent_writers_never_fork_a_version_or_lose_an_update() {
+    let (store, db) = store_with_unique_claim().await;
+    store
+        .create(&counter("c1", "c1"), vec![])
+        .await
+        .expect("create");
+    let writers = 12;
+    let results = join_all((0..writers).map(|w| {
+        let store = store.clone();
+        async move {
+            store
+                .modify::<StoreError, _>(Bson::String("c1".into()), |current| {
+                    let mut next = current.clone();
+                    next.version += 1;
+                    next.writers.push(format!("w{w}"));
+                    Ok(Decision::Commit {
+                        events: vec![event_for("c1", next.version)],
+                        next,
+                    })
+                })
+                .await
+        }
+    }))
+    .await;
+    assert!(
+        results.iter().all(Result::is_ok),
+        "every writer eventually commits: {results:?}"
+    );
+    let last = store
+        .get(Bson::String("c1".into()))
+        .await
+        .expect("get")
+        .expect("record");
+    assert_eq!(last.version, writers);
+    let mut names = last.writers.clone();
+    names.sort();
+    names.dedup();
+    assert_eq!(
+        names.len() as i64,
+        writers,
+        "each writer's change is in the final state: {:?}",
+        last.writers
+    );
+
+    // One change document per version, each building on the previous one.
+    let changes: Vec<Document> = db
+        .collection::<Document>("counters_changes")
+        .find(doc! {})
+        .await
+        .expect("find")
+        .try_collect()
+        .await
+        .expect("collect");
+    let mut versions: Vec<i64> = changes
+        .iter()
+        .filter_map(|c| c.get_i64("version").ok())
+        .collect();
+    versions.sort();
+    assert_eq!(versions, (0..=writers).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn concurrent_creates_of_one_unique_claim_have_exactly_one_winner() {
+    let (store, db) = store_with_unique_claim().await;
+    let results = join_all((0..30).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .create(
+                    &counter(&format!("r{i}"), "ticket-1"),
+                    vec![event_for("r", i)],
+                )
+                .await
+        }
+    }))
+    .await;
+    let winners = results.iter().filter(|r| r.is_ok()).count();
+    let losers = results
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::Duplicate)))
+        .count();
+    assert_eq!((winners, losers), (1, 29), "{results:?}");
+    let records = store
+        .records()
+        .count_documents(doc! { "claim": "ticket-1" })
+        .await
+        .expect("count");
+    assert_eq!(records, 1);
+    // Losers leave no change (and so no event) behind.
+    let changes = db
+        .collection::<Document>("counters_changes")
+        .count_documents(doc! {})
+        .await
+        .expect("count");
+    assert_eq!(changes, 1);
+}
+
+#[tokio::test]
+async fn a_change_left_unapplied_is_repaired_on_the_next_read() {
+    let (store, db) = store_with_unique_claim().await;
+    store
+        .create(&counter("c1", "c1"), vec![])
+        .await
+        .expect("create");
+    // Simulate a writer that claimed version 1 and crashed before updating the record.
+    let mut state = counter("c1", "c1");
+    state.version = 1;
+    state.writers = vec!["crashed".into()];
+    db.collection::<Document>("counters_changes")
+        .insert_one(doc! {
+            "_id": "c1:1", "record_id": "c1", "record_key": "c1", "version": 1_i64,
+            "state": mongodb::bson::to_document(&state).expect("bson"),
+            "events": [], "published": false, "at": mongodb::bson::DateTime::now(),
+        })
+        .await
+        .expect("insert change");
+    let read = store
+        .get(Bson::String("c1".into()))
+        .await
+        .expect("get")
+        .expect("record");
+    assert_eq!(read, state);
+    let raw = store
+        .records()
+        .find_one(doc! { "_id": "c1" })
+        .await
+        .expect("find")
+        .expect("record");
+    assert_eq!(raw.version, 1, "the repair was written back");
+    // And the next writer builds on it instead of overwriting it.
+    let outcome = store
+        .commit(&counter("c1", "c1"), &state.clone(), vec![])
+        .await;
+    assert!(
+        matches!(outcome, Err(StoreError::Conflict)),
+        "version 1 is taken"
+    );
+}
+
+#[tokio::test]
+async fn the_relay_publishes_what_a_crashed_writer_left_behind_exactly_once() {
+    let (store, _db) = store_with_unique_claim().await;
+    let store = Arc::new(store);
+    let settings = fresh_nats_settings();
+    let bus = bus(&settings).await;
+    let shutdown = CancellationToken::new();
+    let mut seen = observe::<ExpirationComplete>(&bus, "observer", &shutdown).await;
+
+    // Created and committed, but the process "died" before publishing.
+    store
+        .create(&counter("c1", "c1"), vec![event_for("c1", 0)])
+        .await
+        .expect("create");
+    let current = store
+        .get(Bson::String("c1".into()))
+        .await
+        .expect("get")
+        .expect("record");
+    let mut next = current.clone();
+    next.version = 1;
+    store
+        .commit(&current, &next, vec![event_for("c1", 1)])
+        .await
+        .expect("commit");
+
+    // Too young for the relay: an in-flight request may still publish it itself.
+    assert_eq!(
+        store
+            .relay_once(&bus, Duration::from_secs(60))
+            .await
+            .expect("relay"),
+        0
+    );
+    assert_eq!(
+        store.relay_once(&bus, Duration::ZERO).await.expect("relay"),
+        2
+    );
+    // A second relay (another replica, or a retry) finds nothing left.
+    assert_eq!(
+        store.relay_once(&bus, Duration::ZERO).await.expect("relay"),
+        0
+    );
+    let events = drain(&mut seen, Duration::from_millis(800)).await;
+    let ids: Vec<String> = events.iter().map(Event::message_id).collect();
+    assert_eq!(
+        ids,
+        vec!["expiration:complete:c1:0", "expiration:complete:c1:1"]
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn publishing_twice_after_a_crash_delivers_once() {
+    let (store, db) = store_with_unique_claim().await;
+    let settings = fresh_nats_settings();
+    let bus = bus(&settings).await;
+    let shutdown = CancellationToken::new();
+    let mut seen = observe::<ExpirationComplete>(&bus, "observer", &shutdown).await;
+    let committed = store
+        .create(&counter("c1", "c1"), vec![event_for("c1", 0)])
+        .await
+        .expect("create");
+    // The writer published, then crashed before marking the change published: the relay publishes
+    // it again, and JetStream drops the duplicate by its message id.
+    store.publish(&bus, &committed).await;
+    db.collection::<Document>("counters_changes")
+        .update_one(
+            doc! { "_id": "c1:0" },
+            doc! { "$set": { "published": false } },
+        )
+        .await
+        .expect("unmark");
+    assert_eq!(
+        store.relay_once(&bus, Duration::ZERO).await.expect("relay"),
+        1
+    );
+    assert_eq!(drain(&mut seen, Duration::from_millis(800)).await.len(), 1);
+    shutdown.cancel();
+}

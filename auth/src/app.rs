@@ -12,6 +12,7 @@ use common::session::{CookiePolicy, SessionKeys};
 use mongodb::Database;
 use tokio_util::sync::CancellationToken;
 
+use crate::rate_limit::RateLimiter;
 use crate::routes;
 use crate::settings::Settings;
 use crate::store::UserStore;
@@ -25,6 +26,7 @@ pub struct AppState {
     pub token_ttl: Duration,
     /// Verified against for unknown emails, so signin timing does not reveal which emails exist.
     pub dummy_hash: Arc<String>,
+    pub rate_limiter: RateLimiter,
 }
 
 impl FromRef<AppState> for SessionKeys {
@@ -55,6 +57,7 @@ impl Application {
             },
             token_ttl: settings.token_ttl,
             dummy_hash: Arc::new(crate::password::dummy_hash().await?),
+            rate_limiter: RateLimiter::new(settings.rate_limit_per_minute),
         };
         let router = finish_router(routes::router().with_state(state), readiness(db));
         let server = Server::bind(&settings.http)

@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod password;
+pub mod rate_limit;
 pub mod routes;
 pub mod settings;
 pub mod store;

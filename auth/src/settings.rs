@@ -13,6 +13,8 @@ pub struct Settings {
     pub token_ttl: Duration,
     /// Mark the session cookie `Secure` (production, behind TLS).
     pub cookie_secure: bool,
+    /// Signup and signin attempts per client address per minute (0: unlimited).
+    pub rate_limit_per_minute: u32,
 }
 
 impl Settings {
@@ -23,6 +25,7 @@ impl Settings {
             jwt: JwtSettings::from_env(env)?,
             token_ttl: seconds_or(env, "JWT_TTL_SECONDS", 24 * 3600)?,
             cookie_secure: env.flag_or("COOKIE_SECURE", false)?,
+            rate_limit_per_minute: env.parse_or("AUTH_RATE_LIMIT_PER_MINUTE", 30)?,
         })
     }
 }

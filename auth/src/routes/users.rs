@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::app::AppState;
 use crate::password;
+use crate::rate_limit::ClientAddr;
 use crate::store::{InsertUserError, User};
 
 pub fn router() -> Router<AppState> {
@@ -74,8 +75,12 @@ impl FromJson for SigninBody {
 #[tracing::instrument(name = "signup", skip_all)]
 async fn signup(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     JsonBody(SignupBody(creds)): JsonBody<SignupBody>,
 ) -> ApiResult<Response> {
+    if !state.rate_limiter.allow(client) {
+        return Err(ApiError::TooManyRequests);
+    }
     // Cheap early answer; the unique index below is what actually guarantees one account per email.
     if state.users.find_by_email(&creds.email).await?.is_some() {
         return Err(ApiError::bad_request(EMAIL_IN_USE));
@@ -97,8 +102,12 @@ async fn signup(
 #[tracing::instrument(name = "signin", skip_all)]
 async fn signin(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     JsonBody(SigninBody(creds)): JsonBody<SigninBody>,
 ) -> ApiResult<Response> {
+    if !state.rate_limiter.allow(client) {
+        return Err(ApiError::TooManyRequests);
+    }
     let user = state.users.find_by_email(&creds.email).await?;
     let stored = user.as_ref().map_or_else(
         || state.dummy_hash.as_str().to_owned(),

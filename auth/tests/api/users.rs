@@ -341,3 +341,43 @@ async fn health_and_readiness_answer_when_the_database_is_up() {
         (StatusCode::OK, json!({ "status": "ready" }))
     );
 }
+
+#[tokio::test]
+async fn signin_and_signup_are_rate_limited_per_client_address() {
+    let app = spawn_app_with(&[("AUTH_RATE_LIMIT_PER_MINUTE", "3")]).await;
+    let attempt = |client: &'static str| {
+        let app = &app;
+        async move {
+            let response = app
+                .client
+                .post(app.url("/api/users/signin"))
+                .header("x-forwarded-for", client)
+                .json(&json!({ "email": "who@test.com", "password": "guess" }))
+                .send()
+                .await
+                .expect("request");
+            (
+                response.status(),
+                response.json::<Value>().await.expect("json"),
+            )
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(attempt("203.0.113.7").await.0, StatusCode::BAD_REQUEST);
+    }
+    let (status, body) = attempt("203.0.113.7").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        body,
+        errors(&[(
+            "Too many attempts, please wait a minute and try again",
+            None
+        )])
+    );
+    // Other addresses (the test client itself, another forwarded one) keep their own budgets.
+    assert_eq!(
+        app.signup("new@test.com", "password").await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(attempt("203.0.113.8").await.0, StatusCode::BAD_REQUEST);
+}

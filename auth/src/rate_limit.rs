@@ -93,7 +93,7 @@ fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
-        .last()
+        .next_back()
 }
 
 #[cfg(test)]

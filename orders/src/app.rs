@@ -1,0 +1,197 @@
+//! Builds the orders application: database, indexes, event bus, listeners, outbox relay, router,
+//! HTTP listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::FromRef;
+use chrono::TimeDelta;
+use common::bus::{Delivery, EventBus, ListenerOptions, listen};
+use common::events::{ExpirationComplete, PaymentCreated, TicketCreated, TicketUpdated};
+use common::server::{ReadinessCheck, Server, finish_router};
+use common::session::SessionKeys;
+use mongodb::Database;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::listeners::{self, QUEUE_GROUP, patient};
+use crate::routes;
+use crate::settings::Settings;
+use crate::store::OrderStore;
+
+/// How often the outbox relay looks for unpublished changes.
+const RELAY_INTERVAL: Duration = Duration::from_secs(1);
+/// Changes younger than this are left to the request that wrote them (it publishes right away).
+const RELAY_MIN_AGE: Duration = Duration::from_secs(3);
+
+/// What handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: OrderStore,
+    pub bus: EventBus,
+    pub keys: SessionKeys,
+    pub expiration_window: TimeDelta,
+}
+
+impl FromRef<AppState> for SessionKeys {
+    fn from_ref(state: &AppState) -> Self {
+        state.keys.clone()
+    }
+}
+
+pub struct Application {
+    server: Server,
+    router: Router,
+    background: Vec<JoinHandle<()>>,
+    /// Stops the listeners and the relay; cancelled when the server stops.
+    stop: CancellationToken,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let db = common::store::connect(&settings.mongo, "orders").await?;
+        let store = OrderStore::new(&db);
+        store
+            .ensure_indexes()
+            .await
+            .context("creating the orders indexes")?;
+        let bus = EventBus::connect(&settings.nats, "orders").await?;
+        let server = Server::bind(&settings.http)
+            .await
+            .with_context(|| format!("binding {}:{}", settings.http.host, settings.http.port))?;
+
+        let stop = CancellationToken::new();
+        let background = match spawn_background(&store, &bus, &stop).await {
+            Ok(tasks) => tasks,
+            Err(err) => {
+                stop.cancel();
+                return Err(err);
+            }
+        };
+        let state = AppState {
+            store,
+            bus: bus.clone(),
+            keys: SessionKeys::new(&settings.jwt.key),
+            expiration_window: settings.expiration_window,
+        };
+        let router = finish_router(routes::router().with_state(state), readiness(db, bus));
+        Ok(Self {
+            server,
+            router,
+            background,
+            stop,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops the listeners and the relay and waits for
+    /// them to finish what they are doing.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => stop.cancel(),
+                _ = stop.cancelled() => {}
+            }
+        });
+        self.server
+            .run(self.router, self.stop, self.background)
+            .await
+    }
+}
+
+/// The four listeners (queue group `orders-service`) and the outbox relay.
+async fn spawn_background(
+    store: &OrderStore,
+    bus: &EventBus,
+    stop: &CancellationToken,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let options = || ListenerOptions::new(QUEUE_GROUP);
+    let mut tasks = Vec::new();
+
+    let s = store.clone();
+    tasks.push(
+        listen::<TicketCreated, _, _>(bus, options(), stop.clone(), move |event, delivery| {
+            let store = s.clone();
+            async move {
+                Ok(patient(
+                    listeners::ticket_created::handle(&store, event).await?,
+                    delivery,
+                ))
+            }
+        })
+        .await?,
+    );
+
+    let s = store.clone();
+    tasks.push(
+        listen::<TicketUpdated, _, _>(bus, options(), stop.clone(), move |event, delivery| {
+            let store = s.clone();
+            async move {
+                Ok(patient(
+                    listeners::ticket_updated::handle(&store, event).await?,
+                    delivery,
+                ))
+            }
+        })
+        .await?,
+    );
+
+    let (s, b) = (store.clone(), bus.clone());
+    tasks.push(
+        listen::<ExpirationComplete, _, _>(
+            bus,
+            options(),
+            stop.clone(),
+            move |event, delivery: Delivery| {
+                let (store, bus) = (s.clone(), b.clone());
+                async move {
+                    let outcome =
+                        listeners::expiration_complete::handle(&store, &bus, event).await?;
+                    Ok(patient(outcome, delivery))
+                }
+            },
+        )
+        .await?,
+    );
+
+    let s = store.clone();
+    tasks.push(
+        listen::<PaymentCreated, _, _>(bus, options(), stop.clone(), move |event, delivery| {
+            let store = s.clone();
+            async move {
+                Ok(patient(
+                    listeners::payment_created::handle(&store, event).await?,
+                    delivery,
+                ))
+            }
+        })
+        .await?,
+    );
+
+    tasks.push(Arc::new(store.orders().clone()).spawn_relay(
+        bus.clone(),
+        stop.clone(),
+        RELAY_INTERVAL,
+        RELAY_MIN_AGE,
+    ));
+    Ok(tasks)
+}
+
+fn readiness(db: Database, bus: EventBus) -> ReadinessCheck {
+    Arc::new(move || {
+        let (db, bus) = (db.clone(), bus.clone());
+        Box::pin(async move {
+            vec![
+                ("database", common::store::ping(&db).await),
+                ("event bus", bus.is_connected()),
+            ]
+        })
+    })
+}

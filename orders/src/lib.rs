@@ -1,0 +1,8 @@
+//! The orders service: `/api/orders`, the ticket replica and the order lifecycle (expiry, payment).
+//! At most one live order per ticket, decided by a unique key at insert time.
+
+pub mod app;
+pub mod listeners;
+pub mod routes;
+pub mod settings;
+pub mod store;

@@ -1,0 +1,50 @@
+//! One handler per subscribed subject. Each is a plain async fn that decides an [`Outcome`]; the
+//! application wires them to the bus (queue group `orders-service`).
+
+use std::time::Duration;
+
+use common::bus::{Delivery, Outcome};
+
+pub mod expiration_complete;
+pub mod payment_created;
+pub mod ticket_created;
+pub mod ticket_updated;
+
+/// The queue group of every listener of this service.
+pub const QUEUE_GROUP: &str = "orders-service";
+
+/// How long to wait before looking again at an event whose precondition is not met yet (an earlier
+/// ticket version, or the order it names, has not arrived).
+pub const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// Waits longer the more often an event has come back, so that a precondition that takes a while
+/// (e.g. the tickets service's outbox catching up) is not given up after a few seconds.
+pub fn patient(outcome: Outcome, delivery: Delivery) -> Outcome {
+    match outcome {
+        Outcome::Retry(delay) => {
+            let factor = u32::try_from(delivery.attempt.clamp(1, 10)).unwrap_or(1);
+            Outcome::Retry(delay.saturating_mul(factor))
+        }
+        Outcome::Ack => Outcome::Ack,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_wait_longer_with_each_delivery_up_to_ten_times_the_delay() {
+        let retry = Outcome::Retry(RETRY_DELAY);
+        assert_eq!(patient(retry, Delivery { attempt: 1 }), retry);
+        assert_eq!(
+            patient(retry, Delivery { attempt: 3 }),
+            Outcome::Retry(RETRY_DELAY * 3)
+        );
+        assert_eq!(
+            patient(retry, Delivery { attempt: 40 }),
+            Outcome::Retry(RETRY_DELAY * 10)
+        );
+        assert_eq!(patient(Outcome::Ack, Delivery { attempt: 5 }), Outcome::Ack);
+    }
+}

@@ -1,0 +1,48 @@
+//! `payment:created`: the order is paid, so it becomes `complete` (version + 1; the SPEC publishes
+//! no event for this). It keeps its ticket for good.
+
+use common::bus::Outcome;
+use common::events::{OrderStatus, PaymentCreated};
+use common::store::{Decision, StoreError, parse_object_id};
+use mongodb::bson::Bson;
+
+use super::RETRY_DELAY;
+use crate::store::{Order, OrderStore};
+
+pub async fn handle(store: &OrderStore, event: PaymentCreated) -> anyhow::Result<Outcome> {
+    let Some(id) = parse_object_id(&event.order_id) else {
+        tracing::error!(order_id = %event.order_id, payment_id = %event.id,
+            "payment:created with a malformed order id dropped");
+        return Ok(Outcome::Ack);
+    };
+    // `modify` re-reads and decides again if an expiry commits first, so exactly one of them wins.
+    let result = store
+        .orders()
+        .modify(Bson::ObjectId(id), |current: &Order| {
+            Ok::<_, StoreError>(match current.status {
+                OrderStatus::Created | OrderStatus::AwaitingPayment => Decision::Commit {
+                    next: current.with_status(OrderStatus::Complete),
+                    events: Vec::new(),
+                },
+                OrderStatus::Complete | OrderStatus::Cancelled => Decision::Unchanged,
+            })
+        })
+        .await;
+    match result {
+        Ok((order, Some(_))) => {
+            tracing::info!(order_id = %order.id, version = order.version, "order paid");
+            Ok(Outcome::Ack)
+        }
+        Ok((order, None)) => {
+            if order.status == OrderStatus::Cancelled {
+                // The charge went through after the order was cancelled and its ticket released
+                // (possibly to someone else): the money has to go back, which needs a person.
+                tracing::error!(order_id = %order.id, payment_id = %event.id, stripe_id = %event.stripe_id,
+                    "payment received for a cancelled order; it must be refunded");
+            }
+            Ok(Outcome::Ack)
+        }
+        Err(StoreError::NotFound) => Ok(Outcome::Retry(RETRY_DELAY)),
+        Err(err) => Err(err.into()),
+    }
+}

@@ -1,0 +1,27 @@
+//! `ticket:created`: add the ticket to the replica under the same id.
+
+use common::bus::Outcome;
+use common::events::TicketCreated;
+use common::store::{is_duplicate_key, parse_object_id};
+
+use crate::store::{OrderStore, Ticket};
+
+pub async fn handle(store: &OrderStore, event: TicketCreated) -> anyhow::Result<Outcome> {
+    let Some(id) = parse_object_id(&event.id) else {
+        // Can never be stored under its own id: redelivering would not help.
+        tracing::error!(ticket_id = %event.id, "ticket:created with a malformed id dropped");
+        return Ok(Outcome::Ack);
+    };
+    let ticket = Ticket {
+        id,
+        title: event.title,
+        price: event.price.cents(),
+        version: event.version,
+    };
+    match store.tickets().insert_one(&ticket).await {
+        Ok(_) => Ok(Outcome::Ack),
+        // Already replicated (a redelivery, or another replica of this service got there first).
+        Err(err) if is_duplicate_key(&err) => Ok(Outcome::Ack),
+        Err(err) => Err(err.into()),
+    }
+}

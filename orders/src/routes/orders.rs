@@ -1,0 +1,292 @@
+//! `/api/orders`: create (reserve a ticket), list, show, cancel.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use common::error::{ApiError, ApiResult, ErrorEntry};
+use common::events::OrderStatus;
+use common::extract::{FromJson, JsonBody, JsonObject, RequireAuth, Validator};
+use common::money::Price;
+use common::store::{
+    Decision, PendingEvent, StoreError, VersionedRecord, parse_id, parse_object_id,
+};
+use mongodb::bson::Bson;
+use mongodb::bson::oid::ObjectId;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::app::AppState;
+use crate::store::{Order, Ticket, cancellation};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/orders", post(create).get(list))
+        .route("/api/orders/{order_id}", get(show).delete(cancel))
+}
+
+/// express-validator's message for a rule declared without one (`not().isEmpty()`).
+pub const INVALID_VALUE: &str = "Invalid value";
+pub const TICKET_ID_REQUIRED: &str = "Ticket ID must be provided.";
+pub const TICKET_RESERVED: &str = "Ticket is already reserved.";
+pub const CANNOT_CANCEL_PAID: &str = "Cannot cancel an order that has been paid.";
+
+/// The body of `POST /api/orders`.
+#[derive(Debug)]
+pub struct NewOrder {
+    pub ticket_id: ObjectId,
+}
+
+impl FromJson for NewOrder {
+    fn from_json(body: &JsonObject) -> Result<Self, Vec<ErrorEntry>> {
+        // As in the original, two rules: not empty (no message of its own), then a valid id.
+        let empty = match body.get("ticketId") {
+            None | Some(Value::Null) => true,
+            Some(Value::String(text)) => text.trim().is_empty(),
+            Some(_) => false,
+        };
+        let ticket_id = body.trimmed_str("ticketId").and_then(parse_object_id);
+        let mut v = Validator::default();
+        v.check(!empty, "ticketId", INVALID_VALUE);
+        v.check(ticket_id.is_some(), "ticketId", TICKET_ID_REQUIRED);
+        v.finish(|| ticket_id.map(|ticket_id| NewOrder { ticket_id }))
+    }
+}
+
+/// Order JSON: the stored order with its ticket embedded from the replica (like mongoose's
+/// `populate`, `null` if the replica lacks it).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderView {
+    pub id: String,
+    pub user_id: String,
+    pub status: OrderStatus,
+    #[serde(with = "common::time::iso_millis")]
+    pub expires_at: DateTime<Utc>,
+    pub version: i64,
+    pub ticket: Option<TicketView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TicketView {
+    pub id: String,
+    pub title: String,
+    pub price: Price,
+    pub version: i64,
+}
+
+impl OrderView {
+    pub fn new(order: &Order, ticket: Option<&Ticket>) -> Self {
+        if ticket.is_none() {
+            tracing::warn!(order_id = %order.id, ticket_id = %order.ticket_id,
+                "the ticket of an order is missing from the replica");
+        }
+        Self {
+            id: order.id.to_hex(),
+            user_id: order.user_id.clone(),
+            status: order.status,
+            expires_at: order.expires_at,
+            version: order.version,
+            ticket: ticket.map(|ticket| TicketView {
+                id: ticket.id.to_hex(),
+                title: ticket.title.clone(),
+                price: ticket.price(),
+                version: ticket.version,
+            }),
+        }
+    }
+}
+
+#[tracing::instrument(name = "create_order", skip_all, fields(user_id = %user.id))]
+async fn create(
+    State(state): State<AppState>,
+    RequireAuth(user): RequireAuth,
+    JsonBody(body): JsonBody<NewOrder>,
+) -> ApiResult<Response> {
+    let ticket = state
+        .store
+        .find_ticket(body.ticket_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let expires_at = Utc::now()
+        .checked_add_signed(state.expiration_window)
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("expiration date out of range")))?;
+    let order = Order::new(&user.id, &ticket, expires_at);
+    let events = vec![PendingEvent::of(&order.created_event(ticket.price()))?];
+    // One insert decides who gets the ticket: the unique reservation index refuses the others.
+    let committed = match state.store.create_order(&order, events).await {
+        Ok(committed) => committed,
+        Err(StoreError::Duplicate) => return Err(ApiError::bad_request(TICKET_RESERVED)),
+        Err(other) => return Err(other.into()),
+    };
+    state.store.orders().publish(&state.bus, &committed).await;
+    tracing::info!(order_id = %order.id, ticket_id = %order.ticket_id, "order created");
+    Ok((
+        StatusCode::CREATED,
+        Json(OrderView::new(&order, Some(&ticket))),
+    )
+        .into_response())
+}
+
+async fn list(
+    State(state): State<AppState>,
+    RequireAuth(user): RequireAuth,
+) -> ApiResult<Json<Vec<OrderView>>> {
+    let orders = state.store.orders_of_user(&user.id).await?;
+    let tickets = state.store.tickets_of(&orders).await?;
+    Ok(Json(
+        orders
+            .iter()
+            .map(|order| OrderView::new(order, tickets.get(&order.ticket_id)))
+            .collect(),
+    ))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    RequireAuth(user): RequireAuth,
+    Path(order_id): Path<String>,
+) -> ApiResult<Json<OrderView>> {
+    let key = Bson::ObjectId(parse_id(&order_id)?);
+    let order = state
+        .store
+        .orders()
+        .get(key)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    if order.user_id != user.id {
+        return Err(ApiError::NotAuthorized);
+    }
+    let ticket = match parse_object_id(&order.ticket_id) {
+        Some(ticket_id) => state.store.find_ticket(ticket_id).await?,
+        None => None,
+    };
+    Ok(Json(OrderView::new(&order, ticket.as_ref())))
+}
+
+#[tracing::instrument(name = "cancel_order", skip_all, fields(user_id = %user.id, %order_id))]
+async fn cancel(
+    State(state): State<AppState>,
+    RequireAuth(user): RequireAuth,
+    Path(order_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let key = Bson::ObjectId(parse_id(&order_id)?);
+    let (order, committed) = state
+        .store
+        .orders()
+        .modify(key, |current: &Order| {
+            if current.user_id != user.id {
+                return Err(ApiError::NotAuthorized);
+            }
+            match current.status {
+                // A paid order keeps its ticket (SPEC §8.3).
+                OrderStatus::Complete => Err(ApiError::bad_request(CANNOT_CANCEL_PAID)),
+                // Cancelling again changes nothing and announces nothing.
+                OrderStatus::Cancelled => Ok(Decision::Unchanged),
+                OrderStatus::Created | OrderStatus::AwaitingPayment => {
+                    cancellation(current).map_err(ApiError::from)
+                }
+            }
+        })
+        .await?;
+    if let Some(committed) = committed {
+        state.store.orders().publish(&state.bus, &committed).await;
+        tracing::info!(version = order.version(), "order cancelled by its owner");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn validate(body: Value) -> Result<NewOrder, Vec<ErrorEntry>> {
+        match body {
+            Value::Object(map) => NewOrder::from_json(&JsonObject(map)),
+            _ => Err(Vec::new()),
+        }
+    }
+
+    fn messages(body: Value) -> Vec<String> {
+        validate(body)
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| format!("{}:{}", e.field.unwrap_or_default(), e.message))
+            .collect()
+    }
+
+    #[test]
+    fn an_empty_ticket_id_breaks_both_rules() {
+        for body in [
+            json!({}),
+            json!({ "ticketId": "" }),
+            json!({ "ticketId": "   " }),
+            json!({ "ticketId": null }),
+        ] {
+            assert_eq!(
+                messages(body.clone()),
+                [
+                    "ticketId:Invalid value",
+                    "ticketId:Ticket ID must be provided."
+                ],
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_ticket_id_breaks_only_the_id_rule() {
+        for body in [
+            json!({ "ticketId": "abc" }),
+            json!({ "ticketId": "12-char-str!" }),
+            json!({ "ticketId": "zzzzzzzzzzzzzzzzzzzzzzzz" }),
+            json!({ "ticketId": 42 }),
+            json!({ "ticketId": ["64b7f0c2a1b2c3d4e5f60718"] }),
+        ] {
+            assert_eq!(
+                messages(body.clone()),
+                ["ticketId:Ticket ID must be provided."],
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_24_hex_ticket_id_is_accepted() {
+        let parsed = validate(json!({ "ticketId": " 64b7f0c2a1b2c3d4e5f60718 " }));
+        assert_eq!(
+            parsed.ok().map(|body| body.ticket_id.to_hex()),
+            Some("64b7f0c2a1b2c3d4e5f60718".to_owned())
+        );
+    }
+
+    #[test]
+    fn order_json_has_the_spec_shape() -> anyhow::Result<()> {
+        let ticket = Ticket {
+            id: ObjectId::parse_str("64b7f0c2a1b2c3d4e5f60718")?,
+            title: "Concert".into(),
+            price: 1250,
+            version: 3,
+        };
+        let expires_at = DateTime::from_timestamp_millis(1_700_000_000_123)
+            .ok_or_else(|| anyhow::anyhow!("date"))?;
+        let order = Order::new("u1", &ticket, expires_at);
+        let json = serde_json::to_value(OrderView::new(&order, Some(&ticket)))?;
+        assert_eq!(
+            json,
+            json!({
+                "id": order.id.to_hex(),
+                "userId": "u1",
+                "status": "created",
+                "expiresAt": "2023-11-14T22:13:20.123Z",
+                "version": 0,
+                "ticket": {"id": "64b7f0c2a1b2c3d4e5f60718", "title": "Concert", "price": 12.5, "version": 3}
+            })
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,108 @@
+//! The orders service's settings, from the environment.
+
+use chrono::TimeDelta;
+use common::settings::{
+    Env, HttpSettings, JwtSettings, MongoSettings, NatsSettings, SettingsError,
+};
+
+/// The longest expiration window accepted (one week): beyond it an order would hold its ticket for
+/// an unreasonable time, and far beyond it the date arithmetic would overflow.
+const MAX_EXPIRATION_WINDOW_SECONDS: u64 = 7 * 24 * 3600;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub mongo: MongoSettings,
+    pub nats: NatsSettings,
+    pub jwt: JwtSettings,
+    /// How long a new order holds its ticket before the expiration service cancels it.
+    pub expiration_window: TimeDelta,
+}
+
+impl Settings {
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        Ok(Self {
+            http: HttpSettings::from_env(env)?,
+            mongo: MongoSettings::from_env(env, "orders")?,
+            nats: NatsSettings::from_env(env)?,
+            jwt: JwtSettings::from_env(env)?,
+            expiration_window: expiration_window(env)?,
+        })
+    }
+}
+
+fn expiration_window(env: &Env) -> Result<TimeDelta, SettingsError> {
+    const NAME: &str = "EXPIRATION_WINDOW_SECONDS";
+    let seconds: u64 = env.parse_or(NAME, 60)?;
+    if !(1..=MAX_EXPIRATION_WINDOW_SECONDS).contains(&seconds) {
+        return Err(SettingsError::Invalid {
+            name: NAME,
+            reason: format!("{seconds} is not between 1 and {MAX_EXPIRATION_WINDOW_SECONDS}"),
+        });
+    }
+    // In range by the check above.
+    Ok(TimeDelta::seconds(i64::try_from(seconds).unwrap_or(60)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(window: Option<&str>) -> Env {
+        let mut pairs = vec![
+            ("MONGO_URL", "mongodb://x"),
+            ("NATS_URL", "nats://y"),
+            ("JWT_KEY", "k"),
+        ];
+        if let Some(window) = window {
+            pairs.push(("EXPIRATION_WINDOW_SECONDS", window));
+        }
+        Env::from_pairs(pairs)
+    }
+
+    #[test]
+    fn the_expiration_window_defaults_to_one_minute() -> Result<(), SettingsError> {
+        let settings = Settings::from_env(&env(None))?;
+        assert_eq!(settings.expiration_window, TimeDelta::seconds(60));
+        assert_eq!(settings.mongo.database, "orders");
+        Ok(())
+    }
+
+    #[test]
+    fn the_expiration_window_can_be_configured_within_bounds() {
+        assert_eq!(
+            Settings::from_env(&env(Some("5"))).map(|s| s.expiration_window),
+            Ok(TimeDelta::seconds(5))
+        );
+        for bad in ["0", "-3", "soon", "604801"] {
+            assert!(
+                matches!(
+                    Settings::from_env(&env(Some(bad))),
+                    Err(SettingsError::Invalid {
+                        name: "EXPIRATION_WINDOW_SECONDS",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_required_variable_is_enforced() {
+        for missing in ["MONGO_URL", "NATS_URL", "JWT_KEY"] {
+            let pairs: Vec<(&str, &str)> = [
+                ("MONGO_URL", "mongodb://x"),
+                ("NATS_URL", "nats://y"),
+                ("JWT_KEY", "k"),
+            ]
+            .into_iter()
+            .filter(|(name, _)| *name != missing)
+            .collect();
+            assert_eq!(
+                Settings::from_env(&Env::from_pairs(pairs)).err(),
+                Some(SettingsError::Missing(missing))
+            );
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! This service's documents: orders (versioned, with their outbox) and the replica of tickets that
+//! the tickets service announces.
+//!
+//! An order claims its ticket through `reservation`, a field under a unique index that holds the
+//! ticket id while the order is live and `released:<order id>` once it is cancelled
+//! (`shared/CONSISTENCY.md`, pattern 1). Creating an order is therefore a single insert that either
+//! wins the ticket or fails with a duplicate key; nothing checks first and inserts later.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use common::events::{OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStatus, TicketRef};
+use common::money::Price;
+use common::store::{
+    Committed, Decision, PendingEvent, StoreError, VersionedRecord, VersionedStore,
+};
+use futures::TryStreamExt;
+use mongodb::bson::oid::ObjectId;
+use mongodb::bson::{Bson, doc};
+use mongodb::options::IndexOptions;
+use mongodb::{Collection, Database, IndexModel};
+use serde::{Deserialize, Serialize};
+
+pub const ORDERS_COLLECTION: &str = "orders";
+pub const TICKETS_COLLECTION: &str = "tickets";
+/// The unique index that makes a ticket's reservation exclusive.
+pub const RESERVATION_INDEX: &str = "reservation_unique";
+pub const USER_INDEX: &str = "user_id";
+
+/// How many times creating an order is attempted when the holder of the ticket turns out to have
+/// been released already (see [`OrderStore::create_order`]).
+const CREATE_ATTEMPTS: usize = 3;
+
+/// The orders service's copy of a ticket, under the ticket's own id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticket {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub title: String,
+    /// In cents.
+    pub price: i64,
+    pub version: i64,
+}
+
+impl Ticket {
+    pub fn price(&self) -> Price {
+        Price::from_cents(self.price)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Order {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub user_id: String,
+    pub status: OrderStatus,
+    #[serde(with = "bson_datetime")]
+    pub expires_at: DateTime<Utc>,
+    pub version: i64,
+    pub ticket_id: String,
+    /// Unique: the ticket id while the order holds its ticket, `released:<order id>` afterwards.
+    pub reservation: String,
+}
+
+impl VersionedRecord for Order {
+    fn key(&self) -> Bson {
+        Bson::ObjectId(self.id)
+    }
+
+    fn record_id(&self) -> String {
+        self.id.to_hex()
+    }
+
+    fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+/// The reservation value of an order in `status`: every live status claims the ticket.
+pub fn reservation(status: OrderStatus, order_id: &ObjectId, ticket_id: &str) -> String {
+    if status.reserves_ticket() {
+        ticket_id.to_owned()
+    } else {
+        format!("released:{}", order_id.to_hex())
+    }
+}
+
+impl Order {
+    /// A new order (version 0, `created`) for `ticket`.
+    pub fn new(user_id: &str, ticket: &Ticket, expires_at: DateTime<Utc>) -> Self {
+        let id = ObjectId::new();
+        let ticket_id = ticket.id.to_hex();
+        Self {
+            id,
+            user_id: user_id.to_owned(),
+            status: OrderStatus::Created,
+            expires_at,
+            version: 0,
+            reservation: reservation(OrderStatus::Created, &id, &ticket_id),
+            ticket_id,
+        }
+    }
+
+    /// The next version of this order in `status`, with the reservation that status implies.
+    pub fn with_status(&self, status: OrderStatus) -> Self {
+        Self {
+            status,
+            version: self.version + 1,
+            reservation: reservation(status, &self.id, &self.ticket_id),
+            ..self.clone()
+        }
+    }
+
+    pub fn created_event(&self, price: Price) -> OrderCreated {
+        OrderCreated {
+            id: self.id.to_hex(),
+            version: self.version,
+            status: self.status,
+            user_id: self.user_id.clone(),
+            expires_at: self.expires_at,
+            ticket: OrderCreatedTicket {
+                id: self.ticket_id.clone(),
+                price,
+            },
+        }
+    }
+
+    pub fn cancelled_event(&self) -> OrderCancelled {
+        OrderCancelled {
+            id: self.id.to_hex(),
+            version: self.version,
+            ticket: TicketRef {
+                id: self.ticket_id.clone(),
+            },
+        }
+    }
+}
+
+/// The one way an order is cancelled (by its owner or by expiry): status `cancelled`, the ticket
+/// released, version + 1, and `order:cancelled` in the same commit.
+pub fn cancellation(current: &Order) -> Result<Decision<Order>, StoreError> {
+    let next = current.with_status(OrderStatus::Cancelled);
+    let events = vec![PendingEvent::of(&next.cancelled_event())?];
+    Ok(Decision::Commit { next, events })
+}
+
+/// Orders and the ticket replica. Cheap to clone.
+#[derive(Clone)]
+pub struct OrderStore {
+    orders: VersionedStore<Order>,
+    tickets: Collection<Ticket>,
+}
+
+impl OrderStore {
+    pub fn new(db: &Database) -> Self {
+        Self {
+            orders: VersionedStore::new(db, ORDERS_COLLECTION),
+            tickets: db.collection(TICKETS_COLLECTION),
+        }
+    }
+
+    pub fn orders(&self) -> &VersionedStore<Order> {
+        &self.orders
+    }
+
+    pub fn tickets(&self) -> &Collection<Ticket> {
+        &self.tickets
+    }
+
+    /// The unique reservation index (the whole point of this service), the per-user index of
+    /// `GET /api/orders`, and the outbox index. The replica needs none: it is looked up by `_id`.
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        let records = self.orders.records();
+        records
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "reservation": 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .unique(true)
+                            .name(RESERVATION_INDEX.to_owned())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await?;
+        records
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "userId": 1 })
+                    .options(IndexOptions::builder().name(USER_INDEX.to_owned()).build())
+                    .build(),
+            )
+            .await?;
+        self.orders.ensure_indexes().await
+    }
+
+    pub async fn find_ticket(&self, id: ObjectId) -> mongodb::error::Result<Option<Ticket>> {
+        self.tickets.find_one(doc! { "_id": id }).await
+    }
+
+    /// The replica tickets of `orders`, by id, in one query.
+    pub async fn tickets_of(
+        &self,
+        orders: &[Order],
+    ) -> mongodb::error::Result<HashMap<String, Ticket>> {
+        let mut ids: Vec<ObjectId> = orders
+            .iter()
+            .filter_map(|order| common::store::parse_object_id(&order.ticket_id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let tickets: Vec<Ticket> = self
+            .tickets
+            .find(doc! { "_id": { "$in": ids } })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(tickets
+            .into_iter()
+            .map(|ticket| (ticket.id.to_hex(), ticket))
+            .collect())
+    }
+
+    /// A user's orders, oldest first (ObjectIds start with their creation time).
+    pub async fn orders_of_user(&self, user_id: &str) -> mongodb::error::Result<Vec<Order>> {
+        self.orders
+            .records()
+            .find(doc! { "userId": user_id })
+            .sort(doc! { "_id": 1 })
+            .await?
+            .try_collect()
+            .await
+    }
+
+    /// Inserts `order` (version 0) with its events. [`StoreError::Duplicate`] means another live
+    /// order holds the ticket.
+    ///
+    /// The insert alone decides. Only after it failed do we look at the holder: if its release was
+    /// committed but not yet written to its record (a crash between the two writes of a commit),
+    /// reading it through the store completes the release, and the insert is tried again.
+    pub async fn create_order(
+        &self,
+        order: &Order,
+        events: Vec<PendingEvent>,
+    ) -> Result<Committed, StoreError> {
+        for _ in 0..CREATE_ATTEMPTS {
+            match self.orders.create(order, events.clone()).await {
+                Err(StoreError::Duplicate) => {
+                    if self.still_reserved(&order.reservation).await? {
+                        return Err(StoreError::Duplicate);
+                    }
+                }
+                other => return other,
+            }
+        }
+        Err(StoreError::Duplicate)
+    }
+
+    /// Whether a live order holds `reservation`, after bringing its holder up to date.
+    async fn still_reserved(&self, reservation: &str) -> Result<bool, StoreError> {
+        let Some(holder) = self
+            .orders
+            .records()
+            .find_one(doc! { "reservation": reservation })
+            .await?
+        else {
+            // Released between our insert and this read.
+            return Ok(false);
+        };
+        let current = self.orders.get(holder.key()).await?;
+        Ok(current.is_some_and(|order| order.reservation == reservation))
+    }
+}
+
+/// `DateTime<Utc>` stored as a BSON date (milliseconds), so the database can compare and sort it.
+mod bson_datetime {
+    use chrono::{DateTime, Utc};
+    use mongodb::bson;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+        bson::DateTime::from_millis(at.timestamp_millis()).serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<DateTime<Utc>, D::Error> {
+        let stored = bson::DateTime::deserialize(deserializer)?;
+        DateTime::from_timestamp_millis(stored.timestamp_millis())
+            .ok_or_else(|| serde::de::Error::custom("date out of range"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticket() -> Ticket {
+        Ticket {
+            id: ObjectId::new(),
+            title: "Concert".into(),
+            price: 2050,
+            version: 0,
+        }
+    }
+
+    #[test]
+    fn a_new_order_reserves_its_ticket() {
+        let ticket = ticket();
+        let order = Order::new("u1", &ticket, Utc::now());
+        assert_eq!(order.status, OrderStatus::Created);
+        assert_eq!(order.version, 0);
+        assert_eq!(order.reservation, ticket.id.to_hex());
+        assert_eq!(order.ticket_id, ticket.id.to_hex());
+    }
+
+    #[test]
+    fn only_a_cancelled_order_releases_its_ticket_under_a_value_unique_to_the_order() {
+        let ticket = ticket();
+        let order = Order::new("u1", &ticket, Utc::now());
+        for status in [OrderStatus::AwaitingPayment, OrderStatus::Complete] {
+            assert_eq!(order.with_status(status).reservation, ticket.id.to_hex());
+        }
+        let cancelled = order.with_status(OrderStatus::Cancelled);
+        assert_eq!(cancelled.version, 1);
+        assert_eq!(
+            cancelled.reservation,
+            format!("released:{}", order.id.to_hex())
+        );
+    }
+
+    #[test]
+    fn orders_round_trip_through_bson_with_millisecond_dates() -> anyhow::Result<()> {
+        let expires_at = DateTime::from_timestamp_millis(1_700_000_000_123)
+            .ok_or_else(|| anyhow::anyhow!("date"))?;
+        let order = Order::new("u1", &ticket(), expires_at);
+        let document = mongodb::bson::to_document(&order)?;
+        assert!(matches!(document.get("expiresAt"), Some(Bson::DateTime(_))));
+        assert_eq!(document.get_str("status")?, "created");
+        assert_eq!(mongodb::bson::from_document::<Order>(document)?, order);
+        Ok(())
+    }
+}

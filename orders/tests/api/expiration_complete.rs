@@ -1,0 +1,160 @@
+use common::bus::Outcome;
+use common::events::{ExpirationComplete, OrderCancelled, OrderStatus, PaymentCreated, TicketRef};
+use common::testing::new_user_id;
+use orders::listeners::expiration_complete::handle;
+use reqwest::StatusCode;
+
+use crate::helpers::{Observer, TestApp, User, eventually, spawn_app};
+
+async fn expire(app: &TestApp, order_id: &str) -> Outcome {
+    handle(
+        &app.store,
+        &app.bus,
+        ExpirationComplete {
+            order_id: order_id.to_owned(),
+        },
+    )
+    .await
+    .expect("expiry handled")
+}
+
+/// A fresh order of a fresh ticket: (order id, ticket id).
+async fn pending_order(app: &TestApp, user: &User) -> (String, String) {
+    let ticket_id = app.ticket("Gig", 1000).await.id.to_hex();
+    let order = app.order_ok(user, &ticket_id).await;
+    (order["id"].as_str().expect("id").to_owned(), ticket_id)
+}
+
+/// The versions of `order_id` announced in `order:cancelled` before a marker cancellation of
+/// another order (published after everything the test did).
+async fn cancellations_of(
+    app: &TestApp,
+    cancelled: &mut Observer<OrderCancelled>,
+    order_id: &str,
+) -> Vec<i64> {
+    let user = User::new();
+    let (marker, _) = pending_order(app, &user).await;
+    assert_eq!(
+        app.delete_order(Some(&user), &marker).await.status,
+        StatusCode::NO_CONTENT
+    );
+    cancelled
+        .until(|e| e.id == marker)
+        .await
+        .iter()
+        .filter(|e| e.id == order_id)
+        .map(|e| e.version)
+        .collect()
+}
+
+#[tokio::test]
+async fn expiry_cancels_a_pending_order_and_announces_it_once() {
+    let app = spawn_app().await;
+    let mut cancelled = app.observe::<OrderCancelled>().await;
+    let user = User::new();
+    let (id, ticket_id) = pending_order(&app, &user).await;
+
+    assert_eq!(expire(&app, &id).await, Outcome::Ack);
+    let stored = app.stored_order(&id).await;
+    assert_eq!((stored.status, stored.version), (OrderStatus::Cancelled, 1));
+    assert_eq!(stored.reservation, format!("released:{id}"));
+    assert_eq!(
+        cancelled.next().await,
+        OrderCancelled {
+            id: id.clone(),
+            version: 1,
+            ticket: TicketRef {
+                id: ticket_id.clone()
+            },
+        }
+    );
+
+    // A redelivered expiry finds nothing left to do.
+    assert_eq!(expire(&app, &id).await, Outcome::Ack);
+    assert_eq!(app.stored_order(&id).await.version, 1);
+    assert_eq!(
+        cancellations_of(&app, &mut cancelled, &id).await,
+        Vec::<i64>::new()
+    );
+
+    app.order_ok(&User::new(), &ticket_id).await;
+}
+
+#[tokio::test]
+async fn expiry_of_a_paid_order_is_ignored() {
+    let app = spawn_app().await;
+    let mut cancelled = app.observe::<OrderCancelled>().await;
+    let user = User::new();
+    let (id, ticket_id) = pending_order(&app, &user).await;
+    let paid = orders::listeners::payment_created::handle(
+        &app.store,
+        PaymentCreated {
+            id: new_user_id(),
+            order_id: id.clone(),
+            stripe_id: "ch_1".into(),
+        },
+    )
+    .await
+    .expect("payment handled");
+    assert_eq!(paid, Outcome::Ack);
+
+    assert_eq!(expire(&app, &id).await, Outcome::Ack);
+    let stored = app.stored_order(&id).await;
+    assert_eq!((stored.status, stored.version), (OrderStatus::Complete, 1));
+    assert_eq!(stored.reservation, ticket_id);
+    assert!(app.change(&id, 2).await.is_none());
+    assert_eq!(
+        cancellations_of(&app, &mut cancelled, &id).await,
+        Vec::<i64>::new()
+    );
+}
+
+#[tokio::test]
+async fn expiry_of_a_cancelled_order_announces_nothing_more() {
+    let app = spawn_app().await;
+    let mut cancelled = app.observe::<OrderCancelled>().await;
+    let user = User::new();
+    let (id, _) = pending_order(&app, &user).await;
+    assert_eq!(
+        app.delete_order(Some(&user), &id).await.status,
+        StatusCode::NO_CONTENT
+    );
+
+    assert_eq!(expire(&app, &id).await, Outcome::Ack);
+    assert_eq!(app.stored_order(&id).await.version, 1);
+    assert!(app.change(&id, 2).await.is_none());
+    // Only the owner's cancellation, version 1.
+    assert_eq!(cancellations_of(&app, &mut cancelled, &id).await, vec![1]);
+}
+
+#[tokio::test]
+async fn expiry_of_an_order_not_stored_yet_is_retried() {
+    let app = spawn_app().await;
+    let outcome = expire(&app, &new_user_id()).await;
+    assert!(matches!(outcome, Outcome::Retry(_)), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn an_expiry_published_on_the_bus_cancels_the_order_and_frees_the_ticket() {
+    let app = spawn_app_with_short_window().await;
+    let mut cancelled = app.observe::<OrderCancelled>().await;
+    let user = User::new();
+    let (id, ticket_id) = pending_order(&app, &user).await;
+    app.publish(&ExpirationComplete {
+        order_id: id.clone(),
+    })
+    .await;
+    let event = cancelled.next().await;
+    assert_eq!((event.id.as_str(), event.version), (id.as_str(), 1));
+    let shown = eventually("the order shown cancelled", || async {
+        let reply = app.get_order(Some(&user), &id).await;
+        (reply.body["status"] == "cancelled").then_some(reply.body)
+    })
+    .await;
+    assert_eq!(shown["version"], 1);
+    app.order_ok(&User::new(), &ticket_id).await;
+}
+
+async fn spawn_app_with_short_window() -> TestApp {
+    crate::helpers::spawn_app_with(&[("EXPIRATION_WINDOW_SECONDS", "1")]).await
+}

@@ -1,0 +1,9 @@
+//! Integration tests of the orders service over real HTTP against a real FerretDB and NATS.
+
+mod expiration_complete;
+mod helpers;
+mod orders;
+mod payment_created;
+mod reservation;
+mod ticket_created;
+mod ticket_updated;

@@ -1,0 +1,242 @@
+//! At most one live order per ticket (SPEC §8.1), decided by the unique reservation index.
+
+use std::time::Instant;
+
+use common::events::OrderStatus;
+use common::store::PendingEvent;
+use futures::future::join_all;
+use mongodb::bson::doc;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::{Reply, TestApp, User, errors, spawn_app, spawn_app_in};
+
+fn already_reserved() -> Value {
+    errors(&[("Ticket is already reserved.", None)])
+}
+
+/// Exactly one 201, every other reply 400 `Ticket is already reserved.`, and exactly one order in
+/// the database (the losers left neither an order nor a change behind).
+async fn assert_one_winner(app: &TestApp, users: &[User], replies: &[Reply], ticket_id: &str) {
+    let winners: Vec<usize> = (0..replies.len())
+        .filter(|i| replies[*i].status == StatusCode::CREATED)
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one order wins the ticket");
+    for (i, reply) in replies.iter().enumerate() {
+        if i != winners[0] {
+            assert_eq!(
+                (reply.status, &reply.body),
+                (StatusCode::BAD_REQUEST, &already_reserved()),
+                "request {i}"
+            );
+        }
+    }
+    let winner = &replies[winners[0]];
+    assert_eq!(winner.body["userId"], users[winners[0]].id);
+    assert_eq!(app.holders_of(ticket_id).await, 1);
+    assert_eq!(app.count("orders", doc! { "ticketId": ticket_id }).await, 1);
+    assert_eq!(
+        app.count("orders_changes", doc! { "record_id": winner.id() })
+            .await,
+        1
+    );
+    assert_eq!(app.count("orders_changes", doc! {}).await, 1);
+    let stored = app.stored_order(&winner.id()).await;
+    assert_eq!(
+        (stored.status, stored.reservation.as_str()),
+        (OrderStatus::Created, ticket_id)
+    );
+}
+
+#[tokio::test]
+async fn fifty_concurrent_orders_for_one_ticket_reserve_it_exactly_once() {
+    let app = spawn_app().await;
+    let ticket_id = app.ticket("Hot", 5000).await.id.to_hex();
+    let users: Vec<User> = (0..50).map(|_| User::new()).collect();
+
+    let started = Instant::now();
+    let replies = join_all(users.iter().map(|user| app.order(user, &ticket_id))).await;
+    let elapsed = started.elapsed();
+    eprintln!(
+        "50 concurrent POST /api/orders for one ticket, one instance: {} ms",
+        elapsed.as_millis()
+    );
+
+    assert_one_winner(&app, &users, &replies, &ticket_id).await;
+}
+
+#[tokio::test]
+async fn fifty_concurrent_orders_across_two_instances_sharing_a_database_reserve_it_exactly_once() {
+    let first = spawn_app().await;
+    let second = spawn_app_in(first.env.clone()).await;
+    assert_ne!(first.addr, second.addr);
+    let ticket_id = first.ticket("Hot", 5000).await.id.to_hex();
+    let users: Vec<User> = (0..50).map(|_| User::new()).collect();
+
+    let started = Instant::now();
+    let replies = join_all(users.iter().enumerate().map(|(i, user)| {
+        let app = if i % 2 == 0 { &first } else { &second };
+        app.order(user, &ticket_id)
+    }))
+    .await;
+    let elapsed = started.elapsed();
+    eprintln!(
+        "50 concurrent POST /api/orders for one ticket, two instances: {} ms",
+        elapsed.as_millis()
+    );
+
+    assert_one_winner(&first, &users, &replies, &ticket_id).await;
+}
+
+#[tokio::test]
+async fn ten_tickets_raced_at_once_by_ten_buyers_each_get_one_order_each() {
+    let app = spawn_app().await;
+    let mut tickets = Vec::new();
+    for i in 0..10 {
+        tickets.push(app.ticket(&format!("Seat {i}"), 1000).await.id.to_hex());
+    }
+    let attempts: Vec<(String, User)> = (0..10)
+        .flat_map(|_| tickets.iter().map(|t| (t.clone(), User::new())))
+        .collect();
+    let replies = join_all(
+        attempts
+            .iter()
+            .map(|(ticket, user)| app.order(user, ticket)),
+    )
+    .await;
+    for ticket in &tickets {
+        let statuses: Vec<StatusCode> = attempts
+            .iter()
+            .zip(&replies)
+            .filter(|((t, _), _)| t == ticket)
+            .map(|(_, reply)| reply.status)
+            .collect();
+        assert_eq!(
+            statuses
+                .iter()
+                .filter(|s| **s == StatusCode::CREATED)
+                .count(),
+            1,
+            "{ticket}: {statuses:?}"
+        );
+        assert_eq!(
+            statuses
+                .iter()
+                .filter(|s| **s == StatusCode::BAD_REQUEST)
+                .count(),
+            9
+        );
+        assert_eq!(app.holders_of(ticket).await, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_reserved_ticket_is_refused_to_everyone_including_the_same_buyer() {
+    let app = spawn_app().await;
+    let ticket_id = app.ticket("Gig", 1000).await.id.to_hex();
+    let buyer = User::new();
+    app.order_ok(&buyer, &ticket_id).await;
+    for user in [&buyer, &User::new()] {
+        let reply = app.order(user, &ticket_id).await;
+        assert_eq!(
+            (reply.status, reply.body),
+            (StatusCode::BAD_REQUEST, already_reserved())
+        );
+    }
+    assert_eq!(app.count("orders", doc! {}).await, 1);
+}
+
+#[tokio::test]
+async fn after_a_cancellation_or_an_expiry_the_ticket_can_be_ordered_again() {
+    let app = spawn_app().await;
+    let ticket_id = app.ticket("Gig", 1000).await.id.to_hex();
+    let (a, b, c) = (User::new(), User::new(), User::new());
+
+    let first = app.order_ok(&a, &ticket_id).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(
+        app.order(&b, &ticket_id).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.delete_order(Some(&a), &first).await.status,
+        StatusCode::NO_CONTENT
+    );
+
+    let second = app.order_ok(&b, &ticket_id).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(
+        app.order(&c, &ticket_id).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let outcome = orders::listeners::expiration_complete::handle(
+        &app.store,
+        &app.bus,
+        common::events::ExpirationComplete {
+            order_id: second.clone(),
+        },
+    )
+    .await
+    .expect("expiry handled");
+    assert_eq!(outcome, common::bus::Outcome::Ack);
+
+    let third = app.order_ok(&c, &ticket_id).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(app.holders_of(&ticket_id).await, 1);
+    assert_eq!(app.stored_order(&third).await.reservation, ticket_id);
+    assert_eq!(
+        app.count("orders", doc! { "ticketId": &ticket_id }).await,
+        3
+    );
+    let reply = app.order(&a, &ticket_id).await;
+    assert_eq!(
+        (reply.status, reply.body),
+        (StatusCode::BAD_REQUEST, already_reserved())
+    );
+}
+
+#[tokio::test]
+async fn a_release_interrupted_before_reaching_its_order_is_completed_by_the_next_buyer() {
+    let app = spawn_app().await;
+    let ticket_id = app.ticket("Gig", 1000).await.id.to_hex();
+    let first = app.order_ok(&User::new(), &ticket_id).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    // The cancellation's change document is written, then the process "dies" before the order
+    // document is updated: put the order back as it was.
+    let before = app.stored_order(&first).await;
+    let next = before.with_status(OrderStatus::Cancelled);
+    let events = vec![PendingEvent::of(&next.cancelled_event()).expect("event")];
+    app.store
+        .orders()
+        .commit(&before, &next, events)
+        .await
+        .expect("commit");
+    app.store
+        .orders()
+        .records()
+        .replace_one(doc! { "_id": before.id }, &before)
+        .await
+        .expect("rewind");
+    assert_eq!(
+        app.holders_of(&ticket_id).await,
+        1,
+        "the stale claim is in place"
+    );
+
+    let reply = app.order(&User::new(), &ticket_id).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    assert_eq!(
+        app.stored_order(&first).await.status,
+        OrderStatus::Cancelled
+    );
+    assert_eq!(app.stored_order(&reply.id()).await.reservation, ticket_id);
+}

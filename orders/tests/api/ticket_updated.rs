@@ -1,0 +1,135 @@
+use common::bus::Outcome;
+use common::events::TicketUpdated;
+use common::money::Price;
+use common::testing::new_user_id;
+use orders::listeners::ticket_updated::handle;
+use serde_json::json;
+
+use crate::helpers::{User, eventually, spawn_app};
+
+fn updated(id: &str, version: i64, title: &str, cents: i64) -> TicketUpdated {
+    TicketUpdated {
+        id: id.to_owned(),
+        version,
+        title: title.to_owned(),
+        price: Price::from_cents(cents),
+        user_id: new_user_id(),
+        order_id: None,
+    }
+}
+
+#[tokio::test]
+async fn the_next_version_of_a_ticket_is_applied_to_the_replica() {
+    let app = spawn_app().await;
+    let id = app.ticket("Old", 1000).await.id.to_hex();
+    let mut event = updated(&id, 1, "New", 1550);
+    // The tickets service's reservation marker is not the orders service's business.
+    event.order_id = Some(new_user_id());
+    assert_eq!(
+        handle(&app.store, event).await.expect("handled"),
+        Outcome::Ack
+    );
+    let replica = app.replica(&id).await.expect("replica");
+    assert_eq!(
+        (replica.title.as_str(), replica.price, replica.version),
+        ("New", 1550, 1)
+    );
+}
+
+#[tokio::test]
+async fn an_update_already_applied_or_older_is_acknowledged_without_change() {
+    let app = spawn_app().await;
+    let id = app.ticket("Old", 1000).await.id.to_hex();
+    assert_eq!(
+        handle(&app.store, updated(&id, 1, "One", 1100))
+            .await
+            .expect("handled"),
+        Outcome::Ack
+    );
+    for stale in [
+        updated(&id, 1, "Again", 9900),
+        updated(&id, 0, "Older", 9900),
+    ] {
+        assert_eq!(
+            handle(&app.store, stale).await.expect("handled"),
+            Outcome::Ack
+        );
+    }
+    let replica = app.replica(&id).await.expect("replica");
+    assert_eq!(
+        (replica.title.as_str(), replica.price, replica.version),
+        ("One", 1100, 1)
+    );
+}
+
+#[tokio::test]
+async fn an_update_ahead_of_the_replica_waits_for_the_missing_one() {
+    let app = spawn_app().await;
+    let id = app.ticket("Zero", 1000).await.id.to_hex();
+    let early = handle(&app.store, updated(&id, 2, "Two", 1200))
+        .await
+        .expect("handled");
+    assert!(matches!(early, Outcome::Retry(_)), "{early:?}");
+    assert_eq!(app.replica(&id).await.map(|t| t.version), Some(0));
+
+    assert_eq!(
+        handle(&app.store, updated(&id, 1, "One", 1100))
+            .await
+            .expect("handled"),
+        Outcome::Ack
+    );
+    assert_eq!(
+        handle(&app.store, updated(&id, 2, "Two", 1200))
+            .await
+            .expect("handled"),
+        Outcome::Ack
+    );
+    let replica = app.replica(&id).await.expect("replica");
+    assert_eq!((replica.title.as_str(), replica.version), ("Two", 2));
+}
+
+#[tokio::test]
+async fn an_update_for_a_ticket_not_replicated_yet_is_retried() {
+    let app = spawn_app().await;
+    let outcome = handle(&app.store, updated(&new_user_id(), 1, "One", 1000))
+        .await
+        .expect("handled");
+    assert!(matches!(outcome, Outcome::Retry(_)), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn updates_published_out_of_order_are_applied_in_version_order() {
+    let app = spawn_app().await;
+    let id = app.ticket("Zero", 1000).await.id.to_hex();
+    app.publish(&updated(&id, 2, "Two", 1200)).await;
+    app.publish(&updated(&id, 1, "One", 1100)).await;
+    // Version 2 is only applicable after version 1: it must come back and be applied last.
+    let replica = eventually("version 2 applied", || async {
+        app.replica(&id).await.filter(|t| t.version == 2)
+    })
+    .await;
+    assert_eq!((replica.title.as_str(), replica.price), ("Two", 1200));
+}
+
+#[tokio::test]
+async fn orders_show_the_current_title_and_price_of_their_ticket() {
+    let app = spawn_app().await;
+    let user = User::new();
+    let id = app.ticket("Old", 1000).await.id.to_hex();
+    let order = app.order_ok(&user, &id).await;
+    assert_eq!(
+        handle(&app.store, updated(&id, 1, "Renamed", 1234))
+            .await
+            .expect("handled"),
+        Outcome::Ack
+    );
+    let shown = app
+        .get_order(Some(&user), order["id"].as_str().expect("id"))
+        .await;
+    assert_eq!(
+        shown.body["ticket"],
+        json!({"id": id, "title": "Renamed", "price": 12.34, "version": 1})
+    );
+    let listed = app.list_orders(Some(&user)).await;
+    assert_eq!(listed.body[0]["ticket"], shown.body["ticket"]);
+}

@@ -1,0 +1,326 @@
+//! The pages' templates (askama, compiled into the binary from `client/templates/`) and the small
+//! view models they show.
+
+use askama::Template;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{Html, IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use common::events::OrderStatus;
+use common::money::Price;
+
+use crate::api::{FormErrors, Order, Ticket, User};
+
+/// Who is looking, for the header's links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Viewer {
+    SignedIn(User),
+    SignedOut,
+    /// The API could not tell us (it is down): the header shows the brand only.
+    Unknown,
+}
+
+impl From<Option<User>> for Viewer {
+    fn from(user: Option<User>) -> Self {
+        user.map_or(Self::SignedOut, Self::SignedIn)
+    }
+}
+
+impl Viewer {
+    pub fn user(&self) -> Option<&User> {
+        match self {
+            Self::SignedIn(user) => Some(user),
+            _ => None,
+        }
+    }
+
+    pub fn is_signed_out(&self) -> bool {
+        matches!(self, Self::SignedOut)
+    }
+}
+
+/// Renders a page with its status; a template that fails to render is logged and answered with a
+/// plain 500 page (it cannot happen with these templates, but a panic is never the answer).
+pub fn render<T: Template>(status: StatusCode, page: &T) -> Response {
+    match page.render() {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "a template failed to render");
+            internal_error_page()
+        }
+    }
+}
+
+/// The last-resort page, with no template involved.
+pub fn internal_error_page() -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        [(CONTENT_TYPE, "text/html; charset=utf-8")],
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Something went wrong · \
+         Ticketing System</title><link rel=\"stylesheet\" href=\"/static/app.css\"></head><body><main \
+         class=\"container\"><h1>Something went wrong</h1><p>Please try again. <a href=\"/\">Back to \
+         the tickets</a></p></main></body></html>",
+    )
+        .into_response()
+}
+
+/// An amount in euros the way people read it: `€12.50`, `€1,250.00`.
+pub fn euros(price: Price) -> String {
+    let cents = price.cents();
+    let sign = if cents < 0 { "-" } else { "" };
+    let cents = cents.unsigned_abs();
+    let whole = (cents / 100).to_string();
+    let mut grouped = String::with_capacity(whole.len() + whole.len() / 3);
+    for (i, digit) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    format!("{sign}€{grouped}.{:02}", cents % 100)
+}
+
+pub struct TicketRow {
+    pub id: String,
+    pub title: String,
+    pub price: String,
+}
+
+impl From<Ticket> for TicketRow {
+    fn from(ticket: Ticket) -> Self {
+        Self {
+            price: euros(ticket.price),
+            id: ticket.id,
+            title: ticket.title,
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "home.html")]
+pub struct HomePage {
+    pub viewer: Viewer,
+    pub tickets: Vec<TicketRow>,
+}
+
+/// Sign up and sign in share one form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    SignUp,
+    SignIn,
+}
+
+#[derive(Template)]
+#[template(path = "auth_form.html")]
+pub struct AuthPage {
+    pub viewer: Viewer,
+    pub heading: &'static str,
+    pub form_id: &'static str,
+    pub action: &'static str,
+    pub password_autocomplete: &'static str,
+    /// What the user typed, shown again after an error (the password never is).
+    pub email: String,
+    pub errors: FormErrors,
+}
+
+impl AuthPage {
+    pub fn new(viewer: Viewer, mode: AuthMode, email: String, errors: FormErrors) -> Self {
+        let (heading, form_id, action, password_autocomplete) = match mode {
+            AuthMode::SignUp => ("Sign Up", "signup-form", "/auth/signup", "new-password"),
+            AuthMode::SignIn => ("Sign In", "signin-form", "/auth/signin", "current-password"),
+        };
+        Self {
+            viewer,
+            heading,
+            form_id,
+            action,
+            password_autocomplete,
+            email,
+            errors,
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "signout.html")]
+pub struct SignoutPage {
+    pub viewer: Viewer,
+}
+
+#[derive(Template)]
+#[template(path = "ticket_new.html")]
+pub struct NewTicketPage {
+    pub viewer: Viewer,
+    pub title: String,
+    pub price: String,
+    pub errors: FormErrors,
+}
+
+#[derive(Template)]
+#[template(path = "ticket_show.html")]
+pub struct TicketPage {
+    pub viewer: Viewer,
+    pub ticket: TicketRow,
+    pub errors: FormErrors,
+}
+
+pub struct OrderRow {
+    pub id: String,
+    pub title: String,
+    pub status: &'static str,
+    /// The status as a CSS class name (`awaiting:payment` has a colon).
+    pub status_class: &'static str,
+}
+
+#[derive(Template)]
+#[template(path = "orders_index.html")]
+pub struct OrdersPage {
+    pub viewer: Viewer,
+    pub orders: Vec<OrderRow>,
+}
+
+impl OrdersPage {
+    pub fn new(viewer: Viewer, orders: Vec<Order>) -> Self {
+        let orders = orders
+            .into_iter()
+            .map(|order| OrderRow {
+                status: order.status.as_str(),
+                status_class: match order.status {
+                    OrderStatus::AwaitingPayment => "awaiting-payment",
+                    other => other.as_str(),
+                },
+                id: order.id,
+                title: order.ticket.title,
+            })
+            .collect();
+        Self { viewer, orders }
+    }
+}
+
+/// Where an order stands, as the order page tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderState {
+    /// Still payable for this many seconds.
+    Payable(i64),
+    Expired,
+    Cancelled,
+    Paid,
+}
+
+impl OrderState {
+    /// Seconds left are rounded like the original page did (`Math.round`), and a negative value
+    /// means expired, whatever the status says (the expiration service may not have run yet).
+    pub fn of(order: &Order, now: DateTime<Utc>) -> Self {
+        let millis = (order.expires_at - now).num_milliseconds();
+        let seconds = (millis as f64 / 1000.0).round() as i64;
+        match order.status {
+            OrderStatus::Complete => Self::Paid,
+            _ if seconds < 0 => Self::Expired,
+            OrderStatus::Cancelled => Self::Cancelled,
+            OrderStatus::Created | OrderStatus::AwaitingPayment => Self::Payable(seconds),
+        }
+    }
+}
+
+/// How the pay form obtains its card token.
+pub struct Checkout {
+    /// Stripe Checkout's publishable key; `None` means the form posts Stripe's test token.
+    pub stripe_key: Option<String>,
+    pub email: String,
+    pub amount_cents: i64,
+}
+
+#[derive(Template)]
+#[template(path = "order_show.html")]
+pub struct OrderPage {
+    pub viewer: Viewer,
+    pub id: String,
+    pub title: String,
+    pub price: String,
+    pub status: &'static str,
+    pub state: OrderState,
+    pub checkout: Checkout,
+    pub errors: FormErrors,
+}
+
+impl OrderPage {
+    pub fn new(
+        viewer: Viewer,
+        order: Order,
+        now: DateTime<Utc>,
+        stripe_key: Option<String>,
+        errors: FormErrors,
+    ) -> Self {
+        let email = viewer.user().map(|u| u.email.clone()).unwrap_or_default();
+        Self {
+            state: OrderState::of(&order, now),
+            status: order.status.as_str(),
+            price: euros(order.ticket.price),
+            checkout: Checkout {
+                stripe_key,
+                email,
+                amount_cents: order.ticket.price.cents(),
+            },
+            id: order.id,
+            title: order.ticket.title,
+            viewer,
+            errors,
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "not_found.html")]
+pub struct NotFoundPage {
+    pub viewer: Viewer,
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+pub struct ErrorPage {
+    pub viewer: Viewer,
+    pub heading: String,
+    pub message: String,
+    pub errors: FormErrors,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::OrderTicket;
+    use chrono::Duration;
+
+    #[test]
+    fn euros_have_two_decimals_and_grouped_thousands() {
+        assert_eq!(euros(Price::from_cents(1250)), "€12.50");
+        assert_eq!(euros(Price::from_cents(5)), "€0.05");
+        assert_eq!(euros(Price::from_cents(100_000)), "€1,000.00");
+        assert_eq!(euros(Price::from_cents(123_456_789)), "€1,234,567.89");
+        assert_eq!(euros(Price::from_cents(-250)), "-€2.50");
+    }
+
+    fn order(status: OrderStatus, expires_in_ms: i64, now: DateTime<Utc>) -> Order {
+        Order {
+            id: "64b7f0c2a1b2c3d4e5f60718".into(),
+            status,
+            expires_at: now + Duration::milliseconds(expires_in_ms),
+            ticket: OrderTicket {
+                id: "64b7f0c2a1b2c3d4e5f60719".into(),
+                title: "Concert".into(),
+                price: Price::from_cents(1000),
+            },
+        }
+    }
+
+    #[test]
+    fn an_order_is_payable_until_its_time_runs_out() {
+        let now = Utc::now();
+        let state = |status, ms| OrderState::of(&order(status, ms, now), now);
+        assert_eq!(state(OrderStatus::Created, 41_600), OrderState::Payable(42));
+        assert_eq!(state(OrderStatus::Created, 0), OrderState::Payable(0));
+        assert_eq!(state(OrderStatus::Created, -600), OrderState::Expired);
+        assert_eq!(state(OrderStatus::Cancelled, -5_000), OrderState::Expired);
+        assert_eq!(state(OrderStatus::Cancelled, 5_000), OrderState::Cancelled);
+        assert_eq!(state(OrderStatus::Complete, -5_000), OrderState::Paid);
+    }
+}

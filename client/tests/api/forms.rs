@@ -1,0 +1,490 @@
+use chrono::{Duration, Utc};
+use reqwest::StatusCode;
+use serde_json::json;
+use wiremock::matchers::{body_json, header, method, path};
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::helpers::{COOKIE_VALUE, errors, order, spawn_app, ticket};
+
+const SESSION: &str =
+    "express:sess=eyJqd3QiOiJuZXcifQ==; path=/; max-age=86400; samesite=lax; httponly";
+const CLEARED: &str = "express:sess=; path=/; expires=Thu, 01 Jan 1970 00:00:00 GMT; httponly";
+const TICKET_ID: &str = "64b7f0c2a1b2c3d4e5f6a001";
+const ORDER_ID: &str = "64b7f0c2a1b2c3d4e5f6b001";
+
+#[tokio::test]
+async fn signing_up_posts_json_to_the_api_and_hands_its_session_cookie_to_the_browser() {
+    let app = spawn_app().await;
+    Mock::given(method("POST"))
+        .and(path("/api/users/signup"))
+        .and(header("content-type", "application/json"))
+        .and(body_json(
+            json!({ "email": "new@test.com", "password": "password" }),
+        ))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .append_header("set-cookie", SESSION)
+                .set_body_json(
+                    json!({ "email": "new@test.com", "id": "64b7f0c2a1b2c3d4e5f60001" }),
+                ),
+        )
+        .expect(1)
+        .mount(&app.api)
+        .await;
+
+    let page = app
+        .post_form(
+            "/auth/signup",
+            &[("email", "new@test.com"), ("password", "password")],
+            None,
+        )
+        .await;
+
+    page.assert_redirect("/");
+    assert_eq!(page.set_cookies(), [SESSION]);
+    app.api.verify().await;
+}
+
+#[tokio::test]
+async fn the_signup_and_signin_forms_post_email_and_password_to_the_client() {
+    let app = spawn_app().await;
+    app.given_anonymous().await;
+
+    for (page_path, heading, form_id) in [
+        ("/auth/signup", "Sign Up", "signup-form"),
+        ("/auth/signin", "Sign In", "signin-form"),
+    ] {
+        let page = app.get(page_path, None).await;
+        assert_eq!(page.status, StatusCode::OK, "{page_path}");
+        page.assert_signed_out_header();
+        page.assert_contains(&[
+            &format!("<title>{heading} · Ticketing System</title>"),
+            &format!("<h1>{heading}</h1>"),
+            &format!(
+                r#"<form class="card form" id="{form_id}" method="post" action="{page_path}""#
+            ),
+            r#"<label for="email">Email Address</label>"#,
+            r#"<input id="email" name="email" type="email" value="""#,
+            r#"<label for="password">Password</label>"#,
+            r#"<input id="password" name="password" type="password" value="""#,
+            &format!(r#"id="{form_id}-button">{heading}</button>"#),
+        ]);
+        page.assert_lacks(&["Oh snap!"]);
+    }
+}
+
+#[tokio::test]
+async fn a_rejected_signup_shows_every_message_next_to_its_field_and_keeps_the_email_but_not_the_password()
+ {
+    let app = spawn_app().await;
+    app.given_anonymous().await;
+    Mock::given(method("POST"))
+        .and(path("/api/users/signup"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(errors(&[
+            ("Email must be valid.", Some("email")),
+            (
+                "Password must be between 5 and 20 characters.",
+                Some("password"),
+            ),
+        ])))
+        .mount(&app.api)
+        .await;
+
+    let page = app
+        .post_form(
+            "/auth/signup",
+            &[("email", "not-an-email\"><b>"), ("password", "abc")],
+            None,
+        )
+        .await;
+
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    page.assert_signed_out_header();
+    page.assert_alert(&[
+        "Email must be valid.",
+        "Password must be between 5 and 20 characters.",
+    ]);
+    assert_eq!(page.field_messages("email"), ["Email must be valid."]);
+    assert_eq!(
+        page.field_messages("password"),
+        ["Password must be between 5 and 20 characters."]
+    );
+    assert_eq!(
+        page.input_value("email"),
+        "not-an-email&#34;&#62;&#60;b&#62;"
+    );
+    assert_eq!(page.input_value("password"), "");
+    page.assert_contains(&[r#"aria-invalid="true" aria-describedby="email-error""#]);
+    assert!(page.set_cookies().is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_signin_shows_the_general_error_in_the_alert() {
+    let app = spawn_app().await;
+    app.given_anonymous().await;
+    Mock::given(method("POST"))
+        .and(path("/api/users/signin"))
+        .and(body_json(
+            json!({ "email": "who@test.com", "password": "wrong" }),
+        ))
+        .respond_with(
+            ResponseTemplate::new(400).set_body_json(errors(&[("Invalid credentials.", None)])),
+        )
+        .mount(&app.api)
+        .await;
+
+    let page = app
+        .post_form(
+            "/auth/signin",
+            &[("email", "who@test.com"), ("password", "wrong")],
+            None,
+        )
+        .await;
+
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    page.assert_contains(&["<h1>Sign In</h1>"]);
+    page.assert_alert(&["Invalid credentials."]);
+    assert!(page.field_messages("email").is_empty());
+    assert_eq!(page.input_value("email"), "who@test.com");
+}
+
+#[tokio::test]
+async fn signing_in_redirects_home_with_the_session_cookie() {
+    let app = spawn_app().await;
+    Mock::given(method("POST"))
+        .and(path("/api/users/signin"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .append_header("set-cookie", SESSION)
+                .set_body_json(json!({ "email": "a@test.com", "id": "64b7f0c2a1b2c3d4e5f60001" })),
+        )
+        .mount(&app.api)
+        .await;
+
+    let page = app
+        .post_form(
+            "/auth/signin",
+            &[("email", "a@test.com"), ("password", "password")],
+            None,
+        )
+        .await;
+
+    page.assert_redirect("/");
+    assert_eq!(page.set_cookies(), [SESSION]);
+}
+
+#[tokio::test]
+async fn the_signout_page_auto_submits_a_form_whose_post_clears_the_session() {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "a@test.com").await;
+    Mock::given(method("POST"))
+        .and(path("/api/users/signout"))
+        .and(header("cookie", COOKIE_VALUE))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .append_header("set-cookie", CLEARED)
+                .set_body_json(json!({})),
+        )
+        .expect(1)
+        .mount(&app.api)
+        .await;
+
+    let page = app.get("/auth/signout", Some(COOKIE_VALUE)).await;
+    assert_eq!(page.status, StatusCode::OK);
+    page.assert_contains(&[
+        r#"<p class="status" id="signout-status" role="status">Signing user out ...</p>"#,
+        r#"<form id="signout-form" method="post" action="/auth/signout" data-autosubmit"#,
+        r#"id="signout-button">Sign Out</button>"#,
+    ]);
+    assert!(
+        app.requests_to("/api/users/signout").await.is_empty(),
+        "a GET never signs out"
+    );
+
+    let done = app
+        .post_form("/auth/signout", &[], Some(COOKIE_VALUE))
+        .await;
+    done.assert_redirect("/");
+    assert_eq!(done.set_cookies(), [CLEARED]);
+    app.api.verify().await;
+}
+
+#[tokio::test]
+async fn creating_a_ticket_posts_title_and_price_as_typed_and_goes_home() {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "seller@test.com").await;
+    Mock::given(method("POST"))
+        .and(path("/api/tickets"))
+        .and(header("cookie", COOKIE_VALUE))
+        .and(body_json(json!({ "title": "Concert", "price": "12.50" })))
+        .respond_with(ResponseTemplate::new(201).set_body_json(ticket(TICKET_ID, "Concert", 12.5)))
+        .expect(1)
+        .mount(&app.api)
+        .await;
+
+    let form = app.get("/tickets/new", Some(COOKIE_VALUE)).await;
+    assert_eq!(form.status, StatusCode::OK);
+    form.assert_contains(&[
+        "<h1>Create a Ticket</h1>",
+        r#"<form class="card form" id="ticket-form" method="post" action="/tickets/new""#,
+        r#"<input id="title" name="title" type="text""#,
+        r#"inputmode="decimal" data-price"#,
+        r#"<script src="/static/forms.js" defer></script>"#,
+    ]);
+
+    let page = app
+        .post_form(
+            "/tickets/new",
+            &[("title", "Concert"), ("price", " 12.50 ")],
+            Some(COOKIE_VALUE),
+        )
+        .await;
+
+    page.assert_redirect("/");
+    app.api.verify().await;
+}
+
+#[tokio::test]
+async fn an_invalid_ticket_keeps_the_input_and_shows_the_field_messages() {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "seller@test.com").await;
+    Mock::given(method("POST"))
+        .and(path("/api/tickets"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(errors(&[
+            ("Title is required.", Some("title")),
+            ("Price must be larger than 0.", Some("price")),
+        ])))
+        .mount(&app.api)
+        .await;
+
+    let page = app
+        .post_form(
+            "/tickets/new",
+            &[("title", ""), ("price", "-3")],
+            Some(COOKIE_VALUE),
+        )
+        .await;
+
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    page.assert_signed_in_header();
+    page.assert_alert(&["Title is required.", "Price must be larger than 0."]);
+    assert_eq!(page.field_messages("title"), ["Title is required."]);
+    assert_eq!(
+        page.field_messages("price"),
+        ["Price must be larger than 0."]
+    );
+    assert_eq!(page.input_value("price"), "-3");
+}
+
+#[tokio::test]
+async fn creating_a_ticket_after_the_session_ended_goes_to_sign_in() {
+    let app = spawn_app().await;
+    Mock::given(method("POST"))
+        .and(path("/api/tickets"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(errors(&[("Not authorized", None)])))
+        .mount(&app.api)
+        .await;
+
+    let page = app
+        .post_form(
+            "/tickets/new",
+            &[("title", "Concert"), ("price", "10")],
+            None,
+        )
+        .await;
+
+    page.assert_redirect("/auth/signin");
+}
+
+#[tokio::test]
+async fn purchasing_reserves_the_ticket_and_goes_to_the_new_order() {
+    let app = spawn_app().await;
+    Mock::given(method("POST"))
+        .and(path("/api/orders"))
+        .and(header("cookie", COOKIE_VALUE))
+        .and(body_json(json!({ "ticketId": TICKET_ID })))
+        .respond_with(ResponseTemplate::new(201).set_body_json(order(
+            ORDER_ID,
+            "created",
+            Utc::now() + Duration::seconds(60),
+            "Concert",
+            12.5,
+        )))
+        .expect(1)
+        .mount(&app.api)
+        .await;
+
+    let page = app
+        .post_form(&format!("/tickets/{TICKET_ID}"), &[], Some(COOKIE_VALUE))
+        .await;
+
+    page.assert_redirect(&format!("/orders/{ORDER_ID}"));
+    app.api.verify().await;
+}
+
+#[tokio::test]
+async fn purchasing_a_reserved_ticket_shows_the_error_on_the_ticket_page() {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    app.given_get(
+        &format!("/api/tickets/{TICKET_ID}"),
+        200,
+        ticket(TICKET_ID, "Concert", 12.5),
+    )
+    .await;
+    Mock::given(method("POST"))
+        .and(path("/api/orders"))
+        .respond_with(
+            ResponseTemplate::new(400)
+                .set_body_json(errors(&[("Ticket is already reserved.", None)])),
+        )
+        .mount(&app.api)
+        .await;
+
+    let page = app
+        .post_form(&format!("/tickets/{TICKET_ID}"), &[], Some(COOKIE_VALUE))
+        .await;
+
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    page.assert_contains(&["<h1 id=\"ticket-title\">Concert</h1>", "Price: €12.50"]);
+    page.assert_alert(&["Ticket is already reserved."]);
+}
+
+#[tokio::test]
+async fn paying_sends_the_order_id_and_token_then_goes_to_my_orders() {
+    let app = spawn_app().await;
+    Mock::given(method("POST"))
+        .and(path("/api/payments"))
+        .and(header("cookie", COOKIE_VALUE))
+        .and(body_json(
+            json!({ "orderId": ORDER_ID, "token": "tok_visa" }),
+        ))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_json(json!({ "success": true, "id": "64b7f0c2a1b2c3d4e5f6c001" })),
+        )
+        .expect(1)
+        .mount(&app.api)
+        .await;
+
+    let page = app
+        .post_form(
+            &format!("/orders/{ORDER_ID}"),
+            &[("token", "tok_visa")],
+            Some(COOKIE_VALUE),
+        )
+        .await;
+
+    page.assert_redirect("/orders");
+    app.api.verify().await;
+}
+
+#[tokio::test]
+async fn paying_waits_for_the_payments_service_to_learn_about_a_new_order() {
+    let app = spawn_app().await;
+    // The payments replica lags behind the order for a moment: 404 twice, then it knows it.
+    Mock::given(method("POST"))
+        .and(path("/api/payments"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(errors(&[("Not Found", None)])))
+        .up_to_n_times(2)
+        .with_priority(1)
+        .mount(&app.api)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/payments"))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_json(json!({ "success": true, "id": "64b7f0c2a1b2c3d4e5f6c001" })),
+        )
+        .mount(&app.api)
+        .await;
+
+    let page = app
+        .post_form(
+            &format!("/orders/{ORDER_ID}"),
+            &[("token", "tok_visa")],
+            Some(COOKIE_VALUE),
+        )
+        .await;
+
+    page.assert_redirect("/orders");
+    assert_eq!(app.requests_to("/api/payments").await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_refused_payment_is_shown_on_the_order_page() {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    app.given_get(
+        &format!("/api/orders/{ORDER_ID}"),
+        200,
+        order(
+            ORDER_ID,
+            "created",
+            Utc::now() + Duration::seconds(30),
+            "Concert",
+            12.5,
+        ),
+    )
+    .await;
+    Mock::given(method("POST"))
+        .and(path("/api/payments"))
+        .respond_with(
+            ResponseTemplate::new(402).set_body_json(errors(&[("Your card was declined.", None)])),
+        )
+        .mount(&app.api)
+        .await;
+
+    let page = app
+        .post_form(
+            &format!("/orders/{ORDER_ID}"),
+            &[("token", "tok_chargeDeclined")],
+            Some(COOKIE_VALUE),
+        )
+        .await;
+
+    assert_eq!(page.status, StatusCode::PAYMENT_REQUIRED);
+    page.assert_alert(&["Your card was declined."]);
+    page.assert_contains(&["Time left to pay:", r#"id="pay-button""#]);
+}
+
+#[tokio::test]
+async fn a_form_that_is_not_urlencoded_gets_an_html_error_page() {
+    let app = spawn_app().await;
+
+    let response = app
+        .browser
+        .post(app.url("/auth/signin"))
+        .header("content-type", "application/json")
+        .body(r#"{"email":"a@b.co","password":"x"}"#)
+        .send()
+        .await
+        .expect("request");
+
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let html = response.text().await.expect("body");
+    assert!(html.contains("That form could not be read"), "{html}");
+    assert!(app.requests_to("/api/users/signin").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_failing_api_during_a_submit_answers_502_with_a_page() {
+    let app = spawn_app().await;
+    Mock::given(method("POST"))
+        .and(path("/api/users/signup"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("boom"))
+        .mount(&app.api)
+        .await;
+
+    let page = app
+        .post_form(
+            "/auth/signup",
+            &[("email", "a@test.com"), ("password", "password")],
+            None,
+        )
+        .await;
+
+    assert_eq!(page.status, StatusCode::BAD_GATEWAY);
+    page.assert_contains(&["Something went wrong on our side"]);
+    assert!(page.set_cookies().is_empty());
+}

@@ -1,0 +1,586 @@
+use chrono::{Duration, Utc};
+use reqwest::StatusCode;
+use serde_json::json;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::helpers::{
+    COOKIE_VALUE, order, spawn_app, spawn_app_with_stripe, spawn_app_without_api, ticket,
+};
+
+const TICKET_A: &str = "64b7f0c2a1b2c3d4e5f6a001";
+const TICKET_B: &str = "64b7f0c2a1b2c3d4e5f6a002";
+const ORDER_ID: &str = "64b7f0c2a1b2c3d4e5f6b001";
+
+#[tokio::test]
+async fn the_home_page_lists_the_tickets_for_sale_with_the_signed_out_header() {
+    let app = spawn_app().await;
+    app.given_anonymous().await;
+    app.given_get(
+        "/api/tickets",
+        200,
+        json!([
+            ticket(TICKET_A, "Concert", 12.5),
+            ticket(TICKET_B, "Opera", 1000.0)
+        ]),
+    )
+    .await;
+
+    let page = app.get("/", None).await;
+
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.content_type(), "text/html; charset=utf-8");
+    page.assert_signed_out_header();
+    page.assert_contains(&[
+        "<title>Tickets · Ticketing System</title>",
+        "<h1>Tickets</h1>",
+        r#"<th scope="col">Title</th>"#,
+        r#"<th scope="col" class="num">Price</th>"#,
+        r#"<th scope="col">Link</th>"#,
+        r#"<td class="ticket-title">Concert</td>"#,
+        r#"<td class="ticket-price num">€12.50</td>"#,
+        &format!(r#"<a href="/tickets/{TICKET_A}">View</a>"#),
+        r#"<td class="ticket-title">Opera</td>"#,
+        r#"<td class="ticket-price num">€1,000.00</td>"#,
+        &format!(r#"<a href="/tickets/{TICKET_B}">View</a>"#),
+    ]);
+    page.assert_lacks(&["No tickets for sale"]);
+}
+
+#[tokio::test]
+async fn an_empty_ticket_list_says_there_is_nothing_for_sale() {
+    let app = spawn_app().await;
+    app.given_anonymous().await;
+    app.given_get("/api/tickets", 200, json!([])).await;
+
+    let page = app.get("/", None).await;
+
+    assert_eq!(page.status, StatusCode::OK);
+    page.assert_contains(&[r#"id="tickets-table""#, "No tickets for sale right now."]);
+}
+
+#[tokio::test]
+async fn a_signed_in_visitor_gets_the_account_links_because_the_browser_cookie_reaches_the_api() {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    app.given_get("/api/tickets", 200, json!([])).await;
+
+    let page = app.get("/", Some(COOKIE_VALUE)).await;
+
+    assert_eq!(page.status, StatusCode::OK);
+    page.assert_signed_in_header();
+    page.assert_contains(&["buyer@test.com"]);
+    for api_path in ["/api/users/currentuser", "/api/tickets"] {
+        let requests = app.requests_to(api_path).await;
+        assert_eq!(requests.len(), 1, "{api_path}");
+        assert_eq!(
+            requests[0]
+                .headers
+                .get("cookie")
+                .and_then(|v| v.to_str().ok()),
+            Some(COOKIE_VALUE),
+            "{api_path} must see the browser's cookie"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cookies_the_api_sets_while_a_page_loads_are_passed_back_to_the_browser() {
+    let app = spawn_app().await;
+    Mock::given(method("GET"))
+        .and(path("/api/users/currentuser"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .append_header(
+                    "set-cookie",
+                    "express:sess=; path=/; expires=Thu, 01 Jan 1970 00:00:00 GMT; httponly",
+                )
+                .set_body_json(json!({ "currentUser": null })),
+        )
+        .mount(&app.api)
+        .await;
+    app.given_get("/api/tickets", 200, json!([])).await;
+
+    let page = app.get("/", Some("express:sess=expired")).await;
+
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(
+        page.set_cookies(),
+        ["express:sess=; path=/; expires=Thu, 01 Jan 1970 00:00:00 GMT; httponly"]
+    );
+}
+
+#[tokio::test]
+async fn protected_pages_send_anonymous_visitors_to_sign_in() {
+    let app = spawn_app().await;
+    app.given_anonymous().await;
+
+    for page_path in ["/tickets/new", "/orders", &format!("/orders/{ORDER_ID}")] {
+        let page = app.get(page_path, None).await;
+        page.assert_redirect("/auth/signin");
+    }
+    assert!(
+        app.requests_to("/api/orders").await.is_empty(),
+        "no order is asked for on behalf of an anonymous visitor"
+    );
+}
+
+#[tokio::test]
+async fn the_ticket_page_shows_title_price_and_a_purchase_button_to_a_signed_in_visitor() {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    app.given_get(
+        &format!("/api/tickets/{TICKET_A}"),
+        200,
+        ticket(TICKET_A, "Concert", 20.0),
+    )
+    .await;
+
+    let page = app
+        .get(&format!("/tickets/{TICKET_A}"), Some(COOKIE_VALUE))
+        .await;
+
+    assert_eq!(page.status, StatusCode::OK);
+    page.assert_signed_in_header();
+    page.assert_contains(&[
+        "<title>Concert · Ticketing System</title>",
+        r#"<h1 id="ticket-title">Concert</h1>"#,
+        r#"<p class="price" id="ticket-price">Price: €20.00</p>"#,
+        &format!(r#"<form id="purchase-form" method="post" action="/tickets/{TICKET_A}""#),
+        r#"<button type="submit" class="button" id="purchase-button">Purchase</button>"#,
+    ]);
+    page.assert_lacks(&["Oh snap!"]);
+}
+
+#[tokio::test]
+async fn a_signed_out_visitor_is_invited_to_sign_in_instead_of_purchasing() {
+    let app = spawn_app().await;
+    app.given_anonymous().await;
+    app.given_get(
+        &format!("/api/tickets/{TICKET_A}"),
+        200,
+        ticket(TICKET_A, "Concert", 20.0),
+    )
+    .await;
+
+    let page = app.get(&format!("/tickets/{TICKET_A}"), None).await;
+
+    assert_eq!(page.status, StatusCode::OK);
+    page.assert_contains(&["Price: €20.00", r#"id="signin-to-purchase""#]);
+    page.assert_lacks(&["purchase-form"]);
+}
+
+#[tokio::test]
+async fn an_unknown_ticket_renders_the_html_404_page() {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    app.given_get(
+        &format!("/api/tickets/{TICKET_A}"),
+        404,
+        json!({ "errors": [{ "message": "Not Found" }] }),
+    )
+    .await;
+
+    let page = app
+        .get(&format!("/tickets/{TICKET_A}"), Some(COOKIE_VALUE))
+        .await;
+
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+    assert_eq!(page.content_type(), "text/html; charset=utf-8");
+    page.assert_contains(&["<h1>Page not found</h1>"]);
+    page.assert_signed_in_header();
+}
+
+#[tokio::test]
+async fn a_malformed_id_is_a_404_without_being_spliced_into_an_api_url() {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+
+    for page_path in [
+        "/tickets/not-an-id",
+        "/tickets/..%2Fusers%2Fsignout",
+        "/orders/64B7F0C2A1B2C3D4E5F6B001",
+    ] {
+        let page = app.get(page_path, Some(COOKIE_VALUE)).await;
+        assert_eq!(page.status, StatusCode::NOT_FOUND, "{page_path}");
+        page.assert_contains(&["<h1>Page not found</h1>"]);
+    }
+    let asked: Vec<String> = app
+        .api
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| r.url.path().to_owned())
+        .filter(|p| p != "/api/users/currentuser")
+        .collect();
+    assert!(asked.is_empty(), "the API was asked for {asked:?}");
+}
+
+#[tokio::test]
+async fn my_orders_lists_each_order_as_title_dash_status() {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    let later = Utc::now() + Duration::seconds(60);
+    app.given_get(
+        "/api/orders",
+        200,
+        json!([
+            order(ORDER_ID, "complete", later, "Concert", 20.0),
+            order("64b7f0c2a1b2c3d4e5f6b002", "cancelled", later, "Opera", 5.0),
+        ]),
+    )
+    .await;
+
+    let page = app.get("/orders", Some(COOKIE_VALUE)).await;
+
+    assert_eq!(page.status, StatusCode::OK);
+    page.assert_signed_in_header();
+    page.assert_contains(&[
+        "<title>My Orders · Ticketing System</title>",
+        &format!(r#"<a href="/orders/{ORDER_ID}">Concert - complete</a>"#),
+        r#"<a href="/orders/64b7f0c2a1b2c3d4e5f6b002">Opera - cancelled</a>"#,
+    ]);
+    let requests = app.requests_to("/api/orders").await;
+    assert_eq!(
+        requests[0]
+            .headers
+            .get("cookie")
+            .and_then(|v| v.to_str().ok()),
+        Some(COOKIE_VALUE)
+    );
+}
+
+#[tokio::test]
+async fn a_pending_order_counts_down_and_pays_with_the_test_token_without_a_stripe_key() {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    let expires_at = Utc::now() + Duration::milliseconds(45_300);
+    app.given_get(
+        &format!("/api/orders/{ORDER_ID}"),
+        200,
+        order(ORDER_ID, "created", expires_at, "Concert", 12.5),
+    )
+    .await;
+
+    let page = app
+        .get(&format!("/orders/{ORDER_ID}"), Some(COOKIE_VALUE))
+        .await;
+
+    assert_eq!(page.status, StatusCode::OK);
+    // Rounded to whole seconds; the request itself takes a moment, so allow 44 or 45.
+    let counted = ["44", "45"].iter().any(|n| {
+        page.html.contains(&format!(
+            r#"data-seconds-left="{n}">Time left to pay: {n} seconds.</p>"#
+        ))
+    });
+    assert!(counted, "no countdown in:\n{}", page.html);
+    page.assert_contains(&[
+        r#"id="order-status""#,
+        "€12.50 <span class=\"currency\">EUR</span>",
+        &format!(r#"<form id="pay-form" method="post" action="/orders/{ORDER_ID}""#),
+        r#"<input type="hidden" name="token" id="pay-token" value="tok_visa">"#,
+        r#"<button type="submit" class="button" id="pay-button">Pay €12.50</button>"#,
+        r#"<script src="/static/order.js" defer></script>"#,
+    ]);
+    page.assert_lacks(&["checkout.stripe.com", "Order expired."]);
+}
+
+#[tokio::test]
+async fn with_a_publishable_key_the_order_page_pays_through_stripe_checkout_in_euro_cents() {
+    let app = spawn_app_with_stripe("pk_test_publishable").await;
+    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    app.given_get(
+        &format!("/api/orders/{ORDER_ID}"),
+        200,
+        order(
+            ORDER_ID,
+            "created",
+            Utc::now() + Duration::seconds(50),
+            "Concert",
+            12.5,
+        ),
+    )
+    .await;
+
+    let page = app
+        .get(&format!("/orders/{ORDER_ID}"), Some(COOKIE_VALUE))
+        .await;
+
+    assert_eq!(page.status, StatusCode::OK);
+    page.assert_contains(&[
+        r#"<script src="https://checkout.stripe.com/checkout.js" defer></script>"#,
+        r#"data-stripe-key="pk_test_publishable""#,
+        r#"data-amount="1250""#,
+        r#"data-currency="eur""#,
+        r#"data-email="buyer@test.com""#,
+        r#"<input type="hidden" name="token" id="pay-token" value="">"#,
+    ]);
+    page.assert_lacks(&["tok_visa"]);
+}
+
+#[tokio::test]
+async fn an_order_past_its_expiry_says_order_expired_and_cannot_be_paid() {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    app.given_get(
+        &format!("/api/orders/{ORDER_ID}"),
+        200,
+        order(
+            ORDER_ID,
+            "created",
+            Utc::now() - Duration::seconds(3),
+            "Concert",
+            12.5,
+        ),
+    )
+    .await;
+
+    let page = app
+        .get(&format!("/orders/{ORDER_ID}"), Some(COOKIE_VALUE))
+        .await;
+
+    assert_eq!(page.status, StatusCode::OK);
+    page.assert_contains(&[r#"id="order-status" role="status">Order expired.</p>"#]);
+    page.assert_lacks(&["Time left to pay", "pay-form", "order.js"]);
+}
+
+#[tokio::test]
+async fn a_paid_order_says_so_and_offers_no_payment() {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    app.given_get(
+        &format!("/api/orders/{ORDER_ID}"),
+        200,
+        order(
+            ORDER_ID,
+            "complete",
+            Utc::now() - Duration::seconds(30),
+            "Concert",
+            12.5,
+        ),
+    )
+    .await;
+
+    let page = app
+        .get(&format!("/orders/{ORDER_ID}"), Some(COOKIE_VALUE))
+        .await;
+
+    page.assert_contains(&[r#"id="order-status" role="status">Order paid.</p>"#]);
+    page.assert_lacks(&["pay-form", "Order expired."]);
+}
+
+#[tokio::test]
+async fn another_users_order_is_shown_as_not_found() {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    app.given_get(
+        &format!("/api/orders/{ORDER_ID}"),
+        401,
+        json!({ "errors": [{ "message": "Not authorized" }] }),
+    )
+    .await;
+
+    let page = app
+        .get(&format!("/orders/{ORDER_ID}"), Some(COOKIE_VALUE))
+        .await;
+
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+    page.assert_contains(&["<h1>Page not found</h1>"]);
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_render_the_html_404_page() {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+
+    let page = app.get("/no/such/page", Some(COOKIE_VALUE)).await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+    assert_eq!(page.content_type(), "text/html; charset=utf-8");
+    page.assert_contains(&["<title>Page not found · Ticketing System</title>", "404"]);
+    page.assert_signed_in_header();
+
+    let put = app
+        .browser
+        .put(app.url("/orders"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(put.status(), StatusCode::NOT_FOUND);
+    let html = put.text().await.expect("body");
+    assert!(html.contains("<h1>Page not found</h1>"), "{html}");
+}
+
+#[tokio::test]
+async fn user_supplied_text_is_escaped_in_the_html() {
+    let app = spawn_app().await;
+    app.given_anonymous().await;
+    app.given_get(
+        "/api/tickets",
+        200,
+        json!([ticket(TICKET_A, "<script>alert(1)</script>", 1.0)]),
+    )
+    .await;
+
+    let page = app.get("/", None).await;
+
+    page.assert_lacks(&["<script>alert(1)</script>"]);
+    page.assert_contains(&["&#60;script&#62;alert(1)&#60;/script&#62;"]);
+}
+
+#[tokio::test]
+async fn when_the_api_is_unreachable_pages_answer_a_friendly_503() {
+    let app = spawn_app_without_api().await;
+
+    for page_path in ["/", "/auth/signin", "/orders"] {
+        let page = app.get(page_path, Some(COOKIE_VALUE)).await;
+        assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE, "{page_path}");
+        assert_eq!(page.content_type(), "text/html; charset=utf-8");
+        page.assert_contains(&[
+            "<h1>We&#39;ll be right back</h1>",
+            "The ticketing service is not answering right now.",
+        ]);
+        // The header cannot know who is looking: the brand only.
+        page.assert_lacks(&["Sign In</a>", "Sign Out</a>"]);
+    }
+    let form = app
+        .post_form(
+            "/auth/signin",
+            &[("email", "a@b.co"), ("password", "secret")],
+            None,
+        )
+        .await;
+    assert_eq!(form.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn when_the_api_fails_pages_answer_a_friendly_502() {
+    let app = spawn_app().await;
+    app.given_anonymous().await;
+    app.given_get(
+        "/api/tickets",
+        500,
+        json!({ "errors": [{ "message": "Something went wrong" }] }),
+    )
+    .await;
+    app.given_get(
+        &format!("/api/tickets/{TICKET_A}"),
+        200,
+        json!({ "unexpected": true }),
+    )
+    .await;
+
+    for page_path in ["/".to_owned(), format!("/tickets/{TICKET_A}")] {
+        let page = app.get(&page_path, None).await;
+        assert_eq!(page.status, StatusCode::BAD_GATEWAY, "{page_path}");
+        page.assert_contains(&["<h1>Something went wrong on our side</h1>"]);
+    }
+}
+
+#[tokio::test]
+async fn an_api_503_is_passed_on_as_a_friendly_503() {
+    let app = spawn_app().await;
+    app.given_anonymous().await;
+    app.given_get(
+        "/api/tickets",
+        503,
+        json!({ "errors": [{ "message": "Error connecting to database" }] }),
+    )
+    .await;
+
+    let page = app.get("/", None).await;
+
+    assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
+    page.assert_contains(&["We&#39;ll be right back"]);
+    page.assert_signed_out_header();
+}
+
+#[tokio::test]
+async fn the_stylesheet_and_scripts_are_served_by_the_client_itself() {
+    let app = spawn_app().await;
+
+    for (asset, content_type, fragment) in [
+        ("/static/app.css", "text/css; charset=utf-8", ".navbar"),
+        (
+            "/static/forms.js",
+            "text/javascript; charset=utf-8",
+            "toFixed(2)",
+        ),
+        (
+            "/static/order.js",
+            "text/javascript; charset=utf-8",
+            "Order expired.",
+        ),
+    ] {
+        let page = app.get(asset, None).await;
+        assert_eq!(page.status, StatusCode::OK, "{asset}");
+        assert_eq!(page.content_type(), content_type, "{asset}");
+        page.assert_contains(&[fragment]);
+    }
+    assert!(
+        app.api
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .is_empty(),
+        "assets need no API call"
+    );
+}
+
+#[tokio::test]
+async fn pages_forbid_framing_and_foreign_scripts() {
+    let app = spawn_app().await;
+    app.given_anonymous().await;
+
+    let page = app.get("/auth/signup", None).await;
+
+    let header = |name: &str| {
+        page.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(header("x-frame-options"), "DENY");
+    assert_eq!(header("x-content-type-options"), "nosniff");
+    let csp = header("content-security-policy");
+    assert!(
+        csp.contains("script-src 'self' https://checkout.stripe.com"),
+        "{csp}"
+    );
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(
+        !header("x-request-id").is_empty(),
+        "every answer carries a request id"
+    );
+}
+
+#[tokio::test]
+async fn health_is_always_ok_and_readiness_follows_the_api() {
+    let app = spawn_app().await;
+    let health = app.get("/healthz", None).await;
+    assert_eq!(
+        (health.status, health.html.as_str()),
+        (StatusCode::OK, r#"{"status":"ok"}"#)
+    );
+    // Any HTTP answer counts, even an error: the ingress is there.
+    Mock::given(method("GET"))
+        .and(path("/api/users/currentuser"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&app.api)
+        .await;
+    let ready = app.get("/readyz", None).await;
+    assert_eq!(
+        (ready.status, ready.html.as_str()),
+        (StatusCode::OK, r#"{"status":"ready"}"#)
+    );
+
+    let down = spawn_app_without_api().await;
+    let ready = down.get("/readyz", None).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        ready.html,
+        r#"{"errors":[{"message":"api is not reachable"}]}"#
+    );
+    assert_eq!(down.get("/healthz", None).await.status, StatusCode::OK);
+}

@@ -1,0 +1,34 @@
+//! `order:cancelled`: mark the replica cancelled, in version order.
+
+use common::bus::Outcome;
+use common::events::OrderCancelled;
+use common::store::parse_object_id;
+
+use super::RETRY_DELAY;
+use crate::store::OrderStore;
+
+pub async fn handle(orders: &OrderStore, event: OrderCancelled) -> anyhow::Result<Outcome> {
+    let Some(id) = parse_object_id(&event.id) else {
+        tracing::error!(order_id = %event.id, "order:cancelled with a malformed order id; ignored");
+        return Ok(Outcome::Ack);
+    };
+    let Some(order) = orders.get(id).await? else {
+        // Its order:created has not been applied yet.
+        return Ok(Outcome::Retry(RETRY_DELAY));
+    };
+    if order.version >= event.version {
+        return Ok(Outcome::Ack);
+    }
+    if order.version < event.version.saturating_sub(1) {
+        // An earlier change of the order is still on its way.
+        return Ok(Outcome::Retry(RETRY_DELAY));
+    }
+    if orders.cancel(id, event.version).await? {
+        return Ok(Outcome::Ack);
+    }
+    // Another consumer moved the replica meanwhile: look again.
+    match orders.get(id).await? {
+        Some(order) if order.version >= event.version => Ok(Outcome::Ack),
+        _ => Ok(Outcome::Retry(RETRY_DELAY)),
+    }
+}

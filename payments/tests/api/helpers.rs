@@ -1,0 +1,398 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use common::bus::{EventBus, ListenerOptions, Outcome, listen};
+use common::events::{
+    OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStatus, PaymentCreated, TicketRef,
+};
+use common::money::Price;
+use common::testing::{new_user_id, require_infra, session_cookie, test_env};
+use mongodb::Database;
+use mongodb::bson::oid::ObjectId;
+use mongodb::bson::{Document, doc};
+use payments::app::Application;
+use payments::listeners::{order_cancelled, order_created};
+use payments::settings::Settings;
+use payments::store::{Order, OrderStore, Payment, PaymentStore};
+use reqwest::StatusCode;
+use reqwest::header::COOKIE;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// The Stripe secret key the test app is configured with.
+pub const STRIPE_TEST_KEY: &str = "sk_test_payments_suite";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    /// Stands in for `https://api.stripe.com`, behind the real async-stripe client.
+    pub stripe: MockServer,
+    pub settings: Settings,
+    pub db: Database,
+    pub orders: OrderStore,
+    pub payments: PaymentStore,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Starts the payments service on a random port with a fresh database and stream, talking to a
+/// fresh Stripe double.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Same, with the settings adjusted first (the Stripe double's URI is already in them).
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    require_infra(&["MONGO_URL", "NATS_URL"]);
+    if std::env::var("TEST_LOG").is_ok() {
+        common::telemetry::init("payments-test");
+    }
+    let stripe = MockServer::start().await;
+    let env = test_env(
+        "payments",
+        &[
+            ("STRIPE_KEY", STRIPE_TEST_KEY),
+            ("STRIPE_API_BASE", &stripe.uri()),
+        ],
+    );
+    let mut settings = Settings::from_env(&env).expect("test settings");
+    adjust(&mut settings);
+    let app = Application::build(settings.clone())
+        .await
+        .expect("the payments app builds");
+    let addr = app.addr();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let db = common::store::connect(&settings.mongo, "payments-test")
+        .await
+        .expect("test database");
+    TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        stripe,
+        settings,
+        orders: OrderStore::new(&db),
+        payments: PaymentStore::new(&db),
+        db,
+        shutdown,
+    }
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Reply {
+    async fn read(response: reqwest::Response) -> Self {
+        let status = response.status();
+        let text = response.text().await.expect("response body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).expect("JSON body")
+        };
+        Self { status, body }
+    }
+}
+
+/// The error envelope with one entry per `(message, field)`.
+pub fn errors(messages: &[(&str, Option<&str>)]) -> Value {
+    let entries: Vec<Value> = messages
+        .iter()
+        .map(|(message, field)| match field {
+            Some(field) => json!({ "message": message, "field": field }),
+            None => json!({ "message": message }),
+        })
+        .collect();
+    json!({ "errors": entries })
+}
+
+/// A signed-in user.
+pub struct User {
+    pub id: String,
+    pub cookie: String,
+}
+
+impl User {
+    pub fn new() -> Self {
+        let id = new_user_id();
+        let cookie = session_cookie(&id, &format!("{id}@test.com"));
+        Self { id, cookie }
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn post_payment(&self, cookie: Option<&str>, body: &Value) -> Reply {
+        let mut request = self.client.post(self.url("/api/payments")).json(body);
+        if let Some(cookie) = cookie {
+            request = request.header(COOKIE, cookie);
+        }
+        Reply::read(request.send().await.expect("request")).await
+    }
+
+    pub async fn pay(&self, user: &User, order_id: &str, token: &str) -> Reply {
+        self.post_payment(
+            Some(&user.cookie),
+            &json!({ "orderId": order_id, "token": token }),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        Reply::read(
+            self.client
+                .get(self.url(path))
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
+    }
+
+    /// Puts an order of `user` into the replica the way `order:created` does.
+    pub async fn order_for(&self, user: &User, price: Price) -> OrderCreated {
+        let event = order_created_event(&user.id, price);
+        let outcome = order_created::handle(&self.orders, event.clone())
+            .await
+            .expect("order:created applies");
+        assert_eq!(outcome, Outcome::Ack);
+        event
+    }
+
+    /// Cancels a replica order the way `order:cancelled` does.
+    pub async fn cancel(&self, order: &OrderCreated) {
+        let outcome = order_cancelled::handle(&self.orders, order_cancelled_event(order, 1))
+            .await
+            .expect("order:cancelled applies");
+        assert_eq!(outcome, Outcome::Ack);
+    }
+
+    pub async fn replica(&self, order_id: &str) -> Option<Order> {
+        self.orders
+            .get(ObjectId::parse_str(order_id).expect("order id"))
+            .await
+            .expect("reading the replica")
+    }
+
+    /// Every payment document of the order as stored (no read repair).
+    pub async fn payment_records(&self, order_id: &str) -> Vec<Payment> {
+        let id = ObjectId::parse_str(order_id).expect("order id");
+        let mut cursor = self
+            .payments
+            .records()
+            .find(doc! { "_id": id })
+            .await
+            .expect("query payments");
+        let mut found = Vec::new();
+        while cursor.advance().await.expect("cursor") {
+            found.push(cursor.deserialize_current().expect("a payment"));
+        }
+        found
+    }
+
+    /// The change documents (claims and their commits) of the order's payment.
+    pub async fn payment_changes(&self, order_id: &str) -> Vec<Document> {
+        let mut cursor = self
+            .db
+            .collection::<Document>("payments_changes")
+            .find(doc! { "record_id": order_id })
+            .await
+            .expect("query payment changes");
+        let mut found = Vec::new();
+        while cursor.advance().await.expect("cursor") {
+            found.push(cursor.deserialize_current().expect("a change"));
+        }
+        found
+    }
+
+    /// Asserts that no payment of the order exists, neither record nor claim.
+    pub async fn assert_no_payment(&self, order_id: &str) {
+        assert_eq!(self.payment_records(order_id).await, Vec::new());
+        assert_eq!(self.payment_changes(order_id).await, Vec::<Document>::new());
+    }
+
+    /// A bus on the app's stream, as another service would connect.
+    pub async fn bus(&self) -> EventBus {
+        EventBus::connect(&self.settings.nats, "payments-test")
+            .await
+            .expect("test bus")
+    }
+
+    /// Forwards every `payment:created` the app publishes into a channel.
+    pub async fn observe_payments(&self) -> mpsc::UnboundedReceiver<PaymentCreated> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        listen::<PaymentCreated, _, _>(
+            &self.bus().await,
+            ListenerOptions::new("test-observer"),
+            self.shutdown.clone(),
+            move |event, _| {
+                let sender = sender.clone();
+                async move {
+                    let _ = sender.send(event);
+                    Ok(Outcome::Ack)
+                }
+            },
+        )
+        .await
+        .expect("observer listens");
+        receiver
+    }
+
+    /// Every request the Stripe double has received.
+    pub async fn stripe_requests(&self) -> Vec<wiremock::Request> {
+        self.stripe
+            .received_requests()
+            .await
+            .expect("request recording is on")
+    }
+}
+
+pub fn order_created_event(user_id: &str, price: Price) -> OrderCreated {
+    OrderCreated {
+        id: ObjectId::new().to_hex(),
+        version: 0,
+        status: OrderStatus::Created,
+        user_id: user_id.to_owned(),
+        expires_at: Utc::now() + TimeDelta::seconds(60),
+        ticket: OrderCreatedTicket {
+            id: ObjectId::new().to_hex(),
+            price,
+        },
+    }
+}
+
+pub fn order_cancelled_event(order: &OrderCreated, version: i64) -> OrderCancelled {
+    OrderCancelled {
+        id: order.id.clone(),
+        version,
+        ticket: TicketRef {
+            id: order.ticket.id.clone(),
+        },
+    }
+}
+
+/// A Charge as Stripe answers `POST /v1/charges`: trimmed from a stripe-mock answer to what a card
+/// charge carries (async-stripe requires every non-optional field), with `id`, `amount`, `created`
+/// and `payment_method` filled in.
+pub fn charge_json(id: &str, amount: i64, source: &str) -> Value {
+    let mut charge: Value = serde_json::from_str(CHARGE_TEMPLATE).expect("charge template");
+    charge["id"] = json!(id);
+    charge["amount"] = json!(amount);
+    charge["amount_captured"] = json!(amount);
+    charge["created"] = json!(Utc::now().timestamp());
+    charge["payment_method"] = json!(format!("card_{source}"));
+    charge
+}
+
+const CHARGE_TEMPLATE: &str = r#"{
+  "id": "", "object": "charge", "amount": 0, "amount_captured": 0, "amount_refunded": 0,
+  "application": null, "application_fee": null, "application_fee_amount": null,
+  "balance_transaction": "txn_1PgaxNB7WZ01zgkWEV3TLf40",
+  "billing_details": {
+    "address": {"city": null, "country": null, "line1": null, "line2": null,
+                "postal_code": null, "state": null},
+    "email": null, "name": null, "phone": null, "tax_id": null
+  },
+  "calculated_statement_descriptor": "TICKETING", "captured": true, "created": 0,
+  "currency": "eur", "customer": null, "description": null, "disputed": false,
+  "failure_balance_transaction": null, "failure_code": null, "failure_message": null,
+  "fraud_details": {}, "livemode": false, "metadata": {}, "on_behalf_of": null,
+  "outcome": {
+    "advice_code": null, "network_advice_code": null, "network_decline_code": null,
+    "network_status": "approved_by_network", "reason": null, "risk_level": "normal",
+    "seller_message": "Payment complete.", "type": "authorized"
+  },
+  "paid": true, "payment_intent": null, "payment_method": "", "payment_method_details": null,
+  "receipt_email": null, "receipt_number": null, "receipt_url": null, "refunded": false,
+  "refunds": null, "review": null, "shipping": null, "source_transfer": null,
+  "statement_descriptor": null, "statement_descriptor_suffix": null, "status": "succeeded",
+  "transfer_data": null, "transfer_group": null
+}"#;
+
+/// Stripe charges every card successfully, answering after `delay`.
+pub async fn stripe_charges_succeed(app: &TestApp, charge_id: &str, amount: i64, delay: Duration) {
+    Mock::given(method("POST"))
+        .and(path("/v1/charges"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(charge_json(charge_id, amount, "tok"))
+                .set_delay(delay),
+        )
+        .mount(&app.stripe)
+        .await;
+}
+
+/// Stripe answers every charge with `status` and `body`.
+pub async fn stripe_answers(app: &TestApp, status: u16, body: Value) {
+    Mock::given(method("POST"))
+        .and(path("/v1/charges"))
+        .respond_with(ResponseTemplate::new(status).set_body_json(body))
+        .mount(&app.stripe)
+        .await;
+}
+
+/// The `application/x-www-form-urlencoded` body of a request, decoded.
+pub fn form(request: &wiremock::Request) -> Vec<(String, String)> {
+    let body = String::from_utf8(request.body.clone()).expect("UTF-8 form");
+    body.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key), percent_decode(value))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).expect("ascii");
+                out.push(u8::from_str_radix(hex, 16).expect("percent escape"));
+                i += 2;
+            }
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).expect("UTF-8 form value")
+}
+
+/// Polls `check` until it returns `Some`, for up to 10 s.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests of the payments service over real HTTP against a real FerretDB and NATS, with
+//! a wiremock server standing in for Stripe behind the real async-stripe client.
+
+mod helpers;
+mod order_cancelled;
+mod order_created;
+mod payments;

@@ -1,0 +1,116 @@
+use common::bus::Outcome;
+use common::events::OrderStatus;
+use common::money::Price;
+use mongodb::bson::doc;
+use payments::listeners::order_cancelled;
+use payments::listeners::order_created;
+
+use crate::helpers::{User, eventually, order_cancelled_event, order_created_event, spawn_app};
+
+#[tokio::test]
+async fn the_next_version_of_an_order_cancels_the_replica() {
+    let app = spawn_app().await;
+    let order = app.order_for(&User::new(), Price::from_cents(1000)).await;
+
+    let outcome = order_cancelled::handle(&app.orders, order_cancelled_event(&order, 1))
+        .await
+        .expect("handled");
+
+    assert_eq!(outcome, Outcome::Ack);
+    let replica = app.replica(&order.id).await.expect("replica");
+    assert_eq!(
+        (replica.status, replica.version),
+        (OrderStatus::Cancelled, 1)
+    );
+    assert_eq!(replica.price_cents, 1000, "the rest of the replica is kept");
+}
+
+#[tokio::test]
+async fn a_cancellation_before_its_order_is_known_is_retried() {
+    let app = spawn_app().await;
+    let order = order_created_event(&User::new().id, Price::from_cents(1000));
+
+    let outcome = order_cancelled::handle(&app.orders, order_cancelled_event(&order, 1))
+        .await
+        .expect("handled");
+
+    assert!(matches!(outcome, Outcome::Retry(_)), "{outcome:?}");
+    assert_eq!(app.replica(&order.id).await, None);
+}
+
+#[tokio::test]
+async fn a_cancellation_that_skips_a_version_is_retried_and_changes_nothing() {
+    let app = spawn_app().await;
+    let order = app.order_for(&User::new(), Price::from_cents(1000)).await;
+    let before = app.replica(&order.id).await;
+
+    let outcome = order_cancelled::handle(&app.orders, order_cancelled_event(&order, 2))
+        .await
+        .expect("handled");
+
+    assert!(matches!(outcome, Outcome::Retry(_)), "{outcome:?}");
+    assert_eq!(app.replica(&order.id).await, before);
+}
+
+#[tokio::test]
+async fn an_already_applied_cancellation_is_acknowledged_and_changes_nothing() {
+    let app = spawn_app().await;
+    let order = app.order_for(&User::new(), Price::from_cents(1000)).await;
+    app.cancel(&order).await;
+    let cancelled = app.replica(&order.id).await;
+
+    for version in [1, 0] {
+        let outcome = order_cancelled::handle(&app.orders, order_cancelled_event(&order, version))
+            .await
+            .expect("handled");
+        assert_eq!(outcome, Outcome::Ack, "version {version}");
+    }
+    assert_eq!(app.replica(&order.id).await, cancelled);
+}
+
+#[tokio::test]
+async fn a_stale_cancellation_does_not_roll_a_newer_replica_back() {
+    let app = spawn_app().await;
+    let user = User::new();
+    let mut event = order_created_event(&user.id, Price::from_cents(1000));
+    event.version = 3;
+    order_created::handle(&app.orders, event.clone())
+        .await
+        .expect("created at version 3");
+
+    let outcome = order_cancelled::handle(&app.orders, order_cancelled_event(&event, 2))
+        .await
+        .expect("handled");
+
+    assert_eq!(outcome, Outcome::Ack);
+    let replica = app.replica(&event.id).await.expect("replica");
+    assert_eq!((replica.status, replica.version), (OrderStatus::Created, 3));
+}
+
+#[tokio::test]
+async fn a_cancellation_published_before_its_order_is_applied_once_the_order_arrives() {
+    let app = spawn_app().await;
+    let bus = app.bus().await;
+    let order = order_created_event(&User::new().id, Price::from_cents(1000));
+
+    bus.publish(&order_cancelled_event(&order, 1))
+        .await
+        .expect("cancellation published");
+    bus.publish(&order).await.expect("order published");
+
+    let replica = eventually("the cancelled replica", || async {
+        app.replica(&order.id)
+            .await
+            .filter(|o| o.status == OrderStatus::Cancelled)
+    })
+    .await;
+    assert_eq!(replica.version, 1);
+    assert_eq!(
+        app.orders
+            .collection()
+            .count_documents(doc! {})
+            .await
+            .expect("count"),
+        1
+    );
+}

@@ -1,0 +1,503 @@
+use std::time::Duration;
+
+use common::money::Price;
+use futures::future::join_all;
+use mongodb::bson::oid::ObjectId;
+use payments::routes::payments::{
+    ALREADY_PAID, CANCELLED_ORDER, IN_PROGRESS, INVALID_VALUE, PROVIDER_UNAVAILABLE,
+};
+use payments::store::PaymentStatus;
+use payments::stripe::{idempotency_key, token_hash};
+use reqwest::StatusCode;
+use serde_json::json;
+use wiremock::ResponseTemplate;
+use wiremock::matchers::{method, path};
+
+use crate::helpers::{
+    STRIPE_TEST_KEY, User, errors, form, spawn_app, spawn_app_with, stripe_answers,
+    stripe_charges_succeed,
+};
+
+const DECLINED: &str = "Your card was declined.";
+
+fn declined_body() -> serde_json::Value {
+    json!({"error": {"type": "card_error", "message": DECLINED, "code": "card_declined",
+                     "decline_code": "generic_decline"}})
+}
+
+fn field(form: &[(String, String)], name: &str) -> Option<String> {
+    form.iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.clone())
+}
+
+fn header(request: &wiremock::Request, name: &str) -> Option<String> {
+    request
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn paying_an_order_charges_its_price_in_euro_cents_and_answers_201() {
+    let app = spawn_app().await;
+    let user = User::new();
+    let order = app
+        .order_for(&user, Price::from_euros(19.99).expect("price"))
+        .await;
+    stripe_charges_succeed(&app, "ch_paid_1", 1999, Duration::ZERO).await;
+
+    let reply = app.pay(&user, &order.id, "tok_visa").await;
+
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    assert_eq!(reply.body["success"], true);
+    let payment_id = reply.body["id"].as_str().expect("a payment id").to_owned();
+    assert!(ObjectId::parse_str(&payment_id).is_ok(), "{payment_id}");
+    assert_eq!(reply.body.as_object().map(|o| o.len()), Some(2));
+
+    let requests = app.stripe_requests().await;
+    assert_eq!(requests.len(), 1);
+    let charge = &requests[0];
+    assert_eq!(charge.url.path(), "/v1/charges");
+    let sent = form(charge);
+    assert_eq!(field(&sent, "amount").as_deref(), Some("1999"));
+    assert_eq!(field(&sent, "currency").as_deref(), Some("eur"));
+    assert_eq!(field(&sent, "source").as_deref(), Some("tok_visa"));
+    assert_eq!(
+        header(charge, "idempotency-key"),
+        Some(idempotency_key(&order.id, &token_hash("tok_visa")))
+    );
+    assert_eq!(
+        header(charge, "authorization"),
+        Some(format!("Bearer {STRIPE_TEST_KEY}"))
+    );
+
+    let records = app.payment_records(&order.id).await;
+    assert_eq!(records.len(), 1);
+    let payment = &records[0];
+    assert_eq!(payment.payment_id, payment_id);
+    assert_eq!(payment.status, PaymentStatus::Succeeded);
+    assert_eq!(payment.stripe_id.as_deref(), Some("ch_paid_1"));
+    assert_eq!(payment.version, 1);
+    assert_eq!(payment.token_hash, token_hash("tok_visa"));
+    assert!(
+        !format!("{payment:?}").contains("tok_visa"),
+        "the card token itself is not stored"
+    );
+}
+
+#[tokio::test]
+async fn a_payment_publishes_payment_created_once_with_the_payment_order_and_charge_ids() {
+    let app = spawn_app().await;
+    let mut observed = app.observe_payments().await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    stripe_charges_succeed(&app, "ch_event_1", 2000, Duration::ZERO).await;
+
+    let reply = app.pay(&user, &order.id, "tok_visa").await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+
+    let event = tokio::time::timeout(Duration::from_secs(10), observed.recv())
+        .await
+        .expect("payment:created within 10 s")
+        .expect("an event");
+    assert_eq!(
+        serde_json::to_value(&event).expect("json"),
+        json!({"id": reply.body["id"], "orderId": order.id, "stripeId": "ch_event_1"})
+    );
+    // Published by the request itself: the outbox has nothing left to send again.
+    let relayed = app
+        .payments
+        .versions()
+        .relay_once(&app.bus().await, Duration::ZERO)
+        .await
+        .expect("relay pass");
+    assert_eq!(relayed, 0);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), observed.recv())
+            .await
+            .is_err(),
+        "a second payment:created was delivered"
+    );
+}
+
+#[tokio::test]
+async fn a_paid_order_cannot_be_paid_again() {
+    let app = spawn_app().await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    stripe_charges_succeed(&app, "ch_once", 2000, Duration::ZERO).await;
+    assert_eq!(
+        app.pay(&user, &order.id, "tok_visa").await.status,
+        StatusCode::CREATED
+    );
+
+    for token in ["tok_visa", "tok_mastercard"] {
+        let reply = app.pay(&user, &order.id, token).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{token}");
+        assert_eq!(reply.body, errors(&[(ALREADY_PAID, None)]));
+    }
+    assert_eq!(app.stripe_requests().await.len(), 1);
+    assert_eq!(app.payment_records(&order.id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn ten_concurrent_payments_for_one_order_charge_once() {
+    let app = spawn_app().await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    // A slow Stripe keeps the first claim pending while the others arrive.
+    stripe_charges_succeed(&app, "ch_race", 2000, Duration::from_millis(500)).await;
+
+    let replies = join_all((0..10).map(|i| {
+        let app = &app;
+        let user = &user;
+        let order_id = order.id.clone();
+        async move { app.pay(user, &order_id, &format!("tok_{i}")).await }
+    }))
+    .await;
+
+    assert_eq!(
+        app.stripe_requests().await.len(),
+        1,
+        "one charge reached Stripe"
+    );
+    let created: Vec<_> = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .collect();
+    assert_eq!(created.len(), 1, "{replies:?}");
+    for refused in replies.iter().filter(|r| r.status != StatusCode::CREATED) {
+        let expected = match refused.status {
+            StatusCode::CONFLICT => errors(&[(IN_PROGRESS, None)]),
+            StatusCode::BAD_REQUEST => errors(&[(ALREADY_PAID, None)]),
+            other => panic!("unexpected {other}: {:?}", refused.body),
+        };
+        assert_eq!(refused.body, expected);
+    }
+    let records = app.payment_records(&order.id).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].status, PaymentStatus::Succeeded);
+    assert_eq!(
+        created[0].body["id"].as_str(),
+        Some(records[0].payment_id.as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_declined_card_answers_400_with_stripes_message_and_leaves_no_payment() {
+    let app = spawn_app().await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    stripe_answers(&app, 402, declined_body()).await;
+
+    let reply = app.pay(&user, &order.id, "tok_chargeDeclined").await;
+
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.body, errors(&[(DECLINED, None)]));
+    assert_eq!(app.stripe_requests().await.len(), 1);
+    app.assert_no_payment(&order.id).await;
+}
+
+#[tokio::test]
+async fn after_a_decline_a_new_card_pays_the_order_under_a_new_idempotency_key() {
+    let app = spawn_app().await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    wiremock::Mock::given(method("POST"))
+        .and(path("/v1/charges"))
+        .respond_with(ResponseTemplate::new(402).set_body_json(declined_body()))
+        .up_to_n_times(1)
+        .mount(&app.stripe)
+        .await;
+    stripe_charges_succeed(&app, "ch_second_card", 2000, Duration::ZERO).await;
+
+    let declined = app.pay(&user, &order.id, "tok_chargeDeclined").await;
+    assert_eq!(declined.status, StatusCode::BAD_REQUEST);
+    let paid = app.pay(&user, &order.id, "tok_visa").await;
+
+    assert_eq!(paid.status, StatusCode::CREATED, "{:?}", paid.body);
+    let keys: Vec<_> = app
+        .stripe_requests()
+        .await
+        .iter()
+        .map(|r| header(r, "idempotency-key"))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            Some(idempotency_key(
+                &order.id,
+                &token_hash("tok_chargeDeclined")
+            )),
+            Some(idempotency_key(&order.id, &token_hash("tok_visa"))),
+        ]
+    );
+    let records = app.payment_records(&order.id).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].stripe_id.as_deref(), Some("ch_second_card"));
+}
+
+#[tokio::test]
+async fn a_stripe_outage_answers_502_and_a_retry_reuses_the_idempotency_key() {
+    let app = spawn_app().await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    stripe_answers(
+        &app,
+        500,
+        json!({"error": {"type": "api_error", "message": "An unknown error occurred"}}),
+    )
+    .await;
+
+    for _ in 0..2 {
+        let reply = app.pay(&user, &order.id, "tok_visa").await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(reply.body, errors(&[(PROVIDER_UNAVAILABLE, None)]));
+        app.assert_no_payment(&order.id).await;
+    }
+    let requests = app.stripe_requests().await;
+    assert_eq!(requests.len(), 2, "no automatic retries, one per request");
+    let expected = Some(idempotency_key(&order.id, &token_hash("tok_visa")));
+    assert!(
+        requests
+            .iter()
+            .all(|r| header(r, "idempotency-key") == expected)
+    );
+}
+
+#[tokio::test]
+async fn a_rate_limited_charge_answers_502_so_the_customer_retries() {
+    let app = spawn_app().await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    stripe_answers(
+        &app,
+        429,
+        json!({"error": {"type": "invalid_request_error", "code": "rate_limit",
+                         "message": "Too many requests hit the API too quickly."}}),
+    )
+    .await;
+
+    let reply = app.pay(&user, &order.id, "tok_visa").await;
+
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.body, errors(&[(PROVIDER_UNAVAILABLE, None)]));
+    app.assert_no_payment(&order.id).await;
+}
+
+#[tokio::test]
+async fn a_stripe_error_page_that_is_not_json_answers_502() {
+    let app = spawn_app().await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    wiremock::Mock::given(method("POST"))
+        .and(path("/v1/charges"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("<html>upstream down</html>"))
+        .mount(&app.stripe)
+        .await;
+
+    let reply = app.pay(&user, &order.id, "tok_visa").await;
+
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.body, errors(&[(PROVIDER_UNAVAILABLE, None)]));
+    app.assert_no_payment(&order.id).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_stripe_answers_502_and_leaves_no_payment() {
+    // A port that was just free: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let app = spawn_app_with(|settings| {
+        settings.stripe.api_base = format!("http://{closed}/");
+    })
+    .await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(2000)).await;
+
+    let reply = app.pay(&user, &order.id, "tok_visa").await;
+
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.body, errors(&[(PROVIDER_UNAVAILABLE, None)]));
+    app.assert_no_payment(&order.id).await;
+}
+
+#[tokio::test]
+async fn a_stripe_that_does_not_answer_in_time_answers_502_and_leaves_no_payment() {
+    let app = spawn_app_with(|settings| {
+        settings.stripe.timeout = Duration::from_millis(300);
+    })
+    .await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    stripe_charges_succeed(&app, "ch_late", 2000, Duration::from_secs(3)).await;
+
+    let started = std::time::Instant::now();
+    let reply = app.pay(&user, &order.id, "tok_visa").await;
+
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.body, errors(&[(PROVIDER_UNAVAILABLE, None)]));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    app.assert_no_payment(&order.id).await;
+}
+
+#[tokio::test]
+async fn a_rejected_stripe_key_is_a_generic_500_that_does_not_leak_stripes_message() {
+    let app = spawn_app().await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    stripe_answers(
+        &app,
+        401,
+        json!({"error": {"type": "invalid_request_error",
+                         "message": "Invalid API Key provided: sk_test_****uite"}}),
+    )
+    .await;
+
+    let reply = app.pay(&user, &order.id, "tok_visa").await;
+
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(reply.body, errors(&[("Something went wrong", None)]));
+    app.assert_no_payment(&order.id).await;
+}
+
+#[tokio::test]
+async fn an_invalid_token_answers_400_with_stripes_reason() {
+    let app = spawn_app().await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    stripe_answers(
+        &app,
+        400,
+        json!({"error": {"type": "invalid_request_error", "param": "source",
+                         "message": "No such token: 'tok_bogus'", "code": "resource_missing"}}),
+    )
+    .await;
+
+    let reply = app.pay(&user, &order.id, "tok_bogus").await;
+
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.body, errors(&[("No such token: 'tok_bogus'", None)]));
+    app.assert_no_payment(&order.id).await;
+}
+
+#[tokio::test]
+async fn anonymous_payments_are_refused_with_401_before_validation() {
+    let app = spawn_app().await;
+    for body in [
+        json!({}),
+        json!({"token": "tok_visa", "orderId": "64b7f0c2a1b2c3d4e5f60718"}),
+    ] {
+        let reply = app.post_payment(None, &body).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(reply.body, errors(&[("Not authorized", None)]));
+    }
+    assert!(app.stripe_requests().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_missing_or_empty_token_or_order_id_is_an_invalid_value() {
+    let app = spawn_app().await;
+    let user = User::new();
+    let both = errors(&[
+        (INVALID_VALUE, Some("token")),
+        (INVALID_VALUE, Some("orderId")),
+    ]);
+    let cases = [
+        (json!({}), both.clone()),
+        (json!({"token": "", "orderId": "  "}), both.clone()),
+        (json!({"token": 42, "orderId": null}), both),
+        (
+            json!({"token": "tok_visa"}),
+            errors(&[(INVALID_VALUE, Some("orderId"))]),
+        ),
+        (
+            json!({"orderId": "64b7f0c2a1b2c3d4e5f60718"}),
+            errors(&[(INVALID_VALUE, Some("token"))]),
+        ),
+    ];
+    for (body, expected) in cases {
+        let reply = app.post_payment(Some(&user.cookie), &body).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(reply.body, expected, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_or_unknown_order_id_is_404() {
+    let app = spawn_app().await;
+    let user = User::new();
+    for order_id in ["not-an-id", "12-char-str!", "64b7f0c2a1b2c3d4e5f60718"] {
+        let reply = app.pay(&user, order_id, "tok_visa").await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{order_id}");
+        assert_eq!(reply.body, errors(&[("Not Found", None)]), "{order_id}");
+    }
+    assert!(app.stripe_requests().await.is_empty());
+}
+
+#[tokio::test]
+async fn another_users_order_cannot_be_paid() {
+    let app = spawn_app().await;
+    let owner = User::new();
+    let order = app.order_for(&owner, Price::from_cents(2000)).await;
+
+    let reply = app.pay(&User::new(), &order.id, "tok_visa").await;
+
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reply.body, errors(&[("Not authorized", None)]));
+    assert!(app.stripe_requests().await.is_empty());
+    app.assert_no_payment(&order.id).await;
+}
+
+#[tokio::test]
+async fn a_cancelled_order_cannot_be_paid() {
+    let app = spawn_app().await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    app.cancel(&order).await;
+
+    let reply = app.pay(&user, &order.id, "tok_visa").await;
+
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.body, errors(&[(CANCELLED_ORDER, None)]));
+    assert_eq!(CANCELLED_ORDER, "Canncelled order unabled for payment.");
+    assert!(app.stripe_requests().await.is_empty());
+    app.assert_no_payment(&order.id).await;
+}
+
+#[tokio::test]
+async fn an_order_known_only_from_the_bus_can_be_paid() {
+    let app = spawn_app().await;
+    let user = User::new();
+    let order = crate::helpers::order_created_event(&user.id, Price::from_cents(1500));
+    app.bus().await.publish(&order).await.expect("published");
+    crate::helpers::eventually("the replica", || async { app.replica(&order.id).await }).await;
+    stripe_charges_succeed(&app, "ch_bus", 1500, Duration::ZERO).await;
+
+    let reply = app.pay(&user, &order.id, "tok_visa").await;
+
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    assert_eq!(
+        field(&form(&app.stripe_requests().await[0]), "amount").as_deref(),
+        Some("1500")
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_are_404_and_the_service_reports_ready() {
+    let app = spawn_app().await;
+    let reply = app.get("/api/payments").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.body, errors(&[("Not Found", None)]));
+
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status, StatusCode::OK, "{:?}", ready.body);
+    assert_eq!(app.get("/healthz").await.status, StatusCode::OK);
+}

@@ -1,0 +1,115 @@
+//! The loop that fires due jobs: re-queue expired leases, claim due jobs, publish
+//! `expiration:complete` for each, then forget it.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use common::bus::EventBus;
+use common::events::ExpirationComplete;
+use futures::StreamExt as _;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::scheduler::{ClaimedJob, ExpirationScheduler};
+use crate::settings::SchedulerSettings;
+
+/// How many claimed jobs are published at once.
+const PUBLISH_CONCURRENCY: usize = 16;
+
+/// Polls until `shutdown` is cancelled. A round in progress finishes first, so no claimed job is
+/// left to wait for its lease.
+pub fn spawn_poller(
+    scheduler: ExpirationScheduler,
+    bus: EventBus,
+    settings: SchedulerSettings,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut failing = false;
+        loop {
+            let full_batch = match poll_once(&scheduler, &bus, &settings).await {
+                Ok(claimed) => {
+                    if failing {
+                        tracing::info!("Redis answers again; expiration poller resumed");
+                        failing = false;
+                    }
+                    claimed >= settings.batch_size
+                }
+                Err(err) => {
+                    // Warn once per outage, not every 100 ms; the manager reconnects meanwhile.
+                    if failing {
+                        tracing::debug!(error = %format!("{err:#}"), "expiration poll failed again");
+                    } else {
+                        tracing::warn!(error = %format!("{err:#}"), "expiration poll failed; retrying");
+                        failing = true;
+                    }
+                    false
+                }
+            };
+            if shutdown.is_cancelled() {
+                break;
+            }
+            // A full batch means more may be due: claim again at once.
+            if !full_batch {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(settings.poll_interval) => {}
+                }
+            }
+        }
+        tracing::info!("expiration poller stopped");
+    })
+}
+
+/// One round: returns how many jobs were claimed.
+async fn poll_once(
+    scheduler: &ExpirationScheduler,
+    bus: &EventBus,
+    settings: &SchedulerSettings,
+) -> anyhow::Result<usize> {
+    let reaped = scheduler.reap_expired_leases().await?;
+    if reaped > 0 {
+        tracing::warn!(
+            jobs = reaped,
+            "re-queued expiry jobs whose claimer did not finish within the lease"
+        );
+    }
+    let jobs = scheduler.claim_due().await?;
+    let claimed = jobs.len();
+    futures::stream::iter(jobs)
+        .for_each_concurrent(PUBLISH_CONCURRENCY, |job| {
+            fire(scheduler, bus, job, settings.retry_delay)
+        })
+        .await;
+    Ok(claimed)
+}
+
+async fn fire(scheduler: &ExpirationScheduler, bus: &EventBus, job: ClaimedJob, retry: Duration) {
+    let event = ExpirationComplete {
+        order_id: job.order_id.clone(),
+    };
+    match bus.publish(&event).await {
+        Ok(()) => {
+            tracing::info!(
+                order_id = %job.order_id,
+                late_ms = Utc::now().timestamp_millis() - job.due_at_ms,
+                "order expired"
+            );
+            if let Err(err) = scheduler.complete(&job.order_id).await {
+                // The reaper will fire it again after the lease; the repeat has the same message
+                // id, so JetStream drops it.
+                tracing::warn!(order_id = %job.order_id, error = %format!("{err:#}"),
+                    "expiry announced but its job could not be removed");
+            }
+        }
+        Err(err) => {
+            tracing::warn!(order_id = %job.order_id, error = %format!("{err:#}"),
+                "could not announce an expiry; will retry");
+            if let Err(err) = scheduler.release(&job.order_id, retry).await {
+                // Still in flight: the reaper returns it once the lease runs out.
+                tracing::warn!(order_id = %job.order_id, error = %format!("{err:#}"),
+                    "could not release the expiry job; it is retried after its lease");
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+use std::time::Duration;
+
+use common::bus::Outcome;
+use expiration::listeners::order_created;
+
+use crate::helpers::{TestContext, millis_from_now, new_order_id, order_created};
+
+#[tokio::test]
+async fn an_order_created_event_fires_expiration_complete_once_at_its_expires_at() {
+    let ctx = TestContext::new().await;
+    let mut observer = ctx.observe().await;
+    let _app = ctx.spawn_app().await;
+    let bus = ctx.bus().await;
+
+    let order_id = new_order_id();
+    let due = millis_from_now(1500);
+    ctx.publish_order_created(&bus, &order_id, due).await;
+    assert_eq!(
+        ctx.wait_until_scheduled(&order_id).await,
+        due.timestamp_millis(),
+        "scheduled at expiresAt, not at now + a constant"
+    );
+
+    let published = observer
+        .next_published(Duration::from_secs(10))
+        .await
+        .expect("expiration:complete within 10 s");
+    let delivered = observer
+        .next_delivered(Duration::from_secs(10))
+        .await
+        .expect("expiration:complete delivered from the stream");
+    assert_eq!(published.order_id, order_id);
+    assert_eq!(delivered.order_id, order_id);
+    let (published_late, delivered_late) = (published.late_ms(due), delivered.late_ms(due));
+    eprintln!(
+        "expiry of an order due in 1.5 s: published {published_late} ms after expiresAt, \
+         delivered to a consumer {delivered_late} ms after"
+    );
+    assert!(
+        published_late >= 0,
+        "fired {published_late} ms before expiresAt"
+    );
+    assert!(
+        delivered_late < 1500,
+        "delivered {delivered_late} ms after expiresAt"
+    );
+
+    // Once: no second publish, nothing left in Redis.
+    assert!(
+        observer
+            .next_published(Duration::from_millis(700))
+            .await
+            .is_none(),
+        "a second expiration:complete was published"
+    );
+    assert!(ctx.jobs_in("due").await.is_empty());
+    assert!(ctx.jobs_in("inflight").await.is_empty());
+}
+
+#[tokio::test]
+async fn an_order_whose_expires_at_has_passed_fires_at_once() {
+    let ctx = TestContext::new().await;
+    let mut observer = ctx.observe().await;
+    let _app = ctx.spawn_app().await;
+    let bus = ctx.bus().await;
+
+    let order_id = new_order_id();
+    let published_at = chrono::Utc::now();
+    ctx.publish_order_created(&bus, &order_id, millis_from_now(-5000))
+        .await;
+
+    let fired = observer
+        .next_delivered(Duration::from_secs(10))
+        .await
+        .expect("expiration:complete within 10 s");
+    assert_eq!(fired.order_id, order_id);
+    let after_ms = fired.late_ms(published_at);
+    eprintln!("expiry already past when order:created arrived: fired {after_ms} ms later");
+    assert!(after_ms < 1500, "took {after_ms} ms");
+}
+
+#[tokio::test]
+async fn the_handler_schedules_at_expires_at_and_acks() {
+    let ctx = TestContext::new().await;
+    let scheduler = ctx.scheduler(&ctx.scheduler).await;
+    let order_id = new_order_id();
+    let due = millis_from_now(60_000);
+
+    let outcome = order_created::handle(&scheduler, order_created(&order_id, due))
+        .await
+        .expect("handled");
+
+    assert_eq!(outcome, Outcome::Ack);
+    assert_eq!(
+        ctx.jobs_in("due").await,
+        vec![(order_id, due.timestamp_millis())]
+    );
+}
+
+#[tokio::test]
+async fn a_redelivered_order_created_event_keeps_a_single_job() {
+    let ctx = TestContext::new().await;
+    let scheduler = ctx.scheduler(&ctx.scheduler).await;
+    let order_id = new_order_id();
+    let due = millis_from_now(60_000);
+    let event = order_created(&order_id, due);
+
+    for _ in 0..3 {
+        let outcome = order_created::handle(&scheduler, event.clone())
+            .await
+            .expect("handled");
+        assert_eq!(outcome, Outcome::Ack);
+    }
+
+    assert_eq!(
+        ctx.jobs_in("due").await,
+        vec![(order_id, due.timestamp_millis())]
+    );
+}
+
+#[tokio::test]
+async fn a_redelivery_while_the_job_is_being_fired_does_not_queue_it_again() {
+    let ctx = TestContext::new().await;
+    let scheduler = ctx.scheduler(&ctx.scheduler).await;
+    let order_id = new_order_id();
+    let event = order_created(&order_id, millis_from_now(-10));
+    order_created::handle(&scheduler, event.clone())
+        .await
+        .expect("handled");
+    let claimed = scheduler.claim_due().await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+
+    let outcome = order_created::handle(&scheduler, event)
+        .await
+        .expect("handled");
+
+    assert_eq!(outcome, Outcome::Ack);
+    assert!(ctx.jobs_in("due").await.is_empty(), "queued twice");
+    assert_eq!(ctx.jobs_in("inflight").await.len(), 1);
+}

@@ -103,12 +103,13 @@ impl Server {
     ) -> std::io::Result<()> {
         tracing::info!(addr = %self.addr, "listening");
         let token = shutdown.clone();
-        axum::serve(
+        let served = axum::serve(
             self.listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move { token.cancelled().await })
-        .await?;
+        .await;
+        // Stop and wait for the background tasks even when serving failed.
         shutdown.cancel();
         for task in background {
             if tokio::time::timeout(Duration::from_secs(20), task)
@@ -119,7 +120,7 @@ impl Server {
             }
         }
         tracing::info!("stopped");
-        Ok(())
+        served
     }
 }
 

@@ -22,6 +22,7 @@ pub const INVALID_VALUE: &str = "Invalid value";
 /// Spelled as in the original (SPEC §4).
 pub const CANCELLED_ORDER: &str = "Canncelled order unabled for payment.";
 pub const ALREADY_PAID: &str = "Order has already been paid.";
+pub const EXPIRED_ORDER: &str = "Order has expired.";
 pub const IN_PROGRESS: &str = "A payment for this order is already in progress.";
 pub const PROVIDER_UNAVAILABLE: &str = "Payment provider unavailable, please try again.";
 
@@ -67,6 +68,11 @@ async fn create_payment(
         OrderStatus::Cancelled => return Err(ApiError::bad_request(CANCELLED_ORDER)),
         OrderStatus::Complete => return Err(ApiError::bad_request(ALREADY_PAID)),
         OrderStatus::Created | OrderStatus::AwaitingPayment => {}
+    }
+    // The expiration service may not have cancelled it yet, but the buyer's window is over: charging
+    // now would take money for a reservation that is about to be released.
+    if order.expires_at.timestamp_millis() <= mongodb::bson::DateTime::now().timestamp_millis() {
+        return Err(ApiError::bad_request(EXPIRED_ORDER));
     }
     // A cheap early answer; the claim below is what guarantees a single charge.
     if let Some(existing) = state.payments.get(order_id).await? {

@@ -287,43 +287,7 @@ pub fn order_cancelled_event(order: &OrderCreated, version: i64) -> OrderCancell
     }
 }
 
-/// A Charge as Stripe answers `POST /v1/charges`: trimmed from a stripe-mock answer to what a card
-/// charge carries (async-stripe requires every non-optional field), with `id`, `amount`, `created`
-/// and `payment_method` filled in.
-pub fn charge_json(id: &str, amount: i64, source: &str) -> Value {
-    let mut charge: Value = serde_json::from_str(CHARGE_TEMPLATE).expect("charge template");
-    charge["id"] = json!(id);
-    charge["amount"] = json!(amount);
-    charge["amount_captured"] = json!(amount);
-    charge["created"] = json!(Utc::now().timestamp());
-    charge["payment_method"] = json!(format!("card_{source}"));
-    charge
-}
-
-const CHARGE_TEMPLATE: &str = r#"{
-  "id": "", "object": "charge", "amount": 0, "amount_captured": 0, "amount_refunded": 0,
-  "application": null, "application_fee": null, "application_fee_amount": null,
-  "balance_transaction": "txn_1PgaxNB7WZ01zgkWEV3TLf40",
-  "billing_details": {
-    "address": {"city": null, "country": null, "line1": null, "line2": null,
-                "postal_code": null, "state": null},
-    "email": null, "name": null, "phone": null, "tax_id": null
-  },
-  "calculated_statement_descriptor": "TICKETING", "captured": true, "created": 0,
-  "currency": "eur", "customer": null, "description": null, "disputed": false,
-  "failure_balance_transaction": null, "failure_code": null, "failure_message": null,
-  "fraud_details": {}, "livemode": false, "metadata": {}, "on_behalf_of": null,
-  "outcome": {
-    "advice_code": null, "network_advice_code": null, "network_decline_code": null,
-    "network_status": "approved_by_network", "reason": null, "risk_level": "normal",
-    "seller_message": "Payment complete.", "type": "authorized"
-  },
-  "paid": true, "payment_intent": null, "payment_method": "", "payment_method_details": null,
-  "receipt_email": null, "receipt_number": null, "receipt_url": null, "refunded": false,
-  "refunds": null, "review": null, "shipping": null, "source_transfer": null,
-  "statement_descriptor": null, "statement_descriptor_suffix": null, "status": "succeeded",
-  "transfer_data": null, "transfer_group": null
-}"#;
+pub use common::testing::stripe_charge_json as charge_json;
 
 /// Stripe charges every card successfully, answering after `delay`.
 pub async fn stripe_charges_succeed(app: &TestApp, charge_id: &str, amount: i64, delay: Duration) {

@@ -4,7 +4,7 @@ use common::money::Price;
 use futures::future::join_all;
 use mongodb::bson::oid::ObjectId;
 use payments::routes::payments::{
-    ALREADY_PAID, CANCELLED_ORDER, IN_PROGRESS, INVALID_VALUE, PROVIDER_UNAVAILABLE,
+    ALREADY_PAID, CANCELLED_ORDER, EXPIRED_ORDER, IN_PROGRESS, INVALID_VALUE, PROVIDER_UNAVAILABLE,
 };
 use payments::store::PaymentStatus;
 use payments::stripe::{idempotency_key, token_hash};
@@ -470,6 +470,27 @@ async fn a_cancelled_order_cannot_be_paid() {
     assert_eq!(CANCELLED_ORDER, "Canncelled order unabled for payment.");
     assert!(app.stripe_requests().await.is_empty());
     app.assert_no_payment(&order.id).await;
+}
+
+#[tokio::test]
+async fn an_order_past_its_expiry_is_not_charged_even_before_the_expiration_arrives() {
+    let app = spawn_app().await;
+    let user = User::new();
+    let mut event = crate::helpers::order_created_event(&user.id, Price::from_cents(2000));
+    event.expires_at = chrono::Utc::now() - chrono::TimeDelta::seconds(1);
+    let outcome = payments::listeners::order_created::handle(&app.orders, event.clone())
+        .await
+        .expect("order:created applies");
+    assert_eq!(outcome, common::bus::Outcome::Ack);
+
+    let reply = app.pay(&user, &event.id, "tok_visa").await;
+
+    assert_eq!(
+        (reply.status, reply.body),
+        (StatusCode::BAD_REQUEST, errors(&[(EXPIRED_ORDER, None)]))
+    );
+    assert!(app.stripe_requests().await.is_empty());
+    app.assert_no_payment(&event.id).await;
 }
 
 #[tokio::test]

@@ -2,7 +2,8 @@
 # The whole app locally, behind nginx on http://localhost:8080.
 #
 #   scripts/app.sh up               infra (+ stripe-mock unless STRIPE_KEY is set), cargo build
-#                                   --release of the services that exist, start them, start
+#                                   of the services that exist (APP_PROFILE), start them (a running
+#                                   one is restarted when its binary or settings changed), start
 #                                   nginx, wait for every GET /readyz = 200
 #   scripts/app.sh down             stop the services and nginx (infra: scripts/infra.sh down)
 #   scripts/app.sh status           services, nginx and infra, up/down
@@ -10,9 +11,10 @@
 #
 # Services (a service exists when <name>/Cargo.toml exists) and their local ports:
 #   client 3000, auth 3001, tickets 3002, orders 3003, payments 3004, expiration 3005
-# Each is started from target/release/<name> with a clean environment:
+# Each is started from target/<profile>/<name> with a clean environment:
 #   all          PORT, HOST=127.0.0.1, RUST_LOG (default info)
-#   auth         JWT_KEY, MONGO_URL, MONGO_DB=auth
+#   auth         JWT_KEY, MONGO_URL, MONGO_DB=auth,
+#                + AUTH_RATE_LIMIT_PER_MINUTE (only when set in the caller's environment)
 #   tickets, orders, payments
 #                JWT_KEY, MONGO_URL, MONGO_DB=<name>, NATS_URL
 #   orders       + EXPIRATION_WINDOW_SECONDS (only when set in the caller's environment)
@@ -20,7 +22,12 @@
 #   expiration   NATS_URL, REDIS_URL
 #   client       API_BASE_URL=http://127.0.0.1:8080, STRIPE_PUBLISHABLE_KEY (when set)
 # JWT_KEY: taken from the environment, else generated once into .data/jwt_key (mode 0600).
-# Environment: APP_READY_TIMEOUT (seconds, default 60).
+# Environment:
+#   APP_PROFILE        release (default: cargo build --release -p <each service>, target/release/)
+#                      or debug (cargo build --bins -p <each service>, target/debug/)
+#   APP_SKIP_BUILD=1   no cargo build when every service's binary exists in target/<profile>/
+#                      (scripts/test.sh: cargo test already built them); only missing ones are built
+#   APP_READY_TIMEOUT  seconds to wait for each service's /readyz (default 60)
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -29,6 +36,7 @@ cd "$ROOT"
 
 SERVICES=(client auth tickets orders payments expiration)
 READY_TIMEOUT="${APP_READY_TIMEOUT:-60}"
+PROFILE="${APP_PROFILE:-release}"
 INFRA=(bash "$ROOT/scripts/infra.sh")
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
@@ -85,8 +93,8 @@ jwt_key() {
   cat "$keyfile"
 }
 
-# service_env NAME: the environment of a service, one VAR=value per line.
-service_env() {
+# service_settings NAME: the settings of a service, one VAR=value per line.
+service_settings() {
   local s="$1"
   echo "PORT=$(service_port "$s")"
   echo "HOST=127.0.0.1"
@@ -96,6 +104,7 @@ service_env() {
       echo "JWT_KEY=$APP_JWT_KEY"
       echo "MONGO_URL=$MONGO_URL"
       echo "MONGO_DB=auth"
+      if [[ -n "${AUTH_RATE_LIMIT_PER_MINUTE:-}" ]]; then echo "AUTH_RATE_LIMIT_PER_MINUTE=$AUTH_RATE_LIMIT_PER_MINUTE"; fi
       ;;
     tickets | orders | payments)
       echo "JWT_KEY=$APP_JWT_KEY"
@@ -119,7 +128,12 @@ service_env() {
       if [[ -n "${STRIPE_PUBLISHABLE_KEY:-}" ]]; then echo "STRIPE_PUBLISHABLE_KEY=$STRIPE_PUBLISHABLE_KEY"; fi
       ;;
   esac
-  # Useful process-level settings passed through when present.
+}
+
+# service_env NAME: the whole environment of a service: its settings, then useful
+# process-level variables passed through when present.
+service_env() {
+  service_settings "$1"
   local v
   for v in HOME LANG LC_ALL TZ SSL_CERT_FILE SSL_CERT_DIR; do
     if [[ -n "${!v:-}" ]]; then echo "$v=${!v}"; fi
@@ -128,21 +142,37 @@ service_env() {
   echo "RUST_BACKTRACE=${RUST_BACKTRACE:-1}"
 }
 
+service_bin() { printf '%s/%s/%s\n' "$TARGET_DIR" "$PROFILE" "$(package_name "$1")"; }
+
 # Identity of a built binary, to restart a running service after a rebuild.
 binary_id() { stat -c '%Y %s' "$1" 2>/dev/null || true; }
 
+# launch_id NAME BIN: what a service is started with: the binary (path and identity) and a hash of
+# its settings.  Kept in .data/run/NAME.launch; `up` restarts a running service when it changes
+# (rebuilt, other APP_PROFILE, or e.g. EXPIRATION_WINDOW_SECONDS set or unset).
+launch_id() {
+  printf 'binary %s %s\n' "$2" "$(binary_id "$2")"
+  printf 'settings %s\n' "$(service_settings "$1" | sha256sum | cut -d' ' -f1)"
+}
+
 start_service() {
-  local s="$1" bin logfile pid idfile
-  bin="$TARGET_DIR/release/$(package_name "$s")"
+  local s="$1" bin logfile pid idfile want have
+  bin="$(service_bin "$s")"
   logfile="$LOG_DIR/$s.log"
-  idfile="$RUN_DIR/$s.binary"
+  idfile="$RUN_DIR/$s.launch"
   [[ -x "$bin" ]] || die "service $s: binary $bin not found after cargo build (is the [[bin]] named after the package?)"
+  want="$(launch_id "$s" "$bin")"
   if pid="$(daemon_pid "$s")"; then
-    if [[ "$(cat "$idfile" 2>/dev/null)" == "$(binary_id "$bin")" ]]; then
+    have="$(cat "$idfile" 2>/dev/null || true)"
+    if [[ "$have" == "$want" ]]; then
       log "$s already running (pid $pid)"
       return 0
     fi
-    log "$s: binary was rebuilt, restarting"
+    if [[ "${have%%$'\n'*}" != "${want%%$'\n'*}" ]]; then
+      log "$s: binary changed (rebuilt, or another APP_PROFILE), restarting"
+    else
+      log "$s: settings changed, restarting"
+    fi
     stop_daemon "$s"
   fi
   local port
@@ -166,7 +196,31 @@ $owner}"
   )
   # shellcheck disable=SC2016 # expanded by the inner shell
   start_daemon "$s" "$logfile" env -i /bin/bash -c 'source "$1" && exec "$2"' "$s" "$envfile" "$bin"
-  binary_id "$bin" >"$idfile"
+  printf '%s\n' "$want" >"$idfile"
+}
+
+# build_services SERVICE...: cargo build them for $PROFILE (APP_SKIP_BUILD=1: only those
+# whose binary is missing).
+build_services() {
+  local s
+  if [[ "${APP_SKIP_BUILD:-}" == 1 ]]; then
+    local -a missing=()
+    for s in "$@"; do [[ -x "$(service_bin "$s")" ]] || missing+=("$s"); done
+    if ((${#missing[@]} == 0)); then
+      log "APP_SKIP_BUILD=1: no cargo build, using the existing binaries in ${TARGET_DIR#"$ROOT"/}/$PROFILE/"
+      return 0
+    fi
+    log "APP_SKIP_BUILD=1, but ${TARGET_DIR#"$ROOT"/}/$PROFILE/ has no binary of: ${missing[*]}; building those"
+    set -- "${missing[@]}"
+  fi
+  local -a build_cmd=(cargo build)
+  if [[ "$PROFILE" == release ]]; then build_cmd+=(--release); else build_cmd+=(--bins); fi
+  for s in "$@"; do build_cmd+=(-p "$(package_name "$s")"); done
+  local build_log="$LOG_DIR/app-build.log" build_rc=0 build_start=$SECONDS
+  log "building: ${build_cmd[*]} (can take minutes the first time; log ${build_log#"$ROOT"/})"
+  "${build_cmd[@]}" 2>&1 | tee "$build_log" >&2 || build_rc=$?
+  ((build_rc == 0)) || fail_with_log "$build_log" "${build_cmd[*]} failed (exit $build_rc)"
+  log "built in $((SECONDS - build_start))s"
 }
 
 readyz_code() {
@@ -190,6 +244,10 @@ wait_ready() {
 cmd_up() {
   local start=$SECONDS s
   local -a services packages
+  case "$PROFILE" in
+    release | debug) ;;
+    *) die "APP_PROFILE must be release or debug (got '$PROFILE')" ;;
+  esac
   mapfile -t services < <(existing_services)
 
   # 1. infrastructure (+ stripe-mock when no real Stripe key is given)
@@ -215,13 +273,7 @@ cmd_up() {
   if ((${#services[@]} == 0)); then
     warn "no service crates found (looked for ${SERVICES[*]/%//Cargo.toml}); starting nginx only"
   else
-    local -a pkg_args=()
-    for s in "${services[@]}"; do pkg_args+=(-p "$(package_name "$s")"); done
-    local build_log="$LOG_DIR/app-build.log" build_rc=0 build_start=$SECONDS
-    log "building: cargo build --release ${pkg_args[*]} (can take minutes the first time; log ${build_log#"$ROOT"/})"
-    cargo build --release "${pkg_args[@]}" 2>&1 | tee "$build_log" >&2 || build_rc=$?
-    ((build_rc == 0)) || fail_with_log "$build_log" "cargo build --release failed (exit $build_rc)"
-    log "built in $((SECONDS - build_start))s"
+    build_services "${services[@]}"
   fi
   packages=("${services[@]}")
 
@@ -240,7 +292,7 @@ cmd_up() {
   done
   echo
   echo "The app is up in $((SECONDS - start))s:  http://localhost:$NGINX_PORT"
-  if ((${#packages[@]} > 0)); then echo "  services: ${packages[*]}"; fi
+  if ((${#packages[@]} > 0)); then echo "  services: ${packages[*]} ($PROFILE build)"; fi
   if ((${#missing[@]} > 0)); then echo "  not built yet (nginx answers 502 for them): ${missing[*]}"; fi
   echo "  logs:     scripts/app.sh logs NAME [-f]   (.data/logs/NAME.log)"
   echo "  stop:     scripts/app.sh down   (services + nginx);  scripts/infra.sh down   (databases, NATS, Redis, stripe-mock)"
@@ -250,19 +302,20 @@ cmd_down() {
   local s
   for s in "${SERVICES[@]}"; do
     stop_daemon "$s"
-    rm -f "$RUN_DIR/$s.binary" "$RUN_DIR/$s.env"
+    rm -f "$RUN_DIR/$s.launch" "$RUN_DIR/$s.binary" "$RUN_DIR/$s.env"
   done
   "${INFRA[@]}" down nginx
   log "app stopped; infrastructure still running (scripts/infra.sh down to stop it)"
 }
 
 cmd_status() {
-  local s pid port code rc=0
+  local s pid port code bin rc=0
   for s in "${SERVICES[@]}"; do
     port="$(service_port "$s")"
     if pid="$(daemon_pid "$s")"; then
       code="$(readyz_code "$port")"
-      printf '%-12s %-15s pid %-8s http://127.0.0.1:%s (readyz %s)\n' "$s" "up" "$pid" "$port" "${code:-no answer}"
+      bin="$(awk '$1 == "binary" { print $2 }' "$RUN_DIR/$s.launch" 2>/dev/null || true)"
+      printf '%-12s %-15s pid %-8s http://127.0.0.1:%s (readyz %s) %s\n' "$s" "up" "$pid" "$port" "${code:-no answer}" "${bin#"$ROOT"/}"
       [[ "$code" == 200 ]] || rc=1
     elif [[ -f "$ROOT/$s/Cargo.toml" ]]; then
       printf '%-12s %s\n' "$s" "down"

@@ -17,6 +17,8 @@
 #   redis        127.0.0.1:36379  Redis with AOF persistence (.data/redis/)
 #   stripe-mock  127.0.0.1:12111  Stripe API mock over HTTP (HTTPS on 12112); only when asked for
 #   nginx        127.0.0.1:8080   reverse proxy of the local app (normally started by scripts/app.sh)
+#   chromedriver 127.0.0.1:39515  WebDriver for the browser tests (Debian chromium + chromium-driver);
+#                                 only when asked for (scripts/e2e.sh); `env` then exports WEBDRIVER_URL
 # Logs: .data/logs/<component>.log.  Environment: INFRA_READY_TIMEOUT (seconds, default 60).
 set -euo pipefail
 
@@ -26,7 +28,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 FERRETDB_VERSION=v1.24.2
 STRIPE_MOCK_VERSION=v0.203.0 # newest in `go list -m -versions github.com/stripe/stripe-mock`
 
-ALL_COMPONENTS=(ferretdb nats redis stripe-mock nginx)
+ALL_COMPONENTS=(ferretdb nats redis stripe-mock nginx chromedriver)
 DEFAULT_COMPONENTS=(ferretdb nats redis)
 READY_TIMEOUT="${INFRA_READY_TIMEOUT:-60}"
 NGINX_TEMPLATE="$ROOT/infra/local/nginx.conf"
@@ -109,6 +111,11 @@ install_redis() {
   ensure_apt_packages redis-cli redis-tools
 }
 install_nginx() { ensure_apt_packages nginx nginx; }
+install_chromedriver() {
+  # chromium-driver depends on chromium: the first call installs both when chromium is missing.
+  ensure_apt_packages chromium chromium chromium-driver
+  ensure_apt_packages chromedriver chromium-driver
+}
 
 # ============================================================ readiness probes
 ready_ferretdb() { mongo_ping "$INFRA_HOST" "$FERRETDB_PORT"; }
@@ -123,6 +130,12 @@ ready_stripe_mock() {
   curl -fsS --max-time 2 -o /dev/null -u sk_test_123: "http://$INFRA_HOST:$STRIPE_MOCK_PORT/v1/customers"
 }
 ready_nginx() { port_open "$INFRA_HOST" "$NGINX_PORT"; }
+ready_chromedriver() {
+  # {"value":{"ready":true,"message":"ChromeDriver ready for new sessions.",...}}
+  local body
+  body="$(curl -fsS --max-time 2 "http://$INFRA_HOST:$CHROMEDRIVER_PORT/status")" || return 1
+  [[ "$body" =~ \"ready\"[[:space:]]*:[[:space:]]*true ]]
+}
 
 port_of() {
   case "$1" in
@@ -131,6 +144,7 @@ port_of() {
     redis) echo "$REDIS_PORT" ;;
     stripe-mock) echo "$STRIPE_MOCK_PORT" ;;
     nginx) echo "$NGINX_PORT" ;;
+    chromedriver) echo "$CHROMEDRIVER_PORT" ;;
   esac
 }
 
@@ -141,6 +155,7 @@ describe() {
     redis) echo "redis://$INFRA_HOST:$REDIS_PORT (AOF in .data/redis)" ;;
     stripe-mock) echo "http://$INFRA_HOST:$STRIPE_MOCK_PORT (stripe-mock $STRIPE_MOCK_VERSION)" ;;
     nginx) echo "http://$INFRA_HOST:$NGINX_PORT (reverse proxy, config .data/nginx/nginx.conf)" ;;
+    chromedriver) echo "http://$INFRA_HOST:$CHROMEDRIVER_PORT (WebDriver; $(browser_versions))" ;;
   esac
 }
 
@@ -269,6 +284,42 @@ start_nginx() {
   wait_for_port "$INFRA_HOST" "$NGINX_PORT" nginx "$logfile" "$READY_TIMEOUT"
 }
 
+start_chromedriver() {
+  install_chromedriver
+  ensure_curl
+  local logfile
+  logfile="$(logfile_of chromedriver)"
+  daemon_running chromedriver || check_port_free chromedriver "$CHROMEDRIVER_PORT"
+  # ChromeDriver listens on every interface (there is no flag to pick one); --allowed-ips
+  # makes it refuse any client but loopback.  Each test session starts its own Chromium.
+  start_daemon chromedriver "$logfile" chromedriver \
+    "--port=$CHROMEDRIVER_PORT" \
+    "--allowed-ips=$INFRA_HOST" \
+    --log-level=INFO
+  wait_for_port "$INFRA_HOST" "$CHROMEDRIVER_PORT" chromedriver "$logfile" "$READY_TIMEOUT"
+  wait_until chromedriver "$logfile" "$READY_TIMEOUT" "GET http://$INFRA_HOST:$CHROMEDRIVER_PORT/status = ready" ready_chromedriver
+  check_browser_versions
+}
+
+# "Chromium 1.2.3.4 / ChromeDriver 1.2.3.4" (what is installed).
+browser_versions() {
+  local chromium driver
+  chromium="$(chromium --version 2>/dev/null | awk '{ print $2 }')"
+  driver="$(chromedriver --version 2>/dev/null | awk '{ print $2 }')"
+  printf 'Chromium %s / ChromeDriver %s' "${chromium:-?}" "${driver:-?}"
+}
+
+# ChromeDriver only drives the Chromium of the same major version: warn when they differ
+# (e.g. one of the two Debian packages was upgraded without the other).
+check_browser_versions() {
+  local chromium driver
+  chromium="$(chromium --version 2>/dev/null | awk '{ print $2 }')"
+  driver="$(chromedriver --version 2>/dev/null | awk '{ print $2 }')"
+  if [[ "${chromium%%.*}" != "${driver%%.*}" ]]; then
+    warn "Chromium ${chromium:-?} and ChromeDriver ${driver:-?} differ in major version: sessions will fail (apt-get install chromium chromium-driver)"
+  fi
+}
+
 # ============================================================ commands
 valid_component() {
   local c
@@ -288,6 +339,9 @@ print_env() {
   echo "export REDIS_URL=redis://$INFRA_HOST:$REDIS_PORT"
   if daemon_running stripe-mock; then
     echo "export STRIPE_API_BASE=http://$INFRA_HOST:$STRIPE_MOCK_PORT"
+  fi
+  if daemon_running chromedriver; then
+    echo "export WEBDRIVER_URL=http://$INFRA_HOST:$CHROMEDRIVER_PORT"
   fi
 }
 

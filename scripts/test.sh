@@ -5,11 +5,16 @@
 #                                                  scripts/test.sh -p auth -- --nocapture
 #
 # 1. scripts/infra.sh up ferretdb nats redis, and its env (MONGO_URL, NATS_URL, REDIS_URL);
-# 2. cargo test --workspace [--locked] ARGS (RUST_LOG unset, RUST_BACKTRACE=1);
+# 2. cargo test --workspace [--exclude e2e] [--locked] ARGS (RUST_LOG unset, RUST_BACKTRACE=1);
 #    --workspace is left out when ARGS already select packages (-p/--package/--exclude/...);
-# 3. python3 -m pytest -q tests-infra, when that directory exists (its own venv in .data/).
-# Exits non-zero if anything failed; prints a one-line summary.  The infrastructure is left
-# running for the next run, except when CI is set (then it is stopped on exit).
+#    --exclude e2e is added when e2e/Cargo.toml exists (the browser tests need the app: step 4);
+# 3. python3 -m pytest -q tests-infra, when that directory exists (its own venv in .data/);
+# 4. the browser tests, APP_SKIP_BUILD=1 APP_PROFILE=debug scripts/e2e.sh (the app on the debug
+#    binaries step 2 built), when e2e/Cargo.toml exists, ARGS select no packages and step 2
+#    passed.  E2E=0: never; E2E=1: also with selected packages or after a failed step 2.
+# Exits non-zero if anything failed; prints a one-line summary with each step's result and time.
+# The infrastructure is left running for the next run, except when CI is set (then it is stopped
+# on exit); the app started by step 4 is always stopped.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -25,6 +30,7 @@ if ! bash "$ROOT/scripts/infra.sh" up ferretdb nats redis; then
   echo "SUMMARY: FAIL | infrastructure did not come up (see the error above) | total $((SECONDS - started))s"
   exit 1
 fi
+infra_summary="infra: up ($((SECONDS - started))s)"
 eval "$(bash "$ROOT/scripts/infra.sh" env)"
 export MONGO_URL NATS_URL REDIS_URL
 
@@ -42,7 +48,13 @@ for arg in "$@"; do
       ;;
   esac
 done
-[[ "$select_packages" == no ]] && cargo_args+=(--workspace)
+has_e2e=no
+[[ -f e2e/Cargo.toml ]] && has_e2e=yes
+if [[ "$select_packages" == no ]]; then
+  cargo_args+=(--workspace)
+  # e2e's tests drive the running app in a browser: they run in step 4 (scripts/e2e.sh).
+  [[ "$has_e2e" == yes ]] && cargo_args+=(--exclude e2e)
+fi
 [[ -f Cargo.lock ]] && cargo_args+=(--locked)
 cargo_args+=("$@")
 
@@ -97,9 +109,34 @@ if [[ -d tests-infra ]]; then
   fi
 fi
 
+# ------------------------------------------------------------------ e2e (browser)
+e2e_rc=0
+e2e_summary="e2e: none"
+if [[ "$has_e2e" == yes ]]; then
+  if [[ "${E2E:-}" == 0 ]]; then
+    e2e_summary="e2e: skipped (E2E=0)"
+  elif [[ "$select_packages" == yes && "${E2E:-}" != 1 ]]; then
+    e2e_summary="e2e: skipped (packages selected; E2E=1 runs it)"
+  elif ((cargo_rc != 0)) && [[ "${E2E:-}" != 1 ]]; then
+    e2e_summary="e2e: skipped (cargo test failed; E2E=1 runs it)"
+  else
+    # cargo test built every service's debug binary (they have integration tests); e2e.sh
+    # builds any that is missing, starts the app on them, runs cargo test -p e2e, stops the app.
+    log "running: APP_SKIP_BUILD=1 APP_PROFILE=debug scripts/e2e.sh (the app in a browser)"
+    e2e_start=$SECONDS
+    APP_SKIP_BUILD=1 APP_PROFILE=debug bash "$ROOT/scripts/e2e.sh" || e2e_rc=$?
+    e2e_time=$((SECONDS - e2e_start))
+    if ((e2e_rc == 0)); then
+      e2e_summary="e2e: PASS (${e2e_time}s)"
+    else
+      e2e_summary="e2e: FAIL exit $e2e_rc (${e2e_time}s)"
+    fi
+  fi
+fi
+
 # ------------------------------------------------------------------ summary
 overall=PASS
-((cargo_rc == 0 && py_rc == 0)) || overall=FAIL
+((cargo_rc == 0 && py_rc == 0 && e2e_rc == 0)) || overall=FAIL
 if [[ -n "${CI:-}" ]]; then infra_note="infra stopped (CI)"; else infra_note="infra left running (scripts/infra.sh down)"; fi
-echo "SUMMARY: $overall | $cargo_summary | $py_summary | total $((SECONDS - started))s | $infra_note"
+echo "SUMMARY: $overall | $infra_summary | $cargo_summary | $py_summary | $e2e_summary | total $((SECONDS - started))s | $infra_note"
 [[ "$overall" == PASS ]]

@@ -2,6 +2,7 @@
 
 import fnmatch
 import glob
+import tomllib
 import warnings
 
 import pytest
@@ -56,8 +57,19 @@ def test_skaffold_deploys_the_base_and_dev_manifests_but_not_prod():
 
 
 def service_members():
+    """Workspace members that are deployed: not the shared library, not the crates that only test
+    the system (they say so with `[package.metadata.ticketing] role = "test"`)."""
     members = m.workspace_members()
-    return [name for name in members if name != "common"]
+    return [name for name in members if name != "common" and crate_role(name) != "test"]
+
+
+def crate_role(name):
+    manifest = m.ROOT / name / "Cargo.toml"
+    if not manifest.exists():
+        return None
+    with manifest.open("rb") as f:
+        data = tomllib.load(f)
+    return data.get("package", {}).get("metadata", {}).get("ticketing", {}).get("role")
 
 
 def test_every_service_crate_in_the_workspace_has_manifests_a_workflow_and_an_artifact():

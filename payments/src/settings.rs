@@ -104,10 +104,10 @@ mod tests {
 
     #[test]
     fn defaults_are_the_payments_database_and_the_real_stripe_api() -> Result<(), SettingsError> {
-        let settings = Settings::from_env(&env(&[("STRIPE_KEY", "sk_test_1")]))?;
+        let settings = Settings::from_env(&env(&[("STRIPE_KEY", "unit-test-stripe-key")]))?;
         assert_eq!(settings.mongo.database, "payments");
         assert_eq!(settings.stripe.api_base, "https://api.stripe.com/");
-        assert_eq!(settings.stripe.key.expose_secret(), "sk_test_1");
+        assert_eq!(settings.stripe.key.expose_secret(), "unit-test-stripe-key");
         assert_eq!(settings.stripe.timeout, DEFAULT_STRIPE_TIMEOUT);
         Ok(())
     }
@@ -115,12 +115,12 @@ mod tests {
     #[test]
     fn the_api_base_is_normalised_to_end_in_a_slash() -> Result<(), SettingsError> {
         let settings = Settings::from_env(&env(&[
-            ("STRIPE_KEY", "sk_test_1"),
+            ("STRIPE_KEY", "unit-test-stripe-key"),
             ("STRIPE_API_BASE", "http://127.0.0.1:12111"),
         ]))?;
         assert_eq!(settings.stripe.api_base, "http://127.0.0.1:12111/");
         let settings = Settings::from_env(&env(&[
-            ("STRIPE_KEY", "sk_test_1"),
+            ("STRIPE_KEY", "unit-test-stripe-key"),
             ("STRIPE_API_BASE", "https://proxy.local/stripe/"),
         ]))?;
         assert_eq!(settings.stripe.api_base, "https://proxy.local/stripe/");
@@ -137,7 +137,7 @@ mod tests {
             "https://x/?a=1",
         ] {
             let result = Settings::from_env(&env(&[
-                ("STRIPE_KEY", "sk_test_1"),
+                ("STRIPE_KEY", "unit-test-stripe-key"),
                 ("STRIPE_API_BASE", bad),
             ]));
             assert!(

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# The browser end-to-end tests: the whole local app, driven by Chromium through ChromeDriver.
+#
+#   scripts/e2e.sh [CARGO TEST ARGS...] [-- TEST ARGS...]     e.g. scripts/e2e.sh -- --nocapture
+#
+# 1. scripts/infra.sh up ferretdb nats redis stripe-mock chromedriver;
+# 2. scripts/app.sh up with APP_PROFILE=${APP_PROFILE:-debug} and
+#    EXPIRATION_WINDOW_SECONDS=${E2E_EXPIRATION_WINDOW_SECONDS:-20}; app.sh restarts services that
+#    already run with another binary or other settings.  Payments always uses stripe-mock and the
+#    client pays with the test token (the caller's STRIPE_KEY, STRIPE_API_BASE and
+#    STRIPE_PUBLISHABLE_KEY are ignored);
+# 3. cargo test -p e2e [--locked] ARGS -- --test-threads=1 TEST ARGS, with exported
+#      APP_URL=http://localhost:8080         the app, through nginx
+#      WEBDRIVER_URL=http://127.0.0.1:39515  ChromeDriver (as root, Chromium needs --no-sandbox)
+#      E2E_ARTIFACTS=<repo>/e2e-artifacts    emptied first; screenshots, page sources (ignored by git)
+#      EXPIRATION_WINDOW_SECONDS             the window the orders service runs with
+#      MONGO_URL, NATS_URL, REDIS_URL        the infrastructure, for checks behind the app
+# 4. on failure: the last lines of every service's log, of nginx's logs and of chromedriver's;
+# 5. always: scripts/app.sh down, so the short window does not outlive the run.  The
+#    infrastructure (chromedriver included) stays up: scripts/infra.sh down stops it.
+# Environment: APP_SKIP_BUILD=1 (scripts/test.sh: reuse the debug binaries cargo test built; a
+# missing one is built), AUTH_RATE_LIMIT_PER_MINUTE (passed to auth when set), LOG_TAIL_LINES.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+SERVICES=(client auth tickets orders payments expiration) # as in scripts/app.sh
+ARTIFACTS="$ROOT/e2e-artifacts"
+
+# ------------------------------------------------------------------ preconditions
+[[ -f e2e/Cargo.toml ]] ||
+  die "no end-to-end tests yet: e2e/Cargo.toml is missing (scripts/e2e.sh runs \`cargo test -p e2e\`; create the e2e crate and add \"e2e\" to the workspace members)"
+sed -n '/^[[:space:]]*members[[:space:]]*=/,/\]/p' Cargo.toml | grep -q '"e2e"' ||
+  die "e2e/Cargo.toml exists but \"e2e\" is not in the workspace members of Cargo.toml (cargo test -p e2e would not find it)"
+
+cargo_args=(test -p e2e)
+[[ -f Cargo.lock ]] && cargo_args+=(--locked)
+test_args=(--test-threads=1)
+seen_dashes=no
+for arg in "$@"; do
+  if [[ "$seen_dashes" == no && "$arg" == "--" ]]; then
+    seen_dashes=yes
+  elif [[ "$seen_dashes" == no ]]; then
+    cargo_args+=("$arg")
+  else
+    test_args+=("$arg")
+  fi
+done
+
+with_lock e2e
+
+export APP_PROFILE="${APP_PROFILE:-debug}"
+export EXPIRATION_WINDOW_SECONDS="${E2E_EXPIRATION_WINDOW_SECONDS:-20}"
+unset STRIPE_KEY STRIPE_API_BASE STRIPE_PUBLISHABLE_KEY
+
+started=$SECONDS
+t=$SECONDS # start of the current phase
+phase="infrastructure"
+summary=()
+app_started=no
+
+print_logs() {
+  local s
+  for s in "${SERVICES[@]}"; do
+    [[ -f "$ROOT/$s/Cargo.toml" ]] && show_log_tail "$LOG_DIR/$s.log"
+  done
+  show_log_tail "$LOG_DIR/nginx.log"
+  show_log_tail "$LOG_DIR/nginx-access.log"
+  show_log_tail "$LOG_DIR/chromedriver.log"
+}
+
+on_exit() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if ((rc != 0)); then
+    printf 'ERROR: end-to-end run failed in: %s (exit %s); the logs:\n' "$phase" "$rc" >&2
+    print_logs
+  fi
+  if [[ "$app_started" == yes ]]; then
+    log "stopping the app: scripts/app.sh down (its EXPIRATION_WINDOW_SECONDS=$EXPIRATION_WINDOW_SECONDS must not outlive the run)"
+    bash "$ROOT/scripts/app.sh" down || warn "scripts/app.sh down failed"
+  fi
+  local result=PASS
+  if ((rc != 0)); then
+    result=FAIL
+    summary+=("$phase: FAIL after $((SECONDS - t))s")
+  fi
+  echo "E2E: $result | ${summary[*]/%/ |} total $((SECONDS - started))s | artifacts ${ARTIFACTS#"$ROOT"/}/"
+  exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ------------------------------------------------------------------ 1. infrastructure
+bash "$ROOT/scripts/infra.sh" up ferretdb nats redis stripe-mock chromedriver
+eval "$(bash "$ROOT/scripts/infra.sh" env)"
+[[ -n "${WEBDRIVER_URL:-}" ]] || die "chromedriver is not running after scripts/infra.sh up (no WEBDRIVER_URL)"
+export MONGO_URL NATS_URL REDIS_URL WEBDRIVER_URL
+summary+=("infra $((SECONDS - t))s")
+
+# ------------------------------------------------------------------ 2. the app
+phase="scripts/app.sh up"
+t=$SECONDS
+app_started=yes
+log "starting the app: APP_PROFILE=$APP_PROFILE EXPIRATION_WINDOW_SECONDS=$EXPIRATION_WINDOW_SECONDS${APP_SKIP_BUILD:+ APP_SKIP_BUILD=$APP_SKIP_BUILD} scripts/app.sh up"
+bash "$ROOT/scripts/app.sh" up
+summary+=("app up $((SECONDS - t))s")
+
+# ------------------------------------------------------------------ 3. the tests
+phase="cargo test -p e2e"
+t=$SECONDS
+export APP_URL="http://localhost:$NGINX_PORT"
+export E2E_ARTIFACTS="$ARTIFACTS"
+mkdir -p "$ARTIFACTS"
+find "$ARTIFACTS" -mindepth 1 -delete
+unset RUST_LOG
+export RUST_BACKTRACE=1
+log "running: cargo ${cargo_args[*]} -- ${test_args[*]} (APP_URL=$APP_URL WEBDRIVER_URL=$WEBDRIVER_URL E2E_ARTIFACTS=${ARTIFACTS#"$ROOT"/})"
+cargo_rc=0
+cargo "${cargo_args[@]}" -- "${test_args[@]}" || cargo_rc=$?
+((cargo_rc == 0)) || exit "$cargo_rc"
+summary+=("cargo test -p e2e $((SECONDS - t))s")

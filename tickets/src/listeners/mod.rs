@@ -1,0 +1,59 @@
+//! Event listeners of the tickets service (queue group `tickets-service`): one file per subject.
+
+use std::time::Duration;
+
+use common::bus::EventBus;
+use common::store::{Decision, StoreError};
+use mongodb::bson::Bson;
+use mongodb::bson::oid::ObjectId;
+
+use crate::store::TicketStore;
+
+pub mod order_cancelled;
+pub mod order_created;
+
+/// The queue group of the original.
+pub const QUEUE_GROUP: &str = "tickets-service";
+
+/// How long to wait before an event whose precondition is unmet (ticket unknown, ticket held by an
+/// order whose cancellation has not arrived yet) is delivered again.
+pub const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// What [`release`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// The ticket was held by the order and is free now.
+    Released,
+    /// The ticket is not held by that order (free, or another order's): nothing to do.
+    NotHeld,
+    TicketMissing,
+}
+
+/// Frees the ticket if, and only if, `order_id` holds it (SPEC §8.4: a stale cancellation must not
+/// release someone else's reservation), then publishes `ticket:updated` without `orderId`.
+pub async fn release(
+    store: &TicketStore,
+    bus: &EventBus,
+    ticket_id: ObjectId,
+    order_id: &str,
+) -> Result<Release, StoreError> {
+    let result = store
+        .tickets
+        .modify(Bson::ObjectId(ticket_id), |ticket| {
+            if ticket.order_id.as_deref() != Some(order_id) {
+                return Ok(Decision::Unchanged);
+            }
+            let (next, events) = ticket.with_order(None)?;
+            Ok(Decision::Commit { next, events })
+        })
+        .await;
+    match result {
+        Ok((_, Some(committed))) => {
+            store.tickets.publish(bus, &committed).await;
+            Ok(Release::Released)
+        }
+        Ok((_, None)) => Ok(Release::NotHeld),
+        Err(StoreError::NotFound) => Ok(Release::TicketMissing),
+        Err(other) => Err(other),
+    }
+}

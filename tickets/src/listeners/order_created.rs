@@ -1,0 +1,72 @@
+//! `order:created`: reserve the ticket for the order.
+
+use common::bus::{EventBus, Outcome};
+use common::events::OrderCreated;
+use common::store::{Decision, StoreError, parse_object_id};
+use mongodb::bson::Bson;
+
+use super::{RETRY_DELAY, Release, release};
+use crate::store::TicketStore;
+
+pub async fn handle(
+    store: &TicketStore,
+    bus: &EventBus,
+    event: OrderCreated,
+) -> anyhow::Result<Outcome> {
+    let Some(ticket_id) = parse_object_id(&event.ticket.id) else {
+        tracing::error!(order_id = %event.id, ticket_id = %event.ticket.id, "order:created names a malformed ticket id; ignored");
+        return Ok(Outcome::Ack);
+    };
+    if store.is_order_cancelled(&event.id).await? {
+        // Its cancellation came first, or this is a redelivery after it. Releasing (not just
+        // skipping) also covers a reservation that raced the cancellation on an earlier delivery.
+        release(store, bus, ticket_id, &event.id).await?;
+        tracing::info!(order_id = %event.id, "order already cancelled; not reserving");
+        return Ok(Outcome::Ack);
+    }
+
+    let mut holder: Option<String> = None;
+    let result = store
+        .tickets
+        .modify(Bson::ObjectId(ticket_id), |ticket| {
+            holder = ticket.order_id.clone();
+            if ticket.order_id.is_some() {
+                return Ok(Decision::Unchanged);
+            }
+            let (next, events) = ticket.with_order(Some(event.id.clone()))?;
+            Ok(Decision::Commit { next, events })
+        })
+        .await;
+    let committed = match result {
+        Ok((_, Some(committed))) => committed,
+        Ok((_, None)) => {
+            // Unchanged only when the ticket is held already.
+            return Ok(match holder {
+                // A redelivery: already applied.
+                Some(holder) if holder == event.id => Outcome::Ack,
+                other => {
+                    // The holder's `order:cancelled` has not been processed yet.
+                    tracing::info!(order_id = %event.id, holder = ?other, "ticket held by another order; retrying later");
+                    Outcome::Retry(RETRY_DELAY)
+                }
+            });
+        }
+        Err(StoreError::NotFound) => {
+            tracing::warn!(order_id = %event.id, ticket_id = %event.ticket.id, "order:created for an unknown ticket; retrying later");
+            return Ok(Outcome::Retry(RETRY_DELAY));
+        }
+        Err(other) => return Err(other.into()),
+    };
+    store.tickets.publish(bus, &committed).await;
+    tracing::info!(order_id = %event.id, ticket_id = %event.ticket.id, "ticket reserved");
+
+    // The cancellation may have been handled between our check above and the commit, and then saw
+    // the ticket still free. Checking again after the commit closes that window: either it sees our
+    // reservation, or we see its tombstone.
+    if store.is_order_cancelled(&event.id).await?
+        && release(store, bus, ticket_id, &event.id).await? == Release::Released
+    {
+        tracing::info!(order_id = %event.id, "order was cancelled while reserving; released again");
+    }
+    Ok(Outcome::Ack)
+}

@@ -1,0 +1,182 @@
+//! Tickets: `{_id, title, priceCents, userId, version, orderId}` kept by a `VersionedStore` (every
+//! version claimed by an insert, events stored with the change), plus the tombstones of cancelled
+//! orders that let the listeners cope with `order:cancelled` overtaking `order:created`.
+
+use common::events::{TicketCreated, TicketUpdated};
+use common::money::Price;
+use common::store::{PendingEvent, StoreError, VersionedRecord, VersionedStore, is_duplicate_key};
+use futures::TryStreamExt;
+use mongodb::bson::oid::ObjectId;
+use mongodb::bson::{self, Bson, Document, doc};
+use mongodb::options::IndexOptions;
+use mongodb::{Collection, Database, IndexModel};
+use serde::{Deserialize, Serialize};
+
+/// A ticket as stored. `orderId` is always written (null when free): FerretDB's indexes and
+/// filters behave best with present fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ticket {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub title: String,
+    /// Integer cents: no float drift in storage (SPEC §8.12).
+    pub price_cents: i64,
+    pub user_id: String,
+    pub version: i64,
+    pub order_id: Option<String>,
+}
+
+impl VersionedRecord for Ticket {
+    fn key(&self) -> Bson {
+        Bson::ObjectId(self.id)
+    }
+
+    fn record_id(&self) -> String {
+        self.id.to_hex()
+    }
+
+    fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+/// The ticket JSON of the SPEC: `orderId` only while reserved.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TicketView {
+    pub id: String,
+    pub title: String,
+    pub price: Price,
+    pub user_id: String,
+    pub version: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+}
+
+impl Ticket {
+    pub fn price(&self) -> Price {
+        Price::from_cents(self.price_cents)
+    }
+
+    pub fn view(&self) -> TicketView {
+        TicketView {
+            id: self.id.to_hex(),
+            title: self.title.clone(),
+            price: self.price(),
+            user_id: self.user_id.clone(),
+            version: self.version,
+            order_id: self.order_id.clone(),
+        }
+    }
+
+    pub fn created_event(&self) -> TicketCreated {
+        TicketCreated {
+            id: self.id.to_hex(),
+            version: self.version,
+            title: self.title.clone(),
+            price: self.price(),
+            user_id: self.user_id.clone(),
+        }
+    }
+
+    pub fn updated_event(&self) -> TicketUpdated {
+        TicketUpdated {
+            id: self.id.to_hex(),
+            version: self.version,
+            title: self.title.clone(),
+            price: self.price(),
+            user_id: self.user_id.clone(),
+            order_id: self.order_id.clone(),
+        }
+    }
+
+    /// The same ticket at the next version with `order_id`, and its `ticket:updated` event.
+    pub fn with_order(
+        &self,
+        order_id: Option<String>,
+    ) -> Result<(Ticket, Vec<PendingEvent>), StoreError> {
+        let next = Ticket {
+            order_id,
+            version: self.version + 1,
+            ..self.clone()
+        };
+        let events = vec![PendingEvent::of(&next.updated_event())?];
+        Ok((next, events))
+    }
+}
+
+/// The tickets collection and the cancelled-order tombstones. Cheap to clone.
+#[derive(Clone)]
+pub struct TicketStore {
+    pub tickets: VersionedStore<Ticket>,
+    cancelled_orders: Collection<Document>,
+}
+
+impl TicketStore {
+    pub fn new(db: &Database) -> Self {
+        Self {
+            tickets: VersionedStore::new(db, "tickets"),
+            cancelled_orders: db.collection("cancelled_orders"),
+        }
+    }
+
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        self.tickets.ensure_indexes().await?;
+        // The public list: free tickets, oldest first.
+        self.tickets
+            .records()
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "orderId": 1, "_id": 1 })
+                    .options(IndexOptions::builder().name("available".to_owned()).build())
+                    .build(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, id: ObjectId) -> Result<Option<Ticket>, StoreError> {
+        self.tickets.get(Bson::ObjectId(id)).await
+    }
+
+    /// Tickets not reserved by any order, oldest first.
+    pub async fn list_available(&self) -> Result<Vec<Ticket>, StoreError> {
+        let tickets = self
+            .tickets
+            .records()
+            .find(doc! { "orderId": Bson::Null })
+            .sort(doc! { "_id": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(tickets)
+    }
+
+    /// Remembers that `order_id` was cancelled, so that its `order:created`, if it arrives (again)
+    /// later, does not reserve the ticket. Idempotent.
+    pub async fn record_cancelled_order(
+        &self,
+        order_id: &str,
+        ticket_id: &str,
+    ) -> Result<(), StoreError> {
+        let tombstone = doc! {
+            "_id": order_id,
+            "ticketId": ticket_id,
+            "at": bson::DateTime::now(),
+        };
+        match self.cancelled_orders.insert_one(tombstone).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn is_order_cancelled(&self, order_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .cancelled_orders
+            .find_one(doc! { "_id": order_id })
+            .await?
+            .is_some())
+    }
+}

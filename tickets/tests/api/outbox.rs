@@ -1,0 +1,120 @@
+use std::time::Duration;
+
+use common::events::{TicketCreated, TicketUpdated};
+use common::store::{Decision, PendingEvent, StoreError};
+use mongodb::bson::Bson;
+
+use crate::helpers::{infra, new_order_id, sentinel_created, sentinel_updated, spawn_app, user};
+use tickets::store::Ticket;
+
+#[tokio::test]
+async fn a_ticket_stored_without_its_event_is_published_once_by_the_relay() {
+    let infra = infra().await;
+    let mut created = infra.observe::<TicketCreated>().await;
+    let ticket = Ticket {
+        id: mongodb::bson::oid::ObjectId::new(),
+        title: "Concert".into(),
+        price_cents: 1999,
+        user_id: "owner-1".into(),
+        version: 0,
+        order_id: None,
+    };
+    // The service "crashes" right after the commit: nothing is published.
+    let event = ticket.created_event();
+    infra
+        .store
+        .tickets
+        .create(&ticket, vec![PendingEvent::of(&event).expect("event")])
+        .await
+        .expect("created");
+
+    let relayed = infra
+        .store
+        .tickets
+        .relay_once(&infra.bus, Duration::ZERO)
+        .await
+        .expect("relay pass");
+    assert_eq!(relayed, 1);
+    assert_eq!(created.next().await, event);
+    // Marked published: the next pass has nothing to do.
+    let relayed = infra
+        .store
+        .tickets
+        .relay_once(&infra.bus, Duration::ZERO)
+        .await
+        .expect("relay pass");
+    assert_eq!(relayed, 0);
+    assert_eq!(created.rest_before(sentinel_created()).await, Vec::new());
+}
+
+#[tokio::test]
+async fn an_event_published_just_before_a_crash_is_relayed_again_and_dropped_as_a_duplicate() {
+    let infra = infra().await;
+    let mut updated = infra.observe::<TicketUpdated>().await;
+    let ticket = infra.insert_ticket("owner-1").await;
+    let order_id = new_order_id();
+    let (reserved, committed) = infra
+        .store
+        .tickets
+        .modify(Bson::ObjectId(ticket.id), |current| {
+            let (next, events) = current.with_order(Some(order_id.clone()))?;
+            Ok::<_, StoreError>(Decision::Commit { next, events })
+        })
+        .await
+        .expect("committed");
+    assert!(committed.is_some());
+    // Published, but the crash came before the change was marked published.
+    infra
+        .bus
+        .publish(&reserved.updated_event())
+        .await
+        .expect("published");
+
+    let relayed = infra
+        .store
+        .tickets
+        .relay_once(&infra.bus, Duration::ZERO)
+        .await
+        .expect("relay pass");
+    assert_eq!(relayed, 1, "the relay cannot know it was published");
+    let event = updated.next().await;
+    assert_eq!(
+        (event.version, event.order_id.as_deref()),
+        (1, Some(order_id.as_str()))
+    );
+    assert_eq!(
+        updated.rest_before(sentinel_updated()).await,
+        Vec::new(),
+        "the broker kept one copy"
+    );
+}
+
+#[tokio::test]
+async fn the_running_service_relays_a_change_that_was_never_published() {
+    let app = spawn_app().await;
+    let owner = user();
+    let mut updated = app.infra.observe::<TicketUpdated>().await;
+    let ticket = app.create_ticket(&owner, "Concert", 20.0).await;
+    let id = ticket["id"].as_str().expect("id");
+    let order_id = new_order_id();
+    let key = Bson::ObjectId(mongodb::bson::oid::ObjectId::parse_str(id).expect("an id"));
+    app.infra
+        .store
+        .tickets
+        .modify(key, |current| {
+            let (next, events) = current.with_order(Some(order_id.clone()))?;
+            Ok::<_, StoreError>(Decision::Commit { next, events })
+        })
+        .await
+        .expect("committed");
+
+    let started = tokio::time::Instant::now();
+    let event = updated.next().await;
+    println!("relayed after {:?}", started.elapsed());
+    assert_eq!(
+        (event.id.as_str(), event.version, event.order_id.as_deref()),
+        (id, 1, Some(order_id.as_str()))
+    );
+    assert_eq!(updated.rest_before(sentinel_updated()).await, Vec::new());
+    assert_eq!(app.get_ticket(id).await.body["version"], 1);
+}

@@ -1,0 +1,447 @@
+use common::events::{TicketCreated, TicketUpdated};
+use common::money::Price;
+use mongodb::bson::Bson;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tickets::listeners::order_created as created_listener;
+
+use crate::helpers::{
+    errors, new_order_id, order_cancelled, order_created, sentinel_created, sentinel_updated,
+    spawn_app, user,
+};
+
+const TITLE_REQUIRED: &str = "Title is required.";
+const TITLE_TOO_LONG: &str = "Title must be at most 200 characters.";
+const PRICE_NOT_POSITIVE: &str = "Price must be larger than 0.";
+const PRICE_TOO_HIGH: &str = "Price must be at most 1000000.";
+const RESERVED: &str = "Ticket is already reserved and unable to edit.";
+
+fn not_authorized() -> Value {
+    errors(&[("Not authorized", None)])
+}
+
+fn not_found() -> Value {
+    errors(&[("Not Found", None)])
+}
+
+#[tokio::test]
+async fn creating_a_ticket_requires_a_signed_in_user_even_before_validation() {
+    let app = spawn_app().await;
+    for cookie in [None, Some("express:sess=garbage")] {
+        let reply = app.post_ticket(cookie, &json!({})).await;
+        assert_eq!(
+            (reply.status, reply.body),
+            (StatusCode::UNAUTHORIZED, not_authorized())
+        );
+    }
+    let reply = app.get("/api/tickets").await;
+    assert_eq!(reply.body, json!([]), "nothing was created");
+}
+
+#[tokio::test]
+async fn creating_a_ticket_reports_every_failed_rule_with_its_field() {
+    let app = spawn_app().await;
+    let owner = user();
+    let both = errors(&[
+        (TITLE_REQUIRED, Some("title")),
+        (PRICE_NOT_POSITIVE, Some("price")),
+    ]);
+    let long_title = "x".repeat(201);
+    let cases = [
+        (json!({}), both.clone()),
+        (json!({ "title": "   ", "price": 0 }), both.clone()),
+        (json!({ "title": 12, "price": "abc" }), both.clone()),
+        (json!({ "title": null, "price": [1] }), both.clone()),
+        (json!({ "title": "", "price": -10 }), both.clone()),
+        (
+            json!({ "title": "Concert" }),
+            errors(&[(PRICE_NOT_POSITIVE, Some("price"))]),
+        ),
+        (
+            json!({ "price": 10 }),
+            errors(&[(TITLE_REQUIRED, Some("title"))]),
+        ),
+        // Rounds to 0 cents.
+        (
+            json!({ "title": "Concert", "price": "0.004" }),
+            errors(&[(PRICE_NOT_POSITIVE, Some("price"))]),
+        ),
+        (
+            json!({ "title": long_title, "price": 10 }),
+            errors(&[(TITLE_TOO_LONG, Some("title"))]),
+        ),
+        (
+            json!({ "title": "Concert", "price": 1_000_000.01 }),
+            errors(&[(PRICE_TOO_HIGH, Some("price"))]),
+        ),
+        (
+            json!({ "title": "Concert", "price": 1e300 }),
+            errors(&[(PRICE_TOO_HIGH, Some("price"))]),
+        ),
+        (
+            json!({ "title": "", "price": "1e9" }),
+            errors(&[
+                (TITLE_REQUIRED, Some("title")),
+                (PRICE_TOO_HIGH, Some("price")),
+            ]),
+        ),
+    ];
+    for (body, expected) in cases {
+        let reply = app.post_ticket(Some(&owner.cookie), &body).await;
+        assert_eq!(
+            (reply.status, &reply.body),
+            (StatusCode::BAD_REQUEST, &expected),
+            "{body}"
+        );
+    }
+    // An absent body is validated as `{}`.
+    let response = app
+        .client
+        .post(app.url("/api/tickets"))
+        .header("cookie", &owner.cookie)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(response.json::<Value>().await.expect("json"), both);
+
+    assert_eq!(
+        app.get("/api/tickets").await.body,
+        json!([]),
+        "nothing was created"
+    );
+    // The limits themselves are allowed.
+    let title = "y".repeat(200);
+    let reply = app
+        .post_ticket(
+            Some(&owner.cookie),
+            &json!({ "title": title, "price": 1_000_000 }),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+}
+
+#[tokio::test]
+async fn a_new_ticket_is_stored_in_cents_at_version_0_and_announced_once() {
+    let app = spawn_app().await;
+    let owner = user();
+    let mut created = app.infra.observe::<TicketCreated>().await;
+
+    let reply = app
+        .post_ticket(
+            Some(&owner.cookie),
+            &json!({ "title": "  Concert  ", "price": "12.345" }),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let id = reply.body["id"].as_str().expect("an id").to_owned();
+    assert_eq!(id.len(), 24);
+    assert_eq!(
+        reply.body,
+        json!({ "id": id, "title": "Concert", "price": 12.35, "userId": owner.id, "version": 0 })
+    );
+
+    let raw = app.infra.raw_ticket(&id).await;
+    assert_eq!(raw.get("priceCents"), Some(&Bson::Int64(1235)));
+    assert_eq!(
+        raw.get("orderId"),
+        Some(&Bson::Null),
+        "orderId is stored as null: {raw}"
+    );
+    assert_eq!(raw.get("price"), None);
+
+    let expected = TicketCreated {
+        id: id.clone(),
+        version: 0,
+        title: "Concert".into(),
+        price: Price::from_cents(1235),
+        user_id: owner.id.clone(),
+    };
+    assert_eq!(created.next().await, expected);
+    // Publishing it again with its stable message id is dropped by the broker as a duplicate.
+    app.infra
+        .bus
+        .publish(&expected)
+        .await
+        .expect("republishing");
+    assert_eq!(created.rest_before(sentinel_created()).await, Vec::new());
+
+    assert_eq!(app.get_ticket(&id).await.body, reply.body);
+}
+
+#[tokio::test]
+async fn the_list_shows_the_free_tickets_of_every_owner_oldest_first() {
+    let app = spawn_app().await;
+    let (alice, bob) = (user(), user());
+    let first = app.create_ticket(&alice, "First", 10.0).await;
+    let second = app.create_ticket(&bob, "Second", 20.5).await;
+    let third = app.create_ticket(&alice, "Third", 30.0).await;
+
+    let reply = app.get("/api/tickets").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, json!([first, second, third]));
+
+    let order_id = new_order_id();
+    let second_id = second["id"].as_str().expect("id");
+    let infra = &app.infra;
+    created_listener::handle(
+        &infra.store,
+        &infra.bus,
+        order_created(second_id, &order_id),
+    )
+    .await
+    .expect("reserving");
+
+    assert_eq!(app.get("/api/tickets").await.body, json!([first, third]));
+    let reserved = app.get_ticket(second_id).await;
+    assert_eq!(reserved.status, StatusCode::OK);
+    assert_eq!(
+        reserved.body,
+        json!({ "id": second_id, "title": "Second", "price": 20.5, "userId": bob.id,
+                "version": 1, "orderId": order_id })
+    );
+}
+
+#[tokio::test]
+async fn showing_a_ticket_answers_404_for_unknown_and_malformed_ids() {
+    let app = spawn_app().await;
+    for id in [
+        "64b7f0c2a1b2c3d4e5f60718",
+        "nope",
+        "12-char-str!",
+        "64b7f0c2a1b2c3d4e5f6071z",
+    ] {
+        let reply = app.get_ticket(id).await;
+        assert_eq!(
+            (reply.status, reply.body),
+            (StatusCode::NOT_FOUND, not_found()),
+            "{id}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn updating_checks_auth_then_validation_then_existence_then_reservation_then_owner() {
+    let app = spawn_app().await;
+    let (owner, stranger) = (user(), user());
+    let good = json!({ "title": "New title", "price": 15 });
+    let bad = json!({ "title": "", "price": 0 });
+    let unknown = "64b7f0c2a1b2c3d4e5f60718";
+
+    // 1. anonymous, whatever else is wrong
+    for (id, body) in [(unknown, &bad), ("nope", &good)] {
+        let reply = app.put_ticket(id, None, body).await;
+        assert_eq!(
+            (reply.status, reply.body),
+            (StatusCode::UNAUTHORIZED, not_authorized())
+        );
+    }
+    // 2. validation before existence
+    let reply = app.put_ticket(unknown, Some(&stranger.cookie), &bad).await;
+    assert_eq!(
+        (reply.status, reply.body),
+        (
+            StatusCode::BAD_REQUEST,
+            errors(&[
+                (TITLE_REQUIRED, Some("title")),
+                (PRICE_NOT_POSITIVE, Some("price"))
+            ])
+        )
+    );
+    let reply = app
+        .put_ticket(
+            unknown,
+            Some(&stranger.cookie),
+            &json!({ "title": "x".repeat(201), "price": 2e6 }),
+        )
+        .await;
+    assert_eq!(
+        reply.body,
+        errors(&[
+            (TITLE_TOO_LONG, Some("title")),
+            (PRICE_TOO_HIGH, Some("price"))
+        ])
+    );
+    // 3. unknown or malformed id
+    for id in [unknown, "nope"] {
+        let reply = app.put_ticket(id, Some(&owner.cookie), &good).await;
+        assert_eq!(
+            (reply.status, reply.body),
+            (StatusCode::NOT_FOUND, not_found()),
+            "{id}"
+        );
+    }
+    // 5. not the owner
+    let ticket = app.create_ticket(&owner, "Concert", 20.0).await;
+    let id = ticket["id"].as_str().expect("id");
+    let reply = app.put_ticket(id, Some(&stranger.cookie), &good).await;
+    assert_eq!(
+        (reply.status, reply.body),
+        (StatusCode::UNAUTHORIZED, not_authorized())
+    );
+    // 4. reserved comes before ownership (as in the original), for the owner too
+    let infra = &app.infra;
+    created_listener::handle(&infra.store, &infra.bus, order_created(id, &new_order_id()))
+        .await
+        .expect("reserving");
+    for cookie in [&stranger.cookie, &owner.cookie] {
+        let reply = app.put_ticket(id, Some(cookie), &good).await;
+        assert_eq!(
+            (reply.status, reply.body),
+            (StatusCode::BAD_REQUEST, errors(&[(RESERVED, None)]))
+        );
+    }
+    let stored = app.get_ticket(id).await.body;
+    assert_eq!(
+        (stored["title"].clone(), stored["version"].clone()),
+        (json!("Concert"), json!(1))
+    );
+}
+
+#[tokio::test]
+async fn an_owner_edit_bumps_the_version_and_announces_it_without_order_id() {
+    let app = spawn_app().await;
+    let owner = user();
+    let mut updated = app.infra.observe::<TicketUpdated>().await;
+    let ticket = app.create_ticket(&owner, "Concert", 20.0).await;
+    let id = ticket["id"].as_str().expect("id");
+
+    let reply = app
+        .put_ticket(
+            id,
+            Some(&owner.cookie),
+            &json!({ "title": " Opera ", "price": "99.999" }),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.body,
+        json!({ "id": id, "title": "Opera", "price": 100, "userId": owner.id, "version": 1 })
+    );
+    let reply = app
+        .put_ticket(
+            id,
+            Some(&owner.cookie),
+            &json!({ "title": "Ballet", "price": 7.5 }),
+        )
+        .await;
+    assert_eq!(reply.body["version"], 2);
+    assert_eq!(app.get_ticket(id).await.body, reply.body);
+    assert_eq!(
+        app.infra.raw_ticket(id).await.get("priceCents"),
+        Some(&Bson::Int64(750))
+    );
+
+    let expected = |version, title: &str, cents| TicketUpdated {
+        id: id.to_owned(),
+        version,
+        title: title.into(),
+        price: Price::from_cents(cents),
+        user_id: owner.id.clone(),
+        order_id: None,
+    };
+    let mut events = vec![updated.next().await, updated.next().await];
+    events.sort_by_key(|e| e.version);
+    assert_eq!(
+        events,
+        vec![expected(1, "Opera", 10_000), expected(2, "Ballet", 750)]
+    );
+    assert_eq!(updated.rest_before(sentinel_updated()).await, Vec::new());
+}
+
+#[tokio::test]
+async fn reservations_and_releases_from_the_bus_show_as_versions_over_http() {
+    let app = spawn_app().await;
+    let owner = user();
+    let ticket = app.create_ticket(&owner, "Concert", 20.0).await;
+    let id = ticket["id"].as_str().expect("id").to_owned();
+    let order_id = new_order_id();
+
+    app.infra
+        .bus
+        .publish(&order_created(&id, &order_id))
+        .await
+        .expect("publishing");
+    let reserved = app
+        .wait_for_ticket(&id, |t| t["orderId"] == order_id.as_str())
+        .await;
+    assert_eq!(reserved["version"], 1);
+    let reply = app
+        .put_ticket(
+            &id,
+            Some(&owner.cookie),
+            &json!({ "title": "Opera", "price": 25 }),
+        )
+        .await;
+    assert_eq!(reply.body, errors(&[(RESERVED, None)]));
+
+    app.infra
+        .bus
+        .publish(&order_cancelled(&id, &order_id))
+        .await
+        .expect("publishing");
+    let released = app
+        .wait_for_ticket(&id, |t| t.get("orderId").is_none())
+        .await;
+    assert_eq!(released["version"], 2);
+    assert_eq!(app.get("/api/tickets").await.body[0]["id"], id.as_str());
+
+    let reply = app
+        .put_ticket(
+            &id,
+            Some(&owner.cookie),
+            &json!({ "title": "Opera", "price": 25 }),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.body["version"].clone()),
+        (StatusCode::OK, json!(3))
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_404_in_the_error_shape() {
+    let app = spawn_app().await;
+    let owner = user();
+    let ticket = app.create_ticket(&owner, "Concert", 20.0).await;
+    let path = format!("/api/tickets/{}", ticket["id"].as_str().expect("id"));
+    for (method, path) in [
+        (Method::DELETE, path.as_str()),
+        (Method::PATCH, path.as_str()),
+        (Method::POST, path.as_str()),
+        (Method::PUT, "/api/tickets"),
+        (Method::DELETE, "/api/tickets"),
+        (Method::GET, "/api/ticket"),
+        (Method::GET, "/api/tickets/a/b"),
+    ] {
+        let reply = app
+            .request(method.clone(), path, Some(&owner.cookie), None)
+            .await;
+        assert_eq!(
+            (reply.status, reply.body),
+            (StatusCode::NOT_FOUND, not_found()),
+            "{method} {path}"
+        );
+    }
+    assert_eq!(
+        app.get_ticket(ticket["id"].as_str().expect("id"))
+            .await
+            .body,
+        ticket
+    );
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer_when_the_database_and_bus_are_up() {
+    let app = spawn_app().await;
+    let reply = app.get("/healthz").await;
+    assert_eq!(
+        (reply.status, reply.body),
+        (StatusCode::OK, json!({ "status": "ok" }))
+    );
+    let reply = app.get("/readyz").await;
+    assert_eq!(
+        (reply.status, reply.body),
+        (StatusCode::OK, json!({ "status": "ready" }))
+    );
+}

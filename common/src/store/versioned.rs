@@ -276,6 +276,10 @@ impl<T: VersionedRecord> VersionedStore<T> {
             Err(e) => return Err(e.into()),
         }
         self.apply(current, &change).await?;
+        // On FerretDB a conditional replace is read-then-write: a slower writer of an older version
+        // can land after us and roll the record back. Whoever writes last repairs forward here, so
+        // queries on `records()` do not keep a stale state.
+        self.get(current.key()).await?;
         Ok(Committed {
             change_id: change.id,
             events: change.events,

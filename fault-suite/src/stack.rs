@@ -1,0 +1,271 @@
+//! The backend services as child processes (the binaries `cargo test` built), on free loopback ports,
+//! sharing the infrastructure of `scripts/infra.sh` with a fresh database per service and a fresh
+//! JetStream stream per run, plus a Stripe double.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+pub const SERVICES: [&str; 5] = ["auth", "tickets", "orders", "payments", "expiration"];
+
+/// A service process and how to start it again.
+pub struct ServiceProcess {
+    pub name: &'static str,
+    pub port: u16,
+    binary: PathBuf,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Mutex<Option<Child>>,
+}
+
+impl ServiceProcess {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub async fn start(&self, http: &reqwest::Client) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        let child = Command::new(&self.binary)
+            .env_clear()
+            .envs(self.env.iter().cloned())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        *self.child.lock().await = Some(child);
+        self.wait_ready(http, Duration::from_secs(30)).await
+    }
+
+    async fn wait_ready(&self, http: &reqwest::Client, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(response) = http.get(self.url("/readyz")).send().await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            if let Some(child) = self.child.lock().await.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                bail!(
+                    "{} exited with {status} while starting; see {}",
+                    self.name,
+                    self.log.display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} not ready after {limit:?}; see {}",
+                    self.name,
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL: no graceful shutdown, in-flight work is simply lost.
+    pub async fn kill(&self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.lock().await.take() {
+            child.start_kill().context("sending SIGKILL")?;
+            child.wait().await.context("reaping the killed process")?;
+        }
+        Ok(())
+    }
+}
+
+/// Counts the charges the real Stripe client sends, and answers like Stripe.
+struct StripeCharges;
+
+impl Respond for StripeCharges {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let body = String::from_utf8_lossy(&request.body);
+        let amount = body
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("amount="))
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0);
+        let key = request
+            .headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_owned();
+        ResponseTemplate::new(200).set_body_json(common::testing::stripe_charge_json(
+            &format!("ch_{}", short_hash(&key)),
+            amount,
+            "tok",
+        ))
+    }
+}
+
+fn short_hash(text: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+pub struct Stack {
+    pub services: BTreeMap<&'static str, ServiceProcess>,
+    pub http: reqwest::Client,
+    pub stripe: MockServer,
+    pub mongo_url: String,
+    pub databases: BTreeMap<&'static str, String>,
+    pub root: PathBuf,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn infra(name: &str) -> anyhow::Result<String> {
+    std::env::var(name).with_context(|| format!("{name} is not set: run through scripts/faults.sh"))
+}
+
+impl Stack {
+    /// Starts the five backend services with `expiration_window` seconds to pay.
+    pub async fn start(root: &Path, run: &str, expiration_window: u64) -> anyhow::Result<Self> {
+        let bin_dir = root.join("target/debug");
+        let logs = root.join(".data/logs/fault-suite");
+        std::fs::create_dir_all(&logs)?;
+        let stripe = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/v1/charges"))
+            .respond_with(StripeCharges)
+            .mount(&stripe)
+            .await;
+        let mongo_url = infra("MONGO_URL")?;
+        let suffix = common::testing::unique_suffix();
+        let shared = vec![
+            ("RUST_LOG".to_owned(), "info".to_owned()),
+            ("HOST".to_owned(), "127.0.0.1".to_owned()),
+            (
+                "JWT_KEY".to_owned(),
+                common::testing::TEST_JWT_KEY.to_owned(),
+            ),
+            ("MONGO_URL".to_owned(), mongo_url.clone()),
+            ("NATS_URL".to_owned(), infra("NATS_URL")?),
+            ("REDIS_URL".to_owned(), infra("REDIS_URL")?),
+            ("NATS_STREAM".to_owned(), format!("faults_{suffix}")),
+            ("NATS_SUBJECT_PREFIX".to_owned(), format!("f{suffix}.")),
+            ("EXPIRATION_QUEUE".to_owned(), format!("faults:{suffix}")),
+            (
+                "EXPIRATION_WINDOW_SECONDS".to_owned(),
+                expiration_window.to_string(),
+            ),
+            ("AUTH_RATE_LIMIT_PER_MINUTE".to_owned(), "0".to_owned()),
+            ("STRIPE_KEY".to_owned(), "fault-suite-stripe-key".to_owned()),
+            ("STRIPE_API_BASE".to_owned(), stripe.uri()),
+        ];
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let mut services = BTreeMap::new();
+        let mut databases = BTreeMap::new();
+        for name in SERVICES {
+            let binary = bin_dir.join(name);
+            if !binary.exists() {
+                bail!(
+                    "{} is missing: build the services first (cargo build --bins)",
+                    binary.display()
+                );
+            }
+            let database = format!("faults_{run}_{name}_{suffix}");
+            let mut env = shared.clone();
+            env.push(("PORT".to_owned(), free_port()?.to_string()));
+            env.push(("MONGO_DB".to_owned(), database.clone()));
+            let port = env
+                .iter()
+                .find(|(k, _)| k == "PORT")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            databases.insert(name, database);
+            services.insert(
+                name,
+                ServiceProcess {
+                    name,
+                    port,
+                    binary,
+                    env,
+                    log: logs.join(format!("{run}-{name}.log")),
+                    child: Mutex::new(None),
+                },
+            );
+        }
+        let stack = Self {
+            services,
+            http,
+            stripe,
+            mongo_url,
+            databases,
+            root: root.to_owned(),
+        };
+        for name in SERVICES {
+            stack.service(name)?.start(&stack.http).await?;
+        }
+        Ok(stack)
+    }
+
+    pub fn service(&self, name: &str) -> anyhow::Result<&ServiceProcess> {
+        self.services
+            .get(name)
+            .with_context(|| format!("no service {name}"))
+    }
+
+    pub fn url(&self, service: &str, path: &str) -> anyhow::Result<String> {
+        Ok(self.service(service)?.url(path))
+    }
+
+    /// `scripts/infra.sh <verb> <component>`.
+    pub async fn infra(&self, verb: &str, component: &str) -> anyhow::Result<()> {
+        let output = Command::new("bash")
+            .arg(self.root.join("scripts/infra.sh"))
+            .args([verb, component])
+            .output()
+            .await
+            .context("running scripts/infra.sh")?;
+        if !output.status.success() {
+            bail!(
+                "scripts/infra.sh {verb} {component} failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn stop(self) {
+        for service in self.services.values() {
+            let _ = service.kill().await;
+        }
+    }
+
+    /// How many charges reached the Stripe double.
+    pub async fn charges(&self) -> usize {
+        self.stripe
+            .received_requests()
+            .await
+            .map(|requests| {
+                requests
+                    .iter()
+                    .filter(|r| r.url.path() == "/v1/charges")
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}

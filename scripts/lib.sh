@@ -5,8 +5,19 @@
 
 # ---------------------------------------------------------------- locations
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
-DATA_DIR="$ROOT/.data"
-BIN_DIR="$DATA_DIR/bin"
+# INFRA_INSTANCE=NAME runs a separate set of infrastructure (own data, pids, logs, and ports shifted
+# by INFRA_PORT_OFFSET, default 100), e.g. for the fault suite, which restarts NATS and FerretDB
+# under its own feet and must not disturb anything else. Installed binaries are shared.
+INFRA_INSTANCE="${INFRA_INSTANCE:-}"
+if [[ -n "$INFRA_INSTANCE" ]]; then
+  [[ "$INFRA_INSTANCE" =~ ^[a-z0-9-]+$ ]] || { echo "INFRA_INSTANCE must be lowercase letters, digits, dashes" >&2; exit 2; }
+  DATA_DIR="$ROOT/.data/instances/$INFRA_INSTANCE"
+  PORT_OFFSET="${INFRA_PORT_OFFSET:-100}"
+else
+  DATA_DIR="$ROOT/.data"
+  PORT_OFFSET=0
+fi
+BIN_DIR="$ROOT/.data/bin"
 RUN_DIR="$DATA_DIR/run"
 LOG_DIR="$DATA_DIR/logs"
 export ROOT DATA_DIR BIN_DIR RUN_DIR LOG_DIR
@@ -19,15 +30,15 @@ mkdir -p "$BIN_DIR" "$RUN_DIR" "$LOG_DIR"
 
 # Loopback ports of the local infrastructure (see scripts/infra.sh).
 INFRA_HOST=127.0.0.1
-FERRETDB_PORT=37017
-NATS_PORT=34222
-NATS_MONITOR_PORT=38222
-REDIS_PORT=36379
-STRIPE_MOCK_PORT=12111
-STRIPE_MOCK_HTTPS_PORT=12112
-NGINX_PORT=8080
-CHROMEDRIVER_PORT=39515
-export INFRA_HOST FERRETDB_PORT NATS_PORT NATS_MONITOR_PORT REDIS_PORT STRIPE_MOCK_PORT STRIPE_MOCK_HTTPS_PORT NGINX_PORT CHROMEDRIVER_PORT
+FERRETDB_PORT=$((37017 + PORT_OFFSET))
+NATS_PORT=$((34222 + PORT_OFFSET))
+NATS_MONITOR_PORT=$((38222 + PORT_OFFSET))
+REDIS_PORT=$((36379 + PORT_OFFSET))
+STRIPE_MOCK_PORT=$((12111 + PORT_OFFSET))
+STRIPE_MOCK_HTTPS_PORT=$((12112 + PORT_OFFSET))
+NGINX_PORT=$((8080 + PORT_OFFSET))
+CHROMEDRIVER_PORT=$((39515 + PORT_OFFSET))
+export INFRA_INSTANCE INFRA_HOST FERRETDB_PORT NATS_PORT NATS_MONITOR_PORT REDIS_PORT STRIPE_MOCK_PORT STRIPE_MOCK_HTTPS_PORT NGINX_PORT CHROMEDRIVER_PORT
 
 # How many lines of a log to show when something fails.
 LOG_TAIL_LINES="${LOG_TAIL_LINES:-30}"

@@ -12,6 +12,8 @@
 # 4. the browser tests, APP_SKIP_BUILD=1 APP_PROFILE=debug scripts/e2e.sh (the app on the debug
 #    binaries step 2 built), when e2e/Cargo.toml exists, ARGS select no packages and step 2
 #    passed.  E2E=0: never; E2E=1: also with selected packages or after a failed step 2.
+# 5. the fault suite, FAULTS_SKIP_BUILD=1 scripts/faults.sh (its own private infrastructure), on
+#    the same conditions; FAULTS=0 / FAULTS=1 as for E2E.
 # Exits non-zero if anything failed; prints a one-line summary with each step's result and time.
 # The infrastructure is left running for the next run, except when CI is set (then it is stopped
 # on exit); the app started by step 4 is always stopped.
@@ -134,9 +136,33 @@ if [[ "$has_e2e" == yes ]]; then
   fi
 fi
 
+# ------------------------------------------------------------------ fault suite
+faults_rc=0
+faults_summary="faults: none"
+if [[ -f "$ROOT/fault-suite/Cargo.toml" ]]; then
+  if [[ "${FAULTS:-}" == 0 ]]; then
+    faults_summary="faults: skipped (FAULTS=0)"
+  elif [[ "$select_packages" == yes && "${FAULTS:-}" != 1 ]]; then
+    faults_summary="faults: skipped (packages selected; FAULTS=1 runs it)"
+  elif ((cargo_rc != 0)) && [[ "${FAULTS:-}" != 1 ]]; then
+    faults_summary="faults: skipped (cargo test failed; FAULTS=1 runs it)"
+  else
+    # Its own FerretDB/NATS/Redis (INFRA_INSTANCE=faults), restarted under the services.
+    log "running: FAULTS_SKIP_BUILD=1 scripts/faults.sh (faults injected into the real stack)"
+    faults_start=$SECONDS
+    FAULTS_SKIP_BUILD=1 bash "$ROOT/scripts/faults.sh" || faults_rc=$?
+    faults_time=$((SECONDS - faults_start))
+    if ((faults_rc == 0)); then
+      faults_summary="faults: PASS (${faults_time}s)"
+    else
+      faults_summary="faults: FAIL exit $faults_rc (${faults_time}s)"
+    fi
+  fi
+fi
+
 # ------------------------------------------------------------------ summary
 overall=PASS
-((cargo_rc == 0 && py_rc == 0 && e2e_rc == 0)) || overall=FAIL
+((cargo_rc == 0 && py_rc == 0 && e2e_rc == 0 && faults_rc == 0)) || overall=FAIL
 if [[ -n "${CI:-}" ]]; then infra_note="infra stopped (CI)"; else infra_note="infra left running (scripts/infra.sh down)"; fi
-echo "SUMMARY: $overall | $infra_summary | $cargo_summary | $py_summary | $e2e_summary | total $((SECONDS - started))s | $infra_note"
+echo "SUMMARY: $overall | $infra_summary | $cargo_summary | $py_summary | $e2e_summary | $faults_summary | total $((SECONDS - started))s | $infra_note"
 [[ "$overall" == PASS ]]

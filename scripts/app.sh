@@ -46,16 +46,19 @@ usage() {
   exit 2
 }
 
+# Shifted by PORT_OFFSET for another INFRA_INSTANCE (see lib.sh).
 service_port() {
+  local base
   case "$1" in
-    client) echo 3000 ;;
-    auth) echo 3001 ;;
-    tickets) echo 3002 ;;
-    orders) echo 3003 ;;
-    payments) echo 3004 ;;
-    expiration) echo 3005 ;;
+    client) base=3000 ;;
+    auth) base=3001 ;;
+    tickets) base=3002 ;;
+    orders) base=3003 ;;
+    payments) base=3004 ;;
+    expiration) base=3005 ;;
     *) die "unknown service $1" ;;
   esac
+  echo $((base + PORT_OFFSET))
 }
 
 # Services whose crate exists.

@@ -10,17 +10,20 @@
 #    client pays with the test token (the caller's STRIPE_KEY, STRIPE_API_BASE and
 #    STRIPE_PUBLISHABLE_KEY are ignored);
 # 3. cargo test -p e2e [--locked] ARGS -- --test-threads=1 TEST ARGS, with exported
-#      APP_URL=http://localhost:8080         the app, through nginx
-#      WEBDRIVER_URL=http://127.0.0.1:39515  ChromeDriver (as root, Chromium needs --no-sandbox)
+#      APP_URL=http://localhost:8280         the app, through nginx (INFRA_INSTANCE=e2e: ports +200)
+#      WEBDRIVER_URL=http://127.0.0.1:39715  ChromeDriver (as root, Chromium needs --no-sandbox)
 #      E2E_ARTIFACTS=<repo>/e2e-artifacts    emptied first; screenshots, page sources (ignored by git)
 #      EXPIRATION_WINDOW_SECONDS             the window the orders service runs with
 #      MONGO_URL, NATS_URL, REDIS_URL        the infrastructure, for checks behind the app
 # 4. on failure: the last lines of every service's log, of nginx's logs and of chromedriver's;
-# 5. always: scripts/app.sh down, so the short window does not outlive the run.  The
-#    infrastructure (chromedriver included) stays up: scripts/infra.sh down stops it.
+# 5. always: scripts/app.sh down and scripts/infra.sh down of the e2e instance.
 # Environment: APP_SKIP_BUILD=1 (scripts/test.sh: reuse the debug binaries cargo test built; a
 # missing one is built), AUTH_RATE_LIMIT_PER_MINUTE (passed to auth when set), LOG_TAIL_LINES.
 set -euo pipefail
+# A private instance of everything (own data, ports +200), so a developer's running app and the
+# fault suite (+100) are left alone.
+export INFRA_INSTANCE="${INFRA_INSTANCE:-e2e}"
+export INFRA_PORT_OFFSET="${INFRA_PORT_OFFSET:-200}"
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -82,6 +85,8 @@ on_exit() {
     log "stopping the app: scripts/app.sh down (its EXPIRATION_WINDOW_SECONDS=$EXPIRATION_WINDOW_SECONDS must not outlive the run)"
     bash "$ROOT/scripts/app.sh" down || warn "scripts/app.sh down failed"
   fi
+  log "stopping the e2e infrastructure instance"
+  bash "$ROOT/scripts/infra.sh" down >/dev/null 2>&1 || warn "scripts/infra.sh down failed"
   local result=PASS
   if ((rc != 0)); then
     result=FAIL

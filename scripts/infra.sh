@@ -249,6 +249,13 @@ render_nginx_conf() {
   local content
   content="$(<"$NGINX_TEMPLATE")"
   content="${content//__DATA_DIR__/"$DATA_DIR"}"
+  # Another instance (INFRA_INSTANCE) shifts the proxy's and the services' loopback ports.
+  if ((PORT_OFFSET != 0)); then
+    local port
+    for port in 3000 3001 3002 3003 3004 3005 8080; do
+      content="${content//127.0.0.1:$port;/127.0.0.1:$((port + PORT_OFFSET));}"
+    done
+  fi
   printf '# GENERATED from infra/local/nginx.conf by scripts/infra.sh; do not edit.\n%s\n' "$content" >"$NGINX_CONF.new"
   if [[ -f "$NGINX_CONF" ]] && cmp -s "$NGINX_CONF" "$NGINX_CONF.new"; then
     rm -f "$NGINX_CONF.new"

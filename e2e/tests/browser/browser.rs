@@ -1,0 +1,235 @@
+//! A headless Chromium session over WebDriver, with helpers that read like what a person does, and
+//! a check that the pages logged no console error.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use fantoccini::wd::{Capabilities, WebDriverCompatibleCommand};
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::{Value, json};
+
+pub const WAIT: Duration = Duration::from_secs(15);
+
+fn setting(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the browser tests with scripts/e2e.sh"))
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+/// The window the app under test was started with (`EXPIRATION_WINDOW_SECONDS`).
+pub fn expiration_window() -> Duration {
+    Duration::from_secs(
+        setting("EXPIRATION_WINDOW_SECONDS")
+            .parse()
+            .expect("a number of seconds"),
+    )
+}
+
+/// ChromeDriver's log endpoint (not in the W3C protocol, but ChromeDriver serves it).
+#[derive(Debug)]
+struct BrowserLog;
+
+impl WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/se/log",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _request_url: &url::Url) -> (http::Method, Option<String>) {
+        (
+            http::Method::POST,
+            Some(json!({ "type": "browser" }).to_string()),
+        )
+    }
+}
+
+pub struct Browser {
+    pub client: Client,
+    app: String,
+    artifacts: PathBuf,
+    name: String,
+}
+
+impl Browser {
+    pub async fn open(name: &str) -> Self {
+        let mut capabilities = Capabilities::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({ "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                             "--window-size=1280,900", "--disable-background-networking",
+                             "--disable-component-update", "--disable-sync", "--no-first-run"] }),
+        );
+        capabilities.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL" }));
+        let client = ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&setting("WEBDRIVER_URL"))
+            .await
+            .expect("a WebDriver session (is chromedriver running?)");
+        let artifacts = PathBuf::from(setting("E2E_ARTIFACTS"));
+        std::fs::create_dir_all(&artifacts).expect("artifacts folder");
+        Self {
+            client,
+            app: setting("APP_URL").trim_end_matches('/').to_owned(),
+            artifacts,
+            name: name.to_owned(),
+        }
+    }
+
+    pub async fn visit(&self, path: &str) {
+        self.client
+            .goto(&format!("{}{}", self.app, path))
+            .await
+            .expect("navigation");
+    }
+
+    pub async fn path(&self) -> String {
+        self.client
+            .current_url()
+            .await
+            .expect("current url")
+            .path()
+            .to_owned()
+    }
+
+    pub async fn wait_for_path(&self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let path = self.path().await;
+            if matches(&path) {
+                return path;
+            }
+            assert!(Instant::now() < deadline, "{what}: still on {path}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn fill(&self, id: &str, text: &str) {
+        let field = self
+            .client
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Id(id))
+            .await
+            .expect(id);
+        field.clear().await.expect("clear");
+        field.send_keys(text).await.expect("type");
+    }
+
+    pub async fn click(&self, id: &str) {
+        let element = self
+            .client
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Id(id))
+            .await
+            .expect(id);
+        element.click().await.expect("click");
+    }
+
+    pub async fn text(&self, id: &str) -> String {
+        let element = self
+            .client
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Id(id))
+            .await
+            .expect(id);
+        element.text().await.expect("text")
+    }
+
+    pub async fn value(&self, id: &str) -> String {
+        let element = self.client.find(Locator::Id(id)).await.expect(id);
+        element
+            .prop("value")
+            .await
+            .expect("value")
+            .unwrap_or_default()
+    }
+
+    pub async fn body_text(&self) -> String {
+        self.client
+            .find(Locator::Css("body"))
+            .await
+            .expect("body")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// Reloads until the page contains `text` (for states that arrive through events).
+    pub async fn reload_until_text(&self, text: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.body_text().await.contains(text) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the page never showed {text:?}:\n{}",
+                self.body_text().await
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            self.client.refresh().await.expect("reload");
+        }
+    }
+
+    pub async fn screenshot(&self, step: &str) {
+        let png = self.client.screenshot().await.expect("screenshot");
+        let file = self.artifacts.join(format!("{}-{step}.png", self.name));
+        std::fs::write(&file, png).expect("write screenshot");
+    }
+
+    /// A request from the page itself (with the browser's session cookie), as a script would.
+    pub async fn fetch(&self, method: &str, path: &str, body: Value) -> (u64, Value) {
+        let script = r#"
+            const [method, path, body, done] = arguments;
+            fetch(path, { method, headers: { "content-type": "application/json" }, body: JSON.stringify(body) })
+              .then(async r => done([r.status, await r.json().catch(() => null)]))
+              .catch(e => done([0, String(e)]));
+        "#;
+        let result = self
+            .client
+            .execute_async(script, vec![json!(method), json!(path), body])
+            .await
+            .expect("fetch from the page");
+        (result[0].as_u64().unwrap_or(0), result[1].clone())
+    }
+
+    /// Fails on any console error or failed resource the pages logged so far.
+    pub async fn assert_no_console_errors(&self) {
+        let log = self
+            .client
+            .issue_cmd(BrowserLog)
+            .await
+            .expect("the browser log");
+        let errors: Vec<String> = log
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|entry| entry["level"] == "SEVERE")
+            .map(|entry| entry["message"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "console errors in {}: {errors:#?}",
+            self.name
+        );
+    }
+
+    pub async fn close(self) {
+        self.client.close().await.expect("close the session");
+    }
+}

@@ -1,0 +1,5 @@
+//! The whole purchase flow in headless Chromium, through the local proxy, against the real app
+//! (`scripts/e2e.sh` starts it with a short expiration window and runs these tests one at a time).
+
+mod browser;
+mod purchase;

@@ -2,5 +2,6 @@
 //! that nothing was lost, double-sold or double-charged. `cargo run -p fault-suite` prints the table.
 
 pub mod check;
+pub mod degradation;
 pub mod flow;
 pub mod stack;

@@ -312,6 +312,12 @@ impl<T: VersionedRecord> VersionedStore<T> {
     /// Publishes a change's events and marks it published. A failure is logged and left to the relay:
     /// the change is already durable, so the caller's request still succeeded.
     pub async fn publish(&self, bus: &EventBus, committed: &Committed) {
+        // While the broker is unreachable a publish would only wait for its ack timeout: answer the
+        // request now and let the relay publish once the connection is back.
+        if !bus.is_connected() {
+            tracing::info!(change = %committed.change_id, "event bus disconnected; leaving the change to the outbox relay");
+            return;
+        }
         if let Err(err) = self
             .try_publish(bus, &committed.change_id, &committed.events)
             .await

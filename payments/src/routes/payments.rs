@@ -69,14 +69,15 @@ async fn create_payment(
         OrderStatus::Complete => return Err(ApiError::bad_request(ALREADY_PAID)),
         OrderStatus::Created | OrderStatus::AwaitingPayment => {}
     }
+    // A cheap early answer (also for a paid order whose window has since passed: this replica never
+    // hears of `complete`); the claim below is what guarantees a single charge.
+    if let Some(existing) = state.payments.get(order_id).await? {
+        return Err(taken(Some(existing)));
+    }
     // The expiration service may not have cancelled it yet, but the buyer's window is over: charging
     // now would take money for a reservation that is about to be released.
     if order.expires_at.timestamp_millis() <= mongodb::bson::DateTime::now().timestamp_millis() {
         return Err(ApiError::bad_request(EXPIRED_ORDER));
-    }
-    // A cheap early answer; the claim below is what guarantees a single charge.
-    if let Some(existing) = state.payments.get(order_id).await? {
-        return Err(taken(Some(existing)));
     }
 
     let token_hash = token_hash(&body.token);

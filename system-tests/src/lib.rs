@@ -1,0 +1,555 @@
+//! The whole backend in one process, for tests of flows that cross services: auth, tickets, orders,
+//! payments and expiration on ephemeral loopback ports, sharing ONE per-test stream and subject
+//! prefix on the real NATS, each service with its own database on the real FerretDB, expiration
+//! with its own Redis queue, payments charging a Stripe double. Tests talk to the services only
+//! through their HTTP APIs, as the ingress would; the bus is only looked at to know when a
+//! service has finished handling an event that has no visible effect.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::events::Subject;
+use common::settings::NatsSettings;
+use common::testing::{require_infra, test_env, unique_suffix};
+use futures::TryStreamExt as _;
+use mongodb::bson::oid::ObjectId;
+use reqwest::header::{COOKIE, SET_COOKIE};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+/// How long an eventual state may take before a test gives up.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+/// Every user of the suite signs up with this password.
+pub const PASSWORD: &str = "password1";
+const STRIPE_TEST_KEY: &str = "sk_test_system_suite";
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// A response read whole: status and JSON body (`Null` when the body is empty).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Reply {
+    async fn read(response: reqwest::Response) -> Self {
+        let status = response.status();
+        let text = response.text().await.expect("a response body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("a JSON body, got {text:?}"))
+        };
+        Self { status, body }
+    }
+
+    /// The body, after checking the status (the body is shown when it differs).
+    pub fn expect(self, status: StatusCode, what: &str) -> Value {
+        assert_eq!(self.status, status, "{what}: {}", self.body);
+        self.body
+    }
+
+    /// The message of the only entry of an error body.
+    pub fn message(&self) -> Option<&str> {
+        match self.body["errors"].as_array().map(Vec::as_slice) {
+            Some([entry]) => entry["message"].as_str(),
+            _ => None,
+        }
+    }
+
+    /// Checks for `status` with the error body of exactly one `message`.
+    pub fn expect_error(&self, status: StatusCode, message: &str, what: &str) {
+        assert_eq!(
+            (self.status, self.message()),
+            (status, Some(message)),
+            "{what}: {}",
+            self.body
+        );
+    }
+}
+
+/// The `id` of a JSON object.
+pub fn id_of(body: &Value) -> String {
+    body["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an id in {body}"))
+        .to_owned()
+}
+
+/// A user signed up through auth, with the session cookie auth issued.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    /// The `Cookie` header value (`express:sess=...`).
+    pub cookie: String,
+}
+
+/// One `POST /v1/charges` that reached the Stripe double.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    pub amount: i64,
+    pub currency: String,
+    pub source: String,
+}
+
+/// Where a durable consumer of the stream stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerState {
+    /// Deliveries so far (redeliveries included).
+    pub delivered: u64,
+    /// Delivered and neither acknowledged nor given up yet.
+    pub ack_pending: usize,
+    /// In the stream and not delivered yet.
+    pub pending: u64,
+}
+
+impl ConsumerState {
+    /// Everything in the stream has been delivered and acknowledged.
+    pub fn settled(&self) -> bool {
+        self.ack_pending == 0 && self.pending == 0
+    }
+}
+
+/// Answers every charge like Stripe does, with the amount it was asked for.
+struct StripeDouble {
+    charges: AtomicUsize,
+}
+
+impl Respond for StripeDouble {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let n = self.charges.fetch_add(1, Ordering::SeqCst) + 1;
+        let charge = parse_charge(&request.body);
+        ResponseTemplate::new(200).set_body_json(common::testing::stripe_charge_json(
+            &format!("ch_system_{n}"),
+            charge.amount,
+            &charge.source,
+        ))
+    }
+}
+
+/// The form the Stripe client posts (`amount=1500&currency=eur&source=tok_visa...`); the values the
+/// suite sends need no percent-decoding.
+fn parse_charge(body: &[u8]) -> Charge {
+    let body = String::from_utf8_lossy(body);
+    let field = |name: &str| {
+        body.split('&')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    Charge {
+        amount: field("amount").parse().unwrap_or(-1),
+        currency: field("currency"),
+        source: field("source"),
+    }
+}
+
+/// The five backend services of one test. Dropping it stops them.
+pub struct Stack {
+    http: reqwest::Client,
+    pub auth: SocketAddr,
+    pub tickets: SocketAddr,
+    pub orders: SocketAddr,
+    pub payments: SocketAddr,
+    pub expiration: SocketAddr,
+    stripe: MockServer,
+    nats: NatsSettings,
+    jetstream: async_nats::jetstream::Context,
+    /// The orders service's own store, to know when its replica has a ticket (setup only).
+    orders_store: orders::store::OrderStore,
+    redis_url: String,
+    queue: String,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        // Jobs of orders still pending at the end would stay in the shared Redis forever.
+        let keys = [
+            format!("{}:due", self.queue),
+            format!("{}:inflight", self.queue),
+        ];
+        let deleted = redis::Client::open(self.redis_url.as_str())
+            .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(2)))
+            .and_then(|mut redis| redis::cmd("DEL").arg(&keys).query::<i64>(&mut redis));
+        if let Err(err) = deleted {
+            eprintln!("could not delete the test queue {}: {err}", self.queue);
+        }
+    }
+}
+
+impl Stack {
+    /// Starts the five services; orders gives every order `expiration_window_seconds` to be paid.
+    pub async fn start(expiration_window_seconds: u64) -> Self {
+        require_infra(&["MONGO_URL", "NATS_URL", "REDIS_URL"]);
+        if std::env::var("TEST_LOG").is_ok() {
+            common::telemetry::init("system-tests");
+        }
+        let stripe = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/v1/charges"))
+            .respond_with(StripeDouble {
+                charges: AtomicUsize::new(0),
+            })
+            .mount(&stripe)
+            .await;
+
+        let window = expiration_window_seconds.to_string();
+        let queue = format!("test:system:{}", unique_suffix());
+        // One call: one stream and subject prefix that every service shares.
+        let env = test_env(
+            "system",
+            &[
+                ("EXPIRATION_WINDOW_SECONDS", window.as_str()),
+                ("EXPIRATION_QUEUE", queue.as_str()),
+                ("STRIPE_KEY", STRIPE_TEST_KEY),
+                ("STRIPE_API_BASE", stripe.uri().as_str()),
+                // A test signs up many users from one address; auth's own tests cover the limiter.
+                ("AUTH_RATE_LIMIT_PER_MINUTE", "0"),
+            ],
+        );
+        let base_db = env.optional("MONGO_DB").expect("test_env sets MONGO_DB");
+        // Each service owns its database, as in production.
+        let database = |service: &str| format!("{base_db}_{service}");
+        let redis_url = env.require("REDIS_URL").expect("REDIS_URL is set");
+
+        let mut auth_settings = auth::settings::Settings::from_env(&env).expect("auth settings");
+        auth_settings.mongo.database = database("auth");
+        let mut tickets_settings =
+            tickets::settings::Settings::from_env(&env).expect("tickets settings");
+        tickets_settings.mongo.database = database("tickets");
+        let mut orders_settings =
+            orders::settings::Settings::from_env(&env).expect("orders settings");
+        orders_settings.mongo.database = database("orders");
+        let mut payments_settings =
+            payments::settings::Settings::from_env(&env).expect("payments settings");
+        payments_settings.mongo.database = database("payments");
+        let expiration_settings =
+            expiration::settings::Settings::from_env(&env).expect("expiration settings");
+
+        let nats = orders_settings.nats.clone();
+        let orders_db = common::store::connect(&orders_settings.mongo, "system-tests")
+            .await
+            .expect("the test connects to the orders database");
+        let nats_client = async_nats::connect(nats.url.as_str())
+            .await
+            .expect("the test connects to NATS");
+
+        let (auth_app, tickets_app, orders_app, payments_app, expiration_app) = tokio::try_join!(
+            auth::app::Application::build(auth_settings),
+            tickets::app::Application::build(tickets_settings),
+            orders::app::Application::build(orders_settings),
+            payments::app::Application::build(payments_settings),
+            expiration::app::Application::build(expiration_settings),
+        )
+        .expect("every service builds");
+
+        let shutdown = CancellationToken::new();
+        let stack = Self {
+            http: reqwest::Client::new(),
+            auth: auth_app.addr(),
+            tickets: tickets_app.addr(),
+            orders: orders_app.addr(),
+            payments: payments_app.addr(),
+            expiration: expiration_app.addr(),
+            stripe,
+            nats,
+            jetstream: async_nats::jetstream::new(nats_client),
+            orders_store: orders::store::OrderStore::new(&orders_db),
+            redis_url,
+            queue,
+            shutdown: shutdown.clone(),
+        };
+        tokio::spawn(auth_app.run_until_stopped(shutdown.clone()));
+        tokio::spawn(tickets_app.run_until_stopped(shutdown.clone()));
+        tokio::spawn(orders_app.run_until_stopped(shutdown.clone()));
+        tokio::spawn(payments_app.run_until_stopped(shutdown.clone()));
+        tokio::spawn(expiration_app.run_until_stopped(shutdown));
+        stack.wait_until_ready().await;
+        stack
+    }
+
+    /// Every service answers `/readyz` with 200 (database, bus, Redis connected).
+    async fn wait_until_ready(&self) {
+        for (name, addr) in [
+            ("auth", self.auth),
+            ("tickets", self.tickets),
+            ("orders", self.orders),
+            ("payments", self.payments),
+            ("expiration", self.expiration),
+        ] {
+            eventually(&format!("{name} is ready"), DEADLINE, async || {
+                let reply = self.send(Method::GET, addr, "/readyz", None, None).await;
+                match reply.status {
+                    StatusCode::OK => Ok(()),
+                    _ => Err(format!("{} {}", reply.status, reply.body)),
+                }
+            })
+            .await;
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        addr: SocketAddr,
+        path: &str,
+        user: Option<&User>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = self.http.request(method, format!("http://{addr}{path}"));
+        if let Some(user) = user {
+            request = request.header(COOKIE, &user.cookie);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        Reply::read(request.send().await.expect("the request is answered")).await
+    }
+
+    // ---------------------------------------------------------------- auth
+
+    /// Signs up a fresh user through auth and keeps the session cookie it sets.
+    pub async fn sign_up(&self) -> User {
+        let email = format!("user-{}@test.com", unique_suffix());
+        let response = self
+            .http
+            .post(format!("http://{}/api/users/signup", self.auth))
+            .json(&json!({ "email": email, "password": PASSWORD }))
+            .send()
+            .await
+            .expect("signup is answered");
+        let cookie = response
+            .headers()
+            .get(SET_COOKIE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(';').next())
+            .map(str::to_owned);
+        let body = Reply::read(response)
+            .await
+            .expect(StatusCode::CREATED, "signup");
+        User {
+            id: id_of(&body),
+            email,
+            cookie: cookie.expect("signup sets the session cookie"),
+        }
+    }
+
+    // ---------------------------------------------------------------- tickets
+
+    pub async fn create_ticket(&self, owner: &User, title: &str, price: f64) -> Reply {
+        self.send(
+            Method::POST,
+            self.tickets,
+            "/api/tickets",
+            Some(owner),
+            Some(json!({ "title": title, "price": price })),
+        )
+        .await
+    }
+
+    pub async fn update_ticket(&self, user: &User, id: &str, title: &str, price: f64) -> Reply {
+        self.send(
+            Method::PUT,
+            self.tickets,
+            &format!("/api/tickets/{id}"),
+            Some(user),
+            Some(json!({ "title": title, "price": price })),
+        )
+        .await
+    }
+
+    pub async fn ticket(&self, id: &str) -> Reply {
+        self.send(
+            Method::GET,
+            self.tickets,
+            &format!("/api/tickets/{id}"),
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// `GET /api/tickets`: the tickets nobody has reserved.
+    pub async fn available_tickets(&self) -> Reply {
+        self.send(Method::GET, self.tickets, "/api/tickets", None, None)
+            .await
+    }
+
+    /// Whether `GET /api/tickets` lists the ticket.
+    pub async fn is_available(&self, id: &str) -> bool {
+        let list = self
+            .available_tickets()
+            .await
+            .expect(StatusCode::OK, "listing tickets");
+        list.as_array()
+            .expect("an array of tickets")
+            .iter()
+            .any(|ticket| ticket["id"] == id)
+    }
+
+    // ---------------------------------------------------------------- orders
+
+    pub async fn order(&self, buyer: &User, ticket_id: &str) -> Reply {
+        self.send(
+            Method::POST,
+            self.orders,
+            "/api/orders",
+            Some(buyer),
+            Some(json!({ "ticketId": ticket_id })),
+        )
+        .await
+    }
+
+    /// Orders the ticket as soon as orders knows it: its replica is filled from `ticket:created`,
+    /// so right after the ticket is created the answer can be 404 for a moment. Returns the first
+    /// other answer (or the last 404 after the deadline).
+    pub async fn order_once_known(&self, buyer: &User, ticket_id: &str) -> Reply {
+        self.retry_while_not_found(async || self.order(buyer, ticket_id).await)
+            .await
+    }
+
+    pub async fn order_of(&self, buyer: &User, order_id: &str) -> Reply {
+        self.send(
+            Method::GET,
+            self.orders,
+            &format!("/api/orders/{order_id}"),
+            Some(buyer),
+            None,
+        )
+        .await
+    }
+
+    pub async fn orders_of(&self, buyer: &User) -> Reply {
+        self.send(Method::GET, self.orders, "/api/orders", Some(buyer), None)
+            .await
+    }
+
+    pub async fn cancel_order(&self, buyer: &User, order_id: &str) -> Reply {
+        self.send(
+            Method::DELETE,
+            self.orders,
+            &format!("/api/orders/{order_id}"),
+            Some(buyer),
+            None,
+        )
+        .await
+    }
+
+    /// Waits until the orders service's replica holds the ticket (from `ticket:created`), so that a
+    /// burst of orders is decided by the reservation and not by replication lag.
+    pub async fn wait_until_orders_knows_ticket(&self, ticket_id: &str) {
+        let id = ObjectId::parse_str(ticket_id).expect("an ObjectId-like ticket id");
+        eventually(
+            "the orders replica receives the ticket",
+            DEADLINE,
+            async || match self.orders_store.find_ticket(id).await {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err("not in the replica".to_owned()),
+                Err(err) => Err(format!("reading the replica: {err}")),
+            },
+        )
+        .await;
+    }
+
+    // ---------------------------------------------------------------- payments
+
+    pub async fn pay(&self, buyer: &User, order_id: &str, token: &str) -> Reply {
+        self.send(
+            Method::POST,
+            self.payments,
+            "/api/payments",
+            Some(buyer),
+            Some(json!({ "orderId": order_id, "token": token })),
+        )
+        .await
+    }
+
+    /// Pays as soon as payments knows the order (its replica is filled from `order:created`).
+    pub async fn pay_once_known(&self, buyer: &User, order_id: &str, token: &str) -> Reply {
+        self.retry_while_not_found(async || self.pay(buyer, order_id, token).await)
+            .await
+    }
+
+    /// The charges that reached the Stripe double, in order.
+    pub async fn charges(&self) -> Vec<Charge> {
+        self.stripe
+            .received_requests()
+            .await
+            .expect("the Stripe double records requests")
+            .iter()
+            .filter(|request| request.url.path() == "/v1/charges")
+            .map(|request| parse_charge(&request.body))
+            .collect()
+    }
+
+    // ---------------------------------------------------------------- the bus
+
+    /// Where the durable consumer of `queue_group` (a service) for `subject` stands.
+    pub async fn consumer(
+        &self,
+        queue_group: &str,
+        subject: Subject,
+    ) -> Result<ConsumerState, String> {
+        let stream = self
+            .jetstream
+            .get_stream(&self.nats.stream)
+            .await
+            .map_err(|err| format!("looking up the stream: {err}"))?;
+        let filter = format!("{}{}", self.nats.subject_prefix, subject.as_str());
+        let infos: Vec<_> = stream
+            .consumers()
+            .try_collect()
+            .await
+            .map_err(|err| format!("listing consumers: {err}"))?;
+        let info = infos
+            .into_iter()
+            .find(|info| info.config.filter_subject == filter && info.name.starts_with(queue_group))
+            .ok_or_else(|| format!("no consumer of {queue_group} for {filter}"))?;
+        Ok(ConsumerState {
+            delivered: info.delivered.consumer_sequence,
+            ack_pending: info.num_ack_pending,
+            pending: info.num_pending,
+        })
+    }
+
+    // ---------------------------------------------------------------- helpers
+
+    async fn retry_while_not_found(&self, mut attempt: impl AsyncFnMut() -> Reply) -> Reply {
+        let started = Instant::now();
+        loop {
+            let reply = attempt().await;
+            if reply.status != StatusCode::NOT_FOUND || started.elapsed() >= DEADLINE {
+                return reply;
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+}
+
+/// Polls `check` until it returns `Ok`, and returns that value; fails the test with `what` and the
+/// last state `check` described if `deadline` passes first.
+pub async fn eventually<T>(
+    what: &str,
+    deadline: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) => assert!(
+                started.elapsed() < deadline,
+                "{what}: not within {deadline:?}; last seen: {last}"
+            ),
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}

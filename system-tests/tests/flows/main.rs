@@ -29,3 +29,4 @@ pub fn ok_body(reply: system_tests::Reply) -> Result<Value, String> {
         Err(format!("{} {}", reply.status, reply.body))
     }
 }
+mod hostile_input;

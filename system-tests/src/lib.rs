@@ -26,7 +26,7 @@ use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 pub const DEADLINE: Duration = Duration::from_secs(10);
 /// Every user of the suite signs up with this password.
 pub const PASSWORD: &str = "password1";
-const STRIPE_TEST_KEY: &str = "sk_test_system_suite";
+const STRIPE_TEST_KEY: &str = "system-tests-stripe-key";
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// A response read whole: status and JSON body (`Null` when the body is empty).

@@ -146,6 +146,37 @@ impl TestApp {
         Reply::read(request.send().await.expect("request")).await
     }
 
+    /// A second instance of the service on the same database, stream and Stripe double (a replica
+    /// behind the same Kubernetes Service). It stops when the returned token is dropped.
+    pub async fn spawn_replica(&self) -> (SocketAddr, tokio_util::sync::DropGuard) {
+        let app = Application::build(self.settings.clone())
+            .await
+            .expect("the replica builds");
+        let addr = app.addr();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        (addr, shutdown.drop_guard())
+    }
+
+    /// Pays through the instance at `addr` (this one or a replica).
+    pub async fn pay_at(
+        &self,
+        addr: SocketAddr,
+        user: &User,
+        order_id: &str,
+        token: &str,
+    ) -> Reply {
+        let response = self
+            .client
+            .post(format!("http://{addr}/api/payments"))
+            .header(COOKIE, &user.cookie)
+            .json(&json!({ "orderId": order_id, "token": token }))
+            .send()
+            .await
+            .expect("request");
+        Reply::read(response).await
+    }
+
     pub async fn pay(&self, user: &User, order_id: &str, token: &str) -> Reply {
         self.post_payment(
             Some(&user.cookie),

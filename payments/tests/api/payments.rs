@@ -186,6 +186,41 @@ async fn ten_concurrent_payments_for_one_order_charge_once() {
 }
 
 #[tokio::test]
+async fn two_replicas_paying_one_order_at_once_charge_once() {
+    let app = spawn_app().await;
+    let (replica, _stop) = app.spawn_replica().await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(3000)).await;
+    stripe_charges_succeed(&app, "ch_replicas", 3000, Duration::from_millis(300)).await;
+
+    let replies = join_all((0..12).map(|i| {
+        let (app, user, order_id) = (&app, &user, order.id.clone());
+        let addr = if i % 2 == 0 { app.addr } else { replica };
+        async move { app.pay_at(addr, user, &order_id, &format!("tok_{i}")).await }
+    }))
+    .await;
+
+    let created = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 1, "{replies:?}");
+    assert!(
+        replies.iter().all(|r| matches!(
+            r.status,
+            StatusCode::CREATED | StatusCode::CONFLICT | StatusCode::BAD_REQUEST
+        )),
+        "{replies:?}"
+    );
+    assert_eq!(
+        app.stripe_requests().await.len(),
+        1,
+        "one charge reached Stripe"
+    );
+    assert_eq!(app.payment_records(&order.id).await.len(), 1);
+}
+
+#[tokio::test]
 async fn a_declined_card_answers_400_with_stripes_message_and_leaves_no_payment() {
     let app = spawn_app().await;
     let user = User::new();

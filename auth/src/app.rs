@@ -5,11 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::Router;
 use axum::extract::FromRef;
-use common::server::{ReadinessCheck, Server, finish_router};
+use common::server::{App, Background, Server, database_readiness, finish_router};
 use common::session::{CookiePolicy, SessionKeys};
-use mongodb::Database;
 use tokio_util::sync::CancellationToken;
 
 use crate::rate_limit::RateLimiter;
@@ -35,10 +33,8 @@ impl FromRef<AppState> for SessionKeys {
     }
 }
 
-pub struct Application {
-    server: Server,
-    router: Router,
-}
+/// Nothing runs beside the server: no listeners or relays.
+pub struct Application(App);
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
@@ -59,25 +55,16 @@ impl Application {
             dummy_hash: Arc::new(crate::password::dummy_hash().await?),
             rate_limiter: RateLimiter::new(settings.rate_limit_per_minute),
         };
-        let router = finish_router(routes::router().with_state(state), readiness(db));
-        let server = Server::bind(&settings.http)
-            .await
-            .with_context(|| format!("binding {}:{}", settings.http.host, settings.http.port))?;
-        Ok(Self { server, router })
+        let router = finish_router(routes::router().with_state(state), database_readiness(db));
+        let server = Server::bind(&settings.http).await?;
+        Ok(Self(App::new(server, router, Background::new())))
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
+        self.0.addr()
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        self.server.run(self.router, shutdown, Vec::new()).await
+        self.0.run_until_stopped(shutdown).await
     }
-}
-
-fn readiness(db: Database) -> ReadinessCheck {
-    Arc::new(move || {
-        let db = db.clone();
-        Box::pin(async move { vec![("database", common::store::ping(&db).await)] })
-    })
 }

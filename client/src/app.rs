@@ -5,18 +5,14 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderValue;
 use axum::http::header::{
     CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
 use axum::middleware::map_response;
 use axum::response::Response;
-use common::server::{BODY_LIMIT_BYTES, Server};
+use common::server::{App, Background, Server, with_standard_layers};
 use tokio_util::sync::CancellationToken;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 use crate::api::Api;
 use crate::routes;
@@ -30,10 +26,8 @@ pub struct AppState {
     pub stripe_publishable_key: Option<Arc<str>>,
 }
 
-pub struct Application {
-    server: Server,
-    router: Router,
-}
+/// Nothing runs beside the server: no listeners or relays.
+pub struct Application(App);
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
@@ -42,43 +36,26 @@ impl Application {
             stripe_publishable_key: settings.stripe_publishable_key.map(Arc::from),
         };
         let router = with_layers(routes::router(state));
-        let server = Server::bind(&settings.http)
-            .await
-            .with_context(|| format!("binding {}:{}", settings.http.host, settings.http.port))?;
-        Ok(Self { server, router })
+        let server = Server::bind(&settings.http).await?;
+        Ok(Self(App::new(server, router, Background::new())))
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
+        self.0.addr()
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        self.server.run(self.router, shutdown, Vec::new()).await
+        self.0.run_until_stopped(shutdown).await
     }
 }
 
-/// The same layers as `common::server::finish_router` (body limit, panics caught, request ids and
-/// spans), except that failures are HTML pages, plus the headers a browser-facing site needs.
+/// The standard layers (body limit, panics caught, request ids and spans), with failures as HTML
+/// pages, plus the headers a browser-facing site needs.
 fn with_layers(router: Router) -> Router {
-    router
-        .layer(map_response(security_headers))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(CatchPanicLayer::custom(|_| {
-            tracing::error!("a request handler panicked");
-            internal_error_page()
-        }))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-                let request_id = request
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
-            }),
-        )
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+    with_standard_layers(router.layer(map_response(security_headers)), || {
+        tracing::error!("a request handler panicked");
+        internal_error_page()
+    })
 }
 
 /// Scripts only from ourselves and Stripe Checkout (whose iframe and images come from Stripe);

@@ -1,5 +1,6 @@
 //! What every HTTP service shares: health and readiness routes, the 404 fallback, request spans,
-//! a body limit, panics answered as 500, and graceful shutdown on SIGTERM/SIGINT.
+//! a body limit, panics answered as 500, background tasks that stop with the server, and graceful
+//! shutdown on SIGTERM/SIGINT.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,16 +10,17 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Request, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::bus::EventBus;
 use crate::error::{ApiError, ErrorBody, ErrorEntry, not_found};
 use crate::settings::HttpSettings;
 
@@ -29,6 +31,9 @@ pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 pub type ReadinessCheck =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<(&'static str, bool)>> + Send>> + Send + Sync>;
 
+/// How long shutdown waits for each background task before giving up on it.
+const BACKGROUND_STOP_BOUND: Duration = Duration::from_secs(20);
+
 /// Wraps a service's API routes with everything every service has.
 pub fn finish_router(api: Router, readiness: ReadinessCheck) -> Router {
     let health = Router::new()
@@ -37,13 +42,24 @@ pub fn finish_router(api: Router, readiness: ReadinessCheck) -> Router {
             get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
         )
         .route("/readyz", get(move || ready(readiness.clone())));
-    api.merge(health)
+    let routes = api
+        .merge(health)
         .fallback(not_found)
-        .method_not_allowed_fallback(not_found)
+        .method_not_allowed_fallback(not_found);
+    with_standard_layers(routes, || {
+        ApiError::Internal(anyhow::anyhow!("a request handler panicked")).into_response()
+    })
+}
+
+/// The layers every router gets (body limit, panics answered with `panic_response`, request spans
+/// and request ids), for routers that bring their own fallback and failure pages.
+pub fn with_standard_layers<F>(router: Router, panic_response: F) -> Router
+where
+    F: Fn() -> Response + Clone + Send + Sync + 'static,
+{
+    router
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::Internal(anyhow::anyhow!("a request handler panicked")).into_response()
-        }))
+        .layer(CatchPanicLayer::custom(move |_| panic_response()))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
                 let request_id = request
@@ -56,6 +72,36 @@ pub fn finish_router(api: Router, readiness: ReadinessCheck) -> Router {
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// A readiness probe from an async check listing each dependency and whether it answers.
+pub fn readiness<F, Fut>(check: F) -> ReadinessCheck
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Vec<(&'static str, bool)>> + Send + 'static,
+{
+    Arc::new(move || Box::pin(check()))
+}
+
+/// Ready when the database answers a ping.
+pub fn database_readiness(db: mongodb::Database) -> ReadinessCheck {
+    readiness(move || {
+        let db = db.clone();
+        async move { vec![("database", crate::store::ping(&db).await)] }
+    })
+}
+
+/// Ready when the database answers a ping and the event bus is connected.
+pub fn database_and_bus_readiness(db: mongodb::Database, bus: EventBus) -> ReadinessCheck {
+    readiness(move || {
+        let (db, bus) = (db.clone(), bus.clone());
+        async move {
+            vec![
+                ("database", crate::store::ping(&db).await),
+                ("event bus", bus.is_connected()),
+            ]
+        }
+    })
 }
 
 async fn ready(readiness: ReadinessCheck) -> axum::response::Response {
@@ -83,44 +129,135 @@ pub struct Server {
 }
 
 impl Server {
+    /// Binds `host:port`; a failure names the address.
     pub async fn bind(settings: &HttpSettings) -> std::io::Result<Self> {
-        let listener = TcpListener::bind((settings.host, settings.port)).await?;
-        let addr = listener.local_addr()?;
-        Ok(Self { listener, addr })
+        let bound = async {
+            let listener = TcpListener::bind((settings.host, settings.port)).await?;
+            let addr = listener.local_addr()?;
+            Ok(Self { listener, addr })
+        };
+        bound.await.map_err(|err: std::io::Error| {
+            let address = format!("{}:{}", settings.host, settings.port);
+            std::io::Error::new(err.kind(), format!("binding {address}: {err}"))
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Serves until `shutdown` is cancelled: stops accepting, lets in-flight requests finish, then
-    /// waits for the background tasks (event listeners, relays), which watch the same token.
+    /// Serves until `shutdown` is cancelled: stops accepting, lets in-flight requests finish, and
+    /// stops the background tasks (event listeners, relays), then waits for them.
     pub async fn run(
         self,
         router: Router,
         shutdown: CancellationToken,
-        background: Vec<JoinHandle<()>>,
+        background: Background,
     ) -> std::io::Result<()> {
         tracing::info!(addr = %self.addr, "listening");
-        let token = shutdown.clone();
+        let stop = background.token();
         let served = axum::serve(
             self.listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(async move { token.cancelled().await })
+        .with_graceful_shutdown(async move {
+            // Watching `stop` too lets this future end with `run` when `shutdown` never fires.
+            tokio::select! {
+                _ = shutdown.cancelled() => stop.cancel(),
+                _ = stop.cancelled() => {}
+            }
+        })
         .await;
         // Stop and wait for the background tasks even when serving failed.
-        shutdown.cancel();
-        for task in background {
-            if tokio::time::timeout(Duration::from_secs(20), task)
+        background.stop().await;
+        tracing::info!("stopped");
+        served
+    }
+}
+
+/// A service ready to run: its bound listener, its finished router and the tasks beside it. Each
+/// service's `Application::build` makes one.
+pub struct App {
+    server: Server,
+    router: Router,
+    background: Background,
+}
+
+impl App {
+    pub fn new(server: Server, router: Router, background: Background) -> Self {
+        Self {
+            server,
+            router,
+            background,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops the background tasks and waits for them.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        self.server
+            .run(self.router, shutdown, self.background)
+            .await
+    }
+}
+
+/// The tasks a service runs beside its HTTP server (event listeners, outbox relay, poller) and the
+/// token they watch. `Server::run` stops them when it stops serving; dropping an unrun
+/// `Background` (a failed `build`, an application never run) stops them too, so they never
+/// outlive their application.
+#[derive(Debug)]
+pub struct Background {
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    _stop_on_drop: DropGuard,
+}
+
+impl Default for Background {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Background {
+    pub fn new() -> Self {
+        let stop = CancellationToken::new();
+        Self {
+            _stop_on_drop: stop.clone().drop_guard(),
+            stop,
+            tasks: Vec::new(),
+        }
+    }
+
+    /// The token to hand to a task (`listen`, `spawn_relay`, …); cancelled when the tasks must stop.
+    pub fn token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Adds a task that watches `token()`; shutdown waits for it.
+    pub fn push(&mut self, task: JoinHandle<()>) {
+        self.tasks.push(task);
+    }
+
+    /// Cancels the token and waits for every task, each for at most 20 s.
+    async fn stop(mut self) {
+        self.stop.cancel();
+        for task in std::mem::take(&mut self.tasks) {
+            if tokio::time::timeout(BACKGROUND_STOP_BOUND, task)
                 .await
                 .is_err()
             {
                 tracing::warn!("a background task did not stop within 20 s");
             }
         }
-        tracing::info!("stopped");
-        served
+    }
+}
+
+impl Extend<JoinHandle<()>> for Background {
+    fn extend<I: IntoIterator<Item = JoinHandle<()>>>(&mut self, tasks: I) {
+        self.tasks.extend(tasks);
     }
 }
 
@@ -157,6 +294,7 @@ mod tests {
     use axum::body::Body;
     use axum::routing::post;
     use http_body_util::BodyExt;
+    use tokio::sync::oneshot;
     use tower::ServiceExt;
 
     fn app(up: bool) -> Router {
@@ -208,5 +346,182 @@ mod tests {
             )
         );
         assert_eq!(call(app(false), "GET", "/healthz").await.0, StatusCode::OK);
+    }
+
+    async fn buggy_handler() -> &'static str {
+        panic!("a bug in a handler")
+    }
+
+    #[tokio::test]
+    async fn a_handler_panic_is_a_generic_500_in_the_error_shape() {
+        let api = Router::new().route("/api/boom", get(buggy_handler));
+        let app = finish_router(api, readiness(|| async { Vec::new() }));
+        assert_eq!(
+            call(app, "GET", "/api/boom").await,
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                r#"{"errors":[{"message":"Something went wrong"}]}"#.to_owned()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn standard_layers_answer_panics_with_the_callers_response_and_tag_requests() {
+        let router = Router::new()
+            .route("/boom", get(buggy_handler))
+            .route("/echo", post(|body: String| async move { body }));
+        let app = with_standard_layers(router, || {
+            (StatusCode::IM_A_TEAPOT, "caller's page").into_response()
+        });
+
+        assert_eq!(
+            call(app.clone(), "GET", "/boom").await,
+            (StatusCode::IM_A_TEAPOT, "caller's page".to_owned())
+        );
+
+        let response = app
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .method("POST")
+                    .uri("/echo")
+                    .body(Body::from("hi"))
+                    .unwrap_or_default(),
+            )
+            .await
+            .unwrap_or_else(|e| match e {});
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers().contains_key("x-request-id"));
+
+        let oversized = Request::builder()
+            .method("POST")
+            .uri("/echo")
+            .body(Body::from(vec![b'x'; BODY_LIMIT_BYTES + 1]))
+            .unwrap_or_default();
+        let response = app.oneshot(oversized).await.unwrap_or_else(|e| match e {});
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    /// A task that, once the background's token is cancelled, takes `linger` to finish and then
+    /// says so on the returned channel.
+    fn lingering_task(background: &mut Background, linger: Duration) -> oneshot::Receiver<()> {
+        let (finished, finished_rx) = oneshot::channel();
+        let token = background.token();
+        background.push(tokio::spawn(async move {
+            token.cancelled().await;
+            tokio::time::sleep(linger).await;
+            let _ = finished.send(());
+        }));
+        finished_rx
+    }
+
+    #[tokio::test]
+    async fn a_background_dropped_without_running_stops_its_tasks() {
+        let mut background = Background::new();
+        let finished = lingering_task(&mut background, Duration::ZERO);
+
+        drop(background);
+
+        tokio::time::timeout(Duration::from_secs(5), finished)
+            .await
+            .expect("the task stops once its background is dropped")
+            .expect("the task finishes rather than being dropped");
+    }
+
+    /// One plain HTTP/1.1 GET on a fresh connection; the whole reply, head and body.
+    async fn get_over_tcp(addr: SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("the server accepts connections");
+        let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("request sent");
+        let mut reply = String::new();
+        stream
+            .read_to_string(&mut reply)
+            .await
+            .expect("response read");
+        reply
+    }
+
+    async fn bound_server() -> Server {
+        let settings = HttpSettings {
+            host: std::net::Ipv4Addr::LOCALHOST.into(),
+            port: 0,
+        };
+        Server::bind(&settings).await.expect("binding a free port")
+    }
+
+    #[tokio::test]
+    async fn run_serves_until_shutdown_then_waits_for_the_background_tasks() {
+        let server = bound_server().await;
+        let addr = server.addr();
+        let mut background = Background::new();
+        let token = background.token();
+        let mut finished = lingering_task(&mut background, Duration::from_millis(200));
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(server.run(
+            Router::new().route("/ping", get(|| async { "pong" })),
+            shutdown.clone(),
+            background,
+        ));
+
+        let reply = get_over_tcp(addr, "/ping").await;
+        assert!(reply.ends_with("pong"), "unexpected reply: {reply}");
+        assert!(!token.is_cancelled());
+
+        shutdown.cancel();
+        let served = tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("run returns after shutdown")
+            .expect("run does not panic");
+
+        assert!(served.is_ok());
+        assert!(token.is_cancelled());
+        assert_eq!(
+            finished.try_recv(),
+            Ok(()),
+            "run returned before its background task finished"
+        );
+    }
+
+    #[tokio::test]
+    async fn binding_a_taken_port_names_the_address() {
+        let taken = bound_server().await;
+        let settings = HttpSettings {
+            host: std::net::Ipv4Addr::LOCALHOST.into(),
+            port: taken.addr().port(),
+        };
+
+        let err = match Server::bind(&settings).await {
+            Ok(_) => panic!("a port that is already bound cannot be bound again"),
+            Err(err) => err,
+        };
+
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        let expected = format!("binding 127.0.0.1:{}: ", settings.port);
+        assert!(err.to_string().starts_with(&expected), "{err}");
+    }
+
+    #[tokio::test]
+    async fn dropping_a_running_server_stops_its_background_tasks() {
+        let server = bound_server().await;
+        let addr = server.addr();
+        let background = Background::new();
+        let token = background.token();
+        let running = tokio::spawn(server.run(
+            Router::new().route("/ping", get(|| async { "pong" })),
+            CancellationToken::new(),
+            background,
+        ));
+        assert!(get_over_tcp(addr, "/ping").await.ends_with("pong"));
+
+        running.abort();
+        let _ = running.await;
+
+        assert!(token.is_cancelled());
     }
 }

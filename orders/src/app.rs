@@ -6,15 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::Router;
 use axum::extract::FromRef;
 use chrono::TimeDelta;
 use common::bus::{Delivery, EventBus, ListenerOptions, listen};
 use common::events::{ExpirationComplete, PaymentCreated, TicketCreated, TicketUpdated};
-use common::server::{ReadinessCheck, Server, finish_router};
+use common::server::{App, Background, Server, database_and_bus_readiness, finish_router};
 use common::session::SessionKeys;
-use mongodb::Database;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::listeners::{self, QUEUE_GROUP, patient};
@@ -42,13 +39,9 @@ impl FromRef<AppState> for SessionKeys {
     }
 }
 
-pub struct Application {
-    server: Server,
-    router: Router,
-    background: Vec<JoinHandle<()>>,
-    /// Stops the listeners and the relay; cancelled when the server stops.
-    stop: CancellationToken,
-}
+/// The server with the listeners and the relay beside it; they stop with the server, or when the
+/// application is dropped without running.
+pub struct Application(App);
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
@@ -59,65 +52,42 @@ impl Application {
             .await
             .context("creating the orders indexes")?;
         let bus = EventBus::connect(&settings.nats, "orders").await?;
-        let server = Server::bind(&settings.http)
-            .await
-            .with_context(|| format!("binding {}:{}", settings.http.host, settings.http.port))?;
+        let server = Server::bind(&settings.http).await?;
 
-        let stop = CancellationToken::new();
-        let background = match spawn_background(&store, &bus, &stop).await {
-            Ok(tasks) => tasks,
-            Err(err) => {
-                stop.cancel();
-                return Err(err);
-            }
-        };
+        let background = spawn_background(&store, &bus).await?;
         let state = AppState {
             store,
             bus: bus.clone(),
             keys: SessionKeys::new(&settings.jwt.key),
             expiration_window: settings.expiration_window,
         };
-        let router = finish_router(routes::router().with_state(state), readiness(db, bus));
-        Ok(Self {
-            server,
-            router,
-            background,
-            stop,
-        })
+        let router = finish_router(
+            routes::router().with_state(state),
+            database_and_bus_readiness(db, bus),
+        );
+        Ok(Self(App::new(server, router, background)))
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
+        self.0.addr()
     }
 
     /// Serves until `shutdown` is cancelled, then stops the listeners and the relay and waits for
     /// them to finish what they are doing.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let stop = self.stop.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => stop.cancel(),
-                _ = stop.cancelled() => {}
-            }
-        });
-        self.server
-            .run(self.router, self.stop, self.background)
-            .await
+        self.0.run_until_stopped(shutdown).await
     }
 }
 
 /// The four listeners (queue group `orders-service`) and the outbox relay.
-async fn spawn_background(
-    store: &OrderStore,
-    bus: &EventBus,
-    stop: &CancellationToken,
-) -> anyhow::Result<Vec<JoinHandle<()>>> {
+async fn spawn_background(store: &OrderStore, bus: &EventBus) -> anyhow::Result<Background> {
     let options = || ListenerOptions::new(QUEUE_GROUP);
-    let mut tasks = Vec::new();
+    // Dropped on an early return, which stops whatever already started.
+    let mut tasks = Background::new();
 
     let s = store.clone();
     tasks.push(
-        listen::<TicketCreated, _, _>(bus, options(), stop.clone(), move |event, delivery| {
+        listen::<TicketCreated, _, _>(bus, options(), tasks.token(), move |event, delivery| {
             let store = s.clone();
             async move {
                 Ok(patient(
@@ -131,7 +101,7 @@ async fn spawn_background(
 
     let s = store.clone();
     tasks.push(
-        listen::<TicketUpdated, _, _>(bus, options(), stop.clone(), move |event, delivery| {
+        listen::<TicketUpdated, _, _>(bus, options(), tasks.token(), move |event, delivery| {
             let store = s.clone();
             async move {
                 Ok(patient(
@@ -148,7 +118,7 @@ async fn spawn_background(
         listen::<ExpirationComplete, _, _>(
             bus,
             options(),
-            stop.clone(),
+            tasks.token(),
             move |event, delivery: Delivery| {
                 let (store, bus) = (s.clone(), b.clone());
                 async move {
@@ -163,7 +133,7 @@ async fn spawn_background(
 
     let s = store.clone();
     tasks.push(
-        listen::<PaymentCreated, _, _>(bus, options(), stop.clone(), move |event, delivery| {
+        listen::<PaymentCreated, _, _>(bus, options(), tasks.token(), move |event, delivery| {
             let store = s.clone();
             async move {
                 Ok(patient(
@@ -177,21 +147,9 @@ async fn spawn_background(
 
     tasks.push(Arc::new(store.orders().clone()).spawn_relay(
         bus.clone(),
-        stop.clone(),
+        tasks.token(),
         RELAY_INTERVAL,
         RELAY_MIN_AGE,
     ));
     Ok(tasks)
-}
-
-fn readiness(db: Database, bus: EventBus) -> ReadinessCheck {
-    Arc::new(move || {
-        let (db, bus) = (db.clone(), bus.clone());
-        Box::pin(async move {
-            vec![
-                ("database", common::store::ping(&db).await),
-                ("event bus", bus.is_connected()),
-            ]
-        })
-    })
 }

@@ -5,14 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::Router;
 use axum::extract::FromRef;
 use common::bus::{EventBus, ListenerOptions, listen};
 use common::events::{OrderCancelled, OrderCreated};
-use common::server::{ReadinessCheck, Server, finish_router};
+use common::server::{App, Background, Server, database_and_bus_readiness, finish_router};
 use common::session::SessionKeys;
-use mongodb::Database;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::listeners::{self, QUEUE_GROUP};
@@ -42,13 +39,9 @@ impl FromRef<AppState> for SessionKeys {
     }
 }
 
-pub struct Application {
-    server: Server,
-    router: Router,
-    /// Stops the listeners and the relay; cancelled when the server stops.
-    tasks_shutdown: CancellationToken,
-    background: Vec<JoinHandle<()>>,
-}
+/// The server with the listeners and the relay beside it; they stop with the server, or when the
+/// application is dropped without running.
+pub struct Application(App);
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
@@ -63,11 +56,10 @@ impl Application {
             .context("creating the payments indexes")?;
         let bus = EventBus::connect(&settings.nats, "payments").await?;
 
-        let tasks_shutdown = CancellationToken::new();
-        let mut background = spawn_listeners(&bus, &orders, &tasks_shutdown).await?;
+        let mut background = spawn_listeners(&bus, &orders).await?;
         background.push(Arc::clone(payments.versions()).spawn_relay(
             bus.clone(),
-            tasks_shutdown.clone(),
+            background.token(),
             RELAY_INTERVAL,
             RELAY_MIN_AGE,
         ));
@@ -79,45 +71,32 @@ impl Application {
             stripe,
             keys: SessionKeys::new(&settings.jwt.key),
         };
-        let router = finish_router(routes::router().with_state(state), readiness(db, bus));
-        let server = Server::bind(&settings.http)
-            .await
-            .with_context(|| format!("binding {}:{}", settings.http.host, settings.http.port))?;
-        Ok(Self {
-            server,
-            router,
-            tasks_shutdown,
-            background,
-        })
+        let router = finish_router(
+            routes::router().with_state(state),
+            database_and_bus_readiness(db, bus),
+        );
+        let server = Server::bind(&settings.http).await?;
+        Ok(Self(App::new(server, router, background)))
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
+        self.0.addr()
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let tasks_shutdown = self.tasks_shutdown.clone();
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            tasks_shutdown.cancel();
-        });
-        self.server
-            .run(self.router, self.tasks_shutdown, self.background)
-            .await
+        self.0.run_until_stopped(shutdown).await
     }
 }
 
-async fn spawn_listeners(
-    bus: &EventBus,
-    orders: &OrderStore,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<Vec<JoinHandle<()>>> {
+async fn spawn_listeners(bus: &EventBus, orders: &OrderStore) -> anyhow::Result<Background> {
+    // Dropped on an early return, which stops whatever already started.
+    let mut background = Background::new();
     let created = {
         let orders = orders.clone();
         listen::<OrderCreated, _, _>(
             bus,
             ListenerOptions::new(QUEUE_GROUP),
-            shutdown.clone(),
+            background.token(),
             move |event, _| {
                 let orders = orders.clone();
                 async move { listeners::order_created::handle(&orders, event).await }
@@ -125,12 +104,13 @@ async fn spawn_listeners(
         )
         .await?
     };
+    background.push(created);
     let cancelled = {
         let orders = orders.clone();
         listen::<OrderCancelled, _, _>(
             bus,
             ListenerOptions::new(QUEUE_GROUP),
-            shutdown.clone(),
+            background.token(),
             move |event, _| {
                 let orders = orders.clone();
                 async move { listeners::order_cancelled::handle(&orders, event).await }
@@ -138,18 +118,6 @@ async fn spawn_listeners(
         )
         .await?
     };
-    Ok(vec![created, cancelled])
-}
-
-fn readiness(db: Database, bus: EventBus) -> ReadinessCheck {
-    Arc::new(move || {
-        let db = db.clone();
-        let bus = bus.clone();
-        Box::pin(async move {
-            vec![
-                ("database", common::store::ping(&db).await),
-                ("event bus", bus.is_connected()),
-            ]
-        })
-    })
+    background.push(cancelled);
+    Ok(background)
 }

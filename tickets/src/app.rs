@@ -5,15 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::Router;
 use axum::extract::FromRef;
 use common::bus::{EventBus, ListenerOptions, listen};
 use common::events::{OrderCancelled, OrderCreated};
-use common::server::{ReadinessCheck, Server, finish_router};
+use common::server::{App, Background, Server, database_and_bus_readiness, finish_router};
 use common::session::SessionKeys;
-use mongodb::Database;
-use tokio::task::JoinHandle;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 use crate::listeners::{QUEUE_GROUP, order_cancelled, order_created};
 use crate::routes;
@@ -39,13 +36,9 @@ impl FromRef<AppState> for SessionKeys {
     }
 }
 
-pub struct Application {
-    server: Server,
-    router: Router,
-    background: Vec<JoinHandle<()>>,
-    /// Stops the listeners and the relay, also when the application is dropped without running.
-    stop: DropGuard,
-}
+/// The server with the listeners and the relay beside it; they stop with the server, or when the
+/// application is dropped without running.
+pub struct Application(App);
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
@@ -56,56 +49,40 @@ impl Application {
             .await
             .context("creating the tickets indexes")?;
         let bus = EventBus::connect(&settings.nats, "tickets").await?;
-        let server = Server::bind(&settings.http)
-            .await
-            .with_context(|| format!("binding {}:{}", settings.http.host, settings.http.port))?;
+        let server = Server::bind(&settings.http).await?;
 
-        let stop = CancellationToken::new();
-        let guard = stop.clone().drop_guard();
-        let background = spawn_background(&store, &bus, &stop).await?;
+        let background = spawn_background(&store, &bus).await?;
         let state = AppState {
             store,
             bus: bus.clone(),
             keys: SessionKeys::new(&settings.jwt.key),
         };
-        let router = finish_router(routes::router().with_state(state), readiness(db, bus));
-        Ok(Self {
-            server,
-            router,
-            background,
-            stop: guard,
-        })
+        let router = finish_router(
+            routes::router().with_state(state),
+            database_and_bus_readiness(db, bus),
+        );
+        Ok(Self(App::new(server, router, background)))
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
+        self.0.addr()
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let stop = self.stop.disarm();
-        let linked = stop.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => linked.cancel(),
-                _ = linked.cancelled() => {}
-            }
-        });
-        self.server.run(self.router, stop, self.background).await
+        self.0.run_until_stopped(shutdown).await
     }
 }
 
 /// The two order listeners and the outbox relay.
-async fn spawn_background(
-    store: &TicketStore,
-    bus: &EventBus,
-    stop: &CancellationToken,
-) -> anyhow::Result<Vec<JoinHandle<()>>> {
+async fn spawn_background(store: &TicketStore, bus: &EventBus) -> anyhow::Result<Background> {
+    // Dropped on an early return, which stops whatever already started.
+    let mut background = Background::new();
     let created = {
         let (store, handler_bus) = (store.clone(), bus.clone());
         listen::<OrderCreated, _, _>(
             bus,
             ListenerOptions::new(QUEUE_GROUP),
-            stop.clone(),
+            background.token(),
             move |event, _delivery| {
                 let (store, bus) = (store.clone(), handler_bus.clone());
                 async move { order_created::handle(&store, &bus, event).await }
@@ -113,12 +90,13 @@ async fn spawn_background(
         )
         .await?
     };
+    background.push(created);
     let cancelled = {
         let (store, handler_bus) = (store.clone(), bus.clone());
         listen::<OrderCancelled, _, _>(
             bus,
             ListenerOptions::new(QUEUE_GROUP),
-            stop.clone(),
+            background.token(),
             move |event, _delivery| {
                 let (store, bus) = (store.clone(), handler_bus.clone());
                 async move { order_cancelled::handle(&store, &bus, event).await }
@@ -126,23 +104,12 @@ async fn spawn_background(
         )
         .await?
     };
-    let relay = Arc::new(store.tickets.clone()).spawn_relay(
+    background.push(cancelled);
+    background.push(Arc::new(store.tickets.clone()).spawn_relay(
         bus.clone(),
-        stop.clone(),
+        background.token(),
         RELAY_INTERVAL,
         RELAY_MIN_AGE,
-    );
-    Ok(vec![created, cancelled, relay])
-}
-
-fn readiness(db: Database, bus: EventBus) -> ReadinessCheck {
-    Arc::new(move || {
-        let (db, bus) = (db.clone(), bus.clone());
-        Box::pin(async move {
-            vec![
-                ("database", common::store::ping(&db).await),
-                ("event bus", bus.is_connected()),
-            ]
-        })
-    })
+    ));
+    Ok(background)
 }

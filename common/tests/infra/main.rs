@@ -2,4 +2,5 @@
 
 mod bus;
 mod helpers;
+mod readiness;
 mod versioned_store;

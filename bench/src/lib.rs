@@ -1,0 +1,15 @@
+pub mod api;
+pub mod auth;
+pub mod browse;
+pub mod database;
+pub mod flash_sale;
+pub mod load;
+pub mod machine;
+pub mod monitor;
+pub mod procfs;
+pub mod profile;
+pub mod report;
+pub mod run;
+pub mod stack;
+pub mod startup;
+pub mod svg;

@@ -1,0 +1,274 @@
+//! One benchmark run, phase by phase, against the app `scripts/bench.sh` started.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::api::Api;
+use crate::browse::{self, BrowseOptions};
+use crate::flash_sale::{self, SaleSetup};
+use crate::monitor::Monitor;
+use crate::profile::Profiler;
+use crate::report::{self, Results, SeedFigures, Settings};
+use crate::stack::{SERVICES, Stack};
+use crate::{auth, database, machine, startup};
+
+/// How long the stack is watched doing nothing, for its idle memory and CPU.
+const IDLE: Duration = Duration::from_secs(3);
+
+/// Everything a run is told, from the environment (`scripts/bench.sh` sets the locations).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub repo: PathBuf,
+    pub run_dir: PathBuf,
+    pub out_dir: PathBuf,
+    pub base_url: String,
+    pub mongo_url: String,
+    pub orders_db: String,
+    pub nats_url: String,
+    pub subject_prefix: String,
+    pub users: usize,
+    pub tickets: usize,
+    pub signin_users: usize,
+    pub auth_concurrency: usize,
+    pub sale_in_flight: usize,
+    pub browse_levels: Vec<usize>,
+    pub browse_seconds: f64,
+    pub startup_runs: usize,
+    pub profile: bool,
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn number(name: &str, default: usize) -> anyhow::Result<usize> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .with_context(|| format!("{name} must be a positive whole number (got {v:?})")),
+    }
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let repo = var("BENCH_REPO")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+        let browse_levels = match var("BENCH_BROWSE_LEVELS") {
+            None => vec![1, 4, 16, 64, 256],
+            Some(v) => v
+                .split(',')
+                .map(|l| l.trim().parse().ok().filter(|n: &usize| *n > 0))
+                .collect::<Option<Vec<usize>>>()
+                .filter(|l| !l.is_empty())
+                .with_context(|| {
+                    format!("BENCH_BROWSE_LEVELS must be positive numbers separated by commas (got {v:?})")
+                })?,
+        };
+        let config = Self {
+            run_dir: var("BENCH_RUN_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo.join(".data/run")),
+            out_dir: var("BENCH_OUT_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo.join("bench-results")),
+            base_url: var("BENCH_BASE_URL").unwrap_or_else(|| "http://127.0.0.1:8080".into()),
+            mongo_url: var("MONGO_URL").context(
+                "MONGO_URL is not set (scripts/bench.sh sets it from scripts/infra.sh env)",
+            )?,
+            orders_db: var("BENCH_ORDERS_DB").unwrap_or_else(|| "orders".into()),
+            nats_url: var("NATS_URL").context(
+                "NATS_URL is not set (scripts/bench.sh sets it from scripts/infra.sh env)",
+            )?,
+            subject_prefix: var("NATS_SUBJECT_PREFIX").unwrap_or_default(),
+            users: number("BENCH_USERS", 1000)?,
+            tickets: number("BENCH_TICKETS", 100)?,
+            signin_users: number("BENCH_SIGNIN_USERS", 200)?,
+            auth_concurrency: number("BENCH_AUTH_CONCURRENCY", 16)?,
+            sale_in_flight: number("BENCH_SALE_IN_FLIGHT", 256)?,
+            browse_levels,
+            browse_seconds: number("BENCH_BROWSE_SECONDS", 4)? as f64,
+            startup_runs: number("BENCH_STARTUP_RUNS", 3)?,
+            profile: var("BENCH_PROFILE").is_some_and(|v| v != "0"),
+            repo,
+        };
+        if config.users < config.tickets {
+            bail!(
+                "BENCH_USERS ({}) must be at least BENCH_TICKETS ({})",
+                config.users,
+                config.tickets
+            );
+        }
+        Ok(config)
+    }
+
+    fn settings(&self) -> Settings {
+        Settings {
+            base_url: self.base_url.clone(),
+            users: self.users,
+            tickets: self.tickets,
+            signin_users: self.signin_users.min(self.users),
+            auth_concurrency: self.auth_concurrency,
+            sale_in_flight: self.sale_in_flight,
+            browse_levels: self.browse_levels.clone(),
+            browse_seconds: self.browse_seconds,
+            startup_runs: self.startup_runs,
+            profile: self.profile,
+        }
+    }
+}
+
+/// Runs every phase, writes the results, and returns them with the folder they are in.
+pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
+    let began = Instant::now();
+    let machine = machine::describe(&config.repo);
+    let run = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let out = config.out_dir.join(&run);
+    std::fs::create_dir_all(out.join("logs"))
+        .with_context(|| format!("creating {}", out.display()))?;
+    eprintln!("==> benchmark run {run}: results in {}", out.display());
+
+    let stack = Stack::discover(&config.run_dir)?;
+    let api = Api::new(&config.base_url)?;
+    api.get_bytes("/api/tickets")
+        .await
+        .with_context(|| format!("the app does not answer at {}", config.base_url))?;
+    let monitor = Monitor::start(&stack);
+
+    let mongo = mongodb::Client::with_uri_str(&config.mongo_url)
+        .await
+        .context("connecting to FerretDB")?;
+    let removed = database::remove_bench_users(&mongo).await?;
+    if removed > 0 {
+        eprintln!("==> removed {removed} users left by earlier runs");
+    }
+    let database_at_start = database::sizes(&mongo).await?;
+
+    // Idle: the stack as `scripts/app.sh up` left it, before anything else.
+    eprintln!("==> idle for {IDLE:?}");
+    let mark = monitor.begin("idle");
+    tokio::time::sleep(IDLE).await;
+    let idle_usage = monitor.end(mark);
+    let idle = monitor.resident();
+
+    eprintln!(
+        "==> startup: {} starts of each service",
+        config.startup_runs
+    );
+    let startup =
+        startup::measure_all(&stack, &SERVICES, config.startup_runs, &out.join("logs")).await?;
+
+    let profiler = if config.profile {
+        let targets = stack
+            .processes
+            .iter()
+            .map(|p| (p.name.clone(), crate::procfs::process_tree(p.pid)))
+            .collect();
+        Profiler::new(targets, &out.join("profile")).await
+    } else {
+        None
+    };
+
+    let orders_db = mongo.database(&config.orders_db);
+    let seed = flash_sale::seed(&api, &orders_db, &run, config.tickets).await?;
+
+    let browse = browse::run(
+        &api,
+        &monitor,
+        &seed.ticket_ids,
+        &BrowseOptions {
+            levels: &config.browse_levels,
+            duration: Duration::from_secs_f64(config.browse_seconds),
+            profiler: profiler.as_ref(),
+        },
+    )
+    .await?;
+
+    eprintln!("==> argon2 in this process");
+    let argon2 = auth::argon2_figures(6).await?;
+    let (signup, signed_up) =
+        auth::signup(&api, &monitor, &run, config.users, config.auth_concurrency).await?;
+    let signin = auth::signin(
+        &api,
+        &monitor,
+        &run,
+        config.signin_users.min(config.users),
+        config.auth_concurrency,
+    )
+    .await?;
+
+    let (flash_sale, winners) = flash_sale::run(
+        &api,
+        &monitor,
+        &SaleSetup {
+            cookies: &signed_up.cookies,
+            ticket_ids: &seed.ticket_ids,
+            in_flight: config.sale_in_flight,
+            nats_url: &config.nats_url,
+            subject_prefix: &config.subject_prefix,
+            orders_db: &orders_db,
+            profiler: profiler.as_ref(),
+        },
+    )
+    .await?;
+    let payers = winners
+        .into_iter()
+        .filter_map(|(user, order)| signed_up.cookies.get(user).map(|c| (c.clone(), order)))
+        .collect();
+    let payments = flash_sale::pay(&api, &monitor, &orders_db, payers).await?;
+
+    let goals = report::goals(&idle, &startup, &flash_sale, &payments);
+    let database_at_end = database::sizes(&mongo).await?;
+    let removed = database::remove_bench_users(&mongo).await?;
+    eprintln!("==> removed the {removed} users of this run");
+    let results = Results {
+        run: run.clone(),
+        machine,
+        settings: config.settings(),
+        idle,
+        idle_usage,
+        database_at_start,
+        database_at_end,
+        startup,
+        seed: SeedFigures {
+            tickets: seed.ticket_ids.len(),
+            create_ticket_latency: seed.create_ticket_latency,
+            replica_ms: seed.replica_ms,
+        },
+        browse,
+        auth: auth::Auth {
+            argon2,
+            signup,
+            signin,
+        },
+        flash_sale,
+        payments,
+        after_the_run: monitor.resident(),
+        peak_sampled: monitor.overall_peaks(),
+        peak_since_start: monitor.high_water_marks(),
+        profiles: profiler.map(|p| p.profiles()).unwrap_or_default(),
+        goals,
+        duration_seconds: began.elapsed().as_secs_f64(),
+    };
+    report::write(&out, &results)?;
+    point_latest_at(&config.out_dir, &run);
+    Ok((results, out))
+}
+
+/// `bench-results/latest` → the newest run (best effort: the run's own folder is what counts).
+fn point_latest_at(out_dir: &Path, run: &str) {
+    let latest = out_dir.join("latest");
+    let _ = std::fs::remove_file(&latest);
+    if let Err(err) = std::os::unix::fs::symlink(run, &latest) {
+        eprintln!(
+            "WARNING: could not point {} at {run}: {err}",
+            latest.display()
+        );
+    }
+}

@@ -11,7 +11,7 @@
 #    STRIPE_PUBLISHABLE_KEY are ignored);
 # 3. cargo test -p e2e [--locked] ARGS -- --test-threads=1 TEST ARGS, with exported
 #      APP_URL=http://localhost:8280         the app, through nginx (INFRA_INSTANCE=e2e: ports +200)
-#      WEBDRIVER_URL=http://127.0.0.1:39715  ChromeDriver (as root, Chromium needs --no-sandbox)
+#      WEBDRIVER_URL=http://127.0.0.1:29715  ChromeDriver (as root, Chromium needs --no-sandbox)
 #      E2E_ARTIFACTS=<repo>/e2e-artifacts    emptied first; screenshots, page sources (ignored by git)
 #      EXPIRATION_WINDOW_SECONDS             the window the orders service runs with
 #      MONGO_URL, NATS_URL, REDIS_URL        the infrastructure, for checks behind the app

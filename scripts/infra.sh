@@ -12,12 +12,12 @@
 #   scripts/infra.sh pid     COMPONENT        print the pid of a running component
 #
 # Components and loopback ports:
-#   ferretdb     127.0.0.1:37017  MongoDB wire protocol (FerretDB v1.24.2, SQLite backend, .data/ferretdb/)
-#   nats         127.0.0.1:34222  NATS with JetStream (store .data/nats/), monitoring 127.0.0.1:38222
-#   redis        127.0.0.1:36379  Redis with AOF persistence (.data/redis/)
+#   ferretdb     127.0.0.1:27117  MongoDB wire protocol (FerretDB v1.24.2, SQLite backend, .data/ferretdb/)
+#   nats         127.0.0.1:24222  NATS with JetStream (store .data/nats/), monitoring 127.0.0.1:28222
+#   redis        127.0.0.1:26379  Redis with AOF persistence (.data/redis/)
 #   stripe-mock  127.0.0.1:12111  Stripe API mock over HTTP (HTTPS on 12112); only when asked for
 #   nginx        127.0.0.1:8080   reverse proxy of the local app (normally started by scripts/app.sh)
-#   chromedriver 127.0.0.1:39515  WebDriver for the browser tests (Debian chromium + chromium-driver);
+#   chromedriver 127.0.0.1:29515  WebDriver for the browser tests (Debian chromium + chromium-driver);
 #                                 only when asked for (scripts/e2e.sh); `env` then exports WEBDRIVER_URL
 # Logs: .data/logs/<component>.log.  Environment: INFRA_READY_TIMEOUT (seconds, default 60).
 set -euo pipefail

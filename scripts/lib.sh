@@ -28,16 +28,17 @@ export PATH
 
 mkdir -p "$BIN_DIR" "$RUN_DIR" "$LOG_DIR"
 
-# Loopback ports of the local infrastructure (see scripts/infra.sh).
+# Loopback ports of the local infrastructure (see scripts/infra.sh). All below 32768, outside Linux's
+# ephemeral range, so an outgoing connection can never hold one when a server (re)starts.
 INFRA_HOST=127.0.0.1
-FERRETDB_PORT=$((37017 + PORT_OFFSET))
-NATS_PORT=$((34222 + PORT_OFFSET))
-NATS_MONITOR_PORT=$((38222 + PORT_OFFSET))
-REDIS_PORT=$((36379 + PORT_OFFSET))
+FERRETDB_PORT=$((27117 + PORT_OFFSET))
+NATS_PORT=$((24222 + PORT_OFFSET))
+NATS_MONITOR_PORT=$((28222 + PORT_OFFSET))
+REDIS_PORT=$((26379 + PORT_OFFSET))
 STRIPE_MOCK_PORT=$((12111 + PORT_OFFSET))
 STRIPE_MOCK_HTTPS_PORT=$((12112 + PORT_OFFSET))
 NGINX_PORT=$((8080 + PORT_OFFSET))
-CHROMEDRIVER_PORT=$((39515 + PORT_OFFSET))
+CHROMEDRIVER_PORT=$((29515 + PORT_OFFSET))
 export INFRA_INSTANCE INFRA_HOST FERRETDB_PORT NATS_PORT NATS_MONITOR_PORT REDIS_PORT STRIPE_MOCK_PORT STRIPE_MOCK_HTTPS_PORT NGINX_PORT CHROMEDRIVER_PORT
 
 # How many lines of a log to show when something fails.

@@ -1,33 +1,23 @@
 //! Issue 4: an order nobody pays expires through the expiration service, and every service
 //! follows: orders cancels it, tickets frees the ticket, payments refuses to charge it.
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use reqwest::StatusCode;
-use system_tests::{DEADLINE, Stack, eventually, id_of};
+use system_tests::{DEADLINE, Stack, eventually};
 
-use crate::{ok_body, version};
+use crate::{OrderedTicket, ok_body, order_a_new_ticket, version};
 
 const CANCELLED_ORDER: &str = "Canncelled order unabled for payment.";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unpaid_order_is_cancelled_when_its_window_passes_and_its_ticket_is_free_again() {
     let stack = Stack::start(2).await;
-    let seller = stack.sign_up().await;
-    let buyer = stack.sign_up().await;
-    let ticket = stack
-        .create_ticket(&seller, "Theatre", 12.5)
-        .await
-        .expect(StatusCode::CREATED, "creating the ticket");
-    let ticket_id = id_of(&ticket);
-    let order = stack
-        .order_once_known(&buyer, &ticket_id)
-        .await
-        .expect(StatusCode::CREATED, "ordering the ticket");
-    let order_id = id_of(&order);
-    let expires_at: DateTime<Utc> = order["expiresAt"]
-        .as_str()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or_else(|| panic!("an ISO expiresAt in {order}"));
+    let OrderedTicket {
+        buyer,
+        ticket_id,
+        order_id,
+        expires_at,
+    } = order_a_new_ticket(&stack, "Theatre", 12.5).await;
     let window = expires_at - Utc::now();
     assert!(
         window <= chrono::Duration::seconds(2),

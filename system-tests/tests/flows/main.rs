@@ -6,8 +6,10 @@ mod flash_race;
 mod payment;
 mod reservation;
 
+use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::Value;
+use system_tests::{Stack, User, id_of};
 
 /// The version of a ticket or order JSON.
 pub fn version(body: &Value) -> i64 {
@@ -30,3 +32,36 @@ pub fn ok_body(reply: system_tests::Reply) -> Result<Value, String> {
     }
 }
 mod hostile_input;
+
+/// A seller's new ticket, ordered by a new buyer (the start of the expiry and payment flows).
+pub struct OrderedTicket {
+    pub buyer: User,
+    pub ticket_id: String,
+    pub order_id: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub async fn order_a_new_ticket(stack: &Stack, title: &str, price: f64) -> OrderedTicket {
+    let seller = stack.sign_up().await;
+    let buyer = stack.sign_up().await;
+    let ticket = stack
+        .create_ticket(&seller, title, price)
+        .await
+        .expect(StatusCode::CREATED, "creating the ticket");
+    let ticket_id = id_of(&ticket);
+    let order = stack
+        .order_once_known(&buyer, &ticket_id)
+        .await
+        .expect(StatusCode::CREATED, "ordering the ticket");
+    let order_id = id_of(&order);
+    let expires_at: DateTime<Utc> = order["expiresAt"]
+        .as_str()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(|| panic!("an ISO expiresAt in {order}"));
+    OrderedTicket {
+        buyer,
+        ticket_id,
+        order_id,
+        expires_at,
+    }
+}

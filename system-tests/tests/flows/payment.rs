@@ -1,33 +1,23 @@
 //! Issue 4: a paid order completes, and the expiration that still fires for it later changes
 //! nothing: the order stays complete and keeps its ticket.
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use common::events::Subject;
 use payments::routes::payments::ALREADY_PAID;
 use reqwest::StatusCode;
-use system_tests::{Charge, DEADLINE, Stack, eventually, id_of};
+use system_tests::{Charge, DEADLINE, Stack, eventually};
 
-use crate::{ok_body, version};
+use crate::{OrderedTicket, ok_body, order_a_new_ticket, version};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paid_order_completes_and_keeps_its_ticket_after_its_window_has_passed() {
     let stack = Stack::start(3).await;
-    let seller = stack.sign_up().await;
-    let buyer = stack.sign_up().await;
-    let ticket = stack
-        .create_ticket(&seller, "Opera", 15.0)
-        .await
-        .expect(StatusCode::CREATED, "creating the ticket");
-    let ticket_id = id_of(&ticket);
-    let order = stack
-        .order_once_known(&buyer, &ticket_id)
-        .await
-        .expect(StatusCode::CREATED, "ordering the ticket");
-    let order_id = id_of(&order);
-    let expires_at: DateTime<Utc> = order["expiresAt"]
-        .as_str()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or_else(|| panic!("an ISO expiresAt in {order}"));
+    let OrderedTicket {
+        buyer,
+        ticket_id,
+        order_id,
+        expires_at,
+    } = order_a_new_ticket(&stack, "Opera", 15.0).await;
 
     let paid = stack
         .pay_once_known(&buyer, &order_id, "tok_visa")

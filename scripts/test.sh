@@ -27,6 +27,18 @@ if [[ -n "${CI:-}" ]]; then
   trap 'log "CI is set: stopping the infrastructure"; bash "$ROOT/scripts/infra.sh" down || true' EXIT
 fi
 
+# A fresh clone is built once: incremental caches would only double the disk it needs.
+if [[ -n "${CI:-}" ]]; then export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"; fi
+
+# A full disk shows up later as a linker killed by SIGBUS or a venv that cannot install pip:
+# say so up front instead.  A fresh test build of the workspace takes about MIN_FREE_GIB.
+MIN_FREE_GIB=6
+free_gib="$(df -P -BG "$ROOT" | awk 'NR == 2 { sub("G", "", $4); print $4 }')"
+log "disk: ${free_gib} GiB free under $ROOT (a fresh test build needs about ${MIN_FREE_GIB} GiB)"
+if [[ -n "$free_gib" ]] && ((free_gib < MIN_FREE_GIB)); then
+  warn "only ${free_gib} GiB free: the build may fail with 'Bus error' or 'No space left on device'"
+fi
+
 started=$SECONDS
 if ! bash "$ROOT/scripts/infra.sh" up ferretdb nats redis; then
   echo "SUMMARY: FAIL | infrastructure did not come up (see the error above) | total $((SECONDS - started))s"

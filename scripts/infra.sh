@@ -26,6 +26,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 FERRETDB_VERSION=v1.24.2
+# What install_ferretdb builds: the version plus its one-line `_id` lookup fix (a new value rebuilds).
+FERRETDB_BUILD="$FERRETDB_VERSION+id-index-lookup"
 STRIPE_MOCK_VERSION=v0.203.0 # newest in `go list -m -versions github.com/stripe/stripe-mock`
 
 ALL_COMPONENTS=(ferretdb nats redis stripe-mock nginx chromedriver)
@@ -49,8 +51,9 @@ ensure_curl() { ensure_apt_packages curl curl; }
 ferretdb_version() { "$1" --version 2>/dev/null | sed -n 's/^version: //p'; }
 
 install_ferretdb() {
-  local bin="$BIN_DIR/ferretdb"
-  if [[ -x "$bin" ]] && [[ "$(ferretdb_version "$bin")" == "$FERRETDB_VERSION" ]]; then
+  local bin="$BIN_DIR/ferretdb" stamp="$BIN_DIR/ferretdb.build"
+  if [[ -x "$bin" ]] && [[ "$(ferretdb_version "$bin")" == "$FERRETDB_VERSION" ]] &&
+    [[ "$(cat "$stamp" 2>/dev/null || true)" == "$FERRETDB_BUILD" ]]; then
     return 0
   fi
   require_go
@@ -72,10 +75,20 @@ install_ferretdb() {
   chmod -R u+w "$build"
   printf '%s\n' "$FERRETDB_VERSION" >"$build/build/version/version.txt"
   printf 'go-build\n' >"$build/build/version/package.txt"
+  # FerretDB's SQLite backend looks documents up by `_ferretdb_sjson->'$._id'`, but builds its unique
+  # `_id` index on `_ferretdb_sjson->"_id"`: the same value, a different expression, so SQLite never
+  # uses the index and every find, update and delete by id scans and parses the whole table (7.7 ms
+  # against 0.005 ms per lookup in a 1,547-document collection; README, "What limits it"). Writing the
+  # lookup as the index's expression lets SQLite search the index; nothing else changes.
+  local metadata="$build/internal/backends/sqlite/metadata/metadata.go"
+  sed -i 's|IDColumn = DefaultColumn + "->'"'"'\$\._id'"'"'"|IDColumn = DefaultColumn + `->"_id"`|' "$metadata"
+  grep -q 'IDColumn = DefaultColumn + `->"_id"`' "$metadata" ||
+    fail_with_log "$logfile" "could not point FerretDB's _id lookups at its _id index (${metadata#"$build"/} changed?)"
   if ! (cd "$build" && go build -buildvcs=false -trimpath -o "$bin.tmp" ./cmd/ferretdb) >>"$logfile" 2>&1; then
     fail_with_log "$logfile" "building FerretDB $FERRETDB_VERSION failed"
   fi
   mv -f "$bin.tmp" "$bin"
+  printf '%s\n' "$FERRETDB_BUILD" >"$stamp"
   rm -rf "$build"
   rmdir "$DATA_DIR/build" 2>/dev/null || true
   [[ "$(ferretdb_version "$bin")" == "$FERRETDB_VERSION" ]] ||

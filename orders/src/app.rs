@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::FromRef;
@@ -12,17 +11,13 @@ use common::bus::{Delivery, EventBus, ListenerOptions, listen};
 use common::events::{ExpirationComplete, PaymentCreated, TicketCreated, TicketUpdated};
 use common::server::{App, Background, Server, database_and_bus_readiness, finish_router};
 use common::session::SessionKeys;
+use common::store::RelayTiming;
 use tokio_util::sync::CancellationToken;
 
 use crate::listeners::{self, QUEUE_GROUP, patient};
 use crate::routes;
 use crate::settings::Settings;
 use crate::store::OrderStore;
-
-/// How often the outbox relay looks for unpublished changes.
-const RELAY_INTERVAL: Duration = Duration::from_secs(1);
-/// Changes younger than this are left to the request that wrote them (it publishes right away).
-const RELAY_MIN_AGE: Duration = Duration::from_secs(3);
 
 /// What handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -148,8 +143,7 @@ async fn spawn_background(store: &OrderStore, bus: &EventBus) -> anyhow::Result<
     tasks.push(Arc::new(store.orders().clone()).spawn_relay(
         bus.clone(),
         tasks.token(),
-        RELAY_INTERVAL,
-        RELAY_MIN_AGE,
+        RelayTiming::DEFAULT,
     ));
     Ok(tasks)
 }

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::FromRef;
@@ -10,6 +9,7 @@ use common::bus::{EventBus, ListenerOptions, listen};
 use common::events::{OrderCancelled, OrderCreated};
 use common::server::{App, Background, Server, database_and_bus_readiness, finish_router};
 use common::session::SessionKeys;
+use common::store::RelayTiming;
 use tokio_util::sync::CancellationToken;
 
 use crate::listeners::{self, QUEUE_GROUP};
@@ -17,11 +17,6 @@ use crate::routes;
 use crate::settings::Settings;
 use crate::store::{OrderStore, PaymentStore};
 use crate::stripe::StripeGateway;
-
-/// How often the outbox relay looks for unpublished `payment:created` events, and how old they must
-/// be (younger ones are still being published by their request).
-const RELAY_INTERVAL: Duration = Duration::from_secs(1);
-const RELAY_MIN_AGE: Duration = Duration::from_secs(3);
 
 /// What handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -60,8 +55,7 @@ impl Application {
         background.push(Arc::clone(payments.versions()).spawn_relay(
             bus.clone(),
             background.token(),
-            RELAY_INTERVAL,
-            RELAY_MIN_AGE,
+            RelayTiming::DEFAULT,
         ));
 
         let state = AppState {

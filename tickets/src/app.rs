@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::FromRef;
@@ -10,17 +9,13 @@ use common::bus::{EventBus, ListenerOptions, listen};
 use common::events::{OrderCancelled, OrderCreated};
 use common::server::{App, Background, Server, database_and_bus_readiness, finish_router};
 use common::session::SessionKeys;
+use common::store::RelayTiming;
 use tokio_util::sync::CancellationToken;
 
 use crate::listeners::{QUEUE_GROUP, order_cancelled, order_created};
 use crate::routes;
 use crate::settings::Settings;
 use crate::store::TicketStore;
-
-/// How often the outbox relay looks for changes whose events were not published.
-pub const RELAY_INTERVAL: Duration = Duration::from_secs(1);
-/// Changes younger than this are left to the request that made them, which publishes right away.
-pub const RELAY_MIN_AGE: Duration = Duration::from_secs(3);
 
 /// What handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -108,8 +103,7 @@ async fn spawn_background(store: &TicketStore, bus: &EventBus) -> anyhow::Result
     background.push(Arc::new(store.tickets.clone()).spawn_relay(
         bus.clone(),
         background.token(),
-        RELAY_INTERVAL,
-        RELAY_MIN_AGE,
+        RelayTiming::DEFAULT,
     ));
     Ok(background)
 }

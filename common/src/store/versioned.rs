@@ -10,6 +10,7 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -30,6 +31,9 @@ use crate::events::{Event, Subject};
 
 /// How many times a read-decide-commit cycle is retried when another writer wins the version.
 const MAX_COMMIT_ATTEMPTS: usize = 20;
+
+/// How many unpublished changes one relay pass takes at most.
+const RELAY_BATCH: i64 = 500;
 
 /// A document kept by [`VersionedStore`].
 pub trait VersionedRecord:
@@ -69,10 +73,44 @@ pub enum Decision<T> {
 }
 
 /// A change written to the database whose events still need publishing.
-#[derive(Debug, Clone)]
+///
+/// Dropped without a successful [`VersionedStore::publish`] (publish failed, the broker was down,
+/// or the request was cancelled in between), it wakes the outbox relay of its store.
+#[derive(Debug)]
 pub struct Committed {
     change_id: String,
     events: Vec<PendingEvent>,
+    published: AtomicBool,
+    relay_wanted: Arc<AtomicBool>,
+}
+
+impl Committed {
+    fn new(change: ChangeDoc, relay_wanted: &Arc<AtomicBool>) -> Self {
+        Self {
+            change_id: change.id,
+            events: change.events,
+            published: AtomicBool::new(false),
+            relay_wanted: Arc::clone(relay_wanted),
+        }
+    }
+}
+
+impl Drop for Committed {
+    fn drop(&mut self) {
+        if !self.published.load(Ordering::Acquire) {
+            self.relay_wanted.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// What one pass of the outbox relay did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayPass {
+    /// Changes published by this pass.
+    pub published: usize,
+    /// Unpublished changes left for a later pass: younger than the minimum age (their writer may
+    /// still publish them), or not publishable now (broker unreachable).
+    pub waiting: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +161,9 @@ pub struct VersionedStore<T: Send + Sync> {
     records: Collection<T>,
     raw_records: Collection<Document>,
     changes: Collection<ChangeDoc>,
+    /// Set when a change of this process may be left unpublished: the relay then looks for
+    /// unpublished changes every interval instead of only every sweep (see `spawn_relay`).
+    relay_wanted: Arc<AtomicBool>,
     _record: PhantomData<T>,
 }
 
@@ -132,6 +173,7 @@ impl<T: Send + Sync> Clone for VersionedStore<T> {
             records: self.records.clone(),
             raw_records: self.raw_records.clone(),
             changes: self.changes.clone(),
+            relay_wanted: Arc::clone(&self.relay_wanted),
             _record: PhantomData,
         }
     }
@@ -147,6 +189,8 @@ impl<T: VersionedRecord> VersionedStore<T> {
             records: db.collection(collection),
             raw_records: db.collection(collection),
             changes: db.collection(&format!("{collection}_changes")),
+            // A new process first looks for what an earlier one may have left unpublished.
+            relay_wanted: Arc::new(AtomicBool::new(true)),
             _record: PhantomData,
         }
     }
@@ -200,10 +244,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
             }
         })?;
         match self.records.insert_one(record).await {
-            Ok(_) => Ok(Committed {
-                change_id: change.id,
-                events: change.events,
-            }),
+            Ok(_) => Ok(Committed::new(change, &self.relay_wanted)),
             Err(e) if is_duplicate_key(&e) => {
                 // Either the relay already materialised our record (fine) or a unique key of the
                 // record belongs to someone else: then our change must vanish unpublished.
@@ -213,10 +254,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
                     .await?
                     .is_some()
                 {
-                    return Ok(Committed {
-                        change_id: change.id,
-                        events: change.events,
-                    });
+                    return Ok(Committed::new(change, &self.relay_wanted));
                 }
                 // The claim is lost either way; if this delete fails, the relay drops the leftover
                 // change (its record insert hits the same unique key), so the caller still gets the
@@ -244,13 +282,16 @@ impl<T: VersionedRecord> VersionedStore<T> {
         }
     }
 
-    /// Writes a change's state over the record if the record is still at the previous version.
+    /// Writes a change's state over the record.
+    ///
+    /// Not conditional on the record's version: FerretDB's conditional writes are read-then-write
+    /// anyway, and it turns only a filter of `_id` alone into an indexed lookup (any other filter
+    /// decodes the whole collection). A write of an older version that lands late is repaired by
+    /// its own writer: every writer reads the next change right after writing (`get`, `commit`),
+    /// so whoever writes last also writes the newest state.
     async fn apply(&self, current: &T, change: &ChangeDoc) -> Result<T, StoreError> {
         self.raw_records
-            .replace_one(
-                doc! { "_id": current.key(), "version": current.version() },
-                change.state.clone(),
-            )
+            .replace_one(doc! { "_id": current.key() }, change.state.clone())
             .await?;
         bson::from_document(change.state.clone())
             .context("reading a stored change")
@@ -285,10 +326,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
         // can land after us and roll the record back. Whoever writes last repairs forward here, so
         // queries on `records()` do not keep a stale state.
         self.get(current.key()).await?;
-        Ok(Committed {
-            change_id: change.id,
-            events: change.events,
-        })
+        Ok(Committed::new(change, &self.relay_wanted))
     }
 
     /// Read, decide, commit; retried when a concurrent writer takes the version. Returns the record
@@ -323,12 +361,15 @@ impl<T: VersionedRecord> VersionedStore<T> {
             tracing::info!(change = %committed.change_id, "event bus disconnected; leaving the change to the outbox relay");
             return;
         }
-        if let Err(err) = self
+        match self
             .try_publish(bus, &committed.change_id, &committed.events)
             .await
         {
-            tracing::warn!(change = %committed.change_id, error = %format!("{err:#}"),
-                "publishing failed; the outbox relay will retry");
+            Ok(()) => committed.published.store(true, Ordering::Release),
+            Err(err) => {
+                tracing::warn!(change = %committed.change_id, error = %format!("{err:#}"),
+                    "publishing failed; the outbox relay will retry");
+            }
         }
     }
 
@@ -360,33 +401,46 @@ impl<T: VersionedRecord> VersionedStore<T> {
     }
 
     /// One pass of the outbox relay: every change older than `min_age` that is still unpublished is
-    /// applied to its record if needed, then published. Returns how many were published.
-    pub async fn relay_once(&self, bus: &EventBus, min_age: Duration) -> Result<usize, StoreError> {
+    /// applied to its record if needed, then published; younger ones are counted as waiting.
+    pub async fn relay_once(
+        &self,
+        bus: &EventBus,
+        min_age: Duration,
+    ) -> Result<RelayPass, StoreError> {
         let cutoff_ms = bson::DateTime::now().timestamp_millis()
             - i64::try_from(min_age.as_millis()).unwrap_or(i64::MAX);
-        let cutoff = bson::DateTime::from_millis(cutoff_ms);
         let pending: Vec<ChangeDoc> = self
             .changes
-            .find(doc! { "published": false, "at": { "$lte": cutoff } })
+            .find(doc! { "published": false })
             .sort(doc! { "at": 1 })
-            .limit(500)
+            .limit(RELAY_BATCH)
             .await?
             .try_collect()
             .await?;
-        let mut published = 0;
+        let mut pass = RelayPass {
+            published: 0,
+            waiting: pending.len(),
+        };
         for change in pending {
+            if change.at.timestamp_millis() > cutoff_ms {
+                continue;
+            }
             if !self.materialise(&change).await? {
+                pass.waiting -= 1;
                 continue;
             }
             match self.try_publish(bus, &change.id, &change.events).await {
-                Ok(()) => published += 1,
+                Ok(()) => {
+                    pass.published += 1;
+                    pass.waiting -= 1;
+                }
                 Err(err) => {
                     tracing::warn!(change = %change.id, error = %format!("{err:#}"), "relay could not publish");
                     break;
                 }
             }
         }
-        Ok(published)
+        Ok(pass)
     }
 
     /// Makes sure the record reflects `change`. `false` if the change lost its claim and was dropped.
@@ -423,26 +477,72 @@ impl<T: VersionedRecord> VersionedStore<T> {
         Ok(true)
     }
 
-    /// Runs [`Self::relay_once`] every `interval` until `shutdown`.
+    /// Runs the outbox relay until `shutdown`.
+    ///
+    /// Looking for unpublished changes means reading every change document on FerretDB (the
+    /// `published` filter is not indexed there), so it is done every `interval` only while this
+    /// process may have left one behind (at start, and after a change that was not published,
+    /// until a pass finds nothing waiting), and otherwise every `sweep`, for what other replicas
+    /// that crashed left behind.
     pub fn spawn_relay(
         self: Arc<Self>,
         bus: EventBus,
         shutdown: CancellationToken,
-        interval: Duration,
-        min_age: Duration,
+        timing: RelayTiming,
     ) -> JoinHandle<()> {
         tokio::spawn(async move {
+            let mut since_sweep = Duration::ZERO;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(interval) => {}
+                    _ = tokio::time::sleep(timing.interval) => {}
                 }
-                match self.relay_once(&bus, min_age).await {
-                    Ok(0) => {}
-                    Ok(count) => tracing::info!(count, "outbox relay published pending events"),
-                    Err(err) => tracing::warn!(error = %err, "outbox relay pass failed"),
+                since_sweep += timing.interval;
+                // Cleared before the pass, so a change left unpublished during it wakes the next one.
+                let wanted = self.relay_wanted.swap(false, Ordering::AcqRel);
+                if !wanted && since_sweep < timing.sweep {
+                    continue;
+                }
+                since_sweep = Duration::ZERO;
+                match self.relay_once(&bus, timing.min_age).await {
+                    Ok(pass) => {
+                        if pass.published > 0 {
+                            tracing::info!(
+                                count = pass.published,
+                                "outbox relay published pending events"
+                            );
+                        }
+                        if pass.waiting > 0 {
+                            self.relay_wanted.store(true, Ordering::Release);
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "outbox relay pass failed");
+                        self.relay_wanted.store(true, Ordering::Release);
+                    }
                 }
             }
         })
     }
+}
+
+/// How often the outbox relay runs ([`VersionedStore::spawn_relay`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RelayTiming {
+    /// Between passes while this process may have left a change unpublished.
+    pub interval: Duration,
+    /// Between passes otherwise (changes left by other replicas).
+    pub sweep: Duration,
+    /// How old an unpublished change must be before the relay publishes it (younger ones may still
+    /// be published by their writer).
+    pub min_age: Duration,
+}
+
+impl RelayTiming {
+    /// Every second while needed, every 30 s otherwise, for changes older than 3 s.
+    pub const DEFAULT: Self = Self {
+        interval: Duration::from_secs(1),
+        sweep: Duration::from_secs(30),
+        min_age: Duration::from_secs(3),
+    };
 }

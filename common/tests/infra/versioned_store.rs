@@ -2,7 +2,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::events::{Event, ExpirationComplete};
-use common::store::{Decision, PendingEvent, StoreError, VersionedRecord, VersionedStore};
+use common::store::{
+    Decision, PendingEvent, RelayPass, RelayTiming, StoreError, VersionedRecord, VersionedStore,
+};
 use futures::TryStreamExt;
 use futures::future::join_all;
 use mongodb::IndexModel;
@@ -240,16 +242,22 @@ async fn the_relay_publishes_what_a_crashed_writer_left_behind_exactly_once() {
             .relay_once(&bus, Duration::from_secs(60))
             .await
             .expect("relay"),
-        0
+        RelayPass {
+            published: 0,
+            waiting: 2
+        }
     );
     assert_eq!(
         store.relay_once(&bus, Duration::ZERO).await.expect("relay"),
-        2
+        RelayPass {
+            published: 2,
+            waiting: 0
+        }
     );
     // A second relay (another replica, or a retry) finds nothing left.
     assert_eq!(
         store.relay_once(&bus, Duration::ZERO).await.expect("relay"),
-        0
+        RelayPass::default()
     );
     let events = drain(&mut seen, Duration::from_millis(800)).await;
     let ids: Vec<String> = events.iter().map(Event::message_id).collect();
@@ -282,9 +290,90 @@ async fn publishing_twice_after_a_crash_delivers_once() {
         .await
         .expect("unmark");
     assert_eq!(
-        store.relay_once(&bus, Duration::ZERO).await.expect("relay"),
+        store
+            .relay_once(&bus, Duration::ZERO)
+            .await
+            .expect("relay")
+            .published,
         1
     );
     assert_eq!(drain(&mut seen, Duration::from_millis(800)).await.len(), 1);
     shutdown.cancel();
+}
+
+/// Relay timing for tests: a pass every 100 ms while wanted, a sweep every `sweep`.
+fn quick_relay(sweep: Duration) -> RelayTiming {
+    RelayTiming {
+        interval: Duration::from_millis(100),
+        sweep,
+        min_age: Duration::ZERO,
+    }
+}
+
+#[tokio::test]
+async fn a_change_its_writer_did_not_publish_is_relayed_by_the_next_pass_not_the_next_sweep() {
+    let (store, _db) = store_with_unique_claim().await;
+    let settings = fresh_nats_settings();
+    let bus = bus(&settings).await;
+    let shutdown = CancellationToken::new();
+    let mut seen = observe::<ExpirationComplete>(&bus, "observer", &shutdown).await;
+    let relay = Arc::new(store.clone()).spawn_relay(
+        bus.clone(),
+        shutdown.clone(),
+        quick_relay(Duration::from_secs(3600)),
+    );
+    // The start-up pass finds nothing; then a request commits and is cancelled before publishing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let committed = store
+        .create(&counter("c1", "c1"), vec![event_for("c1", 0)])
+        .await
+        .expect("create");
+    drop(committed);
+
+    let event = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+        .await
+        .expect("relayed long before the hourly sweep")
+        .expect("an event");
+    assert_eq!(event.message_id(), "expiration:complete:c1:0");
+    shutdown.cancel();
+    relay.await.expect("relay task");
+}
+
+#[tokio::test]
+async fn a_change_another_replica_left_behind_waits_for_the_sweep() {
+    let (store, db) = store_with_unique_claim().await;
+    let settings = fresh_nats_settings();
+    let bus = bus(&settings).await;
+    let shutdown = CancellationToken::new();
+    let mut seen = observe::<ExpirationComplete>(&bus, "observer", &shutdown).await;
+    let relay = Arc::new(store.clone()).spawn_relay(
+        bus.clone(),
+        shutdown.clone(),
+        quick_relay(Duration::from_secs(4)),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Another replica (its own store) commits and crashes before publishing: nothing tells this
+    // replica, so only its sweep finds the change.
+    let other_replica = VersionedStore::<Counter>::new(&db, "counters");
+    drop(
+        other_replica
+            .create(&counter("c1", "c1"), vec![event_for("c1", 0)])
+            .await
+            .expect("create"),
+    );
+    // Ten 100 ms passes go by without it...
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), seen.recv())
+            .await
+            .is_err(),
+        "relayed before the sweep"
+    );
+    // ...and the sweep publishes it.
+    let event = tokio::time::timeout(Duration::from_secs(15), seen.recv())
+        .await
+        .expect("relayed by the sweep")
+        .expect("an event");
+    assert_eq!(event.message_id(), "expiration:complete:c1:0");
+    shutdown.cancel();
+    relay.await.expect("relay task");
 }

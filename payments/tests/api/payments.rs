@@ -113,7 +113,7 @@ async fn a_payment_publishes_payment_created_once_with_the_payment_order_and_cha
         .relay_once(&app.bus().await, Duration::ZERO)
         .await
         .expect("relay pass");
-    assert_eq!(relayed, 0);
+    assert_eq!(relayed.published, 0);
     assert!(
         tokio::time::timeout(Duration::from_millis(1500), observed.recv())
             .await

@@ -13,6 +13,7 @@ use common::events::{OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStat
 use common::money::Price;
 use common::store::{
     Committed, Decision, PendingEvent, StoreError, VersionedRecord, VersionedStore,
+    is_duplicate_key,
 };
 use futures::TryStreamExt;
 use mongodb::bson::oid::ObjectId;
@@ -23,6 +24,8 @@ use serde::{Deserialize, Serialize};
 
 pub const ORDERS_COLLECTION: &str = "orders";
 pub const TICKETS_COLLECTION: &str = "tickets";
+/// Who was last found holding a reservation: a hint that spares the next losing buyers a search.
+pub const HOLDERS_COLLECTION: &str = "reservation_holders";
 /// The unique index that makes a ticket's reservation exclusive.
 pub const RESERVATION_INDEX: &str = "reservation_unique";
 pub const USER_INDEX: &str = "user_id";
@@ -145,11 +148,25 @@ pub fn cancellation(current: &Order) -> Result<Decision<Order>, StoreError> {
     Ok(Decision::Commit { next, events })
 }
 
+/// The order last found holding a reservation (`_id`). Only a hint: it is believed only after the
+/// order itself, read through the store, still holds the reservation, and the unique index alone
+/// decides who wins. It exists because FerretDB looks documents up by index only for a filter of
+/// `_id` alone: finding the holder by `reservation` reads every order, which is what each of a
+/// flash sale's many losing buyers would otherwise do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReservationHolder {
+    #[serde(rename = "_id")]
+    reservation: String,
+    order_id: ObjectId,
+}
+
 /// Orders and the ticket replica. Cheap to clone.
 #[derive(Clone)]
 pub struct OrderStore {
     orders: VersionedStore<Order>,
     tickets: Collection<Ticket>,
+    holders: Collection<ReservationHolder>,
 }
 
 impl OrderStore {
@@ -157,6 +174,7 @@ impl OrderStore {
         Self {
             orders: VersionedStore::new(db, ORDERS_COLLECTION),
             tickets: db.collection(TICKETS_COLLECTION),
+            holders: db.collection(HOLDERS_COLLECTION),
         }
     }
 
@@ -263,6 +281,11 @@ impl OrderStore {
 
     /// Whether a live order holds `reservation`, after bringing its holder up to date.
     async fn still_reserved(&self, reservation: &str) -> Result<bool, StoreError> {
+        if let Some(hint) = self.holders.find_one(doc! { "_id": reservation }).await?
+            && self.holds(hint.order_id, reservation).await?
+        {
+            return Ok(true);
+        }
         let Some(holder) = self
             .orders
             .records()
@@ -272,7 +295,33 @@ impl OrderStore {
             // Released between our insert and this read.
             return Ok(false);
         };
-        let current = self.orders.get(holder.key()).await?;
+        if !self.holds(holder.id, reservation).await? {
+            return Ok(false);
+        }
+        let hint = ReservationHolder {
+            reservation: reservation.to_owned(),
+            order_id: holder.id,
+        };
+        match self
+            .holders
+            .replace_one(doc! { "_id": reservation }, &hint)
+            .upsert(true)
+            .await
+        {
+            Ok(_) => {}
+            // Another losing buyer recorded it at the same moment (FerretDB's upsert is not atomic).
+            Err(err) if is_duplicate_key(&err) => {}
+            // Only a shortcut for the next buyer; the answer stands without it.
+            Err(err) => {
+                tracing::warn!(reservation, error = %err, "could not record the reservation holder");
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether order `id`, brought up to date, holds `reservation`.
+    async fn holds(&self, id: ObjectId, reservation: &str) -> Result<bool, StoreError> {
+        let current = self.orders.get(Bson::ObjectId(id)).await?;
         Ok(current.is_some_and(|order| order.reservation == reservation))
     }
 }

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use axum::extract::FromRef;
 use common::server::{App, Background, Server, database_readiness, finish_router};
 use common::session::{CookiePolicy, SessionKeys};
+use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use crate::rate_limit::RateLimiter;
@@ -23,7 +24,8 @@ pub struct AppState {
     pub cookie: CookiePolicy,
     pub token_ttl: Duration,
     /// Verified against for unknown emails, so signin timing does not reveal which emails exist.
-    pub dummy_hash: Arc<String>,
+    /// Made on the first such signin, not at start: a hash holds a hashing thread's 19 MiB buffer.
+    pub dummy_hash: Arc<OnceCell<String>>,
     pub rate_limiter: RateLimiter,
 }
 
@@ -52,7 +54,7 @@ impl Application {
                 max_age: settings.token_ttl,
             },
             token_ttl: settings.token_ttl,
-            dummy_hash: Arc::new(crate::password::dummy_hash().await?),
+            dummy_hash: Arc::new(OnceCell::new()),
             rate_limiter: RateLimiter::new(settings.rate_limit_per_minute),
         };
         let router = finish_router(routes::router().with_state(state), database_readiness(db));

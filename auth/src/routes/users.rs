@@ -109,10 +109,14 @@ async fn signin(
         return Err(ApiError::TooManyRequests);
     }
     let user = state.users.find_by_email(&creds.email).await?;
-    let stored = user.as_ref().map_or_else(
-        || state.dummy_hash.as_str().to_owned(),
-        |u| u.password_hash.clone(),
-    );
+    let stored = match &user {
+        Some(user) => user.password_hash.clone(),
+        None => state
+            .dummy_hash
+            .get_or_try_init(password::dummy_hash)
+            .await?
+            .clone(),
+    };
     let matches = password::verify(creds.password, stored).await?;
     match user {
         // One message for unknown emails and wrong passwords: no user enumeration (SPEC §8.10).

@@ -148,11 +148,11 @@ pub fn cancellation(current: &Order) -> Result<Decision<Order>, StoreError> {
     Ok(Decision::Commit { next, events })
 }
 
-/// The order last found holding a reservation (`_id`). Only a hint: it is believed only after the
-/// order itself, read through the store, still holds the reservation, and the unique index alone
-/// decides who wins. It exists because FerretDB looks documents up by index only for a filter of
-/// `_id` alone: finding the holder by `reservation` reads every order, which is what each of a
-/// flash sale's many losing buyers would otherwise do.
+/// The order that last won, or was last found holding, a reservation (`_id`). Only a hint: it is
+/// believed only after the order itself, read through the store, still holds the reservation, and
+/// the unique index alone decides who wins. It exists because FerretDB looks documents up by index
+/// only for a filter of `_id` alone: finding the holder by `reservation` reads every order, which is
+/// what each of a flash sale's many losing buyers would otherwise do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ReservationHolder {
@@ -261,6 +261,7 @@ impl OrderStore {
     /// The insert alone decides. Only after it failed do we look at the holder: if its release was
     /// committed but not yet written to its record (a crash between the two writes of a commit),
     /// reading it through the store completes the release, and the insert is tried again.
+    /// The winner records itself as the holder, so that losers need not search for it.
     pub async fn create_order(
         &self,
         order: &Order,
@@ -272,6 +273,10 @@ impl OrderStore {
                     if self.still_reserved(&order.reservation).await? {
                         return Err(StoreError::Duplicate);
                     }
+                }
+                Ok(committed) => {
+                    self.record_holder(&order.reservation, order.id).await;
+                    return Ok(committed);
                 }
                 other => return other,
             }
@@ -298,9 +303,15 @@ impl OrderStore {
         if !self.holds(holder.id, reservation).await? {
             return Ok(false);
         }
+        self.record_holder(reservation, holder.id).await;
+        Ok(true)
+    }
+
+    /// Records `order_id` as the holder of `reservation` (a hint: see [`ReservationHolder`]).
+    async fn record_holder(&self, reservation: &str, order_id: ObjectId) {
         let hint = ReservationHolder {
             reservation: reservation.to_owned(),
-            order_id: holder.id,
+            order_id,
         };
         match self
             .holders
@@ -309,14 +320,13 @@ impl OrderStore {
             .await
         {
             Ok(_) => {}
-            // Another losing buyer recorded it at the same moment (FerretDB's upsert is not atomic).
+            // Recorded by someone else at the same moment (FerretDB's upsert is not atomic).
             Err(err) if is_duplicate_key(&err) => {}
-            // Only a shortcut for the next buyer; the answer stands without it.
+            // Only a shortcut for later buyers; the answer stands without it.
             Err(err) => {
                 tracing::warn!(reservation, error = %err, "could not record the reservation holder");
             }
         }
-        Ok(true)
     }
 
     /// Whether order `id`, brought up to date, holds `reservation`.

@@ -160,7 +160,7 @@ async fn after_a_cancellation_or_an_expiry_the_ticket_can_be_ordered_again() {
         app.order(&b, &ticket_id).await.status,
         StatusCode::BAD_REQUEST
     );
-    // The refusal left a hint of who holds the ticket; it goes stale with the cancellation below,
+    // The winner left a hint of who holds the ticket; it goes stale with the cancellation below,
     // and must not keep the ticket from being sold again.
     assert_eq!(
         app.count(

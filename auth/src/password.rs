@@ -195,8 +195,7 @@ mod tests {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_burst_of_jobs_runs_at_most_one_per_hashing_thread_at_a_time() -> anyhow::Result<()>
-    {
+    async fn a_burst_of_jobs_runs_at_most_one_per_hashing_thread_at_a_time() -> anyhow::Result<()> {
         let pool = HashingPool::start(3)?;
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
@@ -212,7 +211,11 @@ mod tests {
         for result in futures::future::join_all(burst).await {
             result?;
         }
-        assert_eq!(most.load(Ordering::SeqCst), 3, "never more than the threads");
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            3,
+            "never more than the threads"
+        );
         Ok(())
     }
 
@@ -228,7 +231,10 @@ mod tests {
     #[tokio::test]
     async fn a_hash_verifies_its_password_only() -> anyhow::Result<()> {
         let stored = hash("secret1".into()).await?;
-        assert!(stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{stored}");
+        assert!(
+            stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{stored}"
+        );
         assert!(verify("secret1".into(), stored.clone()).await?);
         assert!(!verify("secret2".into(), stored).await?);
         assert!(!verify("secret1".into(), "not a hash".into()).await?);

@@ -301,60 +301,76 @@ async fn publishing_twice_after_a_crash_delivers_once() {
     shutdown.cancel();
 }
 
-/// Relay timing for tests: a pass every 100 ms while wanted, a sweep every `sweep`.
-fn quick_relay(sweep: Duration) -> RelayTiming {
-    RelayTiming {
-        interval: Duration::from_millis(100),
-        sweep,
-        min_age: Duration::ZERO,
+/// A store with its relay running (a pass every 100 ms while wanted, a sweep every `sweep`), and
+/// what is published on its bus. The relay's start-up pass has run (and found nothing) on return.
+struct RunningRelay {
+    store: VersionedStore<Counter>,
+    db: mongodb::Database,
+    seen: tokio::sync::mpsc::UnboundedReceiver<ExpirationComplete>,
+    shutdown: CancellationToken,
+    relay: tokio::task::JoinHandle<()>,
+}
+
+impl RunningRelay {
+    async fn start(sweep: Duration) -> Self {
+        let (store, db) = store_with_unique_claim().await;
+        let bus = bus(&fresh_nats_settings()).await;
+        let shutdown = CancellationToken::new();
+        let seen = observe::<ExpirationComplete>(&bus, "observer", &shutdown).await;
+        let timing = RelayTiming {
+            interval: Duration::from_millis(100),
+            sweep,
+            min_age: Duration::ZERO,
+        };
+        let relay = Arc::new(store.clone()).spawn_relay(bus, shutdown.clone(), timing);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Self {
+            store,
+            db,
+            seen,
+            shutdown,
+            relay,
+        }
+    }
+
+    async fn next_published(&mut self, within: Duration) -> Option<ExpirationComplete> {
+        tokio::time::timeout(within, self.seen.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.relay.await.expect("relay task");
     }
 }
 
 #[tokio::test]
 async fn a_change_its_writer_did_not_publish_is_relayed_by_the_next_pass_not_the_next_sweep() {
-    let (store, _db) = store_with_unique_claim().await;
-    let settings = fresh_nats_settings();
-    let bus = bus(&settings).await;
-    let shutdown = CancellationToken::new();
-    let mut seen = observe::<ExpirationComplete>(&bus, "observer", &shutdown).await;
-    let relay = Arc::new(store.clone()).spawn_relay(
-        bus.clone(),
-        shutdown.clone(),
-        quick_relay(Duration::from_secs(3600)),
-    );
-    // The start-up pass finds nothing; then a request commits and is cancelled before publishing.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let committed = store
+    let mut running = RunningRelay::start(Duration::from_secs(3600)).await;
+    // A request commits and is cancelled before publishing.
+    let committed = running
+        .store
         .create(&counter("c1", "c1"), vec![event_for("c1", 0)])
         .await
         .expect("create");
     drop(committed);
 
-    let event = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+    let event = running
+        .next_published(Duration::from_secs(10))
         .await
-        .expect("relayed long before the hourly sweep")
-        .expect("an event");
+        .expect("relayed long before the hourly sweep");
     assert_eq!(event.message_id(), "expiration:complete:c1:0");
-    shutdown.cancel();
-    relay.await.expect("relay task");
+    running.stop().await;
 }
 
 #[tokio::test]
 async fn a_change_another_replica_left_behind_waits_for_the_sweep() {
-    let (store, db) = store_with_unique_claim().await;
-    let settings = fresh_nats_settings();
-    let bus = bus(&settings).await;
-    let shutdown = CancellationToken::new();
-    let mut seen = observe::<ExpirationComplete>(&bus, "observer", &shutdown).await;
-    let relay = Arc::new(store.clone()).spawn_relay(
-        bus.clone(),
-        shutdown.clone(),
-        quick_relay(Duration::from_secs(4)),
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut running = RunningRelay::start(Duration::from_secs(4)).await;
     // Another replica (its own store) commits and crashes before publishing: nothing tells this
     // replica, so only its sweep finds the change.
-    let other_replica = VersionedStore::<Counter>::new(&db, "counters");
+    let other_replica = VersionedStore::<Counter>::new(&running.db, "counters");
     drop(
         other_replica
             .create(&counter("c1", "c1"), vec![event_for("c1", 0)])
@@ -363,17 +379,17 @@ async fn a_change_another_replica_left_behind_waits_for_the_sweep() {
     );
     // Ten 100 ms passes go by without it...
     assert!(
-        tokio::time::timeout(Duration::from_secs(1), seen.recv())
+        running
+            .next_published(Duration::from_secs(1))
             .await
-            .is_err(),
+            .is_none(),
         "relayed before the sweep"
     );
     // ...and the sweep publishes it.
-    let event = tokio::time::timeout(Duration::from_secs(15), seen.recv())
+    let event = running
+        .next_published(Duration::from_secs(15))
         .await
-        .expect("relayed by the sweep")
-        .expect("an event");
+        .expect("relayed by the sweep");
     assert_eq!(event.message_id(), "expiration:complete:c1:0");
-    shutdown.cancel();
-    relay.await.expect("relay task");
+    running.stop().await;
 }

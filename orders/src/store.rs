@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub const ORDERS_COLLECTION: &str = "orders";
 pub const TICKETS_COLLECTION: &str = "tickets";
-/// Who was last found holding a reservation: a hint that spares the next losing buyers a search.
+/// Who last won or was last found holding a reservation: a hint that spares losing buyers a search.
 pub const HOLDERS_COLLECTION: &str = "reservation_holders";
 /// The unique index that makes a ticket's reservation exclusive.
 pub const RESERVATION_INDEX: &str = "reservation_unique";

@@ -129,8 +129,31 @@ pub struct Stack {
     pub root: PathBuf,
 }
 
+/// The loopback ports handed to the services: below Linux's ephemeral range (32768–60999), so that
+/// no outgoing connection can hold a service's port while the suite restarts it (a SIGKILLed orders
+/// once could not bind its old port 36831 again), and clear of the infrastructure's ports.
+const SERVICE_PORTS: std::ops::Range<u32> = 15_000..20_000;
+
+/// A port of [`SERVICE_PORTS`] that is free now and not yet handed out by this process. Each run
+/// starts at an offset of its own, so concurrent runs rarely probe the same ports.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = SERVICE_PORTS.end - SERVICE_PORTS.start;
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id() % span,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    );
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::AcqRel) % span;
+        let port = u16::try_from(SERVICE_PORTS.start + offset)?;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free loopback port in {SERVICE_PORTS:?}")
 }
 
 fn infra(name: &str) -> anyhow::Result<String> {
@@ -267,5 +290,23 @@ impl Stack {
                     .count()
             })
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_ports_are_distinct_free_and_below_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..20).map(|_| free_port().expect("a port")).collect();
+        let mut distinct = ports.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        for port in ports {
+            assert!(SERVICE_PORTS.contains(&u32::from(port)), "{port}");
+            assert!(TcpListener::bind(("127.0.0.1", port)).is_ok(), "{port}");
+        }
     }
 }

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+pub mod invariants;
+pub mod stripe_double;
+
 use crate::session::{COOKIE_NAME, SessionKeys, encode_session};
 use crate::settings::Env;
 

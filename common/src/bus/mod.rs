@@ -1,4 +1,4 @@
-//! The event bus on NATS JetStream: one Limits-retention stream holding the six subjects, a
+//! The event bus on NATS JetStream: one Limits-retention stream holding every subject, a
 //! publisher that waits for the broker's ack and sets `Nats-Msg-Id`, and durable pull listeners.
 
 use std::time::Duration;
@@ -49,11 +49,12 @@ impl EventBus {
     }
 
     async fn ensure_stream(&self) -> anyhow::Result<()> {
-        let subjects = Subject::ALL.iter().map(|s| self.subject(*s)).collect();
-        self.js
+        let subjects: Vec<String> = Subject::ALL.iter().map(|s| self.subject(*s)).collect();
+        let mut existing = self
+            .js
             .get_or_create_stream(stream::Config {
                 name: self.stream.clone(),
-                subjects,
+                subjects: subjects.clone(),
                 retention: stream::RetentionPolicy::Limits,
                 storage: stream::StorageType::File,
                 max_age: Duration::from_secs(7 * 24 * 3600),
@@ -62,6 +63,26 @@ impl EventBus {
             })
             .await
             .with_context(|| format!("creating JetStream stream {}", self.stream))?;
+        // A stream made by an older release lacks subjects added since (`payment:updated`):
+        // publishing those would find no stream, so they are added to it, keeping its messages.
+        let mut config = existing
+            .info()
+            .await
+            .with_context(|| format!("reading JetStream stream {}", self.stream))?
+            .config
+            .clone();
+        let missing: Vec<String> = subjects
+            .into_iter()
+            .filter(|s| !config.subjects.contains(s))
+            .collect();
+        if !missing.is_empty() {
+            tracing::info!(stream = %self.stream, ?missing, "adding new subjects to the stream");
+            config.subjects.extend(missing);
+            self.js
+                .update_stream(config)
+                .await
+                .with_context(|| format!("adding subjects to JetStream stream {}", self.stream))?;
+        }
         Ok(())
     }
 

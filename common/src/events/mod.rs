@@ -7,7 +7,7 @@ mod payloads;
 
 pub use payloads::*;
 
-/// The six subjects of the SPEC.
+/// The six subjects of the SPEC, and `payment:updated` (every state of a payment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Subject {
     TicketCreated,
@@ -16,16 +16,18 @@ pub enum Subject {
     OrderCancelled,
     ExpirationComplete,
     PaymentCreated,
+    PaymentUpdated,
 }
 
 impl Subject {
-    pub const ALL: [Subject; 6] = [
+    pub const ALL: [Subject; 7] = [
         Subject::TicketCreated,
         Subject::TicketUpdated,
         Subject::OrderCreated,
         Subject::OrderCancelled,
         Subject::ExpirationComplete,
         Subject::PaymentCreated,
+        Subject::PaymentUpdated,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -36,6 +38,7 @@ impl Subject {
             Subject::OrderCancelled => "order:cancelled",
             Subject::ExpirationComplete => "expiration:complete",
             Subject::PaymentCreated => "payment:created",
+            Subject::PaymentUpdated => "payment:updated",
         }
     }
 

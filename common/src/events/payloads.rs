@@ -116,6 +116,31 @@ impl Event for PaymentCreated {
     }
 }
 
+/// Every change of an order's payment (an addition to the SPEC's six subjects): `status` is one of
+/// `pending`, `unknown`, `failed`, `succeeded`, `refunding`, `refunded`. `payment:created` is still
+/// published, in its SPEC shape, when a payment succeeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentUpdated {
+    /// The payment attempt's id (the `id` of `payment:created` and of the API's answer).
+    pub id: String,
+    pub order_id: String,
+    /// The version of the order's payment record: one event per version.
+    pub version: i64,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripe_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund_id: Option<String>,
+}
+
+impl Event for PaymentUpdated {
+    const SUBJECT: Subject = Subject::PaymentUpdated;
+    fn message_id(&self) -> String {
+        format!("{}:{}:{}", Self::SUBJECT, self.order_id, self.version)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

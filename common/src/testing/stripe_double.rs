@@ -1,0 +1,282 @@
+//! A Stripe double that behaves like Stripe where money is concerned, behind the real async-stripe
+//! client: it keeps a ledger of the charges and refunds it made, answers a repeated
+//! `Idempotency-Key` with the saved result instead of charging again, and can be told to be slow,
+//! down, or to fail after charging. The ledger is what the money invariant is checked against
+//! ([`super::invariants`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+/// The card token Stripe's test mode declines.
+pub const DECLINED_TOKEN: &str = "tok_chargeDeclined";
+pub const DECLINE_MESSAGE: &str = "Your card was declined.";
+
+/// How the double answers new requests (a repeated idempotency key always gets its saved answer,
+/// after the current delay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Charges and refunds, answering after `delay`.
+    Normal { delay: Duration },
+    /// Answers 503 with an HTML page and processes nothing (an outage in front of Stripe).
+    Down,
+    /// Processes the request, then answers 500 (Stripe failed after doing the work).
+    FailsAfterProcessing,
+}
+
+/// One charge the double made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeRecord {
+    pub id: String,
+    pub idempotency_key: Option<String>,
+    pub amount: i64,
+    pub source: String,
+    /// From the charge's metadata.
+    pub order_id: Option<String>,
+    pub attempt_id: Option<String>,
+    /// The refund of this charge, if any.
+    pub refund_id: Option<String>,
+}
+
+/// One refund the double made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundRecord {
+    pub id: String,
+    pub charge_id: String,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug)]
+struct Saved {
+    status: u16,
+    body: Value,
+}
+
+#[derive(Debug)]
+struct Ledger {
+    behaviour: Behaviour,
+    charges: Vec<ChargeRecord>,
+    refunds: Vec<RefundRecord>,
+    /// Saved answers by idempotency key, as Stripe keeps them for 24 h.
+    saved: HashMap<String, Saved>,
+    requests: usize,
+}
+
+/// The double: a wiremock server and its ledger. Cheap to clone.
+#[derive(Clone)]
+pub struct StripeDouble {
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+impl StripeDouble {
+    /// Mounts the double's routes (`POST /v1/charges`, `POST /v1/refunds`) on `server`.
+    pub async fn mount(server: &MockServer) -> Self {
+        let double = Self {
+            ledger: Arc::new(Mutex::new(Ledger {
+                behaviour: Behaviour::Normal {
+                    delay: Duration::ZERO,
+                },
+                charges: Vec::new(),
+                refunds: Vec::new(),
+                saved: HashMap::new(),
+                requests: 0,
+            })),
+        };
+        Mock::given(method("POST"))
+            .and(path("/v1/charges"))
+            .respond_with(Responder {
+                double: double.clone(),
+                kind: Kind::Charge,
+            })
+            .mount(server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/v1/refunds"))
+            .respond_with(Responder {
+                double: double.clone(),
+                kind: Kind::Refund,
+            })
+            .mount(server)
+            .await;
+        double
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        // A test that panicked while holding the lock has failed already; its ledger is still
+        // readable for the report.
+        self.ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn set(&self, behaviour: Behaviour) {
+        self.ledger().behaviour = behaviour;
+    }
+
+    pub fn charges(&self) -> Vec<ChargeRecord> {
+        self.ledger().charges.clone()
+    }
+
+    pub fn refunds(&self) -> Vec<RefundRecord> {
+        self.ledger().refunds.clone()
+    }
+
+    /// Every charge and refund request received (repeats included).
+    pub fn requests(&self) -> usize {
+        self.ledger().requests
+    }
+
+    /// Charges of an order (by metadata).
+    pub fn charges_of(&self, order_id: &str) -> Vec<ChargeRecord> {
+        self.charges()
+            .into_iter()
+            .filter(|c| c.order_id.as_deref() == Some(order_id))
+            .collect()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Charge,
+    Refund,
+}
+
+struct Responder {
+    double: StripeDouble,
+    kind: Kind,
+}
+
+impl Respond for Responder {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let form = form(request);
+        let key = request
+            .headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut ledger = self.double.ledger();
+        ledger.requests += 1;
+        let behaviour = ledger.behaviour;
+        let delay = match behaviour {
+            Behaviour::Normal { delay } => delay,
+            _ => Duration::ZERO,
+        };
+        if behaviour == Behaviour::Down {
+            return ResponseTemplate::new(503).set_body_string("<html>upstream unavailable</html>");
+        }
+        if let Some(saved) = key.as_ref().and_then(|k| ledger.saved.get(k)) {
+            return answer(saved.status, saved.body.clone(), delay, behaviour);
+        }
+        let (status, body) = match self.kind {
+            Kind::Charge => charge(&mut ledger, &form, key.clone()),
+            Kind::Refund => refund(&mut ledger, &form, key.clone()),
+        };
+        if let Some(key) = key {
+            ledger.saved.insert(
+                key,
+                Saved {
+                    status,
+                    body: body.clone(),
+                },
+            );
+        }
+        answer(status, body, delay, behaviour)
+    }
+}
+
+fn answer(status: u16, body: Value, delay: Duration, behaviour: Behaviour) -> ResponseTemplate {
+    if behaviour == Behaviour::FailsAfterProcessing {
+        return ResponseTemplate::new(500).set_body_json(
+            json!({"error": {"type": "api_error", "message": "An unknown error occurred"}}),
+        );
+    }
+    ResponseTemplate::new(status)
+        .set_body_json(body)
+        .set_delay(delay)
+}
+
+fn charge(
+    ledger: &mut Ledger,
+    form: &HashMap<String, String>,
+    key: Option<String>,
+) -> (u16, Value) {
+    let source = form.get("source").cloned().unwrap_or_default();
+    if source == DECLINED_TOKEN {
+        return (
+            402,
+            json!({"error": {"type": "card_error", "code": "card_declined",
+                             "decline_code": "generic_decline", "message": DECLINE_MESSAGE}}),
+        );
+    }
+    let amount = form
+        .get("amount")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_default();
+    let id = format!("ch_double_{}", ledger.charges.len() + 1);
+    ledger.charges.push(ChargeRecord {
+        id: id.clone(),
+        idempotency_key: key,
+        amount,
+        source: source.clone(),
+        order_id: form.get("metadata[order_id]").cloned(),
+        attempt_id: form.get("metadata[attempt_id]").cloned(),
+        refund_id: None,
+    });
+    (200, super::stripe_charge_json(&id, amount, &source))
+}
+
+fn refund(
+    ledger: &mut Ledger,
+    form: &HashMap<String, String>,
+    key: Option<String>,
+) -> (u16, Value) {
+    let charge_id = form.get("charge").cloned().unwrap_or_default();
+    let Some(position) = ledger.charges.iter().position(|c| c.id == charge_id) else {
+        return (
+            404,
+            json!({"error": {"type": "invalid_request_error", "code": "resource_missing",
+                             "message": format!("No such charge: '{charge_id}'")}}),
+        );
+    };
+    if ledger.charges[position].refund_id.is_some() {
+        return (
+            400,
+            json!({"error": {"type": "invalid_request_error", "code": "charge_already_refunded",
+                             "message": format!("Charge {charge_id} has already been refunded.")}}),
+        );
+    }
+    let id = format!("re_double_{}", ledger.refunds.len() + 1);
+    let amount = ledger.charges[position].amount;
+    ledger.charges[position].refund_id = Some(id.clone());
+    ledger.refunds.push(RefundRecord {
+        id: id.clone(),
+        charge_id: charge_id.clone(),
+        idempotency_key: key,
+    });
+    (200, refund_json(&id, &charge_id, amount))
+}
+
+/// A refund object as Stripe returns it.
+pub fn refund_json(id: &str, charge_id: &str, amount: i64) -> Value {
+    json!({
+        "id": id, "object": "refund", "amount": amount, "balance_transaction": null,
+        "charge": charge_id, "created": chrono::Utc::now().timestamp(), "currency": "eur",
+        "customer": null, "customer_account": null, "description": null,
+        "destination_details": null, "failure_balance_transaction": null, "failure_reason": null,
+        "instructions_email": null, "metadata": {}, "next_action": null, "payment_intent": null,
+        "payment_method": null, "pending_reason": null, "presentment_details": null,
+        "reason": null, "receipt_number": null, "source_transfer_reversal": null,
+        "status": "succeeded", "transfer_reversal": null
+    })
+}
+
+/// The `application/x-www-form-urlencoded` body of a request, decoded.
+pub fn form(request: &Request) -> HashMap<String, String> {
+    url::form_urlencoded::parse(&request.body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}

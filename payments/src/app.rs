@@ -1,4 +1,5 @@
-//! Builds the payments application: database, Stripe client, bus, listeners, relay, router.
+//! Builds the payments application: database, Stripe client, bus, listeners, relay, reconciler,
+//! router.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::listeners::{self, QUEUE_GROUP};
 use crate::routes;
+use crate::saga::PaymentSaga;
 use crate::settings::Settings;
 use crate::store::{OrderStore, PaymentStore};
 use crate::stripe::StripeGateway;
@@ -22,9 +24,7 @@ use crate::stripe::StripeGateway;
 #[derive(Clone)]
 pub struct AppState {
     pub orders: OrderStore,
-    pub payments: PaymentStore,
-    pub bus: EventBus,
-    pub stripe: StripeGateway,
+    pub saga: PaymentSaga,
     pub keys: SessionKeys,
 }
 
@@ -45,24 +45,25 @@ impl Application {
         let orders = OrderStore::new(&db);
         let payments = PaymentStore::new(&db);
         payments
-            .versions()
             .ensure_indexes()
             .await
             .context("creating the payments indexes")?;
         let bus = EventBus::connect(&settings.nats, "payments").await?;
+        let saga = PaymentSaga::new(payments.clone(), orders.clone(), stripe, bus.clone());
 
-        let mut background = spawn_listeners(&bus, &orders).await?;
+        let mut background = spawn_listeners(&bus, &orders, &saga).await?;
         background.push(Arc::clone(payments.versions()).spawn_relay(
             bus.clone(),
             background.token(),
             RelayTiming::DEFAULT,
         ));
+        background.push(saga.spawn_reconciler(background.token(), settings.reconcile));
+        // Shutdown waits for this task, and it waits for the charges in flight.
+        background.push(saga.spawn_drain(background.token()));
 
         let state = AppState {
             orders,
-            payments,
-            bus: bus.clone(),
-            stripe,
+            saga,
             keys: SessionKeys::new(&settings.jwt.key),
         };
         let router = finish_router(
@@ -82,7 +83,11 @@ impl Application {
     }
 }
 
-async fn spawn_listeners(bus: &EventBus, orders: &OrderStore) -> anyhow::Result<Background> {
+async fn spawn_listeners(
+    bus: &EventBus,
+    orders: &OrderStore,
+    saga: &PaymentSaga,
+) -> anyhow::Result<Background> {
     // Dropped on an early return, which stops whatever already started.
     let mut background = Background::new();
     let created = {
@@ -100,14 +105,14 @@ async fn spawn_listeners(bus: &EventBus, orders: &OrderStore) -> anyhow::Result<
     };
     background.push(created);
     let cancelled = {
-        let orders = orders.clone();
+        let (orders, saga) = (orders.clone(), saga.clone());
         listen::<OrderCancelled, _, _>(
             bus,
             ListenerOptions::new(QUEUE_GROUP),
             background.token(),
             move |event, _| {
-                let orders = orders.clone();
-                async move { listeners::order_cancelled::handle(&orders, event).await }
+                let (orders, saga) = (orders.clone(), saga.clone());
+                async move { listeners::order_cancelled::handle(&orders, &saga, event).await }
             },
         )
         .await?

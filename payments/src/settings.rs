@@ -7,12 +7,16 @@ use common::settings::{
 };
 use secrecy::SecretString;
 
+use crate::saga::ReconcileTiming;
+
 /// Stripe's production API.
 pub const DEFAULT_STRIPE_API_BASE: &str = "https://api.stripe.com";
 
-/// How long one charge request may take before the payment is answered 502. Well above Stripe's
-/// usual latency, well below the ingress's request timeout.
-pub const DEFAULT_STRIPE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one Stripe request may take before its outcome is `unknown` (left to the reconciler).
+/// Well above Stripe's usual latency, and below what waits for it: the client's payment request
+/// timeout (20 s), the ingress's (60 s), and Kubernetes' grace period minus the preStop sleep
+/// (30 - 5 s), so a request, or a pod stopping, never gives up on a charge still in flight.
+pub const DEFAULT_STRIPE_TIMEOUT: Duration = Duration::from_secs(8);
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -21,6 +25,8 @@ pub struct Settings {
     pub nats: NatsSettings,
     pub jwt: JwtSettings,
     pub stripe: StripeSettings,
+    /// When open payments are asked about again; derived from the Stripe timeout.
+    pub reconcile: ReconcileTiming,
 }
 
 /// Where and as whom charges are made.
@@ -30,18 +36,20 @@ pub struct StripeSettings {
     pub key: SecretString,
     /// Base URL of the API, always ending in `/` (the client appends `v1/...`).
     pub api_base: String,
-    /// Per-request timeout. Not an environment variable: tests shorten it on the struct.
+    /// Per-request timeout (`STRIPE_TIMEOUT_MS`, default 8000).
     pub timeout: Duration,
 }
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        let stripe = StripeSettings::from_env(env)?;
         Ok(Self {
             http: HttpSettings::from_env(env)?,
             mongo: MongoSettings::from_env(env, "payments")?,
             nats: NatsSettings::from_env(env)?,
             jwt: JwtSettings::from_env(env)?,
-            stripe: StripeSettings::from_env(env)?,
+            reconcile: ReconcileTiming::for_stripe_timeout(stripe.timeout),
+            stripe,
         })
     }
 }
@@ -51,9 +59,22 @@ impl StripeSettings {
         Ok(Self {
             key: SecretString::from(env.require("STRIPE_KEY")?),
             api_base: api_base(env.or("STRIPE_API_BASE", DEFAULT_STRIPE_API_BASE))?,
-            timeout: DEFAULT_STRIPE_TIMEOUT,
+            timeout: stripe_timeout(env)?,
         })
     }
+}
+
+/// `STRIPE_TIMEOUT_MS`: at least 100 ms, at most 60 s (Stripe's own advice is "tens of seconds").
+fn stripe_timeout(env: &Env) -> Result<Duration, SettingsError> {
+    let default_ms = u64::try_from(DEFAULT_STRIPE_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
+    let ms: u64 = env.parse_or("STRIPE_TIMEOUT_MS", default_ms)?;
+    if !(100..=60_000).contains(&ms) {
+        return Err(SettingsError::Invalid {
+            name: "STRIPE_TIMEOUT_MS",
+            reason: format!("{ms} is not between 100 and 60000 milliseconds"),
+        });
+    }
+    Ok(Duration::from_millis(ms))
 }
 
 /// An http(s) URL with a host, normalised to end in `/`.
@@ -109,6 +130,31 @@ mod tests {
         assert_eq!(settings.stripe.api_base, "https://api.stripe.com/");
         assert_eq!(settings.stripe.key.expose_secret(), "unit-test-stripe-key");
         assert_eq!(settings.stripe.timeout, DEFAULT_STRIPE_TIMEOUT);
+        Ok(())
+    }
+
+    #[test]
+    fn the_stripe_timeout_is_in_milliseconds_and_sets_the_reconcilers_horizon()
+    -> Result<(), SettingsError> {
+        let settings = Settings::from_env(&env(&[("STRIPE_KEY", "k")]))?;
+        assert_eq!(settings.stripe.timeout, Duration::from_secs(8));
+        assert_eq!(settings.reconcile.horizon, Duration::from_secs(13));
+        let settings =
+            Settings::from_env(&env(&[("STRIPE_KEY", "k"), ("STRIPE_TIMEOUT_MS", "1500")]))?;
+        assert_eq!(settings.stripe.timeout, Duration::from_millis(1500));
+        assert_eq!(settings.reconcile.horizon, Duration::from_millis(6500));
+        for bad in ["0", "99", "60001", "soon", "-5"] {
+            assert!(
+                matches!(
+                    Settings::from_env(&env(&[("STRIPE_KEY", "k"), ("STRIPE_TIMEOUT_MS", bad)])),
+                    Err(SettingsError::Invalid {
+                        name: "STRIPE_TIMEOUT_MS",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
         Ok(())
     }
 

@@ -2,23 +2,37 @@
 //!
 //! * `orders`: a replica of the orders service's orders, filled from `order:created` and
 //!   `order:cancelled`, moved only from version `v - 1` to `v` (CONSISTENCY.md pattern 5).
-//! * `payments`: one per order, whose `_id` IS the order id. It is inserted as a `pending` claim
-//!   before Stripe is called, so two payments for one order cannot both reach Stripe
-//!   (CONSISTENCY.md pattern 2), then committed as `succeeded` with its `payment:created` event
-//!   (patterns 3 and 4), or deleted when the charge fails.
+//! * `payments`: one per order, whose `_id` IS the order id: the order's payment as a persisted state
+//!   machine (CONSISTENCY.md pattern 7). Each attempt to pay is recorded as `pending`, with its own
+//!   id, *before* Stripe is called; every transition is a versioned commit with its events
+//!   (patterns 3 and 4), so two attempts for one order can never both reach Stripe:
+//!
+//! ```text
+//!   (none) ──► pending ──► succeeded ──► refunding ──► refunded
+//!                 │  ▲ │        ▲     ▲
+//!                 │  │ └► unknown ┘     │ (a charge whose order was cancelled meanwhile)
+//!                 ▼  │        └─────────┘
+//!               failed  (a new attempt may start from here; unknown may end here too)
+//! ```
+//!
+//! `unknown` is an answer from Stripe that was late, lost or unreadable: the charge may exist, so
+//! the attempt is never released on it; the reconciler repeats the keyed request until Stripe
+//! gives a definite answer. `refunding` is a charge that must go back because its order was
+//! cancelled; the refund is repeated (keyed by the charge) until Stripe confirms it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::bus::EventBus;
-use common::events::{OrderStatus, PaymentCreated};
+use common::events::{OrderStatus, PaymentCreated, PaymentUpdated};
 use common::store::{
-    Committed, PendingEvent, StoreError, VersionedRecord, VersionedStore, is_duplicate_key,
+    Committed, Decision, PendingEvent, StoreError, VersionedRecord, VersionedStore,
+    is_duplicate_key,
 };
+use futures::TryStreamExt;
 use mongodb::bson::oid::ObjectId;
-use mongodb::bson::{self, Bson, Document, doc};
-use mongodb::{Collection, Database};
+use mongodb::bson::{self, Bson, doc};
+use mongodb::options::IndexOptions;
+use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
 /// The payments service's copy of an order.
@@ -94,30 +108,85 @@ impl OrderStore {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Where an order's payment stands. Spelled in the events and the database as below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PaymentStatus {
-    /// Claimed: a charge is (or was about to be) on its way to Stripe.
+    /// An attempt is recorded and its charge is (or was about to be) on its way to Stripe.
     Pending,
+    /// Stripe's answer was late, lost or unreadable: the charge may exist. The reconciler asks again.
+    Unknown,
+    /// Stripe definitely did not charge; the order may be paid by a new attempt.
+    Failed,
     /// Charged; `stripeId` names the charge.
     Succeeded,
+    /// Charged, but the order was cancelled: the charge is being refunded.
+    Refunding,
+    /// The charge was refunded; `refundId` names the refund.
+    Refunded,
 }
 
-/// A payment: at most one per order, because its `_id` is the order id.
+impl PaymentStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PaymentStatus::Pending => "pending",
+            PaymentStatus::Unknown => "unknown",
+            PaymentStatus::Failed => "failed",
+            PaymentStatus::Succeeded => "succeeded",
+            PaymentStatus::Refunding => "refunding",
+            PaymentStatus::Refunded => "refunded",
+        }
+    }
+
+    /// Whether the attempt still waits for Stripe's answer to its charge.
+    pub const fn is_open(self) -> bool {
+        matches!(self, PaymentStatus::Pending | PaymentStatus::Unknown)
+    }
+
+    /// The states the reconciler looks after.
+    pub const UNSETTLED: [PaymentStatus; 3] = [
+        PaymentStatus::Pending,
+        PaymentStatus::Unknown,
+        PaymentStatus::Refunding,
+    ];
+}
+
+/// An order's payment: at most one per order, because its `_id` is the order id. Its current attempt
+/// is `paymentId`; earlier attempts live in the change documents.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Payment {
     #[serde(rename = "_id")]
     pub order_id: ObjectId,
     pub version: i64,
-    /// The id the API answers with (an ObjectId in hex, like the original's payment ids).
+    /// The current attempt's id (an ObjectId in hex, like the original's payment ids): what the API
+    /// answers with, and what the charge's idempotency key and metadata derive from.
     pub payment_id: String,
     pub status: PaymentStatus,
-    /// SHA-256 of the card token, hex: the token itself is not kept.
+    /// What the attempt charges, in euro cents.
+    pub amount_cents: i64,
+    /// SHA-256 of the card token, hex.
     pub token_hash: String,
+    /// The card token, only while the charge's outcome is open: repeating a keyed request needs the
+    /// same parameters. Tokens are single-use; it is removed with the first definite answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stripe_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund_id: Option<String>,
+    /// Why the attempt failed, for the logs and the order page (a decline message is the customer's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// How many attempts this order has had.
+    pub attempts: i64,
+    /// The order was cancelled while this attempt was open: if it turns out charged, the charge goes
+    /// straight to `refunding`.
+    #[serde(default)]
+    pub order_cancelled: bool,
     pub created_at: bson::DateTime,
+    /// When the state last changed: the reconciler's horizon counts from here.
+    pub updated_at: bson::DateTime,
 }
 
 impl VersionedRecord for Payment {
@@ -134,37 +203,79 @@ impl VersionedRecord for Payment {
     }
 }
 
-/// How often a succeeded charge's commit is attempted before giving up: the card has been charged,
-/// so a passing database hiccup must not lose the record.
-const COMMIT_ATTEMPTS: u32 = 3;
-const COMMIT_RETRY_DELAY: Duration = Duration::from_millis(200);
+impl Payment {
+    /// The `payment:updated` event of this state.
+    pub fn updated_event(&self) -> PaymentUpdated {
+        PaymentUpdated {
+            id: self.payment_id.clone(),
+            order_id: self.order_id.to_hex(),
+            version: self.version,
+            status: self.status.as_str().to_owned(),
+            stripe_id: self.stripe_id.clone(),
+            refund_id: self.refund_id.clone(),
+        }
+    }
 
-/// The outcome of trying to claim an order for payment.
+    /// The next version of this payment in `status`, stamped now.
+    fn next(&self, status: PaymentStatus) -> Self {
+        Self {
+            version: self.version + 1,
+            status,
+            updated_at: bson::DateTime::now(),
+            ..self.clone()
+        }
+    }
+
+    /// The events of a commit that moved the payment to this state.
+    fn events(&self) -> Result<Vec<PendingEvent>, StoreError> {
+        let mut events = Vec::with_capacity(2);
+        if self.status == PaymentStatus::Succeeded
+            && let Some(stripe_id) = &self.stripe_id
+        {
+            events.push(PendingEvent::of(&PaymentCreated {
+                id: self.payment_id.clone(),
+                order_id: self.order_id.to_hex(),
+                stripe_id: stripe_id.clone(),
+            })?);
+        }
+        events.push(PendingEvent::of(&self.updated_event())?);
+        Ok(events)
+    }
+}
+
+/// How an attempt's charge ended, as far as Stripe said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    Charged { stripe_id: String },
+    Failed { reason: String },
+    Unknown,
+}
+
+/// The outcome of trying to start an attempt.
 #[derive(Debug)]
-pub enum Claim {
-    /// This request owns the order's payment now.
-    Won(Payment),
-    /// Someone else does; their record, if it is visible yet.
-    Taken(Option<Payment>),
+pub enum Begin {
+    /// This caller owns the new attempt (status `pending`) and must see its charge through.
+    Started(Payment, Committed),
+    /// The order's payment is not open for a new attempt; its current state, if visible yet.
+    Busy(Option<Payment>),
 }
 
 #[derive(Clone)]
 pub struct PaymentStore {
     versions: Arc<VersionedStore<Payment>>,
-    changes: Collection<Document>,
 }
 
 impl PaymentStore {
     pub const COLLECTION: &'static str = "payments";
+    pub const STATUS_INDEX: &'static str = "status_updated";
 
     pub fn new(db: &Database) -> Self {
         Self {
             versions: Arc::new(VersionedStore::new(db, Self::COLLECTION)),
-            changes: db.collection(&format!("{}_changes", Self::COLLECTION)),
         }
     }
 
-    /// The versioned store, for the outbox relay and indexes.
+    /// The versioned store, for the outbox relay.
     pub fn versions(&self) -> &Arc<VersionedStore<Payment>> {
         &self.versions
     }
@@ -173,89 +284,215 @@ impl PaymentStore {
         self.versions.records()
     }
 
+    /// The outbox's index and the reconciler's (payments by status, oldest change first).
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        self.versions.ensure_indexes().await?;
+        self.records()
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "status": 1, "updatedAt": 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .name(Self::STATUS_INDEX.to_owned())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await?;
+        Ok(())
+    }
+
     pub async fn get(&self, order_id: ObjectId) -> Result<Option<Payment>, StoreError> {
         self.versions.get(Bson::ObjectId(order_id)).await
     }
 
-    /// Inserts a `pending` payment for the order: only one caller can, whatever the database.
-    pub async fn claim(
+    /// Records a new `pending` attempt to pay `order` with `token`, unless the order's payment is
+    /// open, paid or refunded. Exclusive on any database: the first attempt is an insert of the
+    /// order's id, a later one (after `failed`) a claim of the next version.
+    pub async fn begin(
         &self,
-        bus: &EventBus,
-        order_id: ObjectId,
+        order: &Order,
+        token: &str,
         token_hash: String,
-    ) -> Result<Claim, StoreError> {
-        let payment = Payment {
-            order_id,
+    ) -> Result<Begin, StoreError> {
+        let now = bson::DateTime::now();
+        let first = Payment {
+            order_id: order.id,
             version: 0,
             payment_id: ObjectId::new().to_hex(),
             status: PaymentStatus::Pending,
-            token_hash,
+            amount_cents: order.price_cents,
+            token_hash: token_hash.clone(),
+            source: Some(token.to_owned()),
             stripe_id: None,
-            created_at: bson::DateTime::now(),
+            refund_id: None,
+            failure: None,
+            attempts: 1,
+            order_cancelled: false,
+            created_at: now,
+            updated_at: now,
         };
-        match self.versions.create(&payment, Vec::new()).await {
-            Ok(committed) => {
-                // The claim has no events; marking it published now keeps the outbox relay from
-                // ever re-materialising it while `release` deletes it.
-                self.versions.publish(bus, &committed).await;
-                Ok(Claim::Won(payment))
-            }
-            Err(StoreError::Duplicate) => Ok(Claim::Taken(self.get(order_id).await?)),
+        match self.versions.create(&first, first.events()?).await {
+            Ok(committed) => return Ok(Begin::Started(first, committed)),
+            Err(StoreError::Duplicate) => {}
+            Err(other) => return Err(other),
+        }
+        let modified = self
+            .versions
+            .modify(Bson::ObjectId(order.id), |current: &Payment| {
+                if current.status != PaymentStatus::Failed {
+                    return Ok::<_, StoreError>(Decision::Unchanged);
+                }
+                let next = Payment {
+                    payment_id: ObjectId::new().to_hex(),
+                    amount_cents: order.price_cents,
+                    token_hash: token_hash.clone(),
+                    source: Some(token.to_owned()),
+                    stripe_id: None,
+                    refund_id: None,
+                    failure: None,
+                    attempts: current.attempts + 1,
+                    order_cancelled: false,
+                    ..current.next(PaymentStatus::Pending)
+                };
+                let events = next.events()?;
+                Ok(Decision::Commit { next, events })
+            })
+            .await;
+        match modified {
+            Ok((payment, Some(committed))) => Ok(Begin::Started(payment, committed)),
+            Ok((payment, None)) => Ok(Begin::Busy(Some(payment))),
+            // The first attempt's record is being written right now.
+            Err(StoreError::NotFound) => Ok(Begin::Busy(None)),
             Err(other) => Err(other),
         }
     }
 
-    /// Records the charge on a claim won by this caller and stores `payment:created` with it.
-    pub async fn succeed(
+    /// Records what Stripe said about `attempt`'s charge. Only an attempt that is still open and
+    /// still the order's current one moves; whoever settles it first (the request, the reconciler
+    /// of any replica) wins, and the others get the settled payment back unchanged.
+    pub async fn settle(
         &self,
-        claim: &Payment,
-        stripe_id: String,
-    ) -> Result<(Payment, Committed), StoreError> {
-        let next = Payment {
-            version: claim.version + 1,
-            status: PaymentStatus::Succeeded,
-            stripe_id: Some(stripe_id.clone()),
-            ..claim.clone()
-        };
-        let event = PendingEvent::of(&PaymentCreated {
-            id: claim.payment_id.clone(),
-            order_id: claim.order_id.to_hex(),
-            stripe_id,
-        })?;
-        let mut attempt = 1;
-        loop {
-            match self
-                .versions
-                .commit(claim, &next, vec![event.clone()])
-                .await
-            {
-                Ok(committed) => return Ok((next, committed)),
-                // Nobody else writes a claimed payment, so only a database failure is worth retrying.
-                Err(StoreError::Db(err)) if attempt < COMMIT_ATTEMPTS => {
-                    tracing::warn!(order_id = %claim.order_id, error = %err, attempt,
-                        "recording a succeeded charge failed; retrying");
-                    attempt += 1;
-                    tokio::time::sleep(COMMIT_RETRY_DELAY).await;
-                }
-                Err(other) => return Err(other),
-            }
+        attempt: &Payment,
+        settlement: Settlement,
+    ) -> Result<(Payment, Option<Committed>), StoreError> {
+        self.versions
+            .modify(Bson::ObjectId(attempt.order_id), |current: &Payment| {
+                let open = current.payment_id == attempt.payment_id && current.status.is_open();
+                let next = match (&settlement, current.status) {
+                    _ if !open => return Ok::<_, StoreError>(Decision::Unchanged),
+                    (Settlement::Unknown, PaymentStatus::Unknown) => {
+                        return Ok(Decision::Unchanged);
+                    }
+                    (Settlement::Unknown, _) => current.next(PaymentStatus::Unknown),
+                    // Charged for an order cancelled meanwhile: the charge must go back.
+                    (Settlement::Charged { stripe_id }, _) if current.order_cancelled => Payment {
+                        stripe_id: Some(stripe_id.clone()),
+                        source: None,
+                        ..current.next(PaymentStatus::Refunding)
+                    },
+                    (Settlement::Charged { stripe_id }, _) => Payment {
+                        stripe_id: Some(stripe_id.clone()),
+                        source: None,
+                        ..current.next(PaymentStatus::Succeeded)
+                    },
+                    (Settlement::Failed { reason }, _) => Payment {
+                        failure: Some(reason.clone()),
+                        source: None,
+                        ..current.next(PaymentStatus::Failed)
+                    },
+                };
+                let events = next.events()?;
+                Ok(Decision::Commit { next, events })
+            })
+            .await
+    }
+
+    /// Records that the order was cancelled: a succeeded payment goes to `refunding`; an open
+    /// attempt is marked, so that its settlement sends a charge straight to `refunding`. Both are
+    /// versioned commits, so a settlement racing this either sees the mark or is seen by it.
+    /// `None` when the order has no payment record.
+    pub async fn order_cancelled(
+        &self,
+        order_id: ObjectId,
+    ) -> Result<Option<(Payment, Option<Committed>)>, StoreError> {
+        let modified = self
+            .versions
+            .modify(Bson::ObjectId(order_id), |current: &Payment| {
+                let next = match current.status {
+                    PaymentStatus::Succeeded => current.next(PaymentStatus::Refunding),
+                    status if status.is_open() && !current.order_cancelled => Payment {
+                        order_cancelled: true,
+                        version: current.version + 1,
+                        ..current.clone()
+                    },
+                    _ => return Ok::<_, StoreError>(Decision::Unchanged),
+                };
+                let events = next.events()?;
+                Ok(Decision::Commit { next, events })
+            })
+            .await;
+        match modified {
+            Ok(done) => Ok(Some(done)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(other) => Err(other),
         }
     }
 
-    /// Deletes a claim this caller won, after a charge that did not happen: the order can be paid
-    /// again. The record goes first, so nobody can take over the change document in between and
-    /// then find a stale record; both deletes only touch this caller's own payment.
-    pub async fn release(&self, claim: &Payment) -> Result<(), StoreError> {
-        self.records()
-            .delete_one(doc! { "_id": claim.order_id, "paymentId": &claim.payment_id })
-            .await?;
-        // The change document of version `v` of record `id` is `"<id>:<v>"` (common::store).
-        self.changes
-            .delete_one(doc! {
-                "_id": format!("{}:{}", claim.order_id.to_hex(), claim.version),
-                "state.paymentId": &claim.payment_id,
+    /// Records the refund of a `refunding` payment.
+    pub async fn refunded(
+        &self,
+        order_id: ObjectId,
+        refund_id: Option<String>,
+    ) -> Result<(Payment, Option<Committed>), StoreError> {
+        self.versions
+            .modify(Bson::ObjectId(order_id), |current: &Payment| {
+                if current.status != PaymentStatus::Refunding {
+                    return Ok::<_, StoreError>(Decision::Unchanged);
+                }
+                let next = Payment {
+                    refund_id: refund_id.clone(),
+                    ..current.next(PaymentStatus::Refunded)
+                };
+                let events = next.events()?;
+                Ok(Decision::Commit { next, events })
             })
-            .await?;
-        Ok(())
+            .await
+    }
+
+    /// Payments waiting for Stripe (open charges, refunds to make) whose last change is older than
+    /// `before`, oldest first, at most `limit`. One indexed query per state: on MongoDB an index
+    /// range; FerretDB's PostgreSQL backend pushes the equality down.
+    pub async fn unsettled(
+        &self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Payment>, StoreError> {
+        let before = bson::DateTime::from_millis(before.timestamp_millis());
+        let mut found = Vec::new();
+        for status in PaymentStatus::UNSETTLED {
+            let mut batch: Vec<Payment> = self
+                .records()
+                .find(doc! { "status": status.as_str(), "updatedAt": { "$lt": before } })
+                .sort(doc! { "updatedAt": 1 })
+                .limit(limit)
+                .await?
+                .try_collect()
+                .await?;
+            found.append(&mut batch);
+        }
+        Ok(found)
+    }
+
+    /// How many payments wait for Stripe in any state, whatever their age.
+    pub async fn count_unsettled(&self) -> Result<u64, StoreError> {
+        let mut total = 0;
+        for status in PaymentStatus::UNSETTLED {
+            total += self
+                .records()
+                .count_documents(doc! { "status": status.as_str() })
+                .await?;
+        }
+        Ok(total)
     }
 }

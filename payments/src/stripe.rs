@@ -1,14 +1,19 @@
-//! Charges through Stripe (async-stripe 1.0 RC: hyper 1 + rustls, like the rest of the workspace).
+//! Charges and refunds through Stripe (async-stripe 1.0 RC: hyper 1 + rustls, like the rest of the
+//! workspace).
 //!
-//! Every charge carries an `Idempotency-Key` derived from the order id and the card token's hash:
-//! repeating a payment with the same token gets the same charge (or the same decline) back from
-//! Stripe instead of a second one, while a new token after a decline is a new attempt.
+//! Every request carries an `Idempotency-Key` derived from what it is about, never from what the
+//! buyer sends: a charge from its payment attempt's id, a refund from the charge's id. Repeating a
+//! request with its key gets Stripe's saved answer (for 24 h) instead of a second charge or refund,
+//! which is how an answer that was late, lost or unreadable is resolved (see `crate::saga`).
+
+use std::collections::HashMap;
 
 use anyhow::Context as _;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use stripe::{ApiErrorsType, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
 use stripe_core::charge::CreateCharge;
+use stripe_core::refund::CreateRefund;
 use stripe_types::Currency;
 
 use crate::settings::StripeSettings;
@@ -16,19 +21,28 @@ use crate::settings::StripeSettings;
 /// What a customer is told when Stripe refuses a charge without saying why.
 pub const GENERIC_DECLINE: &str = "Your payment could not be processed.";
 
-/// Why a charge did not happen.
-#[derive(Debug, thiserror::Error)]
-pub enum ChargeError {
-    /// Stripe refused the charge (card declined, invalid token, amount too small ...). The message
-    /// is Stripe's, written for the customer.
-    #[error("charge refused: {0}")]
+/// What Stripe did with a charge or refund request, as far as we can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StripeOutcome {
+    /// Done; the id of the charge or refund.
+    Done(String),
+    /// Definitely not done, for a reason about the buyer's payment (card declined, invalid token,
+    /// amount too small): Stripe's message, written for the customer.
     Refused(String),
-    /// Stripe could not be reached, timed out, or failed on its side. Safe to retry: the
-    /// idempotency key makes a retry return whatever the first attempt did.
-    #[error("Stripe unavailable: {0}")]
+    /// Definitely not done, for a reason that is not the buyer's: rate limited, or a request Stripe
+    /// will not accept from us (a bad key). The cause is for the logs only.
+    NotDone(Unprocessed),
+    /// Maybe done: a timeout, a dropped connection after sending, a 5xx, a concurrent request with
+    /// the same key, a success we could not read. Only repeating the keyed request can tell.
+    Uncertain(String),
+}
+
+/// Why Stripe definitely did not process a request that was not the buyer's fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unprocessed {
+    /// Stripe could not be reached at all, or asked us to slow down: retrying later may work.
     Unavailable(String),
-    /// Our own fault (a bad or revoked API key, a request Stripe cannot accept from us).
-    #[error("Stripe rejected our request: {0}")]
+    /// Our own fault (a bad or revoked API key, an idempotency key reused with other parameters).
     Misconfigured(String),
 }
 
@@ -38,14 +52,17 @@ pub struct StripeGateway {
     client: stripe::Client,
 }
 
-/// One charge to make.
+/// One charge to make (or to repeat, with the same key and parameters).
 #[derive(Debug, Clone)]
 pub struct ChargeRequest<'a> {
     /// Integer cents; Stripe's `amount` is in the currency's smallest unit.
     pub amount_cents: i64,
-    /// The card token from Stripe Checkout (`tok_...`).
+    /// The card token from the card form (`tok_...`).
     pub source: &'a str,
-    pub idempotency_key: String,
+    /// The order paid for, in the charge's metadata so the charge can be found at Stripe.
+    pub order_id: String,
+    /// The payment attempt: the idempotency key and the metadata derive from it.
+    pub attempt_id: &'a str,
 }
 
 impl StripeGateway {
@@ -53,8 +70,7 @@ impl StripeGateway {
         let client = stripe::ClientBuilder::new(settings.key.expose_secret())
             .url(settings.api_base.clone())
             .timeout(settings.timeout)
-            // One attempt per payment request: the customer's retry is the retry, and the
-            // idempotency key makes it safe.
+            // One try per call: the reconciler repeats uncertain calls with the same key.
             .request_strategy(RequestStrategy::Once)
             .app_info("ticketing-payments", None, None)
             .build()
@@ -62,66 +78,113 @@ impl StripeGateway {
         Ok(Self { client })
     }
 
-    /// Charges `amount_cents` euro cents to `source`. Returns the charge id.
-    pub async fn charge(&self, request: &ChargeRequest<'_>) -> Result<String, ChargeError> {
-        let key = IdempotencyKey::new(&request.idempotency_key)
-            .map_err(|e| ChargeError::Misconfigured(format!("idempotency key: {e}")))?;
-        let charge = CreateCharge::new()
+    /// Charges `amount_cents` euro cents to `source`, keyed by the attempt.
+    pub async fn charge(&self, request: &ChargeRequest<'_>) -> StripeOutcome {
+        let key = match IdempotencyKey::new(charge_idempotency_key(request.attempt_id)) {
+            Ok(key) => key,
+            Err(e) => {
+                return StripeOutcome::NotDone(Unprocessed::Misconfigured(format!(
+                    "idempotency key: {e}"
+                )));
+            }
+        };
+        let metadata = HashMap::from([
+            ("order_id".to_owned(), request.order_id.clone()),
+            ("attempt_id".to_owned(), request.attempt_id.to_owned()),
+        ]);
+        let sent = CreateCharge::new()
             .amount(request.amount_cents)
             .currency(Currency::EUR)
             .source(request.source)
+            .metadata(metadata)
             .customize()
             .request_strategy(RequestStrategy::Idempotent(key))
             .send(&self.client)
-            .await
-            .map_err(classify)?;
-        Ok(charge.id.as_str().to_owned())
+            .await;
+        match sent {
+            Ok(charge) => StripeOutcome::Done(charge.id.as_str().to_owned()),
+            Err(err) => classify(err),
+        }
+    }
+
+    /// Refunds the whole charge, keyed by the charge: asking twice refunds once.
+    pub async fn refund(&self, charge_id: &str, order_id: &str) -> StripeOutcome {
+        let key = match IdempotencyKey::new(refund_idempotency_key(charge_id)) {
+            Ok(key) => key,
+            Err(e) => {
+                return StripeOutcome::NotDone(Unprocessed::Misconfigured(format!(
+                    "idempotency key: {e}"
+                )));
+            }
+        };
+        let metadata = HashMap::from([("order_id".to_owned(), order_id.to_owned())]);
+        let sent = CreateRefund::new()
+            .charge(charge_id)
+            .metadata(metadata)
+            .customize()
+            .request_strategy(RequestStrategy::Idempotent(key))
+            .send(&self.client)
+            .await;
+        match sent {
+            Ok(refund) => StripeOutcome::Done(refund.id.as_str().to_owned()),
+            Err(StripeError::Stripe(api, _))
+                if api.code.as_ref().map(|c| c.as_str()) == Some("charge_already_refunded") =>
+            {
+                // Refunded before, by us under another key or by a person in the dashboard.
+                StripeOutcome::Done(String::new())
+            }
+            Err(err) => classify(err),
+        }
     }
 }
 
-/// Sorts a Stripe failure into what the customer can do about it.
-fn classify(err: StripeError) -> ChargeError {
+/// Sorts a Stripe failure by what it says about the request having been processed.
+fn classify(err: StripeError) -> StripeOutcome {
     match err {
         StripeError::Stripe(api, status) => {
             let message = api.message.clone().filter(|m| !m.trim().is_empty());
-            let detail = || {
-                format!(
-                    "{status} {}: {}",
-                    api.type_.as_str(),
-                    message.clone().unwrap_or_default()
-                )
-            };
+            let detail = format!(
+                "{status} {}: {}",
+                api.type_.as_str(),
+                message.clone().unwrap_or_default()
+            );
             match (&api.type_, status) {
                 (ApiErrorsType::CardError, _) => {
-                    ChargeError::Refused(message.unwrap_or_else(|| GENERIC_DECLINE.to_owned()))
+                    StripeOutcome::Refused(message.unwrap_or_else(|| GENERIC_DECLINE.to_owned()))
                 }
-                // Rate limited, a concurrent request with our key, or a Stripe-side failure: the
-                // same request may succeed later.
-                (_, 409 | 429) | (_, 500..) => ChargeError::Unavailable(detail()),
-                // Our key is wrong or lacks permission, or our key was reused with other
-                // parameters: nothing the customer can fix, and the message is about us.
+                // Rate limited: Stripe did not process the request.
+                (_, 429) => StripeOutcome::NotDone(Unprocessed::Unavailable(detail)),
+                // A concurrent request with our key is still running, or Stripe failed on its side
+                // after perhaps processing it: only a repeat of the keyed request can tell.
+                (_, 409) | (_, 500..) => StripeOutcome::Uncertain(detail),
+                // Our key is wrong or lacks permission, or our idempotency key was reused with
+                // other parameters: nothing the customer can fix, and the message is about us.
                 (ApiErrorsType::IdempotencyError, _) | (_, 401 | 403) => {
-                    ChargeError::Misconfigured(detail())
+                    StripeOutcome::NotDone(Unprocessed::Misconfigured(detail))
                 }
-                // Any other refusal (e.g. `No such token`, amount too small): the reason is about
-                // the payment the customer attempted.
+                // Any other refusal (`No such token`, amount too small): the reason is about the
+                // payment the customer attempted.
                 (_, 400..=499) => {
-                    ChargeError::Refused(message.unwrap_or_else(|| GENERIC_DECLINE.to_owned()))
+                    StripeOutcome::Refused(message.unwrap_or_else(|| GENERIC_DECLINE.to_owned()))
                 }
-                _ => ChargeError::Unavailable(format!("unexpected {}", detail())),
+                _ => StripeOutcome::Uncertain(format!("unexpected {detail}")),
             }
         }
-        // A 5xx with an HTML body, a success we cannot read, a dropped connection, a timeout.
+        // A success whose body we cannot read: the charge may exist.
         StripeError::JSONDeserialize(e) => {
-            ChargeError::Unavailable(format!("unreadable answer: {e}"))
+            StripeOutcome::Uncertain(format!("unreadable answer: {e}"))
         }
-        StripeError::ClientError(e) => ChargeError::Unavailable(format!("transport: {e}")),
-        StripeError::Timeout => ChargeError::Unavailable("timed out".to_owned()),
-        StripeError::ConfigError(e) => ChargeError::Misconfigured(e),
+        // hyper's connect errors read "client error (Connect)": no connection, so nothing was sent.
+        StripeError::ClientError(e) if e.contains("(Connect)") => {
+            StripeOutcome::NotDone(Unprocessed::Unavailable(format!("cannot connect: {e}")))
+        }
+        StripeError::ClientError(e) => StripeOutcome::Uncertain(format!("transport: {e}")),
+        StripeError::Timeout => StripeOutcome::Uncertain("timed out".to_owned()),
+        StripeError::ConfigError(e) => StripeOutcome::NotDone(Unprocessed::Misconfigured(e)),
     }
 }
 
-/// SHA-256 of a card token, hex. Stored instead of the token and part of the idempotency key.
+/// SHA-256 of a card token, hex: kept on a finished attempt instead of the token.
 pub fn token_hash(token: &str) -> String {
     Sha256::digest(token.as_bytes())
         .iter()
@@ -129,9 +192,14 @@ pub fn token_hash(token: &str) -> String {
         .collect()
 }
 
-/// The same order paid with the same token is the same Stripe request.
-pub fn idempotency_key(order_id: &str, token_hash: &str) -> String {
-    format!("payment-{order_id}-{token_hash}")
+/// One payment attempt is one Stripe charge, whatever the buyer does meanwhile.
+pub fn charge_idempotency_key(attempt_id: &str) -> String {
+    format!("charge-{attempt_id}")
+}
+
+/// One charge is refunded at most once.
+pub fn refund_idempotency_key(charge_id: &str) -> String {
+    format!("refund-{charge_id}")
 }
 
 #[cfg(test)]
@@ -148,16 +216,81 @@ mod tests {
     }
 
     #[test]
-    fn idempotency_keys_differ_by_order_and_by_token_and_fit_stripe_limits() {
-        let order = "64b7f0c2a1b2c3d4e5f60718";
-        let a = idempotency_key(order, &token_hash("tok_a"));
-        assert_eq!(a, idempotency_key(order, &token_hash("tok_a")));
-        assert_ne!(a, idempotency_key(order, &token_hash("tok_b")));
-        assert_ne!(
-            a,
-            idempotency_key("64b7f0c2a1b2c3d4e5f60719", &token_hash("tok_a"))
+    fn idempotency_keys_name_the_attempt_or_the_charge_and_fit_stripe_limits() {
+        let attempt = "64b7f0c2a1b2c3d4e5f60718";
+        assert_eq!(
+            charge_idempotency_key(attempt),
+            "charge-64b7f0c2a1b2c3d4e5f60718"
         );
-        assert!(IdempotencyKey::new(&a).is_ok());
-        assert!(a.len() <= 255);
+        assert_ne!(
+            charge_idempotency_key(attempt),
+            charge_idempotency_key("64b7f0c2a1b2c3d4e5f60719")
+        );
+        assert_eq!(refund_idempotency_key("ch_1"), "refund-ch_1");
+        assert!(IdempotencyKey::new(charge_idempotency_key(attempt)).is_ok());
+        assert!(IdempotencyKey::new(refund_idempotency_key("ch_3PgaxNB7WZ01zgkW0")).is_ok());
+    }
+
+    fn api_error(status: u16, type_: ApiErrorsType, message: Option<&str>) -> StripeError {
+        let api = stripe::ApiErrors {
+            advice_code: None,
+            charge: None,
+            code: None,
+            decline_code: None,
+            doc_url: None,
+            message: message.map(str::to_owned),
+            network_advice_code: None,
+            network_decline_code: None,
+            param: None,
+            payment_intent: None,
+            payment_method: None,
+            payment_method_type: None,
+            request_log_url: None,
+            setup_intent: None,
+            source: None,
+            type_,
+        };
+        StripeError::Stripe(Box::new(api), status)
+    }
+
+    #[test]
+    fn only_definite_answers_say_the_charge_did_not_happen() {
+        let declined = api_error(
+            402,
+            ApiErrorsType::CardError,
+            Some("Your card was declined."),
+        );
+        assert_eq!(
+            classify(declined),
+            StripeOutcome::Refused("Your card was declined.".into())
+        );
+        let limited = api_error(429, ApiErrorsType::InvalidRequestError, None);
+        assert!(matches!(
+            classify(limited),
+            StripeOutcome::NotDone(Unprocessed::Unavailable(_))
+        ));
+        let key = api_error(401, ApiErrorsType::InvalidRequestError, None);
+        assert!(matches!(
+            classify(key),
+            StripeOutcome::NotDone(Unprocessed::Misconfigured(_))
+        ));
+        for uncertain in [
+            api_error(500, ApiErrorsType::ApiError, None),
+            api_error(409, ApiErrorsType::IdempotencyError, None),
+            StripeError::Timeout,
+            StripeError::JSONDeserialize("eof".into()),
+            StripeError::ClientError("connection closed before message completed".into()),
+        ] {
+            assert!(
+                matches!(classify(uncertain), StripeOutcome::Uncertain(_)),
+                "must stay uncertain"
+            );
+        }
+        assert!(matches!(
+            classify(StripeError::ClientError(
+                "client error (Connect): tcp connect error".into()
+            )),
+            StripeOutcome::NotDone(Unprocessed::Unavailable(_))
+        ));
     }
 }

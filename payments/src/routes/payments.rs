@@ -1,4 +1,8 @@
-//! `POST /api/payments`: pay an order with a card token, at most once per order.
+//! `POST /api/payments`: pay an order with a card token, at most once per order (see `crate::saga`).
+//!
+//! Answers beyond the SPEC's: 202 with [`BEING_CONFIRMED`] in the error shape when Stripe's answer
+//! is uncertain (the reconciler settles it), 409 while an attempt is open, 400 [`REFUNDED`] when the
+//! order was cancelled during its charge, 502 when Stripe definitely did not charge.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,8 +15,8 @@ use common::store::parse_id;
 use serde_json::{Value, json};
 
 use crate::app::AppState;
-use crate::store::{Claim, Payment, PaymentStatus};
-use crate::stripe::{ChargeError, ChargeRequest, idempotency_key, token_hash};
+use crate::saga::PayOutcome;
+use crate::store::{Payment, PaymentStatus};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/payments", post(create_payment))
@@ -25,6 +29,11 @@ pub const ALREADY_PAID: &str = "Order has already been paid.";
 pub const EXPIRED_ORDER: &str = "Order has expired.";
 pub const IN_PROGRESS: &str = "A payment for this order is already in progress.";
 pub const PROVIDER_UNAVAILABLE: &str = "Payment provider unavailable, please try again.";
+/// Stripe's answer is late or was lost: the charge may exist, and is being confirmed with Stripe.
+pub const BEING_CONFIRMED: &str = "Your payment is being confirmed. You will not be charged twice; check the order again in a moment.";
+/// The order was cancelled (or expired) while it was being charged.
+pub const REFUNDED: &str =
+    "The order was cancelled while it was being paid; your payment is refunded.";
 
 #[derive(Debug)]
 pub struct NewPayment {
@@ -70,9 +79,11 @@ async fn create_payment(
         OrderStatus::Created | OrderStatus::AwaitingPayment => {}
     }
     // A cheap early answer (also for a paid order whose window has since passed: this replica never
-    // hears of `complete`); the claim below is what guarantees a single charge.
-    if let Some(existing) = state.payments.get(order_id).await? {
-        return Err(taken(Some(existing)));
+    // hears of `complete`); recording the attempt below is what guarantees a single charge.
+    if let Some(existing) = state.saga.payments().get(order_id).await?
+        && existing.status != PaymentStatus::Failed
+    {
+        return Err(busy(Some(existing)));
     }
     // The expiration service may not have cancelled it yet, but the buyer's window is over: charging
     // now would take money for a reservation that is about to be released.
@@ -80,73 +91,42 @@ async fn create_payment(
         return Err(ApiError::bad_request(EXPIRED_ORDER));
     }
 
-    let token_hash = token_hash(&body.token);
-    let claim = match state
-        .payments
-        .claim(&state.bus, order_id, token_hash.clone())
-        .await?
-    {
-        Claim::Won(claim) => claim,
-        Claim::Taken(existing) => return Err(taken(existing)),
-    };
-
-    let request = ChargeRequest {
-        amount_cents: order.price_cents,
-        source: &body.token,
-        idempotency_key: idempotency_key(&order_id.to_hex(), &token_hash),
-    };
-    let stripe_id = match state.stripe.charge(&request).await {
-        Ok(stripe_id) => stripe_id,
-        Err(err) => {
-            // Nothing was charged: free the order for another attempt.
-            if let Err(release) = state.payments.release(&claim).await {
-                tracing::error!(error = %release, "could not release the payment claim after a failed charge");
-            }
-            return Err(charge_failed(err));
+    match state.saga.pay(&order, &body.token).await? {
+        PayOutcome::Paid(payment) => {
+            tracing::info!(payment_id = %payment.payment_id, stripe_id = ?payment.stripe_id, "order paid");
+            Ok((
+                StatusCode::CREATED,
+                Json(json!({ "success": true, "id": payment.payment_id })),
+            ))
         }
-    };
-
-    let (payment, committed) = state
-        .payments
-        .succeed(&claim, stripe_id.clone())
-        .await
-        .map_err(|err| {
-            // The card is charged but the payment is not recorded: the claim stays (the order
-            // cannot be charged twice) and this line is what reconciliation starts from.
-            tracing::error!(%stripe_id, error = %err, "a succeeded charge could not be recorded");
-            ApiError::from(err)
-        })?;
-    state
-        .payments
-        .versions()
-        .publish(&state.bus, &committed)
-        .await;
-    tracing::info!(payment_id = %payment.payment_id, %stripe_id, "order paid");
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "success": true, "id": payment.payment_id })),
-    ))
-}
-
-/// The answer when the order's payment belongs to someone else (or an earlier request).
-fn taken(existing: Option<Payment>) -> ApiError {
-    match existing.map(|p| p.status) {
-        Some(PaymentStatus::Succeeded) => ApiError::bad_request(ALREADY_PAID),
-        // Pending, or a claim whose record is being written or deleted right now.
-        Some(PaymentStatus::Pending) | None => ApiError::Conflict(IN_PROGRESS.to_owned()),
+        PayOutcome::Confirming => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "errors": [{ "message": BEING_CONFIRMED }] })),
+        )),
+        PayOutcome::Declined(message) => Err(ApiError::BadRequest(message)),
+        PayOutcome::Unavailable => Err(ApiError::Upstream {
+            status: StatusCode::BAD_GATEWAY,
+            message: PROVIDER_UNAVAILABLE.to_owned(),
+        }),
+        PayOutcome::Misconfigured(cause) => Err(ApiError::Internal(anyhow::anyhow!(
+            "Stripe rejected our request: {cause}"
+        ))),
+        PayOutcome::OrderCancelled => Err(ApiError::bad_request(CANCELLED_ORDER)),
+        PayOutcome::Refunded => Err(ApiError::bad_request(REFUNDED)),
+        PayOutcome::Busy(current) => Err(busy(current)),
     }
 }
 
-fn charge_failed(err: ChargeError) -> ApiError {
-    match err {
-        ChargeError::Refused(message) => ApiError::BadRequest(message),
-        ChargeError::Unavailable(cause) => {
-            tracing::warn!(%cause, "Stripe unavailable");
-            ApiError::Upstream {
-                status: StatusCode::BAD_GATEWAY,
-                message: PROVIDER_UNAVAILABLE.to_owned(),
-            }
+/// The answer when the order's payment is not open for a new attempt.
+fn busy(existing: Option<Payment>) -> ApiError {
+    match existing.map(|p| p.status) {
+        Some(PaymentStatus::Succeeded) => ApiError::bad_request(ALREADY_PAID),
+        Some(PaymentStatus::Refunding | PaymentStatus::Refunded) => ApiError::bad_request(REFUNDED),
+        Some(PaymentStatus::Unknown) => ApiError::Conflict(BEING_CONFIRMED.to_owned()),
+        // Pending, or an attempt whose record is being written right now. (`Failed` never gets
+        // here: a new attempt starts from it.)
+        Some(PaymentStatus::Pending | PaymentStatus::Failed) | None => {
+            ApiError::Conflict(IN_PROGRESS.to_owned())
         }
-        misconfigured @ ChargeError::Misconfigured(_) => ApiError::Internal(misconfigured.into()),
     }
 }

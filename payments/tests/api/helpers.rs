@@ -7,14 +7,17 @@ use common::events::{
     OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStatus, PaymentCreated, TicketRef,
 };
 use common::money::Price;
+use common::testing::stripe_double::StripeDouble;
 use common::testing::{new_user_id, require_infra, session_cookie, test_env};
 use mongodb::Database;
+use mongodb::bson::doc;
 use mongodb::bson::oid::ObjectId;
-use mongodb::bson::{Document, doc};
 use payments::app::Application;
 use payments::listeners::{order_cancelled, order_created};
+use payments::saga::{PaymentSaga, ReconcileTiming};
 use payments::settings::Settings;
-use payments::store::{Order, OrderStore, Payment, PaymentStore};
+use payments::store::{Order, OrderStore, Payment, PaymentStatus, PaymentStore};
+use payments::stripe::StripeGateway;
 use reqwest::StatusCode;
 use reqwest::header::COOKIE;
 use serde_json::{Value, json};
@@ -35,7 +38,10 @@ pub struct TestApp {
     pub db: Database,
     pub orders: OrderStore,
     pub payments: PaymentStore,
+    /// The saga as the app's listeners use it, for driving `order:cancelled` by hand.
+    pub saga: PaymentSaga,
     shutdown: CancellationToken,
+    stopped: tokio::sync::Mutex<Option<tokio::task::JoinHandle<std::io::Result<()>>>>,
 }
 
 impl Drop for TestApp {
@@ -71,20 +77,43 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         .expect("the payments app builds");
     let addr = app.addr();
     let shutdown = CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let db = common::store::connect(&settings.mongo, "payments-test")
         .await
         .expect("test database");
+    let orders = OrderStore::new(&db);
+    let payments = PaymentStore::new(&db);
+    let bus = EventBus::connect(&settings.nats, "payments-test-saga")
+        .await
+        .expect("test bus");
+    let gateway = StripeGateway::new(&settings.stripe).expect("Stripe client");
     TestApp {
         addr,
         client: reqwest::Client::new(),
         stripe,
+        saga: PaymentSaga::new(payments.clone(), orders.clone(), gateway, bus),
         settings,
-        orders: OrderStore::new(&db),
-        payments: PaymentStore::new(&db),
+        orders,
+        payments,
         db,
         shutdown,
+        stopped: tokio::sync::Mutex::new(Some(running)),
     }
+}
+
+/// The app with a Stripe timeout of `timeout` and a reconciler that looks at open payments soon
+/// after it (every 100 ms, once they are `timeout + 300 ms` old).
+pub async fn spawn_app_with_stripe_timeout(timeout: Duration) -> TestApp {
+    spawn_app_with(|settings| {
+        settings.stripe.timeout = timeout;
+        settings.reconcile = ReconcileTiming {
+            horizon: timeout + Duration::from_millis(300),
+            interval: Duration::from_millis(100),
+            sweep: Duration::from_secs(1),
+            max_backoff: Duration::from_millis(400),
+        };
+    })
+    .await
 }
 
 /// A response read whole.
@@ -134,6 +163,39 @@ impl User {
 }
 
 impl TestApp {
+    /// Mounts the ledger-keeping Stripe double (instead of per-test mocks).
+    pub async fn stripe_double(&self) -> StripeDouble {
+        StripeDouble::mount(&self.stripe).await
+    }
+
+    /// Stops the app as SIGTERM would, and waits until it has stopped.
+    pub async fn stop(&self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.stopped.lock().await.take() {
+            running
+                .await
+                .expect("the app task")
+                .expect("the app stops cleanly");
+        }
+    }
+
+    /// The order's payment as stored, once `done` says it is settled (10 s at most).
+    pub async fn payment_when(
+        &self,
+        order_id: &str,
+        done: impl Fn(PaymentStatus) -> bool,
+    ) -> Payment {
+        let id = ObjectId::parse_str(order_id).expect("order id");
+        eventually("the payment to settle", || async {
+            self.payments
+                .get(id)
+                .await
+                .expect("reading the payment")
+                .filter(|p| done(p.status))
+        })
+        .await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -208,9 +270,10 @@ impl TestApp {
 
     /// Cancels a replica order the way `order:cancelled` does.
     pub async fn cancel(&self, order: &OrderCreated) {
-        let outcome = order_cancelled::handle(&self.orders, order_cancelled_event(order, 1))
-            .await
-            .expect("order:cancelled applies");
+        let outcome =
+            order_cancelled::handle(&self.orders, &self.saga, order_cancelled_event(order, 1))
+                .await
+                .expect("order:cancelled applies");
         assert_eq!(outcome, Outcome::Ack);
     }
 
@@ -237,25 +300,17 @@ impl TestApp {
         found
     }
 
-    /// The change documents (claims and their commits) of the order's payment.
-    pub async fn payment_changes(&self, order_id: &str) -> Vec<Document> {
-        let mut cursor = self
-            .db
-            .collection::<Document>("payments_changes")
-            .find(doc! { "record_id": order_id })
-            .await
-            .expect("query payment changes");
-        let mut found = Vec::new();
-        while cursor.advance().await.expect("cursor") {
-            found.push(cursor.deserialize_current().expect("a change"));
+    /// Asserts that the order is not paid: no payment, or only a failed attempt with no charge, and
+    /// that the card token is not kept.
+    pub async fn assert_not_paid(&self, order_id: &str) {
+        for payment in self.payment_records(order_id).await {
+            assert_eq!(payment.status, PaymentStatus::Failed, "{payment:?}");
+            assert_eq!(payment.stripe_id, None, "{payment:?}");
+            assert_eq!(
+                payment.source, None,
+                "the token is dropped once the attempt fails"
+            );
         }
-        found
-    }
-
-    /// Asserts that no payment of the order exists, neither record nor claim.
-    pub async fn assert_no_payment(&self, order_id: &str) {
-        assert_eq!(self.payment_records(order_id).await, Vec::new());
-        assert_eq!(self.payment_changes(order_id).await, Vec::<Document>::new());
     }
 
     /// A bus on the app's stream, as another service would connect.

@@ -5,3 +5,4 @@ mod helpers;
 mod order_cancelled;
 mod order_created;
 mod payments;
+mod saga;

@@ -12,7 +12,7 @@ async fn the_next_version_of_an_order_cancels_the_replica() {
     let app = spawn_app().await;
     let order = app.order_for(&User::new(), Price::from_cents(1000)).await;
 
-    let outcome = order_cancelled::handle(&app.orders, order_cancelled_event(&order, 1))
+    let outcome = order_cancelled::handle(&app.orders, &app.saga, order_cancelled_event(&order, 1))
         .await
         .expect("handled");
 
@@ -30,7 +30,7 @@ async fn a_cancellation_before_its_order_is_known_is_retried() {
     let app = spawn_app().await;
     let order = order_created_event(&User::new().id, Price::from_cents(1000));
 
-    let outcome = order_cancelled::handle(&app.orders, order_cancelled_event(&order, 1))
+    let outcome = order_cancelled::handle(&app.orders, &app.saga, order_cancelled_event(&order, 1))
         .await
         .expect("handled");
 
@@ -44,7 +44,7 @@ async fn a_cancellation_that_skips_a_version_is_retried_and_changes_nothing() {
     let order = app.order_for(&User::new(), Price::from_cents(1000)).await;
     let before = app.replica(&order.id).await;
 
-    let outcome = order_cancelled::handle(&app.orders, order_cancelled_event(&order, 2))
+    let outcome = order_cancelled::handle(&app.orders, &app.saga, order_cancelled_event(&order, 2))
         .await
         .expect("handled");
 
@@ -60,9 +60,13 @@ async fn an_already_applied_cancellation_is_acknowledged_and_changes_nothing() {
     let cancelled = app.replica(&order.id).await;
 
     for version in [1, 0] {
-        let outcome = order_cancelled::handle(&app.orders, order_cancelled_event(&order, version))
-            .await
-            .expect("handled");
+        let outcome = order_cancelled::handle(
+            &app.orders,
+            &app.saga,
+            order_cancelled_event(&order, version),
+        )
+        .await
+        .expect("handled");
         assert_eq!(outcome, Outcome::Ack, "version {version}");
     }
     assert_eq!(app.replica(&order.id).await, cancelled);
@@ -78,7 +82,7 @@ async fn a_stale_cancellation_does_not_roll_a_newer_replica_back() {
         .await
         .expect("created at version 3");
 
-    let outcome = order_cancelled::handle(&app.orders, order_cancelled_event(&event, 2))
+    let outcome = order_cancelled::handle(&app.orders, &app.saga, order_cancelled_event(&event, 2))
         .await
         .expect("handled");
 

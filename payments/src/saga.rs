@@ -1,0 +1,441 @@
+//! Paying an order as a saga (CONSISTENCY.md pattern 7): record the attempt, charge it detached
+//! from the request, settle it only on a definite answer, reconcile what stayed open, and refund a
+//! charge whose order was cancelled.
+//!
+//! Guarantees, on MongoDB and FerretDB alike:
+//! * one charge per attempt (its idempotency key is the attempt id) and one open attempt per order
+//!   (the payment record's versions are claimed by insert);
+//! * an answer that is late, lost or unreadable leaves the attempt `unknown`, never released; the
+//!   [`Reconciler`] repeats the same keyed request once it is older than the Stripe timeout plus a
+//!   margin, until Stripe answers definitely;
+//! * a request cut by its client, or a pod stopping, does not cut the charge: it runs on a task
+//!   that graceful shutdown waits for; a crash leaves a `pending` attempt for the reconciler;
+//! * an order that ends `cancelled` keeps no charge: whichever of "charge succeeded" and "order
+//!   cancelled" this service learns second starts the refund (keyed by the charge). The
+//!   `order:cancelled` listener refunds a succeeded payment, or marks an open attempt so that its
+//!   settlement goes straight to `refunding` (both versioned commits: one sees the other); an
+//!   attempt re-reads the replica after it is recorded and before charging, so a cancellation that
+//!   came before the attempt existed is seen too.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use common::bus::EventBus;
+use common::events::OrderStatus;
+use common::store::{Committed, StoreError};
+use mongodb::bson::oid::ObjectId;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::store::{Begin, Order, OrderStore, Payment, PaymentStatus, PaymentStore, Settlement};
+use crate::stripe::{ChargeRequest, StripeGateway, StripeOutcome, Unprocessed};
+
+/// What the failure of an attempt cancelled before its charge is recorded as.
+pub const CANCELLED_BEFORE_CHARGE: &str = "The order was cancelled before it was charged.";
+
+/// How often recording a settlement is tried before it is left to the reconciler.
+const SETTLE_ATTEMPTS: u32 = 3;
+const SETTLE_RETRY_DELAY: Duration = Duration::from_millis(200);
+/// How many unsettled payments one reconciler pass takes per state.
+const RECONCILE_BATCH: i64 = 200;
+
+/// When the reconciler runs and what it takes.
+#[derive(Debug, Clone, Copy)]
+pub struct ReconcileTiming {
+    /// A payment is reconciled once its last change is this old: longer than any charge request
+    /// can still be running (the Stripe timeout plus a margin for the database writes around it).
+    pub horizon: Duration,
+    /// Between passes while this process may have left something unsettled.
+    pub interval: Duration,
+    /// Between passes otherwise (what other replicas that crashed left behind).
+    pub sweep: Duration,
+    /// The longest wait between passes while Stripe keeps failing.
+    pub max_backoff: Duration,
+}
+
+impl ReconcileTiming {
+    /// The margin added to the Stripe timeout for the horizon.
+    pub const MARGIN: Duration = Duration::from_secs(5);
+
+    pub fn for_stripe_timeout(timeout: Duration) -> Self {
+        Self {
+            horizon: timeout + Self::MARGIN,
+            interval: Duration::from_secs(1),
+            sweep: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(15),
+        }
+    }
+}
+
+/// How an attempt to pay ended, for the HTTP answer.
+#[derive(Debug)]
+pub enum PayOutcome {
+    /// Charged and recorded.
+    Paid(Payment),
+    /// Stripe refused the card: its message for the customer.
+    Declined(String),
+    /// Stripe could not be reached or asked us to slow down; nothing was charged.
+    Unavailable,
+    /// Stripe refused our request (bad key ...): nothing was charged, and it is our fault.
+    Misconfigured(String),
+    /// The order was cancelled before the charge; nothing was charged.
+    OrderCancelled,
+    /// The order was cancelled while it was charged: the charge is refunded (or being refunded).
+    Refunded,
+    /// The charge's outcome is not known yet (or it is known but could not be recorded yet): the
+    /// reconciler settles it.
+    Confirming,
+    /// The order's payment is not open for a new attempt: its current state, if visible yet.
+    Busy(Option<Payment>),
+}
+
+/// The payments saga: cheap to clone, shared by the route, the listener and the reconciler.
+#[derive(Clone)]
+pub struct PaymentSaga {
+    payments: PaymentStore,
+    orders: OrderStore,
+    stripe: StripeGateway,
+    bus: EventBus,
+    /// Charges in flight, detached from their requests; graceful shutdown waits for them.
+    charges: TaskTracker,
+    /// Set when this process may have left a payment unsettled (at start, after an uncertain
+    /// answer, a refund not done, a settlement not recorded): the reconciler then runs every
+    /// interval instead of every sweep.
+    reconcile_wanted: Arc<AtomicBool>,
+}
+
+impl PaymentSaga {
+    pub fn new(
+        payments: PaymentStore,
+        orders: OrderStore,
+        stripe: StripeGateway,
+        bus: EventBus,
+    ) -> Self {
+        Self {
+            payments,
+            orders,
+            stripe,
+            bus,
+            charges: TaskTracker::new(),
+            reconcile_wanted: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    pub fn payments(&self) -> &PaymentStore {
+        &self.payments
+    }
+
+    /// Starts an attempt to pay `order` with `token` and waits for it. The attempt runs on its own
+    /// task: if the caller is dropped (the client went away) the charge still completes and is
+    /// recorded.
+    pub async fn pay(&self, order: &Order, token: &str) -> Result<PayOutcome, StoreError> {
+        let token_hash = crate::stripe::token_hash(token);
+        let (attempt, committed) = match self.payments.begin(order, token, token_hash).await? {
+            Begin::Started(attempt, committed) => (attempt, committed),
+            Begin::Busy(current) => return Ok(PayOutcome::Busy(current)),
+        };
+        let saga = self.clone();
+        let task = self.charges.spawn(async move {
+            saga.publish(&committed).await;
+            saga.charge(attempt).await
+        });
+        match task.await {
+            Ok(outcome) => outcome,
+            Err(join) => Err(StoreError::Other(anyhow::anyhow!(
+                "the charge task failed: {join}"
+            ))),
+        }
+    }
+
+    /// Charges a recorded `pending` attempt and records the answer.
+    async fn charge(&self, attempt: Payment) -> Result<PayOutcome, StoreError> {
+        // The attempt is recorded: if the order was cancelled meanwhile, the `order:cancelled`
+        // listener either saw the attempt (and waits for it) or cancelled the replica before it
+        // was recorded, which this read sees.
+        let cancelled = match self.orders.get(attempt.order_id).await {
+            Ok(order) => order.is_some_and(|o| o.status == OrderStatus::Cancelled),
+            Err(err) => {
+                // Not charging is always safe; the buyer can try again.
+                tracing::warn!(order_id = %attempt.order_id, error = %err, "cannot re-read the order before charging");
+                self.record(
+                    &attempt,
+                    Settlement::Failed {
+                        reason: "database unavailable before the charge".into(),
+                    },
+                )
+                .await?;
+                return Err(StoreError::Db(err));
+            }
+        };
+        if cancelled {
+            self.record(
+                &attempt,
+                Settlement::Failed {
+                    reason: CANCELLED_BEFORE_CHARGE.into(),
+                },
+            )
+            .await?;
+            return Ok(PayOutcome::OrderCancelled);
+        }
+        let outcome = self.stripe.charge(&charge_request(&attempt)).await;
+        let (settlement, answer) = match outcome {
+            StripeOutcome::Done(stripe_id) => (Settlement::Charged { stripe_id }, None),
+            StripeOutcome::Refused(message) => (
+                Settlement::Failed {
+                    reason: message.clone(),
+                },
+                Some(PayOutcome::Declined(message)),
+            ),
+            StripeOutcome::NotDone(Unprocessed::Unavailable(cause)) => {
+                tracing::warn!(order_id = %attempt.order_id, %cause, "Stripe unavailable; nothing charged");
+                (
+                    Settlement::Failed { reason: cause },
+                    Some(PayOutcome::Unavailable),
+                )
+            }
+            StripeOutcome::NotDone(Unprocessed::Misconfigured(cause)) => (
+                Settlement::Failed {
+                    reason: cause.clone(),
+                },
+                Some(PayOutcome::Misconfigured(cause)),
+            ),
+            StripeOutcome::Uncertain(cause) => {
+                tracing::warn!(order_id = %attempt.order_id, attempt = %attempt.payment_id, %cause,
+                    "the charge's outcome is unknown; the reconciler will ask Stripe again");
+                (Settlement::Unknown, Some(PayOutcome::Confirming))
+            }
+        };
+        let Some(settled) = self.record_or_leave(&attempt, settlement).await else {
+            return Ok(PayOutcome::Confirming);
+        };
+        if let Some(answer) = answer {
+            return Ok(answer);
+        }
+        match settled.status {
+            PaymentStatus::Succeeded if settled.payment_id == attempt.payment_id => {
+                Ok(PayOutcome::Paid(settled))
+            }
+            PaymentStatus::Refunding if settled.payment_id == attempt.payment_id => {
+                tracing::warn!(order_id = %attempt.order_id, "the order was cancelled while it was charged; refunding");
+                self.finish_refund(&settled).await?;
+                Ok(PayOutcome::Refunded)
+            }
+            // Someone else (a reconciler) settled it first, differently: report what is stored.
+            _ => Ok(PayOutcome::Busy(Some(settled))),
+        }
+    }
+
+    /// Records a settlement, retrying a failing database a little; `None` if it could not be
+    /// recorded (the attempt stays open and the reconciler repeats the charge with its key).
+    async fn record_or_leave(&self, attempt: &Payment, settlement: Settlement) -> Option<Payment> {
+        let mut tries = 1;
+        loop {
+            match self.record(attempt, settlement.clone()).await {
+                Ok(payment) => return Some(payment),
+                Err(err) if tries < SETTLE_ATTEMPTS => {
+                    tracing::warn!(order_id = %attempt.order_id, error = %err, tries,
+                        "recording a charge's answer failed; retrying");
+                    tries += 1;
+                    tokio::time::sleep(SETTLE_RETRY_DELAY).await;
+                }
+                Err(err) => {
+                    tracing::error!(order_id = %attempt.order_id, attempt = %attempt.payment_id, ?settlement,
+                        error = %err, "could not record a charge's answer; left to the reconciler");
+                    self.reconcile_wanted.store(true, Ordering::Release);
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Commits a settlement and publishes its events. Returns the payment as stored.
+    async fn record(
+        &self,
+        attempt: &Payment,
+        settlement: Settlement,
+    ) -> Result<Payment, StoreError> {
+        if settlement == Settlement::Unknown {
+            self.reconcile_wanted.store(true, Ordering::Release);
+        }
+        let (payment, committed) = self.payments.settle(attempt, settlement).await?;
+        if let Some(committed) = committed {
+            self.publish(&committed).await;
+        }
+        Ok(payment)
+    }
+
+    async fn publish(&self, committed: &Committed) {
+        self.payments.versions().publish(&self.bus, committed).await;
+    }
+
+    /// Refunds a `refunding` payment's charge (keyed by the charge: asking twice refunds once) and
+    /// records `refunded`. A refund Stripe did not confirm stays `refunding` for the reconciler.
+    async fn finish_refund(&self, payment: &Payment) -> Result<Payment, StoreError> {
+        let Some(stripe_id) = payment.stripe_id.as_deref() else {
+            return Err(StoreError::Other(anyhow::anyhow!(
+                "payment of order {} is refunding but has no charge id",
+                payment.order_id
+            )));
+        };
+        let order_id = payment.order_id;
+        match self.stripe.refund(stripe_id, &order_id.to_hex()).await {
+            StripeOutcome::Done(refund_id) => {
+                let refund_id = Some(refund_id).filter(|id| !id.is_empty());
+                let (refunded, committed) = self.payments.refunded(order_id, refund_id).await?;
+                if let Some(committed) = committed {
+                    self.publish(&committed).await;
+                    tracing::info!(%order_id, %stripe_id, "charge refunded");
+                }
+                Ok(refunded)
+            }
+            other => {
+                self.reconcile_wanted.store(true, Ordering::Release);
+                tracing::warn!(%order_id, %stripe_id, answer = ?other, "refund not confirmed by Stripe; will retry");
+                Ok(payment.clone())
+            }
+        }
+    }
+
+    /// What the `order:cancelled` listener does once the replica is cancelled: a charge the order
+    /// kept is refunded; an open attempt is marked so that its charge, if it succeeds, is refunded.
+    pub async fn order_cancelled(&self, order_id: ObjectId) -> Result<(), StoreError> {
+        let Some((payment, committed)) = self.payments.order_cancelled(order_id).await? else {
+            // No attempt yet: one that starts now re-reads the replica before charging.
+            return Ok(());
+        };
+        if let Some(committed) = committed {
+            self.publish(&committed).await;
+        }
+        if payment.status == PaymentStatus::Refunding {
+            tracing::warn!(%order_id, "a paid order was cancelled; refunding its charge");
+            self.finish_refund(&payment).await?;
+        }
+        Ok(())
+    }
+
+    /// One reconciler pass: every unsettled payment older than the horizon is asked about again.
+    /// Returns (settled, still unsettled).
+    pub async fn reconcile_once(&self, horizon: Duration) -> Result<(usize, usize), StoreError> {
+        let now = Utc::now();
+        let unsettled = self.payments.unsettled(now, RECONCILE_BATCH).await?;
+        let cutoff = now - chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::MAX);
+        let (mut settled, mut left) = (0, 0);
+        for payment in unsettled {
+            if payment.updated_at.timestamp_millis() > cutoff.timestamp_millis() {
+                // Its charge may still be running; a later pass looks again.
+                left += 1;
+                continue;
+            }
+            let status = match payment.status {
+                PaymentStatus::Refunding => self.finish_refund(&payment).await?.status,
+                _ => self.reconcile_charge(&payment).await?,
+            };
+            if PaymentStatus::UNSETTLED.contains(&status) {
+                left += 1;
+            } else {
+                settled += 1;
+            }
+        }
+        Ok((settled, left))
+    }
+
+    /// Repeats an open attempt's charge with the same key and parameters: Stripe answers with what
+    /// the first request did, or does it now if it never arrived.
+    async fn reconcile_charge(&self, attempt: &Payment) -> Result<PaymentStatus, StoreError> {
+        if attempt.source.is_none() {
+            tracing::error!(order_id = %attempt.order_id, attempt = %attempt.payment_id,
+                "an open attempt without its card token cannot be repeated; it needs a person");
+            return Ok(attempt.status);
+        }
+        let settlement = match self.stripe.charge(&charge_request(attempt)).await {
+            StripeOutcome::Done(stripe_id) => Settlement::Charged { stripe_id },
+            StripeOutcome::Refused(reason) => Settlement::Failed { reason },
+            // A repeat that was not processed says nothing about the first request.
+            other => {
+                tracing::info!(order_id = %attempt.order_id, attempt = %attempt.payment_id, answer = ?other,
+                    "an open charge is still not confirmed");
+                Settlement::Unknown
+            }
+        };
+        let settled = self.record(attempt, settlement).await?;
+        tracing::info!(order_id = %attempt.order_id, attempt = %attempt.payment_id, status = settled.status.as_str(),
+            "reconciled a payment attempt");
+        if settled.status == PaymentStatus::Refunding {
+            return Ok(self.finish_refund(&settled).await?.status);
+        }
+        Ok(settled.status)
+    }
+
+    /// Runs the reconciler until `shutdown`: every `interval` while this process may have left a
+    /// payment unsettled (backing off while Stripe keeps failing), else every `sweep`.
+    pub fn spawn_reconciler(
+        &self,
+        shutdown: CancellationToken,
+        timing: ReconcileTiming,
+    ) -> JoinHandle<()> {
+        let saga = self.clone();
+        tokio::spawn(async move {
+            let mut since_sweep = Duration::ZERO;
+            let mut wait = timing.interval;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                since_sweep += wait;
+                let wanted = saga.reconcile_wanted.swap(false, Ordering::AcqRel);
+                if !wanted && since_sweep < timing.sweep {
+                    wait = timing.interval;
+                    continue;
+                }
+                since_sweep = Duration::ZERO;
+                match saga.reconcile_once(timing.horizon).await {
+                    Ok((settled, left)) => {
+                        if settled > 0 {
+                            tracing::info!(settled, left, "payment reconciler settled payments");
+                        }
+                        if left > 0 {
+                            saga.reconcile_wanted.store(true, Ordering::Release);
+                        }
+                        wait = if left > 0 && settled == 0 {
+                            (wait * 2).min(timing.max_backoff)
+                        } else {
+                            timing.interval
+                        };
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "payment reconciler pass failed");
+                        saga.reconcile_wanted.store(true, Ordering::Release);
+                        wait = (wait * 2).min(timing.max_backoff);
+                    }
+                }
+            }
+        })
+    }
+
+    /// A task that, once `shutdown` fires, waits for the charges in flight (each ends within the
+    /// Stripe timeout), so stopping the service never cuts a charge between Stripe and the record.
+    pub fn spawn_drain(&self, shutdown: CancellationToken) -> JoinHandle<()> {
+        let charges = self.charges.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            charges.close();
+            if !charges.is_empty() {
+                tracing::info!(in_flight = charges.len(), "waiting for charges in flight");
+            }
+            charges.wait().await;
+        })
+    }
+}
+
+fn charge_request(attempt: &Payment) -> ChargeRequest<'_> {
+    ChargeRequest {
+        amount_cents: attempt.amount_cents,
+        source: attempt.source.as_deref().unwrap_or_default(),
+        order_id: attempt.order_id.to_hex(),
+        attempt_id: &attempt.payment_id,
+    }
+}

@@ -1,0 +1,295 @@
+//! The payment saga against the ledger-keeping Stripe double: uncertain answers reconciled, charges
+//! not cut by their requests, refunds of orders cancelled during their charge, and the money
+//! invariant over the double's ledger.
+
+use std::time::Duration;
+
+use common::money::Price;
+use common::testing::invariants::check_money;
+use common::testing::stripe_double::{Behaviour, StripeDouble};
+use futures::future::join_all;
+use payments::routes::payments::{ALREADY_PAID, BEING_CONFIRMED, IN_PROGRESS, REFUNDED};
+use payments::store::PaymentStatus;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{TestApp, User, errors, spawn_app, spawn_app_with_stripe_timeout};
+
+fn settled(status: PaymentStatus) -> bool {
+    !PaymentStatus::UNSETTLED.contains(&status)
+}
+
+/// The money invariant over the double's ledger. The payments service's replica stands in for the
+/// orders service's orders (`complete` never reaches it, so only refunds are checked here), so
+/// charges kept for a `created` replica are what a paid order looks like from here.
+async fn refunds_hold(app: &TestApp, double: &StripeDouble) {
+    let report = check_money(
+        &double.charges(),
+        &app.db,
+        &app.db,
+        app.settings.reconcile.horizon,
+    )
+    .await
+    .expect("reading the databases");
+    let real: Vec<&String> = report
+        .violations
+        .iter()
+        .filter(|v| !v.contains("which is created"))
+        .collect();
+    assert!(real.is_empty(), "{real:#?}");
+}
+
+#[tokio::test]
+async fn a_charge_answered_after_the_timeout_is_confirmed_by_the_reconciler_and_a_retry_with_a_new_token_is_not_charged()
+ {
+    let app = spawn_app_with_stripe_timeout(Duration::from_millis(300)).await;
+    let double = app.stripe_double().await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(2500)).await;
+    // Stripe charges at once but its answer comes after our timeout.
+    double.set(Behaviour::Normal {
+        delay: Duration::from_secs(2),
+    });
+
+    let first = app.pay(&user, &order.id, "tok_visa").await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{:?}", first.body);
+    assert_eq!(first.body, errors(&[(BEING_CONFIRMED, None)]));
+    double.set(Behaviour::Normal {
+        delay: Duration::ZERO,
+    });
+    // The buyer's card form makes a new token for the retry.
+    let retry = app.pay(&user, &order.id, "tok_visa_second_try").await;
+    assert_eq!(retry.status, StatusCode::CONFLICT, "{:?}", retry.body);
+    assert_eq!(retry.body, errors(&[(BEING_CONFIRMED, None)]));
+
+    let payment = app.payment_when(&order.id, settled).await;
+    assert_eq!(payment.status, PaymentStatus::Succeeded);
+    assert_eq!(
+        double.charges().len(),
+        1,
+        "one charge, {:?}",
+        double.charges()
+    );
+    assert_eq!(payment.stripe_id, Some(double.charges()[0].id.clone()));
+    assert_eq!(payment.source, None, "the token is dropped once settled");
+    assert!(double.requests() >= 2, "the reconciler asked again");
+    let again = app.pay(&user, &order.id, "tok_visa_third_try").await;
+    assert_eq!(again.body, errors(&[(ALREADY_PAID, None)]));
+    refunds_hold(&app, &double).await;
+}
+
+#[tokio::test]
+async fn stripe_failing_after_charging_then_recovering_settles_the_attempt_once() {
+    let app = spawn_app_with_stripe_timeout(Duration::from_millis(500)).await;
+    let double = app.stripe_double().await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(1200)).await;
+    double.set(Behaviour::FailsAfterProcessing);
+
+    let reply = app.pay(&user, &order.id, "tok_visa").await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+    // Down for a while: the reconciler keeps asking, and keeps the attempt open.
+    double.set(Behaviour::Down);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stored = app.payment_records(&order.id).await;
+    assert_eq!(stored[0].status, PaymentStatus::Unknown);
+    double.set(Behaviour::Normal {
+        delay: Duration::ZERO,
+    });
+
+    let payment = app.payment_when(&order.id, settled).await;
+    assert_eq!(payment.status, PaymentStatus::Succeeded);
+    assert_eq!(double.charges().len(), 1);
+    assert_eq!(double.charges_of(&order.id).len(), 1);
+    refunds_hold(&app, &double).await;
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_mid_charge_does_not_cut_the_charge() {
+    let app = spawn_app().await;
+    let double = app.stripe_double().await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(4000)).await;
+    double.set(Behaviour::Normal {
+        delay: Duration::from_millis(800),
+    });
+
+    let impatient = app
+        .client
+        .post(app.url("/api/payments"))
+        .header(reqwest::header::COOKIE, &user.cookie)
+        .json(&json!({ "orderId": order.id, "token": "tok_visa" }))
+        .timeout(Duration::from_millis(150))
+        .send()
+        .await;
+    assert!(
+        impatient.is_err(),
+        "the client gave up before Stripe answered"
+    );
+
+    let payment = app.payment_when(&order.id, settled).await;
+    assert_eq!(payment.status, PaymentStatus::Succeeded);
+    assert_eq!(payment.stripe_id, Some(double.charges()[0].id.clone()));
+    assert_eq!(double.charges().len(), 1);
+}
+
+#[tokio::test]
+async fn stopping_the_service_waits_for_a_charge_whose_client_has_gone() {
+    let app = spawn_app().await;
+    let double = app.stripe_double().await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(4000)).await;
+    double.set(Behaviour::Normal {
+        delay: Duration::from_millis(1000),
+    });
+    let impatient = app
+        .client
+        .post(app.url("/api/payments"))
+        .header(reqwest::header::COOKIE, &user.cookie)
+        .json(&json!({ "orderId": order.id, "token": "tok_visa" }))
+        .timeout(Duration::from_millis(150))
+        .send()
+        .await;
+    assert!(impatient.is_err());
+
+    app.stop().await;
+
+    let records = app.payment_records(&order.id).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].status, PaymentStatus::Succeeded, "{records:?}");
+    assert_eq!(double.charges().len(), 1);
+}
+
+#[tokio::test]
+async fn an_order_cancelled_during_a_slow_charge_is_refunded_once() {
+    let app = spawn_app().await;
+    let double = app.stripe_double().await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(3300)).await;
+    double.set(Behaviour::Normal {
+        delay: Duration::from_millis(800),
+    });
+
+    let (reply, ()) = tokio::join!(app.pay(&user, &order.id, "tok_visa"), async {
+        // The order expires (or its buyer cancels it) while Stripe is charging.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.cancel(&order).await;
+    });
+
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.body);
+    assert_eq!(reply.body, errors(&[(REFUNDED, None)]));
+    let payment = app.payment_when(&order.id, settled).await;
+    assert_eq!(payment.status, PaymentStatus::Refunded);
+    let charges = double.charges();
+    assert_eq!(charges.len(), 1);
+    assert_eq!(double.refunds().len(), 1);
+    assert_eq!(payment.refund_id, charges[0].refund_id);
+    // A redelivered cancellation refunds nothing more.
+    app.cancel(&order).await;
+    assert_eq!(double.refunds().len(), 1);
+    refunds_hold(&app, &double).await;
+}
+
+#[tokio::test]
+async fn a_paid_order_cancelled_afterwards_is_refunded_once_even_when_the_cancellation_comes_twice()
+{
+    let app = spawn_app().await;
+    let double = app.stripe_double().await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(1000)).await;
+    let paid = app.pay(&user, &order.id, "tok_visa").await;
+    assert_eq!(paid.status, StatusCode::CREATED);
+
+    // The orders service cancelled the order before it heard of the payment.
+    app.cancel(&order).await;
+    app.cancel(&order).await;
+
+    let payment = app.payment_when(&order.id, settled).await;
+    assert_eq!(payment.status, PaymentStatus::Refunded);
+    assert_eq!(double.refunds().len(), 1);
+    assert_eq!(
+        double.refunds()[0].idempotency_key.as_deref(),
+        Some(format!("refund-{}", double.charges()[0].id).as_str())
+    );
+    refunds_hold(&app, &double).await;
+}
+
+#[tokio::test]
+async fn a_refund_stripe_cannot_make_now_is_made_by_the_reconciler() {
+    let app = spawn_app_with_stripe_timeout(Duration::from_millis(300)).await;
+    let double = app.stripe_double().await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(1000)).await;
+    assert_eq!(
+        app.pay(&user, &order.id, "tok_visa").await.status,
+        StatusCode::CREATED
+    );
+    double.set(Behaviour::Down);
+
+    app.cancel(&order).await;
+    assert_eq!(
+        app.payment_records(&order.id).await[0].status,
+        PaymentStatus::Refunding
+    );
+    double.set(Behaviour::Normal {
+        delay: Duration::ZERO,
+    });
+
+    let payment = app.payment_when(&order.id, settled).await;
+    assert_eq!(payment.status, PaymentStatus::Refunded);
+    assert_eq!(double.refunds().len(), 1);
+    refunds_hold(&app, &double).await;
+}
+
+#[tokio::test]
+async fn twenty_concurrent_payments_with_twenty_tokens_charge_once() {
+    let app = spawn_app().await;
+    let double = app.stripe_double().await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    double.set(Behaviour::Normal {
+        delay: Duration::from_millis(300),
+    });
+
+    let replies = join_all((0..20).map(|i| {
+        let (app, user, order_id) = (&app, &user, order.id.clone());
+        async move { app.pay(user, &order_id, &format!("tok_{i}")).await }
+    }))
+    .await;
+
+    let created = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 1, "{replies:?}");
+    for refused in replies.iter().filter(|r| r.status != StatusCode::CREATED) {
+        assert!(
+            refused.body == errors(&[(IN_PROGRESS, None)])
+                || refused.body == errors(&[(ALREADY_PAID, None)]),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(double.charges().len(), 1);
+    refunds_hold(&app, &double).await;
+}
+
+#[tokio::test]
+async fn a_reconciler_pass_leaves_young_attempts_alone() {
+    let app = spawn_app().await;
+    let double = app.stripe_double().await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    double.set(Behaviour::Normal {
+        delay: Duration::from_millis(600),
+    });
+    let (reply, pass) = tokio::join!(app.pay(&user, &order.id, "tok_visa"), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        app.saga
+            .reconcile_once(Duration::from_secs(5))
+            .await
+            .expect("a pass")
+    });
+    assert_eq!(reply.status, StatusCode::CREATED);
+    assert_eq!(pass, (0, 1), "one open attempt, too young to touch");
+    assert_eq!(double.requests(), 1);
+}

@@ -8,7 +8,9 @@ use anyhow::Context as _;
 use axum::extract::FromRef;
 use chrono::TimeDelta;
 use common::bus::{Delivery, EventBus, ListenerOptions, listen};
-use common::events::{ExpirationComplete, PaymentCreated, TicketCreated, TicketUpdated};
+use common::events::{
+    ExpirationComplete, PaymentCreated, PaymentUpdated, TicketCreated, TicketUpdated,
+};
 use common::server::{App, Background, Server, database_and_bus_readiness, finish_router};
 use common::session::SessionKeys;
 use common::store::RelayTiming;
@@ -133,6 +135,20 @@ async fn spawn_background(store: &OrderStore, bus: &EventBus) -> anyhow::Result<
             async move {
                 Ok(patient(
                     listeners::payment_created::handle(&store, event).await?,
+                    delivery,
+                ))
+            }
+        })
+        .await?,
+    );
+
+    let s = store.clone();
+    tasks.push(
+        listen::<PaymentUpdated, _, _>(bus, options(), tasks.token(), move |event, delivery| {
+            let store = s.clone();
+            async move {
+                Ok(patient(
+                    listeners::payment_updated::handle(&store, event).await?,
                     delivery,
                 ))
             }

@@ -64,6 +64,19 @@ pub struct Order {
     pub ticket_id: String,
     /// Unique: the ticket id while the order holds its ticket, `released:<order id>` afterwards.
     pub reservation: String,
+    /// Set when the order was cancelled while it was being paid and the charge was refunded
+    /// (`payment:updated` with status `refunded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund: Option<Refund>,
+}
+
+/// A charge of a cancelled order that the payments service refunded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refund {
+    pub payment_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripe_id: Option<String>,
 }
 
 impl VersionedRecord for Order {
@@ -102,6 +115,7 @@ impl Order {
             version: 0,
             reservation: reservation(OrderStatus::Created, &id, &ticket_id),
             ticket_id,
+            refund: None,
         }
     }
 

@@ -7,6 +7,7 @@ use common::bus::{Delivery, Outcome};
 
 pub mod expiration_complete;
 pub mod payment_created;
+pub mod payment_updated;
 pub mod ticket_created;
 pub mod ticket_updated;
 

@@ -35,10 +35,10 @@ pub async fn handle(store: &OrderStore, event: PaymentCreated) -> anyhow::Result
         }
         Ok((order, None)) => {
             if order.status == OrderStatus::Cancelled {
-                // The charge went through after the order was cancelled and its ticket released
-                // (possibly to someone else): the money has to go back, which needs a person.
-                tracing::error!(order_id = %order.id, payment_id = %event.id, stripe_id = %event.stripe_id,
-                    "payment received for a cancelled order; it must be refunded");
+                // The charge went through after the order was cancelled and its ticket released:
+                // the payments service refunds it when it applies this order's `order:cancelled`.
+                tracing::warn!(order_id = %order.id, payment_id = %event.id, stripe_id = %event.stripe_id,
+                    "payment received for a cancelled order; the payments service refunds it");
             }
             Ok(Outcome::Ack)
         }

@@ -67,6 +67,9 @@ pub struct OrderView {
     pub expires_at: DateTime<Utc>,
     pub version: i64,
     pub ticket: Option<TicketView>,
+    /// Only on a cancelled order whose charge was refunded (an addition to the SPEC's shape).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub refunded: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -95,6 +98,7 @@ impl OrderView {
                 price: ticket.price(),
                 version: ticket.version,
             }),
+            refunded: order.refund.is_some(),
         }
     }
 }

@@ -23,6 +23,9 @@ use serde_json::{Value, json};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long any one API call may take, end to end; a page never hangs longer than this.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A payment waits for Stripe (payments' Stripe timeout, 8 s, plus its database writes): longer
+/// than any other call, so the page never gives up on a charge that is still being made.
+pub const PAYMENT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Readiness only asks whether something answers, and must answer within the probe's 2 s timeout.
 const PING_TIMEOUT: Duration = Duration::from_millis(1500);
 /// The largest API response we read; every real one is far smaller.
@@ -211,6 +214,9 @@ pub struct Order {
     pub status: OrderStatus,
     pub expires_at: DateTime<Utc>,
     pub ticket: OrderTicket,
+    /// A cancelled order whose charge was refunded (the orders API says so only then).
+    #[serde(default)]
+    pub refunded: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -328,8 +334,14 @@ impl Api {
         token: &str,
     ) -> Result<Reply<Payment>, ApiError> {
         let body = json!({ "orderId": order_id, "token": token });
-        self.send(Method::POST, "/api/payments", fwd, Some(body))
-            .await
+        self.send_within(
+            Method::POST,
+            "/api/payments",
+            fwd,
+            Some(body),
+            PAYMENT_TIMEOUT,
+        )
+        .await
     }
 
     /// Whether anything answers at the API base: any HTTP status counts (the ingress answering 503
@@ -350,9 +362,22 @@ impl Api {
         fwd: &Forwarded,
         body: Option<Value>,
     ) -> Result<Reply<T>, ApiError> {
+        self.send_within(method, path, fwd, body, REQUEST_TIMEOUT)
+            .await
+    }
+
+    async fn send_within<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        fwd: &Forwarded,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Reply<T>, ApiError> {
         let mut request = self
             .http
-            .request(method.clone(), format!("{}{path}", self.base));
+            .request(method.clone(), format!("{}{path}", self.base))
+            .timeout(timeout);
         if let Some(cookie) = &fwd.cookie {
             request = request.header(COOKIE, cookie.clone());
         }
@@ -372,6 +397,17 @@ impl Api {
             tracing::warn!(%method, path, %status, error = %err, "API response unreadable");
             ApiError::Unavailable(format!("{method} {path}: {err}"))
         })?;
+        // Accepted but not done (a payment being confirmed): said in the error shape.
+        if status == StatusCode::ACCEPTED
+            && let Ok(body) = serde_json::from_slice::<ErrorBody>(&bytes)
+            && !body.errors.is_empty()
+        {
+            return Err(ApiError::Rejected {
+                status,
+                errors: FormErrors::from_body(body),
+                cookies,
+            });
+        }
         if status.is_success() {
             return serde_json::from_slice(&bytes)
                 .map(|body| Reply { body, cookies })

@@ -204,6 +204,8 @@ pub enum OrderState {
     Payable(i64),
     Expired,
     Cancelled,
+    /// Cancelled (by its owner or by expiry) while it was being paid; the charge went back.
+    Refunded,
     Paid,
 }
 
@@ -215,6 +217,7 @@ impl OrderState {
         let seconds = (millis as f64 / 1000.0).round() as i64;
         match order.status {
             OrderStatus::Complete => Self::Paid,
+            OrderStatus::Cancelled if order.refunded => Self::Refunded,
             _ if seconds < 0 => Self::Expired,
             OrderStatus::Cancelled => Self::Cancelled,
             OrderStatus::Created | OrderStatus::AwaitingPayment => Self::Payable(seconds),
@@ -309,6 +312,7 @@ mod tests {
                 title: "Concert".into(),
                 price: Price::from_cents(1000),
             },
+            refunded: false,
         }
     }
 
@@ -322,5 +326,17 @@ mod tests {
         assert_eq!(state(OrderStatus::Cancelled, -5_000), OrderState::Expired);
         assert_eq!(state(OrderStatus::Cancelled, 5_000), OrderState::Cancelled);
         assert_eq!(state(OrderStatus::Complete, -5_000), OrderState::Paid);
+    }
+
+    #[test]
+    fn a_cancelled_order_whose_charge_went_back_says_refunded_even_after_its_window() {
+        let now = Utc::now();
+        for ms in [5_000, -5_000] {
+            let refunded = Order {
+                refunded: true,
+                ..order(OrderStatus::Cancelled, ms, now)
+            };
+            assert_eq!(OrderState::of(&refunded, now), OrderState::Refunded);
+        }
     }
 }

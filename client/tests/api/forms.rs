@@ -449,6 +449,46 @@ async fn a_refused_payment_is_shown_on_the_order_page() {
 }
 
 #[tokio::test]
+async fn a_payment_being_confirmed_is_said_on_the_order_page() {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    app.given_get(
+        &format!("/api/orders/{ORDER_ID}"),
+        200,
+        order(
+            ORDER_ID,
+            "created",
+            Utc::now() + Duration::seconds(30),
+            "Concert",
+            12.5,
+        ),
+    )
+    .await;
+    let confirming = "Your payment is being confirmed. You will not be charged twice; check the order again in a moment.";
+    Mock::given(method("POST"))
+        .and(path("/api/payments"))
+        .respond_with(ResponseTemplate::new(202).set_body_json(errors(&[(confirming, None)])))
+        .mount(&app.api)
+        .await;
+
+    let page = app
+        .post_form(
+            &format!("/orders/{ORDER_ID}"),
+            &[("token", "tok_visa")],
+            Some(COOKIE_VALUE),
+        )
+        .await;
+
+    assert_eq!(page.status, StatusCode::ACCEPTED);
+    page.assert_alert(&[confirming]);
+    assert_eq!(
+        app.requests_to("/api/payments").await.len(),
+        1,
+        "not retried"
+    );
+}
+
+#[tokio::test]
 async fn a_form_that_is_not_urlencoded_gets_an_html_error_page() {
     let app = spawn_app().await;
 

@@ -371,6 +371,31 @@ async fn a_paid_order_says_so_and_offers_no_payment() {
 }
 
 #[tokio::test]
+async fn a_cancelled_order_whose_charge_was_refunded_says_so() {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    let mut refunded = order(
+        ORDER_ID,
+        "cancelled",
+        Utc::now() - Duration::seconds(30),
+        "Concert",
+        12.5,
+    );
+    refunded["refunded"] = serde_json::json!(true);
+    app.given_get(&format!("/api/orders/{ORDER_ID}"), 200, refunded)
+        .await;
+
+    let page = app
+        .get(&format!("/orders/{ORDER_ID}"), Some(COOKIE_VALUE))
+        .await;
+
+    page.assert_contains(&[
+        r#"id="order-status" role="status">Order cancelled. Your payment was refunded.</p>"#,
+    ]);
+    page.assert_lacks(&["pay-form", "Order expired."]);
+}
+
+#[tokio::test]
 async fn another_users_order_is_shown_as_not_found() {
     let app = spawn_app().await;
     app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;

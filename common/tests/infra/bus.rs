@@ -210,3 +210,59 @@ async fn a_restarted_listener_resumes_where_its_durable_left_off() {
     );
     second.cancel();
 }
+
+#[tokio::test]
+async fn a_stream_made_before_payment_updated_existed_gains_the_subject_and_keeps_its_messages() {
+    use common::events::PaymentUpdated;
+
+    let settings = fresh_nats_settings();
+    // The stream as an older release made it: the SPEC's six subjects only, with one message.
+    let client = async_nats::connect(settings.url.as_str())
+        .await
+        .expect("NATS");
+    let js = async_nats::jetstream::new(client);
+    let old_subjects: Vec<String> = Subject::ALL
+        .iter()
+        .filter(|s| **s != Subject::PaymentUpdated)
+        .map(|s| format!("{}{}", settings.subject_prefix, s.as_str()))
+        .collect();
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: settings.stream.clone(),
+        subjects: old_subjects,
+        ..Default::default()
+    })
+    .await
+    .expect("the old stream");
+    js.publish(
+        format!("{}expiration:complete", settings.subject_prefix),
+        Bytes::from_static(b"{\"orderId\":\"before-the-upgrade\"}"),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+
+    let bus = bus(&settings).await;
+    let shutdown = CancellationToken::new();
+    let mut expirations = observe::<ExpirationComplete>(&bus, "orders-service", &shutdown).await;
+    let mut updates = observe::<PaymentUpdated>(&bus, "orders-service", &shutdown).await;
+    let update = PaymentUpdated {
+        id: "p1".into(),
+        order_id: "o1".into(),
+        version: 0,
+        status: "pending".into(),
+        stripe_id: None,
+        refund_id: None,
+    };
+    bus.publish(&update)
+        .await
+        .expect("the new subject is in the stream");
+
+    let quiet = Duration::from_millis(700);
+    assert_eq!(drain(&mut updates, quiet).await, vec![update]);
+    assert_eq!(
+        drain(&mut expirations, quiet).await,
+        vec![expiration("before-the-upgrade")]
+    );
+    shutdown.cancel();
+}

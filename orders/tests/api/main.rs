@@ -4,6 +4,7 @@ mod expiration_complete;
 mod helpers;
 mod orders;
 mod payment_created;
+mod payment_updated;
 mod reservation;
 mod ticket_created;
 mod ticket_updated;

@@ -6,11 +6,12 @@
 //! service has finished handling an event that has no visible effect.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::events::Subject;
 use common::settings::NatsSettings;
+use common::testing::invariants::{MoneyReport, check_money};
+use common::testing::stripe_double::StripeDouble;
 use common::testing::{require_infra, test_env, unique_suffix};
 use futures::TryStreamExt as _;
 use mongodb::bson::oid::ObjectId;
@@ -19,8 +20,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+use wiremock::MockServer;
 
 /// How long an eventual state may take before a test gives up.
 pub const DEADLINE: Duration = Duration::from_secs(10);
@@ -116,40 +116,6 @@ impl ConsumerState {
     }
 }
 
-/// Answers every charge like Stripe does, with the amount it was asked for.
-struct StripeDouble {
-    charges: AtomicUsize,
-}
-
-impl Respond for StripeDouble {
-    fn respond(&self, request: &Request) -> ResponseTemplate {
-        let n = self.charges.fetch_add(1, Ordering::SeqCst) + 1;
-        let charge = parse_charge(&request.body);
-        ResponseTemplate::new(200).set_body_json(common::testing::stripe_charge_json(
-            &format!("ch_system_{n}"),
-            charge.amount,
-            &charge.source,
-        ))
-    }
-}
-
-/// The form the Stripe client posts (`amount=1500&currency=eur&source=tok_visa...`); the values the
-/// suite sends need no percent-decoding.
-fn parse_charge(body: &[u8]) -> Charge {
-    let body = String::from_utf8_lossy(body);
-    let field = |name: &str| {
-        body.split('&')
-            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
-            .unwrap_or_default()
-            .to_owned()
-    };
-    Charge {
-        amount: field("amount").parse().unwrap_or(-1),
-        currency: field("currency"),
-        source: field("source"),
-    }
-}
-
 /// The five backend services of one test. Dropping it stops them.
 pub struct Stack {
     http: reqwest::Client,
@@ -158,11 +124,18 @@ pub struct Stack {
     pub orders: SocketAddr,
     pub payments: SocketAddr,
     pub expiration: SocketAddr,
-    stripe: MockServer,
+    /// Keeps the server the double answers on alive.
+    _stripe: MockServer,
+    /// Stands in for Stripe: a ledger of charges and refunds, idempotency keys honoured.
+    pub stripe: StripeDouble,
+    /// The orders and payments databases, for the money invariant.
+    orders_db: mongodb::Database,
+    payments_db: mongodb::Database,
     nats: NatsSettings,
     jetstream: async_nats::jetstream::Context,
     /// The orders service's own store, to know when its replica has a ticket (setup only).
     orders_store: orders::store::OrderStore,
+    reconcile_horizon: Duration,
     redis_url: String,
     queue: String,
     shutdown: CancellationToken,
@@ -193,13 +166,7 @@ impl Stack {
             common::telemetry::init("system-tests");
         }
         let stripe = MockServer::start().await;
-        Mock::given(method("POST"))
-            .and(path("/v1/charges"))
-            .respond_with(StripeDouble {
-                charges: AtomicUsize::new(0),
-            })
-            .mount(&stripe)
-            .await;
+        let double = StripeDouble::mount(&stripe).await;
 
         let window = expiration_window_seconds.to_string();
         let queue = format!("test:system:{}", unique_suffix());
@@ -238,6 +205,10 @@ impl Stack {
         let orders_db = common::store::connect(&orders_settings.mongo, "system-tests")
             .await
             .expect("the test connects to the orders database");
+        let payments_db = common::store::connect(&payments_settings.mongo, "system-tests")
+            .await
+            .expect("the test connects to the payments database");
+        let reconcile_horizon = payments_settings.reconcile.horizon;
         let nats_client = async_nats::connect(nats.url.as_str())
             .await
             .expect("the test connects to NATS");
@@ -259,10 +230,14 @@ impl Stack {
             orders: orders_app.addr(),
             payments: payments_app.addr(),
             expiration: expiration_app.addr(),
-            stripe,
+            _stripe: stripe,
+            stripe: double,
+            orders_store: orders::store::OrderStore::new(&orders_db),
+            orders_db,
+            payments_db,
+            reconcile_horizon,
             nats,
             jetstream: async_nats::jetstream::new(nats_client),
-            orders_store: orders::store::OrderStore::new(&orders_db),
             redis_url,
             queue,
             shutdown: shutdown.clone(),
@@ -481,13 +456,26 @@ impl Stack {
     /// The charges that reached the Stripe double, in order.
     pub async fn charges(&self) -> Vec<Charge> {
         self.stripe
-            .received_requests()
-            .await
-            .expect("the Stripe double records requests")
-            .iter()
-            .filter(|request| request.url.path() == "/v1/charges")
-            .map(|request| parse_charge(&request.body))
+            .charges()
+            .into_iter()
+            .map(|charge| Charge {
+                amount: charge.amount,
+                currency: charge.currency,
+                source: charge.source,
+            })
             .collect()
+    }
+
+    /// The money invariant over the Stripe double's ledger and the orders and payments databases.
+    pub async fn money(&self) -> MoneyReport {
+        check_money(
+            &self.stripe.charges(),
+            &self.orders_db,
+            &self.payments_db,
+            self.reconcile_horizon,
+        )
+        .await
+        .expect("reading the orders and payments databases")
     }
 
     // ---------------------------------------------------------------- the bus

@@ -161,6 +161,7 @@ mod tests {
             id: id.into(),
             idempotency_key: None,
             amount: 100,
+            currency: "eur".into(),
             source: "tok_visa".into(),
             order_id: Some(order.into()),
             attempt_id: None,

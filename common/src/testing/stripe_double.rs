@@ -34,6 +34,7 @@ pub struct ChargeRecord {
     pub id: String,
     pub idempotency_key: Option<String>,
     pub amount: i64,
+    pub currency: String,
     pub source: String,
     /// From the charge's metadata.
     pub order_id: Option<String>,
@@ -221,6 +222,7 @@ fn charge(
         id: id.clone(),
         idempotency_key: key,
         amount,
+        currency: form.get("currency").cloned().unwrap_or_default(),
         source: source.clone(),
         order_id: form.get("metadata[order_id]").cloned(),
         attempt_id: form.get("metadata[attempt_id]").cloned(),

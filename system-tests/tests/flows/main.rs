@@ -4,6 +4,7 @@
 mod expiry;
 mod flash_race;
 mod payment;
+mod refund;
 mod reservation;
 
 use chrono::{DateTime, Utc};

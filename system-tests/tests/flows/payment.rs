@@ -116,4 +116,10 @@ async fn a_paid_order_completes_and_keeps_its_ticket_after_its_window_has_passed
         }],
         "exactly one charge of 15 EUR"
     );
+    let money = stack.money().await;
+    assert_eq!(money.violations, Vec::<String>::new());
+    assert_eq!(
+        (money.charges, money.refunded, money.complete_orders),
+        (1, 0, 1)
+    );
 }

@@ -135,3 +135,37 @@ def test_every_statefulset_is_governed_by_an_existing_headless_service(doc):
     assert svc is not None, f"{doc.where()} names serviceName {name}, which does not exist"
     assert svc.body["spec"].get("clusterIP") == "None", f"{svc.where()} should be headless"
     assert m.selects(svc, doc), f"{svc.where()} does not select {doc.where()}"
+
+
+def _rust_duration_secs(path, const):
+    """Seconds of a `const NAME: Duration = Duration::from_secs(N)` in a Rust source file."""
+    import re
+
+    text = (m.ROOT / path).read_text()
+    found = re.search(rf"const {const}: Duration = Duration::from_secs\((\d+)\)", text)
+    assert found, f"{path} no longer defines {const} with Duration::from_secs"
+    return int(found.group(1))
+
+
+def test_a_stopping_payments_pod_outlives_its_charges_in_flight_and_the_client_outwaits_them():
+    # A charge runs at most the Stripe timeout; payments' shutdown waits for charges in flight, so
+    # Kubernetes must not SIGKILL it before: grace period > preStop sleep + Stripe timeout.
+    stripe_timeout = _rust_duration_secs("payments/src/settings.rs", "DEFAULT_STRIPE_TIMEOUT")
+    payments = m.find(DOCS, "Deployment", m.deployment_name("payments"))
+    assert payments is not None, "no payments Deployment"
+    spec = m.pod_spec(payments)
+    container = m.container(payments)
+    overridden = m.env_entries(container).get("STRIPE_TIMEOUT_MS", {}).get("value")
+    if overridden is not None:
+        stripe_timeout = int(overridden) / 1000
+    pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    grace = spec.get("terminationGracePeriodSeconds", 30)
+    assert grace > pre_stop + stripe_timeout, (
+        f"payments: terminationGracePeriodSeconds {grace} must exceed preStop {pre_stop} s "
+        f"+ Stripe timeout {stripe_timeout} s, or a rollout can cut a charge in flight"
+    )
+    # The client's payment call must wait longer than a charge can take.
+    client_wait = _rust_duration_secs("client/src/api.rs", "PAYMENT_TIMEOUT")
+    assert client_wait > stripe_timeout, (
+        f"client PAYMENT_TIMEOUT {client_wait} s must exceed payments' Stripe timeout {stripe_timeout} s"
+    )

@@ -39,5 +39,12 @@ async fn main() -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::FAILURE);
     }
+    if !payments.money_violations.is_empty() {
+        eprintln!(
+            "FAILED: the money invariant: {}",
+            payments.money_violations.join("; ")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }

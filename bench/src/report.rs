@@ -112,6 +112,18 @@ pub fn goals(
             met: sale.passed,
         },
         Goal {
+            goal: "Money: every paid order keeps exactly its one charge, nothing waits for Stripe"
+                .into(),
+            measured: format!(
+                "{} orders paid, {} complete in the database, {} money violations",
+                payments.paid,
+                payments.completed_in_database,
+                payments.money_violations.len()
+            ),
+            met: payments.money_violations.is_empty()
+                && payments.completed_in_database == payments.orders as u64,
+        },
+        Goal {
             goal: "Each Rust service idle under 20 MB resident".into(),
             measured: heaviest.map_or_else(
                 || "no services".into(),
@@ -1068,6 +1080,7 @@ mod tests {
                 latency: latency(60.0),
                 ..Propagation::default()
             },
+            completed_in_database: 100,
             usage: usage("payments"),
             ..Payments::default()
         };
@@ -1182,6 +1195,8 @@ mod tests {
         results.startup[1].max_ready_ms = 200.0;
         results.flash_sale.passed = false;
         results.payments.completion.latency.p99_ms = 100.0;
+        results.payments.money_violations =
+            vec!["order o1 is cancelled and kept its charge".into()];
         let goals = goals(
             &results.idle,
             &results.startup,

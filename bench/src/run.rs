@@ -26,6 +26,7 @@ pub struct Config {
     pub base_url: String,
     pub mongo_url: String,
     pub orders_db: String,
+    pub payments_db: String,
     pub nats_url: String,
     pub subject_prefix: String,
     pub users: usize,
@@ -83,6 +84,7 @@ impl Config {
                 "MONGO_URL is not set (scripts/bench.sh sets it from scripts/infra.sh env)",
             )?,
             orders_db: var("BENCH_ORDERS_DB").unwrap_or_else(|| "orders".into()),
+            payments_db: var("BENCH_PAYMENTS_DB").unwrap_or_else(|| "payments".into()),
             nats_url: var("NATS_URL").context(
                 "NATS_URL is not set (scripts/bench.sh sets it from scripts/infra.sh env)",
             )?,
@@ -221,7 +223,8 @@ pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
         .into_iter()
         .filter_map(|(user, order)| signed_up.cookies.get(user).map(|c| (c.clone(), order)))
         .collect();
-    let payments = flash_sale::pay(&api, &monitor, &orders_db, payers).await?;
+    let payments_db = mongo.database(&config.payments_db);
+    let payments = flash_sale::pay(&api, &monitor, &orders_db, &payments_db, payers).await?;
 
     let goals = report::goals(&idle, &startup, &flash_sale, &payments);
     let database_at_end = database::sizes(&mongo).await?;

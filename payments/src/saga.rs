@@ -311,7 +311,16 @@ impl PaymentSaga {
         }
         if payment.status == PaymentStatus::Refunding {
             tracing::warn!(%order_id, "a paid order was cancelled; refunding its charge");
-            self.finish_refund(&payment).await?;
+            // Detached, like a charge: the listener acknowledges within the bus's ack wait instead
+            // of waiting for Stripe, and shutdown still waits for the refund. `refunding` is
+            // durable, so a refund that fails here is made by the reconciler.
+            let saga = self.clone();
+            self.charges.spawn(async move {
+                if let Err(err) = saga.finish_refund(&payment).await {
+                    saga.reconcile_wanted.store(true, Ordering::Release);
+                    tracing::warn!(%order_id, error = %err, "refund not recorded; left to the reconciler");
+                }
+            });
         }
         Ok(())
     }

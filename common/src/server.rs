@@ -34,14 +34,38 @@ pub type ReadinessCheck =
 /// How long shutdown waits for each background task before giving up on it.
 const BACKGROUND_STOP_BOUND: Duration = Duration::from_secs(20);
 
+/// Facts `/readyz` reports beside `"status": "ready"` (e.g. `deadLetters`) that do not decide
+/// readiness.
+pub type ReadinessDetails = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = serde_json::Map<String, serde_json::Value>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Wraps a service's API routes with everything every service has.
 pub fn finish_router(api: Router, readiness: ReadinessCheck) -> Router {
+    finish_router_with_details(
+        api,
+        readiness,
+        Arc::new(|| Box::pin(async { serde_json::Map::new() })),
+    )
+}
+
+/// [`finish_router`], with details added to a ready answer.
+pub fn finish_router_with_details(
+    api: Router,
+    readiness: ReadinessCheck,
+    details: ReadinessDetails,
+) -> Router {
     let health = Router::new()
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
         )
-        .route("/readyz", get(move || ready(readiness.clone())));
+        .route(
+            "/readyz",
+            get(move || ready(readiness.clone(), details.clone())),
+        );
     let routes = api
         .merge(health)
         .fallback(not_found)
@@ -104,7 +128,28 @@ pub fn database_and_bus_readiness(db: mongodb::Database, bus: EventBus) -> Readi
     })
 }
 
-async fn ready(readiness: ReadinessCheck) -> axum::response::Response {
+/// `deadLetters`: how many events this service's consumers (queue group) moved to the
+/// dead-letter stream; absent while the bus cannot say.
+pub fn dead_letter_details(bus: EventBus, queue_group: &'static str) -> ReadinessDetails {
+    Arc::new(move || {
+        let bus = bus.clone();
+        Box::pin(async move {
+            let mut details = serde_json::Map::new();
+            if bus.is_connected()
+                && let Ok(Ok(count)) = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    bus.dead_letter_count(queue_group),
+                )
+                .await
+            {
+                details.insert("deadLetters".to_owned(), count.into());
+            }
+            details
+        })
+    })
+}
+
+async fn ready(readiness: ReadinessCheck, details: ReadinessDetails) -> axum::response::Response {
     let checks = readiness().await;
     let down: Vec<ErrorEntry> = checks
         .iter()
@@ -112,7 +157,9 @@ async fn ready(readiness: ReadinessCheck) -> axum::response::Response {
         .map(|(name, _)| ErrorEntry::new(format!("{name} is not reachable")))
         .collect();
     if down.is_empty() {
-        Json(serde_json::json!({ "status": "ready" })).into_response()
+        let mut body = details().await;
+        body.insert("status".to_owned(), "ready".into());
+        Json(serde_json::Value::Object(body)).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -7,7 +7,9 @@ use anyhow::Context as _;
 use axum::Router;
 use common::bus::{EventBus, ListenerOptions, listen};
 use common::events::OrderCreated;
-use common::server::{App, Background, Server, finish_router, readiness};
+use common::server::{
+    App, Background, Server, dead_letter_details, finish_router_with_details, readiness,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::listeners::{QUEUE_GROUP, order_created};
@@ -49,7 +51,8 @@ impl Application {
         ));
 
         // No API of its own: only the health routes.
-        let router = finish_router(
+        let details = dead_letter_details(bus.clone(), QUEUE_GROUP);
+        let router = finish_router_with_details(
             Router::new(),
             readiness(move || {
                 let (scheduler, bus) = (scheduler.clone(), bus.clone());
@@ -60,6 +63,7 @@ impl Application {
                     ]
                 }
             }),
+            details,
         );
         let server = Server::bind(&settings.http).await?;
         Ok(Self(App::new(server, router, background)))

@@ -11,7 +11,10 @@ use common::bus::{Delivery, EventBus, ListenerOptions, listen};
 use common::events::{
     ExpirationComplete, PaymentCreated, PaymentUpdated, TicketCreated, TicketUpdated,
 };
-use common::server::{App, Background, Server, database_and_bus_readiness, finish_router};
+use common::server::{
+    App, Background, Server, database_and_bus_readiness, dead_letter_details,
+    finish_router_with_details,
+};
 use common::session::SessionKeys;
 use common::store::RelayTiming;
 use tokio_util::sync::CancellationToken;
@@ -58,9 +61,10 @@ impl Application {
             keys: SessionKeys::new(&settings.jwt.key),
             expiration_window: settings.expiration_window,
         };
-        let router = finish_router(
+        let router = finish_router_with_details(
             routes::router().with_state(state),
-            database_and_bus_readiness(db, bus),
+            database_and_bus_readiness(db, bus.clone()),
+            dead_letter_details(bus, QUEUE_GROUP),
         );
         Ok(Self(App::new(server, router, background)))
     }

@@ -8,7 +8,10 @@ use anyhow::Context as _;
 use axum::extract::FromRef;
 use common::bus::{EventBus, ListenerOptions, listen};
 use common::events::{OrderCancelled, OrderCreated};
-use common::server::{App, Background, Server, database_and_bus_readiness, finish_router};
+use common::server::{
+    App, Background, Server, database_and_bus_readiness, dead_letter_details,
+    finish_router_with_details,
+};
 use common::session::SessionKeys;
 use common::store::RelayTiming;
 use tokio_util::sync::CancellationToken;
@@ -66,9 +69,10 @@ impl Application {
             saga,
             keys: SessionKeys::new(&settings.jwt.key),
         };
-        let router = finish_router(
+        let router = finish_router_with_details(
             routes::router().with_state(state),
-            database_and_bus_readiness(db, bus),
+            database_and_bus_readiness(db, bus.clone()),
+            dead_letter_details(bus, QUEUE_GROUP),
         );
         let server = Server::bind(&settings.http).await?;
         Ok(Self(App::new(server, router, background)))

@@ -1,5 +1,7 @@
 //! Durable pull consumers: one per (queue group, subject), explicit acks, nak-with-delay when a
-//! handler says "not yet", bounded redeliveries, poison messages terminated.
+//! handler says "not yet" or fails, redelivered for as long as it takes (a database or broker
+//! outage of minutes loses nothing), progress acks while a handler runs long, and only a payload
+//! that can never be applied moved to the dead-letter stream (CONSISTENCY.md pattern 8).
 
 use std::future::Future;
 use std::time::Duration;
@@ -22,6 +24,9 @@ pub enum Outcome {
     Ack,
     /// A precondition is not met yet (e.g. an earlier version has not arrived): redeliver later.
     Retry(Duration),
+    /// The event can never be applied (an id that names nothing, a value out of range): it goes to
+    /// the dead-letter stream with this reason, and the consumer moves on.
+    Poison(&'static str),
 }
 
 /// Where a delivery stands, for handlers that care (most do not).
@@ -35,10 +40,12 @@ pub struct Delivery {
 pub struct ListenerOptions {
     /// The queue group of the original (`orders-service`, ...). The durable name derives from it.
     pub queue_group: String,
-    /// How long the broker waits for an ack before redelivering.
+    /// How long the broker waits for an ack before redelivering. A handler still running after
+    /// half of it tells the broker so (a progress ack), so only a crashed one is redelivered.
     pub ack_wait: Duration,
-    /// After this many deliveries a message is given up (logged as an error).
-    pub max_deliver: i64,
+    /// The longest wait before a failed or not-yet-applicable message is delivered again; it is
+    /// never given up (backoff 100 ms, 200 ms, ... up to this).
+    pub max_backoff: Duration,
     /// How many messages of one consumer are handled at once.
     pub concurrency: usize,
 }
@@ -48,7 +55,7 @@ impl ListenerOptions {
         Self {
             queue_group: queue_group.into(),
             ack_wait: Duration::from_secs(5),
-            max_deliver: 50,
+            max_backoff: Duration::from_secs(10),
             concurrency: 16,
         }
     }
@@ -91,7 +98,8 @@ where
         deliver_policy: DeliverPolicy::All,
         ack_policy: AckPolicy::Explicit,
         ack_wait: options.ack_wait,
-        max_deliver: options.max_deliver,
+        // Never give up a message: only the handler decides that one is poison.
+        max_deliver: -1,
         ..Default::default()
     };
     let stream = bus
@@ -99,11 +107,22 @@ where
         .get_stream(bus.stream_name())
         .await
         .with_context(|| format!("looking up stream {}", bus.stream_name()))?;
-    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
-        .get_or_create_consumer(&durable, config)
+    // Create, or update a consumer an older release made (it gave messages up after 50 deliveries).
+    let consumer: async_nats::jetstream::consumer::PullConsumer = match stream
+        .create_consumer(config.clone())
         .await
-        .with_context(|| format!("creating consumer {durable}"))?;
+    {
+        Ok(consumer) => consumer,
+        Err(err) => {
+            tracing::warn!(consumer = %durable, error = %err, "cannot create or update the consumer; using it as it is");
+            stream
+                .get_or_create_consumer(&durable, config)
+                .await
+                .with_context(|| format!("creating consumer {durable}"))?
+        }
+    };
 
+    let bus = bus.clone();
     let task = tokio::spawn(async move {
         loop {
             let messages = match consumer.messages().await {
@@ -121,11 +140,12 @@ where
                 .for_each_concurrent(options.concurrency, |message| {
                     let handler = handler.clone();
                     let durable = durable.clone();
-                    let max_deliver = options.max_deliver;
+                    let bus = bus.clone();
+                    let options = options.clone();
                     async move {
                         match message {
                             Ok(message) => {
-                                handle_one(message, &durable, max_deliver, handler).await
+                                handle_one(message, &bus, &durable, &options, handler).await
                             }
                             Err(err) => {
                                 tracing::warn!(consumer = %durable, error = %err, "pull error")
@@ -145,59 +165,113 @@ where
 
 async fn handle_one<E, H, Fut>(
     message: async_nats::jetstream::Message,
+    bus: &EventBus,
     durable: &str,
-    max_deliver: i64,
+    options: &ListenerOptions,
     handler: H,
 ) where
     E: Event,
     H: Fn(E, Delivery) -> Fut,
     Fut: Future<Output = anyhow::Result<Outcome>>,
 {
-    let attempt = message.info().map(|info| info.delivered).unwrap_or(1);
+    let (attempt, sequence) = message
+        .info()
+        .map(|info| (info.delivered, info.stream_sequence))
+        .unwrap_or((1, 0));
     let span = tracing::info_span!("event", subject = %E::SUBJECT, consumer = %durable, attempt);
 
     let event: E = match serde_json::from_slice(&message.payload) {
         Ok(event) => event,
         Err(err) => {
-            // A payload that cannot be parsed will never succeed: stop its redelivery now.
-            tracing::error!(parent: &span, error = %err, payload = %String::from_utf8_lossy(&message.payload),
-                "malformed event terminated");
-            ack(&message, AckKind::Term, durable).await;
+            // A payload that cannot be parsed will never succeed: it leaves the consumer.
+            let reason = format!("malformed payload: {err}");
+            let kind = dead_letter(
+                bus,
+                &message,
+                E::SUBJECT.as_str(),
+                durable,
+                sequence,
+                &reason,
+                &span,
+            )
+            .await;
+            ack(&message, kind, durable).await;
             return;
         }
     };
-    let last_attempt = attempt >= max_deliver;
-    let kind = match handler(event, Delivery { attempt })
-        .instrument(span.clone())
-        .await
-    {
-        Ok(Outcome::Ack) => AckKind::Ack,
-        Ok(Outcome::Retry(delay)) => {
-            if last_attempt {
-                tracing::error!(parent: &span, "event still not applicable after {attempt} deliveries; giving up");
-                AckKind::Term
-            } else {
-                tracing::debug!(parent: &span, ?delay, "event not applicable yet; will retry");
-                AckKind::Nak(Some(delay))
+    let outcome = {
+        // Tells the broker the handler is still at work, so a slow one is not redelivered to a
+        // second worker while it runs.
+        let mut progress = tokio::time::interval(options.ack_wait / 2);
+        progress.tick().await;
+        let handled = handler(event, Delivery { attempt }).instrument(span.clone());
+        tokio::pin!(handled);
+        loop {
+            tokio::select! {
+                outcome = &mut handled => break outcome,
+                _ = progress.tick() => ack(&message, AckKind::Progress, durable).await,
             }
         }
+    };
+    let kind = match outcome {
+        Ok(Outcome::Ack) => AckKind::Ack,
+        Ok(Outcome::Retry(delay)) => {
+            tracing::debug!(parent: &span, ?delay, "event not applicable yet; will retry");
+            AckKind::Nak(Some(delay.min(options.max_backoff)))
+        }
+        Ok(Outcome::Poison(reason)) => {
+            dead_letter(
+                bus,
+                &message,
+                E::SUBJECT.as_str(),
+                durable,
+                sequence,
+                reason,
+                &span,
+            )
+            .await
+        }
         Err(err) => {
-            if last_attempt {
-                tracing::error!(parent: &span, error = %format!("{err:#}"), "event handler failed {attempt} times; giving up");
-                AckKind::Term
-            } else {
-                tracing::warn!(parent: &span, error = %format!("{err:#}"), "event handler failed; will retry");
-                AckKind::Nak(Some(backoff(attempt)))
-            }
+            let delay = backoff(attempt, options.max_backoff);
+            // Every failure is logged; an outage of minutes logs about once per max backoff.
+            tracing::warn!(parent: &span, error = %format!("{err:#}"), ?delay, "event handler failed; will retry");
+            AckKind::Nak(Some(delay))
         }
     };
     ack(&message, kind, durable).await;
 }
 
-/// 100 ms, 200 ms, 400 ms, ... capped at 5 s.
-fn backoff(attempt: i64) -> Duration {
-    let exponent = u32::try_from(attempt.clamp(1, 16) - 1).unwrap_or(0);
-    Duration::from_millis(100u64.saturating_mul(1 << exponent)).min(Duration::from_secs(5))
+/// Moves a message to the dead-letter stream; `Term` once it is there, or a retry if the
+/// dead-letter stream cannot take it now (nothing is dropped unrecorded).
+async fn dead_letter(
+    bus: &EventBus,
+    message: &async_nats::jetstream::Message,
+    subject: &str,
+    durable: &str,
+    sequence: u64,
+    reason: &str,
+    span: &tracing::Span,
+) -> AckKind {
+    match bus
+        .dead_letter(durable, subject, sequence, message.payload.clone(), reason)
+        .await
+    {
+        Ok(()) => {
+            tracing::error!(parent: span, %reason, payload = %String::from_utf8_lossy(&message.payload),
+                "event moved to the dead-letter stream");
+            AckKind::Term
+        }
+        Err(err) => {
+            tracing::warn!(parent: span, error = %format!("{err:#}"), "cannot dead-letter an event now; will retry");
+            AckKind::Nak(Some(Duration::from_secs(1)))
+        }
+    }
+}
+
+/// 100 ms, 200 ms, 400 ms, ... capped at `max`.
+fn backoff(attempt: i64, max: Duration) -> Duration {
+    let exponent = u32::try_from(attempt.clamp(1, 20) - 1).unwrap_or(0);
+    Duration::from_millis(100u64.saturating_mul(1 << exponent)).min(max)
 }
 
 async fn ack(message: &async_nats::jetstream::Message, kind: AckKind, durable: &str) {
@@ -222,8 +296,10 @@ mod tests {
 
     #[test]
     fn retry_backoff_grows_and_is_capped() {
-        assert_eq!(backoff(1), Duration::from_millis(100));
-        assert_eq!(backoff(3), Duration::from_millis(400));
-        assert_eq!(backoff(40), Duration::from_secs(5));
+        let cap = Duration::from_secs(10);
+        assert_eq!(backoff(1, cap), Duration::from_millis(100));
+        assert_eq!(backoff(3, cap), Duration::from_millis(400));
+        assert_eq!(backoff(40, cap), cap);
+        assert_eq!(backoff(i64::MAX, cap), cap);
     }
 }

@@ -10,14 +10,16 @@ use bytes::Bytes;
 use crate::events::{Event, Subject};
 use crate::settings::NatsSettings;
 
+mod dead_letter;
 mod listener;
 
+pub use dead_letter::{DeadLetter, count_by_consumer};
 pub use listener::{Delivery, ListenerOptions, Outcome, listen};
 
 /// How long JetStream remembers message ids to drop duplicates.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long the broker has to confirm a publish.
-const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connection to the bus. Cheap to clone.
 #[derive(Clone)]
@@ -45,6 +47,7 @@ impl EventBus {
             prefix: settings.subject_prefix.clone(),
         };
         bus.ensure_stream().await?;
+        bus.ensure_dead_letter_stream().await?;
         Ok(bus)
     }
 

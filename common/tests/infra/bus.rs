@@ -141,7 +141,7 @@ async fn a_failing_handler_is_retried_until_it_succeeds() {
 }
 
 #[tokio::test]
-async fn a_malformed_payload_is_terminated_and_the_next_events_flow() {
+async fn a_malformed_payload_goes_to_the_dead_letter_stream_and_the_next_events_flow() {
     let settings = fresh_nats_settings();
     let bus = bus(&settings).await;
     let shutdown = CancellationToken::new();
@@ -181,6 +181,135 @@ async fn a_malformed_payload_is_terminated_and_the_next_events_flow() {
         vec![expiration("after")]
     );
     // The poison messages never reached the handler and were not redelivered after the ack wait.
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let letters = bus.dead_letters().await.expect("dead letters");
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert_eq!(letters[0].payload, "{not json");
+    assert_eq!(letters[1].payload, "{\"order\":1}");
+    for letter in &letters {
+        assert_eq!(letter.subject, "expiration:complete");
+        assert_eq!(letter.consumer, "orders-service_expiration-complete");
+        assert!(letter.reason.starts_with("malformed payload"), "{letter:?}");
+    }
+    assert_eq!(
+        bus.dead_letter_count("orders-service")
+            .await
+            .map_err(|e| format!("{e:#}")),
+        Ok(2)
+    );
+    assert_eq!(
+        bus.dead_letter_count("payments-service")
+            .await
+            .map_err(|e| format!("{e:#}")),
+        Ok(0)
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_poison_event_is_dead_lettered_with_its_reason_and_a_replay_delivers_it_again() {
+    let settings = fresh_nats_settings();
+    let bus = bus(&settings).await;
+    let shutdown = CancellationToken::new();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // A handler that refuses orders named "bad" until it is "fixed".
+    let fixed = Arc::new(AtomicUsize::new(0));
+    let is_fixed = fixed.clone();
+    listen::<ExpirationComplete, _, _>(
+        &bus,
+        ListenerOptions::new("orders-service"),
+        shutdown.clone(),
+        move |event, _| {
+            let (tx, is_fixed) = (tx.clone(), is_fixed.clone());
+            async move {
+                if event.order_id == "bad" && is_fixed.load(Ordering::SeqCst) == 0 {
+                    return Ok(Outcome::Poison("names no order"));
+                }
+                let _ = tx.send(event);
+                Ok(Outcome::Ack)
+            }
+        },
+    )
+    .await
+    .expect("listener");
+    bus.publish(&expiration("bad")).await.expect("publish");
+    bus.publish(&expiration("good")).await.expect("publish");
+    assert_eq!(
+        drain(&mut rx, Duration::from_millis(700)).await,
+        vec![expiration("good")]
+    );
+    let letters = bus.dead_letters().await.expect("dead letters");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].reason, "names no order");
+
+    fixed.store(1, Ordering::SeqCst);
+    let replayed = bus
+        .replay_dead_letter(letters[0].sequence)
+        .await
+        .expect("replayed");
+    assert_eq!(replayed.payload, "{\"orderId\":\"bad\"}");
+    assert_eq!(
+        drain(&mut rx, Duration::from_millis(700)).await,
+        vec![expiration("bad")]
+    );
+    assert_eq!(bus.dead_letters().await.expect("dead letters"), Vec::new());
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_handler_that_fails_for_longer_than_fifty_deliveries_is_not_given_up() {
+    let settings = fresh_nats_settings();
+    let bus = bus(&settings).await;
+    let shutdown = CancellationToken::new();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let mut options = ListenerOptions::new("orders-service");
+    // A database outage, compressed: backoff capped at 10 ms, 60 failures in a row.
+    options.max_backoff = Duration::from_millis(10);
+    listen::<ExpirationComplete, _, _>(&bus, options, shutdown.clone(), move |event, _| {
+        let (tx, counter) = (tx.clone(), counter.clone());
+        async move {
+            if counter.fetch_add(1, Ordering::SeqCst) < 60 {
+                anyhow::bail!("database unavailable");
+            }
+            let _ = tx.send(event);
+            Ok(Outcome::Ack)
+        }
+    })
+    .await
+    .expect("listener");
+    bus.publish(&expiration("patient")).await.expect("publish");
+
+    let delivered = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await;
+    assert_eq!(delivered.ok().flatten(), Some(expiration("patient")));
+    assert!(calls.load(Ordering::SeqCst) > 60);
+    assert_eq!(bus.dead_letters().await.expect("dead letters"), Vec::new());
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_handler_running_past_the_ack_wait_is_not_redelivered_meanwhile() {
+    let settings = fresh_nats_settings();
+    let bus = bus(&settings).await;
+    let shutdown = CancellationToken::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let mut options = ListenerOptions::new("orders-service");
+    options.ack_wait = Duration::from_millis(600);
+    listen::<ExpirationComplete, _, _>(&bus, options, shutdown.clone(), move |_, _| {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            // Three ack waits: without progress acks the broker would redeliver it twice.
+            tokio::time::sleep(Duration::from_millis(1800)).await;
+            Ok(Outcome::Ack)
+        }
+    })
+    .await
+    .expect("listener");
+    bus.publish(&expiration("slow")).await.expect("publish");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     shutdown.cancel();
 }

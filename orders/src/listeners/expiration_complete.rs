@@ -16,8 +16,7 @@ pub async fn handle(
     event: ExpirationComplete,
 ) -> anyhow::Result<Outcome> {
     let Some(id) = parse_object_id(&event.order_id) else {
-        tracing::error!(order_id = %event.order_id, "expiration:complete with a malformed order id dropped");
-        return Ok(Outcome::Ack);
+        return Ok(Outcome::Poison("the order id is not an ObjectId"));
     };
     // `modify` re-reads and decides again if a payment commits first, so exactly one of them wins.
     let result = store

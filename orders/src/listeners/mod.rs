@@ -26,7 +26,7 @@ pub fn patient(outcome: Outcome, delivery: Delivery) -> Outcome {
             let factor = u32::try_from(delivery.attempt.clamp(1, 10)).unwrap_or(1);
             Outcome::Retry(delay.saturating_mul(factor))
         }
-        Outcome::Ack => Outcome::Ack,
+        other => other,
     }
 }
 

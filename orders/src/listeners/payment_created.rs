@@ -11,9 +11,7 @@ use crate::store::{Order, OrderStore};
 
 pub async fn handle(store: &OrderStore, event: PaymentCreated) -> anyhow::Result<Outcome> {
     let Some(id) = parse_object_id(&event.order_id) else {
-        tracing::error!(order_id = %event.order_id, payment_id = %event.id,
-            "payment:created with a malformed order id dropped");
-        return Ok(Outcome::Ack);
+        return Ok(Outcome::Poison("the order id is not an ObjectId"));
     };
     // `modify` re-reads and decides again if an expiry commits first, so exactly one of them wins.
     let result = store

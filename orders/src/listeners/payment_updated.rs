@@ -17,8 +17,7 @@ pub async fn handle(store: &OrderStore, event: PaymentUpdated) -> anyhow::Result
         return Ok(Outcome::Ack);
     }
     let Some(id) = parse_object_id(&event.order_id) else {
-        tracing::error!(order_id = %event.order_id, "payment:updated with a malformed order id dropped");
-        return Ok(Outcome::Ack);
+        return Ok(Outcome::Poison("the order id is not an ObjectId"));
     };
     let refund = Refund {
         payment_id: event.id.clone(),

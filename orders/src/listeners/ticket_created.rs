@@ -8,9 +8,7 @@ use crate::store::{OrderStore, Ticket};
 
 pub async fn handle(store: &OrderStore, event: TicketCreated) -> anyhow::Result<Outcome> {
     let Some(id) = parse_object_id(&event.id) else {
-        // Can never be stored under its own id: redelivering would not help.
-        tracing::error!(ticket_id = %event.id, "ticket:created with a malformed id dropped");
-        return Ok(Outcome::Ack);
+        return Ok(Outcome::Poison("the id is not an ObjectId"));
     };
     let ticket = Ticket {
         id,

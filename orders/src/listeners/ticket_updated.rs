@@ -12,8 +12,7 @@ use crate::store::OrderStore;
 
 pub async fn handle(store: &OrderStore, event: TicketUpdated) -> anyhow::Result<Outcome> {
     let Some(id) = parse_object_id(&event.id) else {
-        tracing::error!(ticket_id = %event.id, "ticket:updated with a malformed id dropped");
-        return Ok(Outcome::Ack);
+        return Ok(Outcome::Poison("the id is not an ObjectId"));
     };
     let Some(stored) = store.find_ticket(id).await? else {
         // Its ticket:created has not been applied yet.

@@ -57,12 +57,12 @@ async fn a_repeated_ticket_created_is_acknowledged_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn a_ticket_created_with_a_malformed_id_is_dropped() {
+async fn a_ticket_created_with_a_malformed_id_is_dead_lettered() {
     let app = spawn_app().await;
     let outcome = handle(&app.store, created("not-an-object-id", "Gig", 1000))
         .await
         .expect("handled");
-    assert_eq!(outcome, Outcome::Ack);
+    assert!(matches!(outcome, Outcome::Poison(_)), "{outcome:?}");
     assert_eq!(app.count("tickets", doc! {}).await, 0);
 }
 

@@ -16,8 +16,7 @@ pub async fn handle(
     event: OrderCancelled,
 ) -> anyhow::Result<Outcome> {
     let Some(id) = parse_object_id(&event.id) else {
-        tracing::error!(order_id = %event.id, "order:cancelled with a malformed order id; ignored");
-        return Ok(Outcome::Ack);
+        return Ok(Outcome::Poison("the order id is not an ObjectId"));
     };
     let Some(order) = orders.get(id).await? else {
         // Its order:created has not been applied yet.

@@ -9,9 +9,7 @@ use crate::store::{Inserted, Order, OrderStore};
 
 pub async fn handle(orders: &OrderStore, event: OrderCreated) -> anyhow::Result<Outcome> {
     let Some(id) = parse_object_id(&event.id) else {
-        // It can never be stored: redelivering it would not help.
-        tracing::error!(order_id = %event.id, "order:created with a malformed order id; ignored");
-        return Ok(Outcome::Ack);
+        return Ok(Outcome::Poison("the order id is not an ObjectId"));
     };
     let order = Order {
         id,

@@ -24,7 +24,7 @@ async fn order_created_stores_a_replica_with_the_price_in_integer_cents() {
         .await
         .expect("handled");
 
-    assert_eq!(outcome, Outcome::Ack);
+    assert!(matches!(outcome, Outcome::Poison(_)), "{outcome:?}");
     let order = app.replica(&event.id).await.expect("the replica");
     assert_eq!(order.id.to_hex(), event.id);
     assert_eq!(order.version, 0);
@@ -72,7 +72,7 @@ async fn a_redelivered_order_created_is_acknowledged_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn an_order_created_with_a_malformed_id_is_dropped_instead_of_redelivered_forever() {
+async fn an_order_created_with_a_malformed_id_is_dead_lettered_instead_of_redelivered_forever() {
     let app = spawn_app().await;
     let mut event = order_created_event(&User::new().id, Price::from_cents(1000));
     event.id = "not-an-object-id".into();

@@ -549,5 +549,6 @@ async fn unknown_routes_are_404_and_the_service_reports_ready() {
 
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status, StatusCode::OK, "{:?}", ready.body);
+    assert_eq!(ready.body, json!({"status": "ready", "deadLetters": 0}));
     assert_eq!(app.get("/healthz").await.status, StatusCode::OK);
 }

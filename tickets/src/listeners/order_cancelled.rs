@@ -13,9 +13,7 @@ pub async fn handle(
     event: OrderCancelled,
 ) -> anyhow::Result<Outcome> {
     let Some(ticket_id) = parse_object_id(&event.ticket.id) else {
-        // No ticket of ours can have this id; redelivering will not change that.
-        tracing::error!(order_id = %event.id, ticket_id = %event.ticket.id, "order:cancelled names a malformed ticket id; ignored");
-        return Ok(Outcome::Ack);
+        return Ok(Outcome::Poison("the ticket id is not an ObjectId"));
     };
     // The tombstone goes first: `order:created` of this order may still be on its way (the subjects
     // are consumed independently) and must then not reserve the ticket.

@@ -14,8 +14,7 @@ pub async fn handle(
     event: OrderCreated,
 ) -> anyhow::Result<Outcome> {
     let Some(ticket_id) = parse_object_id(&event.ticket.id) else {
-        tracing::error!(order_id = %event.id, ticket_id = %event.ticket.id, "order:created names a malformed ticket id; ignored");
-        return Ok(Outcome::Ack);
+        return Ok(Outcome::Poison("the ticket id is not an ObjectId"));
     };
     if store.is_order_cancelled(&event.id).await? {
         // Its cancellation came first, or this is a redelivery after it. Releasing (not just

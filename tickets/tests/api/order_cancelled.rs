@@ -141,7 +141,8 @@ async fn a_cancellation_racing_its_own_order_never_leaves_the_ticket_held() {
 }
 
 #[tokio::test]
-async fn a_cancellation_for_an_unknown_ticket_is_retried_and_one_with_a_malformed_id_is_dropped() {
+async fn a_cancellation_for_an_unknown_ticket_is_retried_and_one_with_a_malformed_id_is_dead_lettered()
+ {
     let infra = infra().await;
     let outcome = cancelled::handle(
         &infra.store,
@@ -158,5 +159,5 @@ async fn a_cancellation_for_an_unknown_ticket_is_retried_and_one_with_a_malforme
     )
     .await
     .expect("handled");
-    assert_eq!(outcome, Outcome::Ack);
+    assert!(matches!(outcome, Outcome::Poison(_)), "{outcome:?}");
 }

@@ -94,7 +94,7 @@ async fn an_order_for_a_ticket_held_by_another_order_is_retried_without_changing
 }
 
 #[tokio::test]
-async fn an_order_for_an_unknown_ticket_is_retried_and_one_with_a_malformed_id_is_dropped() {
+async fn an_order_for_an_unknown_ticket_is_retried_and_one_with_a_malformed_id_is_dead_lettered() {
     let infra = infra().await;
     let outcome = created::handle(
         &infra.store,
@@ -111,7 +111,7 @@ async fn an_order_for_an_unknown_ticket_is_retried_and_one_with_a_malformed_id_i
     )
     .await
     .expect("handled");
-    assert_eq!(outcome, Outcome::Ack);
+    assert!(matches!(outcome, Outcome::Poison(_)), "{outcome:?}");
 }
 
 #[tokio::test]

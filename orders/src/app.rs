@@ -23,6 +23,7 @@ use crate::listeners::{self, QUEUE_GROUP, patient};
 use crate::routes;
 use crate::settings::Settings;
 use crate::store::OrderStore;
+use crate::sweeper::spawn_sweeper;
 
 /// What handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -54,7 +55,13 @@ impl Application {
         let bus = EventBus::connect(&settings.nats, "orders").await?;
         let server = Server::bind(&settings.http).await?;
 
-        let background = spawn_background(&store, &bus).await?;
+        let mut background = spawn_background(&store, &bus).await?;
+        background.push(spawn_sweeper(
+            store.clone(),
+            bus.clone(),
+            settings.sweep,
+            background.token(),
+        ));
         let state = AppState {
             store,
             bus: bus.clone(),

@@ -1,4 +1,5 @@
-//! The orders service: `/api/orders`, the ticket replica and the order lifecycle (expiry, payment).
+//! The orders service: `/api/orders`, the ticket replica and the order lifecycle (expiry, with a
+//! sweeper behind the expiration service; payment; refunds).
 //! At most one live order per ticket, decided by a unique key at insert time.
 
 pub mod app;
@@ -6,3 +7,4 @@ pub mod listeners;
 pub mod routes;
 pub mod settings;
 pub mod store;
+pub mod sweeper;

@@ -1,9 +1,13 @@
 //! The orders service's settings, from the environment.
 
+use std::time::Duration;
+
 use chrono::TimeDelta;
 use common::settings::{
     Env, HttpSettings, JwtSettings, MongoSettings, NatsSettings, SettingsError,
 };
+
+use crate::sweeper::SweepTiming;
 
 /// The longest expiration window accepted (one week): beyond it an order would hold its ticket for
 /// an unreasonable time, and far beyond it the date arithmetic would overflow.
@@ -17,6 +21,8 @@ pub struct Settings {
     pub jwt: JwtSettings,
     /// How long a new order holds its ticket before the expiration service cancels it.
     pub expiration_window: TimeDelta,
+    /// The expiry sweeper behind the expiration service (`EXPIRY_SWEEP_SECONDS`, default 10).
+    pub sweep: SweepTiming,
 }
 
 impl Settings {
@@ -27,8 +33,32 @@ impl Settings {
             nats: NatsSettings::from_env(env)?,
             jwt: JwtSettings::from_env(env)?,
             expiration_window: expiration_window(env)?,
+            sweep: SweepTiming {
+                interval: seconds_between(env, "EXPIRY_SWEEP_SECONDS", 10, 1..=3600)?,
+                grace: seconds_between(env, "EXPIRY_SWEEP_GRACE_SECONDS", 10, 0..=3600)?,
+            },
         })
     }
+}
+
+fn seconds_between(
+    env: &Env,
+    name: &'static str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Duration, SettingsError> {
+    let seconds: u64 = env.parse_or(name, default)?;
+    if !range.contains(&seconds) {
+        return Err(SettingsError::Invalid {
+            name,
+            reason: format!(
+                "{seconds} is not between {} and {}",
+                range.start(),
+                range.end()
+            ),
+        });
+    }
+    Ok(Duration::from_secs(seconds))
 }
 
 fn expiration_window(env: &Env) -> Result<TimeDelta, SettingsError> {

@@ -29,6 +29,8 @@ pub const HOLDERS_COLLECTION: &str = "reservation_holders";
 /// The unique index that makes a ticket's reservation exclusive.
 pub const RESERVATION_INDEX: &str = "reservation_unique";
 pub const USER_INDEX: &str = "user_id";
+/// The expiry sweeper's index: orders by status, oldest expiry first.
+pub const EXPIRY_INDEX: &str = "status_expires_at";
 
 /// How many times creating an order is attempted when the holder of the ticket turns out to have
 /// been released already (see [`OrderStore::create_order`]).
@@ -225,7 +227,41 @@ impl OrderStore {
                     .build(),
             )
             .await?;
+        records
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "status": 1, "expiresAt": 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .name(EXPIRY_INDEX.to_owned())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await?;
         self.orders.ensure_indexes().await
+    }
+
+    /// Orders still `created` whose window closed before `before`, oldest first, at most `limit`
+    /// (the expiry sweeper's query).
+    pub async fn overdue(
+        &self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Order>, StoreError> {
+        let before = mongodb::bson::DateTime::from_millis(before.timestamp_millis());
+        Ok(self
+            .orders
+            .records()
+            .find(doc! {
+                "status": OrderStatus::Created.as_str(),
+                "expiresAt": { "$lt": before },
+            })
+            .sort(doc! { "expiresAt": 1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?)
     }
 
     pub async fn find_ticket(&self, id: ObjectId) -> mongodb::error::Result<Option<Ticket>> {

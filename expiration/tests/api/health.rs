@@ -14,7 +14,10 @@ async fn health_and_readiness_answer_when_redis_and_nats_are_up() {
     );
     assert_eq!(
         app.get("/readyz").await,
-        (StatusCode::OK, json!({ "status": "ready" }))
+        (
+            StatusCode::OK,
+            json!({ "status": "ready", "deadLetters": 0 })
+        )
     );
 }
 

@@ -2,9 +2,10 @@ use common::bus::Outcome;
 use common::events::{ExpirationComplete, OrderCancelled, OrderStatus, PaymentCreated, TicketRef};
 use common::testing::new_user_id;
 use orders::listeners::expiration_complete::handle;
+use orders::sweeper::sweep_once;
 use reqwest::StatusCode;
 
-use crate::helpers::{Observer, TestApp, User, eventually, spawn_app};
+use crate::helpers::{Observer, TestApp, User, eventually, spawn_app, spawn_app_with};
 
 async fn expire(app: &TestApp, order_id: &str) -> Outcome {
     handle(
@@ -157,4 +158,85 @@ async fn an_expiry_published_on_the_bus_cancels_the_order_and_frees_the_ticket()
 
 async fn spawn_app_with_short_window() -> TestApp {
     crate::helpers::spawn_app_with(&[("EXPIRATION_WINDOW_SECONDS", "1")]).await
+}
+
+#[tokio::test]
+async fn an_order_whose_expiration_never_arrives_is_cancelled_by_the_sweeper() {
+    // No expiration service runs here: its Redis job was lost, as after a wiped volume.
+    let app = spawn_app_with(&[
+        ("EXPIRATION_WINDOW_SECONDS", "1"),
+        ("EXPIRY_SWEEP_SECONDS", "1"),
+        ("EXPIRY_SWEEP_GRACE_SECONDS", "0"),
+    ])
+    .await;
+    let mut cancelled = app.observe::<OrderCancelled>().await;
+    let user = User::new();
+    let (id, ticket_id) = pending_order(&app, &user).await;
+
+    let event = cancelled.next().await;
+
+    assert_eq!((event.id.as_str(), event.version), (id.as_str(), 1));
+    assert_eq!(event.ticket.id, ticket_id);
+    let stored = app.stored_order(&id).await;
+    assert_eq!((stored.status, stored.version), (OrderStatus::Cancelled, 1));
+}
+
+#[tokio::test]
+async fn the_sweeper_cancels_only_overdue_orders_still_waiting_for_payment_and_each_once() {
+    let app = spawn_app_with(&[("EXPIRATION_WINDOW_SECONDS", "1")]).await;
+    let user = User::new();
+    let (overdue, _) = pending_order(&app, &user).await;
+    let (paid, _) = pending_order(&app, &user).await;
+    let (cancelled_before, _) = pending_order(&app, &user).await;
+    orders::listeners::payment_created::handle(
+        &app.store,
+        PaymentCreated {
+            id: new_user_id(),
+            order_id: paid.clone(),
+            stripe_id: "ch_1".into(),
+        },
+    )
+    .await
+    .expect("paid");
+    assert_eq!(
+        app.delete_order(Some(&user), &cancelled_before)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+
+    // Two replicas sweeping at once.
+    let (a, b) = tokio::join!(
+        sweep_once(&app.store, &app.bus, std::time::Duration::ZERO),
+        sweep_once(&app.store, &app.bus, std::time::Duration::ZERO)
+    );
+    assert_eq!(a.expect("a sweep") + b.expect("a sweep"), 1);
+
+    let stored = |id: &str| {
+        let app = &app;
+        let id = id.to_owned();
+        async move { app.stored_order(&id).await }
+    };
+    let overdue = stored(&overdue).await;
+    assert_eq!(
+        (overdue.status, overdue.version),
+        (OrderStatus::Cancelled, 1)
+    );
+    assert_eq!(stored(&paid).await.status, OrderStatus::Complete);
+    assert_eq!(stored(&cancelled_before).await.version, 1);
+}
+
+#[tokio::test]
+async fn the_sweeper_leaves_an_order_within_its_grace_to_the_expiration_service() {
+    let app = spawn_app_with(&[("EXPIRATION_WINDOW_SECONDS", "1")]).await;
+    let (id, _) = pending_order(&app, &User::new()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+
+    let swept = sweep_once(&app.store, &app.bus, std::time::Duration::from_secs(30))
+        .await
+        .expect("a sweep");
+
+    assert_eq!(swept, 0);
+    assert_eq!(app.stored_order(&id).await.status, OrderStatus::Created);
 }

@@ -436,6 +436,6 @@ async fn health_and_readiness_answer_when_the_database_and_bus_are_up() {
     let reply = app.send(Method::GET, "/readyz", None, None).await;
     assert_eq!(
         (reply.status, reply.body),
-        (StatusCode::OK, json!({"status": "ready"}))
+        (StatusCode::OK, json!({"status": "ready", "deadLetters": 0}))
     );
 }

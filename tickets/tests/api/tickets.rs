@@ -442,6 +442,9 @@ async fn health_and_readiness_answer_when_the_database_and_bus_are_up() {
     let reply = app.get("/readyz").await;
     assert_eq!(
         (reply.status, reply.body),
-        (StatusCode::OK, json!({ "status": "ready" }))
+        (
+            StatusCode::OK,
+            json!({ "status": "ready", "deadLetters": 0 })
+        )
     );
 }

@@ -47,6 +47,20 @@ pub struct Ticket {
     pub version: i64,
 }
 
+impl VersionedRecord for Ticket {
+    fn key(&self) -> Bson {
+        Bson::ObjectId(self.id)
+    }
+
+    fn record_id(&self) -> String {
+        self.id.to_hex()
+    }
+
+    fn version(&self) -> i64 {
+        self.version
+    }
+}
+
 impl Ticket {
     pub fn price(&self) -> Price {
         Price::from_cents(self.price)
@@ -181,7 +195,9 @@ struct ReservationHolder {
 #[derive(Clone)]
 pub struct OrderStore {
     orders: VersionedStore<Order>,
-    tickets: Collection<Ticket>,
+    /// The replica: each version claimed by an insert (`tickets_changes`), so a late duplicate
+    /// cannot roll it back (CONSISTENCY.md pattern 5).
+    tickets: VersionedStore<Ticket>,
     holders: Collection<ReservationHolder>,
 }
 
@@ -189,7 +205,7 @@ impl OrderStore {
     pub fn new(db: &Database) -> Self {
         Self {
             orders: VersionedStore::new(db, ORDERS_COLLECTION),
-            tickets: db.collection(TICKETS_COLLECTION),
+            tickets: VersionedStore::new(db, TICKETS_COLLECTION),
             holders: db.collection(HOLDERS_COLLECTION),
         }
     }
@@ -199,6 +215,11 @@ impl OrderStore {
     }
 
     pub fn tickets(&self) -> &Collection<Ticket> {
+        self.tickets.records()
+    }
+
+    /// The ticket replica's versioned store (the listeners' way to change it).
+    pub fn ticket_versions(&self) -> &VersionedStore<Ticket> {
         &self.tickets
     }
 
@@ -264,8 +285,9 @@ impl OrderStore {
             .await?)
     }
 
-    pub async fn find_ticket(&self, id: ObjectId) -> mongodb::error::Result<Option<Ticket>> {
-        self.tickets.find_one(doc! { "_id": id }).await
+    /// The replica of a ticket, with any version a crash left half-applied finished first.
+    pub async fn find_ticket(&self, id: ObjectId) -> Result<Option<Ticket>, StoreError> {
+        self.tickets.get(Bson::ObjectId(id)).await
     }
 
     /// The replica tickets of `orders`, by id, in one query.
@@ -284,6 +306,7 @@ impl OrderStore {
         }
         let tickets: Vec<Ticket> = self
             .tickets
+            .records()
             .find(doc! { "_id": { "$in": ids } })
             .await?
             .try_collect()

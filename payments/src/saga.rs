@@ -167,7 +167,7 @@ impl PaymentSaga {
                     },
                 )
                 .await?;
-                return Err(StoreError::Db(err));
+                return Err(err);
             }
         };
         if cancelled {

@@ -25,8 +25,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use common::events::{OrderStatus, PaymentCreated, PaymentUpdated};
 use common::store::{
-    Committed, Decision, PendingEvent, StoreError, VersionedRecord, VersionedStore,
-    is_duplicate_key,
+    Committed, Decision, PendingEvent, ReplicaUpdate, StoreError, VersionedRecord, VersionedStore,
 };
 use futures::TryStreamExt;
 use mongodb::bson::oid::ObjectId;
@@ -56,6 +55,20 @@ impl Order {
     }
 }
 
+impl VersionedRecord for Order {
+    fn key(&self) -> Bson {
+        Bson::ObjectId(self.id)
+    }
+
+    fn record_id(&self) -> String {
+        self.id.to_hex()
+    }
+
+    fn version(&self) -> i64 {
+        self.version
+    }
+}
+
 /// What inserting a replica did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {
@@ -64,47 +77,47 @@ pub enum Inserted {
     AlreadyPresent,
 }
 
+/// The order replica: each version claimed by an insert (`orders_changes`), so a late duplicate
+/// cannot roll it back (CONSISTENCY.md pattern 5). Cheap to clone.
 #[derive(Clone)]
 pub struct OrderStore {
-    orders: Collection<Order>,
+    orders: Arc<VersionedStore<Order>>,
 }
 
 impl OrderStore {
     pub fn new(db: &Database) -> Self {
         Self {
-            orders: db.collection("orders"),
+            orders: Arc::new(VersionedStore::new(db, "orders")),
         }
     }
 
     pub fn collection(&self) -> &Collection<Order> {
-        &self.orders
+        self.orders.records()
     }
 
-    /// Inserts a new replica; the `_id` makes a redelivery a no-op.
-    pub async fn insert(&self, order: &Order) -> mongodb::error::Result<Inserted> {
-        match self.orders.insert_one(order).await {
-            Ok(_) => Ok(Inserted::New),
-            Err(e) if is_duplicate_key(&e) => Ok(Inserted::AlreadyPresent),
-            Err(e) => Err(e),
-        }
+    /// Inserts a new replica; a redelivery is recognised (and a crashed insert finished).
+    pub async fn insert(&self, order: &Order) -> Result<Inserted, StoreError> {
+        Ok(if self.orders.create_replica(order).await? {
+            Inserted::New
+        } else {
+            Inserted::AlreadyPresent
+        })
     }
 
-    pub async fn get(&self, id: ObjectId) -> mongodb::error::Result<Option<Order>> {
-        self.orders.find_one(doc! { "_id": id }).await
+    /// The replica, with any version a crash left half-applied finished first.
+    pub async fn get(&self, id: ObjectId) -> Result<Option<Order>, StoreError> {
+        self.orders.get(Bson::ObjectId(id)).await
     }
 
-    /// Moves the replica from `version - 1` to `version` as cancelled. `false` if it was not at
-    /// `version - 1` any more. Two consumers applying the same event write the same document, so
-    /// FerretDB's non-atomic conditional update is harmless here.
-    pub async fn cancel(&self, id: ObjectId, version: i64) -> mongodb::error::Result<bool> {
-        let result = self
-            .orders
-            .update_one(
-                doc! { "_id": id, "version": version.saturating_sub(1) },
-                doc! { "$set": { "status": OrderStatus::Cancelled.as_str(), "version": version } },
-            )
-            .await?;
-        Ok(result.matched_count == 1)
+    /// Moves the replica to `version` as cancelled, from `version - 1` only.
+    pub async fn cancel(&self, id: ObjectId, version: i64) -> Result<ReplicaUpdate, StoreError> {
+        self.orders
+            .apply_replica_version(Bson::ObjectId(id), version, |current| Order {
+                status: OrderStatus::Cancelled,
+                version,
+                ..current.clone()
+            })
+            .await
     }
 }
 

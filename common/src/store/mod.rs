@@ -17,8 +17,8 @@ use crate::settings::MongoSettings;
 mod versioned;
 
 pub use versioned::{
-    Committed, Decision, PendingEvent, RelayPass, RelayTiming, StoreError, VersionedRecord,
-    VersionedStore,
+    Committed, Decision, PendingEvent, RelayPass, RelayTiming, ReplicaUpdate, StoreError,
+    VersionedRecord, VersionedStore,
 };
 
 /// MongoDB's duplicate key error code.

@@ -103,6 +103,16 @@ impl Drop for Committed {
     }
 }
 
+/// What [`VersionedStore::apply_replica_version`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaUpdate {
+    Applied,
+    /// The replica is at this version or later already (a redelivery, a stale event).
+    AlreadyApplied,
+    /// The replica, or an earlier version of it, has not arrived yet.
+    NotYet,
+}
+
 /// What one pass of the outbox relay did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RelayPass {
@@ -350,6 +360,60 @@ impl<T: VersionedRecord> VersionedStore<T> {
             }
         }
         Err(StoreError::Conflict.into())
+    }
+
+    /// Inserts version 0 of a replicated record (a copy of another service's record, announced by
+    /// an event), or recognises it as inserted before, finishing an insert that a crash cut after
+    /// its change document. `true` if this call inserted it.
+    pub async fn create_replica(&self, record: &T) -> Result<bool, StoreError> {
+        match self.create(record, Vec::new()).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::Duplicate) => {
+                let first = change_id(&record.record_id(), 0);
+                if let Some(change) = self.changes.find_one(doc! { "_id": first }).await? {
+                    self.materialise(&change).await?;
+                }
+                Ok(false)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Moves a replicated record to version `version`, strictly in order (CONSISTENCY.md pattern 5),
+    /// with `next` deriving the new state from the current one. Each version is claimed by an
+    /// insert like any commit, so a slow duplicate of version `v` landing after `v + 1` is repaired
+    /// forward by whoever reads next, and a duplicate is recognised as applied.
+    pub async fn apply_replica_version<F>(
+        &self,
+        key: Bson,
+        version: i64,
+        mut next: F,
+    ) -> Result<ReplicaUpdate, StoreError>
+    where
+        F: FnMut(&T) -> T,
+    {
+        for _ in 0..MAX_COMMIT_ATTEMPTS {
+            let Some(current) = self.get(key.clone()).await? else {
+                return Ok(ReplicaUpdate::NotYet);
+            };
+            if current.version() >= version {
+                return Ok(ReplicaUpdate::AlreadyApplied);
+            }
+            if current.version() + 1 < version {
+                return Ok(ReplicaUpdate::NotYet);
+            }
+            match self.commit(&current, &next(&current), Vec::new()).await {
+                Ok(committed) => {
+                    // Nothing to publish: a replica announces nothing.
+                    committed.published.store(true, Ordering::Release);
+                    return Ok(ReplicaUpdate::Applied);
+                }
+                // Another consumer claimed this version: the next read applies its change.
+                Err(StoreError::Conflict) => continue,
+                Err(other) => return Err(other),
+            }
+        }
+        Err(StoreError::Conflict)
     }
 
     /// Publishes a change's events and marks it published. A failure is logged and left to the relay:

@@ -2,7 +2,7 @@
 
 use common::bus::Outcome;
 use common::events::TicketCreated;
-use common::store::{is_duplicate_key, parse_object_id};
+use common::store::parse_object_id;
 
 use crate::store::{OrderStore, Ticket};
 
@@ -16,10 +16,7 @@ pub async fn handle(store: &OrderStore, event: TicketCreated) -> anyhow::Result<
         price: event.price.cents(),
         version: event.version,
     };
-    match store.tickets().insert_one(&ticket).await {
-        Ok(_) => Ok(Outcome::Ack),
-        // Already replicated (a redelivery, or another replica of this service got there first).
-        Err(err) if is_duplicate_key(&err) => Ok(Outcome::Ack),
-        Err(err) => Err(err.into()),
-    }
+    // Inserted now, or already (a redelivery, or another replica of this service got there first).
+    store.ticket_versions().create_replica(&ticket).await?;
+    Ok(Outcome::Ack)
 }

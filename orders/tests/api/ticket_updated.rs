@@ -133,3 +133,63 @@ async fn orders_show_the_current_title_and_price_of_their_ticket() {
     let listed = app.list_orders(Some(&user)).await;
     assert_eq!(listed.body[0]["ticket"], shown.body["ticket"]);
 }
+
+#[tokio::test]
+async fn a_late_duplicate_that_rolled_the_replica_back_is_repaired_before_the_next_update() {
+    let app = spawn_app().await;
+    let id = app.ticket("v0", 1000).await.id.to_hex();
+    for (version, title) in [(1, "v1"), (2, "v2")] {
+        assert_eq!(
+            handle(&app.store, updated(&id, version, title, 1000))
+                .await
+                .expect("handled"),
+            Outcome::Ack
+        );
+    }
+    // A duplicate of version 1, redelivered after the ack wait, read the replica at version 0 and
+    // writes back by `_id` after version 2 landed (FerretDB's read-modify-write update).
+    let oid = common::store::parse_object_id(&id).expect("id");
+    app.store
+        .tickets()
+        .replace_one(
+            mongodb::bson::doc! { "_id": oid },
+            orders::store::Ticket {
+                id: oid,
+                title: "v1".into(),
+                price: 1000,
+                version: 1,
+            },
+        )
+        .await
+        .expect("the late write");
+
+    // Readers see version 2 again, and version 3 applies instead of waiting forever for 2.
+    assert_eq!(app.replica(&id).await.map(|t| t.version), Some(2));
+    assert_eq!(
+        handle(&app.store, updated(&id, 3, "v3", 1000))
+            .await
+            .expect("handled"),
+        Outcome::Ack
+    );
+    let replica = app.replica(&id).await.expect("replica");
+    assert_eq!((replica.title.as_str(), replica.version), ("v3", 3));
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_of_each_version_leave_the_replica_at_the_last_one() {
+    let app = spawn_app().await;
+    let id = app.ticket("v0", 1000).await.id.to_hex();
+    for version in 1..=5 {
+        let title = format!("v{version}");
+        let duplicates = (0..4).map(|_| handle(&app.store, updated(&id, version, &title, 1000)));
+        for outcome in futures::future::join_all(duplicates).await {
+            assert_eq!(outcome.expect("handled"), Outcome::Ack);
+        }
+    }
+    let replica = app.replica(&id).await.expect("replica");
+    assert_eq!((replica.title.as_str(), replica.version), ("v5", 5));
+    let raw = app
+        .count("tickets", mongodb::bson::doc! { "version": 5 })
+        .await;
+    assert_eq!(raw, 1, "the stored document itself is at version 5");
+}

@@ -118,3 +118,41 @@ async fn a_cancellation_published_before_its_order_is_applied_once_the_order_arr
         1
     );
 }
+
+#[tokio::test]
+async fn a_late_duplicate_that_rolled_a_cancelled_replica_back_cannot_make_it_payable() {
+    let app = spawn_app().await;
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(1000)).await;
+    app.cancel(&order).await;
+    // A duplicate of order:created or of an older state, applied read-modify-write by another
+    // replica of this service, writes version 0 back after the cancellation landed.
+    let id = mongodb::bson::oid::ObjectId::parse_str(&order.id).expect("id");
+    let mut stale = app.replica(&order.id).await.expect("replica");
+    stale.status = OrderStatus::Created;
+    stale.version = 0;
+    app.orders
+        .collection()
+        .replace_one(doc! { "_id": id }, &stale)
+        .await
+        .expect("the late write");
+
+    let reply = app.pay(&user, &order.id, "tok_visa").await;
+
+    assert_eq!(
+        reply.status,
+        reqwest::StatusCode::BAD_REQUEST,
+        "{:?}",
+        reply.body
+    );
+    assert_eq!(
+        reply.body,
+        crate::helpers::errors(&[(payments::routes::payments::CANCELLED_ORDER, None)])
+    );
+    assert!(app.stripe_requests().await.is_empty(), "nothing charged");
+    let replica = app.replica(&order.id).await.expect("replica");
+    assert_eq!(
+        (replica.status, replica.version),
+        (OrderStatus::Cancelled, 1)
+    );
+}

@@ -393,3 +393,73 @@ async fn a_change_another_replica_left_behind_waits_for_the_sweep() {
     assert_eq!(event.message_id(), "expiration:complete:c1:0");
     running.stop().await;
 }
+
+#[tokio::test]
+async fn a_replica_insert_cut_after_its_change_document_is_finished_by_the_redelivery() {
+    let db = fresh_database().await;
+    let store = VersionedStore::<Counter>::new(&db, "replicas");
+    let first = counter("r1", "r1");
+    // The crash: the change document of version 0 is written, the record is not.
+    store.create(&first, Vec::new()).await.expect("created");
+    store
+        .records()
+        .delete_one(doc! { "_id": "r1" })
+        .await
+        .expect("the record vanishes");
+
+    assert!(!store.create_replica(&first).await.expect("redelivered"));
+
+    assert_eq!(store.get(first.key()).await.expect("read"), Some(first));
+}
+
+#[tokio::test]
+async fn replica_versions_apply_in_order_once_and_duplicates_are_recognised() {
+    use common::store::ReplicaUpdate;
+    let db = fresh_database().await;
+    let store = VersionedStore::<Counter>::new(&db, "replicas");
+    assert!(
+        store
+            .create_replica(&counter("r1", "r1"))
+            .await
+            .expect("created")
+    );
+    let to = |version: i64| {
+        move |current: &Counter| Counter {
+            version,
+            writers: [current.writers.clone(), vec![format!("v{version}")]].concat(),
+            ..current.clone()
+        }
+    };
+    let key = Bson::String("r1".into());
+
+    assert_eq!(
+        store
+            .apply_replica_version(key.clone(), 2, to(2))
+            .await
+            .expect("v2"),
+        ReplicaUpdate::NotYet
+    );
+    let applied =
+        join_all((0..5).map(|_| store.apply_replica_version(key.clone(), 1, to(1)))).await;
+    let applied: Vec<ReplicaUpdate> = applied.into_iter().map(|r| r.expect("v1")).collect();
+    assert_eq!(
+        applied
+            .iter()
+            .filter(|u| **u == ReplicaUpdate::Applied)
+            .count(),
+        1,
+        "{applied:?}"
+    );
+    assert_eq!(
+        store
+            .apply_replica_version(key.clone(), 2, to(2))
+            .await
+            .expect("v2"),
+        ReplicaUpdate::Applied
+    );
+    let stored = store.get(key).await.expect("read").expect("the replica");
+    assert_eq!(
+        (stored.version, stored.writers),
+        (2, vec!["v1".to_owned(), "v2".to_owned()])
+    );
+}

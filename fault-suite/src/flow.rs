@@ -1,14 +1,23 @@
 //! The scripted purchase flow, as real clients would drive it: every call is retried on connection
 //! errors, 5xx and eventual-consistency 404s, and an operation counts as acknowledged once the
-//! service has confirmed it (directly, or as found on a later read after a lost response).
+//! service has confirmed it (directly, or as found on a later read after a lost response). A payment
+//! answered 202 (being confirmed) is acknowledged too: its outcome is settled later, by the payments
+//! reconciler, and checked after convergence.
+//!
+//! Two flows: [`Flow::run`] (buy, cancel, re-buy, pay, let expire) and [`Flow::race`] (pay in the
+//! last instant of the reservation window while Stripe is slow, so that the order expires while its
+//! charge is in flight).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use common::testing::stripe_double::Behaviour;
 use futures::future::join_all;
+use mongodb::bson::DateTime;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 use crate::stack::Stack;
 
@@ -18,19 +27,97 @@ pub struct Stats {
     pub acknowledged: AtomicUsize,
 }
 
+/// How `POST /api/payments` ended for a buyer (after retrying transient answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayAnswer {
+    /// 201, or 400 "Order has already been paid." on a retry.
+    Paid,
+    /// 202: Stripe's answer was late or unreadable; the payments reconciler settles it.
+    Confirming,
+    /// 400 "The order was cancelled while it was being paid; your payment is refunded."
+    Refunded,
+    /// 400: the order was cancelled or its window was over before it was charged.
+    TooLate,
+}
+
+/// Answers of the payments service, as its routes spell them.
+const ALREADY_PAID: &str = "Order has already been paid.";
+const REFUNDED: &str = "The order was cancelled while it was being paid; your payment is refunded.";
+const CANCELLED_ORDER: &str = "Canncelled order unabled for payment.";
+const EXPIRED_ORDER: &str = "Order has expired.";
+
+/// An order paid in the last instant of its window ([`Flow::race`]).
+#[derive(Debug, Clone)]
+pub struct RaceOrder {
+    pub order: String,
+    /// Its buyer's cookie.
+    pub buyer: String,
+    pub ticket: String,
+    /// What the buyer was told.
+    pub answer: PayAnswer,
+    /// How long before the end of the window the payment was sent, and with which Stripe delay.
+    pub lead: Duration,
+    pub stripe_delay: Duration,
+}
+
 /// What the flow did, for the convergence check.
 #[derive(Debug, Default, Clone)]
 pub struct Outcome {
-    /// (ticket id, seller cookie)
     pub tickets: Vec<String>,
     /// Buyers' cookies, one per ticket.
     pub buyers: Vec<String>,
     /// Orders that were paid (201 or "already paid" after a retry).
     pub paid_orders: Vec<String>,
+    /// Orders whose payment was answered 202: they end `complete` (the reconciler confirmed the
+    /// charge in time) or `cancelled` with their charge refunded (the window ended first).
+    pub confirming_orders: Vec<String>,
+    /// Orders whose payment was answered "refunded": they end `cancelled`, their charge refunded.
+    pub refunded_orders: Vec<String>,
+    /// Orders whose payment came too late (cancelled or expired meanwhile): they end `cancelled`.
+    pub too_late_orders: Vec<String>,
     /// Orders left to expire.
     pub expiring_orders: Vec<String>,
     /// Orders cancelled by their buyer.
     pub cancelled_orders: Vec<String>,
+    /// Orders paid in the last instant of their window ([`Flow::race`]).
+    pub race_orders: Vec<RaceOrder>,
+    /// When the last raced order's window ended.
+    pub race_expired_at: Option<DateTime>,
+}
+
+impl Outcome {
+    fn record_payment(&mut self, order: &str, answer: PayAnswer) {
+        let list = match answer {
+            PayAnswer::Paid => &mut self.paid_orders,
+            PayAnswer::Confirming => &mut self.confirming_orders,
+            PayAnswer::Refunded => &mut self.refunded_orders,
+            PayAnswer::TooLate => &mut self.too_late_orders,
+        };
+        list.push(order.to_owned());
+    }
+}
+
+/// Where the flow is, for faults that must land in a given phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Signing up, listing tickets, ordering.
+    Setup,
+    /// The first payments are being sent (the paid third, while the first third cancels).
+    Paying,
+    /// Re-buying the cancelled third and paying for it.
+    SecondPayments,
+    /// The flow has ended (or failed).
+    Done,
+}
+
+/// Which orders the scripted flow leaves to expire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// A third cancelled, re-bought and paid; a third paid; a third left to expire.
+    WithExpiry,
+    /// A third cancelled, re-bought and paid; two thirds paid; none left to expire (for runs with a
+    /// reservation window longer than the run).
+    NoExpiry,
 }
 
 const RETRY_FOR: Duration = Duration::from_secs(45);
@@ -38,6 +125,9 @@ const RETRY_FOR: Duration = Duration::from_secs(45);
 pub struct Flow<'a> {
     pub stack: &'a Stack,
     pub stats: Stats,
+    phase: watch::Sender<Phase>,
+    /// Whether the second payments (of the re-bought third) may be sent.
+    second_payments: watch::Sender<bool>,
 }
 
 struct Reply {
@@ -51,7 +141,29 @@ impl<'a> Flow<'a> {
         Self {
             stack,
             stats: Stats::default(),
+            phase: watch::Sender::new(Phase::Setup),
+            second_payments: watch::Sender::new(true),
         }
+    }
+
+    /// Waits until the flow has reached `phase` (or ended).
+    pub async fn reached(&self, phase: Phase) {
+        let mut rx = self.phase.subscribe();
+        // The sender lives as long as the flow: `wait_for` cannot fail while we borrow it.
+        let _ = rx.wait_for(|current| *current >= phase).await;
+    }
+
+    /// Holds the second payments until [`Flow::release_second_payments`].
+    pub fn hold_second_payments(&self) {
+        self.second_payments.send_replace(false);
+    }
+
+    pub fn release_second_payments(&self) {
+        self.second_payments.send_replace(true);
+    }
+
+    fn enter(&self, phase: Phase) {
+        self.phase.send_replace(phase);
     }
 
     async fn send(
@@ -251,7 +363,10 @@ impl<'a> Flow<'a> {
         .await
     }
 
-    pub async fn pay(&self, buyer: &str, order: &str) -> anyhow::Result<()> {
+    /// Pays `order`. Retries what a client retries (connection errors, 5xx, 404 while the payments
+    /// service has not heard of the order, 409 while an attempt is open); 202 and the final 400s
+    /// end it (see [`PayAnswer`]).
+    pub async fn pay(&self, buyer: &str, order: &str) -> anyhow::Result<PayAnswer> {
         let body = json!({ "orderId": order, "token": "tok_visa" });
         self.until(
             "pay",
@@ -270,18 +385,51 @@ impl<'a> Flow<'a> {
                 )
                 .await
             },
-            |reply| {
-                let already_paid = reply.status == StatusCode::BAD_REQUEST
-                    && reply.body.to_string().contains("already been paid");
-                (reply.status == StatusCode::CREATED || already_paid).then_some(())
+            |reply| match reply.status {
+                StatusCode::CREATED => Some(PayAnswer::Paid),
+                StatusCode::ACCEPTED => Some(PayAnswer::Confirming),
+                StatusCode::BAD_REQUEST => match error_message(&reply.body) {
+                    Some(ALREADY_PAID) => Some(PayAnswer::Paid),
+                    Some(REFUNDED) => Some(PayAnswer::Refunded),
+                    Some(CANCELLED_ORDER | EXPIRED_ORDER) => Some(PayAnswer::TooLate),
+                    // Anything else (a duplicate key while the database recovers ...) is retried.
+                    _ => None,
+                },
+                _ => None,
             },
         )
         .await
     }
 
-    /// The scripted flow for `n` tickets (a multiple of 3): a third cancelled and re-bought and paid,
-    /// a third paid, a third left to expire.
-    pub async fn run(&self, run: &str, n: usize) -> anyhow::Result<Outcome> {
+    /// When an order's reservation window ends, as the orders service says (ms since the epoch).
+    async fn expires_at(&self, buyer: &str, order: &str) -> anyhow::Result<i64> {
+        let path = format!("/api/orders/{order}");
+        let deadline = Instant::now() + RETRY_FOR;
+        loop {
+            let reply = self
+                .send(Method::GET, "orders", &path, Some(buyer), None)
+                .await;
+            if let Ok(reply) = &reply
+                && reply.status == StatusCode::OK
+                && let Some(at) = reply.body["expiresAt"].as_str()
+            {
+                return Ok(DateTime::parse_rfc3339_str(at)
+                    .with_context(|| format!("expiresAt {at:?} of order {order}"))?
+                    .timestamp_millis());
+            }
+            if Instant::now() > deadline {
+                bail!("cannot read order {order}'s expiresAt");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Signs up a seller and `n` buyers, lists `n` tickets and orders each for one buyer.
+    async fn setup(
+        &self,
+        run: &str,
+        n: usize,
+    ) -> anyhow::Result<(Vec<String>, Vec<String>, Vec<String>)> {
         let seller = self.signup(&format!("seller-{run}@test.com")).await?;
         let titles: Vec<String> = (0..n).map(|i| format!("Show {i}")).collect();
         let emails: Vec<String> = (0..n).map(|i| format!("buyer{i}-{run}@test.com")).collect();
@@ -303,21 +451,41 @@ impl<'a> Flow<'a> {
                 .await
                 .into_iter()
                 .collect::<anyhow::Result<_>>()?;
+        Ok((tickets, buyers, orders))
+    }
+
+    /// The scripted flow for `n` tickets (a multiple of 3): a third cancelled, re-bought and paid; a
+    /// third paid; a third left to expire (or paid too, with [`Shape::NoExpiry`]).
+    pub async fn run(&self, run: &str, n: usize, shape: Shape) -> anyhow::Result<Outcome> {
+        let outcome = self.scripted(run, n, shape).await;
+        self.enter(Phase::Done);
+        outcome
+    }
+
+    async fn scripted(&self, run: &str, n: usize, shape: Shape) -> anyhow::Result<Outcome> {
+        let (tickets, buyers, orders) = self.setup(run, n).await?;
         let third = n / 3;
+        let paid_until = match shape {
+            Shape::WithExpiry => 2 * third,
+            Shape::NoExpiry => n,
+        };
         let mut outcome = Outcome {
             tickets: tickets.clone(),
             buyers: buyers.clone(),
             ..Outcome::default()
         };
 
+        self.enter(Phase::Paying);
         let cancels = join_all((0..third).map(|i| self.cancel(&buyers[i], &orders[i])));
-        let pays = join_all((third..2 * third).map(|i| self.pay(&buyers[i], &orders[i])));
+        let pays = join_all((third..paid_until).map(|i| self.pay(&buyers[i], &orders[i])));
         let (cancelled, paid) = tokio::join!(cancels, pays);
         cancelled.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
-        paid.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+        let paid = paid.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+        for (order, answer) in orders[third..paid_until].iter().zip(paid) {
+            outcome.record_payment(order, answer);
+        }
         outcome.cancelled_orders = orders[..third].to_vec();
-        outcome.paid_orders = orders[third..2 * third].to_vec();
-        outcome.expiring_orders = orders[2 * third..].to_vec();
+        outcome.expiring_orders = orders[paid_until..].to_vec();
 
         // The cancelled tickets are bought again (the buyer's cancellation released them) and paid.
         let rebought: Vec<String> =
@@ -326,7 +494,10 @@ impl<'a> Flow<'a> {
                 .into_iter()
                 .collect::<anyhow::Result<_>>()
                 .context("re-buying released tickets")?;
-        join_all(
+        let mut released = self.second_payments.subscribe();
+        let _ = released.wait_for(|released| *released).await;
+        self.enter(Phase::SecondPayments);
+        let paid = join_all(
             rebought
                 .iter()
                 .enumerate()
@@ -335,7 +506,108 @@ impl<'a> Flow<'a> {
         .await
         .into_iter()
         .collect::<anyhow::Result<Vec<_>>>()?;
-        outcome.paid_orders.extend(rebought);
+        for (order, answer) in rebought.iter().zip(paid) {
+            outcome.record_payment(order, answer);
+        }
         Ok(outcome)
     }
+
+    /// The pay-versus-expiry race for `n` tickets (even): every buyer orders, then pays in the last
+    /// instant of the order's window while Stripe answers late, so that the order expires while its
+    /// charge is in flight. The first half pays `SLOW.0` before the end of the window with Stripe
+    /// answering after `SLOW.1` (longer than the payments service's Stripe timeout: the buyer gets
+    /// 202 and the reconciler finds the charge after the order was cancelled); the second half pays
+    /// `FAST.0` before the end with Stripe answering after `FAST.1` (within the timeout, after the
+    /// end of the window: the charge usually comes back after the cancellation, and is refunded at
+    /// once: 400 "your payment is refunded").
+    pub async fn race(&self, run: &str, n: usize) -> anyhow::Result<Outcome> {
+        let outcome = self.racing(run, n).await;
+        self.enter(Phase::Done);
+        outcome
+    }
+
+    async fn racing(&self, run: &str, n: usize) -> anyhow::Result<Outcome> {
+        const SLOW: (Duration, Duration) = (Duration::from_millis(1000), Duration::from_secs(3));
+        const FAST: (Duration, Duration) =
+            (Duration::from_millis(400), Duration::from_millis(1300));
+        let stripe = &self.stack.stripe_double;
+        stripe.set(Behaviour::Normal { delay: SLOW.1 });
+        let (tickets, buyers, orders) = self.setup(run, n).await?;
+        let expiries: Vec<i64> = join_all(
+            buyers
+                .iter()
+                .zip(&orders)
+                .map(|(buyer, order)| self.expires_at(buyer, order)),
+        )
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+        let half = n / 2;
+        let slow_half: Vec<&String> = orders[..half].iter().collect();
+        self.enter(Phase::Paying);
+
+        let (expiries_ref, buyers_ref, orders_ref) = (&expiries, &buyers, &orders);
+        let pay_at = move |i: usize, lead: Duration| async move {
+            let lead_ms = i64::try_from(lead.as_millis()).unwrap_or(i64::MAX);
+            let wait_ms = expiries_ref[i] - lead_ms - DateTime::now().timestamp_millis();
+            tokio::time::sleep(Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0))).await;
+            self.pay(&buyers_ref[i], &orders_ref[i]).await
+        };
+        let slow = join_all((0..half).map(|i| pay_at(i, SLOW.0)));
+        // Stripe turns faster once the slow half's charges have reached it, just before the fast
+        // half pays (what the slow half was told does not change: the double fixes each answer's
+        // delay when the request arrives).
+        let switch = async {
+            let earliest_fast = expiries[half..].iter().copied().min().unwrap_or_default();
+            let switch_at_ms = earliest_fast - i64::try_from(FAST.0.as_millis()).unwrap_or(0) - 100;
+            while DateTime::now().timestamp_millis() < switch_at_ms {
+                let arrived = slow_half
+                    .iter()
+                    .filter(|order| !stripe.charges_of(order).is_empty())
+                    .count();
+                if arrived == slow_half.len() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            stripe.set(Behaviour::Normal { delay: FAST.1 });
+            join_all((half..n).map(|i| pay_at(i, FAST.0))).await
+        };
+        let (slow, fast) = tokio::join!(slow, switch);
+        // Every raced payment has its answer: Stripe is quick again for the reconciler.
+        stripe.set(Behaviour::Normal {
+            delay: Duration::ZERO,
+        });
+        let answers: Vec<PayAnswer> = slow
+            .into_iter()
+            .chain(fast)
+            .collect::<anyhow::Result<_>>()?;
+        let race_orders = answers
+            .into_iter()
+            .enumerate()
+            .map(|(i, answer)| {
+                let (lead, stripe_delay) = if i < half { SLOW } else { FAST };
+                RaceOrder {
+                    order: orders[i].clone(),
+                    buyer: buyers[i].clone(),
+                    ticket: tickets[i].clone(),
+                    answer,
+                    lead,
+                    stripe_delay,
+                }
+            })
+            .collect();
+        Ok(Outcome {
+            tickets,
+            buyers,
+            race_orders,
+            race_expired_at: expiries.iter().copied().max().map(DateTime::from_millis),
+            ..Outcome::default()
+        })
+    }
+}
+
+/// The first error message of an answer in the error shape.
+fn error_message(body: &Value) -> Option<&str> {
+    body["errors"][0]["message"].as_str()
 }

@@ -1,14 +1,18 @@
 //! `cargo run -p fault-suite` (through `scripts/faults.sh`): runs the purchase flow once per fault and
-//! prints a table; exits non-zero if any run ends with an inconsistency.
+//! prints a table; exits non-zero if any run ends with an inconsistency or a violation of the money
+//! invariant. `FAULTS_ONLY=<run name>,...` runs only some scenarios (names: `Fault::run_name`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use fault_suite::check::converge;
+use common::testing::invariants::MoneyReport;
+use common::testing::stripe_double::Behaviour;
+use fault_suite::check::{Reconciliation, converge, reconciliation};
 use fault_suite::degradation;
-use fault_suite::flow::Flow;
-use fault_suite::stack::Stack;
+use fault_suite::flow::{Flow, Outcome, PayAnswer, Phase, Shape};
+use fault_suite::stack::{RECONCILE_HORIZON, RECONCILE_MAX_BACKOFF, Stack};
+use mongodb::bson::DateTime;
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {
@@ -18,9 +22,37 @@ enum Fault {
     PaymentsKilled,
     NatsDown,
     FerretDbDown,
+    StripeSlow,
+    StripeDownThenUp,
+    PaymentsKilledMidCharge,
+    PayExpiryRace,
+}
+
+/// How long a slow Stripe takes to answer: longer than the payments service's timeout (1.5 s).
+const SLOW_STRIPE: Duration = Duration::from_secs(3);
+
+/// What the flow is, under a fault.
+enum Script {
+    /// [`Flow::run`] with this shape.
+    Flow(Shape),
+    /// [`Flow::race`].
+    Race,
 }
 
 impl Fault {
+    const ALL: [Fault; 10] = [
+        Fault::None,
+        Fault::NatsRestart,
+        Fault::OrdersKilled,
+        Fault::PaymentsKilled,
+        Fault::NatsDown,
+        Fault::FerretDbDown,
+        Fault::StripeSlow,
+        Fault::StripeDownThenUp,
+        Fault::PaymentsKilledMidCharge,
+        Fault::PayExpiryRace,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Fault::None => "none (baseline)",
@@ -29,6 +61,12 @@ impl Fault {
             Fault::PaymentsKilled => "payments SIGKILLed and restarted",
             Fault::NatsDown => "nats-server down for 3 s",
             Fault::FerretDbDown => "FerretDB down for 3 s",
+            Fault::StripeSlow => "Stripe slow (answers in 3 s) until 3 s into the payments",
+            Fault::StripeDownThenUp => {
+                "Stripe down until 5 s into the payments, then failing after charging for 2 s"
+            }
+            Fault::PaymentsKilledMidCharge => "payments SIGKILLed mid-charge (Stripe slow)",
+            Fault::PayExpiryRace => "pay vs expiry race (Stripe slow)",
         }
     }
 
@@ -40,12 +78,98 @@ impl Fault {
             Fault::PaymentsKilled => "payments",
             Fault::NatsDown => "nats-down",
             Fault::FerretDbDown => "ferretdb",
+            Fault::StripeSlow => "stripe-slow",
+            Fault::StripeDownThenUp => "stripe-down",
+            Fault::PaymentsKilledMidCharge => "payments-mid-charge",
+            Fault::PayExpiryRace => "race",
+        }
+    }
+
+    /// The flow to run, and the reservation window (seconds). Faults of Stripe leave charges to the
+    /// reconciler, which takes them up 6.5 s after their last change: their runs give orders a window
+    /// longer than the run (and leave none to expire), so that a confirmed charge completes its
+    /// order; the race is about the window's end, so its window is short.
+    fn script(self) -> (Script, u64) {
+        match self {
+            Fault::None
+            | Fault::NatsRestart
+            | Fault::OrdersKilled
+            | Fault::PaymentsKilled
+            | Fault::NatsDown
+            | Fault::FerretDbDown => (Script::Flow(Shape::WithExpiry), EXPIRATION_WINDOW_SECONDS),
+            Fault::StripeSlow | Fault::StripeDownThenUp | Fault::PaymentsKilledMidCharge => {
+                (Script::Flow(Shape::NoExpiry), LONG_WINDOW_SECONDS)
+            }
+            Fault::PayExpiryRace => (Script::Race, RACE_WINDOW_SECONDS),
+        }
+    }
+
+    /// What is set up before the flow starts.
+    fn prepare(self, stack: &Stack, flow: &Flow<'_>) {
+        let stripe = &stack.stripe_double;
+        match self {
+            Fault::StripeSlow | Fault::PaymentsKilledMidCharge => {
+                stripe.set(Behaviour::Normal { delay: SLOW_STRIPE });
+            }
+            Fault::StripeDownThenUp => {
+                stripe.set(Behaviour::Down);
+                // The re-bought third pays while Stripe fails after charging.
+                flow.hold_second_payments();
+            }
+            _ => {}
         }
     }
 
     /// Injects the fault; for outages, also checks how the services degrade while it lasts and
     /// that they recover by themselves. Returns the problems seen.
-    async fn inject(self, stack: &Stack) -> anyhow::Result<Vec<String>> {
+    async fn inject(self, stack: &Stack, flow: &Flow<'_>) -> anyhow::Result<Vec<String>> {
+        let stripe = &stack.stripe_double;
+        let normal = Behaviour::Normal {
+            delay: Duration::ZERO,
+        };
+        match self {
+            Fault::StripeSlow => {
+                flow.reached(Phase::Paying).await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                stripe.set(normal);
+                return Ok(Vec::new());
+            }
+            Fault::StripeDownThenUp => {
+                flow.reached(Phase::Paying).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                stripe.set(Behaviour::FailsAfterProcessing);
+                flow.release_second_payments();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                stripe.set(normal);
+                return Ok(Vec::new());
+            }
+            Fault::PaymentsKilledMidCharge => {
+                flow.reached(Phase::Paying).await;
+                // Stripe has the first charges and answers in 3 s: kill payments while it waits.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while stripe.charges().is_empty() {
+                    if Instant::now() > deadline {
+                        anyhow::bail!("no charge reached Stripe within 30 s of the first payments");
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let service = stack.service("payments")?;
+                service.kill().await?;
+                eprintln!(
+                    "    payments SIGKILLed with {} charges at Stripe, none answered yet",
+                    stripe.charges().len()
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                stripe.set(normal);
+                service.start(&stack.http).await?;
+                return Ok(Vec::new());
+            }
+            Fault::PayExpiryRace => return Ok(Vec::new()),
+            _ => {}
+        }
+        // The other faults land while the flow is under way: 1.5 s in.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         match self {
             Fault::None => Ok(Vec::new()),
             Fault::NatsRestart => stack.infra("restart", "nats").await.map(|()| Vec::new()),
@@ -87,6 +211,10 @@ impl Fault {
                 problems.extend(degradation::recovered(stack).await);
                 Ok(problems)
             }
+            Fault::StripeSlow
+            | Fault::StripeDownThenUp
+            | Fault::PaymentsKilledMidCharge
+            | Fault::PayExpiryRace => Ok(Vec::new()),
         }
     }
 }
@@ -96,64 +224,204 @@ struct Row {
     attempted: usize,
     acknowledged: usize,
     problems: Vec<String>,
+    money: Option<MoneyReport>,
+    reconciled: Reconciliation,
+    /// From the end of the fault (Stripe answering normally again, payments restarted; in the race,
+    /// the end of the raced orders' window) to the last attempt the reconciler settled.
+    reconciled_after_fault: Option<Duration>,
     recovery: Duration,
 }
 
 const TICKETS: usize = 12;
+const RACE_TICKETS: usize = 8;
 const EXPIRATION_WINDOW_SECONDS: u64 = 6;
+/// Longer than any run: no order expires in it.
+const LONG_WINDOW_SECONDS: u64 = 120;
+const RACE_WINDOW_SECONDS: u64 = 4;
+/// How long convergence may take once the flow is over (plus the window, if orders expire).
+const CONVERGE_WITHIN: Duration = Duration::from_secs(40);
+/// The longest a payment attempt may stay open: the reconciler's horizon, plus its longest backoff,
+/// plus the longest Stripe outage here (7 s), plus a margin.
+const RECONCILED_WITHIN: Duration = RECONCILE_HORIZON
+    .saturating_add(RECONCILE_MAX_BACKOFF)
+    .saturating_add(Duration::from_secs(7 + 2));
+
+fn answers(outcome: &Outcome) -> String {
+    let race = |answer: PayAnswer| {
+        outcome
+            .race_orders
+            .iter()
+            .filter(|r| r.answer == answer)
+            .count()
+    };
+    format!(
+        "payments answered: {} paid, {} being confirmed (202), {} refunded, {} too late",
+        outcome.paid_orders.len() + race(PayAnswer::Paid),
+        outcome.confirming_orders.len() + race(PayAnswer::Confirming),
+        outcome.refunded_orders.len() + race(PayAnswer::Refunded),
+        outcome.too_late_orders.len() + race(PayAnswer::TooLate),
+    )
+}
+
+/// What the raced buyers were told, by how they paid.
+fn race_answers(outcome: &Outcome) -> Vec<String> {
+    let mut batches: Vec<(Duration, Duration)> = outcome
+        .race_orders
+        .iter()
+        .map(|r| (r.lead, r.stripe_delay))
+        .collect();
+    batches.dedup();
+    batches
+        .into_iter()
+        .map(|(lead, delay)| {
+            let told: Vec<String> = outcome
+                .race_orders
+                .iter()
+                .filter(|r| (r.lead, r.stripe_delay) == (lead, delay))
+                .map(|r| format!("{:?}", r.answer))
+                .collect();
+            format!(
+                "paid {:.1} s before the window's end, Stripe answering in {:.1} s: {}",
+                lead.as_secs_f64(),
+                delay.as_secs_f64(),
+                told.join(", ")
+            )
+        })
+        .collect()
+}
 
 async fn run_one(root: &Path, fault: Fault) -> anyhow::Result<Row> {
-    let stack = Stack::start(root, fault.run_name(), EXPIRATION_WINDOW_SECONDS).await?;
+    let (script, window) = fault.script();
+    let stack = Stack::start(root, fault.run_name(), window).await?;
     let flow = Flow::new(&stack);
-    // The fault lands while the flow is under way: injected 1.5 s in, concurrently with it.
+    fault.prepare(&stack, &flow);
     let injection = async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let result = fault.inject(&stack).await;
-        (result, Instant::now())
+        let result = fault.inject(&stack, &flow).await;
+        (result, Instant::now(), DateTime::now())
     };
-    let (outcome, (injected, fault_over)) =
-        tokio::join!(flow.run(fault.run_name(), TICKETS), injection);
-    injected?;
+    let script_run = async {
+        match script {
+            Script::Flow(shape) => flow.run(fault.run_name(), TICKETS, shape).await,
+            Script::Race => flow.race(fault.run_name(), RACE_TICKETS).await,
+        }
+    };
+    let (outcome, (injected, fault_over, fault_over_at)) = tokio::join!(script_run, injection);
+    let mut problems = injected?;
     let outcome = outcome?;
-    let limit = Duration::from_secs(EXPIRATION_WINDOW_SECONDS + 40);
-    let (problems, _) = converge(&stack, &outcome, limit).await;
-    let recovery = fault_over.elapsed();
+    eprintln!("    {}", answers(&outcome));
+    for line in race_answers(&outcome) {
+        eprintln!("    {line}");
+    }
+    let expiring = match script {
+        Script::Flow(Shape::WithExpiry) | Script::Race => Duration::from_secs(window),
+        Script::Flow(Shape::NoExpiry) => Duration::ZERO,
+    };
+    let converged = converge(&stack, &outcome, CONVERGE_WITHIN + expiring).await;
+    // The race's fault is the end of the raced orders' window.
+    let fault_ended_ms = outcome
+        .race_expired_at
+        .unwrap_or(fault_over_at)
+        .timestamp_millis();
+    let recovery = match outcome.race_expired_at {
+        Some(_) => since(fault_ended_ms, DateTime::now().timestamp_millis()),
+        None => fault_over.elapsed(),
+    };
+    problems.extend(converged.problems);
+    let reconciled = match reconciliation(&stack).await {
+        Ok(found) => found,
+        Err(err) => {
+            problems.push(format!("cannot read the payments' history: {err:#}"));
+            Reconciliation::default()
+        }
+    };
+    if reconciled.longest_open > RECONCILED_WITHIN {
+        problems.push(format!(
+            "a payment attempt stayed open {:.1} s (more than {RECONCILED_WITHIN:?})",
+            reconciled.longest_open.as_secs_f64()
+        ));
+    }
+    let reconciled_after_fault = reconciled
+        .last_settled_at
+        .map(|at| since(fault_ended_ms, at));
     let row = Row {
         fault,
         attempted: flow.stats.attempted.load(Ordering::Relaxed),
         acknowledged: flow.stats.acknowledged.load(Ordering::Relaxed),
         problems,
+        money: converged.money,
+        reconciled,
+        reconciled_after_fault,
         recovery,
     };
     stack.stop().await;
     Ok(row)
 }
 
+/// From `from` to `to` (ms since the epoch); zero if `to` is earlier.
+fn since(from: i64, to: i64) -> Duration {
+    Duration::from_millis(u64::try_from(to - from).unwrap_or(0))
+}
+
+fn money_cell(money: Option<&MoneyReport>) -> String {
+    money.map_or_else(
+        || "unread".to_owned(),
+        |m| format!("{} / {} / {}", m.charges, m.refunded, m.violations.len()),
+    )
+}
+
+fn reconciled_cell(row: &Row) -> String {
+    if row.reconciled.attempts == 0 {
+        return "none".to_owned();
+    }
+    let after = row
+        .reconciled_after_fault
+        .map(|d| format!("; last {:.1} s after the fault", d.as_secs_f64()))
+        .unwrap_or_default();
+    format!(
+        "{}, open ≤ {:.1} s{after}",
+        row.reconciled.attempts,
+        row.reconciled.longest_open.as_secs_f64()
+    )
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let started = Instant::now();
+    // `FAULTS_ONLY=race,stripe-slow` runs only those scenarios (by run name), for debugging one.
+    let only: Option<Vec<String>> = std::env::var("FAULTS_ONLY")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect());
     let mut rows = Vec::new();
-    for fault in [
-        Fault::None,
-        Fault::NatsRestart,
-        Fault::OrdersKilled,
-        Fault::PaymentsKilled,
-        Fault::NatsDown,
-        Fault::FerretDbDown,
-    ] {
+    for fault in Fault::ALL {
+        if let Some(only) = &only
+            && !only.iter().any(|name| name == fault.run_name())
+        {
+            continue;
+        }
         eprintln!("==> fault suite: {}", fault.label());
-        rows.push(run_one(&root, fault).await?);
+        let row = run_one(&root, fault).await?;
+        eprintln!(
+            "    money: {}; reconciled: {}; {} problems",
+            money_cell(row.money.as_ref()),
+            reconciled_cell(&row),
+            row.problems.len()
+        );
+        rows.push(row);
     }
     println!(
-        "| fault injected | operations attempted | acknowledged | problems (must be 0) | converged after the fault |"
+        "| fault injected | operations attempted | acknowledged | money: charges / refunded / violations | reconciled attempts (longest open; last settled after the fault) | problems (must be 0) | converged after the fault |"
     );
-    println!("|---|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---|---:|---:|");
     for row in &rows {
         println!(
-            "| {} | {} | {} | {} | {:.1} s |",
+            "| {} | {} | {} | {} | {} | {} | {:.1} s |",
             row.fault.label(),
             row.attempted,
             row.acknowledged,
+            money_cell(row.money.as_ref()),
+            reconciled_cell(row),
             row.problems.len(),
             row.recovery.as_secs_f64()
         );
@@ -165,6 +433,11 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("  - {problem}");
         }
     }
+    eprintln!(
+        "==> fault suite: {} scenarios in {:.0} s",
+        rows.len(),
+        started.elapsed().as_secs_f64()
+    );
     println!(
         "{} passed, {} failed",
         rows.len() - failed.len(),

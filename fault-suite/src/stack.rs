@@ -1,6 +1,7 @@
 //! The backend services as child processes (the binaries `cargo test` built), on free loopback ports,
 //! sharing the infrastructure of `scripts/infra.sh` with a fresh database per service and a fresh
-//! JetStream stream per run, plus a Stripe double.
+//! JetStream stream per run, plus the shared Stripe double (`common::testing::stripe_double`), whose
+//! ledger the money invariant is checked against.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -9,12 +10,24 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use common::testing::stripe_double::StripeDouble;
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+use wiremock::MockServer;
 
 pub const SERVICES: [&str; 5] = ["auth", "tickets", "orders", "payments", "expiration"];
+
+/// The payments service's Stripe timeout here (`STRIPE_TIMEOUT_MS`): short, so that a slow Stripe
+/// makes answers late within a run and the reconciler settles them within it.
+pub const STRIPE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// When the payments reconciler takes up an attempt: the Stripe timeout plus its margin of 5 s
+/// (`payments::saga::ReconcileTiming::for_stripe_timeout`).
+pub const RECONCILE_HORIZON: Duration = Duration::from_millis(1500 + 5000);
+
+/// The longest the payments reconciler waits between passes while payments stay unsettled
+/// (`ReconcileTiming::max_backoff`).
+pub const RECONCILE_MAX_BACKOFF: Duration = Duration::from_secs(15);
 
 /// A service process and how to start it again.
 pub struct ServiceProcess {
@@ -87,44 +100,16 @@ impl ServiceProcess {
     }
 }
 
-/// Counts the charges the real Stripe client sends, and answers like Stripe.
-struct StripeCharges;
-
-impl Respond for StripeCharges {
-    fn respond(&self, request: &Request) -> ResponseTemplate {
-        let body = String::from_utf8_lossy(&request.body);
-        let amount = body
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("amount="))
-            .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(0);
-        let key = request
-            .headers
-            .get("idempotency-key")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("none")
-            .to_owned();
-        ResponseTemplate::new(200).set_body_json(common::testing::stripe_charge_json(
-            &format!("ch_{}", short_hash(&key)),
-            amount,
-            "tok",
-        ))
-    }
-}
-
-fn short_hash(text: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.bytes() {
-        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{hash:016x}")
-}
-
 pub struct Stack {
     pub services: BTreeMap<&'static str, ServiceProcess>,
     pub http: reqwest::Client,
+    /// The wiremock server the payments service calls as Stripe (kept alive with the stack).
     pub stripe: MockServer,
+    /// Its ledger of charges and refunds, and how it answers (`set(Behaviour::...)`).
+    pub stripe_double: StripeDouble,
     pub mongo_url: String,
+    /// A client of the run's databases (for the checks).
+    pub mongo: mongodb::Client,
     pub databases: BTreeMap<&'static str, String>,
     pub root: PathBuf,
 }
@@ -167,12 +152,11 @@ impl Stack {
         let logs = root.join(".data/logs/fault-suite");
         std::fs::create_dir_all(&logs)?;
         let stripe = MockServer::start().await;
-        Mock::given(method("POST"))
-            .and(path("/v1/charges"))
-            .respond_with(StripeCharges)
-            .mount(&stripe)
-            .await;
+        let stripe_double = StripeDouble::mount(&stripe).await;
         let mongo_url = infra("MONGO_URL")?;
+        let mongo = mongodb::Client::with_uri_str(&mongo_url)
+            .await
+            .context("configuring the MongoDB client")?;
         let suffix = common::testing::unique_suffix();
         let shared = vec![
             ("RUST_LOG".to_owned(), "info".to_owned()),
@@ -212,6 +196,12 @@ impl Stack {
             let mut env = shared.clone();
             env.push(("PORT".to_owned(), free_port()?.to_string()));
             env.push(("MONGO_DB".to_owned(), database.clone()));
+            if name == "payments" {
+                env.push((
+                    "STRIPE_TIMEOUT_MS".to_owned(),
+                    STRIPE_TIMEOUT.as_millis().to_string(),
+                ));
+            }
             let port = env
                 .iter()
                 .find(|(k, _)| k == "PORT")
@@ -234,7 +224,9 @@ impl Stack {
             services,
             http,
             stripe,
+            stripe_double,
             mongo_url,
+            mongo,
             databases,
             root: root.to_owned(),
         };
@@ -252,6 +244,15 @@ impl Stack {
 
     pub fn url(&self, service: &str, path: &str) -> anyhow::Result<String> {
         Ok(self.service(service)?.url(path))
+    }
+
+    /// The database of a service in this run.
+    pub fn database(&self, service: &str) -> anyhow::Result<mongodb::Database> {
+        let name = self
+            .databases
+            .get(service)
+            .with_context(|| format!("no database for {service}"))?;
+        Ok(self.mongo.database(name))
     }
 
     /// `scripts/infra.sh <verb> <component>`.
@@ -276,20 +277,6 @@ impl Stack {
         for service in self.services.values() {
             let _ = service.kill().await;
         }
-    }
-
-    /// How many charges reached the Stripe double.
-    pub async fn charges(&self) -> usize {
-        self.stripe
-            .received_requests()
-            .await
-            .map(|requests| {
-                requests
-                    .iter()
-                    .filter(|r| r.url.path() == "/v1/charges")
-                    .count()
-            })
-            .unwrap_or(0)
     }
 }
 

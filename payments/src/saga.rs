@@ -6,8 +6,9 @@
 //! * one charge per attempt (its idempotency key is the attempt id) and one open attempt per order
 //!   (the payment record's versions are claimed by insert);
 //! * an answer that is late, lost or unreadable leaves the attempt `unknown`, never released; the
-//!   [`Reconciler`] repeats the same keyed request once it is older than the Stripe timeout plus a
-//!   margin, until Stripe answers definitely;
+//!   reconciler ([`PaymentSaga::spawn_reconciler`]) repeats the same keyed request, until Stripe
+//!   answers definitely (an attempt still `pending` only once it is older than the Stripe timeout
+//!   plus a margin, when its own request cannot be running any more);
 //! * a request cut by its client, or a pod stopping, does not cut the charge: it runs on a task
 //!   that graceful shutdown waits for; a crash leaves a `pending` attempt for the reconciler;
 //! * an order that ends `cancelled` keeps no charge: whichever of "charge succeeded" and "order
@@ -25,6 +26,7 @@ use chrono::Utc;
 use common::bus::EventBus;
 use common::events::OrderStatus;
 use common::store::{Committed, StoreError};
+use futures::StreamExt as _;
 use mongodb::bson::oid::ObjectId;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -41,13 +43,19 @@ const SETTLE_ATTEMPTS: u32 = 3;
 const SETTLE_RETRY_DELAY: Duration = Duration::from_millis(200);
 /// How many unsettled payments one reconciler pass takes per state.
 const RECONCILE_BATCH: i64 = 200;
+/// How many of them it asks Stripe about at once.
+const RECONCILE_CONCURRENCY: usize = 8;
 
 /// When the reconciler runs and what it takes.
 #[derive(Debug, Clone, Copy)]
 pub struct ReconcileTiming {
-    /// A payment is reconciled once its last change is this old: longer than any charge request
-    /// can still be running (the Stripe timeout plus a margin for the database writes around it).
+    /// A `pending` attempt is reconciled once its last change is this old: longer than its own
+    /// charge request can still be running (the Stripe timeout plus a margin for the database
+    /// writes around it).
     pub horizon: Duration,
+    /// An `unknown` attempt or a `refunding` payment (no request of ours is waiting on Stripe for
+    /// it) is asked about again once its last change is this old.
+    pub retry_after: Duration,
     /// Between passes while this process may have left something unsettled.
     pub interval: Duration,
     /// Between passes otherwise (what other replicas that crashed left behind).
@@ -63,11 +71,23 @@ impl ReconcileTiming {
     pub fn for_stripe_timeout(timeout: Duration) -> Self {
         Self {
             horizon: timeout + Self::MARGIN,
+            retry_after: Duration::from_secs(1),
             interval: Duration::from_secs(1),
             sweep: Duration::from_secs(30),
             max_backoff: Duration::from_secs(15),
         }
     }
+}
+
+/// What one reconciler pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReconcilePass {
+    /// Payments it brought to a final state (or to `refunding` done).
+    pub settled: usize,
+    /// Payments it asked Stripe about that are still unsettled (no definite answer yet).
+    pub unresolved: usize,
+    /// How soon the next payment that was not due yet becomes due.
+    pub next_due: Option<Duration>,
 }
 
 /// How an attempt to pay ended, for the HTTP answer.
@@ -325,30 +345,50 @@ impl PaymentSaga {
         Ok(())
     }
 
-    /// One reconciler pass: every unsettled payment older than the horizon is asked about again.
-    /// Returns (settled, still unsettled).
-    pub async fn reconcile_once(&self, horizon: Duration) -> Result<(usize, usize), StoreError> {
+    /// One reconciler pass: every unsettled payment that is due is asked about again, a few at a
+    /// time. A `pending` attempt is due once older than `timing.horizon` (its own request may still
+    /// be waiting for Stripe until then); an `unknown` attempt or a `refunding` payment once older
+    /// than `timing.retry_after` (nobody is waiting for Stripe on it any more).
+    pub async fn reconcile_once(
+        &self,
+        timing: &ReconcileTiming,
+    ) -> Result<ReconcilePass, StoreError> {
         let now = Utc::now();
         let unsettled = self.payments.unsettled(now, RECONCILE_BATCH).await?;
-        let cutoff = now - chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::MAX);
-        let (mut settled, mut left) = (0, 0);
+        let mut pass = ReconcilePass::default();
+        let mut due = Vec::new();
         for payment in unsettled {
-            if payment.updated_at.timestamp_millis() > cutoff.timestamp_millis() {
-                // Its charge may still be running; a later pass looks again.
-                left += 1;
+            let wait = match payment.status {
+                PaymentStatus::Pending => timing.horizon,
+                _ => timing.retry_after,
+            };
+            let age_ms = now.timestamp_millis() - payment.updated_at.timestamp_millis();
+            let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+            if age_ms < wait_ms {
+                let until = Duration::from_millis(u64::try_from(wait_ms - age_ms).unwrap_or(0));
+                pass.next_due = Some(pass.next_due.map_or(until, |d: Duration| d.min(until)));
                 continue;
             }
-            let status = match payment.status {
-                PaymentStatus::Refunding => self.finish_refund(&payment).await?.status,
-                _ => self.reconcile_charge(&payment).await?,
-            };
-            if PaymentStatus::UNSETTLED.contains(&status) {
-                left += 1;
+            due.push(payment);
+        }
+        let outcomes: Vec<Result<PaymentStatus, StoreError>> =
+            futures::stream::iter(due.into_iter().map(|payment| async move {
+                match payment.status {
+                    PaymentStatus::Refunding => Ok(self.finish_refund(&payment).await?.status),
+                    _ => self.reconcile_charge(&payment).await,
+                }
+            }))
+            .buffer_unordered(RECONCILE_CONCURRENCY)
+            .collect()
+            .await;
+        for outcome in outcomes {
+            if PaymentStatus::UNSETTLED.contains(&outcome?) {
+                pass.unresolved += 1;
             } else {
-                settled += 1;
+                pass.settled += 1;
             }
         }
-        Ok((settled, left))
+        Ok(pass)
     }
 
     /// Repeats an open attempt's charge with the same key and parameters: Stripe answers with what
@@ -389,6 +429,7 @@ impl PaymentSaga {
         tokio::spawn(async move {
             let mut since_sweep = Duration::ZERO;
             let mut wait = timing.interval;
+            let mut backoff = timing.interval;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -401,24 +442,35 @@ impl PaymentSaga {
                     continue;
                 }
                 since_sweep = Duration::ZERO;
-                match saga.reconcile_once(timing.horizon).await {
-                    Ok((settled, left)) => {
-                        if settled > 0 {
-                            tracing::info!(settled, left, "payment reconciler settled payments");
+                match saga.reconcile_once(&timing).await {
+                    Ok(pass) => {
+                        if pass.settled > 0 {
+                            tracing::info!(
+                                settled = pass.settled,
+                                unresolved = pass.unresolved,
+                                "payment reconciler settled payments"
+                            );
                         }
-                        if left > 0 {
+                        wait = if pass.unresolved > 0 {
+                            // Stripe still gives no definite answer: ask less and less often.
                             saga.reconcile_wanted.store(true, Ordering::Release);
-                        }
-                        wait = if left > 0 && settled == 0 {
-                            (wait * 2).min(timing.max_backoff)
+                            backoff = (backoff * 2).min(timing.max_backoff);
+                            backoff
+                        } else if let Some(next_due) = pass.next_due {
+                            // Come back exactly when the next payment becomes due.
+                            saga.reconcile_wanted.store(true, Ordering::Release);
+                            backoff = timing.interval;
+                            next_due.clamp(timing.interval, timing.sweep)
                         } else {
+                            backoff = timing.interval;
                             timing.interval
                         };
                     }
                     Err(err) => {
                         tracing::warn!(error = %err, "payment reconciler pass failed");
                         saga.reconcile_wanted.store(true, Ordering::Release);
-                        wait = (wait * 2).min(timing.max_backoff);
+                        backoff = (backoff * 2).min(timing.max_backoff);
+                        wait = backoff;
                     }
                 }
             }

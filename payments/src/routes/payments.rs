@@ -74,7 +74,17 @@ async fn create_payment(
         return Err(ApiError::NotAuthorized);
     }
     match order.status {
-        OrderStatus::Cancelled => return Err(ApiError::bad_request(CANCELLED_ORDER)),
+        OrderStatus::Cancelled => {
+            // A buyer whose payment was being confirmed when the order expired learns of the refund.
+            let refunded = state.saga.payments().get(order_id).await?.is_some_and(|p| {
+                matches!(p.status, PaymentStatus::Refunding | PaymentStatus::Refunded)
+            });
+            return Err(ApiError::bad_request(if refunded {
+                REFUNDED
+            } else {
+                CANCELLED_ORDER
+            }));
+        }
         OrderStatus::Complete => return Err(ApiError::bad_request(ALREADY_PAID)),
         OrderStatus::Created | OrderStatus::AwaitingPayment => {}
     }

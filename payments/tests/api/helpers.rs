@@ -108,6 +108,7 @@ pub async fn spawn_app_with_stripe_timeout(timeout: Duration) -> TestApp {
         settings.stripe.timeout = timeout;
         settings.reconcile = ReconcileTiming {
             horizon: timeout + Duration::from_millis(300),
+            retry_after: Duration::from_millis(200),
             interval: Duration::from_millis(100),
             sweep: Duration::from_secs(1),
             max_backoff: Duration::from_millis(400),

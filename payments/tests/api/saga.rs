@@ -9,6 +9,7 @@ use common::testing::invariants::check_money;
 use common::testing::stripe_double::{Behaviour, StripeDouble};
 use futures::future::join_all;
 use payments::routes::payments::{ALREADY_PAID, BEING_CONFIRMED, IN_PROGRESS, REFUNDED};
+use payments::saga::ReconcileTiming;
 use payments::store::PaymentStatus;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -184,9 +185,11 @@ async fn an_order_cancelled_during_a_slow_charge_is_refunded_once() {
     assert_eq!(charges.len(), 1);
     assert_eq!(double.refunds().len(), 1);
     assert_eq!(payment.refund_id, charges[0].refund_id);
-    // A redelivered cancellation refunds nothing more.
+    // A redelivered cancellation refunds nothing more, and paying again says why.
     app.cancel(&order).await;
     assert_eq!(double.refunds().len(), 1);
+    let again = app.pay(&user, &order.id, "tok_visa").await;
+    assert_eq!(again.body, errors(&[(REFUNDED, None)]));
     refunds_hold(&app, &double).await;
 }
 
@@ -282,14 +285,17 @@ async fn a_reconciler_pass_leaves_young_attempts_alone() {
     double.set(Behaviour::Normal {
         delay: Duration::from_millis(600),
     });
+    let timing = ReconcileTiming::for_stripe_timeout(Duration::from_secs(2));
     let (reply, pass) = tokio::join!(app.pay(&user, &order.id, "tok_visa"), async {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        app.saga
-            .reconcile_once(Duration::from_secs(5))
-            .await
-            .expect("a pass")
+        app.saga.reconcile_once(&timing).await.expect("a pass")
     });
     assert_eq!(reply.status, StatusCode::CREATED);
-    assert_eq!(pass, (0, 1), "one open attempt, too young to touch");
+    assert_eq!((pass.settled, pass.unresolved), (0, 0), "{pass:?}");
+    let next_due = pass.next_due.expect("one open attempt, too young to touch");
+    assert!(
+        next_due > Duration::from_secs(6) && next_due <= timing.horizon,
+        "due when its own request cannot be running any more: {next_due:?}"
+    );
     assert_eq!(double.requests(), 1);
 }

@@ -14,7 +14,7 @@ mod dead_letter;
 mod listener;
 
 pub use dead_letter::{DeadLetter, count_by_consumer};
-pub use listener::{Delivery, ListenerOptions, Outcome, listen};
+pub use listener::{Delivery, ListenerOptions, Outcome, durable_name, listen};
 
 /// How long JetStream remembers message ids to drop duplicates.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);

@@ -395,3 +395,40 @@ async fn a_stream_made_before_payment_updated_existed_gains_the_subject_and_keep
     );
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn a_consumer_made_by_an_older_release_stops_giving_messages_up() {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    use common::bus::durable_name;
+
+    let settings = fresh_nats_settings();
+    let bus = bus(&settings).await;
+    let client = async_nats::connect(settings.url.as_str())
+        .await
+        .expect("NATS");
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(&settings.stream).await.expect("the stream");
+    let durable = durable_name("orders-service", "expiration:complete");
+    // As the previous release created it: messages given up after 50 deliveries.
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some(durable.clone()),
+            filter_subject: format!("{}expiration:complete", settings.subject_prefix),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(5),
+            max_deliver: 50,
+            ..Default::default()
+        })
+        .await
+        .expect("the old consumer");
+
+    let shutdown = CancellationToken::new();
+    let _seen = observe::<ExpirationComplete>(&bus, "orders-service", &shutdown).await;
+
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(&durable).await.expect("the consumer");
+    let info = consumer.info().await.expect("consumer info");
+    assert_eq!(info.config.max_deliver, -1);
+    shutdown.cancel();
+}

@@ -12,8 +12,7 @@ use chrono::{DateTime, Utc};
 use common::events::{OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStatus, TicketRef};
 use common::money::Price;
 use common::store::{
-    Committed, Decision, PendingEvent, StoreError, VersionedRecord, VersionedStore,
-    is_duplicate_key,
+    Committed, Decision, PendingEvent, StoreError, VersionedStore, is_duplicate_key,
 };
 use futures::TryStreamExt;
 use mongodb::bson::oid::ObjectId;
@@ -47,19 +46,7 @@ pub struct Ticket {
     pub version: i64,
 }
 
-impl VersionedRecord for Ticket {
-    fn key(&self) -> Bson {
-        Bson::ObjectId(self.id)
-    }
-
-    fn record_id(&self) -> String {
-        self.id.to_hex()
-    }
-
-    fn version(&self) -> i64 {
-        self.version
-    }
-}
+common::versioned_record!(Ticket, id);
 
 impl Ticket {
     pub fn price(&self) -> Price {
@@ -95,19 +82,7 @@ pub struct Refund {
     pub stripe_id: Option<String>,
 }
 
-impl VersionedRecord for Order {
-    fn key(&self) -> Bson {
-        Bson::ObjectId(self.id)
-    }
-
-    fn record_id(&self) -> String {
-        self.id.to_hex()
-    }
-
-    fn version(&self) -> i64 {
-        self.version
-    }
-}
+common::versioned_record!(Order, id);
 
 /// The reservation value of an order in `status`: every live status claims the ticket.
 pub fn reservation(status: OrderStatus, order_id: &ObjectId, ticket_id: &str) -> String {

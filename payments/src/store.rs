@@ -24,9 +24,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use common::events::{OrderStatus, PaymentCreated, PaymentUpdated};
-use common::store::{
-    Committed, Decision, PendingEvent, ReplicaUpdate, StoreError, VersionedRecord, VersionedStore,
-};
+use common::store::{Committed, Decision, PendingEvent, ReplicaUpdate, StoreError, VersionedStore};
 use futures::TryStreamExt;
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{self, Bson, doc};
@@ -55,19 +53,7 @@ impl Order {
     }
 }
 
-impl VersionedRecord for Order {
-    fn key(&self) -> Bson {
-        Bson::ObjectId(self.id)
-    }
-
-    fn record_id(&self) -> String {
-        self.id.to_hex()
-    }
-
-    fn version(&self) -> i64 {
-        self.version
-    }
-}
+common::versioned_record!(Order, id);
 
 /// What inserting a replica did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,19 +188,7 @@ pub struct Payment {
     pub updated_at: bson::DateTime,
 }
 
-impl VersionedRecord for Payment {
-    fn key(&self) -> Bson {
-        Bson::ObjectId(self.order_id)
-    }
-
-    fn record_id(&self) -> String {
-        self.order_id.to_hex()
-    }
-
-    fn version(&self) -> i64 {
-        self.version
-    }
-}
+common::versioned_record!(Payment, order_id);
 
 impl Payment {
     /// The `payment:updated` event of this state.
@@ -319,6 +293,30 @@ impl PaymentStore {
         self.versions.get(Bson::ObjectId(order_id)).await
     }
 
+    /// One versioned transition of the order's payment: `next` sees the latest state (again after
+    /// losing a race to another writer) and returns the next state, or `None` to leave it; the
+    /// commit carries that state's events.
+    async fn transition<F>(
+        &self,
+        order_id: ObjectId,
+        mut next: F,
+    ) -> Result<(Payment, Option<Committed>), StoreError>
+    where
+        F: FnMut(&Payment) -> Option<Payment>,
+    {
+        self.versions
+            .modify(Bson::ObjectId(order_id), |current: &Payment| {
+                Ok::<_, StoreError>(match next(current) {
+                    Some(next) => Decision::Commit {
+                        events: next.events()?,
+                        next,
+                    },
+                    None => Decision::Unchanged,
+                })
+            })
+            .await
+    }
+
     /// Records a new `pending` attempt to pay `order` with `token`, unless the order's payment is
     /// open, paid or refunded. Exclusive on any database: the first attempt is an insert of the
     /// order's id, a later one (after `failed`) a claim of the next version.
@@ -351,12 +349,8 @@ impl PaymentStore {
             Err(other) => return Err(other),
         }
         let modified = self
-            .versions
-            .modify(Bson::ObjectId(order.id), |current: &Payment| {
-                if current.status != PaymentStatus::Failed {
-                    return Ok::<_, StoreError>(Decision::Unchanged);
-                }
-                let next = Payment {
+            .transition(order.id, |current| {
+                (current.status == PaymentStatus::Failed).then(|| Payment {
                     payment_id: ObjectId::new().to_hex(),
                     amount_cents: order.price_cents,
                     token_hash: token_hash.clone(),
@@ -367,9 +361,7 @@ impl PaymentStore {
                     attempts: current.attempts + 1,
                     order_cancelled: false,
                     ..current.next(PaymentStatus::Pending)
-                };
-                let events = next.events()?;
-                Ok(Decision::Commit { next, events })
+                })
             })
             .await;
         match modified {
@@ -389,36 +381,31 @@ impl PaymentStore {
         attempt: &Payment,
         settlement: Settlement,
     ) -> Result<(Payment, Option<Committed>), StoreError> {
-        self.versions
-            .modify(Bson::ObjectId(attempt.order_id), |current: &Payment| {
-                let open = current.payment_id == attempt.payment_id && current.status.is_open();
-                let next = match (&settlement, current.status) {
-                    _ if !open => return Ok::<_, StoreError>(Decision::Unchanged),
-                    (Settlement::Unknown, PaymentStatus::Unknown) => {
-                        return Ok(Decision::Unchanged);
-                    }
-                    (Settlement::Unknown, _) => current.next(PaymentStatus::Unknown),
-                    // Charged for an order cancelled meanwhile: the charge must go back.
-                    (Settlement::Charged { stripe_id }, _) if current.order_cancelled => Payment {
-                        stripe_id: Some(stripe_id.clone()),
-                        source: None,
-                        ..current.next(PaymentStatus::Refunding)
-                    },
-                    (Settlement::Charged { stripe_id }, _) => Payment {
-                        stripe_id: Some(stripe_id.clone()),
-                        source: None,
-                        ..current.next(PaymentStatus::Succeeded)
-                    },
-                    (Settlement::Failed { reason }, _) => Payment {
-                        failure: Some(reason.clone()),
-                        source: None,
-                        ..current.next(PaymentStatus::Failed)
-                    },
-                };
-                let events = next.events()?;
-                Ok(Decision::Commit { next, events })
+        self.transition(attempt.order_id, |current| {
+            let open = current.payment_id == attempt.payment_id && current.status.is_open();
+            Some(match (&settlement, current.status) {
+                _ if !open => return None,
+                (Settlement::Unknown, PaymentStatus::Unknown) => return None,
+                (Settlement::Unknown, _) => current.next(PaymentStatus::Unknown),
+                // Charged for an order cancelled meanwhile: the charge must go back.
+                (Settlement::Charged { stripe_id }, _) if current.order_cancelled => Payment {
+                    stripe_id: Some(stripe_id.clone()),
+                    source: None,
+                    ..current.next(PaymentStatus::Refunding)
+                },
+                (Settlement::Charged { stripe_id }, _) => Payment {
+                    stripe_id: Some(stripe_id.clone()),
+                    source: None,
+                    ..current.next(PaymentStatus::Succeeded)
+                },
+                (Settlement::Failed { reason }, _) => Payment {
+                    failure: Some(reason.clone()),
+                    source: None,
+                    ..current.next(PaymentStatus::Failed)
+                },
             })
-            .await
+        })
+        .await
     }
 
     /// Records that the order was cancelled: a succeeded payment goes to `refunding`; an open
@@ -430,19 +417,14 @@ impl PaymentStore {
         order_id: ObjectId,
     ) -> Result<Option<(Payment, Option<Committed>)>, StoreError> {
         let modified = self
-            .versions
-            .modify(Bson::ObjectId(order_id), |current: &Payment| {
-                let next = match current.status {
-                    PaymentStatus::Succeeded => current.next(PaymentStatus::Refunding),
-                    status if status.is_open() && !current.order_cancelled => Payment {
-                        order_cancelled: true,
-                        version: current.version + 1,
-                        ..current.clone()
-                    },
-                    _ => return Ok::<_, StoreError>(Decision::Unchanged),
-                };
-                let events = next.events()?;
-                Ok(Decision::Commit { next, events })
+            .transition(order_id, |current| match current.status {
+                PaymentStatus::Succeeded => Some(current.next(PaymentStatus::Refunding)),
+                status if status.is_open() && !current.order_cancelled => Some(Payment {
+                    order_cancelled: true,
+                    version: current.version + 1,
+                    ..current.clone()
+                }),
+                _ => None,
             })
             .await;
         match modified {
@@ -458,19 +440,13 @@ impl PaymentStore {
         order_id: ObjectId,
         refund_id: Option<String>,
     ) -> Result<(Payment, Option<Committed>), StoreError> {
-        self.versions
-            .modify(Bson::ObjectId(order_id), |current: &Payment| {
-                if current.status != PaymentStatus::Refunding {
-                    return Ok::<_, StoreError>(Decision::Unchanged);
-                }
-                let next = Payment {
-                    refund_id: refund_id.clone(),
-                    ..current.next(PaymentStatus::Refunded)
-                };
-                let events = next.events()?;
-                Ok(Decision::Commit { next, events })
+        self.transition(order_id, |current| {
+            (current.status == PaymentStatus::Refunding).then(|| Payment {
+                refund_id: refund_id.clone(),
+                ..current.next(PaymentStatus::Refunded)
             })
-            .await
+        })
+        .await
     }
 
     /// Payments waiting for Stripe (open charges, refunds to make) whose last change is older than
@@ -495,17 +471,5 @@ impl PaymentStore {
             found.append(&mut batch);
         }
         Ok(found)
-    }
-
-    /// How many payments wait for Stripe in any state, whatever their age.
-    pub async fn count_unsettled(&self) -> Result<u64, StoreError> {
-        let mut total = 0;
-        for status in PaymentStatus::UNSETTLED {
-            total += self
-                .records()
-                .count_documents(doc! { "status": status.as_str() })
-                .await?;
-        }
-        Ok(total)
     }
 }

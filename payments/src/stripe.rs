@@ -80,13 +80,9 @@ impl StripeGateway {
 
     /// Charges `amount_cents` euro cents to `source`, keyed by the attempt.
     pub async fn charge(&self, request: &ChargeRequest<'_>) -> StripeOutcome {
-        let key = match IdempotencyKey::new(charge_idempotency_key(request.attempt_id)) {
+        let key = match idempotency(charge_idempotency_key(request.attempt_id)) {
             Ok(key) => key,
-            Err(e) => {
-                return StripeOutcome::NotDone(Unprocessed::Misconfigured(format!(
-                    "idempotency key: {e}"
-                )));
-            }
+            Err(refused) => return refused,
         };
         let metadata = HashMap::from([
             ("order_id".to_owned(), request.order_id.clone()),
@@ -109,13 +105,9 @@ impl StripeGateway {
 
     /// Refunds the whole charge, keyed by the charge: asking twice refunds once.
     pub async fn refund(&self, charge_id: &str, order_id: &str) -> StripeOutcome {
-        let key = match IdempotencyKey::new(refund_idempotency_key(charge_id)) {
+        let key = match idempotency(refund_idempotency_key(charge_id)) {
             Ok(key) => key,
-            Err(e) => {
-                return StripeOutcome::NotDone(Unprocessed::Misconfigured(format!(
-                    "idempotency key: {e}"
-                )));
-            }
+            Err(refused) => return refused,
         };
         let metadata = HashMap::from([("order_id".to_owned(), order_id.to_owned())]);
         let sent = CreateRefund::new()
@@ -136,6 +128,13 @@ impl StripeGateway {
             Err(err) => classify(err),
         }
     }
+}
+
+/// A key Stripe accepts, or the outcome of a request that could not be sent with it.
+fn idempotency(key: String) -> Result<IdempotencyKey, StripeOutcome> {
+    IdempotencyKey::new(key).map_err(|e| {
+        StripeOutcome::NotDone(Unprocessed::Misconfigured(format!("idempotency key: {e}")))
+    })
 }
 
 /// Sorts a Stripe failure by what it says about the request having been processed.

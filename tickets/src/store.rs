@@ -4,7 +4,7 @@
 
 use common::events::{TicketCreated, TicketUpdated};
 use common::money::Price;
-use common::store::{PendingEvent, StoreError, VersionedRecord, VersionedStore, is_duplicate_key};
+use common::store::{PendingEvent, StoreError, VersionedStore, is_duplicate_key};
 use futures::TryStreamExt;
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{self, Bson, Document, doc};
@@ -27,19 +27,7 @@ pub struct Ticket {
     pub order_id: Option<String>,
 }
 
-impl VersionedRecord for Ticket {
-    fn key(&self) -> Bson {
-        Bson::ObjectId(self.id)
-    }
-
-    fn record_id(&self) -> String {
-        self.id.to_hex()
-    }
-
-    fn version(&self) -> i64 {
-        self.version
-    }
-}
+common::versioned_record!(Ticket, id);
 
 /// The ticket JSON of the SPEC: `orderId` only while reserved.
 #[derive(Debug, Clone, Serialize)]

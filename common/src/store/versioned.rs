@@ -46,6 +46,27 @@ pub trait VersionedRecord:
     fn version(&self) -> i64;
 }
 
+/// Implements [`VersionedRecord`] for a record whose `_id` is an `ObjectId` field and whose
+/// version is a `version: i64` field: `versioned_record!(Order, id);`.
+#[macro_export]
+macro_rules! versioned_record {
+    ($record:ty, $id:ident) => {
+        impl $crate::store::VersionedRecord for $record {
+            fn key(&self) -> ::mongodb::bson::Bson {
+                ::mongodb::bson::Bson::ObjectId(self.$id)
+            }
+
+            fn record_id(&self) -> String {
+                self.$id.to_hex()
+            }
+
+            fn version(&self) -> i64 {
+                self.version
+            }
+        }
+    };
+}
+
 /// An event waiting in a change document to be published.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PendingEvent {

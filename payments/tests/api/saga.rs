@@ -14,7 +14,43 @@ use payments::store::PaymentStatus;
 use reqwest::StatusCode;
 use serde_json::json;
 
+use common::events::OrderCreated;
+
 use crate::helpers::{TestApp, User, errors, spawn_app, spawn_app_with_stripe_timeout};
+
+/// An order of a new buyer, and the Stripe double answering new requests as `behaviour` says.
+async fn order_with_stripe(
+    app: &TestApp,
+    cents: i64,
+    behaviour: Behaviour,
+) -> (StripeDouble, User, OrderCreated) {
+    let double = app.stripe_double().await;
+    double.set(behaviour);
+    let user = User::new();
+    let order = app.order_for(&user, Price::from_cents(cents)).await;
+    (double, user, order)
+}
+
+/// Stripe processes requests at once and answers after `delay`.
+fn answering_after(delay: Duration) -> Behaviour {
+    Behaviour::Normal { delay }
+}
+
+/// A POST /api/payments whose client gives up after 150 ms, long before Stripe answers.
+async fn pay_and_walk_away(app: &TestApp, user: &User, order: &OrderCreated) {
+    let impatient = app
+        .client
+        .post(app.url("/api/payments"))
+        .header(reqwest::header::COOKIE, &user.cookie)
+        .json(&json!({ "orderId": order.id, "token": "tok_visa" }))
+        .timeout(Duration::from_millis(150))
+        .send()
+        .await;
+    assert!(
+        impatient.is_err(),
+        "the client gave up before Stripe answered"
+    );
+}
 
 fn settled(status: PaymentStatus) -> bool {
     !PaymentStatus::UNSETTLED.contains(&status)
@@ -44,13 +80,9 @@ async fn refunds_hold(app: &TestApp, double: &StripeDouble) {
 async fn a_charge_answered_after_the_timeout_is_confirmed_by_the_reconciler_and_a_retry_with_a_new_token_is_not_charged()
  {
     let app = spawn_app_with_stripe_timeout(Duration::from_millis(300)).await;
-    let double = app.stripe_double().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2500)).await;
     // Stripe charges at once but its answer comes after our timeout.
-    double.set(Behaviour::Normal {
-        delay: Duration::from_secs(2),
-    });
+    let (double, user, order) =
+        order_with_stripe(&app, 2500, answering_after(Duration::from_secs(2))).await;
 
     let first = app.pay(&user, &order.id, "tok_visa").await;
     assert_eq!(first.status, StatusCode::ACCEPTED, "{:?}", first.body);
@@ -82,10 +114,8 @@ async fn a_charge_answered_after_the_timeout_is_confirmed_by_the_reconciler_and_
 #[tokio::test]
 async fn stripe_failing_after_charging_then_recovering_settles_the_attempt_once() {
     let app = spawn_app_with_stripe_timeout(Duration::from_millis(500)).await;
-    let double = app.stripe_double().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(1200)).await;
-    double.set(Behaviour::FailsAfterProcessing);
+    let (double, user, order) =
+        order_with_stripe(&app, 1200, Behaviour::FailsAfterProcessing).await;
 
     let reply = app.pay(&user, &order.id, "tok_visa").await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
@@ -108,12 +138,8 @@ async fn stripe_failing_after_charging_then_recovering_settles_the_attempt_once(
 #[tokio::test]
 async fn a_client_that_goes_away_mid_charge_does_not_cut_the_charge() {
     let app = spawn_app().await;
-    let double = app.stripe_double().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(4000)).await;
-    double.set(Behaviour::Normal {
-        delay: Duration::from_millis(800),
-    });
+    let (double, user, order) =
+        order_with_stripe(&app, 4000, answering_after(Duration::from_millis(800))).await;
 
     let impatient = app
         .client
@@ -137,21 +163,9 @@ async fn a_client_that_goes_away_mid_charge_does_not_cut_the_charge() {
 #[tokio::test]
 async fn stopping_the_service_waits_for_a_charge_whose_client_has_gone() {
     let app = spawn_app().await;
-    let double = app.stripe_double().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(4000)).await;
-    double.set(Behaviour::Normal {
-        delay: Duration::from_millis(1000),
-    });
-    let impatient = app
-        .client
-        .post(app.url("/api/payments"))
-        .header(reqwest::header::COOKIE, &user.cookie)
-        .json(&json!({ "orderId": order.id, "token": "tok_visa" }))
-        .timeout(Duration::from_millis(150))
-        .send()
-        .await;
-    assert!(impatient.is_err());
+    let (double, user, order) =
+        order_with_stripe(&app, 4000, answering_after(Duration::from_millis(1000))).await;
+    pay_and_walk_away(&app, &user, &order).await;
 
     app.stop().await;
 
@@ -164,12 +178,8 @@ async fn stopping_the_service_waits_for_a_charge_whose_client_has_gone() {
 #[tokio::test]
 async fn an_order_cancelled_during_a_slow_charge_is_refunded_once() {
     let app = spawn_app().await;
-    let double = app.stripe_double().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(3300)).await;
-    double.set(Behaviour::Normal {
-        delay: Duration::from_millis(800),
-    });
+    let (double, user, order) =
+        order_with_stripe(&app, 3300, answering_after(Duration::from_millis(800))).await;
 
     let (reply, ()) = tokio::join!(app.pay(&user, &order.id, "tok_visa"), async {
         // The order expires (or its buyer cancels it) while Stripe is charging.
@@ -197,9 +207,8 @@ async fn an_order_cancelled_during_a_slow_charge_is_refunded_once() {
 async fn a_paid_order_cancelled_afterwards_is_refunded_once_even_when_the_cancellation_comes_twice()
 {
     let app = spawn_app().await;
-    let double = app.stripe_double().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(1000)).await;
+    let (double, user, order) =
+        order_with_stripe(&app, 1000, answering_after(Duration::ZERO)).await;
     let paid = app.pay(&user, &order.id, "tok_visa").await;
     assert_eq!(paid.status, StatusCode::CREATED);
 
@@ -220,9 +229,8 @@ async fn a_paid_order_cancelled_afterwards_is_refunded_once_even_when_the_cancel
 #[tokio::test]
 async fn a_refund_stripe_cannot_make_now_is_made_by_the_reconciler() {
     let app = spawn_app_with_stripe_timeout(Duration::from_millis(300)).await;
-    let double = app.stripe_double().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(1000)).await;
+    let (double, user, order) =
+        order_with_stripe(&app, 1000, answering_after(Duration::ZERO)).await;
     assert_eq!(
         app.pay(&user, &order.id, "tok_visa").await.status,
         StatusCode::CREATED
@@ -247,12 +255,8 @@ async fn a_refund_stripe_cannot_make_now_is_made_by_the_reconciler() {
 #[tokio::test]
 async fn twenty_concurrent_payments_with_twenty_tokens_charge_once() {
     let app = spawn_app().await;
-    let double = app.stripe_double().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2000)).await;
-    double.set(Behaviour::Normal {
-        delay: Duration::from_millis(300),
-    });
+    let (double, user, order) =
+        order_with_stripe(&app, 2000, answering_after(Duration::from_millis(300))).await;
 
     let replies = join_all((0..20).map(|i| {
         let (app, user, order_id) = (&app, &user, order.id.clone());
@@ -279,12 +283,8 @@ async fn twenty_concurrent_payments_with_twenty_tokens_charge_once() {
 #[tokio::test]
 async fn a_reconciler_pass_leaves_young_attempts_alone() {
     let app = spawn_app().await;
-    let double = app.stripe_double().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2000)).await;
-    double.set(Behaviour::Normal {
-        delay: Duration::from_millis(600),
-    });
+    let (double, user, order) =
+        order_with_stripe(&app, 2000, answering_after(Duration::from_millis(600))).await;
     let timing = ReconcileTiming::for_stripe_timeout(Duration::from_secs(2));
     let (reply, pass) = tokio::join!(app.pay(&user, &order.id, "tok_visa"), async {
         tokio::time::sleep(Duration::from_millis(200)).await;

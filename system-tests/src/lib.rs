@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::events::Subject;
 use common::settings::NatsSettings;
-use common::testing::invariants::{MoneyReport, check_money};
+use common::testing::invariants::{MoneyReport, check_money, check_orders_money};
 use common::testing::stripe_double::StripeDouble;
 use common::testing::{require_infra, test_env, unique_suffix};
 use futures::TryStreamExt as _;
@@ -464,6 +464,19 @@ impl Stack {
                 source: charge.source,
             })
             .collect()
+    }
+
+    /// The money invariant for `order_ids` from the databases alone (what the benchmark checks
+    /// against stripe-mock, which keeps no ledger).
+    pub async fn money_of_orders(&self, order_ids: &[String]) -> MoneyReport {
+        check_orders_money(
+            order_ids,
+            &self.orders_db,
+            &self.payments_db,
+            self.reconcile_horizon,
+        )
+        .await
+        .expect("reading the orders and payments databases")
     }
 
     /// The money invariant over the Stripe double's ledger and the orders and payments databases.

@@ -47,6 +47,9 @@ async fn assert_refunded_once(stack: &Stack, buyer: &User, order_id: &str, ticke
     let money = stack.money().await;
     assert_eq!(money.violations, Vec::<String>::new());
     assert_eq!((money.charges, money.refunded), (1, 1));
+    let from_databases = stack.money_of_orders(&[order_id.to_owned()]).await;
+    assert_eq!(from_databases.violations, Vec::<String>::new());
+    assert_eq!(from_databases.refunded, 1);
 }
 
 /// The buyer's answer while the order was cancelled during its charge: the refund if payments saw

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::extract::FromRef;
 use chrono::TimeDelta;
-use common::bus::{Delivery, EventBus, ListenerOptions, listen};
+use common::bus::{Delivery, EventBus, ListenerOptions, Outcome, listen};
 use common::events::{
     ExpirationComplete, PaymentCreated, PaymentUpdated, TicketCreated, TicketUpdated,
 };
@@ -23,7 +23,7 @@ use crate::listeners::{self, QUEUE_GROUP, patient};
 use crate::routes;
 use crate::settings::Settings;
 use crate::store::OrderStore;
-use crate::sweeper::spawn_sweeper;
+use crate::sweeper::{OutageClock, SweepTiming, spawn_sweeper};
 
 /// What handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -55,11 +55,14 @@ impl Application {
         let bus = EventBus::connect(&settings.nats, "orders").await?;
         let server = Server::bind(&settings.http).await?;
 
-        let mut background = spawn_background(&store, &bus).await?;
+        let clock = OutageClock::new();
+        let mut background = spawn_background(&store, &bus, &clock, settings.sweep).await?;
+        background.push(clock.watch(bus.clone(), background.token()));
         background.push(spawn_sweeper(
             store.clone(),
             bus.clone(),
             settings.sweep,
+            clock,
             background.token(),
         ));
         let state = AppState {
@@ -88,7 +91,15 @@ impl Application {
 }
 
 /// The four listeners (queue group `orders-service`) and the outbox relay.
-async fn spawn_background(store: &OrderStore, bus: &EventBus) -> anyhow::Result<Background> {
+/// How soon an expiration that came during or right after an outage is looked at again.
+const EXPIRY_AFTER_OUTAGE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn spawn_background(
+    store: &OrderStore,
+    bus: &EventBus,
+    clock: &OutageClock,
+    sweep: SweepTiming,
+) -> anyhow::Result<Background> {
     let options = || ListenerOptions::new(QUEUE_GROUP);
     // Dropped on an early return, which stops whatever already started.
     let mut tasks = Background::new();
@@ -121,17 +132,22 @@ async fn spawn_background(store: &OrderStore, bus: &EventBus) -> anyhow::Result<
         .await?,
     );
 
-    let (s, b) = (store.clone(), bus.clone());
+    let (s, b, c) = (store.clone(), bus.clone(), clock.clone());
     tasks.push(
         listen::<ExpirationComplete, _, _>(
             bus,
             options(),
             tasks.token(),
             move |event, delivery: Delivery| {
-                let (store, bus) = (s.clone(), b.clone());
+                let (store, bus, clock) = (s.clone(), b.clone(), c.clone());
                 async move {
-                    let outcome =
-                        listeners::expiration_complete::handle(&store, &bus, event).await?;
+                    // After an outage, payments held back by it apply first (see OutageClock).
+                    if !clock.calm_for(sweep.grace) {
+                        return Ok(Outcome::Retry(EXPIRY_AFTER_OUTAGE_RETRY));
+                    }
+                    let outcome = listeners::expiration_complete::handle(&store, &bus, event)
+                        .await
+                        .inspect_err(|_| clock.trouble())?;
                     Ok(patient(outcome, delivery))
                 }
             },

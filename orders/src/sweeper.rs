@@ -1,18 +1,80 @@
+//! Expiry after trouble, and the expiry sweeper.
+//!
+//! [`OutageClock`]: after an outage (the bus disconnected, the database failing), expiry waits a
+//! grace before cancelling anything, so that events held back by the outage (a `payment:created`
+//! still in a payments outbox or behind in the stream) apply first: a buyer whose charge succeeded in
+//! time keeps the ticket instead of being cancelled and refunded.
+//!
 //! The expiry sweeper: the guarantee behind the expiration service's fast path. An order still
 //! `created` some time after its window closed (its Redis job lost to a crash or a wiped volume,
 //! its `expiration:complete` still on its way) is cancelled through the same state change as
 //! `expiration:complete`. Safe with several replicas: the cancellation is a versioned commit, so
 //! only one of them makes it and the others find the order cancelled.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use common::bus::EventBus;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::listeners::expiration_complete::expire;
 use crate::store::OrderStore;
+
+/// When this process last saw the bus or the database in trouble. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct OutageClock {
+    last_trouble: Arc<Mutex<Instant>>,
+}
+
+impl OutageClock {
+    /// Starting counts as trouble: a restarted service may have a backlog of held-back events.
+    pub fn new() -> Self {
+        Self {
+            last_trouble: Arc::new(Mutex::new(Instant::now())),
+        }
+    }
+
+    pub fn trouble(&self) {
+        *self.lock() = Instant::now();
+    }
+
+    /// Whether nothing went wrong for at least `grace`.
+    pub fn calm_for(&self, grace: Duration) -> bool {
+        self.lock().elapsed() >= grace
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Instant> {
+        // An `Instant` cannot be left half-written: a poisoned lock still holds a valid one.
+        self.last_trouble
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks trouble while the bus is disconnected (checked every 250 ms) until `shutdown`.
+    pub fn watch(&self, bus: EventBus, shutdown: CancellationToken) -> JoinHandle<()> {
+        let clock = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+                if !bus.is_connected() {
+                    clock.trouble();
+                }
+            }
+        })
+    }
+}
+
+impl Default for OutageClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// How many overdue orders one pass takes.
 const SWEEP_BATCH: i64 = 200;
@@ -45,11 +107,12 @@ pub async fn sweep_once(
     Ok(cancelled)
 }
 
-/// Runs [`sweep_once`] every `interval` until `shutdown`.
+/// Runs [`sweep_once`] every `interval` until `shutdown`, once `clock` has been calm for a grace.
 pub fn spawn_sweeper(
     store: OrderStore,
     bus: EventBus,
     timing: SweepTiming,
+    clock: OutageClock,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -58,11 +121,36 @@ pub fn spawn_sweeper(
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(timing.interval) => {}
             }
+            if !clock.calm_for(timing.grace) {
+                continue;
+            }
             match sweep_once(&store, &bus, timing.grace).await {
                 Ok(0) => {}
                 Ok(cancelled) => tracing::info!(cancelled, "expiry sweep cancelled overdue orders"),
-                Err(err) => tracing::warn!(error = %err, "expiry sweep failed; next pass retries"),
+                Err(err) => {
+                    clock.trouble();
+                    tracing::warn!(error = %err, "expiry sweep failed; next pass retries");
+                }
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_is_calm_only_a_whole_grace_after_the_last_trouble() {
+        let clock = OutageClock::new();
+        assert!(
+            !clock.calm_for(Duration::from_secs(60)),
+            "a start is trouble"
+        );
+        assert!(clock.calm_for(Duration::ZERO));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(clock.calm_for(Duration::from_millis(20)));
+        clock.trouble();
+        assert!(!clock.calm_for(Duration::from_millis(20)));
+    }
 }

@@ -180,6 +180,9 @@ impl Stack {
                 ("STRIPE_API_BASE", stripe.uri().as_str()),
                 // A test signs up many users from one address; auth's own tests cover the limiter.
                 ("AUTH_RATE_LIMIT_PER_MINUTE", "0"),
+                // Expiry waits this long after the services' start (an outage, as far as orders
+                // knows) and the sweeper this long past a window.
+                ("EXPIRY_SWEEP_GRACE_SECONDS", "1"),
             ],
         );
         let base_db = env.optional("MONGO_DB").expect("test_env sets MONGO_DB");

@@ -240,3 +240,31 @@ async fn the_sweeper_leaves_an_order_within_its_grace_to_the_expiration_service(
     assert_eq!(swept, 0);
     assert_eq!(app.stored_order(&id).await.status, OrderStatus::Created);
 }
+
+#[tokio::test]
+async fn after_an_outage_a_payment_held_back_behind_its_expiration_still_completes_the_order() {
+    // The app has just started, which counts as an outage: expiry waits 3 s for held-back events.
+    let app = spawn_app_with(&[("EXPIRY_SWEEP_GRACE_SECONDS", "3")]).await;
+    let user = User::new();
+    let (id, _) = pending_order(&app, &user).await;
+
+    // The expiration reaches orders first; the payment made in time arrives a second later.
+    app.publish(&ExpirationComplete {
+        order_id: id.clone(),
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    app.publish(&PaymentCreated {
+        id: new_user_id(),
+        order_id: id.clone(),
+        stripe_id: "ch_held_back".into(),
+    })
+    .await;
+
+    let order = eventually("the order is settled", || async {
+        let order = app.stored_order(&id).await;
+        (order.status != OrderStatus::Created).then_some(order)
+    })
+    .await;
+    assert_eq!((order.status, order.version), (OrderStatus::Complete, 1));
+}

@@ -47,8 +47,12 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
 
+/// Expiry does not wait after the app's start (a production start counts as an outage, see
+/// `orders::sweeper::OutageClock`), unless the test says otherwise.
 pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
-    spawn_app_in(test_env("orders", extra)).await
+    let mut settings = vec![("EXPIRY_SWEEP_GRACE_SECONDS", "0")];
+    settings.extend_from_slice(extra);
+    spawn_app_in(test_env("orders", &settings)).await
 }
 
 /// Starts an instance with exactly these settings (several instances may share them).

@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
 # The fault suite: the five backend services as real processes on a private set of FerretDB, NATS
-# and Redis (INFRA_INSTANCE=faults: own data and ports, so restarting them disturbs nothing else),
-# a scripted purchase flow per fault (none, NATS restart, orders SIGKILL, payments SIGKILL,
-# FerretDB down for 3 s), and a table of operations attempted/acknowledged, inconsistencies (must
-# be 0) and time to converge.
+# and Redis (INFRA_INSTANCE=faults: own data and ports, so restarting them disturbs nothing else).
+# First a scripted purchase flow per fault (none; NATS restarted, down 3 s, down 120 s; FerretDB
+# down 3 s, frozen 8 s, down 120 s; each service SIGKILLed; Redis restarted or emptied; poison on
+# the bus; Stripe slow, down or failing; a payment racing its order's expiry), and a table of
+# operations attempted/acknowledged, problems (must be 0) and time to converge. Then a short seeded
+# chaos run: buyers and sellers in a loop while random faults hit random components, and every
+# invariant checked after convergence.
 #
-#   scripts/faults.sh            build the debug binaries if needed, run, print the table
-#   FAULTS_SKIP_BUILD=1 ...      use target/debug as it is (the test command already built it)
-# The table is also written to bench-results/faults.md.
+#   scripts/faults.sh                       build the debug binaries if needed, run the table, then
+#                                           the chaos run (seed FAULTS_CHAOS_SEED, default 1, for
+#                                           FAULTS_CHAOS_MINUTES, default 2; FAULTS_CHAOS=0 skips it)
+#   scripts/faults.sh --chaos SEED --minutes N
+#                                           only a chaos run (its schedule derives from SEED alone)
+#   FAULTS_SKIP_BUILD=1 ...                 use target/debug as it is (the test command built it)
+#   FAULTS_ONLY=name,name ...               only these scenarios of the table (run names in
+#                                           fault-suite/src/main.rs)
+# The table is written to bench-results/faults.md, the chaos report to bench-results/chaos.md.
+# The table takes about 9 minutes (two outages of 120 s among them), the default chaos run 3.
 set -euo pipefail
 export INFRA_INSTANCE=faults
 
@@ -15,7 +25,40 @@ export INFRA_INSTANCE=faults
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
-trap 'log "stopping the fault-suite infrastructure"; bash "$ROOT/scripts/infra.sh" down >/dev/null 2>&1 || true' EXIT
+chaos_seed=""
+chaos_minutes=""
+while (($# > 0)); do
+  case "$1" in
+    --chaos)
+      [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || die "--chaos needs a seed (a number)"
+      chaos_seed="$2"
+      shift 2
+      ;;
+    --minutes)
+      [[ $# -ge 2 && "$2" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--minutes needs a number"
+      chaos_minutes="$2"
+      shift 2
+      ;;
+    -h | --help)
+      sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//' >&2
+      exit 2
+      ;;
+    *) die "unknown argument '$1' (see scripts/faults.sh --help)" ;;
+  esac
+done
+[[ -z "$chaos_minutes" || -n "$chaos_seed" ]] || die "--minutes goes with --chaos SEED"
+
+# shellcheck disable=SC2329 # invoked by the EXIT trap
+cleanup() {
+  # A run stopped while FerretDB was frozen (SIGSTOP) must not leave it frozen.
+  local pid
+  if pid="$(bash "$ROOT/scripts/infra.sh" pid ferretdb 2>/dev/null)"; then
+    kill -CONT "$pid" 2>/dev/null || true
+  fi
+  log "stopping the fault-suite infrastructure"
+  bash "$ROOT/scripts/infra.sh" down >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
 
 log "starting a private FerretDB, NATS and Redis for the fault suite (ports +$PORT_OFFSET)"
 bash "$ROOT/scripts/infra.sh" up ferretdb nats redis
@@ -33,16 +76,40 @@ if ((need_build)); then
   cargo build --bins "${build_args[@]}"
 fi
 
-mkdir -p bench-results
-log "running the fault suite (about 2 minutes; service logs in .data/logs/fault-suite/)"
-rc=0
-cargo run --quiet -p fault-suite | tee bench-results/faults.md || rc=$?
-if ((rc != 0)); then
-  log "the fault suite failed; last lines of each service log:"
+mkdir -p "$ROOT/.data/logs/fault-suite"
+stamp="$ROOT/.data/logs/fault-suite/.started"
+touch "$stamp"
+show_logs() {
+  log "$1; last lines of each service log of this run:"
+  local f
   for f in "$ROOT"/.data/logs/fault-suite/*.log; do
-    [[ -f "$f" ]] || continue
+    [[ -f "$f" && "$f" -nt "$stamp" ]] || continue
     echo "---- ${f#"$ROOT"/}"
     tail -n 15 "$f"
   done
+}
+
+mkdir -p bench-results
+started=$SECONDS
+rc=0
+if [[ -z "$chaos_seed" ]]; then
+  log "running the fault suite's table (about 9 minutes; service logs in .data/logs/fault-suite/)"
+  cargo run --quiet -p fault-suite | tee bench-results/faults.md || rc=$?
+  ((rc == 0)) || show_logs "the fault suite's table failed"
+  if [[ "${FAULTS_CHAOS:-1}" != 0 && -z "${FAULTS_ONLY:-}" ]]; then
+    chaos_seed="${FAULTS_CHAOS_SEED:-1}"
+    chaos_minutes="${FAULTS_CHAOS_MINUTES:-2}"
+  fi
 fi
+if [[ -n "$chaos_seed" ]]; then
+  chaos_minutes="${chaos_minutes:-2}"
+  log "chaos run: seed $chaos_seed for $chaos_minutes min (report in bench-results/chaos.md)"
+  chaos_rc=0
+  cargo run --quiet -p fault-suite -- --chaos "$chaos_seed" --minutes "$chaos_minutes" || chaos_rc=$?
+  if ((chaos_rc != 0)); then
+    show_logs "the chaos run (seed $chaos_seed) failed"
+    rc=$chaos_rc
+  fi
+fi
+log "fault suite done in $((SECONDS - started))s"
 exit "$rc"

@@ -11,7 +11,8 @@ use futures::TryStreamExt;
 use mongodb::bson::{Bson, Document, doc};
 use serde_json::Value;
 
-use crate::flow::{Outcome, PayAnswer};
+use crate::flow::{Outcome, PayAnswer, Write};
+use crate::invariants::{self, Snapshot};
 use crate::stack::{RECONCILE_HORIZON, Stack};
 
 /// The payment states that still wait for Stripe (payments' `PaymentStatus::UNSETTLED`).
@@ -359,15 +360,30 @@ pub struct Convergence {
     pub elapsed: Duration,
 }
 
-/// Polls until the services agree with the outcome, nothing waits for Stripe any more and the money
-/// invariant holds, or `limit` passes.
-pub async fn converge(stack: &Stack, outcome: &Outcome, limit: Duration) -> Convergence {
+/// Polls until the services agree with the outcome, nothing waits for Stripe any more, the money
+/// invariant and the run's invariants (`crate::invariants`) hold, or `limit` passes.
+pub async fn converge(
+    stack: &Stack,
+    outcome: &Outcome,
+    writes: &[Write],
+    limit: Duration,
+) -> Convergence {
     let start = Instant::now();
     loop {
-        let (problems, money) = match inconsistencies(stack, outcome).await {
+        let (mut problems, money) = match inconsistencies(stack, outcome).await {
             Ok(findings) => (findings.problems, Some(findings.money)),
             Err(err) => (vec![format!("could not read the state: {err:#}")], None),
         };
+        // What must hold whatever the run did (the databases, the bus, every acknowledged write).
+        match Snapshot::read(stack).await {
+            Ok(snapshot) => problems.extend(
+                invariants::check(stack, &snapshot, writes)
+                    .await
+                    .into_iter()
+                    .map(|p| p.text),
+            ),
+            Err(err) => problems.push(format!("could not read the databases: {err:#}")),
+        }
         if problems.is_empty() || start.elapsed() > limit {
             return Convergence {
                 problems,

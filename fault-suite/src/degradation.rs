@@ -12,7 +12,8 @@ const NOTICE_WITHIN: Duration = Duration::from_secs(6);
 /// How long services may take to become ready again after the dependency is back.
 const RECOVER_WITHIN: Duration = Duration::from_secs(20);
 
-async fn readiness(stack: &Stack, service: &str) -> Option<(u16, Value)> {
+/// `GET /readyz` of a service: its status and body (none if it did not answer).
+pub async fn readiness(stack: &Stack, service: &str) -> Option<(u16, Value)> {
     let url = stack.url(service, "/readyz").ok()?;
     let response = stack.http.get(url).send().await.ok()?;
     let status = response.status().as_u16();

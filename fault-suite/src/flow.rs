@@ -27,6 +27,27 @@ pub struct Stats {
     pub acknowledged: AtomicUsize,
 }
 
+/// A write a service acknowledged (directly, or as found on a later read after a lost answer). Every
+/// one must be present once the system has converged, whatever happened meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// A user signed up (the email, as sent).
+    Signup { email: String },
+    /// A ticket listed (201), with its title and price in cents.
+    Ticket {
+        id: String,
+        title: String,
+        price_cents: i64,
+    },
+    /// An order created (201) for a ticket.
+    Order { id: String, ticket: String },
+    /// An order cancelled by its buyer (204).
+    Cancel { order: String },
+    /// A payment answered (201, 202 or 400 "refunded"; a payment refused as too late wrote
+    /// nothing).
+    Payment { order: String, answer: PayAnswer },
+}
+
 /// How `POST /api/payments` ended for a buyer (after retrying transient answers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PayAnswer {
@@ -120,11 +141,16 @@ pub enum Shape {
     NoExpiry,
 }
 
-const RETRY_FOR: Duration = Duration::from_secs(45);
+/// How long a client retries an operation by default (as a browser's user would, give or take).
+pub const RETRY_FOR: Duration = Duration::from_secs(45);
 
 pub struct Flow<'a> {
     pub stack: &'a Stack,
     pub stats: Stats,
+    /// How long each operation is retried before the flow gives up.
+    retry_for: Duration,
+    /// Every acknowledged write, in order.
+    writes: std::sync::Mutex<Vec<Write>>,
     phase: watch::Sender<Phase>,
     /// Whether the second payments (of the re-bought third) may be sent.
     second_payments: watch::Sender<bool>,
@@ -141,9 +167,32 @@ impl<'a> Flow<'a> {
         Self {
             stack,
             stats: Stats::default(),
+            retry_for: RETRY_FOR,
+            writes: std::sync::Mutex::new(Vec::new()),
             phase: watch::Sender::new(Phase::Setup),
             second_payments: watch::Sender::new(true),
         }
+    }
+
+    /// Clients that keep retrying for `retry_for` (longer than an outage they must ride out).
+    pub fn retrying_for(mut self, retry_for: Duration) -> Self {
+        self.retry_for = retry_for;
+        self
+    }
+
+    /// Every write acknowledged so far.
+    pub fn writes(&self) -> Vec<Write> {
+        self.writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn acknowledged(&self, write: Write) {
+        self.writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(write);
     }
 
     /// Waits until the flow has reached `phase` (or ended).
@@ -211,7 +260,7 @@ impl<'a> Flow<'a> {
         mut done: impl FnMut(&Reply) -> Option<T>,
     ) -> anyhow::Result<T> {
         self.stats.attempted.fetch_add(1, Ordering::Relaxed);
-        let deadline = Instant::now() + RETRY_FOR;
+        let deadline = Instant::now() + self.retry_for;
         let mut last = String::new();
         while Instant::now() < deadline {
             match attempt().await {
@@ -229,42 +278,50 @@ impl<'a> Flow<'a> {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        bail!("{what}: gave up after {RETRY_FOR:?}; last answer: {last}")
+        bail!(
+            "{what}: gave up after {:?}; last answer: {last}",
+            self.retry_for
+        )
     }
 
     pub async fn signup(&self, email: &str) -> anyhow::Result<String> {
         let body = json!({ "email": email, "password": "password" });
         let signin = json!({ "email": email, "password": "password" });
-        self.until(
-            "signup",
-            &[StatusCode::BAD_REQUEST],
-            async || {
-                let reply = self
-                    .send(Method::POST, "auth", "/api/users/signup", None, Some(&body))
-                    .await?;
-                // A lost 201 makes the retry answer "Email in use": sign in instead.
-                if reply.status == StatusCode::BAD_REQUEST {
-                    return self
-                        .send(
-                            Method::POST,
-                            "auth",
-                            "/api/users/signin",
-                            None,
-                            Some(&signin),
-                        )
-                        .await;
-                }
-                Ok(reply)
-            },
-            |reply| {
-                reply
-                    .status
-                    .is_success()
-                    .then(|| reply.cookie.clone())
-                    .flatten()
-            },
-        )
-        .await
+        let cookie = self
+            .until(
+                "signup",
+                &[StatusCode::BAD_REQUEST],
+                async || {
+                    let reply = self
+                        .send(Method::POST, "auth", "/api/users/signup", None, Some(&body))
+                        .await?;
+                    // A lost 201 makes the retry answer "Email in use": sign in instead.
+                    if reply.status == StatusCode::BAD_REQUEST {
+                        return self
+                            .send(
+                                Method::POST,
+                                "auth",
+                                "/api/users/signin",
+                                None,
+                                Some(&signin),
+                            )
+                            .await;
+                    }
+                    Ok(reply)
+                },
+                |reply| {
+                    reply
+                        .status
+                        .is_success()
+                        .then(|| reply.cookie.clone())
+                        .flatten()
+                },
+            )
+            .await?;
+        self.acknowledged(Write::Signup {
+            email: email.to_owned(),
+        });
+        Ok(cookie)
     }
 
     pub async fn create_ticket(
@@ -274,26 +331,34 @@ impl<'a> Flow<'a> {
         price: f64,
     ) -> anyhow::Result<String> {
         let body = json!({ "title": title, "price": price });
-        self.until(
-            "create ticket",
-            &[],
-            async || {
-                self.send(
-                    Method::POST,
-                    "tickets",
-                    "/api/tickets",
-                    Some(seller),
-                    Some(&body),
-                )
-                .await
-            },
-            |reply| {
-                (reply.status == StatusCode::CREATED)
-                    .then(|| reply.body["id"].as_str().map(str::to_owned))
-                    .flatten()
-            },
-        )
-        .await
+        let id = self
+            .until(
+                "create ticket",
+                &[],
+                async || {
+                    self.send(
+                        Method::POST,
+                        "tickets",
+                        "/api/tickets",
+                        Some(seller),
+                        Some(&body),
+                    )
+                    .await
+                },
+                |reply| {
+                    (reply.status == StatusCode::CREATED)
+                        .then(|| reply.body["id"].as_str().map(str::to_owned))
+                        .flatten()
+                },
+            )
+            .await?;
+        self.acknowledged(Write::Ticket {
+            id: id.clone(),
+            title: title.to_owned(),
+            // The prices here are whole cents.
+            price_cents: (price * 100.0).round() as i64,
+        });
+        Ok(id)
     }
 
     /// The buyer's live order for a ticket, if any (to recover from a lost 201).
@@ -316,37 +381,43 @@ impl<'a> Flow<'a> {
 
     pub async fn order(&self, buyer: &str, ticket: &str) -> anyhow::Result<String> {
         let body = json!({ "ticketId": ticket });
-        self.until(
-            "order",
-            &[StatusCode::NOT_FOUND, StatusCode::BAD_REQUEST],
-            async || {
-                let reply = self
-                    .send(
-                        Method::POST,
-                        "orders",
-                        "/api/orders",
-                        Some(buyer),
-                        Some(&body),
-                    )
-                    .await?;
-                if reply.status == StatusCode::BAD_REQUEST
-                    && let Some(id) = self.live_order(buyer, ticket).await?
-                {
-                    return Ok(Reply {
-                        status: StatusCode::CREATED,
-                        body: json!({ "id": id }),
-                        cookie: None,
-                    });
-                }
-                Ok(reply)
-            },
-            |reply| {
-                (reply.status == StatusCode::CREATED)
-                    .then(|| reply.body["id"].as_str().map(str::to_owned))
-                    .flatten()
-            },
-        )
-        .await
+        let id = self
+            .until(
+                "order",
+                &[StatusCode::NOT_FOUND, StatusCode::BAD_REQUEST],
+                async || {
+                    let reply = self
+                        .send(
+                            Method::POST,
+                            "orders",
+                            "/api/orders",
+                            Some(buyer),
+                            Some(&body),
+                        )
+                        .await?;
+                    if reply.status == StatusCode::BAD_REQUEST
+                        && let Some(id) = self.live_order(buyer, ticket).await?
+                    {
+                        return Ok(Reply {
+                            status: StatusCode::CREATED,
+                            body: json!({ "id": id }),
+                            cookie: None,
+                        });
+                    }
+                    Ok(reply)
+                },
+                |reply| {
+                    (reply.status == StatusCode::CREATED)
+                        .then(|| reply.body["id"].as_str().map(str::to_owned))
+                        .flatten()
+                },
+            )
+            .await?;
+        self.acknowledged(Write::Order {
+            id: id.clone(),
+            ticket: ticket.to_owned(),
+        });
+        Ok(id)
     }
 
     pub async fn cancel(&self, buyer: &str, order: &str) -> anyhow::Result<()> {
@@ -360,7 +431,11 @@ impl<'a> Flow<'a> {
             },
             |reply| (reply.status == StatusCode::NO_CONTENT).then_some(()),
         )
-        .await
+        .await?;
+        self.acknowledged(Write::Cancel {
+            order: order.to_owned(),
+        });
+        Ok(())
     }
 
     /// Pays `order`. Retries what a client retries (connection errors, 5xx, 404 while the payments
@@ -368,43 +443,51 @@ impl<'a> Flow<'a> {
     /// end it (see [`PayAnswer`]).
     pub async fn pay(&self, buyer: &str, order: &str) -> anyhow::Result<PayAnswer> {
         let body = json!({ "orderId": order, "token": "tok_visa" });
-        self.until(
-            "pay",
-            &[
-                StatusCode::NOT_FOUND,
-                StatusCode::CONFLICT,
-                StatusCode::BAD_REQUEST,
-            ],
-            async || {
-                self.send(
-                    Method::POST,
-                    "payments",
-                    "/api/payments",
-                    Some(buyer),
-                    Some(&body),
-                )
-                .await
-            },
-            |reply| match reply.status {
-                StatusCode::CREATED => Some(PayAnswer::Paid),
-                StatusCode::ACCEPTED => Some(PayAnswer::Confirming),
-                StatusCode::BAD_REQUEST => match error_message(&reply.body) {
-                    Some(ALREADY_PAID) => Some(PayAnswer::Paid),
-                    Some(REFUNDED) => Some(PayAnswer::Refunded),
-                    Some(CANCELLED_ORDER | EXPIRED_ORDER) => Some(PayAnswer::TooLate),
-                    // Anything else (a duplicate key while the database recovers ...) is retried.
+        let answer = self
+            .until(
+                "pay",
+                &[
+                    StatusCode::NOT_FOUND,
+                    StatusCode::CONFLICT,
+                    StatusCode::BAD_REQUEST,
+                ],
+                async || {
+                    self.send(
+                        Method::POST,
+                        "payments",
+                        "/api/payments",
+                        Some(buyer),
+                        Some(&body),
+                    )
+                    .await
+                },
+                |reply| match reply.status {
+                    StatusCode::CREATED => Some(PayAnswer::Paid),
+                    StatusCode::ACCEPTED => Some(PayAnswer::Confirming),
+                    StatusCode::BAD_REQUEST => match error_message(&reply.body) {
+                        Some(ALREADY_PAID) => Some(PayAnswer::Paid),
+                        Some(REFUNDED) => Some(PayAnswer::Refunded),
+                        Some(CANCELLED_ORDER | EXPIRED_ORDER) => Some(PayAnswer::TooLate),
+                        // Anything else (a duplicate key while the database recovers ...) is retried.
+                        _ => None,
+                    },
                     _ => None,
                 },
-                _ => None,
-            },
-        )
-        .await
+            )
+            .await?;
+        if answer != PayAnswer::TooLate {
+            self.acknowledged(Write::Payment {
+                order: order.to_owned(),
+                answer,
+            });
+        }
+        Ok(answer)
     }
 
     /// When an order's reservation window ends, as the orders service says (ms since the epoch).
     async fn expires_at(&self, buyer: &str, order: &str) -> anyhow::Result<i64> {
         let path = format!("/api/orders/{order}");
-        let deadline = Instant::now() + RETRY_FOR;
+        let deadline = Instant::now() + self.retry_for;
         loop {
             let reply = self
                 .send(Method::GET, "orders", &path, Some(buyer), None)

@@ -1,6 +1,10 @@
 //! `cargo run -p fault-suite` (through `scripts/faults.sh`): runs the purchase flow once per fault and
 //! prints a table; exits non-zero if any run ends with an inconsistency or a violation of the money
 //! invariant. `FAULTS_ONLY=<run name>,...` runs only some scenarios (names: `Fault::run_name`).
+//!
+//! `cargo run -p fault-suite -- --chaos SEED --minutes N`: the chaos run instead (`chaos.rs`):
+//! buyers and sellers in a loop while faults drawn from SEED hit the system; writes
+//! `bench-results/chaos.md` and exits non-zero on any violation.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -8,9 +12,11 @@ use std::time::{Duration, Instant};
 
 use common::testing::invariants::MoneyReport;
 use common::testing::stripe_double::Behaviour;
+use fault_suite::chaos;
 use fault_suite::check::{Reconciliation, converge, reconciliation};
-use fault_suite::degradation;
 use fault_suite::flow::{Flow, Outcome, PayAnswer, Phase, Shape};
+use fault_suite::inject;
+use fault_suite::invariants;
 use fault_suite::stack::{RECONCILE_HORIZON, RECONCILE_MAX_BACKOFF, Stack};
 use mongodb::bson::DateTime;
 
@@ -26,7 +32,23 @@ enum Fault {
     StripeDownThenUp,
     PaymentsKilledMidCharge,
     PayExpiryRace,
+    TicketsKilled,
+    ExpirationKilled,
+    RedisRestarted,
+    RedisFlushed,
+    Poison,
+    FerretDbPaused,
+    NatsDownLong,
+    FerretDbDownLong,
 }
+
+/// The long outages: longer than a browser's user waits, and than a consumer that gave a message up
+/// after a bounded number of deliveries could be sure to ride out.
+const LONG_OUTAGE: Duration = Duration::from_secs(120);
+/// How long buyers keep retrying through a long outage (as a browser would keep being reloaded).
+const LONG_RETRY: Duration = Duration::from_secs(200);
+/// FerretDB frozen (SIGSTOP) for longer than the consumers' ack wait (5 s).
+const PAUSE: Duration = Duration::from_secs(8);
 
 /// How long a slow Stripe takes to answer: longer than the payments service's timeout (1.5 s).
 const SLOW_STRIPE: Duration = Duration::from_secs(3);
@@ -40,17 +62,25 @@ enum Script {
 }
 
 impl Fault {
-    const ALL: [Fault; 10] = [
+    const ALL: [Fault; 18] = [
         Fault::None,
         Fault::NatsRestart,
         Fault::OrdersKilled,
         Fault::PaymentsKilled,
+        Fault::TicketsKilled,
+        Fault::ExpirationKilled,
         Fault::NatsDown,
         Fault::FerretDbDown,
+        Fault::RedisRestarted,
+        Fault::RedisFlushed,
+        Fault::Poison,
+        Fault::FerretDbPaused,
         Fault::StripeSlow,
         Fault::StripeDownThenUp,
         Fault::PaymentsKilledMidCharge,
         Fault::PayExpiryRace,
+        Fault::NatsDownLong,
+        Fault::FerretDbDownLong,
     ];
 
     fn label(self) -> &'static str {
@@ -67,6 +97,14 @@ impl Fault {
             }
             Fault::PaymentsKilledMidCharge => "payments SIGKILLed mid-charge (Stripe slow)",
             Fault::PayExpiryRace => "pay vs expiry race (Stripe slow)",
+            Fault::TicketsKilled => "tickets SIGKILLed and restarted",
+            Fault::ExpirationKilled => "expiration SIGKILLed and restarted",
+            Fault::RedisRestarted => "Redis SIGKILLed and restarted with orders pending",
+            Fault::RedisFlushed => "Redis emptied (FLUSHALL) with orders pending",
+            Fault::Poison => "poison on the bus (order:created: no event; ids not ObjectIds)",
+            Fault::FerretDbPaused => "FerretDB frozen (SIGSTOP) for 8 s, past the ack wait",
+            Fault::NatsDownLong => "nats-server down for 120 s",
+            Fault::FerretDbDownLong => "FerretDB down for 120 s",
         }
     }
 
@@ -82,6 +120,35 @@ impl Fault {
             Fault::StripeDownThenUp => "stripe-down",
             Fault::PaymentsKilledMidCharge => "payments-mid-charge",
             Fault::PayExpiryRace => "race",
+            Fault::TicketsKilled => "tickets",
+            Fault::ExpirationKilled => "expiration",
+            Fault::RedisRestarted => "redis-restart",
+            Fault::RedisFlushed => "redis-flush",
+            Fault::Poison => "poison",
+            Fault::FerretDbPaused => "ferretdb-pause",
+            Fault::NatsDownLong => "nats-down-120",
+            Fault::FerretDbDownLong => "ferretdb-120",
+        }
+    }
+
+    /// How long the payments service may be unable to record anything (an open attempt waits that
+    /// much longer to be settled): the database's outage or pause, and the few seconds the suite
+    /// takes to see the services notice it.
+    fn database_unavailable(self) -> Duration {
+        let notice = Duration::from_secs(10);
+        match self {
+            Fault::FerretDbDown => Duration::from_secs(3) + notice,
+            Fault::FerretDbPaused => PAUSE + notice,
+            Fault::FerretDbDownLong => LONG_OUTAGE + notice,
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// How long buyers retry each operation.
+    fn retry_for(self) -> Duration {
+        match self {
+            Fault::NatsDownLong | Fault::FerretDbDownLong => LONG_RETRY,
+            _ => fault_suite::flow::RETRY_FOR,
         }
     }
 
@@ -96,7 +163,17 @@ impl Fault {
             | Fault::OrdersKilled
             | Fault::PaymentsKilled
             | Fault::NatsDown
-            | Fault::FerretDbDown => (Script::Flow(Shape::WithExpiry), EXPIRATION_WINDOW_SECONDS),
+            | Fault::FerretDbDown
+            | Fault::TicketsKilled
+            | Fault::ExpirationKilled
+            | Fault::RedisRestarted
+            | Fault::RedisFlushed
+            | Fault::Poison
+            | Fault::FerretDbPaused
+            | Fault::NatsDownLong
+            | Fault::FerretDbDownLong => {
+                (Script::Flow(Shape::WithExpiry), EXPIRATION_WINDOW_SECONDS)
+            }
             Fault::StripeSlow | Fault::StripeDownThenUp | Fault::PaymentsKilledMidCharge => {
                 (Script::Flow(Shape::NoExpiry), LONG_WINDOW_SECONDS)
             }
@@ -166,6 +243,41 @@ impl Fault {
                 return Ok(Vec::new());
             }
             Fault::PayExpiryRace => return Ok(Vec::new()),
+            Fault::RedisRestarted | Fault::RedisFlushed => {
+                // Orders pending: every order of the setup has its expiry job.
+                flow.reached(Phase::Paying).await;
+                let scheduled = wait_for_jobs(stack, TICKETS).await?;
+                if matches!(self, Fault::RedisFlushed) {
+                    inject::redis_flush(stack).await?;
+                    eprintln!("    Redis emptied with {scheduled} expiry jobs in it");
+                } else {
+                    inject::redis_restart(stack).await?;
+                    let left = inject::expiry_jobs(stack).await?;
+                    eprintln!(
+                        "    Redis restarted with {scheduled} expiry jobs in it, {left} after"
+                    );
+                }
+                return Ok(Vec::new());
+            }
+            Fault::FerretDbPaused => {
+                // Cancels and payments are being written, their events and the orders' are in
+                // flight: every handler waiting on the database outlives the ack wait.
+                flow.reached(Phase::Paying).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                inject::pause_ferretdb(stack, PAUSE).await?;
+                return Ok(Vec::new());
+            }
+            Fault::NatsDownLong | Fault::FerretDbDownLong => {
+                // Orders exist and their events are in flight; cancels, payments and expiries
+                // will wait for the whole outage.
+                flow.reached(Phase::Paying).await;
+                let component = if matches!(self, Fault::NatsDownLong) {
+                    "nats"
+                } else {
+                    "ferretdb"
+                };
+                return inject::outage(stack, component, LONG_OUTAGE, true).await;
+            }
             _ => {}
         }
         // The other faults land while the flow is under way: 1.5 s in.
@@ -173,49 +285,103 @@ impl Fault {
         match self {
             Fault::None => Ok(Vec::new()),
             Fault::NatsRestart => stack.infra("restart", "nats").await.map(|()| Vec::new()),
-            Fault::OrdersKilled | Fault::PaymentsKilled => {
-                let name = if matches!(self, Fault::OrdersKilled) {
-                    "orders"
-                } else {
-                    "payments"
+            Fault::OrdersKilled
+            | Fault::PaymentsKilled
+            | Fault::TicketsKilled
+            | Fault::ExpirationKilled => {
+                let name = match self {
+                    Fault::OrdersKilled => "orders",
+                    Fault::PaymentsKilled => "payments",
+                    Fault::TicketsKilled => "tickets",
+                    _ => "expiration",
                 };
-                let service = stack.service(name)?;
-                service.kill().await?;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                service.start(&stack.http).await?;
+                inject::kill_and_restart(stack, name, Duration::from_millis(500)).await?;
                 Ok(Vec::new())
             }
-            Fault::NatsDown => {
-                stack.infra("kill", "nats").await?;
-                let mut problems = degradation::while_down(
-                    stack,
-                    &["tickets", "orders", "payments", "expiration"],
-                    false,
-                )
-                .await;
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                stack.infra("up", "nats").await?;
-                problems.extend(degradation::recovered(stack).await);
-                Ok(problems)
-            }
+            // The outage lasts 3 s after the services were seen to notice it (as it always did).
+            Fault::NatsDown => inject::outage(stack, "nats", Duration::from_secs(3), true).await,
             Fault::FerretDbDown => {
-                stack.infra("kill", "ferretdb").await?;
-                let mut problems = degradation::while_down(
-                    stack,
-                    &["auth", "tickets", "orders", "payments"],
-                    true,
-                )
-                .await;
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                stack.infra("up", "ferretdb").await?;
-                problems.extend(degradation::recovered(stack).await);
-                Ok(problems)
+                inject::outage(stack, "ferretdb", Duration::from_secs(3), true).await
+            }
+            Fault::Poison => {
+                let marker = inject::poison(stack).await?;
+                eprintln!("    poison published on order:created (marker {marker})");
+                Ok(Vec::new())
             }
             Fault::StripeSlow
             | Fault::StripeDownThenUp
             | Fault::PaymentsKilledMidCharge
-            | Fault::PayExpiryRace => Ok(Vec::new()),
+            | Fault::PayExpiryRace
+            | Fault::RedisRestarted
+            | Fault::RedisFlushed
+            | Fault::FerretDbPaused
+            | Fault::NatsDownLong
+            | Fault::FerretDbDownLong => Ok(Vec::new()),
         }
+    }
+}
+
+impl Fault {
+    /// What the scenario showed once converged, for the table's notes; adds the problems of
+    /// scenarios that must have taken a given path (a flushed Redis: the sweeper cancels).
+    async fn observe(
+        self,
+        stack: &Stack,
+        outcome: &Outcome,
+        problems: &mut Vec<String>,
+    ) -> Vec<String> {
+        let mut notes = Vec::new();
+        match self {
+            Fault::RedisFlushed | Fault::RedisRestarted => {
+                let swept = invariants::swept_orders(stack);
+                let expiring = &outcome.expiring_orders;
+                let by_sweeper = expiring.iter().filter(|o| swept.contains(*o)).count();
+                notes.push(format!(
+                    "{by_sweeper} of {} unpaid orders cancelled by the sweeper",
+                    expiring.len()
+                ));
+                if matches!(self, Fault::RedisFlushed) {
+                    for order in expiring.iter().filter(|o| !swept.contains(*o)) {
+                        problems.push(format!(
+                            "order {order} lost its expiry job to FLUSHALL but the sweeper did \
+                             not cancel it"
+                        ));
+                    }
+                }
+            }
+            Fault::Poison => match invariants::dead_letter_problems(stack).await {
+                Ok((found, _)) => notes.push(format!(
+                    "{} dead letters, all of the injected poison; {} others",
+                    found.expected,
+                    found.unexpected.len()
+                )),
+                Err(err) => problems.push(format!("cannot read the dead letters: {err:#}")),
+            },
+            _ => {}
+        }
+        if matches!(
+            self,
+            Fault::NatsDownLong | Fault::FerretDbDownLong | Fault::FerretDbPaused
+        ) {
+            let (attempt, consumer) = invariants::highest_attempt(stack);
+            notes.push(format!(
+                "most deliveries of one event: {attempt} ({consumer})"
+            ));
+        }
+        notes
+    }
+}
+
+/// Waits (10 s at most) until the run's expiration queue holds `count` jobs; returns how many it
+/// holds.
+async fn wait_for_jobs(stack: &Stack, count: usize) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let jobs = inject::expiry_jobs(stack).await?;
+        if jobs >= count || Instant::now() > deadline {
+            return Ok(jobs);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -230,6 +396,8 @@ struct Row {
     /// the end of the raced orders' window) to the last attempt the reconciler settled.
     reconciled_after_fault: Option<Duration>,
     recovery: Duration,
+    /// What the scenario showed beyond the counts (sweeps, dead letters, delivery attempts).
+    notes: Vec<String>,
 }
 
 const TICKETS: usize = 12;
@@ -293,7 +461,7 @@ fn race_answers(outcome: &Outcome) -> Vec<String> {
 async fn run_one(root: &Path, fault: Fault) -> anyhow::Result<Row> {
     let (script, window) = fault.script();
     let stack = Stack::start(root, fault.run_name(), window).await?;
-    let flow = Flow::new(&stack);
+    let flow = Flow::new(&stack).retrying_for(fault.retry_for());
     fault.prepare(&stack, &flow);
     let injection = async {
         let result = fault.inject(&stack, &flow).await;
@@ -316,7 +484,7 @@ async fn run_one(root: &Path, fault: Fault) -> anyhow::Result<Row> {
         Script::Flow(Shape::WithExpiry) | Script::Race => Duration::from_secs(window),
         Script::Flow(Shape::NoExpiry) => Duration::ZERO,
     };
-    let converged = converge(&stack, &outcome, CONVERGE_WITHIN + expiring).await;
+    let converged = converge(&stack, &outcome, &flow.writes(), CONVERGE_WITHIN + expiring).await;
     // The race's fault is the end of the raced orders' window.
     let fault_ended_ms = outcome
         .race_expired_at
@@ -334,15 +502,17 @@ async fn run_one(root: &Path, fault: Fault) -> anyhow::Result<Row> {
             Reconciliation::default()
         }
     };
-    if reconciled.longest_open > RECONCILED_WITHIN {
+    let reconciled_within = RECONCILED_WITHIN + fault.database_unavailable();
+    if reconciled.longest_open > reconciled_within {
         problems.push(format!(
-            "a payment attempt stayed open {:.1} s (more than {RECONCILED_WITHIN:?})",
+            "a payment attempt stayed open {:.1} s (more than {reconciled_within:?})",
             reconciled.longest_open.as_secs_f64()
         ));
     }
     let reconciled_after_fault = reconciled
         .last_settled_at
         .map(|at| since(fault_ended_ms, at));
+    let notes = fault.observe(&stack, &outcome, &mut problems).await;
     let row = Row {
         fault,
         attempted: flow.stats.attempted.load(Ordering::Relaxed),
@@ -352,6 +522,7 @@ async fn run_one(root: &Path, fault: Fault) -> anyhow::Result<Row> {
         reconciled,
         reconciled_after_fault,
         recovery,
+        notes,
     };
     stack.stop().await;
     Ok(row)
@@ -384,9 +555,57 @@ fn reconciled_cell(row: &Row) -> String {
     )
 }
 
+/// `--chaos SEED --minutes N` on the command line, if given.
+fn chaos_args() -> anyhow::Result<Option<(u64, f64)>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut seed = None;
+    let mut minutes = None;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let mut value = |name: &str| {
+            iter.next()
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("{name} needs a value"))
+        };
+        match arg.as_str() {
+            "--chaos" => seed = Some(value("--chaos")?.parse::<u64>()?),
+            "--minutes" => minutes = Some(value("--minutes")?.parse::<f64>()?),
+            other => anyhow::bail!(
+                "unknown argument {other:?} (usage: fault-suite [--chaos SEED --minutes N])"
+            ),
+        }
+    }
+    match (seed, minutes) {
+        (None, None) => Ok(None),
+        (Some(seed), minutes) => {
+            let minutes = minutes.unwrap_or(2.0);
+            if !(minutes > 0.0 && minutes <= 24.0 * 60.0) {
+                anyhow::bail!("--minutes must be above 0 (and at most a day)");
+            }
+            Ok(Some((seed, minutes)))
+        }
+        (None, Some(_)) => anyhow::bail!("--minutes goes with --chaos SEED"),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    if let Some((seed, minutes)) = chaos_args()? {
+        let report = chaos::run(&root, seed, minutes).await?;
+        let path = root.join("bench-results/chaos.md");
+        std::fs::create_dir_all(root.join("bench-results"))?;
+        std::fs::write(&path, &report.markdown)?;
+        println!("{}", report.markdown);
+        eprintln!(
+            "==> chaos run (seed {seed}, {minutes} min): {} violations; report in bench-results/chaos.md",
+            report.violations
+        );
+        if report.violations > 0 {
+            std::process::exit(1)
+        }
+        return Ok(());
+    }
     let started = Instant::now();
     // `FAULTS_ONLY=race,stripe-slow` runs only those scenarios (by run name), for debugging one.
     let only: Option<Vec<String>> = std::env::var("FAULTS_ONLY")
@@ -401,29 +620,48 @@ async fn main() -> anyhow::Result<()> {
             continue;
         }
         eprintln!("==> fault suite: {}", fault.label());
-        let row = run_one(&root, fault).await?;
+        let scenario_started = Instant::now();
+        let row = match run_one(&root, fault).await {
+            Ok(row) => row,
+            Err(err) => Row {
+                fault,
+                attempted: 0,
+                acknowledged: 0,
+                problems: vec![format!("the scenario could not finish: {err:#}")],
+                money: None,
+                reconciled: Reconciliation::default(),
+                reconciled_after_fault: None,
+                recovery: Duration::ZERO,
+                notes: Vec::new(),
+            },
+        };
         eprintln!(
-            "    money: {}; reconciled: {}; {} problems",
+            "    money: {}; reconciled: {}; {} problems; {:.0} s",
             money_cell(row.money.as_ref()),
             reconciled_cell(&row),
-            row.problems.len()
+            row.problems.len(),
+            scenario_started.elapsed().as_secs_f64()
         );
+        for note in &row.notes {
+            eprintln!("    {note}");
+        }
         rows.push(row);
     }
     println!(
-        "| fault injected | operations attempted | acknowledged | money: charges / refunded / violations | reconciled attempts (longest open; last settled after the fault) | problems (must be 0) | converged after the fault |"
+        "| fault injected | operations attempted | acknowledged | money: charges / refunded / violations | reconciled attempts (longest open; last settled after the fault) | problems (must be 0) | converged after the fault | notes |"
     );
-    println!("|---|---:|---:|---:|---|---:|---:|");
+    println!("|---|---:|---:|---:|---|---:|---:|---|");
     for row in &rows {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {:.1} s |",
+            "| {} | {} | {} | {} | {} | {} | {:.1} s | {} |",
             row.fault.label(),
             row.attempted,
             row.acknowledged,
             money_cell(row.money.as_ref()),
             reconciled_cell(row),
             row.problems.len(),
-            row.recovery.as_secs_f64()
+            row.recovery.as_secs_f64(),
+            row.notes.join("; ")
         );
     }
     let failed: Vec<&Row> = rows.iter().filter(|r| !r.problems.is_empty()).collect();
@@ -439,9 +677,11 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     println!(
-        "{} passed, {} failed",
+        "{} passed, {} failed ({} scenarios in {:.0} s)",
         rows.len() - failed.len(),
-        failed.len()
+        failed.len(),
+        rows.len(),
+        started.elapsed().as_secs_f64()
     );
     if failed.is_empty() {
         Ok(())

@@ -10,6 +10,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use common::bus::EventBus;
+use common::settings::NatsSettings;
 use common::testing::stripe_double::StripeDouble;
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
@@ -28,6 +30,23 @@ pub const RECONCILE_HORIZON: Duration = Duration::from_millis(1500 + 5000);
 /// The longest the payments reconciler waits between passes while payments stay unsettled
 /// (`ReconcileTiming::max_backoff`).
 pub const RECONCILE_MAX_BACKOFF: Duration = Duration::from_secs(15);
+
+/// The orders service's expiry sweeper here (`EXPIRY_SWEEP_SECONDS`): a pass every second, so that
+/// orders whose Redis job was lost are cancelled within a run.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long past its window an order is left to the expiration service before the sweeper cancels
+/// it (`EXPIRY_SWEEP_GRACE_SECONDS`).
+pub const SWEEP_GRACE: Duration = Duration::from_secs(2);
+
+/// The queue groups of the services that consume events, each reporting its dead letters in
+/// `/readyz` (`deadLetters`).
+pub const CONSUMERS: [(&str, &str); 4] = [
+    ("tickets", "tickets-service"),
+    ("orders", "orders-service"),
+    ("payments", "payments-service"),
+    ("expiration", "expiration-service"),
+];
 
 /// A service process and how to start it again.
 pub struct ServiceProcess {
@@ -112,6 +131,24 @@ pub struct Stack {
     pub mongo: mongodb::Client,
     pub databases: BTreeMap<&'static str, String>,
     pub root: PathBuf,
+    /// The run's JetStream stream, subject prefix and expiration queue (key prefix in Redis).
+    pub nats: NatsSettings,
+    pub expiration_queue: String,
+    pub redis_url: String,
+    /// The reservation window of this run's orders.
+    pub window: Duration,
+    /// Dead letters this run put on the bus on purpose (poison messages).
+    poison: std::sync::Mutex<Vec<Poison>>,
+    /// The suite's own connection to the run's stream, made on first use.
+    bus: tokio::sync::OnceCell<EventBus>,
+}
+
+/// A poison message injected on the bus: every dead letter whose payload holds `marker` is
+/// expected, and each of `consumers` (durable names) must have dead-lettered it.
+#[derive(Debug, Clone)]
+pub struct Poison {
+    pub marker: String,
+    pub consumers: Vec<&'static str>,
 }
 
 /// The loopback ports handed to the services: below Linux's ephemeral range (32768–60999), so that
@@ -158,6 +195,13 @@ impl Stack {
             .await
             .context("configuring the MongoDB client")?;
         let suffix = common::testing::unique_suffix();
+        let nats = NatsSettings {
+            url: infra("NATS_URL")?,
+            stream: format!("faults_{suffix}"),
+            subject_prefix: format!("f{suffix}."),
+        };
+        let expiration_queue = format!("faults:{suffix}");
+        let redis_url = infra("REDIS_URL")?;
         let shared = vec![
             ("RUST_LOG".to_owned(), "info".to_owned()),
             ("HOST".to_owned(), "127.0.0.1".to_owned()),
@@ -166,11 +210,14 @@ impl Stack {
                 common::testing::TEST_JWT_KEY.to_owned(),
             ),
             ("MONGO_URL".to_owned(), mongo_url.clone()),
-            ("NATS_URL".to_owned(), infra("NATS_URL")?),
-            ("REDIS_URL".to_owned(), infra("REDIS_URL")?),
-            ("NATS_STREAM".to_owned(), format!("faults_{suffix}")),
-            ("NATS_SUBJECT_PREFIX".to_owned(), format!("f{suffix}.")),
-            ("EXPIRATION_QUEUE".to_owned(), format!("faults:{suffix}")),
+            ("NATS_URL".to_owned(), nats.url.clone()),
+            ("REDIS_URL".to_owned(), redis_url.clone()),
+            ("NATS_STREAM".to_owned(), nats.stream.clone()),
+            (
+                "NATS_SUBJECT_PREFIX".to_owned(),
+                nats.subject_prefix.clone(),
+            ),
+            ("EXPIRATION_QUEUE".to_owned(), expiration_queue.clone()),
             (
                 "EXPIRATION_WINDOW_SECONDS".to_owned(),
                 expiration_window.to_string(),
@@ -202,12 +249,25 @@ impl Stack {
                     STRIPE_TIMEOUT.as_millis().to_string(),
                 ));
             }
+            if name == "orders" {
+                env.push((
+                    "EXPIRY_SWEEP_SECONDS".to_owned(),
+                    SWEEP_INTERVAL.as_secs().to_string(),
+                ));
+                env.push((
+                    "EXPIRY_SWEEP_GRACE_SECONDS".to_owned(),
+                    SWEEP_GRACE.as_secs().to_string(),
+                ));
+            }
             let port = env
                 .iter()
                 .find(|(k, _)| k == "PORT")
                 .and_then(|(_, v)| v.parse().ok())
                 .unwrap_or(0);
             databases.insert(name, database);
+            let log = logs.join(format!("{run}-{name}.log"));
+            // Each run's log holds that run only (the checks read it).
+            std::fs::write(&log, b"").with_context(|| format!("truncating {}", log.display()))?;
             services.insert(
                 name,
                 ServiceProcess {
@@ -215,7 +275,7 @@ impl Stack {
                     port,
                     binary,
                     env,
-                    log: logs.join(format!("{run}-{name}.log")),
+                    log,
                     child: Mutex::new(None),
                 },
             );
@@ -229,6 +289,12 @@ impl Stack {
             mongo,
             databases,
             root: root.to_owned(),
+            nats,
+            expiration_queue,
+            redis_url,
+            window: Duration::from_secs(expiration_window),
+            poison: std::sync::Mutex::new(Vec::new()),
+            bus: tokio::sync::OnceCell::new(),
         };
         for name in SERVICES {
             stack.service(name)?.start(&stack.http).await?;
@@ -271,6 +337,89 @@ impl Stack {
             );
         }
         Ok(())
+    }
+
+    /// `scripts/infra.sh pid <component>`: the pid of a running infrastructure process.
+    pub async fn infra_pid(&self, component: &str) -> anyhow::Result<u32> {
+        let output = Command::new("bash")
+            .arg(self.root.join("scripts/infra.sh"))
+            .args(["pid", component])
+            .output()
+            .await
+            .context("running scripts/infra.sh pid")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            bail!(
+                "scripts/infra.sh pid {component} failed: {text}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        text.trim()
+            .parse()
+            .with_context(|| format!("scripts/infra.sh pid {component} printed {text:?}"))
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to a process, with kill(1).
+    pub async fn signal(&self, pid: u32, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .await
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} failed: {status}");
+        }
+        Ok(())
+    }
+
+    /// `redis-cli -u <REDIS_URL> <args>` on the suite's private Redis; its output.
+    pub async fn redis_cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = Command::new("redis-cli")
+            .args(["-u", &self.redis_url])
+            .args(args)
+            .output()
+            .await
+            .context("running redis-cli")?;
+        let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        if !output.status.success() || text.starts_with("ERR") {
+            bail!(
+                "redis-cli {} failed: {text}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(text)
+    }
+
+    /// A connection to the run's event stream (for injecting messages and reading dead letters);
+    /// it reconnects by itself after a NATS restart.
+    pub async fn bus(&self) -> anyhow::Result<&EventBus> {
+        self.bus
+            .get_or_try_init(|| EventBus::connect(&self.nats, "fault-suite"))
+            .await
+    }
+
+    /// Records a poison message this run injected (its dead letters are expected).
+    pub fn expect_poison(&self, poison: Poison) {
+        self.poison
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(poison);
+    }
+
+    /// The poison messages injected so far.
+    pub fn injected_poison(&self) -> Vec<Poison> {
+        self.poison
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The run's service log of `service`, as written so far.
+    pub fn log_of(&self, service: &str) -> anyhow::Result<String> {
+        let path = &self.service(service)?.log;
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
     }
 
     pub async fn stop(self) {

@@ -37,6 +37,10 @@ use crate::stripe::{ChargeRequest, StripeGateway, StripeOutcome, Unprocessed};
 
 /// What the failure of an attempt cancelled before its charge is recorded as.
 pub const CANCELLED_BEFORE_CHARGE: &str = "The order was cancelled before it was charged.";
+/// What the failure of an attempt whose window closed before its charge is recorded as.
+pub const EXPIRED_BEFORE_CHARGE: &str = "The order's window closed before it was charged.";
+/// What the failure of an attempt that never reached Stripe is recorded as.
+pub const NEVER_SENT: &str = "The charge was never sent to Stripe.";
 
 /// How often recording a settlement is tried before it is left to the reconciler.
 const SETTLE_ATTEMPTS: u32 = 3;
@@ -103,6 +107,8 @@ pub enum PayOutcome {
     Misconfigured(String),
     /// The order was cancelled before the charge; nothing was charged.
     OrderCancelled,
+    /// The order's window closed before the charge; nothing was charged.
+    Expired,
     /// The order was cancelled while it was charged: the charge is refunded (or being refunded).
     Refunded,
     /// The charge's outcome is not known yet (or it is known but could not be recorded yet): the
@@ -175,10 +181,11 @@ impl PaymentSaga {
         // The attempt is recorded: if the order was cancelled meanwhile, the `order:cancelled`
         // listener either saw the attempt (and waits for it) or cancelled the replica before it
         // was recorded, which this read sees.
-        let cancelled = match self.orders.get(attempt.order_id).await {
-            Ok(order) => order.is_some_and(|o| o.status == OrderStatus::Cancelled),
+        let order = match self.orders.get(attempt.order_id).await {
+            Ok(order) => order,
             Err(err) => {
-                // Not charging is always safe; the buyer can try again.
+                // Not charging is always safe; the buyer can try again. If even this cannot be
+                // recorded, the attempt stays `pending` unsent, and the reconciler fails it.
                 tracing::warn!(order_id = %attempt.order_id, error = %err, "cannot re-read the order before charging");
                 self.record(
                     &attempt,
@@ -190,15 +197,44 @@ impl PaymentSaga {
                 return Err(err);
             }
         };
-        if cancelled {
+        let refusal = match order {
+            Some(order) if order.status == OrderStatus::Cancelled => {
+                Some((CANCELLED_BEFORE_CHARGE, PayOutcome::OrderCancelled))
+            }
+            // The window closed while the attempt was being recorded: too late to charge.
+            Some(order) if order.expires_at_utc() <= Utc::now() => {
+                Some((EXPIRED_BEFORE_CHARGE, PayOutcome::Expired))
+            }
+            _ => None,
+        };
+        if let Some((reason, answer)) = refusal {
             self.record(
                 &attempt,
                 Settlement::Failed {
-                    reason: CANCELLED_BEFORE_CHARGE.into(),
+                    reason: reason.into(),
                 },
             )
             .await?;
-            return Ok(PayOutcome::OrderCancelled);
+            return Ok(answer);
+        }
+        // Durably "sent" before sending: a crash from here on leaves an attempt the reconciler
+        // repeats; a crash before it, one it fails without charging.
+        let (attempt, committed) = self.payments.mark_sent(&attempt).await?;
+        if let Some(committed) = committed {
+            self.publish(&committed).await;
+        }
+        if !attempt.charge_sent || attempt.status != PaymentStatus::Pending {
+            if attempt.order_cancelled && attempt.status == PaymentStatus::Pending {
+                self.record(
+                    &attempt,
+                    Settlement::Failed {
+                        reason: CANCELLED_BEFORE_CHARGE.into(),
+                    },
+                )
+                .await?;
+                return Ok(PayOutcome::OrderCancelled);
+            }
+            return Ok(PayOutcome::Busy(Some(attempt)));
         }
         let outcome = self.stripe.charge(&charge_request(&attempt)).await;
         let (settlement, answer) = match outcome {
@@ -394,6 +430,20 @@ impl PaymentSaga {
     /// Repeats an open attempt's charge with the same key and parameters: Stripe answers with what
     /// the first request did, or does it now if it never arrived.
     async fn reconcile_charge(&self, attempt: &Payment) -> Result<PaymentStatus, StoreError> {
+        if attempt.status == PaymentStatus::Pending && !attempt.charge_sent {
+            // Stopped between recording the attempt and sending it: nothing reached Stripe.
+            let failed = self
+                .record(
+                    attempt,
+                    Settlement::Failed {
+                        reason: NEVER_SENT.into(),
+                    },
+                )
+                .await?;
+            tracing::info!(order_id = %attempt.order_id, attempt = %attempt.payment_id,
+                "failed an attempt that was never sent to Stripe");
+            return Ok(failed.status);
+        }
         if attempt.source.is_none() {
             tracing::error!(order_id = %attempt.order_id, attempt = %attempt.payment_id,
                 "an open attempt without its card token cannot be repeated; it needs a person");

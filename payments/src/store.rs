@@ -163,6 +163,7 @@ pub struct Payment {
     pub payment_id: String,
     pub status: PaymentStatus,
     /// What the attempt charges, in euro cents.
+    #[serde(default)]
     pub amount_cents: i64,
     /// SHA-256 of the card token, hex.
     pub token_hash: String,
@@ -178,14 +179,34 @@ pub struct Payment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
     /// How many attempts this order has had.
+    #[serde(default = "one")]
     pub attempts: i64,
+    /// Set, durably, just before the charge is sent to Stripe. A `pending` attempt without it was
+    /// never sent (its process stopped, or could not reach the database, in between): the
+    /// reconciler fails it instead of sending a first charge long after the buyer left. Records of
+    /// the previous release, which has no such mark, count as sent.
+    #[serde(default = "yes")]
+    pub charge_sent: bool,
     /// The order was cancelled while this attempt was open: if it turns out charged, the charge goes
     /// straight to `refunding`.
     #[serde(default)]
     pub order_cancelled: bool,
     pub created_at: bson::DateTime,
     /// When the state last changed: the reconciler's horizon counts from here.
+    #[serde(default = "long_ago")]
     pub updated_at: bson::DateTime,
+}
+
+fn one() -> i64 {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn long_ago() -> bson::DateTime {
+    bson::DateTime::from_millis(0)
 }
 
 common::versioned_record!(Payment, order_id);
@@ -339,6 +360,7 @@ impl PaymentStore {
             refund_id: None,
             failure: None,
             attempts: 1,
+            charge_sent: false,
             order_cancelled: false,
             created_at: now,
             updated_at: now,
@@ -359,6 +381,7 @@ impl PaymentStore {
                     refund_id: None,
                     failure: None,
                     attempts: current.attempts + 1,
+                    charge_sent: false,
                     order_cancelled: false,
                     ..current.next(PaymentStatus::Pending)
                 })
@@ -371,6 +394,26 @@ impl PaymentStore {
             Err(StoreError::NotFound) => Ok(Begin::Busy(None)),
             Err(other) => Err(other),
         }
+    }
+
+    /// Marks `attempt` as about to be sent to Stripe. Returns the payment as it stands: marked, or
+    /// unchanged when it is no longer this caller's to send (settled by someone else, or its order
+    /// cancelled meanwhile: then it must not be sent at all).
+    pub async fn mark_sent(
+        &self,
+        attempt: &Payment,
+    ) -> Result<(Payment, Option<Committed>), StoreError> {
+        self.transition(attempt.order_id, |current| {
+            let sendable = current.payment_id == attempt.payment_id
+                && current.status == PaymentStatus::Pending
+                && !current.charge_sent
+                && !current.order_cancelled;
+            sendable.then(|| Payment {
+                charge_sent: true,
+                ..current.next(PaymentStatus::Pending)
+            })
+        })
+        .await
     }
 
     /// Records what Stripe said about `attempt`'s charge. Only an attempt that is still open and

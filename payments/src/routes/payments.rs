@@ -122,6 +122,7 @@ async fn create_payment(
             "Stripe rejected our request: {cause}"
         ))),
         PayOutcome::OrderCancelled => Err(ApiError::bad_request(CANCELLED_ORDER)),
+        PayOutcome::Expired => Err(ApiError::bad_request(EXPIRED_ORDER)),
         PayOutcome::Refunded => Err(ApiError::bad_request(REFUNDED)),
         PayOutcome::Busy(current) => Err(busy(current)),
     }

@@ -86,7 +86,7 @@ async fn paying_an_order_charges_its_price_in_euro_cents_and_answers_201() {
     assert_eq!(payment.payment_id, payment_id);
     assert_eq!(payment.status, PaymentStatus::Succeeded);
     assert_eq!(payment.stripe_id.as_deref(), Some("ch_paid_1"));
-    assert_eq!(payment.version, 1, "pending, then succeeded");
+    assert_eq!(payment.version, 2, "pending, sent, succeeded");
     assert_eq!(payment.amount_cents, 1999);
     assert_eq!(payment.attempts, 1);
     assert_eq!(payment.token_hash, token_hash("tok_visa"));

@@ -299,3 +299,59 @@ async fn a_reconciler_pass_leaves_young_attempts_alone() {
     );
     assert_eq!(double.requests(), 1);
 }
+
+#[tokio::test]
+async fn an_attempt_that_never_reached_stripe_is_failed_by_the_reconciler_without_a_charge() {
+    let app = spawn_app().await;
+    let (double, user, order) =
+        order_with_stripe(&app, 1500, answering_after(Duration::ZERO)).await;
+    let replica = app.replica(&order.id).await.expect("replica");
+    // The process recorded the attempt and stopped before sending it (or could not reach the
+    // database to mark it sent).
+    app.payments
+        .begin(
+            &replica,
+            "tok_visa",
+            payments::stripe::token_hash("tok_visa"),
+        )
+        .await
+        .expect("an attempt");
+
+    let timing = ReconcileTiming {
+        horizon: Duration::ZERO,
+        ..ReconcileTiming::for_stripe_timeout(Duration::from_secs(1))
+    };
+    let pass = app.saga.reconcile_once(&timing).await.expect("a pass");
+
+    assert_eq!((pass.settled, pass.unresolved), (1, 0), "{pass:?}");
+    assert_eq!(double.requests(), 0, "nothing sent for the first time late");
+    app.assert_not_paid(&order.id).await;
+    // The buyer can pay again.
+    let paid = app.pay(&user, &order.id, "tok_visa").await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{:?}", paid.body);
+    assert_eq!(double.charges().len(), 1);
+}
+
+#[tokio::test]
+async fn an_order_whose_window_closes_while_its_attempt_is_recorded_is_not_charged() {
+    let app = spawn_app().await;
+    let (double, _, order) = order_with_stripe(&app, 1500, answering_after(Duration::ZERO)).await;
+    let mut replica = app.replica(&order.id).await.expect("replica");
+    // The route checked the window a moment ago; it has closed since.
+    replica.expires_at =
+        mongodb::bson::DateTime::from_millis(chrono::Utc::now().timestamp_millis() - 1);
+    app.orders
+        .collection()
+        .replace_one(mongodb::bson::doc! { "_id": replica.id }, &replica)
+        .await
+        .expect("the replica's window closes");
+
+    let outcome = app.saga.pay(&replica, "tok_visa").await.expect("paid");
+
+    assert!(
+        matches!(outcome, payments::saga::PayOutcome::Expired),
+        "{outcome:?}"
+    );
+    assert_eq!(double.requests(), 0);
+    app.assert_not_paid(&order.id).await;
+}

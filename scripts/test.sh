@@ -12,8 +12,9 @@
 # 4. the browser tests, APP_SKIP_BUILD=1 APP_PROFILE=debug scripts/e2e.sh (the app on the debug
 #    binaries step 2 built), when e2e/Cargo.toml exists, ARGS select no packages and step 2
 #    passed.  E2E=0: never; E2E=1: also with selected packages or after a failed step 2.
-# 5. the fault suite, FAULTS_SKIP_BUILD=1 scripts/faults.sh (its own private infrastructure), on
-#    the same conditions; FAULTS=0 / FAULTS=1 as for E2E.
+# 5. the fault suite, FAULTS_SKIP_BUILD=1 scripts/faults.sh (its own private infrastructure: a
+#    table of faults, then a short seeded chaos run; about 12 minutes), on the same conditions;
+#    FAULTS=0 / FAULTS=1 as for E2E.
 # Exits non-zero if anything failed; prints a one-line summary with each step's result and time.
 # The infrastructure is left running for the next run, except when CI is set (then it is stopped
 # on exit); the app started by step 4 is always stopped.

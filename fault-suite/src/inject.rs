@@ -97,10 +97,8 @@ pub async fn redis_flush(stack: &Stack) -> anyhow::Result<()> {
 
 /// Publishes two poison messages on `order:created` with the run's subject prefix: a payload that is
 /// no event at all, and an event whose ids are not ObjectIds. Both must end in the dead-letter
-/// stream, from every consumer that sees them: the first from tickets, payments and expiration; the
-/// second from tickets and payments, while expiration schedules it (it keeps no orders) and the
-/// `expiration:complete` it then publishes is dead-lettered by orders. Returns the marker both
-/// carry.
+/// stream, from every consumer that sees them: tickets, payments and expiration each dead-letter
+/// both. Returns the marker both carry.
 pub async fn poison(stack: &Stack) -> anyhow::Result<String> {
     let marker = format!("poison-{}", common::testing::unique_suffix());
     let malformed = json!({ "not": "an event", "poison": marker });
@@ -126,7 +124,7 @@ pub async fn poison(stack: &Stack) -> anyhow::Result<String> {
             "expiration-service_order-created",
             "tickets-service_order-created",
             "payments-service_order-created",
-            "orders-service_expiration-complete",
+            "expiration-service_order-created",
         ],
     });
     let bus = stack.bus().await?;

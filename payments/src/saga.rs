@@ -179,8 +179,8 @@ impl PaymentSaga {
     /// Charges a recorded `pending` attempt and records the answer.
     async fn charge(&self, attempt: Payment) -> Result<PayOutcome, StoreError> {
         // The attempt is recorded: if the order was cancelled meanwhile, the `order:cancelled`
-        // listener either saw the attempt (and waits for it) or cancelled the replica before it
-        // was recorded, which this read sees.
+        // listener either marked the attempt (seen by `mark_sent` or the settlement below) or
+        // cancelled the replica before the attempt was recorded, which this read sees.
         let order = match self.orders.get(attempt.order_id).await {
             Ok(order) => order,
             Err(err) => {

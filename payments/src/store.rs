@@ -347,24 +347,28 @@ impl PaymentStore {
         token: &str,
         token_hash: String,
     ) -> Result<Begin, StoreError> {
-        let now = bson::DateTime::now();
-        let first = Payment {
-            order_id: order.id,
-            version: 0,
-            payment_id: ObjectId::new().to_hex(),
-            status: PaymentStatus::Pending,
-            amount_cents: order.price_cents,
-            token_hash: token_hash.clone(),
-            source: Some(token.to_owned()),
-            stripe_id: None,
-            refund_id: None,
-            failure: None,
-            attempts: 1,
-            charge_sent: false,
-            order_cancelled: false,
-            created_at: now,
-            updated_at: now,
+        // A new attempt: its own id, the order's price, the card token while its outcome is open.
+        let attempt = |attempts: i64| {
+            let now = bson::DateTime::now();
+            Payment {
+                order_id: order.id,
+                version: 0,
+                payment_id: ObjectId::new().to_hex(),
+                status: PaymentStatus::Pending,
+                amount_cents: order.price_cents,
+                token_hash: token_hash.clone(),
+                source: Some(token.to_owned()),
+                stripe_id: None,
+                refund_id: None,
+                failure: None,
+                attempts,
+                charge_sent: false,
+                order_cancelled: false,
+                created_at: now,
+                updated_at: now,
+            }
         };
+        let first = attempt(1);
         match self.versions.create(&first, first.events()?).await {
             Ok(committed) => return Ok(Begin::Started(first, committed)),
             Err(StoreError::Duplicate) => {}
@@ -373,17 +377,9 @@ impl PaymentStore {
         let modified = self
             .transition(order.id, |current| {
                 (current.status == PaymentStatus::Failed).then(|| Payment {
-                    payment_id: ObjectId::new().to_hex(),
-                    amount_cents: order.price_cents,
-                    token_hash: token_hash.clone(),
-                    source: Some(token.to_owned()),
-                    stripe_id: None,
-                    refund_id: None,
-                    failure: None,
-                    attempts: current.attempts + 1,
-                    charge_sent: false,
-                    order_cancelled: false,
-                    ..current.next(PaymentStatus::Pending)
+                    version: current.version + 1,
+                    created_at: current.created_at,
+                    ..attempt(current.attempts + 1)
                 })
             })
             .await;

@@ -398,36 +398,7 @@ pub async fn stripe_answers(app: &TestApp, status: u16, body: Value) {
         .await;
 }
 
-/// The `application/x-www-form-urlencoded` body of a request, decoded.
-pub fn form(request: &wiremock::Request) -> Vec<(String, String)> {
-    let body = String::from_utf8(request.body.clone()).expect("UTF-8 form");
-    body.split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(key), percent_decode(value))
-        })
-        .collect()
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).expect("ascii");
-                out.push(u8::from_str_radix(hex, 16).expect("percent escape"));
-                i += 2;
-            }
-            other => out.push(other),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).expect("UTF-8 form value")
-}
+pub use common::testing::stripe_double::form;
 
 /// Polls `check` until it returns `Some`, for up to 10 s.
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T

@@ -26,10 +26,8 @@ fn declined_body() -> serde_json::Value {
                      "decline_code": "generic_decline"}})
 }
 
-fn field(form: &[(String, String)], name: &str) -> Option<String> {
-    form.iter()
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.clone())
+fn field(form: &std::collections::HashMap<String, String>, name: &str) -> Option<String> {
+    form.get(name).cloned()
 }
 
 fn header(request: &wiremock::Request, name: &str) -> Option<String> {

@@ -141,18 +141,7 @@ async fn a_client_that_goes_away_mid_charge_does_not_cut_the_charge() {
     let (double, user, order) =
         order_with_stripe(&app, 4000, answering_after(Duration::from_millis(800))).await;
 
-    let impatient = app
-        .client
-        .post(app.url("/api/payments"))
-        .header(reqwest::header::COOKIE, &user.cookie)
-        .json(&json!({ "orderId": order.id, "token": "tok_visa" }))
-        .timeout(Duration::from_millis(150))
-        .send()
-        .await;
-    assert!(
-        impatient.is_err(),
-        "the client gave up before Stripe answered"
-    );
+    pay_and_walk_away(&app, &user, &order).await;
 
     let payment = app.payment_when(&order.id, settled).await;
     assert_eq!(payment.status, PaymentStatus::Succeeded);
@@ -354,4 +343,34 @@ async fn an_order_whose_window_closes_while_its_attempt_is_recorded_is_not_charg
     );
     assert_eq!(double.requests(), 0);
     app.assert_not_paid(&order.id).await;
+}
+
+#[tokio::test]
+async fn a_declined_card_fails_the_attempt_without_a_charge_and_a_new_card_pays() {
+    let app = spawn_app().await;
+    let (double, user, order) =
+        order_with_stripe(&app, 1500, answering_after(Duration::ZERO)).await;
+
+    let declined = app
+        .pay(
+            &user,
+            &order.id,
+            common::testing::stripe_double::DECLINED_TOKEN,
+        )
+        .await;
+    assert_eq!(declined.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        declined.body,
+        errors(&[(common::testing::stripe_double::DECLINE_MESSAGE, None)])
+    );
+    assert_eq!(double.charges(), Vec::new());
+    let paid = app.pay(&user, &order.id, "tok_visa").await;
+
+    assert_eq!(paid.status, StatusCode::CREATED, "{:?}", paid.body);
+    assert_eq!(double.charges_of(&order.id).len(), 1);
+    assert_eq!(
+        app.payment_records(&order.id).await[0].attempts,
+        2,
+        "the declined attempt and the paid one"
+    );
 }

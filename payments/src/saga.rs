@@ -197,14 +197,14 @@ impl PaymentSaga {
                 return Err(err);
             }
         };
-        let refusal = match order {
+        let expires_at = order.as_ref().map(Order::expires_at_utc);
+        let window_closed = || expires_at.is_some_and(|at| at <= Utc::now());
+        let refusal = match &order {
             Some(order) if order.status == OrderStatus::Cancelled => {
                 Some((CANCELLED_BEFORE_CHARGE, PayOutcome::OrderCancelled))
             }
             // The window closed while the attempt was being recorded: too late to charge.
-            Some(order) if order.expires_at_utc() <= Utc::now() => {
-                Some((EXPIRED_BEFORE_CHARGE, PayOutcome::Expired))
-            }
+            Some(_) if window_closed() => Some((EXPIRED_BEFORE_CHARGE, PayOutcome::Expired)),
             _ => None,
         };
         if let Some((reason, answer)) = refusal {
@@ -236,15 +236,29 @@ impl PaymentSaga {
             }
             return Ok(PayOutcome::Busy(Some(attempt)));
         }
+        // A stalled database can hold `mark_sent` past the window's end: the order is then being
+        // expired, and a charge sent now would only be refunded. (Crashing between the mark and
+        // this record leaves an attempt the reconciler repeats; its charge is refunded then.)
+        if window_closed() {
+            self.record(
+                &attempt,
+                Settlement::Failed {
+                    reason: EXPIRED_BEFORE_CHARGE.into(),
+                },
+            )
+            .await?;
+            return Ok(PayOutcome::Expired);
+        }
         let outcome = self.stripe.charge(&charge_request(&attempt)).await;
         let (settlement, answer) = match outcome {
             StripeOutcome::Done(stripe_id) => (Settlement::Charged { stripe_id }, None),
-            StripeOutcome::Refused(message) => (
-                Settlement::Failed {
-                    reason: message.clone(),
-                },
-                Some(PayOutcome::Declined(message)),
-            ),
+            StripeOutcome::Refused { customer, detail } => {
+                tracing::info!(order_id = %attempt.order_id, %detail, "Stripe refused the charge");
+                (
+                    Settlement::Failed { reason: detail },
+                    Some(PayOutcome::Declined(customer)),
+                )
+            }
             StripeOutcome::NotDone(Unprocessed::Unavailable(cause)) => {
                 tracing::warn!(order_id = %attempt.order_id, %cause, "Stripe unavailable; nothing charged");
                 (
@@ -271,6 +285,15 @@ impl PaymentSaga {
             return Ok(answer);
         }
         match settled.status {
+            // Charged after the window closed: the order's expiry is under way and the orders
+            // service decides which came first (a cancelled order's charge is refunded). "Paid"
+            // could be untrue, so the buyer is told the payment is being confirmed.
+            PaymentStatus::Succeeded
+                if settled.payment_id == attempt.payment_id && window_closed() =>
+            {
+                tracing::warn!(order_id = %attempt.order_id, "charged after the order's window closed; the orders service decides");
+                Ok(PayOutcome::Confirming)
+            }
             PaymentStatus::Succeeded if settled.payment_id == attempt.payment_id => {
                 Ok(PayOutcome::Paid(settled))
             }
@@ -451,7 +474,7 @@ impl PaymentSaga {
         }
         let settlement = match self.stripe.charge(&charge_request(attempt)).await {
             StripeOutcome::Done(stripe_id) => Settlement::Charged { stripe_id },
-            StripeOutcome::Refused(reason) => Settlement::Failed { reason },
+            StripeOutcome::Refused { detail, .. } => Settlement::Failed { reason: detail },
             // A repeat that was not processed says nothing about the first request.
             other => {
                 tracing::info!(order_id = %attempt.order_id, attempt = %attempt.payment_id, answer = ?other,

@@ -27,8 +27,15 @@ pub enum StripeOutcome {
     /// Done; the id of the charge or refund.
     Done(String),
     /// Definitely not done, for a reason about the buyer's payment (card declined, invalid token,
-    /// amount too small): Stripe's message, written for the customer.
-    Refused(String),
+    /// amount too small).
+    Refused {
+        /// What the buyer is told: Stripe's own message for card errors only (it is written for
+        /// cardholders); any other refusal's message may describe our account or request, so the
+        /// buyer gets [`GENERIC_DECLINE`].
+        customer: String,
+        /// Stripe's status, type and message, for the logs and the attempt's record.
+        detail: String,
+    },
     /// Definitely not done, for a reason that is not the buyer's: rate limited, or a request Stripe
     /// will not accept from us (a bad key). The cause is for the logs only.
     NotDone(Unprocessed),
@@ -148,9 +155,10 @@ fn classify(err: StripeError) -> StripeOutcome {
                 message.clone().unwrap_or_default()
             );
             match (&api.type_, status) {
-                (ApiErrorsType::CardError, _) => {
-                    StripeOutcome::Refused(message.unwrap_or_else(|| GENERIC_DECLINE.to_owned()))
-                }
+                (ApiErrorsType::CardError, _) => StripeOutcome::Refused {
+                    customer: message.unwrap_or_else(|| GENERIC_DECLINE.to_owned()),
+                    detail,
+                },
                 // Rate limited: Stripe did not process the request.
                 (_, 429) => StripeOutcome::NotDone(Unprocessed::Unavailable(detail)),
                 // A concurrent request with our key is still running, or Stripe failed on its side
@@ -161,11 +169,12 @@ fn classify(err: StripeError) -> StripeOutcome {
                 (ApiErrorsType::IdempotencyError, _) | (_, 401 | 403) => {
                     StripeOutcome::NotDone(Unprocessed::Misconfigured(detail))
                 }
-                // Any other refusal (`No such token`, amount too small): the reason is about the
-                // payment the customer attempted.
-                (_, 400..=499) => {
-                    StripeOutcome::Refused(message.unwrap_or_else(|| GENERIC_DECLINE.to_owned()))
-                }
+                // Any other refusal (`No such token`, amount too small): about the payment the
+                // customer attempted, but in words meant for developers, so not shown to them.
+                (_, 400..=499) => StripeOutcome::Refused {
+                    customer: GENERIC_DECLINE.to_owned(),
+                    detail,
+                },
                 _ => StripeOutcome::Uncertain(format!("unexpected {detail}")),
             }
         }
@@ -261,8 +270,22 @@ mod tests {
         );
         assert_eq!(
             classify(declined),
-            StripeOutcome::Refused("Your card was declined.".into())
+            StripeOutcome::Refused {
+                customer: "Your card was declined.".into(),
+                detail: "402 card_error: Your card was declined.".into()
+            }
         );
+        // Not a card error: Stripe's words stay in our logs.
+        let no_such_token = api_error(
+            400,
+            ApiErrorsType::InvalidRequestError,
+            Some("No such token: 'tok_bogus'; a similar object exists in live mode"),
+        );
+        assert!(matches!(
+            classify(no_such_token),
+            StripeOutcome::Refused { customer, detail }
+                if customer == GENERIC_DECLINE && detail.contains("No such token")
+        ));
         let limited = api_error(429, ApiErrorsType::InvalidRequestError, None);
         assert!(matches!(
             classify(limited),

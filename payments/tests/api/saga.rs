@@ -346,6 +346,33 @@ async fn an_order_whose_window_closes_while_its_attempt_is_recorded_is_not_charg
 }
 
 #[tokio::test]
+async fn a_charge_that_settles_after_the_window_closed_is_answered_as_being_confirmed_not_paid() {
+    let app = spawn_app().await;
+    let (double, _, order) =
+        order_with_stripe(&app, 1500, answering_after(Duration::from_millis(1500))).await;
+    let mut replica = app.replica(&order.id).await.expect("replica");
+    // The window closes while Stripe is still answering: the order's expiry may win in orders.
+    replica.expires_at =
+        mongodb::bson::DateTime::from_millis(chrono::Utc::now().timestamp_millis() + 700);
+    app.orders
+        .collection()
+        .replace_one(mongodb::bson::doc! { "_id": replica.id }, &replica)
+        .await
+        .expect("the replica's window is shortened");
+
+    let outcome = app.saga.pay(&replica, "tok_visa").await.expect("charged");
+
+    assert!(
+        matches!(outcome, payments::saga::PayOutcome::Confirming),
+        "{outcome:?}"
+    );
+    assert_eq!(double.charges().len(), 1);
+    let records = app.payment_records(&order.id).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].status, PaymentStatus::Succeeded);
+}
+
+#[tokio::test]
 async fn a_declined_card_fails_the_attempt_without_a_charge_and_a_new_card_pays() {
     let app = spawn_app().await;
     let (double, user, order) =

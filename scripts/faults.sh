@@ -79,11 +79,18 @@ fi
 mkdir -p "$ROOT/.data/logs/fault-suite"
 stamp="$ROOT/.data/logs/fault-suite/.started"
 touch "$stamp"
+# The last lines of the service logs of the runs named (all of this invocation's runs if none).
 show_logs() {
-  log "$1; last lines of each service log of this run:"
-  local f
+  local what="$1" f run
+  shift
+  log "$what; last lines of the service logs of ${*:-every run}:"
   for f in "$ROOT"/.data/logs/fault-suite/*.log; do
     [[ -f "$f" && "$f" -nt "$stamp" ]] || continue
+    if (($# > 0)); then
+      run="$(basename "$f")"
+      run="${run%-*.log}"
+      [[ " $* " == *" $run "* ]] || continue
+    fi
     echo "---- ${f#"$ROOT"/}"
     tail -n 15 "$f"
   done
@@ -94,8 +101,21 @@ started=$SECONDS
 rc=0
 if [[ -z "$chaos_seed" ]]; then
   log "running the fault suite's table (about 9 minutes; service logs in .data/logs/fault-suite/)"
+  problems="$ROOT/.data/logs/fault-suite/problems.txt"
+  rm -f "$problems" "$ROOT/.data/logs/fault-suite/failed-runs.txt"
   cargo run --quiet -p fault-suite | tee bench-results/faults.md || rc=$?
-  ((rc == 0)) || show_logs "the fault suite's table failed"
+  if ((rc != 0)); then
+    failed_runs=()
+    if [[ -s "$ROOT/.data/logs/fault-suite/failed-runs.txt" ]]; then
+      mapfile -t failed_runs <"$ROOT/.data/logs/fault-suite/failed-runs.txt"
+    fi
+    show_logs "the fault suite's table failed" "${failed_runs[@]}"
+    # Last, so that a log cut short still ends with the reason.
+    if [[ -s "$problems" ]]; then
+      log "the fault suite's table failed with these problems:"
+      cat "$problems"
+    fi
+  fi
   if [[ "${FAULTS_CHAOS:-1}" != 0 && -z "${FAULTS_ONLY:-}" ]]; then
     chaos_seed="${FAULTS_CHAOS_SEED:-1}"
     chaos_minutes="${FAULTS_CHAOS_MINUTES:-2}"
@@ -107,7 +127,11 @@ if [[ -n "$chaos_seed" ]]; then
   chaos_rc=0
   cargo run --quiet -p fault-suite -- --chaos "$chaos_seed" --minutes "$chaos_minutes" || chaos_rc=$?
   if ((chaos_rc != 0)); then
-    show_logs "the chaos run (seed $chaos_seed) failed"
+    show_logs "the chaos run (seed $chaos_seed) failed" "chaos-$chaos_seed"
+    if [[ -s bench-results/chaos.md ]]; then
+      log "the chaos run's invariants (report in bench-results/chaos.md):"
+      sed -n '/^## Invariants/,$p' bench-results/chaos.md
+    fi
     rc=$chaos_rc
   fi
 fi

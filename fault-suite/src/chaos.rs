@@ -154,7 +154,7 @@ impl ChaosFault {
             ChaosFault::FerretDbDown(d) => {
                 inject::outage(stack, "ferretdb", d, false).await.map(drop)
             }
-            ChaosFault::FerretDbPause(d) => inject::pause_ferretdb(stack, d).await,
+            ChaosFault::FerretDbPause(d) => inject::pause_ferretdb(stack, d).await.map(drop),
             ChaosFault::RedisRestart => inject::redis_restart(stack).await,
             ChaosFault::RedisFlush => inject::redis_flush(stack).await,
             ChaosFault::Kill(service) => {

@@ -74,6 +74,37 @@ pub async fn while_down(stack: &Stack, affected: &[&str], database: bool) -> Vec
     problems
 }
 
+/// While FerretDB is frozen (its connections open, nothing answered), an API read must still
+/// answer 503 in the error shape within the services' database operation timeout, not hang.
+pub async fn while_frozen(stack: &Stack) -> Vec<String> {
+    let within = common::store::operation_timeout() + Duration::from_secs(2);
+    let url = match stack.url("tickets", "/api/tickets") {
+        Ok(url) => url,
+        Err(err) => return vec![format!("{err:#}")],
+    };
+    let started = Instant::now();
+    match stack.http.get(url).timeout(within).send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            let expected =
+                serde_json::json!({ "errors": [{ "message": "Error connecting to database" }] });
+            if status == 503 && body == expected {
+                Vec::new()
+            } else {
+                vec![format!(
+                    "GET /api/tickets while FerretDB is frozen: {status} {body}"
+                )]
+            }
+        }
+        Err(err) => vec![format!(
+            "GET /api/tickets while FerretDB is frozen got no answer within {:?} (the operation \
+             timeout plus 2 s): {err}",
+            started.elapsed()
+        )],
+    }
+}
+
 /// Every service becomes ready again on its own.
 pub async fn recovered(stack: &Stack) -> Vec<String> {
     let mut problems = Vec::new();

@@ -48,16 +48,23 @@ pub async fn outage(
 }
 
 /// Freezes FerretDB (SIGSTOP) for `length`, then lets it go on (SIGCONT): every request and event
-/// handler waiting on it stalls, longer than the consumers' ack wait.
-pub async fn pause_ferretdb(stack: &Stack, length: Duration) -> anyhow::Result<()> {
+/// handler waiting on it stalls, longer than the consumers' ack wait. Returns the problems seen: a
+/// read that did not answer 503 within the database operation timeout (long pauses only).
+pub async fn pause_ferretdb(stack: &Stack, length: Duration) -> anyhow::Result<Vec<String>> {
     let pid = stack.infra_pid("ferretdb").await?;
     stack.signal(pid, "STOP").await?;
-    tokio::time::sleep(length).await;
+    let resume_at = tokio::time::Instant::now() + length;
+    // Long enough a pause to see a request time out inside it: check that it does, in time.
+    let mut problems = Vec::new();
+    if length > common::store::operation_timeout() + Duration::from_secs(2) {
+        problems = degradation::while_frozen(stack).await;
+    }
+    tokio::time::sleep_until(resume_at).await;
     // Resumed whatever happens: a few tries, in case `kill` itself fails once.
     let mut last = None;
     for _ in 0..5 {
         match stack.signal(pid, "CONT").await {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(problems),
             Err(err) => last = Some(err),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -264,8 +264,7 @@ impl Fault {
                 // flight: every handler waiting on the database outlives the ack wait.
                 flow.reached(Phase::Paying).await;
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                inject::pause_ferretdb(stack, PAUSE).await?;
-                return Ok(Vec::new());
+                return inject::pause_ferretdb(stack, PAUSE).await;
             }
             Fault::NatsDownLong | Fault::FerretDbDownLong => {
                 // Orders exist and their events are in flight; cancels, payments and expiries
@@ -665,12 +664,25 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let failed: Vec<&Row> = rows.iter().filter(|r| !r.problems.is_empty()).collect();
+    // Also kept in a file: scripts/faults.sh shows it last, with the failed runs' logs, so that a
+    // truncated CI log still ends with the reason.
+    let mut summary = String::new();
     for row in &failed {
-        eprintln!("problems after '{}':", row.fault.label());
+        summary.push_str(&format!(
+            "problems after '{}' (logs: .data/logs/fault-suite/{}-*.log):\n",
+            row.fault.label(),
+            row.fault.run_name()
+        ));
         for problem in &row.problems {
-            eprintln!("  - {problem}");
+            summary.push_str(&format!("  - {problem}\n"));
         }
     }
+    eprint!("{summary}");
+    let logs = root.join(".data/logs/fault-suite");
+    std::fs::create_dir_all(&logs)?;
+    std::fs::write(logs.join("problems.txt"), &summary)?;
+    let failed_runs: Vec<&str> = failed.iter().map(|r| r.fault.run_name()).collect();
+    std::fs::write(logs.join("failed-runs.txt"), failed_runs.join("\n"))?;
     eprintln!(
         "==> fault suite: {} scenarios in {:.0} s",
         rows.len(),

@@ -1,7 +1,7 @@
 //! Users: `{_id, email, password_hash}` with a unique index on the normalised email, so two
 //! simultaneous signups for one address cannot both succeed.
 
-use common::store::is_duplicate_key;
+use common::store::{Bounded as _, is_duplicate_key};
 use mongodb::bson::doc;
 use mongodb::bson::oid::ObjectId;
 use mongodb::options::IndexOptions;
@@ -50,12 +50,13 @@ impl UserStore {
                     )
                     .build(),
             )
+            .bounded()
             .await?;
         Ok(())
     }
 
     pub async fn insert(&self, user: &User) -> Result<(), InsertUserError> {
-        match self.users.insert_one(user).await {
+        match self.users.insert_one(user).bounded().await {
             Ok(_) => Ok(()),
             Err(e) if is_duplicate_key(&e) => Err(InsertUserError::EmailTaken),
             Err(e) => Err(e.into()),
@@ -63,10 +64,13 @@ impl UserStore {
     }
 
     pub async fn find_by_email(&self, email: &str) -> mongodb::error::Result<Option<User>> {
-        self.users.find_one(doc! { "email": email }).await
+        self.users.find_one(doc! { "email": email }).bounded().await
     }
 
     pub async fn count_by_email(&self, email: &str) -> mongodb::error::Result<u64> {
-        self.users.count_documents(doc! { "email": email }).await
+        self.users
+            .count_documents(doc! { "email": email })
+            .bounded()
+            .await
     }
 }

@@ -12,9 +12,8 @@ use chrono::{DateTime, Utc};
 use common::events::{OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStatus, TicketRef};
 use common::money::Price;
 use common::store::{
-    Committed, Decision, PendingEvent, StoreError, VersionedStore, is_duplicate_key,
+    Bounded as _, Committed, Decision, PendingEvent, StoreError, VersionedStore, is_duplicate_key,
 };
-use futures::TryStreamExt;
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{Bson, doc};
 use mongodb::options::IndexOptions;
@@ -214,6 +213,7 @@ impl OrderStore {
                     )
                     .build(),
             )
+            .bounded()
             .await?;
         records
             .create_index(
@@ -222,6 +222,7 @@ impl OrderStore {
                     .options(IndexOptions::builder().name(USER_INDEX.to_owned()).build())
                     .build(),
             )
+            .bounded()
             .await?;
         records
             .create_index(
@@ -234,6 +235,7 @@ impl OrderStore {
                     )
                     .build(),
             )
+            .bounded()
             .await?;
         self.orders.ensure_indexes().await
     }
@@ -246,18 +248,17 @@ impl OrderStore {
         limit: i64,
     ) -> Result<Vec<Order>, StoreError> {
         let before = mongodb::bson::DateTime::from_millis(before.timestamp_millis());
-        Ok(self
-            .orders
-            .records()
-            .find(doc! {
-                "status": OrderStatus::Created.as_str(),
-                "expiresAt": { "$lt": before },
-            })
-            .sort(doc! { "expiresAt": 1 })
-            .limit(limit)
-            .await?
-            .try_collect()
-            .await?)
+        Ok(common::store::find_all(
+            self.orders
+                .records()
+                .find(doc! {
+                    "status": OrderStatus::Created.as_str(),
+                    "expiresAt": { "$lt": before },
+                })
+                .sort(doc! { "expiresAt": 1 })
+                .limit(limit),
+        )
+        .await?)
     }
 
     /// The replica of a ticket, with any version a crash left half-applied finished first.
@@ -279,13 +280,9 @@ impl OrderStore {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
-        let tickets: Vec<Ticket> = self
-            .tickets
-            .records()
-            .find(doc! { "_id": { "$in": ids } })
-            .await?
-            .try_collect()
-            .await?;
+        let tickets: Vec<Ticket> =
+            common::store::find_all(self.tickets.records().find(doc! { "_id": { "$in": ids } }))
+                .await?;
         Ok(tickets
             .into_iter()
             .map(|ticket| (ticket.id.to_hex(), ticket))
@@ -294,13 +291,13 @@ impl OrderStore {
 
     /// A user's orders, oldest first (ObjectIds start with their creation time).
     pub async fn orders_of_user(&self, user_id: &str) -> mongodb::error::Result<Vec<Order>> {
-        self.orders
-            .records()
-            .find(doc! { "userId": user_id })
-            .sort(doc! { "_id": 1 })
-            .await?
-            .try_collect()
-            .await
+        common::store::find_all(
+            self.orders
+                .records()
+                .find(doc! { "userId": user_id })
+                .sort(doc! { "_id": 1 }),
+        )
+        .await
     }
 
     /// Inserts `order` (version 0) with its events. [`StoreError::Duplicate`] means another live
@@ -334,7 +331,11 @@ impl OrderStore {
 
     /// Whether a live order holds `reservation`, after bringing its holder up to date.
     async fn still_reserved(&self, reservation: &str) -> Result<bool, StoreError> {
-        if let Some(hint) = self.holders.find_one(doc! { "_id": reservation }).await?
+        if let Some(hint) = self
+            .holders
+            .find_one(doc! { "_id": reservation })
+            .bounded()
+            .await?
             && self.holds(hint.order_id, reservation).await?
         {
             return Ok(true);
@@ -343,6 +344,7 @@ impl OrderStore {
             .orders
             .records()
             .find_one(doc! { "reservation": reservation })
+            .bounded()
             .await?
         else {
             // Released between our insert and this read.

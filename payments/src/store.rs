@@ -24,8 +24,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use common::events::{OrderStatus, PaymentCreated, PaymentUpdated};
-use common::store::{Committed, Decision, PendingEvent, ReplicaUpdate, StoreError, VersionedStore};
-use futures::TryStreamExt;
+use common::store::{
+    Bounded as _, Committed, Decision, PendingEvent, ReplicaUpdate, StoreError, VersionedStore,
+};
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{self, Bson, doc};
 use mongodb::options::IndexOptions;
@@ -306,6 +307,7 @@ impl PaymentStore {
                     )
                     .build(),
             )
+            .bounded()
             .await?;
         Ok(())
     }
@@ -499,14 +501,13 @@ impl PaymentStore {
         let before = bson::DateTime::from_millis(before.timestamp_millis());
         let mut found = Vec::new();
         for status in PaymentStatus::UNSETTLED {
-            let mut batch: Vec<Payment> = self
-                .records()
-                .find(doc! { "status": status.as_str(), "updatedAt": { "$lt": before } })
-                .sort(doc! { "updatedAt": 1 })
-                .limit(limit)
-                .await?
-                .try_collect()
-                .await?;
+            let mut batch: Vec<Payment> = common::store::find_all(
+                self.records()
+                    .find(doc! { "status": status.as_str(), "updatedAt": { "$lt": before } })
+                    .sort(doc! { "updatedAt": 1 })
+                    .limit(limit),
+            )
+            .await?;
             found.append(&mut batch);
         }
         Ok(found)

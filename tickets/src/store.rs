@@ -4,8 +4,7 @@
 
 use common::events::{TicketCreated, TicketUpdated};
 use common::money::Price;
-use common::store::{PendingEvent, StoreError, VersionedStore, is_duplicate_key};
-use futures::TryStreamExt;
+use common::store::{Bounded as _, PendingEvent, StoreError, VersionedStore, is_duplicate_key};
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::options::IndexOptions;
@@ -120,6 +119,7 @@ impl TicketStore {
                     .options(IndexOptions::builder().name("available".to_owned()).build())
                     .build(),
             )
+            .bounded()
             .await?;
         Ok(())
     }
@@ -130,14 +130,13 @@ impl TicketStore {
 
     /// Tickets not reserved by any order, oldest first.
     pub async fn list_available(&self) -> Result<Vec<Ticket>, StoreError> {
-        let tickets = self
-            .tickets
-            .records()
-            .find(doc! { "orderId": Bson::Null })
-            .sort(doc! { "_id": 1 })
-            .await?
-            .try_collect()
-            .await?;
+        let tickets = common::store::find_all(
+            self.tickets
+                .records()
+                .find(doc! { "orderId": Bson::Null })
+                .sort(doc! { "_id": 1 }),
+        )
+        .await?;
         Ok(tickets)
     }
 
@@ -153,7 +152,7 @@ impl TicketStore {
             "ticketId": ticket_id,
             "at": bson::DateTime::now(),
         };
-        match self.cancelled_orders.insert_one(tombstone).await {
+        match self.cancelled_orders.insert_one(tombstone).bounded().await {
             Ok(_) => Ok(()),
             Err(e) if is_duplicate_key(&e) => Ok(()),
             Err(e) => Err(e.into()),
@@ -164,6 +163,7 @@ impl TicketStore {
         Ok(self
             .cancelled_orders
             .find_one(doc! { "_id": order_id })
+            .bounded()
             .await?
             .is_some())
     }

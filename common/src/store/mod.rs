@@ -1,9 +1,12 @@
 //! MongoDB helpers: connecting, id parsing, error classification, and the versioned-record store
 //! with its outbox (see `shared/CONSISTENCY.md`: exclusivity comes from unique keys at insert time).
 
+use std::future::IntoFuture;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures::{FutureExt as _, TryStreamExt as _};
 use mongodb::bson::doc;
 use mongodb::bson::oid::ObjectId;
 use mongodb::error::{ErrorKind, WriteFailure};
@@ -24,9 +27,64 @@ pub use versioned::{
 /// MongoDB's duplicate key error code.
 pub const DUPLICATE_KEY: i32 = 11000;
 
+/// How long (ms) one database operation may take when `MONGO_OPERATION_TIMEOUT_MS` is not set.
+pub const DEFAULT_OPERATION_TIMEOUT_MS: u64 = 5_000;
+
+/// The process's operation timeout in milliseconds. The driver has no client-side operation
+/// timeout (its `socketTimeoutMS` is unsupported), so a stalled server would hang a request or a
+/// listener until its client or ack wait gives up; every operation is bounded here instead. One
+/// value per process: `connect` sets it, and a process talks to one database server.
+static OPERATION_TIMEOUT_MS: AtomicU64 = AtomicU64::new(DEFAULT_OPERATION_TIMEOUT_MS);
+
+/// The error a database operation that outlived the operation timeout fails with (carried in a
+/// driver error, so that it flows where driver errors do); classified as "unavailable".
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the database did not answer within the operation timeout")]
+pub struct OperationTimedOut;
+
+/// The operation timeout in force.
+pub fn operation_timeout() -> Duration {
+    Duration::from_millis(OPERATION_TIMEOUT_MS.load(Ordering::Relaxed))
+}
+
+type Answer<T> = mongodb::error::Result<T>;
+
+/// A database operation bounded by the operation timeout (see [`Bounded::bounded`]).
+pub type BoundedOperation<F, T> = futures::future::Map<
+    tokio::time::Timeout<F>,
+    fn(Result<Answer<T>, tokio::time::error::Elapsed>) -> Answer<T>,
+>;
+
+/// Bounds a database operation (a driver action, or an async block of several) by the operation
+/// timeout: past it the operation is dropped (the driver closes a connection dropped mid-command)
+/// and fails as unavailable, so requests answer 503 and listeners retry later.
+pub trait Bounded<T>: IntoFuture<Output = Answer<T>> + Sized {
+    fn bounded(self) -> BoundedOperation<Self::IntoFuture, T> {
+        let give_up: fn(Result<Answer<T>, tokio::time::error::Elapsed>) -> Answer<T> = |answer| {
+            answer.unwrap_or_else(|_| Err(mongodb::error::Error::custom(OperationTimedOut)))
+        };
+        tokio::time::timeout(operation_timeout(), self.into_future()).map(give_up)
+    }
+}
+
+impl<T, F: IntoFuture<Output = Answer<T>>> Bounded<T> for F {}
+
+/// Runs a find and reads its whole cursor, both within one operation timeout.
+pub async fn find_all<T, F>(find: F) -> Answer<Vec<T>>
+where
+    F: IntoFuture<Output = Answer<mongodb::Cursor<T>>>,
+    T: serde::de::DeserializeOwned + Send + Sync + Unpin,
+{
+    async move { find.await?.try_collect().await }
+        .bounded()
+        .await
+}
+
 /// Connects lazily (the driver connects on first use) with short timeouts so that an unreachable
-/// database fails requests quickly (503) instead of hanging them.
+/// database fails requests quickly (503) instead of hanging them; sets the operation timeout.
 pub async fn connect(settings: &MongoSettings, app_name: &str) -> anyhow::Result<Database> {
+    let timeout_ms = u64::try_from(settings.operation_timeout.as_millis()).unwrap_or(u64::MAX);
+    OPERATION_TIMEOUT_MS.store(timeout_ms.max(1), Ordering::Relaxed);
     let mut options = ClientOptions::parse(settings.url.expose_secret())
         .await
         .context("parsing MONGO_URL")?;
@@ -77,12 +135,38 @@ pub fn is_unavailable(err: &mongodb::error::Error) -> bool {
         ErrorKind::ServerSelection { .. }
             | ErrorKind::Io(_)
             | ErrorKind::ConnectionPoolCleared { .. }
-    )
+    ) || err.get_custom::<OperationTimedOut>().is_some()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_operation_that_outlives_the_timeout_fails_as_a_database_outage() {
+        let started = tokio::time::Instant::now();
+        let stalled = std::future::pending::<mongodb::error::Result<()>>();
+
+        let Err(err) = stalled.bounded().await else {
+            panic!("a stalled operation cannot succeed");
+        };
+
+        assert_eq!(started.elapsed(), operation_timeout());
+        assert!(is_unavailable(&err), "{err}");
+        assert!(matches!(
+            ApiError::from(err),
+            ApiError::DatabaseUnavailable(_)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_operation_within_the_timeout_gives_its_own_answer() {
+        let quick = async {
+            tokio::time::sleep(operation_timeout() / 2).await;
+            Ok(7)
+        };
+        assert_eq!(quick.bounded().await.ok(), Some(7));
+    }
 
     #[test]
     fn only_24_hex_characters_make_an_id() {

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use futures::TryStreamExt;
 use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
@@ -24,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::is_duplicate_key;
+use super::{Bounded as _, is_duplicate_key};
 use crate::bus::EventBus;
 use crate::error::ApiError;
 use crate::events::{Event, Subject};
@@ -240,6 +239,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
                     .options(IndexOptions::builder().name("pending".to_owned()).build())
                     .build(),
             )
+            .bounded()
             .await?;
         Ok(())
     }
@@ -267,14 +267,18 @@ impl<T: VersionedRecord> VersionedStore<T> {
         events: Vec<PendingEvent>,
     ) -> Result<Committed, StoreError> {
         let change = self.change_doc(record, events)?;
-        self.changes.insert_one(&change).await.map_err(|e| {
-            if is_duplicate_key(&e) {
-                StoreError::Duplicate
-            } else {
-                StoreError::Db(e)
-            }
-        })?;
-        match self.records.insert_one(record).await {
+        self.changes
+            .insert_one(&change)
+            .bounded()
+            .await
+            .map_err(|e| {
+                if is_duplicate_key(&e) {
+                    StoreError::Duplicate
+                } else {
+                    StoreError::Db(e)
+                }
+            })?;
+        match self.records.insert_one(record).bounded().await {
             Ok(_) => Ok(Committed::new(change, &self.relay_wanted)),
             Err(e) if is_duplicate_key(&e) => {
                 // Either the relay already materialised our record (fine) or a unique key of the
@@ -282,6 +286,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
                 if self
                     .records
                     .find_one(doc! { "_id": record.key() })
+                    .bounded()
                     .await?
                     .is_some()
                 {
@@ -290,7 +295,12 @@ impl<T: VersionedRecord> VersionedStore<T> {
                 // The claim is lost either way; if this delete fails, the relay drops the leftover
                 // change (its record insert hits the same unique key), so the caller still gets the
                 // business answer rather than a 500.
-                if let Err(err) = self.changes.delete_one(doc! { "_id": &change.id }).await {
+                if let Err(err) = self
+                    .changes
+                    .delete_one(doc! { "_id": &change.id })
+                    .bounded()
+                    .await
+                {
                     tracing::warn!(change = %change.id, error = %err, "could not drop a lost claim; the relay will");
                 }
                 Err(StoreError::Duplicate)
@@ -301,12 +311,17 @@ impl<T: VersionedRecord> VersionedStore<T> {
 
     /// Loads a record, first applying any change newer than the stored version.
     pub async fn get(&self, key: Bson) -> Result<Option<T>, StoreError> {
-        let Some(mut record) = self.records.find_one(doc! { "_id": key }).await? else {
+        let Some(mut record) = self.records.find_one(doc! { "_id": key }).bounded().await? else {
             return Ok(None);
         };
         loop {
             let next = change_id(&record.record_id(), record.version() + 1);
-            let Some(change) = self.changes.find_one(doc! { "_id": next }).await? else {
+            let Some(change) = self
+                .changes
+                .find_one(doc! { "_id": next })
+                .bounded()
+                .await?
+            else {
                 return Ok(Some(record));
             };
             record = self.apply(&record, &change).await?;
@@ -323,6 +338,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
     async fn apply(&self, current: &T, change: &ChangeDoc) -> Result<T, StoreError> {
         self.raw_records
             .replace_one(doc! { "_id": current.key() }, change.state.clone())
+            .bounded()
             .await?;
         bson::from_document(change.state.clone())
             .context("reading a stored change")
@@ -347,7 +363,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
             )));
         }
         let change = self.change_doc(next, events)?;
-        match self.changes.insert_one(&change).await {
+        match self.changes.insert_one(&change).bounded().await {
             Ok(_) => {}
             Err(e) if is_duplicate_key(&e) => return Err(StoreError::Conflict),
             Err(e) => return Err(e.into()),
@@ -391,7 +407,12 @@ impl<T: VersionedRecord> VersionedStore<T> {
             Ok(_) => Ok(true),
             Err(StoreError::Duplicate) => {
                 let first = change_id(&record.record_id(), 0);
-                if let Some(change) = self.changes.find_one(doc! { "_id": first }).await? {
+                if let Some(change) = self
+                    .changes
+                    .find_one(doc! { "_id": first })
+                    .bounded()
+                    .await?
+                {
                     self.materialise(&change).await?;
                 }
                 Ok(false)
@@ -480,6 +501,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
                 doc! { "_id": change_id },
                 doc! { "$set": { "published": true } },
             )
+            .bounded()
             .await
             .context("marking a change published")?;
         Ok(())
@@ -494,14 +516,13 @@ impl<T: VersionedRecord> VersionedStore<T> {
     ) -> Result<RelayPass, StoreError> {
         let cutoff_ms = bson::DateTime::now().timestamp_millis()
             - i64::try_from(min_age.as_millis()).unwrap_or(i64::MAX);
-        let pending: Vec<ChangeDoc> = self
-            .changes
-            .find(doc! { "published": false })
-            .sort(doc! { "at": 1 })
-            .limit(RELAY_BATCH)
-            .await?
-            .try_collect()
-            .await?;
+        let pending: Vec<ChangeDoc> = super::find_all(
+            self.changes
+                .find(doc! { "published": false })
+                .sort(doc! { "at": 1 })
+                .limit(RELAY_BATCH),
+        )
+        .await?;
         let mut pass = RelayPass {
             published: 0,
             waiting: pending.len(),
@@ -534,24 +555,34 @@ impl<T: VersionedRecord> VersionedStore<T> {
             if self
                 .raw_records
                 .find_one(doc! { "_id": change.record_key.clone() })
+                .bounded()
                 .await?
                 .is_some()
             {
                 return Ok(true);
             }
-            return match self.raw_records.insert_one(change.state.clone()).await {
+            return match self
+                .raw_records
+                .insert_one(change.state.clone())
+                .bounded()
+                .await
+            {
                 Ok(_) => Ok(true),
                 Err(e) if is_duplicate_key(&e) => {
                     if self
                         .raw_records
                         .find_one(doc! { "_id": change.record_key.clone() })
+                        .bounded()
                         .await?
                         .is_some()
                     {
                         Ok(true)
                     } else {
                         // A unique key of the record went to someone else: this change never happened.
-                        self.changes.delete_one(doc! { "_id": &change.id }).await?;
+                        self.changes
+                            .delete_one(doc! { "_id": &change.id })
+                            .bounded()
+                            .await?;
                         Ok(false)
                     }
                 }

@@ -21,6 +21,7 @@ pub async fn fresh_database() -> Database {
     let settings = MongoSettings {
         url: SecretString::from(infra("MONGO_URL")),
         database: format!("common_{}", suffix()),
+        operation_timeout: Duration::from_millis(common::store::DEFAULT_OPERATION_TIMEOUT_MS),
     };
     common::store::connect(&settings, "common-tests")
         .await

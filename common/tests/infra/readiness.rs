@@ -1,5 +1,7 @@
 //! The shared readiness checks against the real database and event bus.
 
+use std::time::Duration;
+
 use common::server::database_and_bus_readiness;
 use common::settings::MongoSettings;
 use secrecy::SecretString;
@@ -20,6 +22,7 @@ async fn database_and_bus_readiness_names_the_database_when_it_does_not_answer()
     let unreachable = MongoSettings {
         url: SecretString::from("mongodb://127.0.0.1:1/?directConnection=true"),
         database: "unreachable".to_owned(),
+        operation_timeout: Duration::from_millis(common::store::DEFAULT_OPERATION_TIMEOUT_MS),
     };
     let db = common::store::connect(&unreachable, "common-tests")
         .await

@@ -47,17 +47,15 @@ impl EventBus {
     }
 
     pub(super) async fn ensure_dead_letter_stream(&self) -> anyhow::Result<()> {
-        self.js
-            .get_or_create_stream(stream::Config {
-                name: self.dead_letter_stream(),
-                subjects: vec![format!("{}dead-letters.>", self.prefix)],
-                retention: stream::RetentionPolicy::Limits,
-                storage: stream::StorageType::File,
-                duplicate_window: DUPLICATE_WINDOW,
-                ..Default::default()
-            })
-            .await
-            .with_context(|| format!("creating JetStream stream {}", self.dead_letter_stream()))?;
+        self.get_or_create_stream(stream::Config {
+            name: self.dead_letter_stream(),
+            subjects: vec![format!("{}dead-letters.>", self.prefix)],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        })
+        .await?;
         Ok(())
     }
 

@@ -54,7 +54,6 @@ impl EventBus {
     async fn ensure_stream(&self) -> anyhow::Result<()> {
         let subjects: Vec<String> = Subject::ALL.iter().map(|s| self.subject(*s)).collect();
         let mut existing = self
-            .js
             .get_or_create_stream(stream::Config {
                 name: self.stream.clone(),
                 subjects: subjects.clone(),
@@ -64,8 +63,7 @@ impl EventBus {
                 duplicate_window: DUPLICATE_WINDOW,
                 ..Default::default()
             })
-            .await
-            .with_context(|| format!("creating JetStream stream {}", self.stream))?;
+            .await?;
         // A stream made by an older release lacks subjects added since (`payment:updated`):
         // publishing those would find no stream, so they are added to it, keeping its messages.
         let mut config = existing
@@ -87,6 +85,25 @@ impl EventBus {
                 .with_context(|| format!("adding subjects to JetStream stream {}", self.stream))?;
         }
         Ok(())
+    }
+
+    /// Gets a stream, creating it if it does not exist. Services starting together all try to
+    /// create it; whoever loses that race (the server then answers "already in use" or "subjects
+    /// overlap") finds it made by another.
+    pub(crate) async fn get_or_create_stream(
+        &self,
+        config: stream::Config,
+    ) -> anyhow::Result<jetstream::stream::Stream> {
+        let name = config.name.clone();
+        match self.js.get_or_create_stream(config).await {
+            Ok(stream) => Ok(stream),
+            Err(create) => self
+                .js
+                .get_stream(&name)
+                .await
+                .map_err(|_| create)
+                .with_context(|| format!("creating JetStream stream {name}")),
+        }
     }
 
     /// The NATS subject of an event subject (with the configured prefix).

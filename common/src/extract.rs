@@ -1,82 +1,105 @@
-//! Extractors that answer in our error shape: a validated JSON body, the optional current user and
-//! the rejecting `RequireAuth`.
+//! Extractors that answer in our error shape: a JSON body checked with `validator`, the optional
+//! current user and the rejecting `RequireAuth`.
 
 use axum::body::Bytes;
 use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
+use serde::de::{Deserialize, DeserializeOwned, Deserializer};
 use serde_json::{Map, Value};
+use tower_cookies::Cookies;
+use validator::{Validate, ValidationErrors};
 
 use crate::error::{ApiError, ErrorEntry};
 use crate::session::{SessionKeys, UserClaims};
 
-/// A request body that knows how to validate itself from a JSON object. Rules are checked in
-/// declaration order and every failure is reported, like express-validator does.
-pub trait FromJson: Sized {
-    fn from_json(body: &JsonObject) -> Result<Self, Vec<ErrorEntry>>;
+/// express-validator's message for a rule declared without one.
+pub const INVALID_VALUE: &str = "Invalid value";
+/// A body that passed every rule but could not be turned into the handler's input: a rule forgot
+/// a case. Reported rather than panicking.
+const INVALID_BODY: &str = "Invalid request body";
+
+/// The handler's input, built from a request body that `validator`'s derive checked first.
+///
+/// [`FromBody::Raw`] is the body as sent, read leniently: text fields through [`trimmed_string`],
+/// fields that may hold several JSON types as `serde_json::Value`, and the struct `#[serde(default)]`.
+/// So a field that is missing or of the wrong JSON type fails its own rules with their messages,
+/// as express-validator answers, instead of failing to parse. Every failed rule is reported.
+pub trait FromBody: Sized {
+    type Raw: DeserializeOwned + Validate;
+    /// `(struct field, JSON property)` in the order the API reports their failures: `validator`
+    /// collects errors in a map, while the SPEC reports the failed rules in declaration order.
+    /// Within a field, the derive checks its built-in rules first (in the crate's fixed order),
+    /// then its `custom` rules in the order written.
+    const FIELDS: &'static [(&'static str, &'static str)];
+    /// The input from a body that passed every rule; `None` only if a rule missed a case.
+    fn from_raw(raw: Self::Raw) -> Option<Self>;
 }
 
-/// The parsed JSON object of a request body, with typed field readers.
-#[derive(Debug, Default)]
-pub struct JsonObject(pub Map<String, Value>);
+/// Checks a JSON object as `T`'s body: the failed rules in report order, or `T`.
+pub fn validate_body<T: FromBody>(object: Map<String, Value>) -> Result<T, Vec<ErrorEntry>> {
+    // Lenient fields make this infallible for our bodies; a stricter `Raw` gets the generic answer.
+    let raw: T::Raw = serde_json::from_value(Value::Object(object))
+        .map_err(|_| vec![ErrorEntry::new(INVALID_BODY)])?;
+    raw.validate()
+        .map_err(|errors| ordered_errors(&errors, T::FIELDS))?;
+    T::from_raw(raw).ok_or_else(|| vec![ErrorEntry::new(INVALID_BODY)])
+}
 
-impl JsonObject {
-    pub fn get(&self, field: &str) -> Option<&Value> {
-        self.0.get(field)
-    }
-
-    /// The field as a string, trimmed; `None` if absent or not a string.
-    pub fn trimmed_str(&self, field: &str) -> Option<&str> {
-        self.0.get(field).and_then(Value::as_str).map(str::trim)
-    }
-
-    /// A number, or a string that parses as a finite number (the original accepts `"12.50"`).
-    pub fn number(&self, field: &str) -> Option<f64> {
-        match self.0.get(field)? {
-            Value::Number(n) => n.as_f64(),
-            Value::String(s) => s.trim().parse::<f64>().ok(),
-            _ => None,
+/// `validator`'s errors as our entries, fields in `fields` order (JSON names), rules in order.
+fn ordered_errors(errors: &ValidationErrors, fields: &[(&str, &str)]) -> Vec<ErrorEntry> {
+    let mut by_field = errors.field_errors();
+    let mut entries = Vec::new();
+    let mut push = |field: &str, list: &Vec<validator::ValidationError>| {
+        for error in list {
+            let message = error.message.as_deref().unwrap_or(INVALID_VALUE);
+            entries.push(ErrorEntry::for_field(field, message));
         }
-        .filter(|n| n.is_finite())
-    }
-}
-
-/// Collects validation failures in order.
-#[derive(Debug, Default)]
-pub struct Validator {
-    errors: Vec<ErrorEntry>,
-}
-
-impl Validator {
-    /// Records `message` for `field` unless `ok`.
-    pub fn check(&mut self, ok: bool, field: &str, message: &str) -> &mut Self {
-        if !ok {
-            self.errors.push(ErrorEntry::for_field(field, message));
-        }
-        self
-    }
-
-    /// The value built by `build` if no rule failed, the failures otherwise.
-    pub fn finish<T>(self, build: impl FnOnce() -> Option<T>) -> Result<T, Vec<ErrorEntry>> {
-        if self.errors.is_empty() {
-            // `build` only fails if a rule above forgot a case; report it rather than panic.
-            build().ok_or_else(|| vec![ErrorEntry::new("Invalid request body")])
-        } else {
-            Err(self.errors)
+    };
+    for (key, name) in fields {
+        if let Some(list) = by_field.remove(*key) {
+            push(name, list);
         }
     }
+    // A field left out of `fields` is still reported, last and in a stable order.
+    let mut rest: Vec<_> = by_field.into_iter().collect();
+    rest.sort_by(|a, b| a.0.cmp(&b.0));
+    for (key, list) in rest {
+        push(&key, list);
+    }
+    entries
 }
 
-/// A JSON body validated into `T`. An absent body counts as `{}` so that validation messages, not
-/// parse errors, answer an empty request.
+/// serde `deserialize_with` for a text field: the string trimmed (express-validator's `trim()`);
+/// anything else (`null`, a number, an object) reads as `""` so that it fails the field's rules
+/// as an empty string does.
+pub fn trimmed_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    Ok(match Value::deserialize(deserializer)? {
+        Value::String(text) => text.trim().to_owned(),
+        _ => String::new(),
+    })
+}
+
+/// A JSON number, or a string that parses as a finite number (the original accepts `"12.50"`).
+pub fn number(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }
+    .filter(|n| n.is_finite())
+}
+
+/// A JSON body validated into `T` (see [`FromBody`]). An absent body counts as `{}` so that
+/// validation messages, not parse errors, answer an empty request.
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
 impl<S, T> FromRequest<S> for JsonBody<T>
 where
     S: Send + Sync,
-    T: FromJson,
+    T: FromBody,
 {
     type Rejection = ApiError;
 
@@ -90,7 +113,7 @@ where
             }
         })?;
         let object = parse_object(&bytes, json_content)?;
-        T::from_json(&object)
+        validate_body(object)
             .map(JsonBody)
             .map_err(ApiError::Validation)
     }
@@ -109,9 +132,9 @@ fn is_json_content_type(headers: &HeaderMap) -> bool {
         .unwrap_or(false)
 }
 
-fn parse_object(bytes: &[u8], json_content: bool) -> Result<JsonObject, ApiError> {
+fn parse_object(bytes: &[u8], json_content: bool) -> Result<Map<String, Value>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(JsonObject::default());
+        return Ok(Map::new());
     }
     // Only JSON is accepted for a non-empty body: this also stops cross-site HTML form posts.
     if !json_content {
@@ -120,13 +143,23 @@ fn parse_object(bytes: &[u8], json_content: bool) -> Result<JsonObject, ApiError
         ));
     }
     match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(map)) => Ok(JsonObject(map)),
+        Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::bad_request("Request body must be a JSON object")),
         Err(_) => Err(ApiError::bad_request("Request body is not valid JSON")),
     }
 }
 
-/// The signed-in user, or `None` for anonymous requests. Never rejects.
+/// The user of the request's session cookie, read from the jar of tower-cookies'
+/// `CookieManagerLayer` (installed on every service by `server::finish_router`).
+fn session_user(parts: &Parts, keys: &SessionKeys) -> Result<Option<UserClaims>, ApiError> {
+    let cookies = parts.extensions.get::<Cookies>().ok_or_else(|| {
+        // A wiring mistake, not a client's: fail loudly rather than treat everyone as anonymous.
+        ApiError::Internal(anyhow::anyhow!("the CookieManagerLayer is not installed"))
+    })?;
+    Ok(keys.user_from_cookies(cookies))
+}
+
+/// The signed-in user, or `None` for anonymous requests. Never rejects a client.
 #[derive(Debug, Clone)]
 pub struct CurrentUser(pub Option<UserClaims>);
 
@@ -135,11 +168,10 @@ where
     S: Send + Sync,
     SessionKeys: FromRef<S>,
 {
-    type Rejection = std::convert::Infallible;
+    type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let keys = SessionKeys::from_ref(state);
-        Ok(Self(keys.user_from_headers(&parts.headers)))
+        session_user(parts, &SessionKeys::from_ref(state)).map(Self)
     }
 }
 
@@ -156,8 +188,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let keys = SessionKeys::from_ref(state);
-        keys.user_from_headers(&parts.headers)
+        session_user(parts, &SessionKeys::from_ref(state))?
             .map(Self)
             .ok_or(ApiError::NotAuthorized)
     }
@@ -172,29 +203,52 @@ mod tests {
     use axum::routing::post;
     use http_body_util::BodyExt;
     use secrecy::SecretString;
+    use serde_json::json;
     use std::time::Duration;
     use tower::ServiceExt;
+    use tower_cookies::CookieManagerLayer;
 
     #[derive(Debug)]
     struct NewThing {
         title: String,
     }
 
-    impl FromJson for NewThing {
-        fn from_json(body: &JsonObject) -> Result<Self, Vec<ErrorEntry>> {
-            let title = body.trimmed_str("title").unwrap_or_default();
-            let mut v = Validator::default();
-            v.check(!title.is_empty(), "title", "Title is required.");
-            v.check(
-                body.number("price").is_some_and(|p| p > 0.0),
-                "price",
-                "Price must be larger than 0.",
-            );
-            v.finish(|| {
-                Some(NewThing {
-                    title: title.to_owned(),
-                })
-            })
+    /// Two fields, two rules on the second, declared in the opposite order of the struct's
+    /// fields to show that `FIELDS`, not the struct or validator's map, decides the report order.
+    #[derive(Debug, Default, serde::Deserialize, Validate)]
+    #[serde(default)]
+    struct NewThingBody {
+        #[validate(
+            custom(function = "positive", message = "Price must be larger than 0."),
+            custom(function = "below_100", message = "Price must be below 100.")
+        )]
+        price: Value,
+        #[serde(deserialize_with = "trimmed_string")]
+        #[validate(length(min = 1, message = "Title is required."))]
+        title: String,
+    }
+
+    fn positive(price: &Value) -> Result<(), validator::ValidationError> {
+        match number(price) {
+            Some(p) if p > 0.0 => Ok(()),
+            _ => Err(validator::ValidationError::new("positive")),
+        }
+    }
+
+    fn below_100(price: &Value) -> Result<(), validator::ValidationError> {
+        match number(price) {
+            Some(p) if p >= 100.0 => Err(validator::ValidationError::new("below_100")),
+            _ => Ok(()),
+        }
+    }
+
+    impl FromBody for NewThing {
+        type Raw = NewThingBody;
+        const FIELDS: &'static [(&'static str, &'static str)] =
+            &[("title", "title"), ("price", "price")];
+
+        fn from_raw(raw: NewThingBody) -> Option<Self> {
+            Some(NewThing { title: raw.title })
         }
     }
 
@@ -207,7 +261,14 @@ mod tests {
                     format!("{} by {}", thing.title, user.email)
                 }),
             )
+            .route(
+                "/me",
+                post(|CurrentUser(user): CurrentUser| async move {
+                    user.map(|u| u.email).unwrap_or_else(|| "anonymous".to_owned())
+                }),
+            )
             .with_state(keys)
+            .layer(CookieManagerLayer::new())
     }
 
     fn cookie() -> String {
@@ -304,5 +365,185 @@ mod tests {
         ))
         .await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "Gig by a@b.co"));
+    }
+
+    #[tokio::test]
+    async fn fields_of_the_wrong_json_type_fail_their_rules_in_field_order() {
+        // Many runs: validator's error map is a HashMap with a random seed per map.
+        for _ in 0..32 {
+            let (status, body) = send(post_things(
+                Some("application/json"),
+                r#"{"price":{"euros":3},"title":42}"#,
+                true,
+            ))
+            .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            assert_eq!(
+                body,
+                r#"{"errors":[{"message":"Title is required.","field":"title"},{"message":"Price must be larger than 0.","field":"price"}]}"#
+            );
+        }
+        let (_, body) = send(post_things(
+            Some("application/json"),
+            r#"{"price":"120","title":null}"#,
+            true,
+        ))
+        .await;
+        assert_eq!(
+            body,
+            r#"{"errors":[{"message":"Title is required.","field":"title"},{"message":"Price must be below 100.","field":"price"}]}"#
+        );
+    }
+
+    #[test]
+    fn errors_are_reported_in_field_order_and_unlisted_fields_last() {
+        let mut errors = ValidationErrors::new();
+        for (field, message) in [
+            ("zeta", "z"),
+            ("b_field", "b1"),
+            ("alpha", "a"),
+            ("b_field", "b2"),
+        ] {
+            errors.add(
+                field,
+                validator::ValidationError::new("rule").with_message(message.into()),
+            );
+        }
+        errors.add("a_field", validator::ValidationError::new("no message"));
+        let entries: Vec<String> =
+            ordered_errors(&errors, &[("b_field", "bField"), ("a_field", "aField")])
+                .into_iter()
+                .map(|e| format!("{}:{}", e.field.unwrap_or_default(), e.message))
+                .collect();
+        assert_eq!(
+            entries,
+            [
+                "bField:b1",
+                "bField:b2",
+                "aField:Invalid value",
+                "alpha:a",
+                "zeta:z"
+            ]
+        );
+    }
+
+    #[test]
+    fn trimmed_strings_and_numbers_read_leniently() {
+        let body: Result<NewThing, _> = validate_body(
+            json!({ "title": "  x ", "price": " 1e0 ", "extra": true })
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        assert_eq!(body.map(|b| b.title).ok().as_deref(), Some("x"));
+        for (value, expected) in [
+            (json!(12.5), Some(12.5)),
+            (json!(" 12.50 "), Some(12.5)),
+            (json!("inf"), None),
+            (json!("NaN"), None),
+            (json!("12 euros"), None),
+            (json!(true), None),
+            (json!([1]), None),
+            (Value::Null, None),
+        ] {
+            assert_eq!(number(&value), expected, "{value}");
+        }
+    }
+
+    fn post_me(cookie_headers: &[&str]) -> axum::http::Request<Body> {
+        let mut builder = axum::http::Request::post("/me");
+        for header in cookie_headers {
+            builder = builder.header("cookie", *header);
+        }
+        builder.body(Body::empty()).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn the_session_cookie_is_found_among_others_and_across_cookie_headers() {
+        let session = cookie();
+        for headers in [
+            vec![session.clone()],
+            vec![format!("other=1; {session}")],
+            vec![format!("{session}; other=1")],
+            vec![format!("  other=1 ;  {session} ")],
+            vec!["other=1".to_owned(), session.clone()],
+        ] {
+            let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+            let (status, body) = send(post_me(&headers)).await;
+            assert_eq!(
+                (status, body.as_str()),
+                (StatusCode::OK, "a@b.co"),
+                "{headers:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn garbage_or_absent_session_cookies_mean_anonymous() {
+        let session = cookie();
+        let value = session.trim_start_matches("express:sess=");
+        for headers in [
+            vec![],
+            vec!["express:sess=".to_owned()],
+            vec!["express:sess=!!!".to_owned()],
+            vec!["express:sess=e30=".to_owned()],
+            vec!["express:sess=bm90IGpzb24=".to_owned()],
+            vec!["express:sess".to_owned()],
+            vec![";;;".to_owned()],
+            vec!["express:sess=%FF%FE".to_owned()],
+            // The name is matched exactly.
+            vec![format!("Express:sess={value}")],
+            vec![format!("express:sess.sig={value}")],
+            vec![format!("xexpress:sess={value}")],
+        ] {
+            let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+            let (status, body) = send(post_me(&headers)).await;
+            assert_eq!(
+                (status, body.as_str()),
+                (StatusCode::OK, "anonymous"),
+                "{headers:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn cookies_are_read_the_way_the_cookie_crate_reads_them() {
+        // Percent-escapes are decoded (tower-cookies parses with `Cookie::parse_encoded`), and of
+        // two session cookies the last one counts (a jar keeps one cookie per name).
+        let session = cookie();
+        let value = session.trim_start_matches("express:sess=");
+        let escaped = format!("express%3Asess={}", value.replace('=', "%3D"));
+        let (_, body) = send(post_me(&[&escaped])).await;
+        assert_eq!(body, "a@b.co");
+        let (_, body) = send(post_me(&[&format!("express:sess=garbage; {session}")])).await;
+        assert_eq!(body, "a@b.co");
+        let (_, body) = send(post_me(&[&format!("{session}; express:sess=garbage")])).await;
+        assert_eq!(body, "anonymous");
+    }
+
+    #[tokio::test]
+    async fn without_the_cookie_layer_the_extractors_fail_loudly() {
+        let keys = SessionKeys::new(&SecretString::from("k".to_owned()));
+        let app = Router::new()
+            .route(
+                "/me",
+                post(|CurrentUser(user): CurrentUser| async move { format!("{user:?}") }),
+            )
+            .with_state(keys);
+        let response = app
+            .oneshot(post_me(&[&cookie()]))
+            .await
+            .unwrap_or_else(|e| match e {});
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            r#"{"errors":[{"message":"Something went wrong"}]}"#
+        );
     }
 }

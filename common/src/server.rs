@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tower_cookies::CookieManagerLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -69,7 +70,9 @@ pub fn finish_router_with_details(
     let routes = api
         .merge(health)
         .fallback(not_found)
-        .method_not_allowed_fallback(not_found);
+        .method_not_allowed_fallback(not_found)
+        // The jar the session extractors (`extract::CurrentUser`, `RequireAuth`) read.
+        .layer(CookieManagerLayer::new());
     with_standard_layers(routes, || {
         ApiError::Internal(anyhow::anyhow!("a request handler panicked")).into_response()
     })

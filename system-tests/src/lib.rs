@@ -308,8 +308,9 @@ impl Stack {
             .headers()
             .get(SET_COOKIE)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split(';').next())
-            .map(str::to_owned);
+            .and_then(|value| cookie::Cookie::parse(value).ok())
+            // `name=value` only: `stripped` drops the attributes, `Display` does not percent-encode.
+            .map(|cookie| cookie.stripped().to_string());
         let body = Reply::read(response)
             .await
             .expect(StatusCode::CREATED, "signup");

@@ -75,7 +75,9 @@ impl Reply {
     /// The `name=value` part of the session cookie, to send back as `Cookie`.
     pub fn cookie(&self) -> String {
         let set_cookie = self.set_cookie.as_deref().expect("a Set-Cookie header");
-        set_cookie.split(';').next().unwrap_or_default().to_owned()
+        let cookie = cookie::Cookie::parse(set_cookie).expect("a well-formed Set-Cookie");
+        // `name=value` only: `stripped` drops the attributes, `Display` does not percent-encode.
+        cookie.stripped().to_string()
     }
 }
 

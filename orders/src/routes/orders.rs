@@ -6,17 +6,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use common::error::{ApiError, ApiResult, ErrorEntry};
+use common::error::{ApiError, ApiResult};
 use common::events::OrderStatus;
-use common::extract::{FromJson, JsonBody, JsonObject, RequireAuth, Validator};
+use common::extract::{FromBody, JsonBody, RequireAuth};
 use common::money::Price;
 use common::store::{
     Decision, PendingEvent, StoreError, VersionedRecord, parse_id, parse_object_id,
 };
 use mongodb::bson::Bson;
 use mongodb::bson::oid::ObjectId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use validator::{Validate, ValidationError};
 
 use crate::app::AppState;
 use crate::store::{Order, Ticket, cancellation};
@@ -28,7 +29,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// express-validator's message for a rule declared without one (`not().isEmpty()`).
-pub const INVALID_VALUE: &str = "Invalid value";
+pub const INVALID_VALUE: &str = common::extract::INVALID_VALUE;
 pub const TICKET_ID_REQUIRED: &str = "Ticket ID must be provided.";
 pub const TICKET_RESERVED: &str = "Ticket is already reserved.";
 pub const CANNOT_CANCEL_PAID: &str = "Cannot cancel an order that has been paid.";
@@ -39,19 +40,52 @@ pub struct NewOrder {
     pub ticket_id: ObjectId,
 }
 
-impl FromJson for NewOrder {
-    fn from_json(body: &JsonObject) -> Result<Self, Vec<ErrorEntry>> {
-        // As in the original, two rules: not empty (no message of its own), then a valid id.
-        let empty = match body.get("ticketId") {
-            None | Some(Value::Null) => true,
-            Some(Value::String(text)) => text.trim().is_empty(),
-            Some(_) => false,
-        };
-        let ticket_id = body.trimmed_str("ticketId").and_then(parse_object_id);
-        let mut v = Validator::default();
-        v.check(!empty, "ticketId", INVALID_VALUE);
-        v.check(ticket_id.is_some(), "ticketId", TICKET_ID_REQUIRED);
-        v.finish(|| ticket_id.map(|ticket_id| NewOrder { ticket_id }))
+/// The body as sent: the id is read as any JSON, so a number or a list fails the id rule instead
+/// of failing to parse. As in the original, two rules: not empty (with express-validator's
+/// message for a rule without one), then a valid id; the `message`s are the constants above.
+#[derive(Debug, Default, Deserialize, Validate)]
+#[serde(default)]
+pub struct NewOrderRequest {
+    #[serde(rename = "ticketId")]
+    #[validate(
+        custom(function = "not_empty", message = "Invalid value"),
+        custom(function = "object_id", message = "Ticket ID must be provided.")
+    )]
+    ticket_id: Value,
+}
+
+impl FromBody for NewOrder {
+    type Raw = NewOrderRequest;
+    const FIELDS: &'static [(&'static str, &'static str)] = &[("ticket_id", "ticketId")];
+
+    fn from_raw(raw: NewOrderRequest) -> Option<Self> {
+        ticket_id(&raw.ticket_id).map(|ticket_id| NewOrder { ticket_id })
+    }
+}
+
+/// The id in a (trimmed) string of 24 hex characters.
+fn ticket_id(value: &Value) -> Option<ObjectId> {
+    value.as_str().map(str::trim).and_then(parse_object_id)
+}
+
+/// Absent, `null` and blank strings are empty; any other value (even `42`) is not.
+fn not_empty(value: &Value) -> Result<(), ValidationError> {
+    let empty = match value {
+        Value::Null => true,
+        Value::String(text) => text.trim().is_empty(),
+        _ => false,
+    };
+    if empty {
+        Err(ValidationError::new("not_empty"))
+    } else {
+        Ok(())
+    }
+}
+
+fn object_id(value: &Value) -> Result<(), ValidationError> {
+    match ticket_id(value) {
+        Some(_) => Ok(()),
+        None => Err(ValidationError::new("object_id")),
     }
 }
 
@@ -205,11 +239,13 @@ async fn cancel(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::error::ErrorEntry;
+    use common::extract::validate_body;
     use serde_json::json;
 
     fn validate(body: Value) -> Result<NewOrder, Vec<ErrorEntry>> {
         match body {
-            Value::Object(map) => NewOrder::from_json(&JsonObject(map)),
+            Value::Object(map) => validate_body(map),
             _ => Err(Vec::new()),
         }
     }
@@ -250,6 +286,10 @@ mod tests {
             json!({ "ticketId": "zzzzzzzzzzzzzzzzzzzzzzzz" }),
             json!({ "ticketId": 42 }),
             json!({ "ticketId": ["64b7f0c2a1b2c3d4e5f60718"] }),
+            json!({ "ticketId": { "$oid": "64b7f0c2a1b2c3d4e5f60718" } }),
+            json!({ "ticketId": false }),
+            json!({ "ticketId": "64b7f0c2a1b2c3d4e5f6071" }),
+            json!({ "ticketId": "64b7f0c2a1b2c3d4e5f607180" }),
         ] {
             assert_eq!(
                 messages(body.clone()),

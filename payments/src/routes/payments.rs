@@ -8,11 +8,13 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use common::error::{ApiError, ApiResult, ErrorEntry};
+use common::error::{ApiError, ApiResult};
 use common::events::OrderStatus;
-use common::extract::{FromJson, JsonBody, JsonObject, RequireAuth, Validator};
+use common::extract::{FromBody, JsonBody, RequireAuth, trimmed_string};
 use common::store::parse_id;
+use serde::Deserialize;
 use serde_json::{Value, json};
+use validator::Validate;
 
 use crate::app::AppState;
 use crate::saga::PayOutcome;
@@ -22,7 +24,7 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/api/payments", post(create_payment))
 }
 
-pub const INVALID_VALUE: &str = "Invalid value";
+pub const INVALID_VALUE: &str = common::extract::INVALID_VALUE;
 /// Spelled as in the original (SPEC §4).
 pub const CANCELLED_ORDER: &str = "Canncelled order unabled for payment.";
 pub const ALREADY_PAID: &str = "Order has already been paid.";
@@ -41,18 +43,28 @@ pub struct NewPayment {
     pub order_id: String,
 }
 
-impl FromJson for NewPayment {
-    fn from_json(body: &JsonObject) -> Result<Self, Vec<ErrorEntry>> {
-        let token = body.trimmed_str("token").unwrap_or_default();
-        let order_id = body.trimmed_str("orderId").unwrap_or_default();
-        let mut v = Validator::default();
-        v.check(!token.is_empty(), "token", INVALID_VALUE);
-        v.check(!order_id.is_empty(), "orderId", INVALID_VALUE);
-        v.finish(|| {
-            Some(NewPayment {
-                token: token.to_owned(),
-                order_id: order_id.to_owned(),
-            })
+/// The body as sent: both fields trimmed and required (`Invalid value`, express-validator's
+/// message for a rule without one). A malformed order id is answered 404 by the handler.
+#[derive(Debug, Default, Deserialize, Validate)]
+#[serde(default)]
+pub struct NewPaymentRequest {
+    #[serde(deserialize_with = "trimmed_string")]
+    #[validate(length(min = 1, message = "Invalid value"))]
+    token: String,
+    #[serde(rename = "orderId", deserialize_with = "trimmed_string")]
+    #[validate(length(min = 1, message = "Invalid value"))]
+    order_id: String,
+}
+
+impl FromBody for NewPayment {
+    type Raw = NewPaymentRequest;
+    const FIELDS: &'static [(&'static str, &'static str)] =
+        &[("token", "token"), ("order_id", "orderId")];
+
+    fn from_raw(raw: NewPaymentRequest) -> Option<Self> {
+        Some(NewPayment {
+            token: raw.token,
+            order_id: raw.order_id,
         })
     }
 }
@@ -139,5 +151,53 @@ fn busy(existing: Option<Payment>) -> ApiError {
         Some(PaymentStatus::Pending | PaymentStatus::Failed) | None => {
             ApiError::Conflict(IN_PROGRESS.to_owned())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::extract::validate_body;
+
+    fn fields(body: Value) -> Vec<String> {
+        validate_body::<NewPayment>(body.as_object().cloned().unwrap_or_default())
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| format!("{}:{}", e.field.unwrap_or_default(), e.message))
+            .collect()
+    }
+
+    #[test]
+    fn token_then_order_id_each_required_whatever_their_json_type() {
+        let both = [
+            format!("token:{INVALID_VALUE}"),
+            format!("orderId:{INVALID_VALUE}"),
+        ];
+        for body in [
+            json!({}),
+            json!({ "orderId": [], "token": {} }),
+            json!({ "orderId": 7, "token": "   " }),
+        ] {
+            assert_eq!(fields(body.clone()), both, "{body}");
+        }
+        assert_eq!(
+            fields(json!({ "token": "t", "order_id": "x" })),
+            [format!("orderId:{INVALID_VALUE}")]
+        );
+    }
+
+    #[test]
+    fn both_fields_reach_the_handler_trimmed() {
+        let body = validate_body::<NewPayment>(
+            json!({ "token": " tok_visa ", "orderId": " abc " })
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        assert_eq!(
+            body.ok().map(|b| (b.token, b.order_id)),
+            Some(("tok_visa".to_owned(), "abc".to_owned()))
+        );
     }
 }

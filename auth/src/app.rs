@@ -11,7 +11,7 @@ use common::session::{CookiePolicy, SessionKeys};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use crate::rate_limit::RateLimiter;
+use crate::rate_limit::{FailedSignins, RateLimiter};
 use crate::routes;
 use crate::settings::Settings;
 use crate::store::UserStore;
@@ -27,6 +27,8 @@ pub struct AppState {
     /// Made on the first such signin, not at start: a hash holds a hashing thread's 19 MiB buffer.
     pub dummy_hash: Arc<OnceCell<String>>,
     pub rate_limiter: RateLimiter,
+    /// Per-account slow-down after repeated failed signins.
+    pub failed_signins: FailedSignins,
 }
 
 impl FromRef<AppState> for SessionKeys {
@@ -56,6 +58,7 @@ impl Application {
             token_ttl: settings.token_ttl,
             dummy_hash: Arc::new(OnceCell::new()),
             rate_limiter: RateLimiter::new(settings.rate_limit_per_minute),
+            failed_signins: FailedSignins::default(),
         };
         let router = finish_router(routes::router().with_state(state), database_readiness(db));
         let server = Server::bind(&settings.http).await?;

@@ -7,13 +7,15 @@
 //! own buffer, bounds that to cores × 19 MiB and hashes no slower: the work is CPU-bound anyway.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+use common::error::ApiError;
 use tokio::sync::oneshot;
 
 /// The largest argon2 memory a stored hash may ask for (256 MiB); anything larger never matches,
@@ -40,14 +42,44 @@ impl Scratch {
 
 type Job = Box<dyn FnOnce(&mut Scratch) + Send>;
 
-/// A fixed set of threads running hashing jobs in arrival order.
+/// Jobs that may wait per hashing thread (about 1.5 s of work at ~50 ms a hash). Beyond that a
+/// request is answered 503 with `Retry-After` at once rather than queued behind work that would
+/// outlast its client's patience and hold its password in memory meanwhile.
+const QUEUE_PER_THREAD: usize = 32;
+
+/// Why a hashing job did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum HashingError {
+    /// Every hashing thread is busy and the queue is full: try again shortly.
+    #[error("the password hashing queue is full")]
+    Busy,
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+impl From<HashingError> for ApiError {
+    fn from(err: HashingError) -> Self {
+        match err {
+            HashingError::Busy => ApiError::Overloaded {
+                retry_after: Duration::from_secs(1),
+            },
+            HashingError::Failed(cause) => ApiError::Internal(cause),
+        }
+    }
+}
+
+/// A fixed set of threads running hashing jobs in arrival order, from a bounded queue.
 struct HashingPool {
-    jobs: Sender<Job>,
+    jobs: SyncSender<Job>,
 }
 
 impl HashingPool {
     fn start(threads: usize) -> anyhow::Result<Self> {
-        let (jobs, queue) = mpsc::channel::<Job>();
+        Self::with_queue(threads, threads.max(1) * QUEUE_PER_THREAD)
+    }
+
+    fn with_queue(threads: usize, capacity: usize) -> anyhow::Result<Self> {
+        let (jobs, queue) = mpsc::sync_channel::<Job>(capacity);
         let queue = Arc::new(Mutex::new(queue));
         for n in 0..threads.max(1) {
             let queue = Arc::clone(&queue);
@@ -62,16 +94,23 @@ impl HashingPool {
     async fn run<T: Send + 'static>(
         &self,
         job: impl FnOnce(&mut Scratch) -> T + Send + 'static,
-    ) -> anyhow::Result<T> {
+    ) -> Result<T, HashingError> {
         let (done, result) = oneshot::channel();
-        self.jobs
-            .send(Box::new(move |scratch: &mut Scratch| {
-                // The caller may have gone (request cancelled): nothing to answer then.
-                let _ = done.send(job(scratch));
-            }))
-            .ok()
-            .context("the password hashing threads have stopped")?;
-        result.await.context("a password hashing job failed")
+        let queued: Job = Box::new(move |scratch: &mut Scratch| {
+            // The caller has gone (its request was cancelled while queued): skip the work.
+            if done.is_closed() {
+                return;
+            }
+            let _ = done.send(job(scratch));
+        });
+        match self.jobs.try_send(queued) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(HashingError::Busy),
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(anyhow::anyhow!("the password hashing threads have stopped").into());
+            }
+        }
+        Ok(result.await.context("a password hashing job failed")?)
     }
 }
 
@@ -163,14 +202,14 @@ fn verify_with(scratch: &mut Scratch, password: &[u8], stored: &str) -> bool {
         && Output::new(&out).is_ok_and(|computed| computed == expected)
 }
 
-pub async fn hash(password: String) -> anyhow::Result<String> {
-    pool()?
+pub async fn hash(password: String) -> Result<String, HashingError> {
+    Ok(pool()?
         .run(move |scratch| hash_with(scratch, password.as_bytes()))
-        .await?
+        .await??)
 }
 
 /// Whether `password` matches `stored` (a PHC string). A malformed stored hash never matches.
-pub async fn verify(password: String, stored: String) -> anyhow::Result<bool> {
+pub async fn verify(password: String, stored: String) -> Result<bool, HashingError> {
     pool()?
         .run(move |scratch| verify_with(scratch, password.as_bytes(), &stored))
         .await
@@ -178,7 +217,7 @@ pub async fn verify(password: String, stored: String) -> anyhow::Result<bool> {
 
 /// A hash of a random password, verified against when the email is unknown so that signin takes
 /// as long for unknown emails as for known ones.
-pub async fn dummy_hash() -> anyhow::Result<String> {
+pub async fn dummy_hash() -> Result<String, HashingError> {
     hash(uuid_like()).await
 }
 
@@ -215,6 +254,46 @@ mod tests {
             most.load(Ordering::SeqCst),
             3,
             "never more than the threads"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_new_jobs_at_once_and_jobs_of_callers_gone_are_skipped()
+    -> anyhow::Result<()> {
+        let pool = HashingPool::with_queue(1, 2)?;
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let counted = || {
+            let ran = ran.clone();
+            move |_: &mut Scratch| {
+                ran.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        // Each job is queued when its future is first polled. The one thread takes the blocker
+        // and holds it; then two jobs fill the queue.
+        let blocker = pool.run(move |_| gate.recv().is_ok());
+        futures::pin_mut!(blocker);
+        assert!(futures::poll!(blocker.as_mut()).is_pending());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let mut abandoned = Box::pin(pool.run(counted()));
+        assert!(futures::poll!(abandoned.as_mut()).is_pending());
+        let kept = pool.run(counted());
+        futures::pin_mut!(kept);
+        assert!(futures::poll!(kept.as_mut()).is_pending());
+
+        let full = pool.run(counted()).await;
+        assert!(matches!(full, Err(HashingError::Busy)), "{full:?}");
+
+        // The abandoned job's caller goes away (a request cancelled while queued).
+        drop(abandoned);
+        release.send(())?;
+        assert!(blocker.await?);
+        kept.await?;
+        assert_eq!(
+            ran.load(Ordering::SeqCst),
+            1,
+            "the abandoned job was skipped"
         );
         Ok(())
     }

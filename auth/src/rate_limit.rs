@@ -1,10 +1,12 @@
-//! Per-client rate limiting of signup and signin (token buckets in memory, per replica): slows down
-//! password guessing and account spraying from one address.
+//! Rate limiting of signup and signin, in memory and per replica (see the README's "Security"):
+//! token buckets per client address slow down password guessing and account spraying from one
+//! address, and a per-account delay after repeated failed signins slows guessing one account's
+//! password from many addresses without ever locking its owner out.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::HeaderMap;
@@ -32,6 +34,11 @@ impl RateLimiter {
             per_minute,
             buckets: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// How long a client whose budget is spent waits for its next attempt.
+    pub fn retry_after(&self) -> Duration {
+        Duration::from_secs(60 / u64::from(self.per_minute.max(1))).max(Duration::from_secs(1))
     }
 
     /// Takes one attempt for `client`; `false` when its budget is spent. Unknown clients pass.
@@ -66,6 +73,88 @@ impl RateLimiter {
         } else {
             false
         }
+    }
+}
+
+/// Failed signins allowed per email before attempts must wait.
+const FREE_FAILURES: u32 = 5;
+/// The longest wait between two attempts for one email.
+const MAX_DELAY: Duration = Duration::from_secs(60);
+/// A failure older than this is forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// Failed signins per email. After [`FREE_FAILURES`] failures in a row, an attempt for that email
+/// must come at least 1 s after the last failure, then 2 s, 4 s ... up to [`MAX_DELAY`]: guessing
+/// slows to about one try a minute, while the owner (or anyone) can still sign in after that wait.
+/// A success, or [`FORGET_AFTER`] without failures, clears the count. Only the email is the key:
+/// an attacker flooding one account slows that account, no other.
+#[derive(Clone, Default)]
+pub struct FailedSignins {
+    by_email: Arc<Mutex<HashMap<String, Failures>>>,
+}
+
+#[derive(Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+}
+
+impl Failures {
+    fn delay(self) -> Duration {
+        if self.count < FREE_FAILURES {
+            return Duration::ZERO;
+        }
+        let doublings = (self.count - FREE_FAILURES).min(16);
+        Duration::from_secs(1u64 << doublings).min(MAX_DELAY)
+    }
+}
+
+impl FailedSignins {
+    /// `Err(wait)` when an attempt for `email` must wait `wait` longer.
+    pub fn check(&self, email: &str) -> Result<(), Duration> {
+        self.check_at(email, Instant::now())
+    }
+
+    fn check_at(&self, email: &str, now: Instant) -> Result<(), Duration> {
+        let by_email = self.by_email.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(failures) = by_email.get(email) else {
+            return Ok(());
+        };
+        let ready_at = failures.last + failures.delay();
+        if now < ready_at {
+            Err(ready_at - now)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Records a failed signin for `email`.
+    pub fn failed(&self, email: &str) {
+        self.failed_at(email, Instant::now());
+    }
+
+    fn failed_at(&self, email: &str, now: Instant) {
+        let mut by_email = self.by_email.lock().unwrap_or_else(PoisonError::into_inner);
+        if by_email.len() > MAX_TRACKED {
+            by_email.retain(|_, f| now.duration_since(f.last) < FORGET_AFTER);
+        }
+        let failures = by_email.entry(email.to_owned()).or_insert(Failures {
+            count: 0,
+            last: now,
+        });
+        if now.duration_since(failures.last) >= FORGET_AFTER {
+            failures.count = 0;
+        }
+        failures.count = failures.count.saturating_add(1);
+        failures.last = now;
+    }
+
+    /// A successful signin clears the email's failures.
+    pub fn succeeded(&self, email: &str) {
+        self.by_email
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(email);
     }
 }
 
@@ -109,6 +198,53 @@ mod tests {
         assert!(!limiter.allow(client));
         // Another address has its own budget.
         assert!(limiter.allow(Some(IpAddr::from([10, 0, 0, 2]))));
+    }
+
+    #[test]
+    fn failed_signins_for_one_email_slow_that_email_only_and_never_lock_it() {
+        let signins = FailedSignins::default();
+        let start = Instant::now();
+        for n in 0..FREE_FAILURES {
+            assert_eq!(
+                signins.check_at("victim@test.com", start),
+                Ok(()),
+                "try {n}"
+            );
+            signins.failed_at("victim@test.com", start);
+        }
+        // The sixth attempt waits 1 s after the fifth failure, then the waits double.
+        assert_eq!(
+            signins.check_at("victim@test.com", start),
+            Err(Duration::from_secs(1))
+        );
+        assert_eq!(signins.check_at("other@test.com", start), Ok(()));
+        let mut now = start + Duration::from_secs(1);
+        for expected in [2, 4, 8, 16, 32, 60, 60, 60] {
+            assert_eq!(signins.check_at("victim@test.com", now), Ok(()));
+            signins.failed_at("victim@test.com", now);
+            assert_eq!(
+                signins.check_at("victim@test.com", now),
+                Err(Duration::from_secs(expected))
+            );
+            now += Duration::from_secs(expected);
+        }
+        // After the longest wait an attempt is always allowed, and a success forgets it all.
+        assert_eq!(signins.check_at("victim@test.com", now), Ok(()));
+        signins.succeeded("victim@test.com");
+        signins.failed_at("victim@test.com", now);
+        assert_eq!(signins.check_at("victim@test.com", now), Ok(()));
+    }
+
+    #[test]
+    fn failures_older_than_fifteen_minutes_are_forgotten() {
+        let signins = FailedSignins::default();
+        let start = Instant::now();
+        for _ in 0..FREE_FAILURES + 3 {
+            signins.failed_at("a@test.com", start);
+        }
+        let later = start + FORGET_AFTER;
+        signins.failed_at("a@test.com", later);
+        assert_eq!(signins.check_at("a@test.com", later), Ok(()));
     }
 
     #[test]

@@ -62,11 +62,19 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("request body too large")]
     PayloadTooLarge,
+    /// A rate limit: 429 with `Retry-After`; `message` is for the user.
     #[error("too many requests")]
-    TooManyRequests,
+    TooManyRequests {
+        retry_after: std::time::Duration,
+        message: String,
+    },
     /// A third party (Stripe) failed; `message` is safe to show to the user.
     #[error("{message}")]
     Upstream { status: StatusCode, message: String },
+    /// Too much work queued (password hashing): 503 with `Retry-After`, so the client tries again
+    /// shortly instead of waiting behind work it would give up on.
+    #[error("overloaded")]
+    Overloaded { retry_after: std::time::Duration },
     /// The database cannot be reached: 503 so clients and load balancers retry.
     #[error("database unavailable")]
     DatabaseUnavailable(#[source] anyhow::Error),
@@ -83,6 +91,14 @@ impl ApiError {
         Self::BadRequest(message.into())
     }
 
+    /// A client over its request budget, which refills in `retry_after`.
+    pub fn too_many_requests(retry_after: std::time::Duration) -> Self {
+        Self::TooManyRequests {
+            retry_after,
+            message: "Too many attempts, please wait a minute and try again".to_owned(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Validation(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -91,9 +107,9 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Upstream { status, .. } => *status,
-            Self::DatabaseUnavailable(_) | Self::BusUnavailable(_) => {
+            Self::DatabaseUnavailable(_) | Self::BusUnavailable(_) | Self::Overloaded { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -109,12 +125,13 @@ impl ApiError {
             Self::NotAuthorized => vec![ErrorEntry::new(NOT_AUTHORIZED)],
             Self::NotFound => vec![ErrorEntry::new(NOT_FOUND)],
             Self::PayloadTooLarge => vec![ErrorEntry::new("Request body is too large")],
-            Self::TooManyRequests => vec![ErrorEntry::new(
-                "Too many attempts, please wait a minute and try again",
-            )],
+            Self::TooManyRequests { message, .. } => vec![ErrorEntry::new(message.clone())],
             Self::Upstream { message, .. } => vec![ErrorEntry::new(message.clone())],
             Self::DatabaseUnavailable(_) => vec![ErrorEntry::new(DATABASE_UNAVAILABLE)],
             Self::BusUnavailable(_) => vec![ErrorEntry::new(SERVICE_UNAVAILABLE)],
+            Self::Overloaded { .. } => vec![ErrorEntry::new(
+                "The service is busy, please try again in a moment",
+            )],
             Self::Internal(_) => vec![ErrorEntry::new(SOMETHING_WENT_WRONG)],
         };
         ErrorBody { errors }
@@ -144,9 +161,22 @@ impl IntoResponse for ApiError {
             Self::Upstream { message, .. } => {
                 tracing::warn!(%status, %message, "upstream failure");
             }
+            Self::Overloaded { .. } => tracing::warn!("overloaded; asked the client to retry"),
             _ => {}
         }
-        (status, Json(self.body())).into_response()
+        let mut response = (status, Json(self.body())).into_response();
+        if let Self::Overloaded { retry_after } | Self::TooManyRequests { retry_after, .. } = &self
+        {
+            // Whole seconds, rounded up: a client that waits that long is not refused again.
+            let seconds = u64::try_from(retry_after.as_millis().div_ceil(1000))
+                .unwrap_or(u64::MAX)
+                .max(1);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds),
+            );
+        }
+        response
     }
 }
 
@@ -236,6 +266,19 @@ mod tests {
         assert_eq!(
             body,
             serde_json::json!({"errors": [{"message": "Error connecting to database"}]})
+        );
+    }
+
+    #[tokio::test]
+    async fn an_overloaded_service_answers_503_with_retry_after() {
+        let response = ApiError::Overloaded {
+            retry_after: std::time::Duration::from_secs(2),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get(axum::http::header::RETRY_AFTER),
+            Some(&axum::http::HeaderValue::from_static("2"))
         );
     }
 }

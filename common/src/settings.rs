@@ -117,6 +117,8 @@ pub struct MongoSettings {
     /// May embed credentials, hence secret.
     pub url: SecretString,
     pub database: String,
+    /// How long one operation may take before it fails as unavailable (503, a retried event).
+    pub operation_timeout: Duration,
 }
 
 impl MongoSettings {
@@ -124,6 +126,10 @@ impl MongoSettings {
         Ok(Self {
             url: SecretString::from(env.require("MONGO_URL")?),
             database: env.or("MONGO_DB", default_database),
+            operation_timeout: Duration::from_millis(env.parse_or(
+                "MONGO_OPERATION_TIMEOUT_MS",
+                crate::store::DEFAULT_OPERATION_TIMEOUT_MS,
+            )?),
         })
     }
 }
@@ -152,10 +158,25 @@ pub struct JwtSettings {
     pub key: SecretString,
 }
 
+/// The shortest HS256 key accepted: RFC 7518 asks for a key at least as long as the hash (256
+/// bits); a shorter one can be brute-forced from any session cookie.
+pub const JWT_KEY_MIN_BYTES: usize = 32;
+
 impl JwtSettings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        let key = env.require("JWT_KEY")?;
+        if key.len() < JWT_KEY_MIN_BYTES {
+            return Err(SettingsError::Invalid {
+                name: "JWT_KEY",
+                reason: format!(
+                    "it is {} bytes long; it must be at least {JWT_KEY_MIN_BYTES} \
+                     (generate one with `openssl rand -base64 32`)",
+                    key.len()
+                ),
+            });
+        }
         Ok(Self {
-            key: SecretString::from(env.require("JWT_KEY")?),
+            key: SecretString::from(key),
         })
     }
 }
@@ -176,6 +197,21 @@ mod tests {
             JwtSettings::from_env(&env).err().map(|e| e.to_string()),
             Some("missing required environment variable JWT_KEY".into())
         );
+    }
+
+    #[test]
+    fn a_jwt_key_shorter_than_32_bytes_is_refused_with_its_length() {
+        let env = Env::from_pairs([("JWT_KEY", "k".repeat(31))]);
+        assert_eq!(
+            JwtSettings::from_env(&env).err().map(|e| e.to_string()),
+            Some(
+                "environment variable JWT_KEY has an invalid value: it is 31 bytes long; it must \
+                 be at least 32 (generate one with `openssl rand -base64 32`)"
+                    .into()
+            )
+        );
+        let env = Env::from_pairs([("JWT_KEY", "k".repeat(32))]);
+        assert!(JwtSettings::from_env(&env).is_ok());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::session::{COOKIE_NAME, SessionKeys, encode_session};
 use crate::settings::Env;
 
 /// The JWT key every test app uses.
-pub const TEST_JWT_KEY: &str = "test-jwt-key-not-a-secret";
+pub const TEST_JWT_KEY: &str = "test-only-jwt-key-not-a-secret-anywhere";
 
 fn infra_var(name: &str) -> String {
     match std::env::var(name) {

@@ -82,7 +82,7 @@ mod tests {
         let mut pairs = vec![
             ("MONGO_URL", "mongodb://x"),
             ("NATS_URL", "nats://y"),
-            ("JWT_KEY", "k"),
+            ("JWT_KEY", common::testing::TEST_JWT_KEY),
         ];
         if let Some(window) = window {
             pairs.push(("EXPIRATION_WINDOW_SECONDS", window));
@@ -124,7 +124,7 @@ mod tests {
             let pairs: Vec<(&str, &str)> = [
                 ("MONGO_URL", "mongodb://x"),
                 ("NATS_URL", "nats://y"),
-                ("JWT_KEY", "k"),
+                ("JWT_KEY", common::testing::TEST_JWT_KEY),
             ]
             .into_iter()
             .filter(|(name, _)| *name != missing)

@@ -109,7 +109,7 @@ mod tests {
         let mut all = vec![
             ("MONGO_URL", "mongodb://x"),
             ("NATS_URL", "nats://y"),
-            ("JWT_KEY", "k"),
+            ("JWT_KEY", common::testing::TEST_JWT_KEY),
         ];
         all.extend_from_slice(pairs);
         Env::from_pairs(all)

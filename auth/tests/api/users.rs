@@ -381,3 +381,61 @@ async fn signin_and_signup_are_rate_limited_per_client_address() {
     );
     assert_eq!(attempt("203.0.113.8").await.0, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn a_flood_of_bad_passwords_for_one_email_slows_that_email_only_and_never_locks_it() {
+    let app = spawn_app().await;
+    assert_eq!(
+        app.signup("victim@test.com", "password").await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        app.signup("bystander@test.com", "password").await.status,
+        StatusCode::CREATED
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            app.signin("victim@test.com", "wrong").await.status,
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    // Even the right password waits now: the delay is the account's, whoever asks.
+    let slowed = app
+        .client
+        .post(app.url("/api/users/signin"))
+        .json(&json!({ "email": "victim@test.com", "password": "password" }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(slowed.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        slowed
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert_eq!(
+        slowed.json::<Value>().await.expect("json"),
+        errors(&[(
+            "Too many failed sign-ins for this account, please wait 1 second and try again",
+            None
+        )])
+    );
+    // Another account from the same address is not slowed.
+    assert_eq!(
+        app.signin("bystander@test.com", "password").await.status,
+        StatusCode::OK
+    );
+    // After the wait the owner signs in, which clears the failures.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        app.signin("victim@test.com", "password").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.signin("victim@test.com", "wrong").await.status,
+        StatusCode::BAD_REQUEST
+    );
+}

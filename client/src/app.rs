@@ -9,12 +9,13 @@ use axum::http::HeaderValue;
 use axum::http::header::{
     CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
-use axum::middleware::map_response;
+use axum::middleware::{from_fn, map_response};
 use axum::response::Response;
 use common::server::{App, Background, Server, with_standard_layers};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::Api;
+use crate::cross_site::refuse_cross_site_posts;
 use crate::routes;
 use crate::settings::Settings;
 use crate::views::internal_error_page;
@@ -52,7 +53,10 @@ impl Application {
 /// The standard layers (body limit, panics caught, request ids and spans), with failures as HTML
 /// pages, plus the headers a browser-facing site needs.
 fn with_layers(router: Router) -> Router {
-    with_standard_layers(router.layer(map_response(security_headers)), || {
+    let router = router
+        .layer(from_fn(refuse_cross_site_posts))
+        .layer(map_response(security_headers));
+    with_standard_layers(router, || {
         tracing::error!("a request handler panicked");
         internal_error_page()
     })

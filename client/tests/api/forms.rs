@@ -528,3 +528,56 @@ async fn a_failing_api_during_a_submit_answers_502_with_a_page() {
     page.assert_contains(&["Something went wrong on our side"]);
     assert!(page.set_cookies().is_empty());
 }
+
+#[tokio::test]
+async fn every_form_posted_from_another_site_is_refused_before_reaching_the_apis() {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "test@test.com").await;
+    let forms: [(&str, &[(&str, &str)]); 6] = [
+        (
+            "/auth/signin",
+            &[("email", "attacker@evil.example"), ("password", "secret")],
+        ),
+        (
+            "/auth/signup",
+            &[("email", "attacker@evil.example"), ("password", "secret")],
+        ),
+        ("/auth/signout", &[]),
+        ("/tickets/new", &[("title", "concert"), ("price", "10")]),
+        (&format!("/tickets/{TICKET_ID}"), &[]),
+        (&format!("/orders/{ORDER_ID}"), &[("token", "tok_visa")]),
+    ];
+    let cross_site: [&[(&str, &str)]; 4] = [
+        &[("sec-fetch-site", "cross-site")],
+        // A sibling subdomain: SameSite=Lax cookies would go along.
+        &[("sec-fetch-site", "same-site")],
+        &[("origin", "https://evil.example")],
+        &[("origin", "null")],
+    ];
+    for (path, fields) in forms {
+        for headers in cross_site {
+            let page = app
+                .post_form_with(path, fields, Some(COOKIE_VALUE), headers)
+                .await;
+            assert_eq!(page.status, StatusCode::FORBIDDEN, "{path} {headers:?}");
+            assert!(
+                page.html.contains(client::cross_site::CROSS_SITE_MESSAGE),
+                "{path} {headers:?}: {}",
+                page.html
+            );
+            assert!(
+                page.set_cookies().is_empty(),
+                "{path} {headers:?}: no cookie is set or cleared"
+            );
+        }
+    }
+    let posts: Vec<_> = app
+        .api
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.method.as_str() != "GET")
+        .collect();
+    assert!(posts.is_empty(), "the APIs were asked: {posts:?}");
+}

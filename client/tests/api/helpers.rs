@@ -217,16 +217,38 @@ impl TestApp {
         Page::read(request.send().await.expect("request")).await
     }
 
-    /// Submits a form the way a browser does (urlencoded).
+    /// Submits a form the way a browser does from one of our pages (urlencoded, with the
+    /// `Origin` and `Sec-Fetch-Site` a browser sends).
     pub async fn post_form(
         &self,
         path: &str,
         fields: &[(&str, &str)],
         cookie: Option<&str>,
     ) -> Page {
+        let origin = format!("http://{}", self.addr);
+        self.post_form_with(
+            path,
+            fields,
+            cookie,
+            &[("origin", &origin), ("sec-fetch-site", "same-origin")],
+        )
+        .await
+    }
+
+    /// Submits a form with these request headers (e.g. a page of another site's).
+    pub async fn post_form_with(
+        &self,
+        path: &str,
+        fields: &[(&str, &str)],
+        cookie: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Page {
         let mut request = self.browser.post(self.url(path)).form(fields);
         if let Some(cookie) = cookie {
             request = request.header(COOKIE, cookie);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         Page::read(request.send().await.expect("request")).await
     }

@@ -66,8 +66,9 @@ impl Api {
             .headers()
             .get("set-cookie")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .map(str::to_owned);
+            // What a browser sends back: the cookie's name and value, without its attributes.
+            .and_then(|v| cookie::Cookie::parse(v).ok())
+            .map(|c| format!("{}={}", c.name(), c.value()));
         let bytes = response.bytes().await?;
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok(Reply {

@@ -239,8 +239,9 @@ impl<'a> Flow<'a> {
             .headers()
             .get("set-cookie")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .map(str::to_owned);
+            // What a browser sends back: the cookie's name and value, without its attributes.
+            .and_then(|v| cookie::Cookie::parse(v).ok())
+            .map(|c| format!("{}={}", c.name(), c.value()));
         let text = response.text().await.unwrap_or_default();
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
         Ok(Reply {

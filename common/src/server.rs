@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Request, StatusCode};
+use axum::http::{HeaderValue, Request, StatusCode, header};
+use axum::middleware::map_response;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -76,6 +77,28 @@ pub fn finish_router_with_details(
     with_standard_layers(routes, || {
         ApiError::Internal(anyhow::anyhow!("a request handler panicked")).into_response()
     })
+    // Outermost, so that every answer (413s and caught panics too) carries them.
+    .layer(map_response(api_security_headers))
+}
+
+/// The APIs answer JSON only: nothing in them may be sniffed as HTML, run as a script, framed, or
+/// leak the page a request came from.
+async fn api_security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
 }
 
 /// The layers every router gets (body limit, panics answered with `panic_response`, request spans
@@ -380,6 +403,41 @@ mod tests {
         );
         assert_eq!(call(app(true), "GET", "/api/nothing").await, expected);
         assert_eq!(call(app(true), "DELETE", "/api/things").await, expected);
+    }
+
+    #[tokio::test]
+    async fn every_api_answer_carries_the_security_headers() {
+        for (method, uri) in [
+            ("POST", "/api/things"),
+            ("GET", "/api/nothing"),
+            ("GET", "/readyz"),
+        ] {
+            let request = Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap_or_default();
+            let response = app(true)
+                .oneshot(request)
+                .await
+                .unwrap_or_else(|e| match e {});
+            let headers = response.headers();
+            for (name, value) in [
+                ("x-content-type-options", "nosniff"),
+                (
+                    "content-security-policy",
+                    "default-src 'none'; frame-ancestors 'none'",
+                ),
+                ("x-frame-options", "DENY"),
+                ("referrer-policy", "no-referrer"),
+            ] {
+                assert_eq!(
+                    headers.get(name).and_then(|v| v.to_str().ok()),
+                    Some(value),
+                    "{method} {uri}: {name}"
+                );
+            }
+        }
     }
 
     #[tokio::test]

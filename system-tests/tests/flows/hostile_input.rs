@@ -313,7 +313,7 @@ fn no_route_answers_a_5xx_or_leaves_the_error_shape_whatever_it_is_sent() {
     let cases = std::env::var("HOSTILE_INPUT_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(400);
+        .unwrap_or(10_000);
     let mut runner = TestRunner::new(Config {
         cases,
         failure_persistence: None,

@@ -13,15 +13,17 @@
 #   client 3000, auth 3001, tickets 3002, orders 3003, payments 3004, expiration 3005
 # Each is started from target/<profile>/<name> with a clean environment:
 #   all          PORT, HOST=127.0.0.1, RUST_LOG (default info)
-#   auth         JWT_KEY, MONGO_URL, MONGO_DB=auth,
+#   auth         JWT_KEY, MONGO_URL, MONGO_DB=auth, CLIENT_ADDRESS_KEY,
 #                + AUTH_RATE_LIMIT_PER_MINUTE (only when set in the caller's environment)
 #   tickets, orders, payments
 #                JWT_KEY, MONGO_URL, MONGO_DB=<name>, NATS_URL
 #   orders       + EXPIRATION_WINDOW_SECONDS (only when set in the caller's environment)
 #   payments     + STRIPE_KEY, STRIPE_API_BASE (stripe-mock: sk_test_123, http://127.0.0.1:12111)
 #   expiration   NATS_URL, REDIS_URL
-#   client       API_BASE_URL=http://127.0.0.1:8080, STRIPE_PUBLISHABLE_KEY (when set)
-# JWT_KEY: taken from the environment, else generated once into .data/jwt_key (mode 0600).
+#   client       API_BASE_URL=http://127.0.0.1:8080, CLIENT_ADDRESS_KEY,
+#                STRIPE_PUBLISHABLE_KEY (when set)
+# JWT_KEY, CLIENT_ADDRESS_KEY (auth and client): taken from the environment, else generated once
+# into .data/jwt_key, .data/client_address_key (mode 0600).
 # Environment:
 #   APP_PROFILE        release (default: cargo build --release -p <each service>, target/release/)
 #                      or debug (cargo build --bins -p <each service>, target/debug/)
@@ -78,14 +80,17 @@ package_name() {
   echo "${name:-$1}"
 }
 
-jwt_key() {
-  if [[ -n "${JWT_KEY:-}" ]]; then
-    printf '%s' "$JWT_KEY"
+# kept_key VAR FILE WHAT: the value of $VAR when set, else a random key generated once into
+# .data/FILE (mode 0600) and kept, so that sessions survive restarts.
+kept_key() {
+  local var="$1" file="$2" what="$3"
+  if [[ -n "${!var:-}" ]]; then
+    printf '%s' "${!var}"
     return
   fi
-  local keyfile="$DATA_DIR/jwt_key"
+  local keyfile="$DATA_DIR/$file"
   if [[ ! -s "$keyfile" ]]; then
-    log "generating a JWT key into ${keyfile#"$ROOT"/} (kept so sessions survive restarts)"
+    log "generating $what into ${keyfile#"$ROOT"/}"
     (
       umask 077
       head -c 48 /dev/urandom | base64 | tr -d '\n=+/' >"$keyfile.tmp"
@@ -107,6 +112,7 @@ service_settings() {
       echo "JWT_KEY=$APP_JWT_KEY"
       echo "MONGO_URL=$MONGO_URL"
       echo "MONGO_DB=auth"
+      echo "CLIENT_ADDRESS_KEY=$APP_CLIENT_ADDRESS_KEY"
       if [[ -n "${AUTH_RATE_LIMIT_PER_MINUTE:-}" ]]; then echo "AUTH_RATE_LIMIT_PER_MINUTE=$AUTH_RATE_LIMIT_PER_MINUTE"; fi
       ;;
     tickets | orders | payments)
@@ -128,6 +134,7 @@ service_settings() {
       ;;
     client)
       echo "API_BASE_URL=http://127.0.0.1:$NGINX_PORT"
+      echo "CLIENT_ADDRESS_KEY=$APP_CLIENT_ADDRESS_KEY"
       if [[ -n "${STRIPE_PUBLISHABLE_KEY:-}" ]]; then echo "STRIPE_PUBLISHABLE_KEY=$STRIPE_PUBLISHABLE_KEY"; fi
       ;;
   esac
@@ -270,7 +277,8 @@ cmd_up() {
     STRIPE_API_BASE="$caller_stripe_base"
   fi
   export STRIPE_KEY STRIPE_API_BASE MONGO_URL NATS_URL REDIS_URL
-  APP_JWT_KEY="$(jwt_key)"
+  APP_JWT_KEY="$(kept_key JWT_KEY jwt_key "a JWT key")"
+  APP_CLIENT_ADDRESS_KEY="$(kept_key CLIENT_ADDRESS_KEY client_address_key "the key with which the client vouches for browser addresses to auth")"
 
   # 2. build
   if ((${#services[@]} == 0)); then

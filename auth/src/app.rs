@@ -11,7 +11,7 @@ use common::session::{CookiePolicy, SessionKeys};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use crate::rate_limit::{FailedSignins, RateLimiter};
+use crate::rate_limit::{ClientAddressKey, FailedSignins, RateLimiter};
 use crate::routes;
 use crate::settings::Settings;
 use crate::store::UserStore;
@@ -29,6 +29,13 @@ pub struct AppState {
     pub rate_limiter: RateLimiter,
     /// Per-account slow-down after repeated failed signins.
     pub failed_signins: FailedSignins,
+    pub client_address_key: ClientAddressKey,
+}
+
+impl FromRef<AppState> for ClientAddressKey {
+    fn from_ref(state: &AppState) -> Self {
+        state.client_address_key.clone()
+    }
 }
 
 impl FromRef<AppState> for SessionKeys {
@@ -59,6 +66,7 @@ impl Application {
             dummy_hash: Arc::new(OnceCell::new()),
             rate_limiter: RateLimiter::new(settings.rate_limit_per_minute),
             failed_signins: FailedSignins::default(),
+            client_address_key: ClientAddressKey(settings.client_address_key.map(Arc::new)),
         };
         let router = finish_router(routes::router().with_state(state), database_readiness(db));
         let server = Server::bind(&settings.http).await?;

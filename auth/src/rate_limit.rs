@@ -4,13 +4,14 @@
 //! password from many addresses without ever locking its owner out.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::HeaderMap;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
+use common::client_address;
+use secrecy::SecretString;
 
 /// Above this many tracked addresses, buckets that have refilled completely are forgotten.
 const MAX_TRACKED: usize = 10_000;
@@ -158,37 +159,33 @@ impl FailedSignins {
     }
 }
 
-/// The client's address: the last `X-Forwarded-For` hop (the one our own proxy or ingress appended)
-/// when present, else the TCP peer.
+/// The client's address: the browser address the web client vouches for with the shared key
+/// (`common::client_address`), else the last `X-Forwarded-For` hop (the one our own proxy or
+/// ingress appended), else the TCP peer.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+/// The key with which the web client vouches for browser addresses (none: nobody can).
+#[derive(Clone, Default)]
+pub struct ClientAddressKey(pub Option<Arc<SecretString>>);
+
+impl<S> FromRequestParts<S> for ClientAddr
+where
+    S: Send + Sync,
+    ClientAddressKey: FromRef<S>,
+{
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip());
-        Ok(Self(forwarded_for(&parts.headers).or(peer)))
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let ClientAddressKey(key) = ClientAddressKey::from_ref(state);
+        let vouched = key.and_then(|key| client_address::vouched_for(&parts.headers, &key));
+        Ok(Self(vouched.or_else(|| client_address::sender(parts))))
     }
-}
-
-fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
-    headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
-        .next_back()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
 
     #[test]
     fn a_client_gets_its_budget_and_then_is_refused() {
@@ -251,20 +248,5 @@ mod tests {
     fn zero_disables_the_limit() {
         let limiter = RateLimiter::new(0);
         assert!((0..100).all(|_| limiter.allow(Some(IpAddr::from([10, 0, 0, 1])))));
-    }
-
-    #[test]
-    fn the_last_forwarded_hop_is_the_client() {
-        let mut headers = HeaderMap::new();
-        headers.append(
-            "x-forwarded-for",
-            HeaderValue::from_static("1.1.1.1, 2.2.2.2"),
-        );
-        headers.append(
-            "x-forwarded-for",
-            HeaderValue::from_static("garbage, 3.3.3.3"),
-        );
-        assert_eq!(forwarded_for(&headers), Some(IpAddr::from([3, 3, 3, 3])));
-        assert_eq!(forwarded_for(&HeaderMap::new()), None);
     }
 }

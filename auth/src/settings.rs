@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use common::settings::{Env, HttpSettings, JwtSettings, MongoSettings, SettingsError, seconds_or};
+use secrecy::SecretString;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -15,6 +16,8 @@ pub struct Settings {
     pub cookie_secure: bool,
     /// Signup and signin attempts per client address per minute (0: unlimited).
     pub rate_limit_per_minute: u32,
+    /// The key with which the web client vouches for the browser addresses it forwards.
+    pub client_address_key: Option<SecretString>,
 }
 
 impl Settings {
@@ -26,6 +29,7 @@ impl Settings {
             token_ttl: seconds_or(env, "JWT_TTL_SECONDS", 24 * 3600)?,
             cookie_secure: env.flag_or("COOKIE_SECURE", false)?,
             rate_limit_per_minute: env.parse_or("AUTH_RATE_LIMIT_PER_MINUTE", 30)?,
+            client_address_key: common::settings::client_address_key(env)?,
         })
     }
 }

@@ -3,6 +3,7 @@
 //! pages can hand them to the browser.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +13,11 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponseParts, ResponseParts};
 use chrono::{DateTime, Utc};
+use common::client_address::{CLIENT_ADDRESS_HEADER, CLIENT_ADDRESS_KEY_HEADER};
 use common::error::ErrorBody;
 use common::events::OrderStatus;
 use common::money::Price;
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -36,14 +39,17 @@ const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 pub struct Api {
     http: reqwest::Client,
     base: Arc<str>,
+    /// With it, calls to auth vouch for the browser's address (`common::client_address`).
+    client_address_key: Option<Arc<SecretString>>,
 }
 
-/// What the browser sent that the APIs must see too: its cookies (the session) and the request id
-/// (so the services' logs line up with ours).
+/// What the browser sent that the APIs must see too: its cookies (the session), the request id
+/// (so the services' logs line up with ours) and its address (for auth's rate limits).
 #[derive(Debug, Clone, Default)]
 pub struct Forwarded {
     cookie: Option<HeaderValue>,
     request_id: Option<HeaderValue>,
+    client_address: Option<IpAddr>,
 }
 
 impl Forwarded {
@@ -62,6 +68,7 @@ impl Forwarded {
         Self {
             cookie,
             request_id: headers.get("x-request-id").cloned(),
+            client_address: None,
         }
     }
 }
@@ -70,7 +77,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Forwarded {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self::from_headers(&parts.headers))
+        Ok(Self {
+            // The browser, as our proxy saw it (or as it reached us directly).
+            client_address: common::client_address::sender(parts),
+            ..Self::from_headers(&parts.headers)
+        })
     }
 }
 
@@ -231,7 +242,7 @@ pub struct Payment {
 }
 
 impl Api {
-    pub fn new(base: &str) -> anyhow::Result<Self> {
+    pub fn new(base: &str, client_address_key: Option<SecretString>) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
@@ -243,6 +254,7 @@ impl Api {
         Ok(Self {
             http,
             base: Arc::from(base.trim_end_matches('/')),
+            client_address_key: client_address_key.map(Arc::new),
         })
     }
 
@@ -383,6 +395,14 @@ impl Api {
         }
         if let Some(id) = &fwd.request_id {
             request = request.header("x-request-id", id.clone());
+        }
+        // Only auth needs the browser's address; the key goes nowhere else.
+        if path.starts_with("/api/users/")
+            && let (Some(key), Some(address)) = (&self.client_address_key, fwd.client_address)
+        {
+            request = request
+                .header(CLIENT_ADDRESS_HEADER, address.to_string())
+                .header(CLIENT_ADDRESS_KEY_HEADER, key.expose_secret());
         }
         if let Some(body) = body {
             request = request.json(&body);

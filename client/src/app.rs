@@ -33,7 +33,8 @@ pub struct Application(App);
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let state = AppState {
-            api: Api::new(&settings.api_base_url).context("building the HTTP client")?,
+            api: Api::new(&settings.api_base_url, settings.client_address_key)
+                .context("building the HTTP client")?,
             stripe_publishable_key: settings.stripe_publishable_key.map(Arc::from),
         };
         let router = with_layers(routes::router(state));

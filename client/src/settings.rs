@@ -2,6 +2,7 @@
 
 use common::settings::{Env, HttpSettings, SettingsError};
 use reqwest::Url;
+use secrecy::SecretString;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -11,6 +12,8 @@ pub struct Settings {
     pub api_base_url: String,
     /// Stripe's publishable key for Checkout; without it the pay form sends Stripe's test token.
     pub stripe_publishable_key: Option<String>,
+    /// The key with which calls to auth vouch for the browser's address (`CLIENT_ADDRESS_KEY`).
+    pub client_address_key: Option<SecretString>,
 }
 
 impl Settings {
@@ -19,6 +22,7 @@ impl Settings {
             http: HttpSettings::from_env(env)?,
             api_base_url: api_base_url(&env.require("API_BASE_URL")?)?,
             stripe_publishable_key: publishable_key(env.optional("STRIPE_PUBLISHABLE_KEY"))?,
+            client_address_key: common::settings::client_address_key(env)?,
         })
     }
 }

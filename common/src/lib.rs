@@ -1,6 +1,7 @@
 //! Shared building blocks of the ticketing services. Nothing here knows about any particular service.
 
 pub mod bus;
+pub mod client_address;
 pub mod error;
 pub mod events;
 pub mod extract;

@@ -181,6 +181,27 @@ impl JwtSettings {
     }
 }
 
+/// The shortest `CLIENT_ADDRESS_KEY` accepted (a guessable key would let anyone pick their address).
+pub const CLIENT_ADDRESS_KEY_MIN_BYTES: usize = 32;
+
+/// `CLIENT_ADDRESS_KEY` (client and auth; see `crate::client_address`), optional: without it the
+/// client vouches for nothing and auth ignores the vouched-for address.
+pub fn client_address_key(env: &Env) -> Result<Option<SecretString>, SettingsError> {
+    let Some(key) = env.optional("CLIENT_ADDRESS_KEY") else {
+        return Ok(None);
+    };
+    if key.len() < CLIENT_ADDRESS_KEY_MIN_BYTES {
+        return Err(SettingsError::Invalid {
+            name: "CLIENT_ADDRESS_KEY",
+            reason: format!(
+                "it is {} bytes long; it must be at least {CLIENT_ADDRESS_KEY_MIN_BYTES}",
+                key.len()
+            ),
+        });
+    }
+    Ok(Some(SecretString::from(key)))
+}
+
 /// Seconds from an environment variable, e.g. `EXPIRATION_WINDOW_SECONDS`.
 pub fn seconds_or(env: &Env, name: &'static str, default: u64) -> Result<Duration, SettingsError> {
     env.parse_or(name, default).map(Duration::from_secs)
@@ -212,6 +233,16 @@ mod tests {
         );
         let env = Env::from_pairs([("JWT_KEY", "k".repeat(32))]);
         assert!(JwtSettings::from_env(&env).is_ok());
+    }
+
+    #[test]
+    fn a_short_client_address_key_is_refused_and_none_is_allowed() {
+        let short = Env::from_pairs([("CLIENT_ADDRESS_KEY", "short")]);
+        assert!(client_address_key(&short).is_err());
+        let long = Env::from_pairs([("CLIENT_ADDRESS_KEY", "k".repeat(32))]);
+        assert!(matches!(client_address_key(&long), Ok(Some(_))));
+        let none = Env::from_pairs::<&str, &str>([]);
+        assert!(matches!(client_address_key(&none), Ok(None)));
     }
 
     #[test]

@@ -439,3 +439,52 @@ async fn a_flood_of_bad_passwords_for_one_email_slows_that_email_only_and_never_
         StatusCode::BAD_REQUEST
     );
 }
+
+#[tokio::test]
+async fn the_address_the_web_client_vouches_for_with_the_key_gets_its_own_budget() {
+    const KEY: &str = "client-address-key-for-these-tests";
+    let app = spawn_app_with(&[
+        ("AUTH_RATE_LIMIT_PER_MINUTE", "2"),
+        ("CLIENT_ADDRESS_KEY", KEY),
+    ])
+    .await;
+    // Every call comes from the same peer and forwarded hop (the web client, as the ingress saw it).
+    let attempt = |browser: &'static str, key: &'static str| {
+        let app = &app;
+        async move {
+            app.client
+                .post(app.url("/api/users/signin"))
+                .header("x-forwarded-for", "10.1.0.5")
+                .header("x-client-address", browser)
+                .header("x-client-address-key", key)
+                .json(&json!({ "email": format!("{browser}@test.com"), "password": "guess" }))
+                .send()
+                .await
+                .expect("request")
+                .status()
+        }
+    };
+    for _ in 0..2 {
+        assert_eq!(attempt("203.0.113.1", KEY).await, StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(
+        attempt("203.0.113.1", KEY).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Another browser behind the same client has its own budget.
+    assert_eq!(attempt("203.0.113.2", KEY).await, StatusCode::BAD_REQUEST);
+    // Without the right key the header is not believed: the forwarded hop counts, and a browser
+    // cannot pick a fresh address for each attempt.
+    assert_eq!(
+        attempt("198.51.100.1", "a-guessed-key").await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        attempt("198.51.100.2", "a-guessed-key").await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        attempt("198.51.100.3", "a-guessed-key").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}

@@ -4,7 +4,7 @@ use serde_json::json;
 use wiremock::matchers::{body_json, header, method, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{COOKIE_VALUE, errors, order, spawn_app, ticket};
+use crate::helpers::{CLIENT_ADDRESS_KEY, COOKIE_VALUE, errors, order, spawn_app, ticket};
 
 const SESSION: &str =
     "express:sess=eyJqd3QiOiJuZXcifQ==; path=/; max-age=86400; samesite=lax; httponly";
@@ -580,4 +580,57 @@ async fn every_form_posted_from_another_site_is_refused_before_reaching_the_apis
         .filter(|r| r.method.as_str() != "GET")
         .collect();
     assert!(posts.is_empty(), "the APIs were asked: {posts:?}");
+}
+
+#[tokio::test]
+async fn calls_to_auth_vouch_for_the_browsers_address_with_the_key_and_no_other_api_gets_it() {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "test@test.com").await;
+    Mock::given(method("POST"))
+        .and(path("/api/users/signin"))
+        .respond_with(
+            ResponseTemplate::new(400).set_body_json(errors(&[("Invalid credentials.", None)])),
+        )
+        .mount(&app.api)
+        .await;
+    app.given_get("/api/orders", 200, json!([])).await;
+
+    // The proxy in front of the client appended the browser's address as the last hop.
+    let forwarded = [("x-forwarded-for", "198.51.100.1, 203.0.113.77")];
+    app.post_form_with(
+        "/auth/signin",
+        &[("email", "a@test.com"), ("password", "wrong")],
+        None,
+        &forwarded,
+    )
+    .await;
+    app.browser
+        .get(app.url("/orders"))
+        .header("cookie", COOKIE_VALUE)
+        .header("x-forwarded-for", "203.0.113.77")
+        .send()
+        .await
+        .expect("the orders page");
+
+    let signin = app.requests_to("/api/users/signin").await;
+    assert_eq!(signin.len(), 1);
+    let header_of = |request: &wiremock::Request, name: &str| {
+        request
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        header_of(&signin[0], "x-client-address").as_deref(),
+        Some("203.0.113.77")
+    );
+    assert_eq!(
+        header_of(&signin[0], "x-client-address-key").as_deref(),
+        Some(CLIENT_ADDRESS_KEY)
+    );
+    let orders = app.requests_to("/api/orders").await;
+    assert_eq!(orders.len(), 1);
+    assert_eq!(header_of(&orders[0], "x-client-address-key"), None);
+    assert_eq!(header_of(&orders[0], "x-client-address"), None);
 }

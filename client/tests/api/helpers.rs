@@ -26,6 +26,9 @@ impl Drop for TestApp {
     }
 }
 
+/// The key with which the test client vouches for browser addresses to auth.
+pub const CLIENT_ADDRESS_KEY: &str = "client-address-key-for-client-tests";
+
 pub async fn spawn_app() -> TestApp {
     let api = MockServer::start().await;
     let base = api.uri();
@@ -50,7 +53,12 @@ async fn spawn(api: MockServer, base: &str, stripe_key: Option<&str>) -> TestApp
     if std::env::var("TEST_LOG").is_ok() {
         common::telemetry::init("client-test");
     }
-    let mut pairs = vec![("HOST", "127.0.0.1"), ("PORT", "0"), ("API_BASE_URL", base)];
+    let mut pairs = vec![
+        ("HOST", "127.0.0.1"),
+        ("PORT", "0"),
+        ("API_BASE_URL", base),
+        ("CLIENT_ADDRESS_KEY", CLIENT_ADDRESS_KEY),
+    ];
     if let Some(key) = stripe_key {
         pairs.push(("STRIPE_PUBLISHABLE_KEY", key));
     }

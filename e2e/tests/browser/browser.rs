@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 pub const WAIT: Duration = Duration::from_secs(15);
 
-fn setting(name: &str) -> String {
+pub fn setting(name: &str) -> String {
     std::env::var(name)
         .unwrap_or_else(|_| panic!("{name} is not set: run the browser tests with scripts/e2e.sh"))
 }
@@ -86,6 +86,20 @@ impl Browser {
             artifacts,
             name: name.to_owned(),
         }
+    }
+
+    /// The app's address of `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.app, path)
+    }
+
+    /// Opens a page of another site: `html` served as a `data:` URL (its origin is opaque).
+    pub async fn visit_foreign_page(&self, html: &str) {
+        let encoded: String = url::form_urlencoded::byte_serialize(html.as_bytes()).collect();
+        self.client
+            .goto(&format!("data:text/html,{}", encoded.replace('+', "%20")))
+            .await
+            .expect("navigation to a foreign page");
     }
 
     pub async fn visit(&self, path: &str) {

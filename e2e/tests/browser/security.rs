@@ -1,0 +1,94 @@
+//! Cross-site form posts and per-browser rate limits, through the local proxy as in production.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use crate::browser::{Browser, WAIT, setting, unique};
+
+/// What the client's refusal page says (client/src/cross_site.rs).
+const CROSS_SITE_MESSAGE: &str = "This form was sent from another site.";
+
+#[tokio::test]
+async fn a_sign_in_form_posted_from_another_site_is_refused_and_signs_nobody_in() {
+    let browser = Browser::open("cross-site-signin").await;
+    // An attacker's page posting the attacker's credentials to our sign-in form (login CSRF): the
+    // browser sends it with `Origin: null` and `Sec-Fetch-Site: cross-site`.
+    let attacker = format!("{}@test.com", unique("attacker"));
+    let page = format!(
+        "<html><body><form id=\"f\" method=\"post\" action=\"{}\">\
+         <input name=\"email\" value=\"{attacker}\"><input name=\"password\" value=\"password1\">\
+         </form><script>document.getElementById(\"f\").submit()</script></body></html>",
+        browser.url("/auth/signin")
+    );
+    browser.visit_foreign_page(&page).await;
+
+    let deadline = std::time::Instant::now() + WAIT;
+    while !browser.body_text().await.contains(CROSS_SITE_MESSAGE) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cross-site post was not refused: {}",
+            browser.body_text().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    browser.screenshot("refused").await;
+    // Nobody is signed in on our site.
+    browser.visit("/").await;
+    assert!(browser.text("nav-signin").await.contains("Sign In"));
+    browser.close().await;
+}
+
+/// A browser at `address` (a loopback address of its own, so the proxy sees a distinct client).
+fn browser_at(address: Ipv4Addr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(IpAddr::V4(address))
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client")
+}
+
+/// Posts the sign-in form for an unknown email; returns the page's text.
+async fn failed_sign_in(browser: &reqwest::Client, app: &str) -> String {
+    let email = format!("{}@test.com", unique("nobody"));
+    browser
+        .post(format!("{app}/auth/signin"))
+        .form(&[("email", email.as_str()), ("password", "wrong-password")])
+        .send()
+        .await
+        .expect("the sign-in form is answered")
+        .text()
+        .await
+        .expect("a page")
+}
+
+#[tokio::test]
+async fn two_browsers_from_two_addresses_through_the_proxy_each_get_their_own_sign_in_limit() {
+    let app = setting("APP_URL").trim_end_matches('/').to_owned();
+    // auth's limit per address and minute (scripts/app.sh passes the variable when it is set).
+    let limit: usize = std::env::var("AUTH_RATE_LIMIT_PER_MINUTE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let first = browser_at(Ipv4Addr::new(127, 0, 0, 2));
+    let second = browser_at(Ipv4Addr::new(127, 0, 0, 3));
+
+    // The client calls auth server-side; auth must still count each browser, not the client.
+    for attempt in 0..limit {
+        let page = failed_sign_in(&first, &app).await;
+        assert!(
+            page.contains("Invalid credentials."),
+            "attempt {attempt} of the first browser: {page}"
+        );
+    }
+    let page = failed_sign_in(&first, &app).await;
+    assert!(
+        page.contains("Too many attempts"),
+        "the first browser is over its limit: {page}"
+    );
+    let page = failed_sign_in(&second, &app).await;
+    assert!(
+        page.contains("Invalid credentials."),
+        "the second browser has its own budget: {page}"
+    );
+}

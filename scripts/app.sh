@@ -20,10 +20,10 @@
 #   orders       + EXPIRATION_WINDOW_SECONDS (only when set in the caller's environment)
 #   payments     + STRIPE_KEY, STRIPE_API_BASE (stripe-mock: sk_test_123, http://127.0.0.1:12111)
 #   expiration   NATS_URL, REDIS_URL
-#   client       API_BASE_URL=http://127.0.0.1:8080, CLIENT_ADDRESS_KEY,
+#   client       API_BASE_URL=http://127.0.0.1:8080, CLIENT_ADDRESS_KEY, CSRF_KEY,
 #                STRIPE_PUBLISHABLE_KEY (when set)
-# JWT_KEY, CLIENT_ADDRESS_KEY (auth and client): taken from the environment, else generated once
-# into .data/jwt_key, .data/client_address_key (mode 0600).
+# JWT_KEY, CLIENT_ADDRESS_KEY (auth and client), CSRF_KEY (client): taken from the environment,
+# else generated once into .data/jwt_key, .data/client_address_key, .data/csrf_key (mode 0600).
 # Environment:
 #   APP_PROFILE        release (default: cargo build --release -p <each service>, target/release/)
 #                      or debug (cargo build --bins -p <each service>, target/debug/)
@@ -135,6 +135,7 @@ service_settings() {
     client)
       echo "API_BASE_URL=http://127.0.0.1:$NGINX_PORT"
       echo "CLIENT_ADDRESS_KEY=$APP_CLIENT_ADDRESS_KEY"
+      echo "CSRF_KEY=$APP_CSRF_KEY"
       if [[ -n "${STRIPE_PUBLISHABLE_KEY:-}" ]]; then echo "STRIPE_PUBLISHABLE_KEY=$STRIPE_PUBLISHABLE_KEY"; fi
       ;;
   esac
@@ -279,6 +280,7 @@ cmd_up() {
   export STRIPE_KEY STRIPE_API_BASE MONGO_URL NATS_URL REDIS_URL
   APP_JWT_KEY="$(kept_key JWT_KEY jwt_key "a JWT key")"
   APP_CLIENT_ADDRESS_KEY="$(kept_key CLIENT_ADDRESS_KEY client_address_key "the key with which the client vouches for browser addresses to auth")"
+  APP_CSRF_KEY="$(kept_key CSRF_KEY csrf_key "the key behind the client's CSRF form tokens")"
 
   # 2. build
   if ((${#services[@]} == 0)); then

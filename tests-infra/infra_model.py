@@ -44,11 +44,12 @@ HTTP_PORT = 3000
 
 # Secrets and config maps the manifests may reference, with the keys the docs tell people to create.
 SECRET_REFS = {"jwt-secret": {"JWT_KEY"}, "stripe-secret": {"STRIPE_KEY"},
-               "client-address-secret": {"CLIENT_ADDRESS_KEY"}}
+               "client-address-secret": {"CLIENT_ADDRESS_KEY"}, "csrf-secret": {"CSRF_KEY"}}
 CONFIG_MAP_REFS = {"stripe-config": {"STRIPE_PUBLISHABLE_KEY"}}
 # Variables whose value is a credential: never a literal in a manifest.
 SECRET_VARS = {"JWT_KEY": ("jwt-secret", "JWT_KEY"), "STRIPE_KEY": ("stripe-secret", "STRIPE_KEY"),
-               "CLIENT_ADDRESS_KEY": ("client-address-secret", "CLIENT_ADDRESS_KEY")}
+               "CLIENT_ADDRESS_KEY": ("client-address-secret", "CLIENT_ADDRESS_KEY"),
+               "CSRF_KEY": ("csrf-secret", "CSRF_KEY")}
 # Variables that are not secret but must never hold a committed key value either.
 KEY_VARS = {"STRIPE_PUBLISHABLE_KEY"}
 
@@ -63,7 +64,8 @@ ENV_CONTRACT: dict[str, dict[str, bool]] = {
     "orders": {**_COMMON, **_JWT, **_MONGO, **_NATS, "EXPIRATION_WINDOW_SECONDS": O},
     "payments": {**_COMMON, **_JWT, **_MONGO, **_NATS, "STRIPE_KEY": R, "STRIPE_API_BASE": O},
     "expiration": {**_COMMON, **_NATS, "REDIS_URL": R},
-    "client": {**_COMMON, "API_BASE_URL": R, "STRIPE_PUBLISHABLE_KEY": O, "CLIENT_ADDRESS_KEY": O},
+    "client": {**_COMMON, "API_BASE_URL": R, "STRIPE_PUBLISHABLE_KEY": O, "CLIENT_ADDRESS_KEY": O,
+               "CSRF_KEY": R, "COOKIE_SECURE": O},
 }
 # Read by every service without appearing as a literal (tracing's EnvFilter reads it itself).
 IMPLICIT_ENV = {"RUST_LOG": O}

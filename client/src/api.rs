@@ -54,15 +54,17 @@ pub struct Forwarded {
 
 impl Forwarded {
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        // HTTP/2 browsers may split cookies over several headers; HTTP/1.1 wants them in one.
+        // HTTP/2 browsers may split cookies over several headers; HTTP/1.1 wants them in one. Our
+        // own CSRF cookie stays here: the APIs have no use for it.
         let cookies: Vec<&[u8]> = headers
             .get_all(COOKIE)
             .iter()
-            .map(HeaderValue::as_bytes)
+            .flat_map(|value| value.as_bytes().split(|byte| *byte == b';'))
+            .map(<[u8]>::trim_ascii)
+            .filter(|pair| !pair.is_empty() && !crate::csrf::is_token_cookie(pair))
             .collect();
         let cookie = match cookies.as_slice() {
             [] => None,
-            [one] => HeaderValue::from_bytes(one).ok(),
             many => HeaderValue::from_bytes(&many.join(&b"; "[..])).ok(),
         };
         Self {

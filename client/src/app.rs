@@ -5,17 +5,20 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::Router;
+use axum::extract::FromRef;
 use axum::http::HeaderValue;
 use axum::http::header::{
     CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
 use axum::middleware::{from_fn, map_response};
 use axum::response::Response;
+use axum_csrf::CsrfConfig;
 use common::server::{App, Background, Server, with_standard_layers};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::Api;
 use crate::cross_site::refuse_cross_site_posts;
+use crate::csrf;
 use crate::routes;
 use crate::settings::Settings;
 use crate::views::internal_error_page;
@@ -25,6 +28,14 @@ use crate::views::internal_error_page;
 pub struct AppState {
     pub api: Api,
     pub stripe_publishable_key: Option<Arc<str>>,
+    /// How forms' CSRF tokens are made and checked (see `csrf`).
+    pub csrf: CsrfConfig,
+}
+
+impl FromRef<AppState> for CsrfConfig {
+    fn from_ref(state: &AppState) -> Self {
+        state.csrf.clone()
+    }
 }
 
 /// Nothing runs beside the server: no listeners or relays.
@@ -36,6 +47,7 @@ impl Application {
             api: Api::new(&settings.api_base_url, settings.client_address_key)
                 .context("building the HTTP client")?,
             stripe_publishable_key: settings.stripe_publishable_key.map(Arc::from),
+            csrf: csrf::config(&settings.csrf_key, settings.cookie_secure),
         };
         let router = with_layers(routes::router(state));
         let server = Server::bind(&settings.http).await?;

@@ -3,8 +3,9 @@
 //! request whose page was on another site, including a sibling subdomain that `SameSite` cookies
 //! would let through, is answered 403 with an HTML page before any handler runs.
 //!
-//! Requests carrying neither header (API tools, tests, very old browsers) pass: no browser that
-//! an attacker's page could drive omits both.
+//! Requests carrying neither header (API tools, tests, very old browsers) pass this check: no
+//! browser that an attacker's page could drive omits both. They still need the form's CSRF token
+//! (`crate::csrf`, checked after this layer).
 
 use axum::extract::Request;
 use axum::http::{HeaderMap, Method, StatusCode, header};

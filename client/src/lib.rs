@@ -5,6 +5,7 @@ pub mod api;
 pub mod app;
 pub mod assets;
 pub mod cross_site;
+pub mod csrf;
 pub mod page;
 pub mod routes;
 pub mod settings;

@@ -4,6 +4,8 @@ use common::settings::{Env, HttpSettings, SettingsError};
 use reqwest::Url;
 use secrecy::SecretString;
 
+use crate::csrf::CsrfKey;
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub http: HttpSettings,
@@ -14,6 +16,10 @@ pub struct Settings {
     pub stripe_publishable_key: Option<String>,
     /// The key with which calls to auth vouch for the browser's address (`CLIENT_ADDRESS_KEY`).
     pub client_address_key: Option<SecretString>,
+    /// The secret behind the forms' CSRF tokens (`CSRF_KEY`), the same on every replica.
+    pub csrf_key: CsrfKey,
+    /// `Secure` on the cookies the client itself sets (`COOKIE_SECURE`, as for auth's session).
+    pub cookie_secure: bool,
 }
 
 impl Settings {
@@ -23,6 +29,8 @@ impl Settings {
             api_base_url: api_base_url(&env.require("API_BASE_URL")?)?,
             stripe_publishable_key: publishable_key(env.optional("STRIPE_PUBLISHABLE_KEY"))?,
             client_address_key: common::settings::client_address_key(env)?,
+            csrf_key: CsrfKey::new(env.require("CSRF_KEY")?)?,
+            cookie_secure: env.flag_or("COOKIE_SECURE", false)?,
         })
     }
 }
@@ -60,8 +68,15 @@ fn publishable_key(key: Option<String>) -> Result<Option<String>, SettingsError>
 mod tests {
     use super::*;
 
+    const CSRF_KEY: &str = "csrf-key-for-the-client-settings-tests";
+
+    /// `pairs` plus a valid CSRF_KEY unless they bring their own.
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
-        Settings::from_env(&Env::from_pairs(pairs.iter().copied()))
+        let mut pairs = pairs.to_vec();
+        if !pairs.iter().any(|(name, _)| *name == "CSRF_KEY") {
+            pairs.push(("CSRF_KEY", CSRF_KEY));
+        }
+        Settings::from_env(&Env::from_pairs(pairs))
     }
 
     #[test]
@@ -120,6 +135,33 @@ mod tests {
                 ..
             })
         ));
+        Ok(())
+    }
+
+    #[test]
+    fn the_csrf_key_is_required_and_must_be_long_enough() {
+        let env = |key: &str| {
+            Settings::from_env(&Env::from_pairs([
+                ("API_BASE_URL", "http://x"),
+                ("CSRF_KEY", key),
+            ]))
+        };
+        assert_eq!(env("").err(), Some(SettingsError::Missing("CSRF_KEY")));
+        assert!(matches!(
+            env("too-short"),
+            Err(SettingsError::Invalid {
+                name: "CSRF_KEY",
+                ..
+            })
+        ));
+        assert!(env(CSRF_KEY).is_ok());
+    }
+
+    #[test]
+    fn cookies_are_secure_only_when_asked() -> Result<(), SettingsError> {
+        assert!(!settings(&[("API_BASE_URL", "http://x")])?.cookie_secure);
+        let secure = settings(&[("API_BASE_URL", "http://x"), ("COOKIE_SECURE", "true")])?;
+        assert!(secure.cookie_secure);
         Ok(())
     }
 }

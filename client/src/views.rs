@@ -121,10 +121,18 @@ pub struct AuthPage {
     /// What the user typed, shown again after an error (the password never is).
     pub email: String,
     pub errors: FormErrors,
+    /// The hidden field's CSRF token (`csrf::FormToken`).
+    pub csrf_token: String,
 }
 
 impl AuthPage {
-    pub fn new(viewer: Viewer, mode: AuthMode, email: String, errors: FormErrors) -> Self {
+    pub fn new(
+        viewer: Viewer,
+        mode: AuthMode,
+        email: String,
+        errors: FormErrors,
+        csrf_token: String,
+    ) -> Self {
         let (heading, form_id, action, password_autocomplete) = match mode {
             AuthMode::SignUp => ("Sign Up", "signup-form", "/auth/signup", "new-password"),
             AuthMode::SignIn => ("Sign In", "signin-form", "/auth/signin", "current-password"),
@@ -137,6 +145,7 @@ impl AuthPage {
             password_autocomplete,
             email,
             errors,
+            csrf_token,
         }
     }
 }
@@ -145,6 +154,8 @@ impl AuthPage {
 #[template(path = "signout.html")]
 pub struct SignoutPage {
     pub viewer: Viewer,
+    /// The hidden field's CSRF token (`csrf::FormToken`).
+    pub csrf_token: String,
 }
 
 #[derive(Template)]
@@ -154,6 +165,8 @@ pub struct NewTicketPage {
     pub title: String,
     pub price: String,
     pub errors: FormErrors,
+    /// The hidden field's CSRF token (`csrf::FormToken`).
+    pub csrf_token: String,
 }
 
 #[derive(Template)]
@@ -162,6 +175,8 @@ pub struct TicketPage {
     pub viewer: Viewer,
     pub ticket: TicketRow,
     pub errors: FormErrors,
+    /// The hidden field's CSRF token (`csrf::FormToken`).
+    pub csrf_token: String,
 }
 
 pub struct OrderRow {
@@ -244,6 +259,8 @@ pub struct OrderPage {
     pub state: OrderState,
     pub checkout: Checkout,
     pub errors: FormErrors,
+    /// The hidden field's CSRF token (`csrf::FormToken`).
+    pub csrf_token: String,
 }
 
 impl OrderPage {
@@ -253,6 +270,7 @@ impl OrderPage {
         now: DateTime<Utc>,
         stripe_key: Option<String>,
         errors: FormErrors,
+        csrf_token: String,
     ) -> Self {
         let email = viewer.user().map(|u| u.email.clone()).unwrap_or_default();
         Self {
@@ -268,6 +286,7 @@ impl OrderPage {
             title: order.ticket.title,
             viewer,
             errors,
+            csrf_token,
         }
     }
 }

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::api::{ApiError, FormErrors, Forwarded};
 use crate::app::AppState;
+use crate::csrf::FormToken;
 use crate::page::{HtmlForm, PageError, viewer};
 use crate::views::{AuthMode, AuthPage, SignoutPage, render};
 
@@ -20,7 +21,8 @@ pub fn router() -> Router<AppState> {
         .route("/auth/signout", get(signout_page).post(signout))
 }
 
-/// Missing fields are empty, so the API's validation messages describe them.
+/// Missing fields are empty, so the API's validation messages describe them. The CSRF field was
+/// checked by `csrf::require_form_token` and is ignored here.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct CredentialsForm {
@@ -28,45 +30,64 @@ pub struct CredentialsForm {
     pub password: String,
 }
 
-async fn signup_form(State(state): State<AppState>, fwd: Forwarded) -> Result<Response, PageError> {
-    form_page(&state, &fwd, AuthMode::SignUp).await
+async fn signup_form(
+    State(state): State<AppState>,
+    fwd: Forwarded,
+    csrf: FormToken,
+) -> Result<Response, PageError> {
+    form_page(&state, &fwd, AuthMode::SignUp, csrf).await
 }
 
-async fn signin_form(State(state): State<AppState>, fwd: Forwarded) -> Result<Response, PageError> {
-    form_page(&state, &fwd, AuthMode::SignIn).await
+async fn signin_form(
+    State(state): State<AppState>,
+    fwd: Forwarded,
+    csrf: FormToken,
+) -> Result<Response, PageError> {
+    form_page(&state, &fwd, AuthMode::SignIn, csrf).await
 }
 
 async fn signup(
     State(state): State<AppState>,
     fwd: Forwarded,
+    csrf: FormToken,
     HtmlForm(form): HtmlForm<CredentialsForm>,
 ) -> Result<Response, PageError> {
-    submit(&state, &fwd, AuthMode::SignUp, form).await
+    submit(&state, &fwd, AuthMode::SignUp, form, csrf).await
 }
 
 async fn signin(
     State(state): State<AppState>,
     fwd: Forwarded,
+    csrf: FormToken,
     HtmlForm(form): HtmlForm<CredentialsForm>,
 ) -> Result<Response, PageError> {
-    submit(&state, &fwd, AuthMode::SignIn, form).await
+    submit(&state, &fwd, AuthMode::SignIn, form, csrf).await
 }
 
 async fn form_page(
     state: &AppState,
     fwd: &Forwarded,
     mode: AuthMode,
+    csrf: FormToken,
 ) -> Result<Response, PageError> {
     let (viewer, cookies) = viewer(&state.api, fwd).await?;
-    let page = AuthPage::new(viewer, mode, String::new(), FormErrors::default());
-    Ok((cookies, render(StatusCode::OK, &page)).into_response())
+    let page = AuthPage::new(
+        viewer,
+        mode,
+        String::new(),
+        FormErrors::default(),
+        csrf.field().to_owned(),
+    );
+    Ok((csrf, cookies, render(StatusCode::OK, &page)).into_response())
 }
 
+/// `csrf` is only used when the form is shown again.
 async fn submit(
     state: &AppState,
     fwd: &Forwarded,
     mode: AuthMode,
     form: CredentialsForm,
+    csrf: FormToken,
 ) -> Result<Response, PageError> {
     let result = match mode {
         AuthMode::SignUp => state.api.signup(fwd, &form.email, &form.password).await,
@@ -81,8 +102,8 @@ async fn submit(
         }) => {
             let (viewer, more) = viewer(&state.api, fwd).await?;
             cookies.extend(more);
-            let page = AuthPage::new(viewer, mode, form.email, errors);
-            Ok((cookies, render(status, &page)).into_response())
+            let page = AuthPage::new(viewer, mode, form.email, errors, csrf.field().to_owned());
+            Ok((csrf, cookies, render(status, &page)).into_response())
         }
         Err(err) => Err(err.into()),
     }
@@ -94,9 +115,14 @@ async fn submit(
 async fn signout_page(
     State(state): State<AppState>,
     fwd: Forwarded,
+    csrf: FormToken,
 ) -> Result<Response, PageError> {
     let (viewer, cookies) = viewer(&state.api, &fwd).await?;
-    Ok((cookies, render(StatusCode::OK, &SignoutPage { viewer })).into_response())
+    let page = SignoutPage {
+        viewer,
+        csrf_token: csrf.field().to_owned(),
+    };
+    Ok((csrf, cookies, render(StatusCode::OK, &page)).into_response())
 }
 
 async fn signout(State(state): State<AppState>, fwd: Forwarded) -> Result<Response, PageError> {

@@ -2,12 +2,14 @@
 
 use axum::Router;
 use axum::extract::State;
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::api::Forwarded;
 use crate::app::AppState;
 use crate::assets;
+use crate::csrf::require_form_token;
 use crate::page::not_found;
 
 pub mod auth;
@@ -26,6 +28,8 @@ pub fn router(state: AppState) -> Router {
         .route("/static/app.css", get(assets::stylesheet))
         .route("/static/forms.js", get(assets::forms_script))
         .route("/static/order.js", get(assets::order_script))
+        // Only on the routes above: a POST to an unknown path stays a 404 page.
+        .route_layer(from_fn_with_state(state.csrf.clone(), require_form_token))
         .fallback(unknown_path)
         .method_not_allowed_fallback(unknown_path)
         .with_state(state)

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::api::{ApiError, FormErrors, Forwarded, SetCookies, is_id};
 use crate::app::AppState;
+use crate::csrf::FormToken;
 use crate::page::{HtmlForm, PageError, not_found, signed_in_viewer};
 use crate::views::{OrderPage, OrdersPage, render};
 
@@ -46,6 +47,7 @@ async fn index(State(state): State<AppState>, fwd: Forwarded) -> Result<Response
 async fn show(
     State(state): State<AppState>,
     fwd: Forwarded,
+    csrf: FormToken,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     order_page(
@@ -55,6 +57,7 @@ async fn show(
         StatusCode::OK,
         FormErrors::default(),
         SetCookies::default(),
+        csrf,
     )
     .await
 }
@@ -62,6 +65,7 @@ async fn show(
 async fn pay(
     State(state): State<AppState>,
     fwd: Forwarded,
+    csrf: FormToken,
     Path(id): Path<String>,
     HtmlForm(form): HtmlForm<PayForm>,
 ) -> Result<Response, PageError> {
@@ -94,7 +98,7 @@ async fn pay(
             status,
             errors,
             cookies,
-        }) => order_page(&state, &fwd, &id, status, errors, cookies).await,
+        }) => order_page(&state, &fwd, &id, status, errors, cookies, csrf).await,
         Err(err) => Err(err.into()),
     }
 }
@@ -106,6 +110,7 @@ async fn order_page(
     status: StatusCode,
     errors: FormErrors,
     mut cookies: SetCookies,
+    csrf: FormToken,
 ) -> Result<Response, PageError> {
     let (viewer, more) = signed_in_viewer(&state.api, fwd).await?;
     cookies.extend(more);
@@ -123,6 +128,13 @@ async fn order_page(
     };
     cookies.extend(order.cookies);
     let stripe_key = state.stripe_publishable_key.as_deref().map(str::to_owned);
-    let page = OrderPage::new(viewer, order.body, chrono::Utc::now(), stripe_key, errors);
-    Ok((cookies, render(status, &page)).into_response())
+    let page = OrderPage::new(
+        viewer,
+        order.body,
+        chrono::Utc::now(),
+        stripe_key,
+        errors,
+        csrf.field().to_owned(),
+    );
+    Ok((csrf, cookies, render(status, &page)).into_response())
 }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::api::{ApiError, FormErrors, Forwarded, SetCookies, is_id};
 use crate::app::AppState;
+use crate::csrf::FormToken;
 use crate::page::{HtmlForm, PageError, not_found, signed_in_viewer, viewer};
 use crate::views::{NewTicketPage, TicketPage, TicketRow, Viewer, render};
 
@@ -25,20 +26,26 @@ pub struct TicketForm {
     pub price: String,
 }
 
-async fn new_form(State(state): State<AppState>, fwd: Forwarded) -> Result<Response, PageError> {
+async fn new_form(
+    State(state): State<AppState>,
+    fwd: Forwarded,
+    csrf: FormToken,
+) -> Result<Response, PageError> {
     let (viewer, cookies) = signed_in_viewer(&state.api, &fwd).await?;
     let page = NewTicketPage {
         viewer,
         title: String::new(),
         price: String::new(),
         errors: FormErrors::default(),
+        csrf_token: csrf.field().to_owned(),
     };
-    Ok((cookies, render(StatusCode::OK, &page)).into_response())
+    Ok((csrf, cookies, render(StatusCode::OK, &page)).into_response())
 }
 
 async fn create(
     State(state): State<AppState>,
     fwd: Forwarded,
+    csrf: FormToken,
     HtmlForm(form): HtmlForm<TicketForm>,
 ) -> Result<Response, PageError> {
     match state
@@ -63,8 +70,9 @@ async fn create(
                 title: form.title,
                 price: form.price,
                 errors,
+                csrf_token: csrf.field().to_owned(),
             };
-            Ok((cookies, render(status, &page)).into_response())
+            Ok((csrf, cookies, render(status, &page)).into_response())
         }
         Err(err) => Err(err.into()),
     }
@@ -73,6 +81,7 @@ async fn create(
 async fn show(
     State(state): State<AppState>,
     fwd: Forwarded,
+    csrf: FormToken,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     ticket_page(
@@ -82,6 +91,7 @@ async fn show(
         StatusCode::OK,
         FormErrors::default(),
         SetCookies::default(),
+        csrf,
     )
     .await
 }
@@ -90,6 +100,7 @@ async fn show(
 async fn purchase(
     State(state): State<AppState>,
     fwd: Forwarded,
+    csrf: FormToken,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     if !is_id(&id) {
@@ -112,7 +123,7 @@ async fn purchase(
             status,
             errors,
             cookies,
-        }) => ticket_page(&state, &fwd, &id, status, errors, cookies).await,
+        }) => ticket_page(&state, &fwd, &id, status, errors, cookies, csrf).await,
         Err(err) => Err(err.into()),
     }
 }
@@ -124,6 +135,7 @@ async fn ticket_page(
     status: StatusCode,
     errors: FormErrors,
     mut cookies: SetCookies,
+    csrf: FormToken,
 ) -> Result<Response, PageError> {
     if !is_id(id) {
         return Err(not_found(&state.api, fwd).await);
@@ -137,6 +149,7 @@ async fn ticket_page(
         viewer,
         ticket: TicketRow::from(ticket.body),
         errors,
+        csrf_token: csrf.field().to_owned(),
     };
-    Ok((cookies, render(status, &page)).into_response())
+    Ok((csrf, cookies, render(status, &page)).into_response())
 }

@@ -4,7 +4,9 @@ use serde_json::json;
 use wiremock::matchers::{body_json, header, method, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{CLIENT_ADDRESS_KEY, COOKIE_VALUE, errors, order, spawn_app, ticket};
+use crate::helpers::{
+    CLIENT_ADDRESS_KEY, COOKIE_VALUE, errors, order, spawn_app, spawn_app_with_csrf_key, ticket,
+};
 
 const SESSION: &str =
     "express:sess=eyJqd3QiOiJuZXcifQ==; path=/; max-age=86400; samesite=lax; httponly";
@@ -116,6 +118,11 @@ async fn a_rejected_signup_shows_every_message_next_to_its_field_and_keeps_the_e
     assert_eq!(page.input_value("password"), "");
     page.assert_contains(&[r#"aria-invalid="true" aria-describedby="email-error""#]);
     assert!(page.set_cookies().is_empty());
+    assert!(
+        page.csrf_field().is_some(),
+        "the form shown again can be sent again"
+    );
+    assert!(page.csrf_cookie().is_some());
 }
 
 #[tokio::test]
@@ -533,20 +540,6 @@ async fn a_failing_api_during_a_submit_answers_502_with_a_page() {
 async fn every_form_posted_from_another_site_is_refused_before_reaching_the_apis() {
     let app = spawn_app().await;
     app.given_signed_in(COOKIE_VALUE, "test@test.com").await;
-    let forms: [(&str, &[(&str, &str)]); 6] = [
-        (
-            "/auth/signin",
-            &[("email", "attacker@evil.example"), ("password", "secret")],
-        ),
-        (
-            "/auth/signup",
-            &[("email", "attacker@evil.example"), ("password", "secret")],
-        ),
-        ("/auth/signout", &[]),
-        ("/tickets/new", &[("title", "concert"), ("price", "10")]),
-        (&format!("/tickets/{TICKET_ID}"), &[]),
-        (&format!("/orders/{ORDER_ID}"), &[("token", "tok_visa")]),
-    ];
     let cross_site: [&[(&str, &str)]; 4] = [
         &[("sec-fetch-site", "cross-site")],
         // A sibling subdomain: SameSite=Lax cookies would go along.
@@ -554,10 +547,11 @@ async fn every_form_posted_from_another_site_is_refused_before_reaching_the_apis
         &[("origin", "https://evil.example")],
         &[("origin", "null")],
     ];
-    for (path, fields) in forms {
+    // Even with a valid CSRF token (an attacker cannot get one; this checks the other defence).
+    for (path, fields) in every_form() {
         for headers in cross_site {
             let page = app
-                .post_form_with(path, fields, Some(COOKIE_VALUE), headers)
+                .post_form_with(&path, &fields, Some(COOKIE_VALUE), headers)
                 .await;
             assert_eq!(page.status, StatusCode::FORBIDDEN, "{path} {headers:?}");
             assert!(
@@ -633,4 +627,174 @@ async fn calls_to_auth_vouch_for_the_browsers_address_with_the_key_and_no_other_
     assert_eq!(orders.len(), 1);
     assert_eq!(header_of(&orders[0], "x-client-address-key"), None);
     assert_eq!(header_of(&orders[0], "x-client-address"), None);
+}
+
+/// Every form of the client: where it posts and what it sends.
+fn every_form() -> Vec<(String, Vec<(&'static str, &'static str)>)> {
+    vec![
+        (
+            "/auth/signin".into(),
+            vec![("email", "attacker@evil.example"), ("password", "secret")],
+        ),
+        (
+            "/auth/signup".into(),
+            vec![("email", "attacker@evil.example"), ("password", "secret")],
+        ),
+        ("/auth/signout".into(), vec![]),
+        (
+            "/tickets/new".into(),
+            vec![("title", "concert"), ("price", "10")],
+        ),
+        (format!("/tickets/{TICKET_ID}"), vec![]),
+        (format!("/orders/{ORDER_ID}"), vec![("token", "tok_visa")]),
+    ]
+}
+
+#[tokio::test]
+async fn every_form_without_its_own_csrf_token_is_refused_before_reaching_the_apis() {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "test@test.com").await;
+    let (cookie, field) = client::csrf::issue_pair(&app.csrf)
+        .await
+        .expect("a token pair");
+    let (_, other_field) = client::csrf::issue_pair(&app.csrf)
+        .await
+        .expect("another token pair");
+    let with_cookie = format!("{COOKIE_VALUE}; {cookie}");
+    // (case, CSRF field, Cookie header)
+    let cases: [(&str, Option<&str>, &str); 5] = [
+        ("missing token", None, &with_cookie),
+        ("empty token", Some(""), &with_cookie),
+        ("token without its cookie", Some(&field), COOKIE_VALUE),
+        ("wrong token", Some(&other_field), &with_cookie),
+        ("garbage token", Some("not base64!"), &with_cookie),
+    ];
+    let origin = format!("http://{}", app.addr);
+    // A browser on our own page, and a client that sends neither Origin nor Sec-Fetch-Site.
+    let senders: [&[(&str, &str)]; 2] = [
+        &[("origin", &origin), ("sec-fetch-site", "same-origin")],
+        &[],
+    ];
+    for (path, fields) in every_form() {
+        for (case, token, cookie) in cases {
+            for headers in senders {
+                let mut fields = fields.clone();
+                if let Some(token) = token {
+                    fields.push((client::csrf::CSRF_FIELD, token));
+                }
+                let page = app
+                    .post_form_raw(&path, &fields, Some(cookie), headers)
+                    .await;
+                assert_eq!(
+                    page.status,
+                    StatusCode::FORBIDDEN,
+                    "{path} {case} {headers:?}"
+                );
+                assert!(
+                    page.html.contains(client::csrf::CSRF_MESSAGE),
+                    "{path} {case}: {}",
+                    page.html
+                );
+                assert!(
+                    page.all_set_cookies().is_empty(),
+                    "{path} {case}: no cookie is set or cleared"
+                );
+            }
+        }
+    }
+    let asked = app.api.received_requests().await.unwrap_or_default();
+    assert!(asked.is_empty(), "the APIs were asked: {asked:?}");
+}
+
+#[tokio::test]
+async fn every_page_with_a_form_carries_a_csrf_field_and_sets_its_cookie() {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    app.given_get(
+        &format!("/api/tickets/{TICKET_ID}"),
+        200,
+        ticket(TICKET_ID, "Concert", 20.0),
+    )
+    .await;
+    let expires_at = Utc::now() + Duration::minutes(1);
+    app.given_get(
+        &format!("/api/orders/{ORDER_ID}"),
+        200,
+        order(ORDER_ID, "created", expires_at, "Concert", 20.0),
+    )
+    .await;
+
+    for (path, _) in every_form() {
+        let page = app.get(&path, Some(COOKIE_VALUE)).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.html);
+        let field = page.csrf_field();
+        assert!(
+            field.as_deref().is_some_and(|f| !f.is_empty()),
+            "{path}: no CSRF field in:\n{}",
+            page.html
+        );
+        let set_cookie = page.csrf_set_cookie().unwrap_or_default();
+        for flag in ["HttpOnly", "SameSite=Lax", "Path=/", "Expires="] {
+            assert!(
+                set_cookie.contains(flag),
+                "{path}: {flag} missing from {set_cookie:?}"
+            );
+        }
+        assert!(!set_cookie.contains("Secure"), "{path}: {set_cookie}");
+
+        // The same browser keeps its token, so two open tabs both work.
+        let cookie = page.csrf_cookie().unwrap_or_default();
+        let again = app
+            .get(&path, Some(&format!("{COOKIE_VALUE}; {cookie}")))
+            .await;
+        assert_eq!(again.csrf_field(), field, "{path}");
+    }
+    // The APIs never see the client's own cookie.
+    for request in app.api.received_requests().await.unwrap_or_default() {
+        let sent = request.headers.get("cookie").and_then(|v| v.to_str().ok());
+        assert_eq!(sent, Some(COOKIE_VALUE), "{}", request.url);
+    }
+}
+
+#[tokio::test]
+async fn a_form_loaded_from_one_replica_is_accepted_by_another_with_the_same_csrf_key() {
+    let first = spawn_app().await;
+    let second = spawn_app().await;
+    let other_key = spawn_app_with_csrf_key("a-different-csrf-key-for-another-deployment").await;
+    first.given_anonymous().await;
+    for replica in [&second, &other_key] {
+        Mock::given(method("POST"))
+            .and(path("/api/users/signin"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .append_header("set-cookie", SESSION)
+                    .set_body_json(json!({})),
+            )
+            .mount(&replica.api)
+            .await;
+    }
+
+    let form = first.get("/auth/signin", None).await;
+    let cookie = form
+        .csrf_cookie()
+        .expect("the form page sets the CSRF cookie");
+    let field = form.csrf_field().expect("the form carries the CSRF field");
+    let fields = [
+        ("email", "a@test.com"),
+        ("password", "password"),
+        (client::csrf::CSRF_FIELD, field.as_str()),
+    ];
+    let signed_in = second
+        .post_form_raw("/auth/signin", &fields, Some(&cookie), &[])
+        .await;
+    let refused = other_key
+        .post_form_raw("/auth/signin", &fields, Some(&cookie), &[])
+        .await;
+
+    signed_in.assert_redirect("/");
+    assert_eq!(signed_in.set_cookies(), [SESSION]);
+    assert_eq!(second.requests_to("/api/users/signin").await.len(), 1);
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(refused.html.contains(client::csrf::CSRF_MESSAGE));
+    assert!(other_key.requests_to("/api/users/signin").await.is_empty());
 }

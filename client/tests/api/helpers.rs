@@ -1,7 +1,9 @@
 use std::net::SocketAddr;
 
+use axum_csrf::CsrfConfig;
 use chrono::{DateTime, Utc};
 use client::app::Application;
+use client::csrf::{CSRF_COOKIE, CSRF_FIELD, CsrfKey};
 use client::settings::Settings;
 use common::settings::Env;
 use reqwest::header::{CONTENT_TYPE, COOKIE, HeaderMap, LOCATION, SET_COOKIE};
@@ -17,6 +19,8 @@ pub struct TestApp {
     /// A browser that does not follow redirects, so tests see them.
     pub browser: reqwest::Client,
     pub api: MockServer,
+    /// The app's CSRF configuration, to make the token pair a page would have given the browser.
+    pub csrf: CsrfConfig,
     shutdown: CancellationToken,
 }
 
@@ -28,17 +32,24 @@ impl Drop for TestApp {
 
 /// The key with which the test client vouches for browser addresses to auth.
 pub const CLIENT_ADDRESS_KEY: &str = "client-address-key-for-client-tests";
+/// Every test app's `CSRF_KEY` unless a test gives its own.
+pub const CSRF_KEY: &str = "csrf-key-for-the-client-tests-0123456789";
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with_csrf_key(CSRF_KEY).await
+}
+
+/// A replica whose forms' tokens come from `csrf_key`.
+pub async fn spawn_app_with_csrf_key(csrf_key: &str) -> TestApp {
     let api = MockServer::start().await;
     let base = api.uri();
-    spawn(api, &base, None).await
+    spawn(api, &base, None, csrf_key).await
 }
 
 pub async fn spawn_app_with_stripe(publishable_key: &str) -> TestApp {
     let api = MockServer::start().await;
     let base = api.uri();
-    spawn(api, &base, Some(publishable_key)).await
+    spawn(api, &base, Some(publishable_key), CSRF_KEY).await
 }
 
 /// The client configured with an API base where nothing listens.
@@ -46,10 +57,10 @@ pub async fn spawn_app_without_api() -> TestApp {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
     let base = format!("http://{}", closed.local_addr().expect("its address"));
     drop(closed);
-    spawn(MockServer::start().await, &base, None).await
+    spawn(MockServer::start().await, &base, None, CSRF_KEY).await
 }
 
-async fn spawn(api: MockServer, base: &str, stripe_key: Option<&str>) -> TestApp {
+async fn spawn(api: MockServer, base: &str, stripe_key: Option<&str>, csrf_key: &str) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {
         common::telemetry::init("client-test");
     }
@@ -58,11 +69,16 @@ async fn spawn(api: MockServer, base: &str, stripe_key: Option<&str>) -> TestApp
         ("PORT", "0"),
         ("API_BASE_URL", base),
         ("CLIENT_ADDRESS_KEY", CLIENT_ADDRESS_KEY),
+        ("CSRF_KEY", csrf_key),
     ];
     if let Some(key) = stripe_key {
         pairs.push(("STRIPE_PUBLISHABLE_KEY", key));
     }
     let settings = Settings::from_env(&Env::from_pairs(pairs)).expect("test settings");
+    let csrf = client::csrf::config(
+        &CsrfKey::new(csrf_key.to_owned()).expect("a long enough CSRF key"),
+        settings.cookie_secure,
+    );
     let app = Application::build(settings)
         .await
         .expect("the client app builds");
@@ -76,6 +92,7 @@ async fn spawn(api: MockServer, base: &str, stripe_key: Option<&str>) -> TestApp
             .build()
             .expect("a test HTTP client"),
         api,
+        csrf,
         shutdown,
     }
 }
@@ -108,12 +125,43 @@ impl Page {
             .unwrap_or_default()
     }
 
-    pub fn set_cookies(&self) -> Vec<&str> {
+    /// Every `Set-Cookie`, the CSRF token's included.
+    pub fn all_set_cookies(&self) -> Vec<&str> {
         self.headers
             .get_all(SET_COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect()
+    }
+
+    /// The `Set-Cookie`s other than the CSRF token's (the session's, passed on from the APIs).
+    pub fn set_cookies(&self) -> Vec<&str> {
+        self.all_set_cookies()
+            .into_iter()
+            .filter(|c| !c.starts_with(&format!("{CSRF_COOKIE}=")))
+            .collect()
+    }
+
+    /// The CSRF cookie this page set, whole (`csrf=...; HttpOnly; ...`).
+    pub fn csrf_set_cookie(&self) -> Option<&str> {
+        self.all_set_cookies()
+            .into_iter()
+            .find(|c| c.starts_with(&format!("{CSRF_COOKIE}=")))
+    }
+
+    /// The `csrf=...` pair a browser sends back after this page.
+    pub fn csrf_cookie(&self) -> Option<String> {
+        self.csrf_set_cookie()
+            .and_then(|c| c.split(';').next())
+            .map(str::to_owned)
+    }
+
+    /// The value of the form's hidden CSRF field.
+    pub fn csrf_field(&self) -> Option<String> {
+        let marker = format!(r#"name="{CSRF_FIELD}" value=""#);
+        let start = self.html.find(&marker)? + marker.len();
+        let value = &self.html[start..];
+        Some(value[..value.find('"')?].to_owned())
     }
 
     /// Asserts a 303 to `to`, as after a successful form.
@@ -226,7 +274,7 @@ impl TestApp {
     }
 
     /// Submits a form the way a browser does from one of our pages (urlencoded, with the
-    /// `Origin` and `Sec-Fetch-Site` a browser sends).
+    /// `Origin` and `Sec-Fetch-Site` a browser sends, and the page's CSRF field and cookie).
     pub async fn post_form(
         &self,
         path: &str,
@@ -243,8 +291,30 @@ impl TestApp {
         .await
     }
 
-    /// Submits a form with these request headers (e.g. a page of another site's).
+    /// Submits a form from one of our pages (valid CSRF field and cookie) with these request
+    /// headers (e.g. a page of another site's).
     pub async fn post_form_with(
+        &self,
+        path: &str,
+        fields: &[(&str, &str)],
+        cookie: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Page {
+        let (csrf_cookie, csrf_field) = client::csrf::issue_pair(&self.csrf)
+            .await
+            .expect("a CSRF token pair");
+        let mut fields = fields.to_vec();
+        fields.push((CSRF_FIELD, &csrf_field));
+        let cookie = match cookie {
+            Some(cookie) => format!("{cookie}; {csrf_cookie}"),
+            None => csrf_cookie,
+        };
+        self.post_form_raw(path, &fields, Some(&cookie), headers)
+            .await
+    }
+
+    /// Submits exactly these fields, cookie and headers: no CSRF token is added.
+    pub async fn post_form_raw(
         &self,
         path: &str,
         fields: &[(&str, &str)],

@@ -38,28 +38,51 @@ async fn a_sign_in_form_posted_from_another_site_is_refused_and_signs_nobody_in(
     browser.close().await;
 }
 
-/// A browser at `address` (a loopback address of its own, so the proxy sees a distinct client).
+/// A browser at `address` (a loopback address of its own, so the proxy sees a distinct client),
+/// keeping its cookies (the form's CSRF cookie goes back with the form).
 fn browser_at(address: Ipv4Addr) -> reqwest::Client {
     reqwest::Client::builder()
         .local_address(IpAddr::V4(address))
+        .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
         .build()
         .expect("an HTTP client")
 }
 
-/// Posts the sign-in form for an unknown email; returns the page's text.
+/// Loads the sign-in page and posts its form for an unknown email; returns the page's text.
 async fn failed_sign_in(browser: &reqwest::Client, app: &str) -> String {
+    let form = browser
+        .get(format!("{app}/auth/signin"))
+        .send()
+        .await
+        .expect("the sign-in page is answered")
+        .text()
+        .await
+        .expect("a page");
+    let csrf_token =
+        csrf_field(&form).unwrap_or_else(|| panic!("no CSRF field in the sign-in page: {form}"));
     let email = format!("{}@test.com", unique("nobody"));
     browser
         .post(format!("{app}/auth/signin"))
-        .form(&[("email", email.as_str()), ("password", "wrong-password")])
+        .form(&[
+            ("email", email.as_str()),
+            ("password", "wrong-password"),
+            ("csrf_token", csrf_token.as_str()),
+        ])
         .send()
         .await
         .expect("the sign-in form is answered")
         .text()
         .await
         .expect("a page")
+}
+
+/// The value of a page's hidden `csrf_token` field.
+fn csrf_field(html: &str) -> Option<String> {
+    let marker = r#"name="csrf_token" value=""#;
+    let value = &html[html.find(marker)? + marker.len()..];
+    Some(value[..value.find('"')?].to_owned())
 }
 
 #[tokio::test]

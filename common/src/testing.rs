@@ -109,3 +109,18 @@ const CHARGE_TEMPLATE: &str = r#"{
   "statement_descriptor": null, "statement_descriptor_suffix": null, "status": "succeeded",
   "transfer_data": null, "transfer_group": null
 }"#;
+
+/// The rule failures of a request body as `field:message` lines, in the order the API answers them
+/// (none when it is valid): for the request types' unit tests.
+pub fn rule_failures<T: crate::extract::FromBody>(body: serde_json::Value) -> Vec<String> {
+    let object = match body {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    };
+    crate::extract::validate_body::<T>(object)
+        .err()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| format!("{}:{}", e.field.unwrap_or_default(), e.message))
+        .collect()
+}

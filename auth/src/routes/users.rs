@@ -332,12 +332,7 @@ mod tests {
     }
 
     fn errors<T: FromBody>(body: serde_json::Value) -> Vec<String> {
-        validate_body::<T>(body.as_object().cloned().unwrap_or_default())
-            .err()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|e| format!("{}:{}", e.field.unwrap_or_default(), e.message))
-            .collect()
+        common::testing::rule_failures::<T>(body)
     }
 
     #[test]

@@ -251,12 +251,7 @@ mod tests {
     }
 
     fn messages(body: Value) -> Vec<String> {
-        validate(body)
-            .err()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|e| format!("{}:{}", e.field.unwrap_or_default(), e.message))
-            .collect()
+        common::testing::rule_failures::<NewOrder>(body)
     }
 
     #[test]

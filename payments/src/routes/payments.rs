@@ -160,12 +160,7 @@ mod tests {
     use common::extract::validate_body;
 
     fn fields(body: Value) -> Vec<String> {
-        validate_body::<NewPayment>(body.as_object().cloned().unwrap_or_default())
-            .err()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|e| format!("{}:{}", e.field.unwrap_or_default(), e.message))
-            .collect()
+        common::testing::rule_failures::<NewPayment>(body)
     }
 
     #[test]

@@ -174,6 +174,10 @@ pub struct NewTicketPage {
 pub struct TicketPage {
     pub viewer: Viewer,
     pub ticket: TicketRow,
+    /// Whether an order holds the ticket (reserved or sold): no "Purchase" then.
+    pub taken: bool,
+    /// The viewer's own order holding it, to link to.
+    pub own_order: Option<String>,
     pub errors: FormErrors,
     /// The hidden field's CSRF token (`csrf::FormToken`).
     pub csrf_token: String,

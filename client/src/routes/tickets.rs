@@ -145,8 +145,23 @@ async fn ticket_page(
     cookies.extend(more);
     let ticket = ticket.map_err(|err| PageError::from_api(err, &viewer))?;
     cookies.extend(ticket.cookies);
+    let holder = ticket.body.order_id.clone().filter(|id| is_id(id));
+    // The order API answers only its owner: a 200 means the viewer holds the ticket. Any other
+    // answer (someone else's order, the API down) just shows the ticket as taken.
+    let own_order = match (&holder, &viewer) {
+        (Some(order_id), Viewer::SignedIn(_)) => match state.api.order(fwd, order_id).await {
+            Ok(order) => {
+                cookies.extend(order.cookies);
+                Some(order_id.clone())
+            }
+            Err(_) => None,
+        },
+        _ => None,
+    };
     let page = TicketPage {
         viewer,
+        taken: ticket.body.order_id.is_some(),
+        own_order,
         ticket: TicketRow::from(ticket.body),
         errors,
         csrf_token: csrf.field().to_owned(),

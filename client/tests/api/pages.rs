@@ -153,6 +153,66 @@ async fn the_ticket_page_shows_title_price_and_a_purchase_button_to_a_signed_in_
 }
 
 #[tokio::test]
+async fn a_reserved_or_sold_ticket_offers_no_purchase_and_its_holder_gets_a_link_to_the_order() {
+    const HOLDING_ORDER: &str = "64b7f0c2a1b2c3d4e5f6b0aa";
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    let mut taken = ticket(TICKET_A, "Concert", 20.0);
+    taken["orderId"] = json!(HOLDING_ORDER);
+    app.given_get(&format!("/api/tickets/{TICKET_A}"), 200, taken)
+        .await;
+    // Someone else's order: the orders API does not show it to this viewer.
+    app.given_get(
+        &format!("/api/orders/{HOLDING_ORDER}"),
+        401,
+        json!({ "errors": [{ "message": "Not authorized" }] }),
+    )
+    .await;
+
+    let page = app
+        .get(&format!("/tickets/{TICKET_A}"), Some(COOKIE_VALUE))
+        .await;
+
+    assert_eq!(page.status, StatusCode::OK);
+    page.assert_contains(&[
+        "Price: €20.00",
+        r#"id="ticket-taken">This ticket is reserved or sold."#,
+    ]);
+    page.assert_lacks(&["purchase-form", "purchase-button", "own-order-link"]);
+
+    // The holder sees the way to its order instead.
+    let holder = spawn_app().await;
+    holder.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    let mut taken = ticket(TICKET_A, "Concert", 20.0);
+    taken["orderId"] = json!(HOLDING_ORDER);
+    holder
+        .given_get(&format!("/api/tickets/{TICKET_A}"), 200, taken)
+        .await;
+    holder
+        .given_get(
+            &format!("/api/orders/{HOLDING_ORDER}"),
+            200,
+            order(
+                HOLDING_ORDER,
+                "created",
+                Utc::now() + Duration::minutes(1),
+                "Concert",
+                20.0,
+            ),
+        )
+        .await;
+
+    let page = holder
+        .get(&format!("/tickets/{TICKET_A}"), Some(COOKIE_VALUE))
+        .await;
+
+    page.assert_contains(&[&format!(
+        r#"<a class="button" href="/orders/{HOLDING_ORDER}" id="own-order-link">Go to your order</a>"#
+    )]);
+    page.assert_lacks(&["purchase-form"]);
+}
+
+#[tokio::test]
 async fn a_signed_out_visitor_is_invited_to_sign_in_instead_of_purchasing() {
     let app = spawn_app().await;
     app.given_anonymous().await;

@@ -183,6 +183,26 @@ impl Browser {
             .expect("text")
     }
 
+    /// Waits, without reloading, until the page shows `text` (after a click or a form that submits
+    /// itself); a page read mid-navigation is read again.
+    pub async fn wait_for_text(&self, text: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let body = match self.client.find(Locator::Css("body")).await {
+                Ok(body) => body.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if body.contains(text) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the page never showed {text:?}:\n{body}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Reloads until the page contains `text` (for states that arrive through events).
     pub async fn reload_until_text(&self, text: &str, limit: Duration) {
         let deadline = Instant::now() + limit;

@@ -3,38 +3,64 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use crate::browser::{Browser, WAIT, setting, unique};
+use crate::browser::{Browser, setting, unique};
 
 /// What the client's refusal page says (client/src/cross_site.rs).
 const CROSS_SITE_MESSAGE: &str = "This form was sent from another site.";
 
-#[tokio::test]
-async fn a_sign_in_form_posted_from_another_site_is_refused_and_signs_nobody_in() {
-    let browser = Browser::open("cross-site-signin").await;
-    // An attacker's page posting the attacker's credentials to our sign-in form (login CSRF): the
-    // browser sends it with `Origin: null` and `Sec-Fetch-Site: cross-site`.
-    let attacker = format!("{}@test.com", unique("attacker"));
+/// Opens a page of another site that posts a form to `action` with `fields` as soon as it loads,
+/// and waits for our refusal page.
+async fn post_from_another_site(browser: &Browser, action: &str, fields: &[(&str, &str)]) {
+    let inputs: String = fields
+        .iter()
+        .map(|(name, value)| format!("<input name=\"{name}\" value=\"{value}\">"))
+        .collect();
     let page = format!(
-        "<html><body><form id=\"f\" method=\"post\" action=\"{}\">\
-         <input name=\"email\" value=\"{attacker}\"><input name=\"password\" value=\"password1\">\
-         </form><script>document.getElementById(\"f\").submit()</script></body></html>",
-        browser.url("/auth/signin")
+        "<html><body><form id=\"f\" method=\"post\" action=\"{}\">{inputs}</form>\
+         <script>document.getElementById(\"f\").submit()</script></body></html>",
+        browser.url(action)
     );
     browser.visit_foreign_page(&page).await;
+    browser.wait_for_text(CROSS_SITE_MESSAGE).await;
+}
 
-    let deadline = std::time::Instant::now() + WAIT;
-    while !browser.body_text().await.contains(CROSS_SITE_MESSAGE) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the cross-site post was not refused: {}",
-            browser.body_text().await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+#[tokio::test]
+async fn every_form_posted_from_another_site_is_refused_and_signs_nobody_in() {
+    let browser = Browser::open("cross-site-forms").await;
+    // An attacker's page posting the attacker's credentials to our sign-in form (login CSRF), and
+    // every other form: the browser sends them with `Origin: null`, `Sec-Fetch-Site: cross-site`.
+    let attacker = format!("{}@test.com", unique("attacker"));
+    let some_id = "64b7f0c2a1b2c3d4e5f6a0ff";
+    let forms: [(String, Vec<(&str, &str)>); 6] = [
+        (
+            "/auth/signin".to_owned(),
+            vec![("email", attacker.as_str()), ("password", "password1")],
+        ),
+        (
+            "/auth/signup".to_owned(),
+            vec![("email", attacker.as_str()), ("password", "password1")],
+        ),
+        ("/auth/signout".to_owned(), vec![]),
+        (
+            "/tickets/new".to_owned(),
+            vec![("title", "Forged"), ("price", "1")],
+        ),
+        (format!("/tickets/{some_id}"), vec![]),
+        (format!("/orders/{some_id}"), vec![("token", "tok_visa")]),
+    ];
+    for (action, fields) in &forms {
+        post_from_another_site(&browser, action, fields).await;
     }
     browser.screenshot("refused").await;
-    // Nobody is signed in on our site.
+    // Nobody was signed up or in on our site.
     browser.visit("/").await;
     assert!(browser.text("nav-signin").await.contains("Sign In"));
+    browser.visit("/auth/signin").await;
+    browser.fill("email", &attacker).await;
+    browser.fill("password", "password1").await;
+    browser.click("signin-form-button").await;
+    // The forged signup created no account: signing in with its credentials fails.
+    browser.wait_for_text("Invalid credentials.").await;
     browser.close().await;
 }
 

@@ -29,8 +29,6 @@ use crate::views::{ErrorPage, Viewer, internal_error_page, render};
 pub const CSRF_COOKIE: &str = "csrf";
 /// The hidden form field holding the authenticity token.
 pub const CSRF_FIELD: &str = "csrf_token";
-/// The shortest `CSRF_KEY` accepted: the cookie key is derived from it (HKDF needs 256 bits).
-pub const CSRF_KEY_MIN_BYTES: usize = 32;
 /// What the refusal page says.
 pub const CSRF_MESSAGE: &str =
     "This form has expired or was not sent from this site. Reload the page and try again.";
@@ -44,17 +42,7 @@ pub struct CsrfKey(SecretString);
 impl CsrfKey {
     /// `key` is `CSRF_KEY`'s value; one too short is refused, naming the variable.
     pub fn new(key: String) -> Result<Self, SettingsError> {
-        if key.len() < CSRF_KEY_MIN_BYTES {
-            return Err(SettingsError::Invalid {
-                name: "CSRF_KEY",
-                reason: format!(
-                    "it is {} bytes long; it must be at least {CSRF_KEY_MIN_BYTES} \
-                     (generate one with `openssl rand -base64 32`)",
-                    key.len()
-                ),
-            });
-        }
-        Ok(Self(SecretString::from(key)))
+        common::settings::long_key("CSRF_KEY", key).map(Self)
     }
 }
 

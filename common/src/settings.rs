@@ -158,48 +158,41 @@ pub struct JwtSettings {
     pub key: SecretString,
 }
 
-/// The shortest HS256 key accepted: RFC 7518 asks for a key at least as long as the hash (256
-/// bits); a shorter one can be brute-forced from any session cookie.
-pub const JWT_KEY_MIN_BYTES: usize = 32;
+/// The shortest secret key accepted (`JWT_KEY`, `CLIENT_ADDRESS_KEY`, the client's `CSRF_KEY`):
+/// 256 bits. RFC 7518 asks that much of an HS256 key, a shorter one can be brute-forced from any
+/// session cookie, and HKDF (the CSRF cookie key) needs it too.
+pub const KEY_MIN_BYTES: usize = 32;
 
-impl JwtSettings {
-    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
-        let key = env.require("JWT_KEY")?;
-        if key.len() < JWT_KEY_MIN_BYTES {
-            return Err(SettingsError::Invalid {
-                name: "JWT_KEY",
-                reason: format!(
-                    "it is {} bytes long; it must be at least {JWT_KEY_MIN_BYTES} \
-                     (generate one with `openssl rand -base64 32`)",
-                    key.len()
-                ),
-            });
-        }
-        Ok(Self {
-            key: SecretString::from(key),
-        })
-    }
-}
-
-/// The shortest `CLIENT_ADDRESS_KEY` accepted (a guessable key would let anyone pick their address).
-pub const CLIENT_ADDRESS_KEY_MIN_BYTES: usize = 32;
-
-/// `CLIENT_ADDRESS_KEY` (client and auth; see `crate::client_address`), optional: without it the
-/// client vouches for nothing and auth ignores the vouched-for address.
-pub fn client_address_key(env: &Env) -> Result<Option<SecretString>, SettingsError> {
-    let Some(key) = env.optional("CLIENT_ADDRESS_KEY") else {
-        return Ok(None);
-    };
-    if key.len() < CLIENT_ADDRESS_KEY_MIN_BYTES {
+/// `key`, the value of the secret variable `name`, refused (naming it and its length) when shorter
+/// than [`KEY_MIN_BYTES`].
+pub fn long_key(name: &'static str, key: String) -> Result<SecretString, SettingsError> {
+    if key.len() < KEY_MIN_BYTES {
         return Err(SettingsError::Invalid {
-            name: "CLIENT_ADDRESS_KEY",
+            name,
             reason: format!(
-                "it is {} bytes long; it must be at least {CLIENT_ADDRESS_KEY_MIN_BYTES}",
+                "it is {} bytes long; it must be at least {KEY_MIN_BYTES} \
+                 (generate one with `openssl rand -base64 32`)",
                 key.len()
             ),
         });
     }
-    Ok(Some(SecretString::from(key)))
+    Ok(SecretString::from(key))
+}
+
+impl JwtSettings {
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        Ok(Self {
+            key: long_key("JWT_KEY", env.require("JWT_KEY")?)?,
+        })
+    }
+}
+
+/// `CLIENT_ADDRESS_KEY` (client and auth; see `crate::client_address`), optional: without it the
+/// client vouches for nothing and auth ignores the vouched-for address.
+pub fn client_address_key(env: &Env) -> Result<Option<SecretString>, SettingsError> {
+    env.optional("CLIENT_ADDRESS_KEY")
+        .map(|key| long_key("CLIENT_ADDRESS_KEY", key))
+        .transpose()
 }
 
 /// Seconds from an environment variable, e.g. `EXPIRATION_WINDOW_SECONDS`.

@@ -145,9 +145,10 @@ async fn spawn_background(
                     if !clock.calm_for(sweep.grace) {
                         return Ok(Outcome::Retry(EXPIRY_AFTER_OUTAGE_RETRY));
                     }
-                    let outcome = listeners::expiration_complete::handle(&store, &bus, event)
-                        .await
-                        .inspect_err(|_| clock.trouble())?;
+                    let outcome =
+                        listeners::expiration_complete::handle(&store, &bus, event, delivery)
+                            .await
+                            .inspect_err(|_| clock.trouble())?;
                     Ok(patient(outcome, delivery))
                 }
             },

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::listeners::expiration_complete::expire;
+use crate::listeners::expiration_complete::{Expiry, expire};
 use crate::store::OrderStore;
 
 /// When this process last saw the bus or the database in trouble. Cheap to clone.
@@ -98,10 +98,14 @@ pub async fn sweep_once(
     let before = Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     let mut cancelled = 0;
     for order in store.overdue(before, SWEEP_BATCH).await? {
-        if expire(store, bus, order.id).await?.is_some() {
-            tracing::warn!(order_id = %order.id, expires_at = %order.expires_at,
-                "the sweeper cancelled an order its expiration never reached");
-            cancelled += 1;
+        match expire(store, bus, order.id, None).await? {
+            Expiry::Cancelled(_) => {
+                tracing::warn!(order_id = %order.id, expires_at = %order.expires_at,
+                    "the sweeper cancelled an order its expiration never reached");
+                cancelled += 1;
+            }
+            // A payment still on its way goes first; the next pass looks again.
+            Expiry::PaymentWaiting | Expiry::Unchanged => {}
         }
     }
     Ok(cancelled)

@@ -34,6 +34,9 @@ pub enum Outcome {
 pub struct Delivery {
     /// 1 on the first delivery.
     pub attempt: i64,
+    /// The message's position in the stream (see [`EventBus::has_unhandled`]); `u64::MAX` if the
+    /// broker did not say (stream sequences start at 1), which orders it after everything.
+    pub sequence: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -204,7 +207,14 @@ async fn handle_one<E, H, Fut>(
         // second worker while it runs.
         let mut progress = tokio::time::interval(options.ack_wait / 2);
         progress.tick().await;
-        let handled = handler(event, Delivery { attempt }).instrument(span.clone());
+        let handled = handler(
+            event,
+            Delivery {
+                attempt,
+                sequence: if sequence == 0 { u64::MAX } else { sequence },
+            },
+        )
+        .instrument(span.clone());
         tokio::pin!(handled);
         loop {
             tokio::select! {

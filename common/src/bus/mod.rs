@@ -10,6 +10,7 @@ use bytes::Bytes;
 use crate::events::{Event, Subject};
 use crate::settings::NatsSettings;
 
+mod backlog;
 mod dead_letter;
 mod listener;
 

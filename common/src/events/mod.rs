@@ -80,6 +80,11 @@ impl OrderStatus {
         !matches!(self, OrderStatus::Cancelled)
     }
 
+    /// Whether the order still waits for its payment (it can be paid, cancelled or expire).
+    pub const fn is_open(self) -> bool {
+        matches!(self, OrderStatus::Created | OrderStatus::AwaitingPayment)
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             OrderStatus::Created => "created",

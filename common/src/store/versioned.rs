@@ -159,6 +159,23 @@ pub enum StoreError {
     Other(#[from] anyhow::Error),
 }
 
+/// Why publishing a change's events failed, and whether they reached the stream first.
+#[derive(Debug)]
+enum PublishError {
+    /// Not every event is in the stream.
+    NotSent(anyhow::Error),
+    /// Every event is in the stream; only marking the change published failed.
+    Sent(anyhow::Error),
+}
+
+impl PublishError {
+    fn cause(&self) -> &anyhow::Error {
+        match self {
+            PublishError::NotSent(err) | PublishError::Sent(err) => err,
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
@@ -460,21 +477,33 @@ impl<T: VersionedRecord> VersionedStore<T> {
 
     /// Publishes a change's events and marks it published. A failure is logged and left to the relay:
     /// the change is already durable, so the caller's request still succeeded.
-    pub async fn publish(&self, bus: &EventBus, committed: &Committed) {
+    ///
+    /// Returns whether the events are in the stream now (the broker acknowledged them), whatever
+    /// became of marking the change published.
+    pub async fn publish(&self, bus: &EventBus, committed: &Committed) -> bool {
         // While the broker is unreachable a publish would only wait for its ack timeout: answer the
         // request now and let the relay publish once the connection is back.
         if !bus.is_connected() {
             tracing::info!(change = %committed.change_id, "event bus disconnected; leaving the change to the outbox relay");
-            return;
+            return false;
         }
         match self
             .try_publish(bus, &committed.change_id, &committed.events)
             .await
         {
-            Ok(()) => committed.published.store(true, Ordering::Release),
-            Err(err) => {
+            Ok(()) => {
+                committed.published.store(true, Ordering::Release);
+                true
+            }
+            Err(PublishError::Sent(err)) => {
+                tracing::warn!(change = %committed.change_id, error = %format!("{err:#}"),
+                    "events published but the change not marked; the outbox relay will mark it");
+                true
+            }
+            Err(PublishError::NotSent(err)) => {
                 tracing::warn!(change = %committed.change_id, error = %format!("{err:#}"),
                     "publishing failed; the outbox relay will retry");
+                false
             }
         }
     }
@@ -484,17 +513,18 @@ impl<T: VersionedRecord> VersionedStore<T> {
         bus: &EventBus,
         change_id: &str,
         events: &[PendingEvent],
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), PublishError> {
         for event in events {
-            let subject = Subject::parse(&event.subject).with_context(|| {
-                format!("unknown subject {} in change {change_id}", event.subject)
-            })?;
+            let subject = Subject::parse(&event.subject)
+                .with_context(|| format!("unknown subject {} in change {change_id}", event.subject))
+                .map_err(PublishError::NotSent)?;
             bus.publish_raw(
                 subject,
                 &event.msg_id,
                 Bytes::from(event.payload.clone().into_bytes()),
             )
-            .await?;
+            .await
+            .map_err(PublishError::NotSent)?;
         }
         self.changes
             .update_one(
@@ -503,7 +533,8 @@ impl<T: VersionedRecord> VersionedStore<T> {
             )
             .bounded()
             .await
-            .context("marking a change published")?;
+            .context("marking a change published")
+            .map_err(PublishError::Sent)?;
         Ok(())
     }
 
@@ -541,7 +572,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
                     pass.waiting -= 1;
                 }
                 Err(err) => {
-                    tracing::warn!(change = %change.id, error = %format!("{err:#}"), "relay could not publish");
+                    tracing::warn!(change = %change.id, error = %format!("{:#}", err.cause()), "relay could not publish");
                     break;
                 }
             }

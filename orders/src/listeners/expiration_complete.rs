@@ -2,51 +2,90 @@
 //! cancel it (ticket released, `order:cancelled` published). A paid or already cancelled order is
 //! left alone, with no event (SPEC §8.4).
 
-use common::bus::{EventBus, Outcome};
-use common::events::{ExpirationComplete, OrderStatus};
+use common::bus::{Delivery, EventBus, Outcome};
+use common::events::{ExpirationComplete, PaymentCreated};
 use common::store::{Decision, StoreError, parse_object_id};
 use mongodb::bson::Bson;
 use mongodb::bson::oid::ObjectId;
 
-use super::RETRY_DELAY;
+use super::{QUEUE_GROUP, RETRY_DELAY};
 use crate::store::{Order, OrderStore, cancellation};
 
 pub async fn handle(
     store: &OrderStore,
     bus: &EventBus,
     event: ExpirationComplete,
+    delivery: Delivery,
 ) -> anyhow::Result<Outcome> {
     let Some(id) = parse_object_id(&event.order_id) else {
         return Ok(Outcome::Poison("the order id is not an ObjectId"));
     };
-    match expire(store, bus, id).await {
-        Ok(_) => Ok(Outcome::Ack),
+    match expire(store, bus, id, Some(delivery.sequence)).await {
+        Ok(Expiry::Cancelled(_) | Expiry::Unchanged) => Ok(Outcome::Ack),
+        Ok(Expiry::PaymentWaiting) => Ok(Outcome::Retry(RETRY_DELAY)),
         Err(StoreError::NotFound) => Ok(Outcome::Retry(RETRY_DELAY)),
         Err(err) => Err(err.into()),
     }
 }
 
+/// What [`expire`] did.
+#[derive(Debug)]
+pub enum Expiry {
+    /// The order was waiting for payment and is now cancelled.
+    Cancelled(Order),
+    /// The order is paid or cancelled already: nothing to do.
+    Unchanged,
+    /// A `payment:created` for the order, published before the expiry, is not applied yet: it
+    /// goes first (the buyer paid in time), so the expiry is looked at again later.
+    PaymentWaiting,
+}
+
 /// Cancels the order if it is still waiting for payment, exactly as its owner would (ticket
 /// released, `order:cancelled` published); a paid or cancelled order is left alone. Shared by this
-/// listener (the fast path) and the expiry sweeper (the guarantee). `Some` with the cancelled order
-/// when this call cancelled it.
+/// listener (the fast path, `published_before` = the expiry's stream sequence) and the expiry
+/// sweeper (the guarantee, `None`: any payment published so far goes first).
+///
+/// The payment and the expiry reach this service on separate consumers, so a stalled database
+/// can let a later expiry commit before an earlier payment: the expiry therefore steps aside while
+/// such a payment is still unhandled (the payments service answers "paid" only once its event is
+/// in the stream before the window's end, so a buyer told "paid" keeps the ticket).
 pub async fn expire(
     store: &OrderStore,
     bus: &EventBus,
     id: ObjectId,
-) -> Result<Option<Order>, StoreError> {
+    published_before: Option<u64>,
+) -> Result<Expiry, StoreError> {
+    let Some(current) = store.orders().get(Bson::ObjectId(id)).await? else {
+        return Err(StoreError::NotFound);
+    };
+    if !current.status.is_open() {
+        return Ok(Expiry::Unchanged);
+    }
+    let order_id = id.to_hex();
+    if bus
+        .has_unhandled::<PaymentCreated>(QUEUE_GROUP, published_before, |payment| {
+            payment.order_id == order_id
+        })
+        .await?
+    {
+        tracing::info!(%order_id, "an earlier payment of the order is not applied yet; the expiry waits for it");
+        return Ok(Expiry::PaymentWaiting);
+    }
     // `modify` re-reads and decides again if a payment commits first, so exactly one of them wins.
     let (order, committed) = store
         .orders()
-        .modify(Bson::ObjectId(id), |current: &Order| match current.status {
-            OrderStatus::Created | OrderStatus::AwaitingPayment => cancellation(current),
-            OrderStatus::Complete | OrderStatus::Cancelled => Ok(Decision::Unchanged),
+        .modify(Bson::ObjectId(id), |current: &Order| {
+            if current.status.is_open() {
+                cancellation(current)
+            } else {
+                Ok(Decision::Unchanged)
+            }
         })
         .await?;
     let Some(committed) = committed else {
-        return Ok(None);
+        return Ok(Expiry::Unchanged);
     };
     store.orders().publish(bus, &committed).await;
     tracing::info!(order_id = %order.id, version = order.version, "order expired and cancelled");
-    Ok(Some(order))
+    Ok(Expiry::Cancelled(order))
 }

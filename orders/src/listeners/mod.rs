@@ -34,18 +34,22 @@ pub fn patient(outcome: Outcome, delivery: Delivery) -> Outcome {
 mod tests {
     use super::*;
 
+    fn delivery(attempt: i64) -> Delivery {
+        Delivery {
+            attempt,
+            sequence: 1,
+        }
+    }
+
     #[test]
     fn retries_wait_longer_with_each_delivery_up_to_ten_times_the_delay() {
         let retry = Outcome::Retry(RETRY_DELAY);
-        assert_eq!(patient(retry, Delivery { attempt: 1 }), retry);
+        assert_eq!(patient(retry, delivery(1)), retry);
+        assert_eq!(patient(retry, delivery(3)), Outcome::Retry(RETRY_DELAY * 3));
         assert_eq!(
-            patient(retry, Delivery { attempt: 3 }),
-            Outcome::Retry(RETRY_DELAY * 3)
-        );
-        assert_eq!(
-            patient(retry, Delivery { attempt: 40 }),
+            patient(retry, delivery(40)),
             Outcome::Retry(RETRY_DELAY * 10)
         );
-        assert_eq!(patient(Outcome::Ack, Delivery { attempt: 5 }), Outcome::Ack);
+        assert_eq!(patient(Outcome::Ack, delivery(5)), Outcome::Ack);
     }
 }

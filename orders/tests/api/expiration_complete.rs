@@ -1,18 +1,29 @@
-use common::bus::Outcome;
+use common::bus::{Delivery, Outcome};
 use common::events::{ExpirationComplete, OrderCancelled, OrderStatus, PaymentCreated, TicketRef};
 use common::testing::new_user_id;
 use orders::listeners::expiration_complete::handle;
 use orders::sweeper::sweep_once;
 use reqwest::StatusCode;
 
-use crate::helpers::{Observer, TestApp, User, eventually, spawn_app, spawn_app_with};
+use crate::helpers::{
+    Observer, TestApp, User, eventually, spawn_app, spawn_app_in, spawn_app_with,
+};
 
+/// Handles an expiry as if it had been published after everything so far.
 async fn expire(app: &TestApp, order_id: &str) -> Outcome {
+    expire_published_at(app, order_id, u64::MAX).await
+}
+
+async fn expire_published_at(app: &TestApp, order_id: &str, sequence: u64) -> Outcome {
     handle(
         &app.store,
         &app.bus,
         ExpirationComplete {
             order_id: order_id.to_owned(),
+        },
+        Delivery {
+            attempt: 1,
+            sequence,
         },
     )
     .await
@@ -267,4 +278,55 @@ async fn after_an_outage_a_payment_held_back_behind_its_expiration_still_complet
     })
     .await;
     assert_eq!((order.status, order.version), (OrderStatus::Complete, 1));
+}
+
+#[tokio::test]
+async fn an_expiry_waits_for_a_payment_of_the_order_published_before_it_and_not_applied_yet() {
+    let app = spawn_app().await;
+    let user = User::new();
+    let (paid, _) = pending_order(&app, &user).await;
+    let (paid_too_late, _) = pending_order(&app, &user).await;
+    let (unpaid, _) = pending_order(&app, &user).await;
+    // With the listeners stopped, the payments wait in the stream, as behind a stalled database.
+    app.stop();
+    for order_id in [&paid, &paid_too_late] {
+        app.bus
+            .publish(&PaymentCreated {
+                id: new_user_id(),
+                order_id: order_id.clone(),
+                stripe_id: "ch_test".into(),
+            })
+            .await
+            .expect("payment published");
+    }
+
+    assert!(matches!(expire(&app, &paid).await, Outcome::Retry(_)));
+    assert_eq!(app.stored_order(&paid).await.status, OrderStatus::Created);
+    // An expiry published before the payment does not wait for it; another order's payment holds
+    // nothing up.
+    assert_eq!(
+        expire_published_at(&app, &paid_too_late, 1).await,
+        Outcome::Ack
+    );
+    assert_eq!(
+        app.stored_order(&paid_too_late).await.status,
+        OrderStatus::Cancelled
+    );
+    assert_eq!(expire(&app, &unpaid).await, Outcome::Ack);
+    assert_eq!(
+        app.stored_order(&unpaid).await.status,
+        OrderStatus::Cancelled
+    );
+
+    // Once the payment is applied the expiry finds the order paid and leaves it.
+    let restarted = spawn_app_in(app.env.clone()).await;
+    eventually("the waiting payment is applied", || async {
+        (restarted.stored_order(&paid).await.status == OrderStatus::Complete).then_some(())
+    })
+    .await;
+    assert_eq!(expire(&restarted, &paid).await, Outcome::Ack);
+    assert_eq!(
+        restarted.stored_order(&paid).await.status,
+        OrderStatus::Complete
+    );
 }

@@ -36,6 +36,14 @@ pub struct TestApp {
     shutdown: CancellationToken,
 }
 
+impl TestApp {
+    /// Stops the app's listeners and server (its durable consumers stay, with whatever they have
+    /// not handled); the test keeps its store and bus.
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();

@@ -108,6 +108,10 @@ async fn an_expiry_racing_a_payment_makes_exactly_one_transition() {
                 ExpirationComplete {
                     order_id: id.clone(),
                 },
+                common::bus::Delivery {
+                    attempt: 1,
+                    sequence: u64::MAX,
+                },
             );
             let paid = handle(&app.store, payment(id));
             let (expiry, paid) = tokio::join!(expiry, paid);

@@ -189,6 +189,10 @@ async fn after_a_cancellation_or_an_expiry_the_ticket_can_be_ordered_again() {
         common::events::ExpirationComplete {
             order_id: second.clone(),
         },
+        common::bus::Delivery {
+            attempt: 1,
+            sequence: u64::MAX,
+        },
     )
     .await
     .expect("expiry handled");

@@ -373,6 +373,31 @@ async fn a_charge_that_settles_after_the_window_closed_is_answered_as_being_conf
 }
 
 #[tokio::test]
+async fn a_charge_whose_payment_event_cannot_reach_the_stream_in_time_is_answered_as_being_confirmed_not_paid()
+ {
+    let app = spawn_app().await;
+    let (double, user, order) =
+        order_with_stripe(&app, 1500, answering_after(Duration::ZERO)).await;
+    // The stream is gone (the broker lost it): `payment:created` stays in the outbox, and the
+    // order's expiry could reach the orders service before it.
+    let nats = async_nats::connect(app.settings.nats.url.as_str())
+        .await
+        .expect("a NATS connection");
+    async_nats::jetstream::new(nats)
+        .delete_stream(&app.settings.nats.stream)
+        .await
+        .expect("the stream is deleted");
+
+    let reply = app.pay(&user, &order.id, "tok_visa").await;
+
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+    assert_eq!(double.charges().len(), 1);
+    let records = app.payment_records(&order.id).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].status, PaymentStatus::Succeeded);
+}
+
+#[tokio::test]
 async fn a_declined_card_fails_the_attempt_without_a_charge_and_a_new_card_pays() {
     let app = spawn_app().await;
     let (double, user, order) =

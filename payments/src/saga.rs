@@ -29,6 +29,7 @@ use common::store::{Committed, StoreError};
 use futures::StreamExt as _;
 use mongodb::bson::oid::ObjectId;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -278,20 +279,22 @@ impl PaymentSaga {
                 (Settlement::Unknown, Some(PayOutcome::Confirming))
             }
         };
-        let Some(settled) = self.record_or_leave(&attempt, settlement).await else {
+        let Some((settled, announced)) = self.record_or_leave(&attempt, settlement).await else {
             return Ok(PayOutcome::Confirming);
         };
         if let Some(answer) = answer {
             return Ok(answer);
         }
         match settled.status {
-            // Charged after the window closed: the order's expiry is under way and the orders
-            // service decides which came first (a cancelled order's charge is refunded). "Paid"
-            // could be untrue, so the buyer is told the payment is being confirmed.
+            // The orders service lets a `payment:created` that is in the stream before the order's
+            // expiry go first. Charged, but announced only after the window closed (or not yet,
+            // the relay will): the expiry may be first, and a cancelled order's charge is refunded.
+            // "Paid" could be untrue, so the buyer is told the payment is being confirmed.
             PaymentStatus::Succeeded
-                if settled.payment_id == attempt.payment_id && window_closed() =>
+                if settled.payment_id == attempt.payment_id && (!announced || window_closed()) =>
             {
-                tracing::warn!(order_id = %attempt.order_id, "charged after the order's window closed; the orders service decides");
+                tracing::warn!(order_id = %attempt.order_id, announced,
+                    "charged, but not announced before the order's window closed; the orders service decides");
                 Ok(PayOutcome::Confirming)
             }
             PaymentStatus::Succeeded if settled.payment_id == attempt.payment_id => {
@@ -308,11 +311,16 @@ impl PaymentSaga {
     }
 
     /// Records a settlement, retrying a failing database a little; `None` if it could not be
-    /// recorded (the attempt stays open and the reconciler repeats the charge with its key).
-    async fn record_or_leave(&self, attempt: &Payment, settlement: Settlement) -> Option<Payment> {
+    /// recorded (the attempt stays open and the reconciler repeats the charge with its key). With
+    /// the payment as stored, whether this call's events are in the stream.
+    async fn record_or_leave(
+        &self,
+        attempt: &Payment,
+        settlement: Settlement,
+    ) -> Option<(Payment, bool)> {
         let mut tries = 1;
         loop {
-            match self.record(attempt, settlement.clone()).await {
+            match self.record_announced(attempt, settlement.clone()).await {
                 Ok(payment) => return Some(payment),
                 Err(err) if tries < SETTLE_ATTEMPTS => {
                     tracing::warn!(order_id = %attempt.order_id, error = %err, tries,
@@ -336,18 +344,30 @@ impl PaymentSaga {
         attempt: &Payment,
         settlement: Settlement,
     ) -> Result<Payment, StoreError> {
+        Ok(self.record_announced(attempt, settlement).await?.0)
+    }
+
+    /// [`Self::record`], and whether the events this call committed are in the stream now
+    /// (`false` when it committed nothing: someone else settled the attempt).
+    async fn record_announced(
+        &self,
+        attempt: &Payment,
+        settlement: Settlement,
+    ) -> Result<(Payment, bool), StoreError> {
         if settlement == Settlement::Unknown {
             self.reconcile_wanted.store(true, Ordering::Release);
         }
         let (payment, committed) = self.payments.settle(attempt, settlement).await?;
-        if let Some(committed) = committed {
-            self.publish(&committed).await;
-        }
-        Ok(payment)
+        let announced = match committed {
+            Some(committed) => self.publish(&committed).await,
+            None => false,
+        };
+        Ok((payment, announced))
     }
 
-    async fn publish(&self, committed: &Committed) {
-        self.payments.versions().publish(&self.bus, committed).await;
+    /// Whether the events are in the stream now (else the outbox relay publishes them later).
+    async fn publish(&self, committed: &Committed) -> bool {
+        self.payments.versions().publish(&self.bus, committed).await
     }
 
     /// Refunds a `refunding` payment's charge (keyed by the charge: asking twice refunds once) and
@@ -500,51 +520,28 @@ impl PaymentSaga {
     ) -> JoinHandle<()> {
         let saga = self.clone();
         tokio::spawn(async move {
-            let mut since_sweep = Duration::ZERO;
-            let mut wait = timing.interval;
-            let mut backoff = timing.interval;
+            let mut schedule = ReconcileSchedule::new(timing);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(wait) => {}
+                    _ = tokio::time::sleep(schedule.wait()) => {}
                 }
-                since_sweep += wait;
                 let wanted = saga.reconcile_wanted.swap(false, Ordering::AcqRel);
-                if !wanted && since_sweep < timing.sweep {
-                    wait = timing.interval;
+                if !schedule.due(wanted, Instant::now()) {
                     continue;
                 }
-                since_sweep = Duration::ZERO;
-                match saga.reconcile_once(&timing).await {
-                    Ok(pass) => {
-                        if pass.settled > 0 {
-                            tracing::info!(
-                                settled = pass.settled,
-                                unresolved = pass.unresolved,
-                                "payment reconciler settled payments"
-                            );
-                        }
-                        wait = if pass.unresolved > 0 {
-                            // Stripe still gives no definite answer: ask less and less often.
-                            saga.reconcile_wanted.store(true, Ordering::Release);
-                            backoff = (backoff * 2).min(timing.max_backoff);
-                            backoff
-                        } else if let Some(next_due) = pass.next_due {
-                            // Come back exactly when the next payment becomes due.
-                            saga.reconcile_wanted.store(true, Ordering::Release);
-                            backoff = timing.interval;
-                            next_due.clamp(timing.interval, timing.sweep)
-                        } else {
-                            backoff = timing.interval;
-                            timing.interval
-                        };
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "payment reconciler pass failed");
-                        saga.reconcile_wanted.store(true, Ordering::Release);
-                        backoff = (backoff * 2).min(timing.max_backoff);
-                        wait = backoff;
-                    }
+                let result = saga.reconcile_once(&timing).await;
+                match &result {
+                    Ok(pass) if pass.settled > 0 => tracing::info!(
+                        settled = pass.settled,
+                        unresolved = pass.unresolved,
+                        "payment reconciler settled payments"
+                    ),
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "payment reconciler pass failed"),
+                }
+                if schedule.after_pass(result.as_ref().ok(), Instant::now()) {
+                    saga.reconcile_wanted.store(true, Ordering::Release);
                 }
             }
         })
@@ -565,11 +562,169 @@ impl PaymentSaga {
     }
 }
 
+/// When the reconciler runs next: the decisions of [`PaymentSaga::spawn_reconciler`], apart from
+/// the clock and the database.
+#[derive(Debug)]
+struct ReconcileSchedule {
+    timing: ReconcileTiming,
+    wait: Duration,
+    backoff: Duration,
+    since_sweep: Duration,
+    /// After a pass failed (the database was down), passes go on every interval until then, wanted
+    /// or not: an attempt written half-way when it failed (its change but not its record) is
+    /// invisible to a pass until the outbox relay completes it, some time after the database is
+    /// back, and must not wait for the next sweep.
+    eager_until: Option<Instant>,
+}
+
+impl ReconcileSchedule {
+    fn new(timing: ReconcileTiming) -> Self {
+        Self {
+            timing,
+            wait: timing.interval,
+            backoff: timing.interval,
+            since_sweep: Duration::ZERO,
+            eager_until: None,
+        }
+    }
+
+    /// How long to sleep before [`Self::due`] is asked.
+    fn wait(&self) -> Duration {
+        self.wait
+    }
+
+    /// After sleeping [`Self::wait`]: whether to run a pass now.
+    fn due(&mut self, wanted: bool, now: Instant) -> bool {
+        self.since_sweep += self.wait;
+        let eager = self.eager_until.is_some_and(|until| now < until);
+        if !wanted && !eager && self.since_sweep < self.timing.sweep {
+            self.wait = self.timing.interval;
+            return false;
+        }
+        self.since_sweep = Duration::ZERO;
+        true
+    }
+
+    /// After a pass (`None` if it failed): sets the next wait; `true` if the next look should
+    /// happen at the next wait even with nothing new wanted.
+    fn after_pass(&mut self, pass: Option<&ReconcilePass>, now: Instant) -> bool {
+        let timing = self.timing;
+        let Some(pass) = pass else {
+            self.eager_until = Some(now + timing.sweep);
+            self.backoff = (self.backoff * 2).min(timing.max_backoff);
+            self.wait = self.backoff;
+            return true;
+        };
+        if pass.unresolved > 0 {
+            // Stripe still gives no definite answer: ask less and less often.
+            self.backoff = (self.backoff * 2).min(timing.max_backoff);
+            self.wait = self.backoff;
+            return true;
+        }
+        self.backoff = timing.interval;
+        if let Some(next_due) = pass.next_due {
+            // Come back exactly when the next payment becomes due.
+            self.wait = next_due.clamp(timing.interval, timing.sweep);
+            return true;
+        }
+        self.wait = timing.interval;
+        false
+    }
+}
+
 fn charge_request(attempt: &Payment) -> ChargeRequest<'_> {
     ChargeRequest {
         amount_cents: attempt.amount_cents,
         source: attempt.source.as_deref().unwrap_or_default(),
         order_id: attempt.order_id.to_hex(),
         attempt_id: &attempt.payment_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing() -> ReconcileTiming {
+        ReconcileTiming::for_stripe_timeout(Duration::from_secs(10))
+    }
+
+    /// Sleeps through the schedule from `now` until a pass is due or `limit` has passed; the time
+    /// of that pass.
+    fn next_pass(
+        schedule: &mut ReconcileSchedule,
+        now: &mut Instant,
+        limit: Duration,
+    ) -> Option<Duration> {
+        let start = *now;
+        while *now - start < limit {
+            *now += schedule.wait();
+            if schedule.due(false, *now) {
+                return Some(*now - start);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn with_nothing_wanted_the_reconciler_only_sweeps() {
+        let timing = timing();
+        let mut schedule = ReconcileSchedule::new(timing);
+        let mut now = Instant::now();
+        assert!(schedule.due(true, now), "a start is wanted");
+        assert!(!schedule.after_pass(Some(&ReconcilePass::default()), now));
+        assert_eq!(
+            next_pass(&mut schedule, &mut now, timing.sweep * 2),
+            Some(timing.sweep)
+        );
+    }
+
+    #[test]
+    fn after_a_failed_pass_the_reconciler_keeps_looking_every_interval_for_a_sweep() {
+        let timing = timing();
+        let mut schedule = ReconcileSchedule::new(timing);
+        let mut now = Instant::now();
+        assert!(schedule.due(true, now));
+        assert!(
+            schedule.after_pass(None, now),
+            "a failed pass is looked at again"
+        );
+        // The database is back: the first pass finds nothing (the half-written attempt is not
+        // materialised yet), and still the next passes come every interval, not after a sweep.
+        now += schedule.wait();
+        assert!(schedule.due(true, now));
+        schedule.after_pass(Some(&ReconcilePass::default()), now);
+        for _ in 0..5 {
+            assert_eq!(
+                next_pass(&mut schedule, &mut now, timing.sweep),
+                Some(timing.interval)
+            );
+            schedule.after_pass(Some(&ReconcilePass::default()), now);
+        }
+        // A sweep after the failure it calms down again.
+        let mut gaps = Vec::new();
+        for _ in 0..40 {
+            gaps.push(next_pass(&mut schedule, &mut now, timing.sweep * 2));
+            schedule.after_pass(Some(&ReconcilePass::default()), now);
+        }
+        assert_eq!(gaps.last(), Some(&Some(timing.sweep)));
+    }
+
+    #[test]
+    fn while_stripe_gives_no_answer_passes_back_off_up_to_the_maximum() {
+        let timing = timing();
+        let mut schedule = ReconcileSchedule::new(timing);
+        let now = Instant::now();
+        let unresolved = ReconcilePass {
+            unresolved: 1,
+            ..ReconcilePass::default()
+        };
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            assert!(schedule.due(true, now));
+            assert!(schedule.after_pass(Some(&unresolved), now));
+            waits.push(schedule.wait().as_secs());
+        }
+        assert_eq!(waits, vec![2, 4, 8, 15, 15, 15]);
     }
 }

@@ -28,6 +28,10 @@ impl Default for Latencies {
 impl Latencies {
     pub fn new() -> Self {
         // Constant bounds that hdrhistogram accepts (low >= 1, high >= 2 * low, sigfig <= 5).
+        #[allow(
+            clippy::expect_used,
+            reason = "the bounds are constants known to be valid"
+        )]
         let histogram = Histogram::new_with_bounds(1, HIGHEST_MICROS, 3)
             .expect("constant histogram bounds are valid");
         Self { histogram }

@@ -1,6 +1,9 @@
 //! Integration tests of the payments service over real HTTP against a real FerretDB and NATS, with
 //! a wiremock server standing in for Stripe behind the real async-stripe client.
 
+// A test crate: a failed step is a failed test, with the step named.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod helpers;
 mod order_cancelled;
 mod order_created;

@@ -1,6 +1,9 @@
 //! Whole purchase flows across the five backend services, run in-process by `system_tests::Stack`
 //! on the real FerretDB, NATS and Redis. One file per flow.
 
+// A test crate: a failed step is a failed test, with the step named.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod expiry;
 mod flash_race;
 mod payment;

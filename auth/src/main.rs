@@ -1,14 +1,6 @@
-use auth::app::Application;
 use auth::settings::Settings;
-use common::settings::Env;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    common::telemetry::init("auth");
-    let settings = Settings::from_env(&Env::from_process())?;
-    let app = Application::build(settings).await?;
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    common::server::cancel_on_signal(shutdown.clone());
-    app.run_until_stopped(shutdown).await?;
-    Ok(())
+    common::server::run_service("auth", Settings::from_env, auth::app::build).await
 }

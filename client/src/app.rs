@@ -1,6 +1,5 @@
 //! Builds the client application: the API handle, state, router with its layers, listener.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -14,7 +13,6 @@ use axum::middleware::{from_fn, map_response};
 use axum::response::Response;
 use axum_csrf::CsrfConfig;
 use common::server::{App, Background, Server, with_standard_layers};
-use tokio_util::sync::CancellationToken;
 
 use crate::api::Api;
 use crate::cross_site::refuse_cross_site_posts;
@@ -24,7 +22,7 @@ use crate::settings::Settings;
 use crate::views::internal_error_page;
 
 /// What handlers share. Cheap to clone.
-#[derive(Clone)]
+#[derive(Clone, FromRef)]
 pub struct AppState {
     pub api: Api,
     pub stripe_publishable_key: Option<Arc<str>>,
@@ -32,35 +30,17 @@ pub struct AppState {
     pub csrf: CsrfConfig,
 }
 
-impl FromRef<AppState> for CsrfConfig {
-    fn from_ref(state: &AppState) -> Self {
-        state.csrf.clone()
-    }
-}
-
-/// Nothing runs beside the server: no listeners or relays.
-pub struct Application(App);
-
-impl Application {
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let state = AppState {
-            api: Api::new(&settings.api_base_url, settings.client_address_key)
-                .context("building the HTTP client")?,
-            stripe_publishable_key: settings.stripe_publishable_key.map(Arc::from),
-            csrf: csrf::config(&settings.csrf_key, settings.cookie_secure),
-        };
-        let router = with_layers(routes::router(state));
-        let server = Server::bind(&settings.http).await?;
-        Ok(Self(App::new(server, router, Background::new())))
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.0.addr()
-    }
-
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        self.0.run_until_stopped(shutdown).await
-    }
+/// Builds the service; nothing runs beside its server: no listeners or relays.
+pub async fn build(settings: Settings) -> anyhow::Result<App> {
+    let state = AppState {
+        api: Api::new(&settings.api_base_url, settings.client_address_key)
+            .context("building the HTTP client")?,
+        stripe_publishable_key: settings.stripe_publishable_key.map(Arc::from),
+        csrf: csrf::config(&settings.csrf_key, settings.cookie_secure),
+    };
+    let router = with_layers(routes::router(state));
+    let server = Server::bind(&settings.http).await?;
+    Ok(App::new(server, router, Background::new()))
 }
 
 /// The standard layers (body limit, panics caught, request ids and spans), with failures as HTML

@@ -1,14 +1,6 @@
-use client::app::Application;
 use client::settings::Settings;
-use common::settings::Env;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    common::telemetry::init("client");
-    let settings = Settings::from_env(&Env::from_process())?;
-    let app = Application::build(settings).await?;
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    common::server::cancel_on_signal(shutdown.clone());
-    app.run_until_stopped(shutdown).await?;
-    Ok(())
+    common::server::run_service("client", Settings::from_env, client::app::build).await
 }

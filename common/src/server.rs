@@ -22,9 +22,10 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::bus::EventBus;
+use crate::bus::{Delivery, EventBus, ListenerOptions, Outcome, listen};
 use crate::error::{ApiError, ErrorBody, ErrorEntry, not_found};
-use crate::settings::HttpSettings;
+use crate::events::Event;
+use crate::settings::{Env, HttpSettings, SettingsError};
 
 /// The largest request body any route accepts.
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
@@ -249,7 +250,7 @@ impl Server {
 }
 
 /// A service ready to run: its bound listener, its finished router and the tasks beside it. Each
-/// service's `Application::build` makes one.
+/// service's `app::build` makes one.
 pub struct App {
     server: Server,
     router: Router,
@@ -314,6 +315,33 @@ impl Background {
         self.tasks.push(task);
     }
 
+    /// Starts a durable listener of `E` for `queue_group` (see [`listen`]): each event is handed to
+    /// `handler` with its own clone of `context` (what the handler needs: stores, bus, …).
+    /// Shutdown stops it and waits for the events in hand.
+    pub async fn listen<E, C, H, Fut>(
+        &mut self,
+        bus: &EventBus,
+        queue_group: &str,
+        context: C,
+        handler: H,
+    ) -> anyhow::Result<()>
+    where
+        E: Event,
+        C: Clone + Send + Sync + 'static,
+        H: Fn(C, E, Delivery) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<Outcome>> + Send + 'static,
+    {
+        let task = listen::<E, _, _>(
+            bus,
+            ListenerOptions::new(queue_group),
+            self.token(),
+            move |event, delivery| handler(context.clone(), event, delivery),
+        )
+        .await?;
+        self.push(task);
+        Ok(())
+    }
+
     /// Cancels the token and waits for every task, each for at most 20 s.
     async fn stop(mut self) {
         self.stop.cancel();
@@ -332,6 +360,25 @@ impl Extend<JoinHandle<()>> for Background {
     fn extend<I: IntoIterator<Item = JoinHandle<()>>>(&mut self, tasks: I) {
         self.tasks.extend(tasks);
     }
+}
+
+/// The whole of a service's `main`: JSON logs, its settings from the process environment (a
+/// missing or invalid one is named in the error), `build`, then serving until SIGTERM or SIGINT.
+pub async fn run_service<S, B, Fut>(
+    name: &'static str,
+    settings: fn(&Env) -> Result<S, SettingsError>,
+    build: B,
+) -> anyhow::Result<()>
+where
+    B: FnOnce(S) -> Fut,
+    Fut: Future<Output = anyhow::Result<App>>,
+{
+    crate::telemetry::init(name);
+    let app = build(settings(&Env::from_process())?).await?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    app.run_until_stopped(shutdown).await?;
+    Ok(())
 }
 
 /// Cancels the token on SIGTERM or SIGINT.

@@ -1,14 +1,6 @@
-use common::settings::Env;
-use expiration::app::Application;
 use expiration::settings::Settings;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    common::telemetry::init("expiration");
-    let settings = Settings::from_env(&Env::from_process())?;
-    let app = Application::build(settings).await?;
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    common::server::cancel_on_signal(shutdown.clone());
-    app.run_until_stopped(shutdown).await?;
-    Ok(())
+    common::server::run_service("expiration", Settings::from_env, expiration::app::build).await
 }

@@ -1,14 +1,6 @@
-use common::settings::Env;
-use orders::app::Application;
 use orders::settings::Settings;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    common::telemetry::init("orders");
-    let settings = Settings::from_env(&Env::from_process())?;
-    let app = Application::build(settings).await?;
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    common::server::cancel_on_signal(shutdown.clone());
-    app.run_until_stopped(shutdown).await?;
-    Ok(())
+    common::server::run_service("orders", Settings::from_env, orders::app::build).await
 }

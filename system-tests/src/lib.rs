@@ -5,6 +5,9 @@
 //! through their HTTP APIs, as the ingress would; the bus is only looked at to know when a
 //! service has finished handling an event that has no visible effect.
 
+// Test support: a failed step is a failed test, with the step named.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -217,11 +220,11 @@ impl Stack {
             .expect("the test connects to NATS");
 
         let (auth_app, tickets_app, orders_app, payments_app, expiration_app) = tokio::try_join!(
-            auth::app::Application::build(auth_settings),
-            tickets::app::Application::build(tickets_settings),
-            orders::app::Application::build(orders_settings),
-            payments::app::Application::build(payments_settings),
-            expiration::app::Application::build(expiration_settings),
+            auth::app::build(auth_settings),
+            tickets::app::build(tickets_settings),
+            orders::app::build(orders_settings),
+            payments::app::build(payments_settings),
+            expiration::app::build(expiration_settings),
         )
         .expect("every service builds");
 

@@ -1,6 +1,5 @@
 use std::net::SocketAddr;
 
-use auth::app::Application;
 use auth::settings::Settings;
 use common::testing::{require_infra, test_env};
 use reqwest::header::{COOKIE, SET_COOKIE};
@@ -31,7 +30,7 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
         common::telemetry::init("auth-test");
     }
     let settings = Settings::from_env(&test_env("auth", extra)).expect("test settings");
-    let app = Application::build(settings)
+    let app = auth::app::build(settings)
         .await
         .expect("the auth app builds");
     let addr = app.addr();

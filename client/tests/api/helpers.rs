@@ -2,7 +2,6 @@ use std::net::SocketAddr;
 
 use axum_csrf::CsrfConfig;
 use chrono::{DateTime, Utc};
-use client::app::Application;
 use client::csrf::{CSRF_COOKIE, CSRF_FIELD, CsrfKey};
 use client::settings::Settings;
 use common::settings::Env;
@@ -79,7 +78,7 @@ async fn spawn(api: MockServer, base: &str, stripe_key: Option<&str>, csrf_key: 
         &CsrfKey::new(csrf_key.to_owned()).expect("a long enough CSRF key"),
         settings.cookie_secure,
     );
-    let app = Application::build(settings)
+    let app = client::app::build(settings)
         .await
         .expect("the client app builds");
     let addr = app.addr();

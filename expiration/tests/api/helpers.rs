@@ -9,7 +9,6 @@ use common::events::{ExpirationComplete, OrderCreated, OrderCreatedTicket, Order
 use common::money::Price;
 use common::settings::Env;
 use common::testing::{require_infra, test_env, unique_suffix};
-use expiration::app::Application;
 use expiration::scheduler::ExpirationScheduler;
 use expiration::settings::{SchedulerSettings, Settings};
 use futures::StreamExt as _;
@@ -86,7 +85,7 @@ impl TestContext {
 
     /// Starts one instance (replica) of the service.
     pub async fn spawn_app(&self) -> TestApp {
-        let app = Application::build(self.settings())
+        let app = expiration::app::build(self.settings())
             .await
             .expect("the expiration app builds");
         let addr = app.addr();

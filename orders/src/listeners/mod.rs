@@ -3,7 +3,14 @@
 
 use std::time::Duration;
 
-use common::bus::{Delivery, Outcome};
+use common::bus::{Delivery, EventBus, Outcome};
+use common::events::{
+    ExpirationComplete, PaymentCreated, PaymentUpdated, TicketCreated, TicketUpdated,
+};
+use common::server::Background;
+
+use crate::store::OrderStore;
+use crate::sweeper::OutageClock;
 
 pub mod expiration_complete;
 pub mod payment_created;
@@ -17,6 +24,96 @@ pub const QUEUE_GROUP: &str = "orders-service";
 /// How long to wait before looking again at an event whose precondition is not met yet (an earlier
 /// ticket version, or the order it names, has not arrived).
 pub const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// How soon an expiration that came during or right after an outage is looked at again.
+const EXPIRY_AFTER_OUTAGE_RETRY: Duration = Duration::from_secs(1);
+
+/// What the handlers need. Cheap to clone.
+#[derive(Clone)]
+pub struct Context {
+    pub store: OrderStore,
+    pub bus: EventBus,
+    /// Expiry waits `grace` after trouble (see [`OutageClock`]), and its failures count as trouble.
+    pub clock: OutageClock,
+    pub grace: Duration,
+}
+
+/// Which handler listens to which subject.
+pub async fn subscribe(
+    background: &mut Background,
+    bus: &EventBus,
+    context: Context,
+) -> anyhow::Result<()> {
+    background
+        .listen(
+            bus,
+            QUEUE_GROUP,
+            context.clone(),
+            |c, event: TicketCreated, delivery| async move {
+                Ok(patient(
+                    ticket_created::handle(&c.store, event).await?,
+                    delivery,
+                ))
+            },
+        )
+        .await?;
+    background
+        .listen(
+            bus,
+            QUEUE_GROUP,
+            context.clone(),
+            |c, event: TicketUpdated, delivery| async move {
+                Ok(patient(
+                    ticket_updated::handle(&c.store, event).await?,
+                    delivery,
+                ))
+            },
+        )
+        .await?;
+    background
+        .listen(
+            bus,
+            QUEUE_GROUP,
+            context.clone(),
+            |c, event: ExpirationComplete, delivery| async move {
+                // After an outage, payments held back by it apply first (see OutageClock).
+                if !c.clock.calm_for(c.grace) {
+                    return Ok(Outcome::Retry(EXPIRY_AFTER_OUTAGE_RETRY));
+                }
+                let outcome = expiration_complete::handle(&c.store, &c.bus, event, delivery)
+                    .await
+                    .inspect_err(|_| c.clock.trouble())?;
+                Ok(patient(outcome, delivery))
+            },
+        )
+        .await?;
+    background
+        .listen(
+            bus,
+            QUEUE_GROUP,
+            context.clone(),
+            |c, event: PaymentCreated, delivery| async move {
+                Ok(patient(
+                    payment_created::handle(&c.store, event).await?,
+                    delivery,
+                ))
+            },
+        )
+        .await?;
+    background
+        .listen(
+            bus,
+            QUEUE_GROUP,
+            context,
+            |c, event: PaymentUpdated, delivery| async move {
+                Ok(patient(
+                    payment_updated::handle(&c.store, event).await?,
+                    delivery,
+                ))
+            },
+        )
+        .await
+}
 
 /// Waits longer the more often an event has come back, so that a precondition that takes a while
 /// (e.g. the tickets service's outbox catching up) is not given up after a few seconds.

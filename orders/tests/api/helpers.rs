@@ -9,7 +9,6 @@ use common::settings::Env;
 use common::testing::{new_user_id, require_infra, session_cookie, test_env};
 use mongodb::Database;
 use mongodb::bson::{Bson, Document, doc};
-use orders::app::Application;
 use orders::settings::Settings;
 use orders::store::{Order, OrderStore, Ticket};
 use reqwest::header::COOKIE;
@@ -76,7 +75,7 @@ pub async fn spawn_app_in(env: Env) -> TestApp {
     let bus = EventBus::connect(&settings.nats, "orders-test")
         .await
         .expect("test bus");
-    let app = Application::build(settings)
+    let app = orders::app::build(settings)
         .await
         .expect("the orders app builds");
     let addr = app.addr();

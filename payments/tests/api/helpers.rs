@@ -12,7 +12,6 @@ use common::testing::{new_user_id, require_infra, session_cookie, test_env};
 use mongodb::Database;
 use mongodb::bson::doc;
 use mongodb::bson::oid::ObjectId;
-use payments::app::Application;
 use payments::listeners::{order_cancelled, order_created};
 use payments::saga::{PaymentSaga, ReconcileTiming};
 use payments::settings::Settings;
@@ -72,7 +71,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     );
     let mut settings = Settings::from_env(&env).expect("test settings");
     adjust(&mut settings);
-    let app = Application::build(settings.clone())
+    let app = payments::app::build(settings.clone())
         .await
         .expect("the payments app builds");
     let addr = app.addr();
@@ -212,7 +211,7 @@ impl TestApp {
     /// A second instance of the service on the same database, stream and Stripe double (a replica
     /// behind the same Kubernetes Service). It stops when the returned token is dropped.
     pub async fn spawn_replica(&self) -> (SocketAddr, tokio_util::sync::DropGuard) {
-        let app = Application::build(self.settings.clone())
+        let app = payments::app::build(self.settings.clone())
             .await
             .expect("the replica builds");
         let addr = app.addr();

@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use common::bus::EventBus;
+use common::events::{OrderCancelled, OrderCreated};
+use common::server::Background;
 use common::store::{Decision, StoreError};
 use mongodb::bson::Bson;
 use mongodb::bson::oid::ObjectId;
@@ -18,6 +20,35 @@ pub const QUEUE_GROUP: &str = "tickets-service";
 /// How long to wait before an event whose precondition is unmet (ticket unknown, ticket held by an
 /// order whose cancellation has not arrived yet) is delivered again.
 pub const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// Which handler listens to which subject.
+pub async fn subscribe(
+    background: &mut Background,
+    bus: &EventBus,
+    store: &TicketStore,
+) -> anyhow::Result<()> {
+    let context = (store.clone(), bus.clone());
+    background
+        .listen(
+            bus,
+            QUEUE_GROUP,
+            context.clone(),
+            |(store, bus), event: OrderCreated, _| async move {
+                order_created::handle(&store, &bus, event).await
+            },
+        )
+        .await?;
+    background
+        .listen(
+            bus,
+            QUEUE_GROUP,
+            context,
+            |(store, bus), event: OrderCancelled, _| async move {
+                order_cancelled::handle(&store, &bus, event).await
+            },
+        )
+        .await
+}
 
 /// What [`release`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

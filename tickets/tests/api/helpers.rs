@@ -16,7 +16,6 @@ use mongodb::bson::{Document, doc};
 use reqwest::header::COOKIE;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tickets::app::Application;
 use tickets::settings::Settings;
 use tickets::store::{Ticket, TicketStore};
 use tokio::sync::mpsc;
@@ -81,7 +80,7 @@ impl Drop for TestApp {
 /// and stream.
 pub async fn spawn_app() -> TestApp {
     let infra = infra().await;
-    let app = Application::build(infra.settings.clone())
+    let app = tickets::app::build(infra.settings.clone())
         .await
         .expect("the tickets app builds");
     let addr = app.addr();

@@ -3,7 +3,10 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use mongodb::bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
+
+use crate::store::{StoreError, parse_object_id};
 
 /// One entry of the error envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,10 +188,35 @@ pub async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
+/// Parses an ObjectId-like path or body id. A malformed id cannot name anything: 404.
+pub fn parse_id(id: &str) -> Result<ObjectId, ApiError> {
+    parse_object_id(id).ok_or(ApiError::NotFound)
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict => {
+                ApiError::Conflict("The record was changed concurrently, please retry".into())
+            }
+            StoreError::Duplicate => ApiError::bad_request("Already exists"),
+            StoreError::NotFound => ApiError::NotFound,
+            StoreError::Db(e) => e.into(),
+            StoreError::Other(e) => ApiError::Internal(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[test]
+    fn a_malformed_id_names_nothing() {
+        assert!(matches!(parse_id("nope"), Err(ApiError::NotFound)));
+        assert!(parse_id("64b7f0c2a1b2c3d4e5f60718").is_ok());
+    }
 
     async fn render(err: ApiError) -> (StatusCode, serde_json::Value) {
         let response = err.into_response();

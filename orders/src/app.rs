@@ -1,8 +1,6 @@
 //! Builds the orders application: database, indexes, event bus, listeners, outbox relay, router,
 //! HTTP listener.
 
-use std::sync::Arc;
-
 use anyhow::Context as _;
 use axum::extract::FromRef;
 use chrono::TimeDelta;
@@ -51,7 +49,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<App> {
         grace: settings.sweep.grace,
     };
     listeners::subscribe(&mut background, &bus, context).await?;
-    background.push(Arc::new(store.orders().clone()).spawn_relay(
+    background.push(store.orders().spawn_relay(
         bus.clone(),
         background.token(),
         RelayTiming::DEFAULT,

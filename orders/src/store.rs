@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use common::bus::EventBus;
 use common::events::{OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStatus, TicketRef};
 use common::money::Price;
 use common::store::{
@@ -188,12 +189,8 @@ impl OrderStore {
         &self.orders
     }
 
-    pub fn tickets(&self) -> &Collection<Ticket> {
-        self.tickets.records()
-    }
-
     /// The ticket replica's versioned store (the listeners' way to change it).
-    pub fn ticket_versions(&self) -> &VersionedStore<Ticket> {
+    pub fn tickets(&self) -> &VersionedStore<Ticket> {
         &self.tickets
     }
 
@@ -309,11 +306,12 @@ impl OrderStore {
     /// The winner records itself as the holder, so that losers need not search for it.
     pub async fn create_order(
         &self,
+        bus: &EventBus,
         order: &Order,
         events: Vec<PendingEvent>,
     ) -> Result<Committed, StoreError> {
         for _ in 0..CREATE_ATTEMPTS {
-            match self.orders.create(order, events.clone()).await {
+            match self.orders.create(bus, order, events.clone()).await {
                 Err(StoreError::Duplicate) => {
                     if self.still_reserved(&order.reservation).await? {
                         return Err(StoreError::Duplicate);

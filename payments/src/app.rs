@@ -1,8 +1,6 @@
 //! Builds the payments application: database, Stripe client, bus, listeners, relay, reconciler,
 //! router.
 
-use std::sync::Arc;
-
 use anyhow::Context as _;
 use axum::extract::FromRef;
 use common::bus::EventBus;
@@ -45,7 +43,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<App> {
     // Dropped on an early return, which stops whatever already started.
     let mut background = Background::new();
     listeners::subscribe(&mut background, &bus, &orders, &saga).await?;
-    background.push(Arc::clone(payments.versions()).spawn_relay(
+    background.push(payments.payments().spawn_relay(
         bus.clone(),
         background.token(),
         RelayTiming::DEFAULT,

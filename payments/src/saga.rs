@@ -25,7 +25,7 @@ use std::time::Duration;
 use chrono::Utc;
 use common::bus::EventBus;
 use common::events::OrderStatus;
-use common::store::{Committed, StoreError};
+use common::store::StoreError;
 use futures::StreamExt as _;
 use mongodb::bson::oid::ObjectId;
 use tokio::task::JoinHandle;
@@ -160,15 +160,18 @@ impl PaymentSaga {
     /// recorded.
     pub async fn pay(&self, order: &Order, token: &str) -> Result<PayOutcome, StoreError> {
         let token_hash = crate::stripe::token_hash(token);
-        let (attempt, committed) = match self.payments.begin(order, token, token_hash).await? {
-            Begin::Started(attempt, committed) => (attempt, committed),
+        let attempt = match self
+            .payments
+            .begin(&self.bus, order, token, token_hash)
+            .await?
+        {
+            Begin::Started(attempt) => attempt,
             Begin::Busy(current) => return Ok(PayOutcome::Busy(current)),
         };
         let saga = self.clone();
-        let task = self.charges.spawn(async move {
-            saga.publish(&committed).await;
-            saga.charge(attempt).await
-        });
+        let task = self
+            .charges
+            .spawn(async move { saga.charge(attempt).await });
         match task.await {
             Ok(outcome) => outcome,
             Err(join) => Err(StoreError::Other(anyhow::anyhow!(
@@ -220,10 +223,7 @@ impl PaymentSaga {
         }
         // Durably "sent" before sending: a crash from here on leaves an attempt the reconciler
         // repeats; a crash before it, one it fails without charging.
-        let (attempt, committed) = self.payments.mark_sent(&attempt).await?;
-        if let Some(committed) = committed {
-            self.publish(&committed).await;
-        }
+        let (attempt, _) = self.payments.mark_sent(&self.bus, &attempt).await?;
         if !attempt.charge_sent || attempt.status != PaymentStatus::Pending {
             if attempt.order_cancelled && attempt.status == PaymentStatus::Pending {
                 self.record(
@@ -357,17 +357,8 @@ impl PaymentSaga {
         if settlement == Settlement::Unknown {
             self.reconcile_wanted.store(true, Ordering::Release);
         }
-        let (payment, committed) = self.payments.settle(attempt, settlement).await?;
-        let announced = match committed {
-            Some(committed) => self.publish(&committed).await,
-            None => false,
-        };
-        Ok((payment, announced))
-    }
-
-    /// Whether the events are in the stream now (else the outbox relay publishes them later).
-    async fn publish(&self, committed: &Committed) -> bool {
-        self.payments.versions().publish(&self.bus, committed).await
+        let (payment, committed) = self.payments.settle(&self.bus, attempt, settlement).await?;
+        Ok((payment, committed.is_some_and(|c| c.in_stream)))
     }
 
     /// Refunds a `refunding` payment's charge (keyed by the charge: asking twice refunds once) and
@@ -383,9 +374,11 @@ impl PaymentSaga {
         match self.stripe.refund(stripe_id, &order_id.to_hex()).await {
             StripeOutcome::Done(refund_id) => {
                 let refund_id = Some(refund_id).filter(|id| !id.is_empty());
-                let (refunded, committed) = self.payments.refunded(order_id, refund_id).await?;
-                if let Some(committed) = committed {
-                    self.publish(&committed).await;
+                let (refunded, committed) = self
+                    .payments
+                    .refunded(&self.bus, order_id, refund_id)
+                    .await?;
+                if committed.is_some() {
                     tracing::info!(%order_id, %stripe_id, "charge refunded");
                 }
                 Ok(refunded)
@@ -401,13 +394,10 @@ impl PaymentSaga {
     /// What the `order:cancelled` listener does once the replica is cancelled: a charge the order
     /// kept is refunded; an open attempt is marked so that its charge, if it succeeds, is refunded.
     pub async fn order_cancelled(&self, order_id: ObjectId) -> Result<(), StoreError> {
-        let Some((payment, committed)) = self.payments.order_cancelled(order_id).await? else {
+        let Some((payment, _)) = self.payments.order_cancelled(&self.bus, order_id).await? else {
             // No attempt yet: one that starts now re-reads the replica before charging.
             return Ok(());
         };
-        if let Some(committed) = committed {
-            self.publish(&committed).await;
-        }
         if payment.status == PaymentStatus::Refunding {
             tracing::warn!(%order_id, "a paid order was cancelled; refunding its charge");
             // Detached, like a charge: the listener acknowledges within the bus's ack wait instead

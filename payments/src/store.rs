@@ -20,9 +20,8 @@
 //! gives a definite answer. `refunding` is a charge that must go back because its order was
 //! cancelled; the refund is repeated (keyed by the charge) until Stripe confirms it.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
+use common::bus::EventBus;
 use common::events::{OrderStatus, PaymentCreated, PaymentUpdated};
 use common::store::{
     Bounded as _, Committed, Decision, PendingEvent, ReplicaUpdate, StoreError, VersionedStore,
@@ -68,13 +67,13 @@ pub enum Inserted {
 /// cannot roll it back (CONSISTENCY.md pattern 5). Cheap to clone.
 #[derive(Clone)]
 pub struct OrderStore {
-    orders: Arc<VersionedStore<Order>>,
+    orders: VersionedStore<Order>,
 }
 
 impl OrderStore {
     pub fn new(db: &Database) -> Self {
         Self {
-            orders: Arc::new(VersionedStore::new(db, "orders")),
+            orders: VersionedStore::new(db, "orders"),
         }
     }
 
@@ -264,14 +263,14 @@ pub enum Settlement {
 #[derive(Debug)]
 pub enum Begin {
     /// This caller owns the new attempt (status `pending`) and must see its charge through.
-    Started(Payment, Committed),
+    Started(Payment),
     /// The order's payment is not open for a new attempt; its current state, if visible yet.
     Busy(Option<Payment>),
 }
 
 #[derive(Clone)]
 pub struct PaymentStore {
-    versions: Arc<VersionedStore<Payment>>,
+    payments: VersionedStore<Payment>,
 }
 
 impl PaymentStore {
@@ -280,22 +279,22 @@ impl PaymentStore {
 
     pub fn new(db: &Database) -> Self {
         Self {
-            versions: Arc::new(VersionedStore::new(db, Self::COLLECTION)),
+            payments: VersionedStore::new(db, Self::COLLECTION),
         }
     }
 
-    /// The versioned store, for the outbox relay.
-    pub fn versions(&self) -> &Arc<VersionedStore<Payment>> {
-        &self.versions
+    /// The payments' versioned store: reads, commits, the outbox relay.
+    pub fn payments(&self) -> &VersionedStore<Payment> {
+        &self.payments
     }
 
     pub fn records(&self) -> &Collection<Payment> {
-        self.versions.records()
+        self.payments.records()
     }
 
     /// The outbox's index and the reconciler's (payments by status, oldest change first).
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
-        self.versions.ensure_indexes().await?;
+        self.payments.ensure_indexes().await?;
         self.records()
             .create_index(
                 IndexModel::builder()
@@ -313,7 +312,7 @@ impl PaymentStore {
     }
 
     pub async fn get(&self, order_id: ObjectId) -> Result<Option<Payment>, StoreError> {
-        self.versions.get(Bson::ObjectId(order_id)).await
+        self.payments.get(Bson::ObjectId(order_id)).await
     }
 
     /// One versioned transition of the order's payment: `next` sees the latest state (again after
@@ -321,14 +320,15 @@ impl PaymentStore {
     /// commit carries that state's events.
     async fn transition<F>(
         &self,
+        bus: &EventBus,
         order_id: ObjectId,
         mut next: F,
     ) -> Result<(Payment, Option<Committed>), StoreError>
     where
         F: FnMut(&Payment) -> Option<Payment>,
     {
-        self.versions
-            .modify(Bson::ObjectId(order_id), |current: &Payment| {
+        self.payments
+            .modify(bus, Bson::ObjectId(order_id), |current: &Payment| {
                 Ok::<_, StoreError>(match next(current) {
                     Some(next) => Decision::Commit {
                         events: next.events()?,
@@ -345,6 +345,7 @@ impl PaymentStore {
     /// order's id, a later one (after `failed`) a claim of the next version.
     pub async fn begin(
         &self,
+        bus: &EventBus,
         order: &Order,
         token: &str,
         token_hash: String,
@@ -371,13 +372,13 @@ impl PaymentStore {
             }
         };
         let first = attempt(1);
-        match self.versions.create(&first, first.events()?).await {
-            Ok(committed) => return Ok(Begin::Started(first, committed)),
+        match self.payments.create(bus, &first, first.events()?).await {
+            Ok(_) => return Ok(Begin::Started(first)),
             Err(StoreError::Duplicate) => {}
             Err(other) => return Err(other),
         }
         let modified = self
-            .transition(order.id, |current| {
+            .transition(bus, order.id, |current| {
                 (current.status == PaymentStatus::Failed).then(|| Payment {
                     version: current.version + 1,
                     created_at: current.created_at,
@@ -386,7 +387,7 @@ impl PaymentStore {
             })
             .await;
         match modified {
-            Ok((payment, Some(committed))) => Ok(Begin::Started(payment, committed)),
+            Ok((payment, Some(_))) => Ok(Begin::Started(payment)),
             Ok((payment, None)) => Ok(Begin::Busy(Some(payment))),
             // The first attempt's record is being written right now.
             Err(StoreError::NotFound) => Ok(Begin::Busy(None)),
@@ -399,9 +400,10 @@ impl PaymentStore {
     /// cancelled meanwhile: then it must not be sent at all).
     pub async fn mark_sent(
         &self,
+        bus: &EventBus,
         attempt: &Payment,
     ) -> Result<(Payment, Option<Committed>), StoreError> {
-        self.transition(attempt.order_id, |current| {
+        self.transition(bus, attempt.order_id, |current| {
             let sendable = current.payment_id == attempt.payment_id
                 && current.status == PaymentStatus::Pending
                 && !current.charge_sent
@@ -419,10 +421,11 @@ impl PaymentStore {
     /// of any replica) wins, and the others get the settled payment back unchanged.
     pub async fn settle(
         &self,
+        bus: &EventBus,
         attempt: &Payment,
         settlement: Settlement,
     ) -> Result<(Payment, Option<Committed>), StoreError> {
-        self.transition(attempt.order_id, |current| {
+        self.transition(bus, attempt.order_id, |current| {
             let open = current.payment_id == attempt.payment_id && current.status.is_open();
             Some(match (&settlement, current.status) {
                 _ if !open => return None,
@@ -455,10 +458,11 @@ impl PaymentStore {
     /// `None` when the order has no payment record.
     pub async fn order_cancelled(
         &self,
+        bus: &EventBus,
         order_id: ObjectId,
     ) -> Result<Option<(Payment, Option<Committed>)>, StoreError> {
         let modified = self
-            .transition(order_id, |current| match current.status {
+            .transition(bus, order_id, |current| match current.status {
                 PaymentStatus::Succeeded => Some(current.next(PaymentStatus::Refunding)),
                 status if status.is_open() && !current.order_cancelled => Some(Payment {
                     order_cancelled: true,
@@ -478,10 +482,11 @@ impl PaymentStore {
     /// Records the refund of a `refunding` payment.
     pub async fn refunded(
         &self,
+        bus: &EventBus,
         order_id: ObjectId,
         refund_id: Option<String>,
     ) -> Result<(Payment, Option<Committed>), StoreError> {
-        self.transition(order_id, |current| {
+        self.transition(bus, order_id, |current| {
             (current.status == PaymentStatus::Refunding).then(|| Payment {
                 refund_id: refund_id.clone(),
                 ..current.next(PaymentStatus::Refunded)

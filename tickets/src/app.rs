@@ -1,7 +1,5 @@
 //! Builds the tickets application: database, indexes, event bus, listeners, outbox relay, router.
 
-use std::sync::Arc;
-
 use anyhow::Context as _;
 use axum::extract::FromRef;
 use common::bus::EventBus;
@@ -40,7 +38,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<App> {
     // Dropped on an early return, which stops whatever already started.
     let mut background = Background::new();
     listeners::subscribe(&mut background, &bus, &store).await?;
-    background.push(Arc::new(store.tickets.clone()).spawn_relay(
+    background.push(store.tickets().spawn_relay(
         bus.clone(),
         background.token(),
         RelayTiming::DEFAULT,

@@ -96,7 +96,7 @@ impl Ticket {
 /// The tickets collection and the cancelled-order tombstones. Cheap to clone.
 #[derive(Clone)]
 pub struct TicketStore {
-    pub tickets: VersionedStore<Ticket>,
+    tickets: VersionedStore<Ticket>,
     cancelled_orders: Collection<Document>,
 }
 
@@ -106,6 +106,11 @@ impl TicketStore {
             tickets: VersionedStore::new(db, "tickets"),
             cancelled_orders: db.collection("cancelled_orders"),
         }
+    }
+
+    /// The tickets' versioned store: reads, commits, the outbox relay.
+    pub fn tickets(&self) -> &VersionedStore<Ticket> {
+        &self.tickets
     }
 
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {

@@ -14,14 +14,14 @@ use mongodb::options::ClientOptions;
 use mongodb::{Client, Database};
 use secrecy::ExposeSecret;
 
-use crate::error::ApiError;
 use crate::settings::MongoSettings;
 
+mod outbox;
 mod versioned;
 
+pub use outbox::{RelayPass, RelayTiming};
 pub use versioned::{
-    Committed, Decision, PendingEvent, RelayPass, RelayTiming, ReplicaUpdate, StoreError,
-    VersionedRecord, VersionedStore,
+    Committed, Decision, PendingEvent, ReplicaUpdate, StoreError, VersionedRecord, VersionedStore,
 };
 
 /// MongoDB's duplicate key error code.
@@ -101,11 +101,6 @@ pub async fn ping(db: &Database) -> bool {
     db.run_command(doc! { "ping": 1 }).await.is_ok()
 }
 
-/// Parses an ObjectId-like path or body id. A malformed id cannot name anything: 404.
-pub fn parse_id(id: &str) -> Result<ObjectId, ApiError> {
-    parse_object_id(id).ok_or(ApiError::NotFound)
-}
-
 /// 24 lowercase or uppercase hex characters.
 pub fn parse_object_id(id: &str) -> Option<ObjectId> {
     if id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -141,6 +136,7 @@ pub fn is_unavailable(err: &mongodb::error::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ApiError;
 
     #[tokio::test(start_paused = true)]
     async fn an_operation_that_outlives_the_timeout_fails_as_a_database_outage() {
@@ -181,6 +177,5 @@ mod tests {
         ] {
             assert!(parse_object_id(bad).is_none(), "{bad}");
         }
-        assert!(matches!(parse_id("nope"), Err(ApiError::NotFound)));
     }
 }

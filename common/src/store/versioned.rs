@@ -6,33 +6,25 @@
 //! writer can insert that id, so versions cannot fork even where conditional updates are not atomic
 //! (FerretDB). The record itself is then brought to the new state. Anyone who finds a change newer
 //! than the record applies it (read repair), and a relay publishes change events left unpublished,
-//! so a crash between any two steps loses nothing.
+//! so a crash between any two steps loses nothing. Publishing and the relay are in `outbox.rs`.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use anyhow::Context as _;
-use bytes::Bytes;
 use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use super::{Bounded as _, is_duplicate_key};
 use crate::bus::EventBus;
-use crate::error::ApiError;
-use crate::events::{Event, Subject};
+use crate::events::Event;
 
 /// How many times a read-decide-commit cycle is retried when another writer wins the version.
 const MAX_COMMIT_ATTEMPTS: usize = 20;
-
-/// How many unpublished changes one relay pass takes at most.
-const RELAY_BATCH: i64 = 500;
 
 /// A document kept by [`VersionedStore`].
 pub trait VersionedRecord:
@@ -92,19 +84,26 @@ pub enum Decision<T> {
     Commit { next: T, events: Vec<PendingEvent> },
 }
 
+/// A change this call committed, and whether its events are in the stream already (else the
+/// outbox relay publishes them soon: the change is durable either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    pub in_stream: bool,
+}
+
 /// A change written to the database whose events still need publishing.
 ///
-/// Dropped without a successful [`VersionedStore::publish`] (publish failed, the broker was down,
-/// or the request was cancelled in between), it wakes the outbox relay of its store.
+/// Dropped without a successful publish (publish failed, the broker was down, or the request was
+/// cancelled in between), it wakes the outbox relay of its store.
 #[derive(Debug)]
-pub struct Committed {
-    change_id: String,
-    events: Vec<PendingEvent>,
-    published: AtomicBool,
+pub(super) struct Unpublished {
+    pub(super) change_id: String,
+    pub(super) events: Vec<PendingEvent>,
+    pub(super) published: AtomicBool,
     relay_wanted: Arc<AtomicBool>,
 }
 
-impl Committed {
+impl Unpublished {
     fn new(change: ChangeDoc, relay_wanted: &Arc<AtomicBool>) -> Self {
         Self {
             change_id: change.id,
@@ -115,7 +114,7 @@ impl Committed {
     }
 }
 
-impl Drop for Committed {
+impl Drop for Unpublished {
     fn drop(&mut self) {
         if !self.published.load(Ordering::Acquire) {
             self.relay_wanted.store(true, Ordering::Release);
@@ -131,16 +130,6 @@ pub enum ReplicaUpdate {
     AlreadyApplied,
     /// The replica, or an earlier version of it, has not arrived yet.
     NotYet,
-}
-
-/// What one pass of the outbox relay did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RelayPass {
-    /// Changes published by this pass.
-    pub published: usize,
-    /// Unpublished changes left for a later pass: younger than the minimum age (their writer may
-    /// still publish them), or not publishable now (broker unreachable).
-    pub waiting: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,58 +148,27 @@ pub enum StoreError {
     Other(#[from] anyhow::Error),
 }
 
-/// Why publishing a change's events failed, and whether they reached the stream first.
-#[derive(Debug)]
-enum PublishError {
-    /// Not every event is in the stream.
-    NotSent(anyhow::Error),
-    /// Every event is in the stream; only marking the change published failed.
-    Sent(anyhow::Error),
-}
-
-impl PublishError {
-    fn cause(&self) -> &anyhow::Error {
-        match self {
-            PublishError::NotSent(err) | PublishError::Sent(err) => err,
-        }
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::Conflict => {
-                ApiError::Conflict("The record was changed concurrently, please retry".into())
-            }
-            StoreError::Duplicate => ApiError::bad_request("Already exists"),
-            StoreError::NotFound => ApiError::NotFound,
-            StoreError::Db(e) => e.into(),
-            StoreError::Other(e) => ApiError::Internal(e),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct ChangeDoc {
+pub(super) struct ChangeDoc {
     #[serde(rename = "_id")]
-    id: String,
-    record_id: String,
-    record_key: Bson,
-    version: i64,
-    state: Document,
-    events: Vec<PendingEvent>,
-    published: bool,
-    at: bson::DateTime,
+    pub(super) id: String,
+    pub(super) record_id: String,
+    pub(super) record_key: Bson,
+    pub(super) version: i64,
+    pub(super) state: Document,
+    pub(super) events: Vec<PendingEvent>,
+    pub(super) published: bool,
+    pub(super) at: bson::DateTime,
 }
 
 /// A collection of versioned records plus its `<name>_changes` collection.
 pub struct VersionedStore<T: Send + Sync> {
     records: Collection<T>,
-    raw_records: Collection<Document>,
-    changes: Collection<ChangeDoc>,
+    pub(super) raw_records: Collection<Document>,
+    pub(super) changes: Collection<ChangeDoc>,
     /// Set when a change of this process may be left unpublished: the relay then looks for
     /// unpublished changes every interval instead of only every sweep (see `spawn_relay`).
-    relay_wanted: Arc<AtomicBool>,
+    pub(super) relay_wanted: Arc<AtomicBool>,
     _record: PhantomData<T>,
 }
 
@@ -276,13 +234,34 @@ impl<T: VersionedRecord> VersionedStore<T> {
         })
     }
 
-    /// Inserts a new record (version 0) with its events. A unique index of the record that is
-    /// already taken gives [`StoreError::Duplicate`] and leaves nothing behind.
+    /// Inserts a new record (version 0) with its events and publishes them. A unique index of the
+    /// record that is already taken gives [`StoreError::Duplicate`] and leaves nothing behind.
     pub async fn create(
         &self,
+        bus: &EventBus,
         record: &T,
         events: Vec<PendingEvent>,
     ) -> Result<Committed, StoreError> {
+        let change = self.create_change(record, events).await?;
+        Ok(self.publish(bus, change).await)
+    }
+
+    /// [`Self::create`] without publishing, as if the writer had crashed right after the write:
+    /// for tests of the outbox relay.
+    #[cfg(feature = "testing")]
+    pub async fn create_unpublished(
+        &self,
+        record: &T,
+        events: Vec<PendingEvent>,
+    ) -> Result<(), StoreError> {
+        self.create_change(record, events).await.map(drop)
+    }
+
+    async fn create_change(
+        &self,
+        record: &T,
+        events: Vec<PendingEvent>,
+    ) -> Result<Unpublished, StoreError> {
         let change = self.change_doc(record, events)?;
         self.changes
             .insert_one(&change)
@@ -296,7 +275,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
                 }
             })?;
         match self.records.insert_one(record).bounded().await {
-            Ok(_) => Ok(Committed::new(change, &self.relay_wanted)),
+            Ok(_) => Ok(Unpublished::new(change, &self.relay_wanted)),
             Err(e) if is_duplicate_key(&e) => {
                 // Either the relay already materialised our record (fine) or a unique key of the
                 // record belongs to someone else: then our change must vanish unpublished.
@@ -307,7 +286,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
                     .await?
                     .is_some()
                 {
-                    return Ok(Committed::new(change, &self.relay_wanted));
+                    return Ok(Unpublished::new(change, &self.relay_wanted));
                 }
                 // The claim is lost either way; if this delete fails, the relay drops the leftover
                 // change (its record insert hits the same unique key), so the caller still gets the
@@ -362,14 +341,37 @@ impl<T: VersionedRecord> VersionedStore<T> {
             .map_err(StoreError::Other)
     }
 
-    /// Claims version `current + 1` for `next` and writes it. [`StoreError::Conflict`] if another
-    /// writer claimed that version first.
+    /// Claims version `current + 1` for `next`, writes it and publishes its events.
+    /// [`StoreError::Conflict`] if another writer claimed that version first.
     pub async fn commit(
         &self,
+        bus: &EventBus,
         current: &T,
         next: &T,
         events: Vec<PendingEvent>,
     ) -> Result<Committed, StoreError> {
+        let change = self.commit_change(current, next, events).await?;
+        Ok(self.publish(bus, change).await)
+    }
+
+    /// [`Self::commit`] without publishing, as if the writer had crashed right after the write:
+    /// for tests of the outbox relay.
+    #[cfg(feature = "testing")]
+    pub async fn commit_unpublished(
+        &self,
+        current: &T,
+        next: &T,
+        events: Vec<PendingEvent>,
+    ) -> Result<(), StoreError> {
+        self.commit_change(current, next, events).await.map(drop)
+    }
+
+    async fn commit_change(
+        &self,
+        current: &T,
+        next: &T,
+        events: Vec<PendingEvent>,
+    ) -> Result<Unpublished, StoreError> {
         if next.version() != current.version() + 1 || next.record_id() != current.record_id() {
             return Err(StoreError::Other(anyhow::anyhow!(
                 "a change must move {} from version {} to {}, not {}",
@@ -390,12 +392,18 @@ impl<T: VersionedRecord> VersionedStore<T> {
         // can land after us and roll the record back. Whoever writes last repairs forward here, so
         // queries on `records()` do not keep a stale state.
         self.get(current.key()).await?;
-        Ok(Committed::new(change, &self.relay_wanted))
+        Ok(Unpublished::new(change, &self.relay_wanted))
     }
 
-    /// Read, decide, commit; retried when a concurrent writer takes the version. Returns the record
-    /// as it ends up and the committed change, if any. `decide` sees the latest state each time.
-    pub async fn modify<E, F>(&self, key: Bson, mut decide: F) -> Result<(T, Option<Committed>), E>
+    /// Read, decide, commit and publish; retried when a concurrent writer takes the version.
+    /// Returns the record as it ends up and the committed change, if any. `decide` sees the latest
+    /// state each time.
+    pub async fn modify<E, F>(
+        &self,
+        bus: &EventBus,
+        key: Bson,
+        mut decide: F,
+    ) -> Result<(T, Option<Committed>), E>
     where
         E: From<StoreError>,
         F: FnMut(&T) -> Result<Decision<T>, E>,
@@ -405,7 +413,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
             match decide(&current)? {
                 Decision::Unchanged => return Ok((current, None)),
                 Decision::Commit { next, events } => {
-                    match self.commit(&current, &next, events).await {
+                    match self.commit(bus, &current, &next, events).await {
                         Ok(committed) => return Ok((next, Some(committed))),
                         Err(StoreError::Conflict) => continue,
                         Err(other) => return Err(other.into()),
@@ -420,8 +428,12 @@ impl<T: VersionedRecord> VersionedStore<T> {
     /// an event), or recognises it as inserted before, finishing an insert that a crash cut after
     /// its change document. `true` if this call inserted it.
     pub async fn create_replica(&self, record: &T) -> Result<bool, StoreError> {
-        match self.create(record, Vec::new()).await {
-            Ok(_) => Ok(true),
+        match self.create_change(record, Vec::new()).await {
+            Ok(change) => {
+                // Nothing to publish: a replica announces nothing.
+                change.published.store(true, Ordering::Release);
+                Ok(true)
+            }
             Err(StoreError::Duplicate) => {
                 let first = change_id(&record.record_id(), 0);
                 if let Some(change) = self
@@ -461,10 +473,13 @@ impl<T: VersionedRecord> VersionedStore<T> {
             if current.version() + 1 < version {
                 return Ok(ReplicaUpdate::NotYet);
             }
-            match self.commit(&current, &next(&current), Vec::new()).await {
-                Ok(committed) => {
+            match self
+                .commit_change(&current, &next(&current), Vec::new())
+                .await
+            {
+                Ok(change) => {
                     // Nothing to publish: a replica announces nothing.
-                    committed.published.store(true, Ordering::Release);
+                    change.published.store(true, Ordering::Release);
                     return Ok(ReplicaUpdate::Applied);
                 }
                 // Another consumer claimed this version: the next read applies its change.
@@ -474,222 +489,4 @@ impl<T: VersionedRecord> VersionedStore<T> {
         }
         Err(StoreError::Conflict)
     }
-
-    /// Publishes a change's events and marks it published. A failure is logged and left to the relay:
-    /// the change is already durable, so the caller's request still succeeded.
-    ///
-    /// Returns whether the events are in the stream now (the broker acknowledged them), whatever
-    /// became of marking the change published.
-    pub async fn publish(&self, bus: &EventBus, committed: &Committed) -> bool {
-        // While the broker is unreachable a publish would only wait for its ack timeout: answer the
-        // request now and let the relay publish once the connection is back.
-        if !bus.is_connected() {
-            tracing::info!(change = %committed.change_id, "event bus disconnected; leaving the change to the outbox relay");
-            return false;
-        }
-        match self
-            .try_publish(bus, &committed.change_id, &committed.events)
-            .await
-        {
-            Ok(()) => {
-                committed.published.store(true, Ordering::Release);
-                true
-            }
-            Err(PublishError::Sent(err)) => {
-                tracing::warn!(change = %committed.change_id, error = %format!("{err:#}"),
-                    "events published but the change not marked; the outbox relay will mark it");
-                true
-            }
-            Err(PublishError::NotSent(err)) => {
-                tracing::warn!(change = %committed.change_id, error = %format!("{err:#}"),
-                    "publishing failed; the outbox relay will retry");
-                false
-            }
-        }
-    }
-
-    async fn try_publish(
-        &self,
-        bus: &EventBus,
-        change_id: &str,
-        events: &[PendingEvent],
-    ) -> Result<(), PublishError> {
-        for event in events {
-            let subject = Subject::parse(&event.subject)
-                .with_context(|| format!("unknown subject {} in change {change_id}", event.subject))
-                .map_err(PublishError::NotSent)?;
-            bus.publish_raw(
-                subject,
-                &event.msg_id,
-                Bytes::from(event.payload.clone().into_bytes()),
-            )
-            .await
-            .map_err(PublishError::NotSent)?;
-        }
-        self.changes
-            .update_one(
-                doc! { "_id": change_id },
-                doc! { "$set": { "published": true } },
-            )
-            .bounded()
-            .await
-            .context("marking a change published")
-            .map_err(PublishError::Sent)?;
-        Ok(())
-    }
-
-    /// One pass of the outbox relay: every change older than `min_age` that is still unpublished is
-    /// applied to its record if needed, then published; younger ones are counted as waiting.
-    pub async fn relay_once(
-        &self,
-        bus: &EventBus,
-        min_age: Duration,
-    ) -> Result<RelayPass, StoreError> {
-        let cutoff_ms = bson::DateTime::now().timestamp_millis()
-            - i64::try_from(min_age.as_millis()).unwrap_or(i64::MAX);
-        let pending: Vec<ChangeDoc> = super::find_all(
-            self.changes
-                .find(doc! { "published": false })
-                .sort(doc! { "at": 1 })
-                .limit(RELAY_BATCH),
-        )
-        .await?;
-        let mut pass = RelayPass {
-            published: 0,
-            waiting: pending.len(),
-        };
-        for change in pending {
-            if change.at.timestamp_millis() > cutoff_ms {
-                continue;
-            }
-            if !self.materialise(&change).await? {
-                pass.waiting -= 1;
-                continue;
-            }
-            match self.try_publish(bus, &change.id, &change.events).await {
-                Ok(()) => {
-                    pass.published += 1;
-                    pass.waiting -= 1;
-                }
-                Err(err) => {
-                    tracing::warn!(change = %change.id, error = %format!("{:#}", err.cause()), "relay could not publish");
-                    break;
-                }
-            }
-        }
-        Ok(pass)
-    }
-
-    /// Makes sure the record reflects `change`. `false` if the change lost its claim and was dropped.
-    async fn materialise(&self, change: &ChangeDoc) -> Result<bool, StoreError> {
-        if change.version == 0 {
-            if self
-                .raw_records
-                .find_one(doc! { "_id": change.record_key.clone() })
-                .bounded()
-                .await?
-                .is_some()
-            {
-                return Ok(true);
-            }
-            return match self
-                .raw_records
-                .insert_one(change.state.clone())
-                .bounded()
-                .await
-            {
-                Ok(_) => Ok(true),
-                Err(e) if is_duplicate_key(&e) => {
-                    if self
-                        .raw_records
-                        .find_one(doc! { "_id": change.record_key.clone() })
-                        .bounded()
-                        .await?
-                        .is_some()
-                    {
-                        Ok(true)
-                    } else {
-                        // A unique key of the record went to someone else: this change never happened.
-                        self.changes
-                            .delete_one(doc! { "_id": &change.id })
-                            .bounded()
-                            .await?;
-                        Ok(false)
-                    }
-                }
-                Err(e) => Err(e.into()),
-            };
-        }
-        self.get(change.record_key.clone()).await?;
-        Ok(true)
-    }
-
-    /// Runs the outbox relay until `shutdown`.
-    ///
-    /// Looking for unpublished changes means reading every change document on FerretDB (the
-    /// `published` filter is not indexed there), so it is done every `interval` only while this
-    /// process may have left one behind (at start, and after a change that was not published,
-    /// until a pass finds nothing waiting), and otherwise every `sweep`, for what other replicas
-    /// that crashed left behind.
-    pub fn spawn_relay(
-        self: Arc<Self>,
-        bus: EventBus,
-        shutdown: CancellationToken,
-        timing: RelayTiming,
-    ) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut since_sweep = Duration::ZERO;
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(timing.interval) => {}
-                }
-                since_sweep += timing.interval;
-                // Cleared before the pass, so a change left unpublished during it wakes the next one.
-                let wanted = self.relay_wanted.swap(false, Ordering::AcqRel);
-                if !wanted && since_sweep < timing.sweep {
-                    continue;
-                }
-                since_sweep = Duration::ZERO;
-                match self.relay_once(&bus, timing.min_age).await {
-                    Ok(pass) => {
-                        if pass.published > 0 {
-                            tracing::info!(
-                                count = pass.published,
-                                "outbox relay published pending events"
-                            );
-                        }
-                        if pass.waiting > 0 {
-                            self.relay_wanted.store(true, Ordering::Release);
-                        }
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "outbox relay pass failed");
-                        self.relay_wanted.store(true, Ordering::Release);
-                    }
-                }
-            }
-        })
-    }
-}
-
-/// How often the outbox relay runs ([`VersionedStore::spawn_relay`]).
-#[derive(Debug, Clone, Copy)]
-pub struct RelayTiming {
-    /// Between passes while this process may have left a change unpublished.
-    pub interval: Duration,
-    /// Between passes otherwise (changes left by other replicas).
-    pub sweep: Duration,
-    /// How old an unpublished change must be before the relay publishes it (younger ones may still
-    /// be published by their writer).
-    pub min_age: Duration,
-}
-
-impl RelayTiming {
-    /// Every second while needed, every 30 s otherwise, for changes older than 3 s.
-    pub const DEFAULT: Self = Self {
-        interval: Duration::from_secs(1),
-        sweep: Duration::from_secs(30),
-        min_age: Duration::from_secs(3),
-    };
 }

@@ -73,16 +73,17 @@ async fn store_with_unique_claim() -> (VersionedStore<Counter>, mongodb::Databas
 #[tokio::test]
 async fn concurrent_writers_never_fork_a_version_or_lose_an_update() {
     let (store, db) = store_with_unique_claim().await;
+    let bus = bus(&fresh_nats_settings()).await;
     store
-        .create(&counter("c1", "c1"), vec![])
+        .create(&bus, &counter("c1", "c1"), vec![])
         .await
         .expect("create");
     let writers = 12;
     let results = join_all((0..writers).map(|w| {
-        let store = store.clone();
+        let (store, bus) = (store.clone(), bus.clone());
         async move {
             store
-                .modify::<StoreError, _>(Bson::String("c1".into()), |current| {
+                .modify::<StoreError, _>(&bus, Bson::String("c1".into()), |current| {
                     let mut next = current.clone();
                     next.version += 1;
                     next.writers.push(format!("w{w}"));
@@ -135,11 +136,13 @@ async fn concurrent_writers_never_fork_a_version_or_lose_an_update() {
 #[tokio::test]
 async fn concurrent_creates_of_one_unique_claim_have_exactly_one_winner() {
     let (store, db) = store_with_unique_claim().await;
+    let bus = bus(&fresh_nats_settings()).await;
     let results = join_all((0..30).map(|i| {
-        let store = store.clone();
+        let (store, bus) = (store.clone(), bus.clone());
         async move {
             store
                 .create(
+                    &bus,
                     &counter(&format!("r{i}"), "ticket-1"),
                     vec![event_for("r", i)],
                 )
@@ -172,7 +175,7 @@ async fn concurrent_creates_of_one_unique_claim_have_exactly_one_winner() {
 async fn a_change_left_unapplied_is_repaired_on_the_next_read() {
     let (store, db) = store_with_unique_claim().await;
     store
-        .create(&counter("c1", "c1"), vec![])
+        .create_unpublished(&counter("c1", "c1"), vec![])
         .await
         .expect("create");
     // Simulate a writer that claimed version 1 and crashed before updating the record.
@@ -202,7 +205,7 @@ async fn a_change_left_unapplied_is_repaired_on_the_next_read() {
     assert_eq!(raw.version, 1, "the repair was written back");
     // And the next writer builds on it instead of overwriting it.
     let outcome = store
-        .commit(&counter("c1", "c1"), &state.clone(), vec![])
+        .commit_unpublished(&counter("c1", "c1"), &state.clone(), vec![])
         .await;
     assert!(
         matches!(outcome, Err(StoreError::Conflict)),
@@ -221,7 +224,7 @@ async fn the_relay_publishes_what_a_crashed_writer_left_behind_exactly_once() {
 
     // Created and committed, but the process "died" before publishing.
     store
-        .create(&counter("c1", "c1"), vec![event_for("c1", 0)])
+        .create_unpublished(&counter("c1", "c1"), vec![event_for("c1", 0)])
         .await
         .expect("create");
     let current = store
@@ -232,7 +235,7 @@ async fn the_relay_publishes_what_a_crashed_writer_left_behind_exactly_once() {
     let mut next = current.clone();
     next.version = 1;
     store
-        .commit(&current, &next, vec![event_for("c1", 1)])
+        .commit_unpublished(&current, &next, vec![event_for("c1", 1)])
         .await
         .expect("commit");
 
@@ -275,13 +278,13 @@ async fn publishing_twice_after_a_crash_delivers_once() {
     let bus = bus(&settings).await;
     let shutdown = CancellationToken::new();
     let mut seen = observe::<ExpirationComplete>(&bus, "observer", &shutdown).await;
-    let committed = store
-        .create(&counter("c1", "c1"), vec![event_for("c1", 0)])
-        .await
-        .expect("create");
     // The writer published, then crashed before marking the change published: the relay publishes
     // it again, and JetStream drops the duplicate by its message id.
-    store.publish(&bus, &committed).await;
+    let committed = store
+        .create(&bus, &counter("c1", "c1"), vec![event_for("c1", 0)])
+        .await
+        .expect("create");
+    assert!(committed.in_stream);
     db.collection::<Document>("counters_changes")
         .update_one(
             doc! { "_id": "c1:0" },
@@ -322,7 +325,7 @@ impl RunningRelay {
             sweep,
             min_age: Duration::ZERO,
         };
-        let relay = Arc::new(store.clone()).spawn_relay(bus, shutdown.clone(), timing);
+        let relay = store.spawn_relay(bus, shutdown.clone(), timing);
         tokio::time::sleep(Duration::from_millis(300)).await;
         Self {
             store,
@@ -350,12 +353,11 @@ impl RunningRelay {
 async fn a_change_its_writer_did_not_publish_is_relayed_by_the_next_pass_not_the_next_sweep() {
     let mut running = RunningRelay::start(Duration::from_secs(3600)).await;
     // A request commits and is cancelled before publishing.
-    let committed = running
+    running
         .store
-        .create(&counter("c1", "c1"), vec![event_for("c1", 0)])
+        .create_unpublished(&counter("c1", "c1"), vec![event_for("c1", 0)])
         .await
         .expect("create");
-    drop(committed);
 
     let event = running
         .next_published(Duration::from_secs(10))
@@ -371,12 +373,10 @@ async fn a_change_another_replica_left_behind_waits_for_the_sweep() {
     // Another replica (its own store) commits and crashes before publishing: nothing tells this
     // replica, so only its sweep finds the change.
     let other_replica = VersionedStore::<Counter>::new(&running.db, "counters");
-    drop(
-        other_replica
-            .create(&counter("c1", "c1"), vec![event_for("c1", 0)])
-            .await
-            .expect("create"),
-    );
+    other_replica
+        .create_unpublished(&counter("c1", "c1"), vec![event_for("c1", 0)])
+        .await
+        .expect("create");
     // Ten 100 ms passes go by without it...
     assert!(
         running
@@ -400,7 +400,10 @@ async fn a_replica_insert_cut_after_its_change_document_is_finished_by_the_redel
     let store = VersionedStore::<Counter>::new(&db, "replicas");
     let first = counter("r1", "r1");
     // The crash: the change document of version 0 is written, the record is not.
-    store.create(&first, Vec::new()).await.expect("created");
+    store
+        .create_unpublished(&first, Vec::new())
+        .await
+        .expect("created");
     store
         .records()
         .delete_one(doc! { "_id": "r1" })

@@ -74,7 +74,7 @@ pub async fn expire(
     // `modify` re-reads and decides again if a payment commits first, so exactly one of them wins.
     let (order, committed) = store
         .orders()
-        .modify(Bson::ObjectId(id), |current: &Order| {
+        .modify(bus, Bson::ObjectId(id), |current: &Order| {
             if current.status.is_open() {
                 cancellation(current)
             } else {
@@ -82,10 +82,9 @@ pub async fn expire(
             }
         })
         .await?;
-    let Some(committed) = committed else {
+    if committed.is_none() {
         return Ok(Expiry::Unchanged);
-    };
-    store.orders().publish(bus, &committed).await;
+    }
     tracing::info!(order_id = %order.id, version = order.version, "order expired and cancelled");
     Ok(Expiry::Cancelled(order))
 }

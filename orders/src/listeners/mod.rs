@@ -94,7 +94,7 @@ pub async fn subscribe(
             context.clone(),
             |c, event: PaymentCreated, delivery| async move {
                 Ok(patient(
-                    payment_created::handle(&c.store, event).await?,
+                    payment_created::handle(&c.store, &c.bus, event).await?,
                     delivery,
                 ))
             },
@@ -107,7 +107,7 @@ pub async fn subscribe(
             context,
             |c, event: PaymentUpdated, delivery| async move {
                 Ok(patient(
-                    payment_updated::handle(&c.store, event).await?,
+                    payment_updated::handle(&c.store, &c.bus, event).await?,
                     delivery,
                 ))
             },

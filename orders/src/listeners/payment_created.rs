@@ -1,7 +1,7 @@
 //! `payment:created`: the order is paid, so it becomes `complete` (version + 1; the SPEC publishes
 //! no event for this). It keeps its ticket for good.
 
-use common::bus::Outcome;
+use common::bus::{EventBus, Outcome};
 use common::events::{OrderStatus, PaymentCreated};
 use common::store::{Decision, StoreError, parse_object_id};
 use mongodb::bson::Bson;
@@ -9,14 +9,18 @@ use mongodb::bson::Bson;
 use super::RETRY_DELAY;
 use crate::store::{Order, OrderStore};
 
-pub async fn handle(store: &OrderStore, event: PaymentCreated) -> anyhow::Result<Outcome> {
+pub async fn handle(
+    store: &OrderStore,
+    bus: &EventBus,
+    event: PaymentCreated,
+) -> anyhow::Result<Outcome> {
     let Some(id) = parse_object_id(&event.order_id) else {
         return Ok(Outcome::Poison("the order id is not an ObjectId"));
     };
     // `modify` re-reads and decides again if an expiry commits first, so exactly one of them wins.
     let result = store
         .orders()
-        .modify(Bson::ObjectId(id), |current: &Order| {
+        .modify(bus, Bson::ObjectId(id), |current: &Order| {
             Ok::<_, StoreError>(match current.status {
                 OrderStatus::Created | OrderStatus::AwaitingPayment => Decision::Commit {
                     next: current.with_status(OrderStatus::Complete),

@@ -2,7 +2,7 @@
 //! published for an order that this service cancelled while it was being paid; the order records
 //! the refund (version + 1, no event: a cancelled order changes no replica), so its page can say so.
 
-use common::bus::Outcome;
+use common::bus::{EventBus, Outcome};
 use common::events::{OrderStatus, PaymentUpdated};
 use common::store::{Decision, StoreError, parse_object_id};
 use mongodb::bson::Bson;
@@ -12,7 +12,11 @@ use crate::store::{Order, OrderStore, Refund};
 
 pub const REFUNDED: &str = "refunded";
 
-pub async fn handle(store: &OrderStore, event: PaymentUpdated) -> anyhow::Result<Outcome> {
+pub async fn handle(
+    store: &OrderStore,
+    bus: &EventBus,
+    event: PaymentUpdated,
+) -> anyhow::Result<Outcome> {
     if event.status != REFUNDED {
         return Ok(Outcome::Ack);
     }
@@ -25,7 +29,7 @@ pub async fn handle(store: &OrderStore, event: PaymentUpdated) -> anyhow::Result
     };
     let result = store
         .orders()
-        .modify(Bson::ObjectId(id), |current: &Order| {
+        .modify(bus, Bson::ObjectId(id), |current: &Order| {
             Ok::<_, StoreError>(match current.status {
                 OrderStatus::Cancelled if current.refund.is_none() => Decision::Commit {
                     next: Order {

@@ -17,6 +17,6 @@ pub async fn handle(store: &OrderStore, event: TicketCreated) -> anyhow::Result<
         version: event.version,
     };
     // Inserted now, or already (a redelivery, or another replica of this service got there first).
-    store.ticket_versions().create_replica(&ticket).await?;
+    store.tickets().create_replica(&ticket).await?;
     Ok(Outcome::Ack)
 }

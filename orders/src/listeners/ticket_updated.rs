@@ -15,7 +15,7 @@ pub async fn handle(store: &OrderStore, event: TicketUpdated) -> anyhow::Result<
         return Ok(Outcome::Poison("the id is not an ObjectId"));
     };
     let update = store
-        .ticket_versions()
+        .tickets()
         .apply_replica_version(Bson::ObjectId(id), event.version, |_| Ticket {
             id,
             title: event.title.clone(),

@@ -6,13 +6,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use common::error::parse_id;
 use common::error::{ApiError, ApiResult};
 use common::events::OrderStatus;
 use common::extract::{FromBody, JsonBody, RequireAuth};
 use common::money::Price;
-use common::store::{
-    Decision, PendingEvent, StoreError, VersionedRecord, parse_id, parse_object_id,
-};
+use common::store::{Decision, PendingEvent, StoreError, VersionedRecord, parse_object_id};
 use mongodb::bson::Bson;
 use mongodb::bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
@@ -154,12 +153,11 @@ async fn create(
     let order = Order::new(&user.id, &ticket, expires_at);
     let events = vec![PendingEvent::of(&order.created_event(ticket.price()))?];
     // One insert decides who gets the ticket: the unique reservation index refuses the others.
-    let committed = match state.store.create_order(&order, events).await {
-        Ok(committed) => committed,
+    match state.store.create_order(&state.bus, &order, events).await {
+        Ok(_) => {}
         Err(StoreError::Duplicate) => return Err(ApiError::bad_request(TICKET_RESERVED)),
         Err(other) => return Err(other.into()),
-    };
-    state.store.orders().publish(&state.bus, &committed).await;
+    }
     tracing::info!(order_id = %order.id, ticket_id = %order.ticket_id, "order created");
     Ok((
         StatusCode::CREATED,
@@ -214,7 +212,7 @@ async fn cancel(
     let (order, committed) = state
         .store
         .orders()
-        .modify(key, |current: &Order| {
+        .modify(&state.bus, key, |current: &Order| {
             if current.user_id != user.id {
                 return Err(ApiError::NotAuthorized);
             }
@@ -229,8 +227,7 @@ async fn cancel(
             }
         })
         .await?;
-    if let Some(committed) = committed {
-        state.store.orders().publish(&state.bus, &committed).await;
+    if committed.is_some() {
         tracing::info!(version = order.version(), "order cancelled by its owner");
     }
     Ok(StatusCode::NO_CONTENT)

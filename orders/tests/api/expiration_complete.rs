@@ -100,6 +100,7 @@ async fn expiry_of_a_paid_order_is_ignored() {
     let (id, ticket_id) = pending_order(&app, &user).await;
     let paid = orders::listeners::payment_created::handle(
         &app.store,
+        &app.bus,
         PaymentCreated {
             id: new_user_id(),
             order_id: id.clone(),
@@ -201,6 +202,7 @@ async fn the_sweeper_cancels_only_overdue_orders_still_waiting_for_payment_and_e
     let (cancelled_before, _) = pending_order(&app, &user).await;
     orders::listeners::payment_created::handle(
         &app.store,
+        &app.bus,
         PaymentCreated {
             id: new_user_id(),
             order_id: paid.clone(),

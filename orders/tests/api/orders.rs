@@ -25,6 +25,7 @@ fn expires_at(body: &Value) -> DateTime<Utc> {
 async fn pay(app: &TestApp, order_id: &str) {
     let outcome = orders::listeners::payment_created::handle(
         &app.store,
+        &app.bus,
         PaymentCreated {
             id: new_user_id(),
             order_id: order_id.to_owned(),

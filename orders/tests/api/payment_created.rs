@@ -30,7 +30,9 @@ async fn a_payment_completes_the_order_with_a_new_version_and_no_event() {
     let (id, ticket_id) = pending_order(&app, &user).await;
 
     assert_eq!(
-        handle(&app.store, payment(&id)).await.expect("handled"),
+        handle(&app.store, &app.bus, payment(&id))
+            .await
+            .expect("handled"),
         Outcome::Ack
     );
     let stored = app.stored_order(&id).await;
@@ -54,7 +56,9 @@ async fn a_repeated_payment_is_acknowledged_without_a_new_version() {
     let (id, _) = pending_order(&app, &User::new()).await;
     for _ in 0..2 {
         assert_eq!(
-            handle(&app.store, payment(&id)).await.expect("handled"),
+            handle(&app.store, &app.bus, payment(&id))
+                .await
+                .expect("handled"),
             Outcome::Ack
         );
     }
@@ -73,7 +77,9 @@ async fn a_payment_for_a_cancelled_order_is_acknowledged_and_the_order_stays_can
     );
 
     assert_eq!(
-        handle(&app.store, payment(&id)).await.expect("handled"),
+        handle(&app.store, &app.bus, payment(&id))
+            .await
+            .expect("handled"),
         Outcome::Ack
     );
     let stored = app.stored_order(&id).await;
@@ -85,7 +91,7 @@ async fn a_payment_for_a_cancelled_order_is_acknowledged_and_the_order_stays_can
 #[tokio::test]
 async fn a_payment_for_an_order_not_stored_yet_is_retried() {
     let app = spawn_app().await;
-    let outcome = handle(&app.store, payment(&new_user_id()))
+    let outcome = handle(&app.store, &app.bus, payment(&new_user_id()))
         .await
         .expect("handled");
     assert!(matches!(outcome, Outcome::Retry(_)), "{outcome:?}");
@@ -113,7 +119,7 @@ async fn an_expiry_racing_a_payment_makes_exactly_one_transition() {
                     sequence: u64::MAX,
                 },
             );
-            let paid = handle(&app.store, payment(id));
+            let paid = handle(&app.store, &app.bus, payment(id));
             let (expiry, paid) = tokio::join!(expiry, paid);
             assert_eq!(expiry.expect("expiry handled"), Outcome::Ack);
             assert_eq!(paid.expect("payment handled"), Outcome::Ack);

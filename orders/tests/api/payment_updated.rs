@@ -37,7 +37,7 @@ async fn a_refund_of_a_cancelled_orders_charge_is_shown_on_the_order_once() {
 
     for _ in 0..2 {
         assert_eq!(
-            handle(&app.store, update(&id, "refunded", 3))
+            handle(&app.store, &app.bus, update(&id, "refunded", 3))
                 .await
                 .expect("handled"),
             Outcome::Ack
@@ -63,7 +63,7 @@ async fn other_payment_states_change_nothing_and_an_unrefunded_order_shows_no_re
 
     for status in ["pending", "unknown", "failed", "succeeded", "refunding"] {
         assert_eq!(
-            handle(&app.store, update(&id, status, 1))
+            handle(&app.store, &app.bus, update(&id, status, 1))
                 .await
                 .expect("handled"),
             Outcome::Ack,
@@ -79,7 +79,7 @@ async fn other_payment_states_change_nothing_and_an_unrefunded_order_shows_no_re
 #[tokio::test]
 async fn a_refund_for_an_order_not_known_yet_is_retried() {
     let app = spawn_app().await;
-    let outcome = handle(&app.store, update(&new_user_id(), "refunded", 3))
+    let outcome = handle(&app.store, &app.bus, update(&new_user_id(), "refunded", 3))
         .await
         .expect("handled");
     assert!(matches!(outcome, Outcome::Retry(_)), "{outcome:?}");

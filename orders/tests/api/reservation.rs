@@ -231,7 +231,7 @@ async fn a_release_interrupted_before_reaching_its_order_is_completed_by_the_nex
     let events = vec![PendingEvent::of(&next.cancelled_event()).expect("event")];
     app.store
         .orders()
-        .commit(&before, &next, events)
+        .commit_unpublished(&before, &next, events)
         .await
         .expect("commit");
     app.store

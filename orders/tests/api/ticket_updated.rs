@@ -151,6 +151,7 @@ async fn a_late_duplicate_that_rolled_the_replica_back_is_repaired_before_the_ne
     let oid = common::store::parse_object_id(&id).expect("id");
     app.store
         .tickets()
+        .records()
         .replace_one(
             mongodb::bson::doc! { "_id": oid },
             orders::store::Ticket {

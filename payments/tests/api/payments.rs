@@ -116,7 +116,7 @@ async fn a_payment_publishes_payment_created_once_with_the_payment_order_and_cha
     // Published by the request itself: the outbox has nothing left to send again.
     let relayed = app
         .payments
-        .versions()
+        .payments()
         .relay_once(&app.bus().await, Duration::ZERO)
         .await
         .expect("relay pass");

@@ -299,6 +299,7 @@ async fn an_attempt_that_never_reached_stripe_is_failed_by_the_reconciler_withou
     // database to mark it sent).
     app.payments
         .begin(
+            &app.bus().await,
             &replica,
             "tok_visa",
             payments::stripe::token_hash("tok_visa"),

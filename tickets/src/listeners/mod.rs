@@ -69,8 +69,8 @@ pub async fn release(
     order_id: &str,
 ) -> Result<Release, StoreError> {
     let result = store
-        .tickets
-        .modify(Bson::ObjectId(ticket_id), |ticket| {
+        .tickets()
+        .modify(bus, Bson::ObjectId(ticket_id), |ticket| {
             if ticket.order_id.as_deref() != Some(order_id) {
                 return Ok(Decision::Unchanged);
             }
@@ -79,10 +79,7 @@ pub async fn release(
         })
         .await;
     match result {
-        Ok((_, Some(committed))) => {
-            store.tickets.publish(bus, &committed).await;
-            Ok(Release::Released)
-        }
+        Ok((_, Some(_))) => Ok(Release::Released),
         Ok((_, None)) => Ok(Release::NotHeld),
         Err(StoreError::NotFound) => Ok(Release::TicketMissing),
         Err(other) => Err(other),

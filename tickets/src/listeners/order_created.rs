@@ -26,8 +26,8 @@ pub async fn handle(
 
     let mut holder: Option<String> = None;
     let result = store
-        .tickets
-        .modify(Bson::ObjectId(ticket_id), |ticket| {
+        .tickets()
+        .modify(bus, Bson::ObjectId(ticket_id), |ticket| {
             holder = ticket.order_id.clone();
             if ticket.order_id.is_some() {
                 return Ok(Decision::Unchanged);
@@ -36,8 +36,8 @@ pub async fn handle(
             Ok(Decision::Commit { next, events })
         })
         .await;
-    let committed = match result {
-        Ok((_, Some(committed))) => committed,
+    match result {
+        Ok((_, Some(_))) => {}
         Ok((_, None)) => {
             // Unchanged only when the ticket is held already.
             return Ok(match holder {
@@ -55,8 +55,7 @@ pub async fn handle(
             return Ok(Outcome::Retry(RETRY_DELAY));
         }
         Err(other) => return Err(other.into()),
-    };
-    store.tickets.publish(bus, &committed).await;
+    }
     tracing::info!(order_id = %event.id, ticket_id = %event.ticket.id, "ticket reserved");
 
     // The cancellation may have been handled between our check above and the commit, and then saw

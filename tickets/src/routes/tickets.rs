@@ -4,10 +4,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use common::error::parse_id;
 use common::error::{ApiError, ApiResult};
 use common::extract::{FromBody, JsonBody, RequireAuth, number, trimmed_string};
 use common::money::{MAX_PRICE_CENTS, Price};
-use common::store::{Decision, PendingEvent, parse_id};
+use common::store::{Decision, PendingEvent};
 use mongodb::bson::Bson;
 use mongodb::bson::oid::ObjectId;
 use serde::Deserialize;
@@ -126,8 +127,11 @@ async fn create(
         order_id: None,
     };
     let events = vec![PendingEvent::of(&ticket.created_event())?];
-    let committed = state.store.tickets.create(&ticket, events).await?;
-    state.store.tickets.publish(&state.bus, &committed).await;
+    state
+        .store
+        .tickets()
+        .create(&state.bus, &ticket, events)
+        .await?;
     tracing::info!(ticket_id = %ticket.id, "ticket created");
     Ok((StatusCode::CREATED, Json(ticket.view())))
 }
@@ -159,10 +163,10 @@ async fn update(
     let key = Bson::ObjectId(parse_id(&id)?);
     // The checks run on the latest state inside the commit loop: a reservation can land between a
     // first read and our write, and must win over the edit.
-    let (ticket, committed) = state
+    let (ticket, _) = state
         .store
-        .tickets
-        .modify(key, |ticket| {
+        .tickets()
+        .modify(&state.bus, key, |ticket| {
             if ticket.order_id.is_some() {
                 return Err(ApiError::bad_request(TICKET_RESERVED));
             }
@@ -179,9 +183,6 @@ async fn update(
             Ok(Decision::Commit { next, events })
         })
         .await?;
-    if let Some(committed) = committed {
-        state.store.tickets.publish(&state.bus, &committed).await;
-    }
     Ok(Json(ticket.view()))
 }
 

@@ -241,13 +241,11 @@ impl Infra {
             order_id: None,
         };
         let events = vec![PendingEvent::of(&ticket.created_event()).expect("event")];
-        let committed = self
-            .store
-            .tickets
-            .create(&ticket, events)
+        self.store
+            .tickets()
+            .create(&self.bus, &ticket, events)
             .await
             .expect("creating a ticket");
-        self.store.tickets.publish(&self.bus, &committed).await;
         ticket
     }
 

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use common::events::{TicketCreated, TicketUpdated};
-use common::store::{Decision, PendingEvent, StoreError};
+use common::store::PendingEvent;
 use mongodb::bson::Bson;
 
 use crate::helpers::{infra, new_order_id, sentinel_created, sentinel_updated, spawn_app, user};
@@ -23,14 +23,14 @@ async fn a_ticket_stored_without_its_event_is_published_once_by_the_relay() {
     let event = ticket.created_event();
     infra
         .store
-        .tickets
-        .create(&ticket, vec![PendingEvent::of(&event).expect("event")])
+        .tickets()
+        .create_unpublished(&ticket, vec![PendingEvent::of(&event).expect("event")])
         .await
         .expect("created");
 
     let relayed = infra
         .store
-        .tickets
+        .tickets()
         .relay_once(&infra.bus, Duration::ZERO)
         .await
         .expect("relay pass");
@@ -39,7 +39,7 @@ async fn a_ticket_stored_without_its_event_is_published_once_by_the_relay() {
     // Marked published: the next pass has nothing to do.
     let relayed = infra
         .store
-        .tickets
+        .tickets()
         .relay_once(&infra.bus, Duration::ZERO)
         .await
         .expect("relay pass");
@@ -53,16 +53,15 @@ async fn an_event_published_just_before_a_crash_is_relayed_again_and_dropped_as_
     let mut updated = infra.observe::<TicketUpdated>().await;
     let ticket = infra.insert_ticket("owner-1").await;
     let order_id = new_order_id();
-    let (reserved, committed) = infra
+    let (reserved, events) = ticket
+        .with_order(Some(order_id.clone()))
+        .expect("a reservation");
+    infra
         .store
-        .tickets
-        .modify(Bson::ObjectId(ticket.id), |current| {
-            let (next, events) = current.with_order(Some(order_id.clone()))?;
-            Ok::<_, StoreError>(Decision::Commit { next, events })
-        })
+        .tickets()
+        .commit_unpublished(&ticket, &reserved, events)
         .await
         .expect("committed");
-    assert!(committed.is_some());
     // Published, but the crash came before the change was marked published.
     infra
         .bus
@@ -72,7 +71,7 @@ async fn an_event_published_just_before_a_crash_is_relayed_again_and_dropped_as_
 
     let relayed = infra
         .store
-        .tickets
+        .tickets()
         .relay_once(&infra.bus, Duration::ZERO)
         .await
         .expect("relay pass");
@@ -101,13 +100,21 @@ async fn the_running_service_relays_a_change_that_was_never_published() {
     let id = ticket["id"].as_str().expect("id");
     let order_id = new_order_id();
     let key = Bson::ObjectId(mongodb::bson::oid::ObjectId::parse_str(id).expect("an id"));
+    let current = app
+        .infra
+        .store
+        .tickets()
+        .get(key)
+        .await
+        .expect("a read")
+        .expect("the ticket");
+    let (next, events) = current
+        .with_order(Some(order_id.clone()))
+        .expect("a reservation");
     app.infra
         .store
-        .tickets
-        .modify(key, |current| {
-            let (next, events) = current.with_order(Some(order_id.clone()))?;
-            Ok::<_, StoreError>(Decision::Commit { next, events })
-        })
+        .tickets()
+        .commit_unpublished(&current, &next, events)
         .await
         .expect("committed");
 

@@ -1,0 +1,276 @@
+//! The outbox of a [`VersionedStore`]: publishing a change's events right after its write, and the
+//! relay that publishes what a writer left unpublished (it crashed, the broker was down, the
+//! request was cancelled) and completes records whose write a crash cut short.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use mongodb::bson::{self, doc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::versioned::{ChangeDoc, Unpublished};
+use super::{
+    Bounded as _, Committed, PendingEvent, StoreError, VersionedRecord, VersionedStore,
+    is_duplicate_key,
+};
+use crate::bus::EventBus;
+use crate::events::Subject;
+
+/// How many unpublished changes one relay pass takes at most.
+const RELAY_BATCH: i64 = 500;
+
+/// What one pass of the outbox relay did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayPass {
+    /// Changes published by this pass.
+    pub published: usize,
+    /// Unpublished changes left for a later pass: younger than the minimum age (their writer may
+    /// still publish them), or not publishable now (broker unreachable).
+    pub waiting: usize,
+}
+
+/// Why publishing a change's events failed, and whether they reached the stream first.
+#[derive(Debug)]
+enum PublishError {
+    /// Not every event is in the stream.
+    NotSent(anyhow::Error),
+    /// Every event is in the stream; only marking the change published failed.
+    Sent(anyhow::Error),
+}
+
+impl PublishError {
+    fn cause(&self) -> &anyhow::Error {
+        match self {
+            PublishError::NotSent(err) | PublishError::Sent(err) => err,
+        }
+    }
+}
+
+impl<T: VersionedRecord> VersionedStore<T> {
+    /// Publishes a change's events and marks it published. A failure is logged and left to the relay:
+    /// the change is already durable, so the caller's request still succeeded.
+    ///
+    /// Says whether the events are in the stream now (the broker acknowledged them), whatever
+    /// became of marking the change published.
+    pub(super) async fn publish(&self, bus: &EventBus, committed: Unpublished) -> Committed {
+        // While the broker is unreachable a publish would only wait for its ack timeout: answer the
+        // request now and let the relay publish once the connection is back.
+        if committed.events.is_empty() {
+            // Nothing to announce; the relay marks the change when it passes.
+            committed.published.store(true, Ordering::Release);
+            return Committed { in_stream: true };
+        }
+        if !bus.is_connected() {
+            tracing::info!(change = %committed.change_id, "event bus disconnected; leaving the change to the outbox relay");
+            return Committed { in_stream: false };
+        }
+        match self
+            .try_publish(bus, &committed.change_id, &committed.events)
+            .await
+        {
+            Ok(()) => {
+                committed.published.store(true, Ordering::Release);
+                Committed { in_stream: true }
+            }
+            Err(PublishError::Sent(err)) => {
+                tracing::warn!(change = %committed.change_id, error = %format!("{err:#}"),
+                    "events published but the change not marked; the outbox relay will mark it");
+                Committed { in_stream: true }
+            }
+            Err(PublishError::NotSent(err)) => {
+                tracing::warn!(change = %committed.change_id, error = %format!("{err:#}"),
+                    "publishing failed; the outbox relay will retry");
+                Committed { in_stream: false }
+            }
+        }
+    }
+
+    async fn try_publish(
+        &self,
+        bus: &EventBus,
+        change_id: &str,
+        events: &[PendingEvent],
+    ) -> Result<(), PublishError> {
+        for event in events {
+            let subject = Subject::parse(&event.subject)
+                .with_context(|| format!("unknown subject {} in change {change_id}", event.subject))
+                .map_err(PublishError::NotSent)?;
+            bus.publish_raw(
+                subject,
+                &event.msg_id,
+                Bytes::from(event.payload.clone().into_bytes()),
+            )
+            .await
+            .map_err(PublishError::NotSent)?;
+        }
+        self.changes
+            .update_one(
+                doc! { "_id": change_id },
+                doc! { "$set": { "published": true } },
+            )
+            .bounded()
+            .await
+            .context("marking a change published")
+            .map_err(PublishError::Sent)?;
+        Ok(())
+    }
+
+    /// One pass of the outbox relay: every change older than `min_age` that is still unpublished is
+    /// applied to its record if needed, then published; younger ones are counted as waiting.
+    pub async fn relay_once(
+        &self,
+        bus: &EventBus,
+        min_age: Duration,
+    ) -> Result<RelayPass, StoreError> {
+        let cutoff_ms = bson::DateTime::now().timestamp_millis()
+            - i64::try_from(min_age.as_millis()).unwrap_or(i64::MAX);
+        let pending: Vec<ChangeDoc> = super::find_all(
+            self.changes
+                .find(doc! { "published": false })
+                .sort(doc! { "at": 1 })
+                .limit(RELAY_BATCH),
+        )
+        .await?;
+        let mut pass = RelayPass {
+            published: 0,
+            waiting: pending.len(),
+        };
+        for change in pending {
+            if change.at.timestamp_millis() > cutoff_ms {
+                continue;
+            }
+            if !self.materialise(&change).await? {
+                pass.waiting -= 1;
+                continue;
+            }
+            match self.try_publish(bus, &change.id, &change.events).await {
+                Ok(()) => {
+                    pass.published += 1;
+                    pass.waiting -= 1;
+                }
+                Err(err) => {
+                    tracing::warn!(change = %change.id, error = %format!("{:#}", err.cause()), "relay could not publish");
+                    break;
+                }
+            }
+        }
+        Ok(pass)
+    }
+
+    /// Makes sure the record reflects `change`. `false` if the change lost its claim and was dropped.
+    pub(super) async fn materialise(&self, change: &ChangeDoc) -> Result<bool, StoreError> {
+        if change.version == 0 {
+            if self
+                .raw_records
+                .find_one(doc! { "_id": change.record_key.clone() })
+                .bounded()
+                .await?
+                .is_some()
+            {
+                return Ok(true);
+            }
+            return match self
+                .raw_records
+                .insert_one(change.state.clone())
+                .bounded()
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(e) if is_duplicate_key(&e) => {
+                    if self
+                        .raw_records
+                        .find_one(doc! { "_id": change.record_key.clone() })
+                        .bounded()
+                        .await?
+                        .is_some()
+                    {
+                        Ok(true)
+                    } else {
+                        // A unique key of the record went to someone else: this change never happened.
+                        self.changes
+                            .delete_one(doc! { "_id": &change.id })
+                            .bounded()
+                            .await?;
+                        Ok(false)
+                    }
+                }
+                Err(e) => Err(e.into()),
+            };
+        }
+        self.get(change.record_key.clone()).await?;
+        Ok(true)
+    }
+
+    /// Runs the outbox relay until `shutdown`.
+    ///
+    /// Looking for unpublished changes means reading every change document on FerretDB (the
+    /// `published` filter is not indexed there), so it is done every `interval` only while this
+    /// process may have left one behind (at start, and after a change that was not published,
+    /// until a pass finds nothing waiting), and otherwise every `sweep`, for what other replicas
+    /// that crashed left behind.
+    pub fn spawn_relay(
+        &self,
+        bus: EventBus,
+        shutdown: CancellationToken,
+        timing: RelayTiming,
+    ) -> JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut since_sweep = Duration::ZERO;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(timing.interval) => {}
+                }
+                since_sweep += timing.interval;
+                // Cleared before the pass, so a change left unpublished during it wakes the next one.
+                let wanted = store.relay_wanted.swap(false, Ordering::AcqRel);
+                if !wanted && since_sweep < timing.sweep {
+                    continue;
+                }
+                since_sweep = Duration::ZERO;
+                match store.relay_once(&bus, timing.min_age).await {
+                    Ok(pass) => {
+                        if pass.published > 0 {
+                            tracing::info!(
+                                count = pass.published,
+                                "outbox relay published pending events"
+                            );
+                        }
+                        if pass.waiting > 0 {
+                            store.relay_wanted.store(true, Ordering::Release);
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "outbox relay pass failed");
+                        store.relay_wanted.store(true, Ordering::Release);
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// How often the outbox relay runs ([`VersionedStore::spawn_relay`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RelayTiming {
+    /// Between passes while this process may have left a change unpublished.
+    pub interval: Duration,
+    /// Between passes otherwise (changes left by other replicas).
+    pub sweep: Duration,
+    /// How old an unpublished change must be before the relay publishes it (younger ones may still
+    /// be published by their writer).
+    pub min_age: Duration,
+}
+
+impl RelayTiming {
+    /// Every second while needed, every 30 s otherwise, for changes older than 3 s.
+    pub const DEFAULT: Self = Self {
+        interval: Duration::from_secs(1),
+        sweep: Duration::from_secs(30),
+        min_age: Duration::from_secs(3),
+    };
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use mongodb::bson::{self, doc};
+use mongodb::bson::{self, Bson, doc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -163,13 +163,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
     /// Makes sure the record reflects `change`. `false` if the change lost its claim and was dropped.
     pub(super) async fn materialise(&self, change: &ChangeDoc) -> Result<bool, StoreError> {
         if change.version == 0 {
-            if self
-                .raw_records
-                .find_one(doc! { "_id": change.record_key.clone() })
-                .bounded()
-                .await?
-                .is_some()
-            {
+            if self.record_exists(&change.record_key).await? {
                 return Ok(true);
             }
             return match self
@@ -180,13 +174,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
             {
                 Ok(_) => Ok(true),
                 Err(e) if is_duplicate_key(&e) => {
-                    if self
-                        .raw_records
-                        .find_one(doc! { "_id": change.record_key.clone() })
-                        .bounded()
-                        .await?
-                        .is_some()
-                    {
+                    if self.record_exists(&change.record_key).await? {
                         Ok(true)
                     } else {
                         // A unique key of the record went to someone else: this change never happened.
@@ -202,6 +190,15 @@ impl<T: VersionedRecord> VersionedStore<T> {
         }
         self.get(change.record_key.clone()).await?;
         Ok(true)
+    }
+
+    async fn record_exists(&self, key: &Bson) -> Result<bool, StoreError> {
+        Ok(self
+            .raw_records
+            .find_one(doc! { "_id": key.clone() })
+            .bounded()
+            .await?
+            .is_some())
     }
 
     /// Runs the outbox relay until `shutdown`.

@@ -1,11 +1,12 @@
 //! One handler per subscribed subject. Each is a plain async fn that decides an [`Outcome`]; the
 //! application wires them to the bus (queue group `orders-service`).
 
+use std::future::Future;
 use std::time::Duration;
 
 use common::bus::{Delivery, EventBus, Outcome};
 use common::events::{
-    ExpirationComplete, PaymentCreated, PaymentUpdated, TicketCreated, TicketUpdated,
+    Event, ExpirationComplete, PaymentCreated, PaymentUpdated, TicketCreated, TicketUpdated,
 };
 use common::server::Background;
 
@@ -44,37 +45,33 @@ pub async fn subscribe(
     bus: &EventBus,
     context: Context,
 ) -> anyhow::Result<()> {
+    listen_patiently(
+        background,
+        bus,
+        &context,
+        |c, event: TicketCreated| async move { ticket_created::handle(&c.store, event).await },
+    )
+    .await?;
+    listen_patiently(
+        background,
+        bus,
+        &context,
+        |c, event: TicketUpdated| async move { ticket_updated::handle(&c.store, event).await },
+    )
+    .await?;
+    listen_patiently(background, bus, &context, |c, event: PaymentCreated| async move {
+        payment_created::handle(&c.store, &c.bus, event).await
+    })
+    .await?;
+    listen_patiently(background, bus, &context, |c, event: PaymentUpdated| async move {
+        payment_updated::handle(&c.store, &c.bus, event).await
+    })
+    .await?;
     background
         .listen(
             bus,
             QUEUE_GROUP,
-            context.clone(),
-            |c, event: TicketCreated, delivery| async move {
-                Ok(patient(
-                    ticket_created::handle(&c.store, event).await?,
-                    delivery,
-                ))
-            },
-        )
-        .await?;
-    background
-        .listen(
-            bus,
-            QUEUE_GROUP,
-            context.clone(),
-            |c, event: TicketUpdated, delivery| async move {
-                Ok(patient(
-                    ticket_updated::handle(&c.store, event).await?,
-                    delivery,
-                ))
-            },
-        )
-        .await?;
-    background
-        .listen(
-            bus,
-            QUEUE_GROUP,
-            context.clone(),
+            context,
             |c, event: ExpirationComplete, delivery| async move {
                 // After an outage, payments held back by it apply first (see OutageClock).
                 if !c.clock.calm_for(c.grace) {
@@ -86,30 +83,29 @@ pub async fn subscribe(
                 Ok(patient(outcome, delivery))
             },
         )
-        .await?;
+        .await
+}
+
+/// A listener whose "not yet" answers wait longer with each delivery (see [`patient`]).
+async fn listen_patiently<E, H, Fut>(
+    background: &mut Background,
+    bus: &EventBus,
+    context: &Context,
+    handler: H,
+) -> anyhow::Result<()>
+where
+    E: Event,
+    H: Fn(Context, E) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<Outcome>> + Send + 'static,
+{
     background
         .listen(
             bus,
             QUEUE_GROUP,
             context.clone(),
-            |c, event: PaymentCreated, delivery| async move {
-                Ok(patient(
-                    payment_created::handle(&c.store, &c.bus, event).await?,
-                    delivery,
-                ))
-            },
-        )
-        .await?;
-    background
-        .listen(
-            bus,
-            QUEUE_GROUP,
-            context,
-            |c, event: PaymentUpdated, delivery| async move {
-                Ok(patient(
-                    payment_updated::handle(&c.store, &c.bus, event).await?,
-                    delivery,
-                ))
+            move |c, event: E, delivery| {
+                let handled = handler(c, event);
+                async move { Ok(patient(handled.await?, delivery)) }
             },
         )
         .await

@@ -967,7 +967,7 @@ fn charts(r: &Results) -> Vec<(&'static str, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::AuthRun;
+    use crate::auth::{Argon2Figures, AuthRun};
     use crate::browse::BrowseLevel;
     use crate::load::LoadResult;
     use crate::monitor::ProcessUsage;
@@ -1147,6 +1147,206 @@ mod tests {
             goals,
             ..Results::default()
         }
+    }
+
+    /// A run with every figure set, including the optional ones (error samples, a service without
+    /// startup figures, a process without samples, a second profile), so that every section of the
+    /// report has content for the golden files to pin down.
+    fn full_fixture() -> Results {
+        let mut r = fixture();
+        r.run = "20261202T094717Z".into();
+        r.machine = Machine {
+            cpu_model: "Example CPU @ 3.00GHz".into(),
+            logical_cpus: 2,
+            memory_gib: 7.6,
+            kernel: "6.1.0".into(),
+            load_average_at_start: "0.52 0.40 0.31".into(),
+            git_commit: "5ad866f".into(),
+            git_dirty: true,
+            started_at: "2026-12-02T09:47:17Z".into(),
+        };
+        r.settings = Settings {
+            base_url: "http://127.0.0.1:8080".into(),
+            users: 1000,
+            tickets: 100,
+            signin_users: 200,
+            auth_concurrency: 8,
+            sale_in_flight: 256,
+            browse_levels: vec![1, 16],
+            browse_seconds: 4.0,
+            startup_runs: 5,
+            profile: true,
+        };
+        r.seed = SeedFigures {
+            tickets: 100,
+            create_ticket_latency: latency(24.0),
+            replica_ms: 37.5,
+        };
+        // A service the startup phase did not measure: its cells read "–".
+        r.idle.push(resident("tickets", true, 12.25));
+        r.startup[0].runs.push(StartupRun {
+            ready_ms: 44.0,
+            rss_at_ready_mib: 8.5,
+            rss_settled_mib: 9.25,
+            stop_ms: 7.0,
+        });
+        r.after_the_run = vec![
+            resident("auth", true, 16.5),
+            resident("orders", true, 18.0),
+            resident("ferretdb", false, 1200.0),
+        ];
+        r.peak_sampled = vec![
+            resident("auth", true, 280.0),
+            resident("orders", true, 22.0),
+            resident("tickets", true, 15.5),
+        ];
+        r.peak_since_start.push(resident("orders", true, 24.0));
+        r.peak_since_start.push(resident("ferretdb", false, 1500.0));
+        r.database_at_start.push(CollectionSize {
+            database: "tickets".into(),
+            collection: "outbox".into(),
+            documents: 0,
+        });
+        r.database_at_end = vec![CollectionSize {
+            database: "orders".into(),
+            collection: "orders".into(),
+            documents: 110,
+        }];
+        let s = &mut r.flash_sale;
+        s.errors = 2;
+        s.error_samples = vec!["Ok((500, \"boom\"))".into(), "Err(\"timed out\")".into()];
+        s.sold_unseen_by_client = 1;
+        s.sold_out_ms = 1234.5;
+        s.all_answered_ms = 2345.5;
+        s.answers_per_second = 426.3;
+        s.winning_order_latency = latency(200.0);
+        s.reservation.what = "POST /api/orders 201 → ticket:updated".into();
+        s.reservation.before_the_201 = 3;
+        s.reservation.from_request_sent = latency(90.0);
+        let p = &mut r.payments;
+        p.errors = 1;
+        p.error_samples = vec!["POST /api/payments: 500 {}".into()];
+        p.retried_not_found = 4;
+        p.retried_conflict = 2;
+        p.payment_latency = latency(80.0);
+        p.completion.what = "POST /api/payments 201 → complete".into();
+        p.completion.from_request_sent = latency(150.0);
+        p.poll_every_ms = 10.0;
+        p.polls = 321;
+        let a = &mut r.auth;
+        a.argon2 = Argon2Figures {
+            algorithm: "argon2id".into(),
+            version: 19,
+            memory_kib: 19456,
+            iterations: 2,
+            lanes: 1,
+            single_hash_ms: 23.4,
+            parallel_hashes_per_second: 81.2,
+            threads: 2,
+        };
+        for (run, users, per_second) in [(&mut a.signup, 1000, 40.5), (&mut a.signin, 200, 41.25)] {
+            run.users = users;
+            run.concurrency = 8;
+            run.seconds = 24.0;
+            run.throughput_per_second = per_second;
+            run.failures = 1;
+            run.latency = latency(250.0);
+        }
+        r.profiles[0].processes.push(ProcessProfile {
+            name: "nats".into(),
+            samples: 0,
+            by_object: Vec::new(),
+            top_symbols: Vec::new(),
+            data_file: "y".into(),
+        });
+        r.profiles.push(Profile {
+            phase: "browse".into(),
+            processes: vec![ProcessProfile {
+                name: "tickets".into(),
+                samples: 7,
+                by_object: (0..7)
+                    .map(|i| Share {
+                        percent: 40.0 - f64::from(i) * 5.0,
+                        what: format!("object{i}"),
+                    })
+                    .collect(),
+                top_symbols: vec![
+                    Share {
+                        percent: 20.5,
+                        what: "tickets [.] memcpy".into(),
+                    },
+                    Share {
+                        percent: 3.25,
+                        what: "[kernel] [k] clear_page".into(),
+                    },
+                ],
+                data_file: "z".into(),
+            }],
+        });
+        r.duration_seconds = 321.5;
+        r
+    }
+
+    const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
+
+    fn sorted_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Writes `results` as a run does and compares every file with `bench/tests/golden/<case>/`.
+    /// `BENCH_BLESS=1 cargo test -p bench golden` rewrites the golden files (only when the report
+    /// is meant to change).
+    fn assert_same_as_golden(case: &str, results: &Results) {
+        let written =
+            std::env::temp_dir().join(format!("bench-golden-{case}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&written);
+        write(&written, results).unwrap();
+        let golden = Path::new(GOLDEN).join(case);
+        if std::env::var_os("BENCH_BLESS").is_some() {
+            let _ = std::fs::remove_dir_all(&golden);
+            std::fs::create_dir_all(&golden).unwrap();
+            for name in sorted_names(&written) {
+                std::fs::copy(written.join(&name), golden.join(&name)).unwrap();
+            }
+        }
+        let names = sorted_names(&written);
+        assert_eq!(names, sorted_names(&golden), "the files of {case}");
+        for name in names {
+            let actual = std::fs::read_to_string(written.join(&name)).unwrap();
+            let expected = std::fs::read_to_string(golden.join(&name)).unwrap();
+            // The first differing line, rather than two whole files.
+            if let Some((n, (a, e))) = actual
+                .lines()
+                .zip(expected.lines())
+                .enumerate()
+                .find(|(_, (a, e))| a != e)
+            {
+                panic!(
+                    "{case}/{name} line {}:\n  now:    {a}\n  golden: {e}",
+                    n + 1
+                );
+            }
+            assert!(
+                actual == expected,
+                "{case}/{name} differs in length or line endings"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&written);
+    }
+
+    #[test]
+    fn a_full_report_is_byte_for_byte_the_golden_one() {
+        assert_same_as_golden("full", &full_fixture());
+    }
+
+    #[test]
+    fn an_empty_report_is_byte_for_byte_the_golden_one() {
+        assert_same_as_golden("empty", &Results::default());
     }
 
     /// Every row of every Markdown table has as many cells as its header.

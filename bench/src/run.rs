@@ -7,8 +7,8 @@ use anyhow::{Context as _, bail};
 
 use crate::api::Api;
 use crate::browse::{self, BrowseOptions};
-use crate::flash_sale::{self, SaleSetup};
-use crate::monitor::Monitor;
+use crate::flash_sale::{self, FlashSale, Payments, SaleSetup};
+use crate::monitor::{Monitor, PhaseUsage, Resident};
 use crate::profile::Profiler;
 use crate::report::{self, Results, SeedFigures, Settings};
 use crate::stack::{SERVICES, Stack};
@@ -130,11 +130,7 @@ impl Config {
 pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
     let began = Instant::now();
     let machine = machine::describe(&config.repo);
-    let run = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
-    let out = config.out_dir.join(&run);
-    std::fs::create_dir_all(out.join("logs"))
-        .with_context(|| format!("creating {}", out.display()))?;
-    eprintln!("==> benchmark run {run}: results in {}", out.display());
+    let (run, out) = run_folder(config)?;
 
     let stack = Stack::discover(&config.run_dir)?;
     let api = Api::new(&config.base_url)?;
@@ -143,43 +139,19 @@ pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
         .with_context(|| format!("the app does not answer at {}", config.base_url))?;
     let monitor = Monitor::start(&stack);
 
-    let mongo = mongodb::Client::with_uri_str(&config.mongo_url)
-        .await
-        .context("connecting to FerretDB")?;
-    let removed = database::remove_bench_users(&mongo).await?;
-    if removed > 0 {
-        eprintln!("==> removed {removed} users left by earlier runs");
-    }
-    let database_at_start = database::sizes(&mongo).await?;
+    let (mongo, database_at_start) = database_at_start(config).await?;
 
-    // Idle: the stack as `scripts/app.sh up` left it, before anything else.
-    eprintln!("==> idle for {IDLE:?}");
-    let mark = monitor.begin("idle");
-    tokio::time::sleep(IDLE).await;
-    let idle_usage = monitor.end(mark);
-    let idle = monitor.resident();
-
+    let (idle_usage, idle) = idle(&monitor).await;
     eprintln!(
         "==> startup: {} starts of each service",
         config.startup_runs
     );
     let startup =
         startup::measure_all(&stack, &SERVICES, config.startup_runs, &out.join("logs")).await?;
-
-    let profiler = if config.profile {
-        let targets = stack
-            .processes
-            .iter()
-            .map(|p| (p.name.clone(), crate::procfs::process_tree(p.pid)))
-            .collect();
-        Profiler::new(targets, &out.join("profile")).await
-    } else {
-        None
-    };
+    let profiler = profiler(config, &stack, &out).await;
 
     let orders_db = mongo.database(&config.orders_db);
     let seed = flash_sale::seed(&api, &orders_db, &run, config.tickets).await?;
-
     let browse = browse::run(
         &api,
         &monitor,
@@ -191,40 +163,20 @@ pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
         },
     )
     .await?;
-
-    eprintln!("==> argon2 in this process");
-    let argon2 = auth::argon2_figures(6).await?;
-    let (signup, signed_up) =
-        auth::signup(&api, &monitor, &run, config.users, config.auth_concurrency).await?;
-    let signin = auth::signin(
+    let (auth, signed_up) = auth(&api, &monitor, &run, config).await?;
+    let (flash_sale, payments) = sale_and_payments(
         &api,
         &monitor,
-        &run,
-        config.signin_users.min(config.users),
-        config.auth_concurrency,
-    )
-    .await?;
-
-    let (flash_sale, winners) = flash_sale::run(
-        &api,
-        &monitor,
-        &SaleSetup {
+        config,
+        &Sale {
             cookies: &signed_up.cookies,
             ticket_ids: &seed.ticket_ids,
-            in_flight: config.sale_in_flight,
-            nats_url: &config.nats_url,
-            subject_prefix: &config.subject_prefix,
             orders_db: &orders_db,
+            payments_db: &mongo.database(&config.payments_db),
             profiler: profiler.as_ref(),
         },
     )
     .await?;
-    let payers = winners
-        .into_iter()
-        .filter_map(|(user, order)| signed_up.cookies.get(user).map(|c| (c.clone(), order)))
-        .collect();
-    let payments_db = mongo.database(&config.payments_db);
-    let payments = flash_sale::pay(&api, &monitor, &orders_db, &payments_db, payers).await?;
 
     let goals = report::goals(&idle, &startup, &flash_sale, &payments);
     let database_at_end = database::sizes(&mongo).await?;
@@ -245,11 +197,7 @@ pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
             replica_ms: seed.replica_ms,
         },
         browse,
-        auth: auth::Auth {
-            argon2,
-            signup,
-            signin,
-        },
+        auth,
         flash_sale,
         payments,
         after_the_run: monitor.resident(),
@@ -262,6 +210,121 @@ pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
     report::write(&out, &results)?;
     point_latest_at(&config.out_dir, &run);
     Ok((results, out))
+}
+
+/// The run's name (its start, UTC) and its folder, created with its `logs/`.
+fn run_folder(config: &Config) -> anyhow::Result<(String, PathBuf)> {
+    let run = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let out = config.out_dir.join(&run);
+    std::fs::create_dir_all(out.join("logs"))
+        .with_context(|| format!("creating {}", out.display()))?;
+    eprintln!("==> benchmark run {run}: results in {}", out.display());
+    Ok((run, out))
+}
+
+/// The database, rid of users earlier runs left behind, and the size of its collections.
+async fn database_at_start(
+    config: &Config,
+) -> anyhow::Result<(mongodb::Client, Vec<database::CollectionSize>)> {
+    let mongo = mongodb::Client::with_uri_str(&config.mongo_url)
+        .await
+        .context("connecting to FerretDB")?;
+    let removed = database::remove_bench_users(&mongo).await?;
+    if removed > 0 {
+        eprintln!("==> removed {removed} users left by earlier runs");
+    }
+    let sizes = database::sizes(&mongo).await?;
+    Ok((mongo, sizes))
+}
+
+/// The stack as `scripts/app.sh up` left it, before anything else: its CPU and memory at rest.
+async fn idle(monitor: &Monitor) -> (PhaseUsage, Vec<Resident>) {
+    eprintln!("==> idle for {IDLE:?}");
+    let mark = monitor.begin("idle");
+    tokio::time::sleep(IDLE).await;
+    let idle_usage = monitor.end(mark);
+    (idle_usage, monitor.resident())
+}
+
+/// With `BENCH_PROFILE`, a profiler of every process of the stack (none where perf cannot run).
+async fn profiler(config: &Config, stack: &Stack, out: &Path) -> Option<Profiler> {
+    if !config.profile {
+        return None;
+    }
+    let targets = stack
+        .processes
+        .iter()
+        .map(|p| (p.name.clone(), crate::procfs::process_tree(p.pid)))
+        .collect();
+    Profiler::new(targets, &out.join("profile")).await
+}
+
+/// argon2 alone, then signups and signins through the app; the users signed up take part in the
+/// sale.
+async fn auth(
+    api: &Api,
+    monitor: &Monitor,
+    run: &str,
+    config: &Config,
+) -> anyhow::Result<(auth::Auth, auth::SignedUp)> {
+    eprintln!("==> argon2 in this process");
+    let argon2 = auth::argon2_figures(6).await?;
+    let (signup, signed_up) =
+        auth::signup(api, monitor, run, config.users, config.auth_concurrency).await?;
+    let signin = auth::signin(
+        api,
+        monitor,
+        run,
+        config.signin_users.min(config.users),
+        config.auth_concurrency,
+    )
+    .await?;
+    Ok((
+        auth::Auth {
+            argon2,
+            signup,
+            signin,
+        },
+        signed_up,
+    ))
+}
+
+/// What the sale and the payments after it work on.
+struct Sale<'a> {
+    cookies: &'a [String],
+    ticket_ids: &'a [String],
+    orders_db: &'a mongodb::Database,
+    payments_db: &'a mongodb::Database,
+    profiler: Option<&'a Profiler>,
+}
+
+/// The flash sale, then its winners pay.
+async fn sale_and_payments(
+    api: &Api,
+    monitor: &Monitor,
+    config: &Config,
+    sale: &Sale<'_>,
+) -> anyhow::Result<(FlashSale, Payments)> {
+    let (flash_sale, winners) = flash_sale::run(
+        api,
+        monitor,
+        &SaleSetup {
+            cookies: sale.cookies,
+            ticket_ids: sale.ticket_ids,
+            in_flight: config.sale_in_flight,
+            nats_url: &config.nats_url,
+            subject_prefix: &config.subject_prefix,
+            orders_db: sale.orders_db,
+            profiler: sale.profiler,
+        },
+    )
+    .await?;
+    let payers = winners
+        .into_iter()
+        .filter_map(|(user, order)| sale.cookies.get(user).map(|c| (c.clone(), order)))
+        .collect();
+    let payments = flash_sale::pay(api, monitor, sale.orders_db, sale.payments_db, payers).await?;
+    Ok((flash_sale, payments))
 }
 
 /// `bench-results/latest` → the newest run (best effort: the run's own folder is what counts).

@@ -23,21 +23,13 @@ pub struct Config {
     pub repo: PathBuf,
     pub run_dir: PathBuf,
     pub out_dir: PathBuf,
-    pub base_url: String,
     pub mongo_url: String,
     pub orders_db: String,
     pub payments_db: String,
     pub nats_url: String,
     pub subject_prefix: String,
-    pub users: usize,
-    pub tickets: usize,
-    pub signin_users: usize,
-    pub auth_concurrency: usize,
-    pub sale_in_flight: usize,
-    pub browse_levels: Vec<usize>,
-    pub browse_seconds: f64,
-    pub startup_runs: usize,
-    pub profile: bool,
+    /// The load and the address, as the results record them.
+    pub settings: Settings,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -72,14 +64,13 @@ impl Config {
                     format!("BENCH_BROWSE_LEVELS must be positive numbers separated by commas (got {v:?})")
                 })?,
         };
-        let config = Self {
+        let mut config = Self {
             run_dir: var("BENCH_RUN_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| repo.join(".data/run")),
             out_dir: var("BENCH_OUT_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| repo.join("bench-results")),
-            base_url: var("BENCH_BASE_URL").unwrap_or_else(|| "http://127.0.0.1:8080".into()),
             mongo_url: var("MONGO_URL").context(
                 "MONGO_URL is not set (scripts/bench.sh sets it from scripts/infra.sh env)",
             )?,
@@ -89,40 +80,31 @@ impl Config {
                 "NATS_URL is not set (scripts/bench.sh sets it from scripts/infra.sh env)",
             )?,
             subject_prefix: var("NATS_SUBJECT_PREFIX").unwrap_or_default(),
-            users: number("BENCH_USERS", 1000)?,
-            tickets: number("BENCH_TICKETS", 100)?,
-            signin_users: number("BENCH_SIGNIN_USERS", 200)?,
-            auth_concurrency: number("BENCH_AUTH_CONCURRENCY", 16)?,
-            sale_in_flight: number("BENCH_SALE_IN_FLIGHT", 256)?,
-            browse_levels,
-            browse_seconds: number("BENCH_BROWSE_SECONDS", 4)? as f64,
-            startup_runs: number("BENCH_STARTUP_RUNS", 3)?,
-            profile: var("BENCH_PROFILE").is_some_and(|v| v != "0"),
+            settings: Settings {
+                base_url: var("BENCH_BASE_URL").unwrap_or_else(|| "http://127.0.0.1:8080".into()),
+                users: number("BENCH_USERS", 1000)?,
+                tickets: number("BENCH_TICKETS", 100)?,
+                signin_users: number("BENCH_SIGNIN_USERS", 200)?,
+                auth_concurrency: number("BENCH_AUTH_CONCURRENCY", 16)?,
+                sale_in_flight: number("BENCH_SALE_IN_FLIGHT", 256)?,
+                browse_levels,
+                browse_seconds: number("BENCH_BROWSE_SECONDS", 4)? as f64,
+                startup_runs: number("BENCH_STARTUP_RUNS", 3)?,
+                profile: var("BENCH_PROFILE").is_some_and(|v| v != "0"),
+            },
             repo,
         };
-        if config.users < config.tickets {
+        let settings = &mut config.settings;
+        if settings.users < settings.tickets {
             bail!(
                 "BENCH_USERS ({}) must be at least BENCH_TICKETS ({})",
-                config.users,
-                config.tickets
+                settings.users,
+                settings.tickets
             );
         }
+        // Only users that signed up can sign in.
+        settings.signin_users = settings.signin_users.min(settings.users);
         Ok(config)
-    }
-
-    fn settings(&self) -> Settings {
-        Settings {
-            base_url: self.base_url.clone(),
-            users: self.users,
-            tickets: self.tickets,
-            signin_users: self.signin_users.min(self.users),
-            auth_concurrency: self.auth_concurrency,
-            sale_in_flight: self.sale_in_flight,
-            browse_levels: self.browse_levels.clone(),
-            browse_seconds: self.browse_seconds,
-            startup_runs: self.startup_runs,
-            profile: self.profile,
-        }
     }
 }
 
@@ -133,10 +115,10 @@ pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
     let (run, out) = run_folder(config)?;
 
     let stack = Stack::discover(&config.run_dir)?;
-    let api = Api::new(&config.base_url)?;
+    let api = Api::new(&config.settings.base_url)?;
     api.get_bytes("/api/tickets")
         .await
-        .with_context(|| format!("the app does not answer at {}", config.base_url))?;
+        .with_context(|| format!("the app does not answer at {}", config.settings.base_url))?;
     let monitor = Monitor::start(&stack);
 
     let (mongo, database_at_start) = database_at_start(config).await?;
@@ -144,21 +126,26 @@ pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
     let (idle_usage, idle) = idle(&monitor).await;
     eprintln!(
         "==> startup: {} starts of each service",
-        config.startup_runs
+        config.settings.startup_runs
     );
-    let startup =
-        startup::measure_all(&stack, &SERVICES, config.startup_runs, &out.join("logs")).await?;
+    let startup = startup::measure_all(
+        &stack,
+        &SERVICES,
+        config.settings.startup_runs,
+        &out.join("logs"),
+    )
+    .await?;
     let profiler = profiler(config, &stack, &out).await;
 
     let orders_db = mongo.database(&config.orders_db);
-    let seed = flash_sale::seed(&api, &orders_db, &run, config.tickets).await?;
+    let seed = flash_sale::seed(&api, &orders_db, &run, config.settings.tickets).await?;
     let browse = browse::run(
         &api,
         &monitor,
         &seed.ticket_ids,
         &BrowseOptions {
-            levels: &config.browse_levels,
-            duration: Duration::from_secs_f64(config.browse_seconds),
+            levels: &config.settings.browse_levels,
+            duration: Duration::from_secs_f64(config.settings.browse_seconds),
             profiler: profiler.as_ref(),
         },
     )
@@ -185,7 +172,7 @@ pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
     let results = Results {
         run: run.clone(),
         machine,
-        settings: config.settings(),
+        settings: config.settings.clone(),
         idle,
         idle_usage,
         database_at_start,
@@ -248,7 +235,7 @@ async fn idle(monitor: &Monitor) -> (PhaseUsage, Vec<Resident>) {
 
 /// With `BENCH_PROFILE`, a profiler of every process of the stack (none where perf cannot run).
 async fn profiler(config: &Config, stack: &Stack, out: &Path) -> Option<Profiler> {
-    if !config.profile {
+    if !config.settings.profile {
         return None;
     }
     let targets = stack
@@ -269,14 +256,20 @@ async fn auth(
 ) -> anyhow::Result<(auth::Auth, auth::SignedUp)> {
     eprintln!("==> argon2 in this process");
     let argon2 = auth::argon2_figures(6).await?;
-    let (signup, signed_up) =
-        auth::signup(api, monitor, run, config.users, config.auth_concurrency).await?;
+    let (signup, signed_up) = auth::signup(
+        api,
+        monitor,
+        run,
+        config.settings.users,
+        config.settings.auth_concurrency,
+    )
+    .await?;
     let signin = auth::signin(
         api,
         monitor,
         run,
-        config.signin_users.min(config.users),
-        config.auth_concurrency,
+        config.settings.signin_users,
+        config.settings.auth_concurrency,
     )
     .await?;
     Ok((
@@ -311,7 +304,7 @@ async fn sale_and_payments(
         &SaleSetup {
             cookies: sale.cookies,
             ticket_ids: sale.ticket_ids,
-            in_flight: config.sale_in_flight,
+            in_flight: config.settings.sale_in_flight,
             nats_url: &config.nats_url,
             subject_prefix: &config.subject_prefix,
             orders_db: sale.orders_db,

@@ -124,17 +124,7 @@ pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
     let (mongo, database_at_start) = database_at_start(config).await?;
 
     let (idle_usage, idle) = idle(&monitor).await;
-    eprintln!(
-        "==> startup: {} starts of each service",
-        config.settings.startup_runs
-    );
-    let startup = startup::measure_all(
-        &stack,
-        &SERVICES,
-        config.settings.startup_runs,
-        &out.join("logs"),
-    )
-    .await?;
+    let startup = startup(config, &stack, &out).await?;
     let profiler = profiler(config, &stack, &out).await;
 
     let orders_db = mongo.database(&config.orders_db);
@@ -231,6 +221,18 @@ async fn idle(monitor: &Monitor) -> (PhaseUsage, Vec<Resident>) {
     tokio::time::sleep(IDLE).await;
     let idle_usage = monitor.end(mark);
     (idle_usage, monitor.resident())
+}
+
+/// Fresh replicas of each service, started and stopped `startup_runs` times; their logs go to
+/// the run's `logs/`.
+async fn startup(
+    config: &Config,
+    stack: &Stack,
+    out: &Path,
+) -> anyhow::Result<Vec<startup::ServiceStartup>> {
+    let runs = config.settings.startup_runs;
+    eprintln!("==> startup: {runs} starts of each service");
+    startup::measure_all(stack, &SERVICES, runs, &out.join("logs")).await
 }
 
 /// With `BENCH_PROFILE`, a profiler of every process of the stack (none where perf cannot run).

@@ -68,8 +68,8 @@ fn level(endpoint: Endpoint, concurrency: usize) -> BrowseLevel {
     }
 }
 
-fn fixture() -> Results {
-    let startup = |service: &str, ready: f64| ServiceStartup {
+fn service_startup(service: &str, ready: f64) -> ServiceStartup {
+    ServiceStartup {
         service: service.into(),
         runs: vec![StartupRun {
             ready_ms: ready,
@@ -80,8 +80,12 @@ fn fixture() -> Results {
         median_ready_ms: ready,
         max_ready_ms: ready,
         median_rss_settled_mib: 9.5,
-    };
-    let sale = FlashSale {
+    }
+}
+
+/// A sale that sold each ticket once.
+fn sale() -> FlashSale {
+    FlashSale {
         users: 1000,
         tickets: 100,
         contenders_per_ticket: 10,
@@ -103,8 +107,12 @@ fn fixture() -> Results {
         usage: usage("flash sale"),
         passed: true,
         ..FlashSale::default()
-    };
-    let payments = Payments {
+    }
+}
+
+/// Every winner paid and its order completed.
+fn payments() -> Payments {
+    Payments {
         orders: 100,
         paid: 100,
         completion: Propagation {
@@ -116,13 +124,70 @@ fn fixture() -> Results {
         completed_in_database: 100,
         usage: usage("payments"),
         ..Payments::default()
-    };
+    }
+}
+
+fn browse() -> Browse {
+    Browse {
+        list_length: 100,
+        list_bytes: 14000,
+        seconds_per_level: 4.0,
+        levels: vec![
+            level(Endpoint::List, 1),
+            level(Endpoint::List, 16),
+            level(Endpoint::Show, 1),
+            level(Endpoint::Show, 16),
+        ],
+    }
+}
+
+fn auth() -> Auth {
+    Auth {
+        signup: AuthRun {
+            operation: "signup".into(),
+            usage: usage("auth signup"),
+            ..AuthRun::default()
+        },
+        signin: AuthRun {
+            operation: "signin".into(),
+            usage: usage("auth signin"),
+            ..AuthRun::default()
+        },
+        ..Auth::default()
+    }
+}
+
+fn profile() -> Profile {
+    Profile {
+        phase: "flash-sale".into(),
+        processes: vec![ProcessProfile {
+            name: "ferretdb".into(),
+            samples: 10,
+            by_object: vec![Share {
+                percent: 90.0,
+                what: "ferretdb".into(),
+            }],
+            top_symbols: vec![Share {
+                percent: 12.0,
+                what: "ferretdb [.] encoding/json.(*decodeState).object".into(),
+            }],
+            data_file: "x".into(),
+        }],
+    }
+}
+
+fn fixture() -> Results {
+    let sale = sale();
+    let payments = payments();
     let idle = vec![
         resident("auth", true, 10.0),
         resident("orders", true, 14.0),
         resident("ferretdb", false, 900.0),
     ];
-    let startup = vec![startup("auth", 50.0), startup("orders", 30.0)];
+    let startup = vec![
+        service_startup("auth", 50.0),
+        service_startup("orders", 30.0),
+    ];
     let goals = goals(&idle, &startup, &sale, &payments);
     Results {
         run: "test".into(),
@@ -134,61 +199,19 @@ fn fixture() -> Results {
             documents: 10,
         }],
         startup,
-        browse: Browse {
-            list_length: 100,
-            list_bytes: 14000,
-            seconds_per_level: 4.0,
-            levels: vec![
-                level(Endpoint::List, 1),
-                level(Endpoint::List, 16),
-                level(Endpoint::Show, 1),
-                level(Endpoint::Show, 16),
-            ],
-        },
-        auth: Auth {
-            signup: AuthRun {
-                operation: "signup".into(),
-                usage: usage("auth signup"),
-                ..AuthRun::default()
-            },
-            signin: AuthRun {
-                operation: "signin".into(),
-                usage: usage("auth signin"),
-                ..AuthRun::default()
-            },
-            ..Auth::default()
-        },
+        browse: browse(),
+        auth: auth(),
         flash_sale: sale,
         payments,
         peak_since_start: vec![resident("auth", true, 300.0)],
-        profiles: vec![Profile {
-            phase: "flash-sale".into(),
-            processes: vec![ProcessProfile {
-                name: "ferretdb".into(),
-                samples: 10,
-                by_object: vec![Share {
-                    percent: 90.0,
-                    what: "ferretdb".into(),
-                }],
-                top_symbols: vec![Share {
-                    percent: 12.0,
-                    what: "ferretdb [.] encoding/json.(*decodeState).object".into(),
-                }],
-                data_file: "x".into(),
-            }],
-        }],
+        profiles: vec![profile()],
         goals,
         ..Results::default()
     }
 }
 
-/// A run with every figure set, including the optional ones (error samples, a service without
-/// startup figures, a process without samples, a second profile), so that every section of the
-/// report has content for the golden files to pin down.
-fn full_fixture() -> Results {
-    let mut r = fixture();
-    r.run = "20261202T094717Z".into();
-    r.machine = Machine {
+fn machine() -> Machine {
+    Machine {
         cpu_model: "Example CPU @ 3.00GHz".into(),
         logical_cpus: 2,
         memory_gib: 7.6,
@@ -197,8 +220,11 @@ fn full_fixture() -> Results {
         git_commit: "5ad866f".into(),
         git_dirty: true,
         started_at: "2026-12-02T09:47:17Z".into(),
-    };
-    r.settings = Settings {
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
         base_url: "http://127.0.0.1:8080".into(),
         users: 1000,
         tickets: 100,
@@ -209,7 +235,99 @@ fn full_fixture() -> Results {
         browse_seconds: 4.0,
         startup_runs: 5,
         profile: true,
+    }
+}
+
+/// Errors, timeouts and the figures `fixture` leaves at zero.
+fn add_sale_details(s: &mut FlashSale) {
+    s.errors = 2;
+    s.error_samples = vec!["Ok((500, \"boom\"))".into(), "Err(\"timed out\")".into()];
+    s.sold_unseen_by_client = 1;
+    s.sold_out_ms = 1234.5;
+    s.all_answered_ms = 2345.5;
+    s.answers_per_second = 426.3;
+    s.winning_order_latency = latency(200.0);
+    s.reservation.what = "POST /api/orders 201 → ticket:updated".into();
+    s.reservation.before_the_201 = 3;
+    s.reservation.from_request_sent = latency(90.0);
+}
+
+fn add_payment_details(p: &mut Payments) {
+    p.errors = 1;
+    p.error_samples = vec!["POST /api/payments: 500 {}".into()];
+    p.retried_not_found = 4;
+    p.retried_conflict = 2;
+    p.payment_latency = latency(80.0);
+    p.completion.what = "POST /api/payments 201 → complete".into();
+    p.completion.from_request_sent = latency(150.0);
+    p.poll_every_ms = 10.0;
+    p.polls = 321;
+}
+
+fn add_auth_details(a: &mut Auth) {
+    a.argon2 = Argon2Figures {
+        algorithm: "argon2id".into(),
+        version: 19,
+        memory_kib: 19456,
+        iterations: 2,
+        lanes: 1,
+        single_hash_ms: 23.4,
+        parallel_hashes_per_second: 81.2,
+        threads: 2,
     };
+    for (run, users, per_second) in [(&mut a.signup, 1000, 40.5), (&mut a.signin, 200, 41.25)] {
+        run.users = users;
+        run.concurrency = 8;
+        run.seconds = 24.0;
+        run.throughput_per_second = per_second;
+        run.failures = 1;
+        run.latency = latency(250.0);
+    }
+}
+
+/// A process without samples (left out) and a second profile with more objects than are shown.
+fn add_profiles(profiles: &mut Vec<Profile>) {
+    profiles[0].processes.push(ProcessProfile {
+        name: "nats".into(),
+        samples: 0,
+        by_object: Vec::new(),
+        top_symbols: Vec::new(),
+        data_file: "y".into(),
+    });
+    profiles.push(Profile {
+        phase: "browse".into(),
+        processes: vec![ProcessProfile {
+            name: "tickets".into(),
+            samples: 7,
+            by_object: (0..7)
+                .map(|i| Share {
+                    percent: 40.0 - f64::from(i) * 5.0,
+                    what: format!("object{i}"),
+                })
+                .collect(),
+            top_symbols: vec![
+                Share {
+                    percent: 20.5,
+                    what: "tickets [.] memcpy".into(),
+                },
+                Share {
+                    percent: 3.25,
+                    what: "[kernel] [k] clear_page".into(),
+                },
+            ],
+            data_file: "z".into(),
+        }],
+    });
+}
+
+/// A run with every figure set, including the optional ones (error samples, a service without
+/// startup figures, a process without samples, a second profile), so that every section of the
+/// report has content for the golden files to pin down.
+fn full_fixture() -> Results {
+    let mut r = fixture();
+    r.run = "20261202T094717Z".into();
+    r.machine = machine();
+    r.settings = settings();
     r.seed = SeedFigures {
         tickets: 100,
         create_ticket_latency: latency(24.0),
@@ -245,77 +363,10 @@ fn full_fixture() -> Results {
         collection: "orders".into(),
         documents: 110,
     }];
-    let s = &mut r.flash_sale;
-    s.errors = 2;
-    s.error_samples = vec!["Ok((500, \"boom\"))".into(), "Err(\"timed out\")".into()];
-    s.sold_unseen_by_client = 1;
-    s.sold_out_ms = 1234.5;
-    s.all_answered_ms = 2345.5;
-    s.answers_per_second = 426.3;
-    s.winning_order_latency = latency(200.0);
-    s.reservation.what = "POST /api/orders 201 → ticket:updated".into();
-    s.reservation.before_the_201 = 3;
-    s.reservation.from_request_sent = latency(90.0);
-    let p = &mut r.payments;
-    p.errors = 1;
-    p.error_samples = vec!["POST /api/payments: 500 {}".into()];
-    p.retried_not_found = 4;
-    p.retried_conflict = 2;
-    p.payment_latency = latency(80.0);
-    p.completion.what = "POST /api/payments 201 → complete".into();
-    p.completion.from_request_sent = latency(150.0);
-    p.poll_every_ms = 10.0;
-    p.polls = 321;
-    let a = &mut r.auth;
-    a.argon2 = Argon2Figures {
-        algorithm: "argon2id".into(),
-        version: 19,
-        memory_kib: 19456,
-        iterations: 2,
-        lanes: 1,
-        single_hash_ms: 23.4,
-        parallel_hashes_per_second: 81.2,
-        threads: 2,
-    };
-    for (run, users, per_second) in [(&mut a.signup, 1000, 40.5), (&mut a.signin, 200, 41.25)] {
-        run.users = users;
-        run.concurrency = 8;
-        run.seconds = 24.0;
-        run.throughput_per_second = per_second;
-        run.failures = 1;
-        run.latency = latency(250.0);
-    }
-    r.profiles[0].processes.push(ProcessProfile {
-        name: "nats".into(),
-        samples: 0,
-        by_object: Vec::new(),
-        top_symbols: Vec::new(),
-        data_file: "y".into(),
-    });
-    r.profiles.push(Profile {
-        phase: "browse".into(),
-        processes: vec![ProcessProfile {
-            name: "tickets".into(),
-            samples: 7,
-            by_object: (0..7)
-                .map(|i| Share {
-                    percent: 40.0 - f64::from(i) * 5.0,
-                    what: format!("object{i}"),
-                })
-                .collect(),
-            top_symbols: vec![
-                Share {
-                    percent: 20.5,
-                    what: "tickets [.] memcpy".into(),
-                },
-                Share {
-                    percent: 3.25,
-                    what: "[kernel] [k] clear_page".into(),
-                },
-            ],
-            data_file: "z".into(),
-        }],
-    });
+    add_sale_details(&mut r.flash_sale);
+    add_payment_details(&mut r.payments);
+    add_auth_details(&mut r.auth);
+    add_profiles(&mut r.profiles);
     r.duration_seconds = 321.5;
     r
 }

@@ -465,6 +465,9 @@ fn the_report_and_the_summary_have_rectangular_tables() {
     assert_tables_are_rectangular(&summary(&results));
     assert!(md.contains("## 1. Browse") && md.contains("## Profiles"));
     assert!(md.contains("encoding/json"));
+    let full = full_fixture();
+    assert_tables_are_rectangular(&markdown(&full));
+    assert_tables_are_rectangular(&summary(&full));
 }
 
 #[test]

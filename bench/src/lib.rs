@@ -12,4 +12,3 @@ pub mod report;
 pub mod run;
 pub mod stack;
 pub mod startup;
-pub mod svg;

@@ -7,8 +7,8 @@ use anyhow::{Context as _, bail};
 
 use crate::api::Api;
 use crate::browse::{self, BrowseOptions};
-use crate::flash_sale::{self, SaleSetup};
-use crate::monitor::Monitor;
+use crate::flash_sale::{self, FlashSale, Payments, SaleSetup};
+use crate::monitor::{Monitor, PhaseUsage, Resident};
 use crate::profile::Profiler;
 use crate::report::{self, Results, SeedFigures, Settings};
 use crate::stack::{SERVICES, Stack};
@@ -23,21 +23,13 @@ pub struct Config {
     pub repo: PathBuf,
     pub run_dir: PathBuf,
     pub out_dir: PathBuf,
-    pub base_url: String,
     pub mongo_url: String,
     pub orders_db: String,
     pub payments_db: String,
     pub nats_url: String,
     pub subject_prefix: String,
-    pub users: usize,
-    pub tickets: usize,
-    pub signin_users: usize,
-    pub auth_concurrency: usize,
-    pub sale_in_flight: usize,
-    pub browse_levels: Vec<usize>,
-    pub browse_seconds: f64,
-    pub startup_runs: usize,
-    pub profile: bool,
+    /// The load and the address, as the results record them.
+    pub settings: Settings,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -72,14 +64,13 @@ impl Config {
                     format!("BENCH_BROWSE_LEVELS must be positive numbers separated by commas (got {v:?})")
                 })?,
         };
-        let config = Self {
+        let mut config = Self {
             run_dir: var("BENCH_RUN_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| repo.join(".data/run")),
             out_dir: var("BENCH_OUT_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| repo.join("bench-results")),
-            base_url: var("BENCH_BASE_URL").unwrap_or_else(|| "http://127.0.0.1:8080".into()),
             mongo_url: var("MONGO_URL").context(
                 "MONGO_URL is not set (scripts/bench.sh sets it from scripts/infra.sh env)",
             )?,
@@ -89,40 +80,31 @@ impl Config {
                 "NATS_URL is not set (scripts/bench.sh sets it from scripts/infra.sh env)",
             )?,
             subject_prefix: var("NATS_SUBJECT_PREFIX").unwrap_or_default(),
-            users: number("BENCH_USERS", 1000)?,
-            tickets: number("BENCH_TICKETS", 100)?,
-            signin_users: number("BENCH_SIGNIN_USERS", 200)?,
-            auth_concurrency: number("BENCH_AUTH_CONCURRENCY", 16)?,
-            sale_in_flight: number("BENCH_SALE_IN_FLIGHT", 256)?,
-            browse_levels,
-            browse_seconds: number("BENCH_BROWSE_SECONDS", 4)? as f64,
-            startup_runs: number("BENCH_STARTUP_RUNS", 3)?,
-            profile: var("BENCH_PROFILE").is_some_and(|v| v != "0"),
+            settings: Settings {
+                base_url: var("BENCH_BASE_URL").unwrap_or_else(|| "http://127.0.0.1:8080".into()),
+                users: number("BENCH_USERS", 1000)?,
+                tickets: number("BENCH_TICKETS", 100)?,
+                signin_users: number("BENCH_SIGNIN_USERS", 200)?,
+                auth_concurrency: number("BENCH_AUTH_CONCURRENCY", 16)?,
+                sale_in_flight: number("BENCH_SALE_IN_FLIGHT", 256)?,
+                browse_levels,
+                browse_seconds: number("BENCH_BROWSE_SECONDS", 4)? as f64,
+                startup_runs: number("BENCH_STARTUP_RUNS", 3)?,
+                profile: var("BENCH_PROFILE").is_some_and(|v| v != "0"),
+            },
             repo,
         };
-        if config.users < config.tickets {
+        let settings = &mut config.settings;
+        if settings.users < settings.tickets {
             bail!(
                 "BENCH_USERS ({}) must be at least BENCH_TICKETS ({})",
-                config.users,
-                config.tickets
+                settings.users,
+                settings.tickets
             );
         }
+        // Only users that signed up can sign in.
+        settings.signin_users = settings.signin_users.min(settings.users);
         Ok(config)
-    }
-
-    fn settings(&self) -> Settings {
-        Settings {
-            base_url: self.base_url.clone(),
-            users: self.users,
-            tickets: self.tickets,
-            signin_users: self.signin_users.min(self.users),
-            auth_concurrency: self.auth_concurrency,
-            sale_in_flight: self.sale_in_flight,
-            browse_levels: self.browse_levels.clone(),
-            browse_seconds: self.browse_seconds,
-            startup_runs: self.startup_runs,
-            profile: self.profile,
-        }
     }
 }
 
@@ -130,101 +112,48 @@ impl Config {
 pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
     let began = Instant::now();
     let machine = machine::describe(&config.repo);
-    let run = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
-    let out = config.out_dir.join(&run);
-    std::fs::create_dir_all(out.join("logs"))
-        .with_context(|| format!("creating {}", out.display()))?;
-    eprintln!("==> benchmark run {run}: results in {}", out.display());
+    let (run, out) = run_folder(config)?;
 
     let stack = Stack::discover(&config.run_dir)?;
-    let api = Api::new(&config.base_url)?;
+    let api = Api::new(&config.settings.base_url)?;
     api.get_bytes("/api/tickets")
         .await
-        .with_context(|| format!("the app does not answer at {}", config.base_url))?;
+        .with_context(|| format!("the app does not answer at {}", config.settings.base_url))?;
     let monitor = Monitor::start(&stack);
 
-    let mongo = mongodb::Client::with_uri_str(&config.mongo_url)
-        .await
-        .context("connecting to FerretDB")?;
-    let removed = database::remove_bench_users(&mongo).await?;
-    if removed > 0 {
-        eprintln!("==> removed {removed} users left by earlier runs");
-    }
-    let database_at_start = database::sizes(&mongo).await?;
+    let (mongo, database_at_start) = database_at_start(config).await?;
 
-    // Idle: the stack as `scripts/app.sh up` left it, before anything else.
-    eprintln!("==> idle for {IDLE:?}");
-    let mark = monitor.begin("idle");
-    tokio::time::sleep(IDLE).await;
-    let idle_usage = monitor.end(mark);
-    let idle = monitor.resident();
-
-    eprintln!(
-        "==> startup: {} starts of each service",
-        config.startup_runs
-    );
-    let startup =
-        startup::measure_all(&stack, &SERVICES, config.startup_runs, &out.join("logs")).await?;
-
-    let profiler = if config.profile {
-        let targets = stack
-            .processes
-            .iter()
-            .map(|p| (p.name.clone(), crate::procfs::process_tree(p.pid)))
-            .collect();
-        Profiler::new(targets, &out.join("profile")).await
-    } else {
-        None
-    };
+    let (idle_usage, idle) = idle(&monitor).await;
+    let startup = startup(config, &stack, &out).await?;
+    let profiler = profiler(config, &stack, &out).await;
 
     let orders_db = mongo.database(&config.orders_db);
-    let seed = flash_sale::seed(&api, &orders_db, &run, config.tickets).await?;
-
+    let seed = flash_sale::seed(&api, &orders_db, &run, config.settings.tickets).await?;
     let browse = browse::run(
         &api,
         &monitor,
         &seed.ticket_ids,
         &BrowseOptions {
-            levels: &config.browse_levels,
-            duration: Duration::from_secs_f64(config.browse_seconds),
+            levels: &config.settings.browse_levels,
+            duration: Duration::from_secs_f64(config.settings.browse_seconds),
             profiler: profiler.as_ref(),
         },
     )
     .await?;
-
-    eprintln!("==> argon2 in this process");
-    let argon2 = auth::argon2_figures(6).await?;
-    let (signup, signed_up) =
-        auth::signup(&api, &monitor, &run, config.users, config.auth_concurrency).await?;
-    let signin = auth::signin(
+    let (auth, signed_up) = auth(&api, &monitor, &run, config).await?;
+    let (flash_sale, payments) = sale_and_payments(
         &api,
         &monitor,
-        &run,
-        config.signin_users.min(config.users),
-        config.auth_concurrency,
-    )
-    .await?;
-
-    let (flash_sale, winners) = flash_sale::run(
-        &api,
-        &monitor,
-        &SaleSetup {
+        config,
+        &Sale {
             cookies: &signed_up.cookies,
             ticket_ids: &seed.ticket_ids,
-            in_flight: config.sale_in_flight,
-            nats_url: &config.nats_url,
-            subject_prefix: &config.subject_prefix,
             orders_db: &orders_db,
+            payments_db: &mongo.database(&config.payments_db),
             profiler: profiler.as_ref(),
         },
     )
     .await?;
-    let payers = winners
-        .into_iter()
-        .filter_map(|(user, order)| signed_up.cookies.get(user).map(|c| (c.clone(), order)))
-        .collect();
-    let payments_db = mongo.database(&config.payments_db);
-    let payments = flash_sale::pay(&api, &monitor, &orders_db, &payments_db, payers).await?;
 
     let goals = report::goals(&idle, &startup, &flash_sale, &payments);
     let database_at_end = database::sizes(&mongo).await?;
@@ -233,7 +162,7 @@ pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
     let results = Results {
         run: run.clone(),
         machine,
-        settings: config.settings(),
+        settings: config.settings.clone(),
         idle,
         idle_usage,
         database_at_start,
@@ -245,11 +174,7 @@ pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
             replica_ms: seed.replica_ms,
         },
         browse,
-        auth: auth::Auth {
-            argon2,
-            signup,
-            signin,
-        },
+        auth,
         flash_sale,
         payments,
         after_the_run: monitor.resident(),
@@ -262,6 +187,139 @@ pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
     report::write(&out, &results)?;
     point_latest_at(&config.out_dir, &run);
     Ok((results, out))
+}
+
+/// The run's name (its start, UTC) and its folder, created with its `logs/`.
+fn run_folder(config: &Config) -> anyhow::Result<(String, PathBuf)> {
+    let run = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let out = config.out_dir.join(&run);
+    std::fs::create_dir_all(out.join("logs"))
+        .with_context(|| format!("creating {}", out.display()))?;
+    eprintln!("==> benchmark run {run}: results in {}", out.display());
+    Ok((run, out))
+}
+
+/// The database, rid of users earlier runs left behind, and the size of its collections.
+async fn database_at_start(
+    config: &Config,
+) -> anyhow::Result<(mongodb::Client, Vec<database::CollectionSize>)> {
+    let mongo = mongodb::Client::with_uri_str(&config.mongo_url)
+        .await
+        .context("connecting to FerretDB")?;
+    let removed = database::remove_bench_users(&mongo).await?;
+    if removed > 0 {
+        eprintln!("==> removed {removed} users left by earlier runs");
+    }
+    let sizes = database::sizes(&mongo).await?;
+    Ok((mongo, sizes))
+}
+
+/// The stack as `scripts/app.sh up` left it, before anything else: its CPU and memory at rest.
+async fn idle(monitor: &Monitor) -> (PhaseUsage, Vec<Resident>) {
+    eprintln!("==> idle for {IDLE:?}");
+    let mark = monitor.begin("idle");
+    tokio::time::sleep(IDLE).await;
+    let idle_usage = monitor.end(mark);
+    (idle_usage, monitor.resident())
+}
+
+/// Fresh replicas of each service, started and stopped `startup_runs` times; their logs go to
+/// the run's `logs/`.
+async fn startup(
+    config: &Config,
+    stack: &Stack,
+    out: &Path,
+) -> anyhow::Result<Vec<startup::ServiceStartup>> {
+    let runs = config.settings.startup_runs;
+    eprintln!("==> startup: {runs} starts of each service");
+    startup::measure_all(stack, &SERVICES, runs, &out.join("logs")).await
+}
+
+/// With `BENCH_PROFILE`, a profiler of every process of the stack (none where perf cannot run).
+async fn profiler(config: &Config, stack: &Stack, out: &Path) -> Option<Profiler> {
+    if !config.settings.profile {
+        return None;
+    }
+    let targets = stack
+        .processes
+        .iter()
+        .map(|p| (p.name.clone(), crate::procfs::process_tree(p.pid)))
+        .collect();
+    Profiler::new(targets, &out.join("profile")).await
+}
+
+/// argon2 alone, then signups and signins through the app; the users signed up take part in the
+/// sale.
+async fn auth(
+    api: &Api,
+    monitor: &Monitor,
+    run: &str,
+    config: &Config,
+) -> anyhow::Result<(auth::Auth, auth::SignedUp)> {
+    eprintln!("==> argon2 in this process");
+    let argon2 = auth::argon2_figures(6).await?;
+    let (signup, signed_up) = auth::signup(
+        api,
+        monitor,
+        run,
+        config.settings.users,
+        config.settings.auth_concurrency,
+    )
+    .await?;
+    let signin = auth::signin(
+        api,
+        monitor,
+        run,
+        config.settings.signin_users,
+        config.settings.auth_concurrency,
+    )
+    .await?;
+    Ok((
+        auth::Auth {
+            argon2,
+            signup,
+            signin,
+        },
+        signed_up,
+    ))
+}
+
+/// What the sale and the payments after it work on.
+struct Sale<'a> {
+    cookies: &'a [String],
+    ticket_ids: &'a [String],
+    orders_db: &'a mongodb::Database,
+    payments_db: &'a mongodb::Database,
+    profiler: Option<&'a Profiler>,
+}
+
+/// The flash sale, then its winners pay.
+async fn sale_and_payments(
+    api: &Api,
+    monitor: &Monitor,
+    config: &Config,
+    sale: &Sale<'_>,
+) -> anyhow::Result<(FlashSale, Payments)> {
+    let (flash_sale, winners) = flash_sale::run(
+        api,
+        monitor,
+        &SaleSetup {
+            cookies: sale.cookies,
+            ticket_ids: sale.ticket_ids,
+            in_flight: config.settings.sale_in_flight,
+            nats_url: &config.nats_url,
+            subject_prefix: &config.subject_prefix,
+            orders_db: sale.orders_db,
+            profiler: sale.profiler,
+        },
+    )
+    .await?;
+    let payers = winners
+        .into_iter()
+        .filter_map(|(user, order)| sale.cookies.get(user).map(|c| (c.clone(), order)))
+        .collect();
+    let payments = flash_sale::pay(api, monitor, sale.orders_db, sale.payments_db, payers).await?;
+    Ok((flash_sale, payments))
 }
 
 /// `bench-results/latest` → the newest run (best effort: the run's own folder is what counts).

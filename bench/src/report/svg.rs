@@ -83,19 +83,36 @@ pub fn line_chart(chart: &LineChart) -> String {
     };
     let mut svg = open(chart.title, chart.y_label);
     y_grid(&mut svg, &frame, y_step);
-    let ticks: Vec<(f64, String)> = if chart.x_ticks.is_empty() {
-        let (_, step) = nice_axis(x_max - x_min);
-        let mut ticks = Vec::new();
-        let mut x = (x_min / step).ceil() * step;
-        while x <= x_max + step * 1e-9 {
-            ticks.push((x, number(x)));
-            x += step;
-        }
-        ticks
-    } else {
-        chart.x_ticks.clone()
-    };
-    for (x, label) in &ticks {
+    x_axis(&mut svg, &frame, chart);
+    reference(&mut svg, &frame, chart.reference.as_ref());
+    for (i, series) in chart.series.iter().enumerate() {
+        line(&mut svg, &frame, series, COLOURS[i % COLOURS.len()]);
+    }
+    legend(
+        &mut svg,
+        chart.series.iter().map(|s| s.name.as_str()).collect(),
+    );
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// The chart's own ticks, or evenly spaced round numbers over the frame's x range.
+fn x_ticks(frame: &Frame, chart: &LineChart) -> Vec<(f64, String)> {
+    if !chart.x_ticks.is_empty() {
+        return chart.x_ticks.clone();
+    }
+    let (_, step) = nice_axis(frame.x_max - frame.x_min);
+    let mut ticks = Vec::new();
+    let mut x = (frame.x_min / step).ceil() * step;
+    while x <= frame.x_max + step * 1e-9 {
+        ticks.push((x, number(x)));
+        x += step;
+    }
+    ticks
+}
+
+fn x_axis(svg: &mut String, frame: &Frame, chart: &LineChart) {
+    for (x, label) in &x_ticks(frame, chart) {
         let px = frame.x(*x);
         let _ = writeln!(
             svg,
@@ -113,36 +130,30 @@ pub fn line_chart(chart: &LineChart) -> String {
         HEIGHT - BOTTOM + 42.0,
         escape(chart.x_label)
     );
-    reference(&mut svg, &frame, chart.reference.as_ref());
-    for (i, series) in chart.series.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
-        let path: Vec<String> = series
-            .points
-            .iter()
-            .map(|(x, y)| format!("{:.1},{:.1}", frame.x(*x), frame.y(*y)))
-            .collect();
-        let _ = writeln!(
-            svg,
-            r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
-            path.join(" ")
-        );
-        if series.points.len() <= 40 {
-            for (x, y) in &series.points {
-                let _ = writeln!(
-                    svg,
-                    r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"/>"#,
-                    frame.x(*x),
-                    frame.y(*y)
-                );
-            }
+}
+
+/// One series: a polyline, with a dot on each point where there are few enough to tell apart.
+fn line(svg: &mut String, frame: &Frame, series: &Series, colour: &str) {
+    let path: Vec<String> = series
+        .points
+        .iter()
+        .map(|(x, y)| format!("{:.1},{:.1}", frame.x(*x), frame.y(*y)))
+        .collect();
+    let _ = writeln!(
+        svg,
+        r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
+        path.join(" ")
+    );
+    if series.points.len() <= 40 {
+        for (x, y) in &series.points {
+            let _ = writeln!(
+                svg,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"/>"#,
+                frame.x(*x),
+                frame.y(*y)
+            );
         }
     }
-    legend(
-        &mut svg,
-        chart.series.iter().map(|s| s.name.as_str()).collect(),
-    );
-    svg.push_str("</svg>\n");
-    svg
 }
 
 pub fn bar_chart(chart: &BarChart) -> String {

@@ -1,0 +1,113 @@
+//! The goals the project set itself, each measured against its limit.
+
+use super::{Goal, IDLE_GOAL_MIB, PROPAGATION_GOAL_MS, READY_GOAL_MS};
+use crate::flash_sale::{FlashSale, Payments};
+use crate::monitor::Resident;
+use crate::startup::ServiceStartup;
+
+pub fn goals(
+    idle: &[Resident],
+    startup: &[ServiceStartup],
+    sale: &FlashSale,
+    payments: &Payments,
+) -> Vec<Goal> {
+    vec![
+        sale_goal(sale),
+        money_goal(payments),
+        idle_goal(idle),
+        ready_goal(startup),
+        propagation_goal(sale, payments),
+    ]
+}
+
+fn sale_goal(sale: &FlashSale) -> Goal {
+    Goal {
+        goal: "Flash sale: 0 oversold tickets, every time".into(),
+        measured: format!(
+            "{} oversold: {} live orders for {} tickets in the database ({} cancelled, {} tickets with two), {} users saw 201, no ticket twice ({} second 201s); {} 201s lost to timeouts",
+            sale.oversold + sale.tickets_with_several_live_orders,
+            sale.live_orders_in_database,
+            sale.tickets,
+            sale.cancelled_orders_in_database,
+            sale.tickets_with_several_live_orders,
+            sale.sold,
+            sale.oversold,
+            sale.sold_unseen_by_client
+        ),
+        met: sale.passed,
+    }
+}
+
+fn money_goal(payments: &Payments) -> Goal {
+    Goal {
+        goal: "Money: every paid order keeps exactly its one charge, nothing waits for Stripe"
+            .into(),
+        measured: format!(
+            "{} orders paid, {} complete in the database, {} money violations",
+            payments.paid,
+            payments.completed_in_database,
+            payments.money_violations.len()
+        ),
+        met: payments.money_violations.is_empty()
+            && payments.completed_in_database == payments.orders as u64,
+    }
+}
+
+fn idle_goal(idle: &[Resident]) -> Goal {
+    let services: Vec<&Resident> = idle.iter().filter(|r| r.service).collect();
+    let heaviest = services
+        .iter()
+        .max_by(|a, b| a.rss_mib.total_cmp(&b.rss_mib));
+    Goal {
+        goal: "Each Rust service idle under 20 MB resident".into(),
+        measured: heaviest.map_or_else(
+            || "no services".into(),
+            |r| {
+                format!(
+                    "highest: {} {:.1} MiB ({:.1} MB)",
+                    r.name,
+                    r.rss_mib,
+                    r.rss_mib * 1.048_576
+                )
+            },
+        ),
+        met: !services.is_empty() && services.iter().all(|r| r.rss_mib < IDLE_GOAL_MIB),
+    }
+}
+
+fn ready_goal(startup: &[ServiceStartup]) -> Goal {
+    let slowest = startup
+        .iter()
+        .max_by(|a, b| a.max_ready_ms.total_cmp(&b.max_ready_ms));
+    Goal {
+        goal: "Each Rust service ready in under 200 ms after start".into(),
+        measured: slowest.map_or_else(
+            || "not measured".into(),
+            |s| {
+                format!(
+                    "slowest: {} {:.0} ms (worst of {} starts)",
+                    s.service,
+                    s.max_ready_ms,
+                    s.runs.len()
+                )
+            },
+        ),
+        met: !startup.is_empty() && startup.iter().all(|s| s.max_ready_ms < READY_GOAL_MS),
+    }
+}
+
+fn propagation_goal(sale: &FlashSale, payments: &Payments) -> Goal {
+    let reservation = &sale.reservation.latency;
+    let completion = &payments.completion.latency;
+    Goal {
+        goal: "Event propagation p99 under 100 ms at the flash-sale load".into(),
+        measured: format!(
+            "order → ticket reserved p99 {:.1} ms; payment → order complete p99 {:.1} ms",
+            reservation.p99_ms, completion.p99_ms
+        ),
+        met: sale.reservation.observed == sale.reservation.expected
+            && payments.completion.observed == payments.completion.expected
+            && reservation.p99_ms < PROPAGATION_GOAL_MS
+            && completion.p99_ms < PROPAGATION_GOAL_MS,
+    }
+}

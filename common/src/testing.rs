@@ -57,6 +57,12 @@ pub fn require_infra(names: &[&str]) {
     }
 }
 
+/// An id the test got as text (from a reply, or made up) as events carry it.
+pub fn as_id(text: &str) -> crate::events::Id {
+    text.parse()
+        .unwrap_or_else(|_| panic!("{text:?} is not an id (24 hex characters)"))
+}
+
 /// The `Cookie` header of a signed-in user, as the auth service would have issued it.
 pub fn session_cookie(user_id: &str, email: &str) -> String {
     let keys = SessionKeys::new(&SecretString::from(TEST_JWT_KEY.to_owned()));

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::bus::EventBus;
-use common::events::ExpirationComplete;
+use common::events::{ExpirationComplete, Id};
 use futures::StreamExt as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -85,9 +85,15 @@ async fn poll_once(
 }
 
 async fn fire(scheduler: &ExpirationScheduler, bus: &EventBus, job: ClaimedJob, retry: Duration) {
-    let event = ExpirationComplete {
-        order_id: job.order_id.clone(),
+    let Some(order_id) = Id::parse(&job.order_id) else {
+        // Only ids of `order:created` are scheduled; anything else names no order.
+        tracing::error!(order_id = %job.order_id, "an expiry job that names no order; dropped");
+        if let Err(err) = scheduler.complete(&job.order_id).await {
+            tracing::warn!(order_id = %job.order_id, error = %format!("{err:#}"), "could not drop the job");
+        }
+        return;
     };
+    let event = ExpirationComplete { order_id };
     match bus.publish(&event).await {
         Ok(()) => {
             tracing::info!(

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
+use common::events::Id;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, Script};
 use secrecy::ExposeSecret as _;
@@ -132,14 +133,14 @@ impl ExpirationScheduler {
     /// is being fired is ignored. One arriving after the job fired schedules it again: that second
     /// `expiration:complete` carries the same message id, so JetStream drops it inside its
     /// duplicate window, and after it the orders service ignores expiry of orders not pending.
-    pub async fn schedule(&self, order_id: &str, due_at: DateTime<Utc>) -> anyhow::Result<()> {
+    pub async fn schedule(&self, order_id: Id, due_at: DateTime<Utc>) -> anyhow::Result<()> {
         let mut redis = self.redis.clone();
         let _added: i64 = self
             .scripts
             .schedule
             .key(&self.due_key)
             .key(&self.inflight_key)
-            .arg(order_id)
+            .arg(order_id.to_string())
             .arg(due_at.timestamp_millis())
             .invoke_async(&mut redis)
             .await

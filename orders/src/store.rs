@@ -10,7 +10,9 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use common::bus::EventBus;
-use common::events::{OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStatus, TicketRef};
+use common::events::{
+    Id, OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStatus, TicketRef,
+};
 use common::money::Price;
 use common::store::{
     Bounded as _, Committed, Decision, PendingEvent, StoreError, VersionedStore, is_duplicate_key,
@@ -64,7 +66,7 @@ pub struct Order {
     #[serde(with = "bson_datetime")]
     pub expires_at: DateTime<Utc>,
     pub version: i64,
-    pub ticket_id: String,
+    pub ticket_id: Id,
     /// Unique: the ticket id while the order holds its ticket, `released:<order id>` afterwards.
     pub reservation: String,
     /// Set when the order was cancelled while it was being paid and the charge was refunded
@@ -85,9 +87,9 @@ pub struct Refund {
 common::versioned_record!(Order, id);
 
 /// The reservation value of an order in `status`: every live status claims the ticket.
-pub fn reservation(status: OrderStatus, order_id: &ObjectId, ticket_id: &str) -> String {
+pub fn reservation(status: OrderStatus, order_id: &ObjectId, ticket_id: Id) -> String {
     if status.reserves_ticket() {
-        ticket_id.to_owned()
+        ticket_id.to_string()
     } else {
         format!("released:{}", order_id.to_hex())
     }
@@ -97,14 +99,14 @@ impl Order {
     /// A new order (version 0, `created`) for `ticket`.
     pub fn new(user_id: &str, ticket: &Ticket, expires_at: DateTime<Utc>) -> Self {
         let id = ObjectId::new();
-        let ticket_id = ticket.id.to_hex();
+        let ticket_id = Id::from(ticket.id);
         Self {
             id,
             user_id: user_id.to_owned(),
             status: OrderStatus::Created,
             expires_at,
             version: 0,
-            reservation: reservation(OrderStatus::Created, &id, &ticket_id),
+            reservation: reservation(OrderStatus::Created, &id, ticket_id),
             ticket_id,
             refund: None,
         }
@@ -115,20 +117,20 @@ impl Order {
         Self {
             status,
             version: self.version + 1,
-            reservation: reservation(status, &self.id, &self.ticket_id),
+            reservation: reservation(status, &self.id, self.ticket_id),
             ..self.clone()
         }
     }
 
     pub fn created_event(&self, price: Price) -> OrderCreated {
         OrderCreated {
-            id: self.id.to_hex(),
+            id: self.id.into(),
             version: self.version,
             status: self.status,
             user_id: self.user_id.clone(),
             expires_at: self.expires_at,
             ticket: OrderCreatedTicket {
-                id: self.ticket_id.clone(),
+                id: self.ticket_id,
                 price,
             },
         }
@@ -136,11 +138,9 @@ impl Order {
 
     pub fn cancelled_event(&self) -> OrderCancelled {
         OrderCancelled {
-            id: self.id.to_hex(),
+            id: self.id.into(),
             version: self.version,
-            ticket: TicketRef {
-                id: self.ticket_id.clone(),
-            },
+            ticket: TicketRef { id: self.ticket_id },
         }
     }
 }
@@ -267,11 +267,8 @@ impl OrderStore {
     pub async fn tickets_of(
         &self,
         orders: &[Order],
-    ) -> mongodb::error::Result<HashMap<String, Ticket>> {
-        let mut ids: Vec<ObjectId> = orders
-            .iter()
-            .filter_map(|order| common::store::parse_object_id(&order.ticket_id))
-            .collect();
+    ) -> mongodb::error::Result<HashMap<Id, Ticket>> {
+        let mut ids: Vec<ObjectId> = orders.iter().map(|order| order.ticket_id.oid()).collect();
         ids.sort_unstable();
         ids.dedup();
         if ids.is_empty() {
@@ -282,7 +279,7 @@ impl OrderStore {
                 .await?;
         Ok(tickets
             .into_iter()
-            .map(|ticket| (ticket.id.to_hex(), ticket))
+            .map(|ticket| (ticket.id.into(), ticket))
             .collect())
     }
 

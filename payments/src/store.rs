@@ -216,7 +216,7 @@ impl Payment {
     pub fn updated_event(&self) -> PaymentUpdated {
         PaymentUpdated {
             id: self.payment_id.clone(),
-            order_id: self.order_id.to_hex(),
+            order_id: self.order_id.into(),
             version: self.version,
             status: self.status.as_str().to_owned(),
             stripe_id: self.stripe_id.clone(),
@@ -242,7 +242,7 @@ impl Payment {
         {
             events.push(PendingEvent::of(&PaymentCreated {
                 id: self.payment_id.clone(),
-                order_id: self.order_id.to_hex(),
+                order_id: self.order_id.into(),
                 stripe_id: stripe_id.clone(),
             })?);
         }

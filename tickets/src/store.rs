@@ -2,7 +2,7 @@
 //! version claimed by an insert, events stored with the change), plus the tombstones of cancelled
 //! orders that let the listeners cope with `order:cancelled` overtaking `order:created`.
 
-use common::events::{TicketCreated, TicketUpdated};
+use common::events::{Id, TicketCreated, TicketUpdated};
 use common::money::Price;
 use common::store::{Bounded as _, PendingEvent, StoreError, VersionedStore, is_duplicate_key};
 use mongodb::bson::oid::ObjectId;
@@ -23,7 +23,7 @@ pub struct Ticket {
     pub price_cents: i64,
     pub user_id: String,
     pub version: i64,
-    pub order_id: Option<String>,
+    pub order_id: Option<Id>,
 }
 
 common::versioned_record!(Ticket, id);
@@ -38,7 +38,7 @@ pub struct TicketView {
     pub user_id: String,
     pub version: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub order_id: Option<String>,
+    pub order_id: Option<Id>,
 }
 
 impl Ticket {
@@ -53,13 +53,13 @@ impl Ticket {
             price: self.price(),
             user_id: self.user_id.clone(),
             version: self.version,
-            order_id: self.order_id.clone(),
+            order_id: self.order_id,
         }
     }
 
     pub fn created_event(&self) -> TicketCreated {
         TicketCreated {
-            id: self.id.to_hex(),
+            id: self.id.into(),
             version: self.version,
             title: self.title.clone(),
             price: self.price(),
@@ -69,19 +69,19 @@ impl Ticket {
 
     pub fn updated_event(&self) -> TicketUpdated {
         TicketUpdated {
-            id: self.id.to_hex(),
+            id: self.id.into(),
             version: self.version,
             title: self.title.clone(),
             price: self.price(),
             user_id: self.user_id.clone(),
-            order_id: self.order_id.clone(),
+            order_id: self.order_id,
         }
     }
 
     /// The same ticket at the next version with `order_id`, and its `ticket:updated` event.
     pub fn with_order(
         &self,
-        order_id: Option<String>,
+        order_id: Option<Id>,
     ) -> Result<(Ticket, Vec<PendingEvent>), StoreError> {
         let next = Ticket {
             order_id,
@@ -149,12 +149,12 @@ impl TicketStore {
     /// later, does not reserve the ticket. Idempotent.
     pub async fn record_cancelled_order(
         &self,
-        order_id: &str,
-        ticket_id: &str,
+        order_id: Id,
+        ticket_id: Id,
     ) -> Result<(), StoreError> {
         let tombstone = doc! {
-            "_id": order_id,
-            "ticketId": ticket_id,
+            "_id": order_id.to_string(),
+            "ticketId": ticket_id.to_string(),
             "at": bson::DateTime::now(),
         };
         match self.cancelled_orders.insert_one(tombstone).bounded().await {
@@ -164,10 +164,10 @@ impl TicketStore {
         }
     }
 
-    pub async fn is_order_cancelled(&self, order_id: &str) -> Result<bool, StoreError> {
+    pub async fn is_order_cancelled(&self, order_id: Id) -> Result<bool, StoreError> {
         Ok(self
             .cancelled_orders
-            .find_one(doc! { "_id": order_id })
+            .find_one(doc! { "_id": order_id.to_string() })
             .bounded()
             .await?
             .is_some())

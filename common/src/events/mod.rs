@@ -3,8 +3,10 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+mod id;
 mod payloads;
 
+pub use id::{Id, MalformedId};
 pub use payloads::*;
 
 /// The six subjects of the SPEC, and `payment:updated` (every state of a payment).

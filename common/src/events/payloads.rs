@@ -3,13 +3,13 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Event, OrderStatus, Subject};
+use super::{Event, Id, OrderStatus, Subject};
 use crate::money::Price;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TicketCreated {
-    pub id: String,
+    pub id: Id,
     pub version: i64,
     pub title: String,
     pub price: Price,
@@ -26,13 +26,13 @@ impl Event for TicketCreated {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TicketUpdated {
-    pub id: String,
+    pub id: Id,
     pub version: i64,
     pub title: String,
     pub price: Price,
     pub user_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub order_id: Option<String>,
+    pub order_id: Option<Id>,
 }
 
 impl Event for TicketUpdated {
@@ -44,14 +44,14 @@ impl Event for TicketUpdated {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderCreatedTicket {
-    pub id: String,
+    pub id: Id,
     pub price: Price,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderCreated {
-    pub id: String,
+    pub id: Id,
     pub version: i64,
     pub status: OrderStatus,
     pub user_id: String,
@@ -69,12 +69,12 @@ impl Event for OrderCreated {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TicketRef {
-    pub id: String,
+    pub id: Id,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderCancelled {
-    pub id: String,
+    pub id: Id,
     pub version: i64,
     pub ticket: TicketRef,
 }
@@ -89,7 +89,7 @@ impl Event for OrderCancelled {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExpirationComplete {
-    pub order_id: String,
+    pub order_id: Id,
 }
 
 impl Event for ExpirationComplete {
@@ -104,7 +104,7 @@ impl Event for ExpirationComplete {
 #[serde(rename_all = "camelCase")]
 pub struct PaymentCreated {
     pub id: String,
-    pub order_id: String,
+    pub order_id: Id,
     pub stripe_id: String,
 }
 
@@ -124,7 +124,7 @@ impl Event for PaymentCreated {
 pub struct PaymentUpdated {
     /// The payment attempt's id (the `id` of `payment:created` and of the API's answer).
     pub id: String,
-    pub order_id: String,
+    pub order_id: Id,
     /// The version of the order's payment record: one event per version.
     pub version: i64,
     pub status: String,
@@ -147,6 +147,9 @@ mod tests {
     use chrono::TimeZone;
     use serde_json::json;
 
+    const T1: &str = "64b7f0c2a1b2c3d4e5f60071";
+    const O1: &str = "64b7f0c2a1b2c3d4e5f60001";
+
     fn round_trip<E: Event + PartialEq + std::fmt::Debug>(event: &E, expected: serde_json::Value) {
         let value = serde_json::to_value(event).unwrap_or_default();
         assert_eq!(value, expected);
@@ -158,35 +161,35 @@ mod tests {
     fn ticket_events_use_the_spec_field_names() {
         round_trip(
             &TicketCreated {
-                id: "t1".into(),
+                id: T1.parse().unwrap_or_default(),
                 version: 0,
                 title: "Gig".into(),
                 price: Price::from_cents(2050),
                 user_id: "u1".into(),
             },
-            json!({"id": "t1", "version": 0, "title": "Gig", "price": 20.5, "userId": "u1"}),
+            json!({"id": T1, "version": 0, "title": "Gig", "price": 20.5, "userId": "u1"}),
         );
         round_trip(
             &TicketUpdated {
-                id: "t1".into(),
+                id: T1.parse().unwrap_or_default(),
                 version: 2,
                 title: "Gig".into(),
                 price: Price::from_cents(2000),
                 user_id: "u1".into(),
-                order_id: Some("o1".into()),
+                order_id: O1.parse().ok(),
             },
-            json!({"id": "t1", "version": 2, "title": "Gig", "price": 20, "userId": "u1", "orderId": "o1"}),
+            json!({"id": T1, "version": 2, "title": "Gig", "price": 20, "userId": "u1", "orderId": O1}),
         );
         round_trip(
             &TicketUpdated {
-                id: "t1".into(),
+                id: T1.parse().unwrap_or_default(),
                 version: 3,
                 title: "Gig".into(),
                 price: Price::from_cents(2000),
                 user_id: "u1".into(),
                 order_id: None,
             },
-            json!({"id": "t1", "version": 3, "title": "Gig", "price": 20, "userId": "u1"}),
+            json!({"id": T1, "version": 3, "title": "Gig", "price": 20, "userId": "u1"}),
         );
     }
 
@@ -198,40 +201,42 @@ mod tests {
             .unwrap_or_default();
         round_trip(
             &OrderCreated {
-                id: "o1".into(),
+                id: O1.parse().unwrap_or_default(),
                 version: 0,
                 status: OrderStatus::Created,
                 user_id: "u1".into(),
                 expires_at,
                 ticket: OrderCreatedTicket {
-                    id: "t1".into(),
+                    id: T1.parse().unwrap_or_default(),
                     price: Price::from_cents(1000),
                 },
             },
-            json!({"id": "o1", "version": 0, "status": "created", "userId": "u1",
-                   "expiresAt": "2023-11-14T22:13:20.000Z", "ticket": {"id": "t1", "price": 10}}),
+            json!({"id": O1, "version": 0, "status": "created", "userId": "u1",
+                   "expiresAt": "2023-11-14T22:13:20.000Z", "ticket": {"id": T1, "price": 10}}),
         );
         round_trip(
             &OrderCancelled {
-                id: "o1".into(),
+                id: O1.parse().unwrap_or_default(),
                 version: 1,
-                ticket: TicketRef { id: "t1".into() },
+                ticket: TicketRef {
+                    id: T1.parse().unwrap_or_default(),
+                },
             },
-            json!({"id": "o1", "version": 1, "ticket": {"id": "t1"}}),
+            json!({"id": O1, "version": 1, "ticket": {"id": T1}}),
         );
         round_trip(
             &ExpirationComplete {
-                order_id: "o1".into(),
+                order_id: O1.parse().unwrap_or_default(),
             },
-            json!({"orderId": "o1"}),
+            json!({"orderId": O1}),
         );
         round_trip(
             &PaymentCreated {
                 id: "p1".into(),
-                order_id: "o1".into(),
+                order_id: O1.parse().unwrap_or_default(),
                 stripe_id: "ch_1".into(),
             },
-            json!({"id": "p1", "orderId": "o1", "stripeId": "ch_1"}),
+            json!({"id": "p1", "orderId": O1, "stripeId": "ch_1"}),
         );
     }
 
@@ -264,17 +269,19 @@ mod tests {
     #[test]
     fn message_ids_are_stable_per_subject_record_and_version() {
         let event = OrderCancelled {
-            id: "o1".into(),
+            id: O1.parse().unwrap_or_default(),
             version: 1,
-            ticket: TicketRef { id: "t1".into() },
+            ticket: TicketRef {
+                id: T1.parse().unwrap_or_default(),
+            },
         };
-        assert_eq!(event.message_id(), "order:cancelled:o1:1");
+        assert_eq!(event.message_id(), format!("order:cancelled:{O1}:1"));
         assert_eq!(
             ExpirationComplete {
-                order_id: "o1".into()
+                order_id: O1.parse().unwrap_or_default()
             }
             .message_id(),
-            "expiration:complete:o1"
+            format!("expiration:complete:{O1}")
         );
     }
 }

@@ -8,11 +8,12 @@ use common::events::{Event, ExpirationComplete, Subject};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{bus, drain, fresh_nats_settings, observe};
+use crate::helpers::{bus, drain, fresh_nats_settings, named_id, observe};
 
-fn expiration(order_id: &str) -> ExpirationComplete {
+/// The expiry of a made-up order called `label`.
+fn expiration(label: &str) -> ExpirationComplete {
     ExpirationComplete {
-        order_id: order_id.into(),
+        order_id: named_id(label),
     }
 }
 
@@ -222,7 +223,7 @@ async fn a_poison_event_is_dead_lettered_with_its_reason_and_a_replay_delivers_i
         move |event, _| {
             let (tx, is_fixed) = (tx.clone(), is_fixed.clone());
             async move {
-                if event.order_id == "bad" && is_fixed.load(Ordering::SeqCst) == 0 {
+                if event.order_id == named_id("bad") && is_fixed.load(Ordering::SeqCst) == 0 {
                     return Ok(Outcome::Poison("names no order"));
                 }
                 let _ = tx.send(event);
@@ -247,7 +248,10 @@ async fn a_poison_event_is_dead_lettered_with_its_reason_and_a_replay_delivers_i
         .replay_dead_letter(letters[0].sequence)
         .await
         .expect("replayed");
-    assert_eq!(replayed.payload, "{\"orderId\":\"bad\"}");
+    assert_eq!(
+        replayed.payload,
+        serde_json::to_string(&expiration("bad")).expect("json")
+    );
     assert_eq!(
         drain(&mut rx, Duration::from_millis(700)).await,
         vec![expiration("bad")]
@@ -364,7 +368,7 @@ async fn a_stream_made_before_payment_updated_existed_gains_the_subject_and_keep
     .expect("the old stream");
     js.publish(
         format!("{}expiration:complete", settings.subject_prefix),
-        Bytes::from_static(b"{\"orderId\":\"before-the-upgrade\"}"),
+        Bytes::from(serde_json::to_vec(&expiration("before-the-upgrade")).expect("json")),
     )
     .await
     .expect("publish")
@@ -377,7 +381,7 @@ async fn a_stream_made_before_payment_updated_existed_gains_the_subject_and_keep
     let mut updates = observe::<PaymentUpdated>(&bus, "orders-service", &shutdown).await;
     let update = PaymentUpdated {
         id: "p1".into(),
-        order_id: "o1".into(),
+        order_id: named_id("o1"),
         version: 0,
         status: "pending".into(),
         stripe_id: None,

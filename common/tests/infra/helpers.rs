@@ -1,9 +1,12 @@
 use std::time::Duration;
 
 use common::bus::{EventBus, ListenerOptions, Outcome, listen};
-use common::events::Event;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use common::events::{Event, Id};
 use common::settings::{MongoSettings, NatsSettings};
 use mongodb::Database;
+use mongodb::bson::oid::ObjectId;
 use secrecy::SecretString;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -74,4 +77,16 @@ pub async fn drain<E>(rx: &mut mpsc::UnboundedReceiver<E>, quiet: Duration) -> V
         all.push(event);
     }
     all
+}
+
+/// The id of a made-up record called `label`: the same label always gives the same id, different
+/// labels different ids, so tests can name records and still send well-formed events.
+pub fn named_id(label: &str) -> Id {
+    let mut bytes = [0u8; 12];
+    for (salt, chunk) in bytes.chunks_mut(4).enumerate() {
+        let mut hasher = DefaultHasher::new();
+        (salt, label).hash(&mut hasher);
+        chunk.copy_from_slice(&hasher.finish().to_be_bytes()[..4]);
+    }
+    ObjectId::from_bytes(bytes).into()
 }

@@ -13,7 +13,7 @@ use mongodb::options::IndexOptions;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{bus, drain, fresh_database, fresh_nats_settings, observe};
+use crate::helpers::{bus, drain, fresh_database, fresh_nats_settings, named_id, observe};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Counter {
@@ -46,11 +46,15 @@ fn counter(id: &str, claim: &str) -> Counter {
     }
 }
 
+/// An event that names version `version` of record `id`.
+fn expiry_of(id: &str, version: i64) -> ExpirationComplete {
+    ExpirationComplete {
+        order_id: named_id(&format!("{id}:{version}")),
+    }
+}
+
 fn event_for(id: &str, version: i64) -> PendingEvent {
-    PendingEvent::of(&ExpirationComplete {
-        order_id: format!("{id}:{version}"),
-    })
-    .expect("event")
+    PendingEvent::of(&expiry_of(id, version)).expect("event")
 }
 
 async fn store_with_unique_claim() -> (VersionedStore<Counter>, mongodb::Database) {
@@ -266,7 +270,10 @@ async fn the_relay_publishes_what_a_crashed_writer_left_behind_exactly_once() {
     let ids: Vec<String> = events.iter().map(Event::message_id).collect();
     assert_eq!(
         ids,
-        vec!["expiration:complete:c1:0", "expiration:complete:c1:1"]
+        vec![
+            expiry_of("c1", 0).message_id(),
+            expiry_of("c1", 1).message_id()
+        ]
     );
     shutdown.cancel();
 }
@@ -363,7 +370,7 @@ async fn a_change_its_writer_did_not_publish_is_relayed_by_the_next_pass_not_the
         .next_published(Duration::from_secs(10))
         .await
         .expect("relayed long before the hourly sweep");
-    assert_eq!(event.message_id(), "expiration:complete:c1:0");
+    assert_eq!(event, expiry_of("c1", 0));
     running.stop().await;
 }
 
@@ -390,7 +397,7 @@ async fn a_change_another_replica_left_behind_waits_for_the_sweep() {
         .next_published(Duration::from_secs(15))
         .await
         .expect("relayed by the sweep");
-    assert_eq!(event.message_id(), "expiration:complete:c1:0");
+    assert_eq!(event, expiry_of("c1", 0));
     running.stop().await;
 }
 

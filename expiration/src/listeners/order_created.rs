@@ -11,11 +11,7 @@ pub async fn handle(
     scheduler: &ExpirationScheduler,
     event: OrderCreated,
 ) -> anyhow::Result<Outcome> {
-    if common::store::parse_object_id(&event.id).is_none() {
-        // No order can have this id: its expiry would only be dead-lettered by orders later.
-        return Ok(Outcome::Poison("the order id is not an ObjectId"));
-    }
-    scheduler.schedule(&event.id, event.expires_at).await?;
+    scheduler.schedule(event.id, event.expires_at).await?;
     tracing::debug!(order_id = %event.id, expires_at = %event.expires_at, "expiry scheduled");
     Ok(Outcome::Ack)
 }

@@ -5,10 +5,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::bus::{EventBus, ListenerOptions, Outcome, listen};
-use common::events::{ExpirationComplete, OrderCreated, OrderCreatedTicket, OrderStatus, Subject};
+use common::events::{
+    ExpirationComplete, Id, OrderCreated, OrderCreatedTicket, OrderStatus, Subject,
+};
 use common::money::Price;
 use common::settings::Env;
-use common::testing::{require_infra, test_env, unique_suffix};
+use common::testing::{as_id, require_infra, test_env, unique_suffix};
 use expiration::scheduler::ExpirationScheduler;
 use expiration::settings::{SchedulerSettings, Settings};
 use futures::StreamExt as _;
@@ -187,7 +189,7 @@ impl TestContext {
                         Some(message) => {
                             let event: ExpirationComplete = serde_json::from_slice(&message.payload)
                                 .expect("expiration:complete payload");
-                            let _ = wire_tx.send(Fired { order_id: event.order_id, at: Utc::now() });
+                            let _ = wire_tx.send(Fired { order_id: event.order_id.to_string(), at: Utc::now() });
                         }
                         None => return,
                     },
@@ -205,7 +207,7 @@ impl TestContext {
                 let stream_tx = stream_tx.clone();
                 async move {
                     let _ = stream_tx.send(Fired {
-                        order_id: event.order_id,
+                        order_id: event.order_id.to_string(),
                         at: Utc::now(),
                     });
                     Ok(Outcome::Ack)
@@ -295,13 +297,13 @@ impl Drop for TestContext {
 
 pub fn order_created(order_id: &str, expires_at: DateTime<Utc>) -> OrderCreated {
     OrderCreated {
-        id: order_id.to_owned(),
+        id: as_id(order_id),
         version: 0,
         status: OrderStatus::Created,
         user_id: common::testing::new_user_id(),
         expires_at,
         ticket: OrderCreatedTicket {
-            id: common::testing::new_user_id(),
+            id: Id::new(),
             price: Price::from_cents(2000),
         },
     }

@@ -1,3 +1,4 @@
+use common::testing::as_id;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -48,7 +49,7 @@ async fn concurrent_claims_hand_each_due_job_to_exactly_one_claimer() {
     let orders: HashSet<String> = (0..20).map(|_| new_order_id()).collect();
     for order_id in &orders {
         setup
-            .schedule(order_id, millis_from_now(-1))
+            .schedule(as_id(order_id), millis_from_now(-1))
             .await
             .expect("scheduled");
     }
@@ -137,7 +138,7 @@ async fn a_claimed_job_that_was_never_published_fires_after_its_lease() {
         .await;
     let order_id = new_order_id();
     crashed
-        .schedule(&order_id, millis_from_now(-1))
+        .schedule(as_id(&order_id), millis_from_now(-1))
         .await
         .expect("scheduled");
     let claimed_at = Utc::now();

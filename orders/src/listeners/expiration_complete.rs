@@ -4,7 +4,7 @@
 
 use common::bus::{Delivery, EventBus, Outcome};
 use common::events::{ExpirationComplete, PaymentCreated};
-use common::store::{Decision, StoreError, parse_object_id};
+use common::store::{Decision, StoreError};
 use mongodb::bson::Bson;
 use mongodb::bson::oid::ObjectId;
 
@@ -17,9 +17,7 @@ pub async fn handle(
     event: ExpirationComplete,
     delivery: Delivery,
 ) -> anyhow::Result<Outcome> {
-    let Some(id) = parse_object_id(&event.order_id) else {
-        return Ok(Outcome::Poison("the order id is not an ObjectId"));
-    };
+    let id = event.order_id.oid();
     match expire(store, bus, id, Some(delivery.sequence)).await {
         Ok(Expiry::Cancelled(_) | Expiry::Unchanged) => Ok(Outcome::Ack),
         Ok(Expiry::PaymentWaiting) => Ok(Outcome::Retry(RETRY_DELAY)),

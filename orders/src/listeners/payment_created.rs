@@ -3,7 +3,7 @@
 
 use common::bus::{EventBus, Outcome};
 use common::events::{OrderStatus, PaymentCreated};
-use common::store::{Decision, StoreError, parse_object_id};
+use common::store::{Decision, StoreError};
 use mongodb::bson::Bson;
 
 use super::RETRY_DELAY;
@@ -14,9 +14,7 @@ pub async fn handle(
     bus: &EventBus,
     event: PaymentCreated,
 ) -> anyhow::Result<Outcome> {
-    let Some(id) = parse_object_id(&event.order_id) else {
-        return Ok(Outcome::Poison("the order id is not an ObjectId"));
-    };
+    let id = event.order_id.oid();
     // `modify` re-reads and decides again if an expiry commits first, so exactly one of them wins.
     let result = store
         .orders()

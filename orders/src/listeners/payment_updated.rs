@@ -4,7 +4,7 @@
 
 use common::bus::{EventBus, Outcome};
 use common::events::{OrderStatus, PaymentUpdated};
-use common::store::{Decision, StoreError, parse_object_id};
+use common::store::{Decision, StoreError};
 use mongodb::bson::Bson;
 
 use super::RETRY_DELAY;
@@ -20,9 +20,7 @@ pub async fn handle(
     if event.status != REFUNDED {
         return Ok(Outcome::Ack);
     }
-    let Some(id) = parse_object_id(&event.order_id) else {
-        return Ok(Outcome::Poison("the order id is not an ObjectId"));
-    };
+    let id = event.order_id.oid();
     let refund = Refund {
         payment_id: event.id.clone(),
         stripe_id: event.stripe_id.clone(),

@@ -2,14 +2,11 @@
 
 use common::bus::Outcome;
 use common::events::TicketCreated;
-use common::store::parse_object_id;
 
 use crate::store::{OrderStore, Ticket};
 
 pub async fn handle(store: &OrderStore, event: TicketCreated) -> anyhow::Result<Outcome> {
-    let Some(id) = parse_object_id(&event.id) else {
-        return Ok(Outcome::Poison("the id is not an ObjectId"));
-    };
+    let id = event.id.oid();
     let ticket = Ticket {
         id,
         title: event.title,

@@ -4,16 +4,14 @@
 
 use common::bus::Outcome;
 use common::events::TicketUpdated;
-use common::store::{ReplicaUpdate, parse_object_id};
+use common::store::ReplicaUpdate;
 use mongodb::bson::Bson;
 
 use super::RETRY_DELAY;
 use crate::store::{OrderStore, Ticket};
 
 pub async fn handle(store: &OrderStore, event: TicketUpdated) -> anyhow::Result<Outcome> {
-    let Some(id) = parse_object_id(&event.id) else {
-        return Ok(Outcome::Poison("the id is not an ObjectId"));
-    };
+    let id = event.id.oid();
     let update = store
         .tickets()
         .apply_replica_version(Bson::ObjectId(id), event.version, |_| Ticket {

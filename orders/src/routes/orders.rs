@@ -195,10 +195,7 @@ async fn show(
     if order.user_id != user.id {
         return Err(ApiError::NotAuthorized);
     }
-    let ticket = match parse_object_id(&order.ticket_id) {
-        Some(ticket_id) => state.store.find_ticket(ticket_id).await?,
-        None => None,
-    };
+    let ticket = state.store.find_ticket(order.ticket_id.oid()).await?;
     Ok(Json(OrderView::new(&order, ticket.as_ref())))
 }
 

@@ -1,6 +1,6 @@
 use common::bus::{Delivery, Outcome};
 use common::events::{ExpirationComplete, OrderCancelled, OrderStatus, PaymentCreated, TicketRef};
-use common::testing::new_user_id;
+use common::testing::{as_id, new_user_id};
 use orders::listeners::expiration_complete::handle;
 use orders::sweeper::sweep_once;
 use reqwest::StatusCode;
@@ -19,7 +19,7 @@ async fn expire_published_at(app: &TestApp, order_id: &str, sequence: u64) -> Ou
         &app.store,
         &app.bus,
         ExpirationComplete {
-            order_id: order_id.to_owned(),
+            order_id: as_id(order_id),
         },
         Delivery {
             attempt: 1,
@@ -73,10 +73,10 @@ async fn expiry_cancels_a_pending_order_and_announces_it_once() {
     assert_eq!(
         cancelled.next().await,
         OrderCancelled {
-            id: id.clone(),
+            id: as_id(&id),
             version: 1,
             ticket: TicketRef {
-                id: ticket_id.clone()
+                id: as_id(&ticket_id)
             },
         }
     );
@@ -103,7 +103,7 @@ async fn expiry_of_a_paid_order_is_ignored() {
         &app.bus,
         PaymentCreated {
             id: new_user_id(),
-            order_id: id.clone(),
+            order_id: as_id(&id),
             stripe_id: "ch_1".into(),
         },
     )
@@ -154,11 +154,11 @@ async fn an_expiry_published_on_the_bus_cancels_the_order_and_frees_the_ticket()
     let user = User::new();
     let (id, ticket_id) = pending_order(&app, &user).await;
     app.publish(&ExpirationComplete {
-        order_id: id.clone(),
+        order_id: as_id(&id),
     })
     .await;
     let event = cancelled.next().await;
-    assert_eq!((event.id.as_str(), event.version), (id.as_str(), 1));
+    assert_eq!((event.id, event.version), (as_id(&id), 1));
     let shown = eventually("the order shown cancelled", || async {
         let reply = app.get_order(Some(&user), &id).await;
         (reply.body["status"] == "cancelled").then_some(reply.body)
@@ -187,7 +187,7 @@ async fn an_order_whose_expiration_never_arrives_is_cancelled_by_the_sweeper() {
 
     let event = cancelled.next().await;
 
-    assert_eq!((event.id.as_str(), event.version), (id.as_str(), 1));
+    assert_eq!((event.id, event.version), (as_id(&id), 1));
     assert_eq!(event.ticket.id, ticket_id);
     let stored = app.stored_order(&id).await;
     assert_eq!((stored.status, stored.version), (OrderStatus::Cancelled, 1));
@@ -205,7 +205,7 @@ async fn the_sweeper_cancels_only_overdue_orders_still_waiting_for_payment_and_e
         &app.bus,
         PaymentCreated {
             id: new_user_id(),
-            order_id: paid.clone(),
+            order_id: as_id(&paid),
             stripe_id: "ch_1".into(),
         },
     )
@@ -263,13 +263,13 @@ async fn after_an_outage_a_payment_held_back_behind_its_expiration_still_complet
 
     // The expiration reaches orders first; the payment made in time arrives a second later.
     app.publish(&ExpirationComplete {
-        order_id: id.clone(),
+        order_id: as_id(&id),
     })
     .await;
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     app.publish(&PaymentCreated {
         id: new_user_id(),
-        order_id: id.clone(),
+        order_id: as_id(&id),
         stripe_id: "ch_held_back".into(),
     })
     .await;
@@ -295,7 +295,7 @@ async fn an_expiry_waits_for_a_payment_of_the_order_published_before_it_and_not_
         app.bus
             .publish(&PaymentCreated {
                 id: new_user_id(),
-                order_id: order_id.clone(),
+                order_id: as_id(order_id),
                 stripe_id: "ch_test".into(),
             })
             .await

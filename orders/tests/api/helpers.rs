@@ -3,7 +3,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::bus::{EventBus, ListenerOptions, Outcome, listen};
-use common::events::{Event, TicketCreated};
+use common::events::{Event, Id, TicketCreated};
 use common::money::Price;
 use common::settings::Env;
 use common::testing::{new_user_id, require_infra, session_cookie, test_env};
@@ -223,7 +223,7 @@ impl TestApp {
     /// A ticket in the replica, as `ticket:created` would have put it there.
     pub async fn ticket(&self, title: &str, cents: i64) -> Ticket {
         let event = TicketCreated {
-            id: new_user_id(),
+            id: Id::new(),
             version: 0,
             title: title.to_owned(),
             price: Price::from_cents(cents),
@@ -233,7 +233,9 @@ impl TestApp {
             .await
             .expect("ticket:created handled");
         assert_eq!(outcome, Outcome::Ack);
-        self.replica(&event.id).await.expect("replicated ticket")
+        self.replica(&event.id.to_string())
+            .await
+            .expect("replicated ticket")
     }
 
     /// The replica of a ticket.

@@ -4,7 +4,7 @@ use common::events::{
     OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStatus, PaymentCreated, TicketRef,
 };
 use common::money::Price;
-use common::testing::new_user_id;
+use common::testing::{as_id, new_user_id};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -28,7 +28,7 @@ async fn pay(app: &TestApp, order_id: &str) {
         &app.bus,
         PaymentCreated {
             id: new_user_id(),
-            order_id: order_id.to_owned(),
+            order_id: as_id(order_id),
             stripe_id: "ch_test".into(),
         },
     )
@@ -71,13 +71,13 @@ async fn creating_an_order_returns_201_with_the_ticket_embedded_and_publishes_or
     assert_eq!(
         created.next().await,
         OrderCreated {
-            id: id.clone(),
+            id: as_id(&id),
             version: 0,
             status: OrderStatus::Created,
             user_id: user.id.clone(),
             expires_at: expires,
             ticket: OrderCreatedTicket {
-                id: ticket.id.to_hex(),
+                id: ticket.id.into(),
                 price: Price::from_cents(2050),
             },
         }
@@ -319,10 +319,10 @@ async fn cancelling_an_order_releases_its_ticket_and_publishes_order_cancelled()
     assert_eq!(
         cancelled.next().await,
         OrderCancelled {
-            id: id.clone(),
+            id: as_id(&id),
             version: 1,
             ticket: TicketRef {
-                id: ticket.id.to_hex()
+                id: ticket.id.into()
             },
         }
     );

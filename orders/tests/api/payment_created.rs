@@ -1,6 +1,6 @@
 use common::bus::Outcome;
 use common::events::{ExpirationComplete, OrderStatus, PaymentCreated};
-use common::testing::new_user_id;
+use common::testing::{as_id, new_user_id};
 use futures::future::join_all;
 use mongodb::bson::Bson;
 use orders::listeners::payment_created::handle;
@@ -12,7 +12,7 @@ use crate::helpers::{TestApp, User, errors, eventually, spawn_app};
 fn payment(order_id: &str) -> PaymentCreated {
     PaymentCreated {
         id: new_user_id(),
-        order_id: order_id.to_owned(),
+        order_id: as_id(order_id),
         stripe_id: "ch_test".into(),
     }
 }
@@ -112,7 +112,7 @@ async fn an_expiry_racing_a_payment_makes_exactly_one_transition() {
                 &app.store,
                 &app.bus,
                 ExpirationComplete {
-                    order_id: id.clone(),
+                    order_id: as_id(id),
                 },
                 common::bus::Delivery {
                     attempt: 1,

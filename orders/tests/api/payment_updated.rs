@@ -1,6 +1,6 @@
 use common::bus::Outcome;
 use common::events::{OrderStatus, PaymentUpdated};
-use common::testing::new_user_id;
+use common::testing::{as_id, new_user_id};
 use orders::listeners::payment_updated::handle;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -10,7 +10,7 @@ use crate::helpers::{TestApp, User, spawn_app};
 fn update(order_id: &str, status: &str, version: i64) -> PaymentUpdated {
     PaymentUpdated {
         id: new_user_id(),
-        order_id: order_id.to_owned(),
+        order_id: as_id(order_id),
         version,
         status: status.to_owned(),
         stripe_id: Some("ch_refunded".into()),

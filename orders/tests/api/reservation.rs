@@ -1,5 +1,6 @@
 //! At most one live order per ticket (SPEC §8.1), decided by the unique reservation index.
 
+use common::testing::as_id;
 use std::time::Instant;
 
 use common::events::OrderStatus;
@@ -187,7 +188,7 @@ async fn after_a_cancellation_or_an_expiry_the_ticket_can_be_ordered_again() {
         &app.store,
         &app.bus,
         common::events::ExpirationComplete {
-            order_id: second.clone(),
+            order_id: as_id(&second),
         },
         common::bus::Delivery {
             attempt: 1,

@@ -1,7 +1,7 @@
 use common::bus::Outcome;
-use common::events::TicketCreated;
+use common::events::{Subject, TicketCreated};
 use common::money::Price;
-use common::testing::new_user_id;
+use common::testing::{as_id, new_user_id};
 use mongodb::bson::doc;
 use orders::listeners::ticket_created::handle;
 use orders::store::Ticket;
@@ -10,7 +10,7 @@ use crate::helpers::{User, eventually, spawn_app};
 
 fn created(id: &str, title: &str, cents: i64) -> TicketCreated {
     TicketCreated {
-        id: id.to_owned(),
+        id: as_id(id),
         version: 0,
         title: title.to_owned(),
         price: Price::from_cents(cents),
@@ -59,10 +59,27 @@ async fn a_repeated_ticket_created_is_acknowledged_and_changes_nothing() {
 #[tokio::test]
 async fn a_ticket_created_with_a_malformed_id_is_dead_lettered() {
     let app = spawn_app().await;
-    let outcome = handle(&app.store, created("not-an-object-id", "Gig", 1000))
+    let mut event = serde_json::to_value(created(&new_user_id(), "Gig", 1000)).expect("json");
+    event["id"] = "not-an-object-id".into();
+
+    app.bus
+        .publish_raw(
+            Subject::TicketCreated,
+            "malformed-ticket-created",
+            serde_json::to_vec(&event).expect("payload").into(),
+        )
         .await
-        .expect("handled");
-    assert!(matches!(outcome, Outcome::Poison(_)), "{outcome:?}");
+        .expect("published");
+
+    eventually("the event to be dead-lettered", || async {
+        (app.bus
+            .dead_letter_count("orders-service")
+            .await
+            .expect("dead letters")
+            == 1)
+            .then_some(())
+    })
+    .await;
     assert_eq!(app.count("tickets", doc! {}).await, 0);
 }
 

@@ -1,7 +1,7 @@
 use common::bus::Outcome;
-use common::events::TicketUpdated;
+use common::events::{Id, TicketUpdated};
 use common::money::Price;
-use common::testing::new_user_id;
+use common::testing::{as_id, new_user_id};
 use orders::listeners::ticket_updated::handle;
 use serde_json::json;
 
@@ -9,7 +9,7 @@ use crate::helpers::{User, eventually, spawn_app};
 
 fn updated(id: &str, version: i64, title: &str, cents: i64) -> TicketUpdated {
     TicketUpdated {
-        id: id.to_owned(),
+        id: as_id(id),
         version,
         title: title.to_owned(),
         price: Price::from_cents(cents),
@@ -24,7 +24,7 @@ async fn the_next_version_of_a_ticket_is_applied_to_the_replica() {
     let id = app.ticket("Old", 1000).await.id.to_hex();
     let mut event = updated(&id, 1, "New", 1550);
     // The tickets service's reservation marker is not the orders service's business.
-    event.order_id = Some(new_user_id());
+    event.order_id = Some(Id::new());
     assert_eq!(
         handle(&app.store, event).await.expect("handled"),
         Outcome::Ack

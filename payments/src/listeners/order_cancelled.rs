@@ -4,7 +4,7 @@
 
 use common::bus::Outcome;
 use common::events::OrderCancelled;
-use common::store::{ReplicaUpdate, parse_object_id};
+use common::store::ReplicaUpdate;
 
 use super::RETRY_DELAY;
 use crate::saga::PaymentSaga;
@@ -15,9 +15,7 @@ pub async fn handle(
     saga: &PaymentSaga,
     event: OrderCancelled,
 ) -> anyhow::Result<Outcome> {
-    let Some(id) = parse_object_id(&event.id) else {
-        return Ok(Outcome::Poison("the order id is not an ObjectId"));
-    };
+    let id = event.id.oid();
     match orders.cancel(id, event.version).await? {
         ReplicaUpdate::Applied | ReplicaUpdate::AlreadyApplied => {
             // Also after a redelivery: the delivery that cancelled the replica may have failed

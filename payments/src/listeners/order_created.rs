@@ -2,15 +2,12 @@
 
 use common::bus::Outcome;
 use common::events::OrderCreated;
-use common::store::parse_object_id;
 use mongodb::bson;
 
 use crate::store::{Inserted, Order, OrderStore};
 
 pub async fn handle(orders: &OrderStore, event: OrderCreated) -> anyhow::Result<Outcome> {
-    let Some(id) = parse_object_id(&event.id) else {
-        return Ok(Outcome::Poison("the order id is not an ObjectId"));
-    };
+    let id = event.id.oid();
     let order = Order {
         id,
         version: event.version,

@@ -1,10 +1,11 @@
+use std::fmt::Display;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use common::bus::{EventBus, ListenerOptions, Outcome, listen};
 use common::events::{
-    OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStatus, PaymentCreated, TicketRef,
+    Id, OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStatus, PaymentCreated, TicketRef,
 };
 use common::money::Price;
 use common::testing::stripe_double::StripeDouble;
@@ -182,10 +183,10 @@ impl TestApp {
     /// The order's payment as stored, once `done` says it is settled (10 s at most).
     pub async fn payment_when(
         &self,
-        order_id: &str,
+        order_id: impl Display,
         done: impl Fn(PaymentStatus) -> bool,
     ) -> Payment {
-        let id = ObjectId::parse_str(order_id).expect("order id");
+        let id = ObjectId::parse_str(order_id.to_string()).expect("order id");
         eventually("the payment to settle", || async {
             self.payments
                 .get(id)
@@ -225,24 +226,24 @@ impl TestApp {
         &self,
         addr: SocketAddr,
         user: &User,
-        order_id: &str,
+        order_id: impl Display,
         token: &str,
     ) -> Reply {
         let response = self
             .client
             .post(format!("http://{addr}/api/payments"))
             .header(COOKIE, &user.cookie)
-            .json(&json!({ "orderId": order_id, "token": token }))
+            .json(&json!({ "orderId": order_id.to_string(), "token": token }))
             .send()
             .await
             .expect("request");
         Reply::read(response).await
     }
 
-    pub async fn pay(&self, user: &User, order_id: &str, token: &str) -> Reply {
+    pub async fn pay(&self, user: &User, order_id: impl Display, token: &str) -> Reply {
         self.post_payment(
             Some(&user.cookie),
-            &json!({ "orderId": order_id, "token": token }),
+            &json!({ "orderId": order_id.to_string(), "token": token }),
         )
         .await
     }
@@ -277,16 +278,16 @@ impl TestApp {
         assert_eq!(outcome, Outcome::Ack);
     }
 
-    pub async fn replica(&self, order_id: &str) -> Option<Order> {
+    pub async fn replica(&self, order_id: impl Display) -> Option<Order> {
         self.orders
-            .get(ObjectId::parse_str(order_id).expect("order id"))
+            .get(ObjectId::parse_str(order_id.to_string()).expect("order id"))
             .await
             .expect("reading the replica")
     }
 
     /// Every payment document of the order as stored (no read repair).
-    pub async fn payment_records(&self, order_id: &str) -> Vec<Payment> {
-        let id = ObjectId::parse_str(order_id).expect("order id");
+    pub async fn payment_records(&self, order_id: impl Display) -> Vec<Payment> {
+        let id = ObjectId::parse_str(order_id.to_string()).expect("order id");
         let mut cursor = self
             .payments
             .records()
@@ -302,7 +303,7 @@ impl TestApp {
 
     /// Asserts that the order is not paid: no payment, or only a failed attempt with no charge, and
     /// that the card token is not kept.
-    pub async fn assert_not_paid(&self, order_id: &str) {
+    pub async fn assert_not_paid(&self, order_id: impl Display) {
         for payment in self.payment_records(order_id).await {
             assert_eq!(payment.status, PaymentStatus::Failed, "{payment:?}");
             assert_eq!(payment.stripe_id, None, "{payment:?}");
@@ -351,13 +352,13 @@ impl TestApp {
 
 pub fn order_created_event(user_id: &str, price: Price) -> OrderCreated {
     OrderCreated {
-        id: ObjectId::new().to_hex(),
+        id: Id::new(),
         version: 0,
         status: OrderStatus::Created,
         user_id: user_id.to_owned(),
         expires_at: Utc::now() + TimeDelta::seconds(60),
         ticket: OrderCreatedTicket {
-            id: ObjectId::new().to_hex(),
+            id: Id::new(),
             price,
         },
     }
@@ -365,10 +366,10 @@ pub fn order_created_event(user_id: &str, price: Price) -> OrderCreated {
 
 pub fn order_cancelled_event(order: &OrderCreated, version: i64) -> OrderCancelled {
     OrderCancelled {
-        id: order.id.clone(),
+        id: order.id,
         version,
         ticket: TicketRef {
-            id: order.ticket.id.clone(),
+            id: order.ticket.id,
         },
     }
 }

@@ -127,7 +127,7 @@ async fn a_late_duplicate_that_rolled_a_cancelled_replica_back_cannot_make_it_pa
     app.cancel(&order).await;
     // A duplicate of order:created or of an older state, applied read-modify-write by another
     // replica of this service, writes version 0 back after the cancellation landed.
-    let id = mongodb::bson::oid::ObjectId::parse_str(&order.id).expect("id");
+    let id = order.id.oid();
     let mut stale = app.replica(&order.id).await.expect("replica");
     stale.status = OrderStatus::Created;
     stale.version = 0;

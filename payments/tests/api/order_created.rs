@@ -1,5 +1,5 @@
 use common::bus::Outcome;
-use common::events::{OrderCreated, OrderStatus};
+use common::events::{OrderCreated, OrderStatus, Subject};
 use common::money::Price;
 use mongodb::bson::oid::ObjectId;
 use payments::listeners::order_created;
@@ -26,7 +26,7 @@ async fn order_created_stores_a_replica_with_the_price_in_integer_cents() {
 
     assert_eq!(outcome, Outcome::Ack);
     let order = app.replica(&event.id).await.expect("the replica");
-    assert_eq!(order.id.to_hex(), event.id);
+    assert_eq!(order.id, event.id.oid());
     assert_eq!(order.version, 0);
     assert_eq!(order.status, OrderStatus::Created);
     assert_eq!(order.user_id, "64b7f0c2a1b2c3d4e5f60718");
@@ -74,14 +74,30 @@ async fn a_redelivered_order_created_is_acknowledged_and_changes_nothing() {
 #[tokio::test]
 async fn an_order_created_with_a_malformed_id_is_dead_lettered_instead_of_redelivered_forever() {
     let app = spawn_app().await;
-    let mut event = order_created_event(&User::new().id, Price::from_cents(1000));
-    event.id = "not-an-object-id".into();
+    let mut event = serde_json::to_value(order_created_event(
+        &User::new().id,
+        Price::from_cents(1000),
+    ))
+    .expect("json");
+    event["id"] = "not-an-object-id".into();
+    let bus = app.bus().await;
 
-    let outcome = order_created::handle(&app.orders, event)
-        .await
-        .expect("handled");
+    bus.publish_raw(
+        Subject::OrderCreated,
+        "malformed-order-created",
+        serde_json::to_vec(&event).expect("payload").into(),
+    )
+    .await
+    .expect("published");
 
-    assert!(matches!(outcome, Outcome::Poison(_)), "{outcome:?}");
+    eventually("the event to be dead-lettered", || async {
+        (bus.dead_letter_count("payments-service")
+            .await
+            .expect("dead letters")
+            == 1)
+            .then_some(())
+    })
+    .await;
     assert_eq!(
         app.orders
             .collection()

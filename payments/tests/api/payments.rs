@@ -68,7 +68,10 @@ async fn paying_an_order_charges_its_price_in_euro_cents_and_answers_201() {
         Some(charge_idempotency_key(&payment_id)),
         "keyed by the attempt, never by the token"
     );
-    assert_eq!(field(&sent, "metadata[order_id]"), Some(order.id.clone()));
+    assert_eq!(
+        field(&sent, "metadata[order_id]"),
+        Some(order.id.to_string())
+    );
     assert_eq!(
         field(&sent, "metadata[attempt_id]"),
         Some(payment_id.clone())
@@ -160,7 +163,7 @@ async fn ten_concurrent_payments_for_one_order_charge_once() {
     let replies = join_all((0..10).map(|i| {
         let app = &app;
         let user = &user;
-        let order_id = order.id.clone();
+        let order_id = order.id;
         async move { app.pay(user, &order_id, &format!("tok_{i}")).await }
     }))
     .await;
@@ -201,7 +204,7 @@ async fn two_replicas_paying_one_order_at_once_charge_once() {
     stripe_charges_succeed(&app, "ch_replicas", 3000, Duration::from_millis(300)).await;
 
     let replies = join_all((0..12).map(|i| {
-        let (app, user, order_id) = (&app, &user, order.id.clone());
+        let (app, user, order_id) = (&app, &user, order.id);
         let addr = if i % 2 == 0 { app.addr } else { replica };
         async move { app.pay_at(addr, user, &order_id, &format!("tok_{i}")).await }
     }))

@@ -131,7 +131,7 @@ async fn stripe_failing_after_charging_then_recovering_settles_the_attempt_once(
     let payment = app.payment_when(&order.id, settled).await;
     assert_eq!(payment.status, PaymentStatus::Succeeded);
     assert_eq!(double.charges().len(), 1);
-    assert_eq!(double.charges_of(&order.id).len(), 1);
+    assert_eq!(double.charges_of(&order.id.to_string()).len(), 1);
     refunds_hold(&app, &double).await;
 }
 
@@ -248,7 +248,7 @@ async fn twenty_concurrent_payments_with_twenty_tokens_charge_once() {
         order_with_stripe(&app, 2000, answering_after(Duration::from_millis(300))).await;
 
     let replies = join_all((0..20).map(|i| {
-        let (app, user, order_id) = (&app, &user, order.id.clone());
+        let (app, user, order_id) = (&app, &user, order.id);
         async move { app.pay(user, &order_id, &format!("tok_{i}")).await }
     }))
     .await;
@@ -420,7 +420,7 @@ async fn a_declined_card_fails_the_attempt_without_a_charge_and_a_new_card_pays(
     let paid = app.pay(&user, &order.id, "tok_visa").await;
 
     assert_eq!(paid.status, StatusCode::CREATED, "{:?}", paid.body);
-    assert_eq!(double.charges_of(&order.id).len(), 1);
+    assert_eq!(double.charges_of(&order.id.to_string()).len(), 1);
     assert_eq!(
         app.payment_records(&order.id).await[0].attempts,
         2,

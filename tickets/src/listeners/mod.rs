@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use common::bus::EventBus;
-use common::events::{OrderCancelled, OrderCreated};
+use common::events::{Id, OrderCancelled, OrderCreated};
 use common::server::Background;
 use common::store::{Decision, StoreError};
 use mongodb::bson::Bson;
@@ -66,12 +66,12 @@ pub async fn release(
     store: &TicketStore,
     bus: &EventBus,
     ticket_id: ObjectId,
-    order_id: &str,
+    order_id: Id,
 ) -> Result<Release, StoreError> {
     let result = store
         .tickets()
         .modify(bus, Bson::ObjectId(ticket_id), |ticket| {
-            if ticket.order_id.as_deref() != Some(order_id) {
+            if ticket.order_id != Some(order_id) {
                 return Ok(Decision::Unchanged);
             }
             let (next, events) = ticket.with_order(None)?;

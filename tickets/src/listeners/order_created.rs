@@ -1,8 +1,8 @@
 //! `order:created`: reserve the ticket for the order.
 
 use common::bus::{EventBus, Outcome};
-use common::events::OrderCreated;
-use common::store::{Decision, StoreError, parse_object_id};
+use common::events::{Id, OrderCreated};
+use common::store::{Decision, StoreError};
 use mongodb::bson::Bson;
 
 use super::{RETRY_DELAY, Release, release};
@@ -13,26 +13,24 @@ pub async fn handle(
     bus: &EventBus,
     event: OrderCreated,
 ) -> anyhow::Result<Outcome> {
-    let Some(ticket_id) = parse_object_id(&event.ticket.id) else {
-        return Ok(Outcome::Poison("the ticket id is not an ObjectId"));
-    };
-    if store.is_order_cancelled(&event.id).await? {
+    let ticket_id = event.ticket.id.oid();
+    if store.is_order_cancelled(event.id).await? {
         // Its cancellation came first, or this is a redelivery after it. Releasing (not just
         // skipping) also covers a reservation that raced the cancellation on an earlier delivery.
-        release(store, bus, ticket_id, &event.id).await?;
+        release(store, bus, ticket_id, event.id).await?;
         tracing::info!(order_id = %event.id, "order already cancelled; not reserving");
         return Ok(Outcome::Ack);
     }
 
-    let mut holder: Option<String> = None;
+    let mut holder: Option<Id> = None;
     let result = store
         .tickets()
         .modify(bus, Bson::ObjectId(ticket_id), |ticket| {
-            holder = ticket.order_id.clone();
+            holder = ticket.order_id;
             if ticket.order_id.is_some() {
                 return Ok(Decision::Unchanged);
             }
-            let (next, events) = ticket.with_order(Some(event.id.clone()))?;
+            let (next, events) = ticket.with_order(Some(event.id))?;
             Ok(Decision::Commit { next, events })
         })
         .await;
@@ -61,8 +59,8 @@ pub async fn handle(
     // The cancellation may have been handled between our check above and the commit, and then saw
     // the ticket still free. Checking again after the commit closes that window: either it sees our
     // reservation, or we see its tombstone.
-    if store.is_order_cancelled(&event.id).await?
-        && release(store, bus, ticket_id, &event.id).await? == Release::Released
+    if store.is_order_cancelled(event.id).await?
+        && release(store, bus, ticket_id, event.id).await? == Release::Released
     {
         tracing::info!(order_id = %event.id, "order was cancelled while reserving; released again");
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::Utc;
 use common::bus::{EventBus, ListenerOptions, Outcome, listen};
 use common::events::{
-    Event, OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStatus, TicketRef,
+    Event, Id, OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStatus, TicketRef,
 };
 use common::money::Price;
 use common::store::PendingEvent;
@@ -313,7 +313,7 @@ impl<E: Event + Clone + PartialEq + Debug> Observer<E> {
 /// A `ticket:created` / `ticket:updated` of a ticket that does not exist, to mark a point in the stream.
 pub fn sentinel_created() -> common::events::TicketCreated {
     common::events::TicketCreated {
-        id: ObjectId::new().to_hex(),
+        id: Id::new(),
         version: 0,
         title: "sentinel".into(),
         price: Price::from_cents(100),
@@ -323,7 +323,7 @@ pub fn sentinel_created() -> common::events::TicketCreated {
 
 pub fn sentinel_updated() -> common::events::TicketUpdated {
     common::events::TicketUpdated {
-        id: ObjectId::new().to_hex(),
+        id: Id::new(),
         version: 1,
         title: "sentinel".into(),
         price: Price::from_cents(100),
@@ -332,30 +332,30 @@ pub fn sentinel_updated() -> common::events::TicketUpdated {
     }
 }
 
-pub fn order_created(ticket_id: &str, order_id: &str) -> OrderCreated {
+pub fn order_created(ticket_id: &str, order_id: Id) -> OrderCreated {
     OrderCreated {
-        id: order_id.into(),
+        id: order_id,
         version: 0,
         status: OrderStatus::Created,
         user_id: new_user_id(),
         expires_at: Utc::now() + chrono::Duration::seconds(60),
         ticket: OrderCreatedTicket {
-            id: ticket_id.into(),
+            id: ticket_id.parse().expect("a ticket id"),
             price: Price::from_cents(2000),
         },
     }
 }
 
-pub fn order_cancelled(ticket_id: &str, order_id: &str) -> OrderCancelled {
+pub fn order_cancelled(ticket_id: &str, order_id: Id) -> OrderCancelled {
     OrderCancelled {
-        id: order_id.into(),
+        id: order_id,
         version: 1,
         ticket: TicketRef {
-            id: ticket_id.into(),
+            id: ticket_id.parse().expect("a ticket id"),
         },
     }
 }
 
-pub fn new_order_id() -> String {
-    ObjectId::new().to_hex()
+pub fn new_order_id() -> Id {
+    Id::new()
 }

@@ -1,12 +1,24 @@
 //! Helpers for integration tests (feature `testing`): real infrastructure from the environment the
-//! test command sets up, with a fresh database and fresh NATS stream/subjects per test.
+//! test command sets up, with a fresh database and fresh NATS stream/subjects per test, and the kit
+//! every test crate shares (replies and error bodies, users, observers, waiting, running apps).
 
 use std::time::Duration;
 
 use secrecy::SecretString;
 
+pub mod eventually;
 pub mod invariants;
+pub mod observe;
+pub mod reply;
+pub mod running;
 pub mod stripe_double;
+pub mod user;
+
+pub use eventually::{DEADLINE, POLL_INTERVAL, eventually, eventually_within};
+pub use observe::{Observer, drain, observe};
+pub use reply::{Reply, errors, id_of, not_authorized, not_found, send, session_pair};
+pub use running::Running;
+pub use user::User;
 
 use crate::session::{COOKIE_NAME, SessionKeys, encode_session};
 use crate::settings::Env;

@@ -1,29 +1,25 @@
-use std::fmt::Debug;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use chrono::Utc;
-use common::bus::{EventBus, ListenerOptions, Outcome, listen};
+use common::bus::EventBus;
 use common::events::{
     Event, OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStatus, TicketRef,
 };
 use common::money::Price;
 use common::store::PendingEvent;
-use common::testing::{new_user_id, require_infra, session_cookie, test_env};
+use common::testing::{
+    Observer, Running, eventually, new_user_id, observe, require_infra, send, test_env,
+};
 use mongodb::Database;
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{Document, doc};
-use reqwest::header::COOKIE;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tickets::app::Application;
 use tickets::settings::Settings;
 use tickets::store::{Ticket, TicketStore};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-/// How long eventual states may take before a test gives up.
-pub const DEADLINE: Duration = Duration::from_secs(10);
+pub use common::testing::{Reply, User, errors};
 
 /// The infrastructure of one test: a fresh database and stream, and the test's own connections
 /// to them (to look at stored documents, call listeners directly and observe events).
@@ -33,13 +29,7 @@ pub struct Infra {
     pub store: TicketStore,
     pub bus: EventBus,
     /// Stops the test's observers.
-    pub shutdown: CancellationToken,
-}
-
-impl Drop for Infra {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+    observers: Running,
 }
 
 pub async fn infra() -> Infra {
@@ -60,7 +50,7 @@ pub async fn infra() -> Infra {
         db,
         store,
         bus,
-        shutdown: CancellationToken::new(),
+        observers: Running::new(),
     }
 }
 
@@ -68,13 +58,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     pub infra: Infra,
-    shutdown: CancellationToken,
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+    _running: Running,
 }
 
 /// Starts the tickets service (routes, listeners, relay) on a random port with a fresh database
@@ -84,46 +68,16 @@ pub async fn spawn_app() -> TestApp {
     let app = Application::build(infra.settings.clone())
         .await
         .expect("the tickets app builds");
-    let addr = app.addr();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(shutdown.clone()));
     TestApp {
-        addr,
+        addr: app.addr(),
         client: reqwest::Client::new(),
         infra,
-        shutdown,
+        _running: Running::spawn(|shutdown| app.run_until_stopped(shutdown)),
     }
 }
 
-/// A response read whole.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub body: Value,
-}
-
-/// `{"errors":[...]}` from `(message, field)` pairs.
-pub fn errors(entries: &[(&str, Option<&str>)]) -> Value {
-    let entries: Vec<Value> = entries
-        .iter()
-        .map(|(message, field)| match field {
-            Some(field) => json!({ "message": message, "field": field }),
-            None => json!({ "message": message }),
-        })
-        .collect();
-    json!({ "errors": entries })
-}
-
-/// A signed-in user: id and `Cookie` header.
-pub struct User {
-    pub id: String,
-    pub cookie: String,
-}
-
 pub fn user() -> User {
-    let id = new_user_id();
-    let cookie = session_cookie(&id, &format!("{id}@test.com"));
-    User { id, cookie }
+    User::new()
 }
 
 impl TestApp {
@@ -138,22 +92,7 @@ impl TestApp {
         cookie: Option<&str>,
         body: Option<&Value>,
     ) -> Reply {
-        let mut request = self.client.request(method, self.url(path));
-        if let Some(cookie) = cookie {
-            request = request.header(COOKIE, cookie);
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status();
-        let text = response.text().await.expect("response body");
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).expect("JSON body")
-        };
-        Reply { status, body }
+        send(&self.client, method, &self.url(path), cookie, body).await
     }
 
     pub async fn post_ticket(&self, cookie: Option<&str>, body: &Value) -> Reply {
@@ -193,19 +132,18 @@ impl TestApp {
 
     /// Polls `GET /api/tickets/{id}` until `done` holds, and returns that ticket JSON.
     pub async fn wait_for_ticket(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let started = tokio::time::Instant::now();
-        loop {
-            let reply = self.get_ticket(id).await;
-            if reply.status == StatusCode::OK && done(&reply.body) {
-                return reply.body;
-            }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "ticket {id} never reached the expected state; last: {:?}",
-                reply.body
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(
+            &format!("ticket {id} to reach the expected state"),
+            async || {
+                let reply = self.get_ticket(id).await;
+                if reply.status == StatusCode::OK && done(&reply.body) {
+                    Ok(reply.body)
+                } else {
+                    Err(format!("{:?}", reply.body))
+                }
+            },
+        )
+        .await
     }
 }
 
@@ -252,64 +190,9 @@ impl Infra {
         ticket
     }
 
-    /// Starts observing `E` with a test queue group, in stream order.
-    pub async fn observe<E: Event + Clone>(&self) -> Observer<E> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut options = ListenerOptions::new("test-observer");
-        // One at a time, so events arrive in stream order (the sentinel check relies on it).
-        options.concurrency = 1;
-        listen::<E, _, _>(
-            &self.bus,
-            options,
-            self.shutdown.clone(),
-            move |event, _delivery| {
-                let tx = tx.clone();
-                async move {
-                    // The receiver may be gone at the end of a test; nothing to do then.
-                    let _ = tx.send(event);
-                    Ok(Outcome::Ack)
-                }
-            },
-        )
-        .await
-        .expect("the observer subscribes");
-        Observer {
-            rx,
-            bus: self.bus.clone(),
-        }
-    }
-}
-
-/// Events of one subject as the bus delivers them to a fresh consumer.
-pub struct Observer<E> {
-    rx: mpsc::UnboundedReceiver<E>,
-    bus: EventBus,
-}
-
-impl<E: Event + Clone + PartialEq + Debug> Observer<E> {
-    /// The next event, within the deadline.
-    pub async fn next(&mut self) -> E {
-        tokio::time::timeout(DEADLINE, self.rx.recv())
-            .await
-            .expect("an event within the deadline")
-            .expect("the observer is running")
-    }
-
-    /// Every event still to come before `sentinel`, which is published now: as the stream keeps
-    /// order, this is everything published so far, without waiting for "nothing else arrives".
-    pub async fn rest_before(&mut self, sentinel: E) -> Vec<E> {
-        self.bus
-            .publish(&sentinel)
-            .await
-            .expect("publishing the sentinel");
-        let mut seen = Vec::new();
-        loop {
-            let event = self.next().await;
-            if event == sentinel {
-                return seen;
-            }
-            seen.push(event);
-        }
+    /// Starts observing `E` with a queue group of its own, in stream order.
+    pub async fn observe<E: Event>(&self) -> Observer<E> {
+        observe(&self.bus, self.observers.token()).await
     }
 }
 

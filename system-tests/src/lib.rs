@@ -183,11 +183,12 @@ impl Stack {
             queue,
             running,
         };
-        stack.running.also(|shutdown| auth_app.run_until_stopped(shutdown));
-        stack.running.also(|shutdown| tickets_app.run_until_stopped(shutdown));
-        stack.running.also(|shutdown| orders_app.run_until_stopped(shutdown));
-        stack.running.also(|shutdown| payments_app.run_until_stopped(shutdown));
-        stack.running.also(|shutdown| expiration_app.run_until_stopped(shutdown));
+        let running = &stack.running;
+        running.also(|shutdown| auth_app.run_until_stopped(shutdown));
+        running.also(|shutdown| tickets_app.run_until_stopped(shutdown));
+        running.also(|shutdown| orders_app.run_until_stopped(shutdown));
+        running.also(|shutdown| payments_app.run_until_stopped(shutdown));
+        running.also(|shutdown| expiration_app.run_until_stopped(shutdown));
         stack.wait_until_ready().await;
         stack
     }

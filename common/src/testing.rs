@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+pub mod events;
 pub mod eventually;
 pub mod invariants;
 pub mod observe;
@@ -14,6 +15,7 @@ pub mod running;
 pub mod stripe_double;
 pub mod user;
 
+pub use events::{new_order_id, order_cancelled, order_created};
 pub use eventually::{DEADLINE, POLL_INTERVAL, eventually, eventually_within};
 pub use observe::{Observer, drain, observe};
 pub use reply::{Reply, errors, id_of, not_authorized, not_found, send, session_pair};

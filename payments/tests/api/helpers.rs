@@ -1,14 +1,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chrono::{TimeDelta, Utc};
 use common::bus::{EventBus, Outcome};
-use common::events::{
-    OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStatus, PaymentCreated, TicketRef,
-};
+use common::events::{OrderCancelled, OrderCreated, PaymentCreated};
 use common::money::Price;
 use common::testing::stripe_double::StripeDouble;
-use common::testing::{Observer, Running, observe, require_infra, send, test_env};
+use common::testing::{
+    Observer, Running, new_order_id, observe, order_cancelled, order_created, require_infra, send,
+    test_env,
+};
 use mongodb::Database;
 use mongodb::bson::doc;
 use mongodb::bson::oid::ObjectId;
@@ -263,28 +263,13 @@ impl TestApp {
     }
 }
 
+/// `order:created` of a new order of `user_id` at `price`.
 pub fn order_created_event(user_id: &str, price: Price) -> OrderCreated {
-    OrderCreated {
-        id: ObjectId::new().to_hex(),
-        version: 0,
-        status: OrderStatus::Created,
-        user_id: user_id.to_owned(),
-        expires_at: Utc::now() + TimeDelta::seconds(60),
-        ticket: OrderCreatedTicket {
-            id: ObjectId::new().to_hex(),
-            price,
-        },
-    }
+    order_created(&new_order_id(), &new_order_id(), user_id, price)
 }
 
 pub fn order_cancelled_event(order: &OrderCreated, version: i64) -> OrderCancelled {
-    OrderCancelled {
-        id: order.id.clone(),
-        version,
-        ticket: TicketRef {
-            id: order.ticket.id.clone(),
-        },
-    }
+    order_cancelled(&order.id, &order.ticket.id, version)
 }
 
 pub use common::testing::stripe_charge_json as charge_json;

@@ -1,14 +1,11 @@
 use std::net::SocketAddr;
 
-use chrono::Utc;
 use common::bus::EventBus;
-use common::events::{
-    Event, OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStatus, TicketRef,
-};
+use common::events::{Event, OrderCancelled, OrderCreated};
 use common::money::Price;
 use common::store::PendingEvent;
 use common::testing::{
-    Observer, Running, eventually, new_user_id, observe, require_infra, send, test_env,
+    self, Observer, Running, eventually, new_user_id, observe, require_infra, send, test_env,
 };
 use mongodb::Database;
 use mongodb::bson::oid::ObjectId;
@@ -19,7 +16,7 @@ use tickets::app::Application;
 use tickets::settings::Settings;
 use tickets::store::{Ticket, TicketStore};
 
-pub use common::testing::{Reply, User, errors};
+pub use common::testing::{Reply, User, errors, new_order_id};
 
 /// The infrastructure of one test: a fresh database and stream, and the test's own connections
 /// to them (to look at stored documents, call listeners directly and observe events).
@@ -218,30 +215,12 @@ pub fn sentinel_updated() -> common::events::TicketUpdated {
     }
 }
 
+/// `order:created` of a €20 order of a new user for the ticket.
 pub fn order_created(ticket_id: &str, order_id: &str) -> OrderCreated {
-    OrderCreated {
-        id: order_id.into(),
-        version: 0,
-        status: OrderStatus::Created,
-        user_id: new_user_id(),
-        expires_at: Utc::now() + chrono::Duration::seconds(60),
-        ticket: OrderCreatedTicket {
-            id: ticket_id.into(),
-            price: Price::from_cents(2000),
-        },
-    }
+    testing::order_created(order_id, ticket_id, &new_user_id(), Price::from_cents(2000))
 }
 
+/// `order:cancelled` of the order created by [`order_created`].
 pub fn order_cancelled(ticket_id: &str, order_id: &str) -> OrderCancelled {
-    OrderCancelled {
-        id: order_id.into(),
-        version: 1,
-        ticket: TicketRef {
-            id: ticket_id.into(),
-        },
-    }
-}
-
-pub fn new_order_id() -> String {
-    ObjectId::new().to_hex()
+    testing::order_cancelled(order_id, ticket_id, 1)
 }

@@ -64,6 +64,13 @@ pub fn test_env(database_prefix: &str, extra: &[(&str, &str)]) -> Env {
     Env::from_pairs(pairs)
 }
 
+/// Logs what the test's apps do when `TEST_LOG` is set; tests stay quiet otherwise.
+pub fn init_test_log(name: &'static str) {
+    if std::env::var("TEST_LOG").is_ok() {
+        crate::telemetry::init(name);
+    }
+}
+
 /// Panics unless the infrastructure URLs are set (call first in `spawn_app`).
 pub fn require_infra(names: &[&str]) {
     for name in names {

@@ -100,9 +100,7 @@ impl Stack {
     /// Starts the five services; orders gives every order `expiration_window_seconds` to be paid.
     pub async fn start(expiration_window_seconds: u64) -> Self {
         require_infra(&["MONGO_URL", "NATS_URL", "REDIS_URL"]);
-        if std::env::var("TEST_LOG").is_ok() {
-            common::telemetry::init("system-tests");
-        }
+        common::testing::init_test_log("system-tests");
         let stripe = MockServer::start().await;
         let double = StripeDouble::mount(&stripe).await;
 

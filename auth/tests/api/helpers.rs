@@ -21,9 +21,7 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     require_infra(&["MONGO_URL"]);
-    if std::env::var("TEST_LOG").is_ok() {
-        common::telemetry::init("auth-test");
-    }
+    common::testing::init_test_log("auth-test");
     let settings = Settings::from_env(&test_env("auth", extra)).expect("test settings");
     let app = Application::build(settings)
         .await

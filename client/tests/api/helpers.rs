@@ -57,9 +57,7 @@ pub async fn spawn_app_without_api() -> TestApp {
 }
 
 async fn spawn(api: MockServer, base: &str, stripe_key: Option<&str>, csrf_key: &str) -> TestApp {
-    if std::env::var("TEST_LOG").is_ok() {
-        common::telemetry::init("client-test");
-    }
+    common::testing::init_test_log("client-test");
     let mut pairs = vec![
         ("HOST", "127.0.0.1"),
         ("PORT", "0"),

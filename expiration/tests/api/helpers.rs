@@ -64,9 +64,7 @@ impl TestContext {
 
     fn create() -> Self {
         require_infra(&["NATS_URL", "REDIS_URL"]);
-        if std::env::var("TEST_LOG").is_ok() {
-            common::telemetry::init("expiration-test");
-        }
+        common::testing::init_test_log("expiration-test");
         let queue = format!("test:expiration:{}", unique_suffix());
         let env = test_env("expiration", &[("EXPIRATION_QUEUE", queue.as_str())]);
         Self {

@@ -54,9 +54,7 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
 /// Starts an instance with exactly these settings (several instances may share them).
 pub async fn spawn_app_in(env: Env) -> TestApp {
     require_infra(&["MONGO_URL", "NATS_URL"]);
-    if std::env::var("TEST_LOG").is_ok() {
-        common::telemetry::init("orders-test");
-    }
+    common::testing::init_test_log("orders-test");
     let settings = Settings::from_env(&env).expect("test settings");
     let db = common::store::connect(&settings.mongo, "orders-test")
         .await

@@ -51,9 +51,7 @@ pub async fn spawn_app() -> TestApp {
 /// Same, with the settings adjusted first (the Stripe double's URI is already in them).
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     require_infra(&["MONGO_URL", "NATS_URL"]);
-    if std::env::var("TEST_LOG").is_ok() {
-        common::telemetry::init("payments-test");
-    }
+    common::testing::init_test_log("payments-test");
     let stripe = MockServer::start().await;
     let env = test_env(
         "payments",

@@ -31,9 +31,7 @@ pub struct Infra {
 
 pub async fn infra() -> Infra {
     require_infra(&["MONGO_URL", "NATS_URL"]);
-    if std::env::var("TEST_LOG").is_ok() {
-        common::telemetry::init("tickets-test");
-    }
+    common::testing::init_test_log("tickets-test");
     let settings = Settings::from_env(&test_env("tickets", &[])).expect("test settings");
     let db = common::store::connect(&settings.mongo, "tickets-test")
         .await

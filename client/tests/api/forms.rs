@@ -24,27 +24,20 @@ async fn signing_up_posts_json_to_the_api_and_hands_its_session_cookie_to_the_br
         .and(body_json(
             json!({ "email": "new@test.com", "password": "password" }),
         ))
-        .respond_with(
-            ResponseTemplate::new(201)
-                .append_header("set-cookie", SESSION)
-                .set_body_json(
-                    json!({ "email": "new@test.com", "id": "64b7f0c2a1b2c3d4e5f60001" }),
-                ),
-        )
+        .respond_with(with_session(
+            201,
+            json!({ "email": "new@test.com", "id": "64b7f0c2a1b2c3d4e5f60001" }),
+        ))
         .expect(1)
         .mount(&app.api)
         .await;
 
-    let page = app
-        .post_form(
-            "/auth/signup",
-            &[("email", "new@test.com"), ("password", "password")],
-            None,
-        )
-        .await;
-
-    page.assert_redirect("/");
-    assert_eq!(page.set_cookies(), [SESSION]);
+    lands_home_with_the_session(
+        &app,
+        "/auth/signup",
+        &[("email", "new@test.com"), ("password", "password")],
+    )
+    .await;
     app.api.verify().await;
 }
 
@@ -162,22 +155,31 @@ async fn signing_in_redirects_home_with_the_session_cookie() {
     let app = spawn_app().await;
     Mock::given(method("POST"))
         .and(path("/api/users/signin"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .append_header("set-cookie", SESSION)
-                .set_body_json(json!({ "email": "a@test.com", "id": "64b7f0c2a1b2c3d4e5f60001" })),
-        )
+        .respond_with(with_session(
+            200,
+            json!({ "email": "a@test.com", "id": "64b7f0c2a1b2c3d4e5f60001" }),
+        ))
         .mount(&app.api)
         .await;
 
-    let page = app
-        .post_form(
-            "/auth/signin",
-            &[("email", "a@test.com"), ("password", "password")],
-            None,
-        )
-        .await;
+    lands_home_with_the_session(
+        &app,
+        "/auth/signin",
+        &[("email", "a@test.com"), ("password", "password")],
+    )
+    .await;
+}
 
+/// The auth API's answer that starts a session: `status`, the session cookie and `body`.
+fn with_session(status: u16, body: serde_json::Value) -> ResponseTemplate {
+    ResponseTemplate::new(status)
+        .append_header("set-cookie", SESSION)
+        .set_body_json(body)
+}
+
+/// Posts the form as a signed-out browser, which is sent home with the API's session cookie.
+async fn lands_home_with_the_session(app: &TestApp, form_path: &str, fields: &[(&str, &str)]) {
+    let page = app.post_form(form_path, fields, None).await;
     page.assert_redirect("/");
     assert_eq!(page.set_cookies(), [SESSION]);
 }
@@ -732,11 +734,7 @@ async fn a_form_loaded_from_one_replica_is_accepted_by_another_with_the_same_csr
     for replica in [&second, &other_key] {
         Mock::given(method("POST"))
             .and(path("/api/users/signin"))
-            .respond_with(
-                ResponseTemplate::new(200)
-                    .append_header("set-cookie", SESSION)
-                    .set_body_json(json!({})),
-            )
+            .respond_with(with_session(200, json!({})))
             .mount(&replica.api)
             .await;
     }

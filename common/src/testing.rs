@@ -1,12 +1,29 @@
 //! Helpers for integration tests (feature `testing`): real infrastructure from the environment the
-//! test command sets up, with a fresh database and fresh NATS stream/subjects per test.
+//! test command sets up, with a fresh database and fresh NATS stream/subjects per test, and the kit
+//! every test crate shares (replies and error bodies, users, observers, waiting, running apps).
+
+// Test support: a failed step is a failed test, with the step named.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
 use secrecy::SecretString;
 
+pub mod events;
+pub mod eventually;
 pub mod invariants;
+pub mod observe;
+pub mod reply;
+pub mod running;
 pub mod stripe_double;
+pub mod user;
+
+pub use events::{new_order_id, order_cancelled, order_created};
+pub use eventually::{DEADLINE, POLL_INTERVAL, eventually, eventually_within};
+pub use observe::{Observer, drain, observe};
+pub use reply::{Reply, errors, id_of, not_authorized, not_found, send, session_pair};
+pub use running::Running;
+pub use user::User;
 
 use crate::session::{COOKIE_NAME, SessionKeys, encode_session};
 use crate::settings::Env;
@@ -48,6 +65,13 @@ pub fn test_env(database_prefix: &str, extra: &[(&str, &str)]) -> Env {
     }
     pairs.extend(extra.iter().map(|(k, v)| ((*k).into(), (*v).into())));
     Env::from_pairs(pairs)
+}
+
+/// Logs what the test's apps do when `TEST_LOG` is set; tests stay quiet otherwise.
+pub fn init_test_log(name: &'static str) {
+    if std::env::var("TEST_LOG").is_ok() {
+        crate::telemetry::init(name);
+    }
 }
 
 /// Panics unless the infrastructure URLs are set (call first in `spawn_app`).

@@ -15,83 +15,21 @@ use common::events::Subject;
 use common::settings::NatsSettings;
 use common::testing::invariants::{MoneyReport, check_money, check_orders_money};
 use common::testing::stripe_double::StripeDouble;
-use common::testing::{require_infra, test_env, unique_suffix};
+use common::testing::{
+    POLL_INTERVAL, Running, require_infra, send, session_pair, test_env, unique_suffix,
+};
 use futures::TryStreamExt as _;
 use mongodb::bson::oid::ObjectId;
-use reqwest::header::{COOKIE, SET_COOKIE};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use wiremock::MockServer;
 
-/// How long an eventual state may take before a test gives up.
-pub const DEADLINE: Duration = Duration::from_secs(10);
+pub use common::testing::{DEADLINE, Reply, User, eventually, id_of};
+
 /// Every user of the suite signs up with this password.
 pub const PASSWORD: &str = "password1";
 const STRIPE_TEST_KEY: &str = "system-tests-stripe-key";
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
-
-/// A response read whole: status and JSON body (`Null` when the body is empty).
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub body: Value,
-}
-
-impl Reply {
-    async fn read(response: reqwest::Response) -> Self {
-        let status = response.status();
-        let text = response.text().await.expect("a response body");
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("a JSON body, got {text:?}"))
-        };
-        Self { status, body }
-    }
-
-    /// The body, after checking the status (the body is shown when it differs).
-    pub fn expect(self, status: StatusCode, what: &str) -> Value {
-        assert_eq!(self.status, status, "{what}: {}", self.body);
-        self.body
-    }
-
-    /// The message of the only entry of an error body.
-    pub fn message(&self) -> Option<&str> {
-        match self.body["errors"].as_array().map(Vec::as_slice) {
-            Some([entry]) => entry["message"].as_str(),
-            _ => None,
-        }
-    }
-
-    /// Checks for `status` with the error body of exactly one `message`.
-    pub fn expect_error(&self, status: StatusCode, message: &str, what: &str) {
-        assert_eq!(
-            (self.status, self.message()),
-            (status, Some(message)),
-            "{what}: {}",
-            self.body
-        );
-    }
-}
-
-/// The `id` of a JSON object.
-pub fn id_of(body: &Value) -> String {
-    body["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("an id in {body}"))
-        .to_owned()
-}
-
-/// A user signed up through auth, with the session cookie auth issued.
-#[derive(Debug, Clone)]
-pub struct User {
-    pub id: String,
-    pub email: String,
-    /// The `Cookie` header value (`express:sess=...`).
-    pub cookie: String,
-}
 
 /// One `POST /v1/charges` that reached the Stripe double.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,12 +79,12 @@ pub struct Stack {
     reconcile_horizon: Duration,
     redis_url: String,
     queue: String,
-    shutdown: CancellationToken,
+    running: Running,
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        self.shutdown.cancel();
+        self.running.cancel();
         // Jobs of orders still pending at the end would stay in the shared Redis forever.
         let keys = [
             format!("{}:due", self.queue),
@@ -165,9 +103,7 @@ impl Stack {
     /// Starts the five services; orders gives every order `expiration_window_seconds` to be paid.
     pub async fn start(expiration_window_seconds: u64) -> Self {
         require_infra(&["MONGO_URL", "NATS_URL", "REDIS_URL"]);
-        if std::env::var("TEST_LOG").is_ok() {
-            common::telemetry::init("system-tests");
-        }
+        common::testing::init_test_log("system-tests");
         let stripe = MockServer::start().await;
         let double = StripeDouble::mount(&stripe).await;
 
@@ -228,7 +164,7 @@ impl Stack {
         )
         .expect("every service builds");
 
-        let shutdown = CancellationToken::new();
+        let running = Running::new();
         let stack = Self {
             http: reqwest::Client::new(),
             auth: auth_app.addr(),
@@ -246,13 +182,14 @@ impl Stack {
             jetstream: async_nats::jetstream::new(nats_client),
             redis_url,
             queue,
-            shutdown: shutdown.clone(),
+            running,
         };
-        tokio::spawn(auth_app.run_until_stopped(shutdown.clone()));
-        tokio::spawn(tickets_app.run_until_stopped(shutdown.clone()));
-        tokio::spawn(orders_app.run_until_stopped(shutdown.clone()));
-        tokio::spawn(payments_app.run_until_stopped(shutdown.clone()));
-        tokio::spawn(expiration_app.run_until_stopped(shutdown));
+        let running = &stack.running;
+        running.also(|shutdown| auth_app.run_until_stopped(shutdown));
+        running.also(|shutdown| tickets_app.run_until_stopped(shutdown));
+        running.also(|shutdown| orders_app.run_until_stopped(shutdown));
+        running.also(|shutdown| payments_app.run_until_stopped(shutdown));
+        running.also(|shutdown| expiration_app.run_until_stopped(shutdown));
         stack.wait_until_ready().await;
         stack
     }
@@ -266,7 +203,7 @@ impl Stack {
             ("payments", self.payments),
             ("expiration", self.expiration),
         ] {
-            eventually(&format!("{name} is ready"), DEADLINE, async || {
+            eventually(&format!("{name} is ready"), async || {
                 let reply = self.send(Method::GET, addr, "/readyz", None, None).await;
                 match reply.status {
                     StatusCode::OK => Ok(()),
@@ -285,14 +222,9 @@ impl Stack {
         user: Option<&User>,
         body: Option<Value>,
     ) -> Reply {
-        let mut request = self.http.request(method, format!("http://{addr}{path}"));
-        if let Some(user) = user {
-            request = request.header(COOKIE, &user.cookie);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        Reply::read(request.send().await.expect("the request is answered")).await
+        let url = format!("http://{addr}{path}");
+        let cookie = user.map(|user| user.cookie.as_str());
+        send(&self.http, method, &url, cookie, body.as_ref()).await
     }
 
     // ---------------------------------------------------------------- auth
@@ -300,23 +232,17 @@ impl Stack {
     /// Signs up a fresh user through auth and keeps the session cookie it sets.
     pub async fn sign_up(&self) -> User {
         let email = format!("user-{}@test.com", unique_suffix());
-        let response = self
-            .http
-            .post(format!("http://{}/api/users/signup", self.auth))
-            .json(&json!({ "email": email, "password": PASSWORD }))
-            .send()
-            .await
-            .expect("signup is answered");
-        let cookie = response
-            .headers()
-            .get(SET_COOKIE)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| cookie::Cookie::parse(value).ok())
-            // `name=value` only: `stripped` drops the attributes, `Display` does not percent-encode.
-            .map(|cookie| cookie.stripped().to_string());
-        let body = Reply::read(response)
-            .await
-            .expect(StatusCode::CREATED, "signup");
+        let reply = self
+            .send(
+                Method::POST,
+                self.auth,
+                "/api/users/signup",
+                None,
+                Some(json!({ "email": email, "password": PASSWORD })),
+            )
+            .await;
+        let cookie = reply.set_cookie.as_deref().and_then(session_pair);
+        let body = reply.expect(StatusCode::CREATED, "signup");
         User {
             id: id_of(&body),
             email,
@@ -431,7 +357,6 @@ impl Stack {
         let id = ObjectId::parse_str(ticket_id).expect("an ObjectId-like ticket id");
         eventually(
             "the orders replica receives the ticket",
-            DEADLINE,
             async || match self.orders_store.find_ticket(id).await {
                 Ok(Some(_)) => Ok(()),
                 Ok(None) => Err("not in the replica".to_owned()),
@@ -539,25 +464,5 @@ impl Stack {
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
-    }
-}
-
-/// Polls `check` until it returns `Ok`, and returns that value; fails the test with `what` and the
-/// last state `check` described if `deadline` passes first.
-pub async fn eventually<T>(
-    what: &str,
-    deadline: Duration,
-    mut check: impl AsyncFnMut() -> Result<T, String>,
-) -> T {
-    let started = Instant::now();
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(last) => assert!(
-                started.elapsed() < deadline,
-                "{what}: not within {deadline:?}; last seen: {last}"
-            ),
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }

@@ -1,22 +1,16 @@
 use std::net::SocketAddr;
 
 use auth::settings::Settings;
-use common::testing::{require_infra, test_env};
-use reqwest::header::{COOKIE, SET_COOKIE};
-use reqwest::{Response, StatusCode};
+use common::testing::{Running, require_infra, send, test_env};
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
+
+pub use common::testing::Reply;
 
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
-    shutdown: CancellationToken,
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+    _running: Running,
 }
 
 /// Starts the auth service on a random port with a fresh database.
@@ -26,57 +20,15 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     require_infra(&["MONGO_URL"]);
-    if std::env::var("TEST_LOG").is_ok() {
-        common::telemetry::init("auth-test");
-    }
+    common::testing::init_test_log("auth-test");
     let settings = Settings::from_env(&test_env("auth", extra)).expect("test settings");
     let app = auth::app::build(settings)
         .await
         .expect("the auth app builds");
-    let addr = app.addr();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(shutdown.clone()));
     TestApp {
-        addr,
+        addr: app.addr(),
         client: reqwest::Client::new(),
-        shutdown,
-    }
-}
-
-/// A response read whole: status, `Set-Cookie` and JSON body.
-pub struct Reply {
-    pub status: StatusCode,
-    pub set_cookie: Option<String>,
-    pub body: Value,
-}
-
-impl Reply {
-    async fn read(response: Response) -> Self {
-        let status = response.status();
-        let set_cookie = response
-            .headers()
-            .get(SET_COOKIE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let text = response.text().await.expect("response body");
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).expect("JSON body")
-        };
-        Self {
-            status,
-            set_cookie,
-            body,
-        }
-    }
-
-    /// The `name=value` part of the session cookie, to send back as `Cookie`.
-    pub fn cookie(&self) -> String {
-        let set_cookie = self.set_cookie.as_deref().expect("a Set-Cookie header");
-        let cookie = cookie::Cookie::parse(set_cookie).expect("a well-formed Set-Cookie");
-        // `name=value` only: `stripped` drops the attributes, `Display` does not percent-encode.
-        cookie.stripped().to_string()
+        _running: Running::spawn(|shutdown| app.run_until_stopped(shutdown)),
     }
 }
 
@@ -86,14 +38,14 @@ impl TestApp {
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
-        let response = self
-            .client
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .expect("request");
-        Reply::read(response).await
+        send(
+            &self.client,
+            Method::POST,
+            &self.url(path),
+            None,
+            Some(body),
+        )
+        .await
     }
 
     pub async fn post_raw(&self, path: &str, content_type: &str, body: &'static str) -> Reply {
@@ -109,11 +61,7 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str, cookie: Option<&str>) -> Reply {
-        let mut request = self.client.get(self.url(path));
-        if let Some(cookie) = cookie {
-            request = request.header(COOKIE, cookie);
-        }
-        Reply::read(request.send().await.expect("request")).await
+        send(&self.client, Method::GET, &self.url(path), cookie, None).await
     }
 
     pub async fn signup(&self, email: &str, password: &str) -> Reply {

@@ -5,17 +5,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{spawn_app, spawn_app_with};
-
-fn errors(messages: &[(&str, Option<&str>)]) -> Value {
-    let entries: Vec<Value> = messages
-        .iter()
-        .map(|(message, field)| match field {
-            Some(field) => json!({ "message": message, "field": field }),
-            None => json!({ "message": message }),
-        })
-        .collect();
-    json!({ "errors": entries })
-}
+use common::testing::{errors, not_found};
 
 #[tokio::test]
 async fn signup_creates_the_user_sets_the_session_cookie_and_returns_201() {
@@ -318,7 +308,7 @@ async fn currentuser_is_null_for_anonymous_garbage_forged_and_expired_sessions()
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_404_in_the_error_shape() {
     let app = spawn_app().await;
-    let not_found = errors(&[("Not Found", None)]);
+    let not_found = not_found();
     let reply = app.post_json("/api/users/currentuser", &json!({})).await;
     assert_eq!(
         (reply.status, &reply.body),

@@ -4,15 +4,16 @@ use serde_json::json;
 use wiremock::matchers::{body_json, header, method, path};
 use wiremock::{Mock, ResponseTemplate};
 
+use common::testing::{not_authorized, not_found};
+
 use crate::helpers::{
-    CLIENT_ADDRESS_KEY, COOKIE_VALUE, errors, order, spawn_app, spawn_app_with_csrf_key, ticket,
+    CLIENT_ADDRESS_KEY, COOKIE_VALUE, ORDER_ID, Page, TICKET_ID, TestApp, concert_order, errors,
+    order, spawn_app, spawn_app_with_csrf_key, ticket,
 };
 
 const SESSION: &str =
     "express:sess=eyJqd3QiOiJuZXcifQ==; path=/; max-age=86400; samesite=lax; httponly";
 const CLEARED: &str = "express:sess=; path=/; expires=Thu, 01 Jan 1970 00:00:00 GMT; httponly";
-const TICKET_ID: &str = "64b7f0c2a1b2c3d4e5f6a001";
-const ORDER_ID: &str = "64b7f0c2a1b2c3d4e5f6b001";
 
 #[tokio::test]
 async fn signing_up_posts_json_to_the_api_and_hands_its_session_cookie_to_the_browser() {
@@ -23,27 +24,20 @@ async fn signing_up_posts_json_to_the_api_and_hands_its_session_cookie_to_the_br
         .and(body_json(
             json!({ "email": "new@test.com", "password": "password" }),
         ))
-        .respond_with(
-            ResponseTemplate::new(201)
-                .append_header("set-cookie", SESSION)
-                .set_body_json(
-                    json!({ "email": "new@test.com", "id": "64b7f0c2a1b2c3d4e5f60001" }),
-                ),
-        )
+        .respond_with(with_session(
+            201,
+            json!({ "email": "new@test.com", "id": "64b7f0c2a1b2c3d4e5f60001" }),
+        ))
         .expect(1)
         .mount(&app.api)
         .await;
 
-    let page = app
-        .post_form(
-            "/auth/signup",
-            &[("email", "new@test.com"), ("password", "password")],
-            None,
-        )
-        .await;
-
-    page.assert_redirect("/");
-    assert_eq!(page.set_cookies(), [SESSION]);
+    lands_home_with_the_session(
+        &app,
+        "/auth/signup",
+        &[("email", "new@test.com"), ("password", "password")],
+    )
+    .await;
     app.api.verify().await;
 }
 
@@ -80,17 +74,18 @@ async fn a_rejected_signup_shows_every_message_next_to_its_field_and_keeps_the_e
  {
     let app = spawn_app().await;
     app.given_anonymous().await;
-    Mock::given(method("POST"))
-        .and(path("/api/users/signup"))
-        .respond_with(ResponseTemplate::new(400).set_body_json(errors(&[
+    app.given_post(
+        "/api/users/signup",
+        400,
+        errors(&[
             ("Email must be valid.", Some("email")),
             (
                 "Password must be between 5 and 20 characters.",
                 Some("password"),
             ),
-        ])))
-        .mount(&app.api)
-        .await;
+        ]),
+    )
+    .await;
 
     let page = app
         .post_form(
@@ -160,22 +155,31 @@ async fn signing_in_redirects_home_with_the_session_cookie() {
     let app = spawn_app().await;
     Mock::given(method("POST"))
         .and(path("/api/users/signin"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .append_header("set-cookie", SESSION)
-                .set_body_json(json!({ "email": "a@test.com", "id": "64b7f0c2a1b2c3d4e5f60001" })),
-        )
+        .respond_with(with_session(
+            200,
+            json!({ "email": "a@test.com", "id": "64b7f0c2a1b2c3d4e5f60001" }),
+        ))
         .mount(&app.api)
         .await;
 
-    let page = app
-        .post_form(
-            "/auth/signin",
-            &[("email", "a@test.com"), ("password", "password")],
-            None,
-        )
-        .await;
+    lands_home_with_the_session(
+        &app,
+        "/auth/signin",
+        &[("email", "a@test.com"), ("password", "password")],
+    )
+    .await;
+}
 
+/// The auth API's answer that starts a session: `status`, the session cookie and `body`.
+fn with_session(status: u16, body: serde_json::Value) -> ResponseTemplate {
+    ResponseTemplate::new(status)
+        .append_header("set-cookie", SESSION)
+        .set_body_json(body)
+}
+
+/// Posts the form as a signed-out browser, which is sent home with the API's session cookie.
+async fn lands_home_with_the_session(app: &TestApp, form_path: &str, fields: &[(&str, &str)]) {
+    let page = app.post_form(form_path, fields, None).await;
     page.assert_redirect("/");
     assert_eq!(page.set_cookies(), [SESSION]);
 }
@@ -255,14 +259,15 @@ async fn creating_a_ticket_posts_title_and_price_as_typed_and_goes_home() {
 async fn an_invalid_ticket_keeps_the_input_and_shows_the_field_messages() {
     let app = spawn_app().await;
     app.given_signed_in(COOKIE_VALUE, "seller@test.com").await;
-    Mock::given(method("POST"))
-        .and(path("/api/tickets"))
-        .respond_with(ResponseTemplate::new(400).set_body_json(errors(&[
+    app.given_post(
+        "/api/tickets",
+        400,
+        errors(&[
             ("Title is required.", Some("title")),
             ("Price must be larger than 0.", Some("price")),
-        ])))
-        .mount(&app.api)
-        .await;
+        ]),
+    )
+    .await;
 
     let page = app
         .post_form(
@@ -286,11 +291,7 @@ async fn an_invalid_ticket_keeps_the_input_and_shows_the_field_messages() {
 #[tokio::test]
 async fn creating_a_ticket_after_the_session_ended_goes_to_sign_in() {
     let app = spawn_app().await;
-    Mock::given(method("POST"))
-        .and(path("/api/tickets"))
-        .respond_with(ResponseTemplate::new(401).set_body_json(errors(&[("Not authorized", None)])))
-        .mount(&app.api)
-        .await;
+    app.given_post("/api/tickets", 401, not_authorized()).await;
 
     let page = app
         .post_form(
@@ -339,14 +340,12 @@ async fn purchasing_a_reserved_ticket_shows_the_error_on_the_ticket_page() {
         ticket(TICKET_ID, "Concert", 12.5),
     )
     .await;
-    Mock::given(method("POST"))
-        .and(path("/api/orders"))
-        .respond_with(
-            ResponseTemplate::new(400)
-                .set_body_json(errors(&[("Ticket is already reserved.", None)])),
-        )
-        .mount(&app.api)
-        .await;
+    app.given_post(
+        "/api/orders",
+        400,
+        errors(&[("Ticket is already reserved.", None)]),
+    )
+    .await;
 
     let page = app
         .post_form(&format!("/tickets/{TICKET_ID}"), &[], Some(COOKIE_VALUE))
@@ -392,7 +391,7 @@ async fn paying_waits_for_the_payments_service_to_learn_about_a_new_order() {
     // The payments replica lags behind the order for a moment: 404 twice, then it knows it.
     Mock::given(method("POST"))
         .and(path("/api/payments"))
-        .respond_with(ResponseTemplate::new(404).set_body_json(errors(&[("Not Found", None)])))
+        .respond_with(ResponseTemplate::new(404).set_body_json(not_found()))
         .up_to_n_times(2)
         .with_priority(1)
         .mount(&app.api)
@@ -420,35 +419,8 @@ async fn paying_waits_for_the_payments_service_to_learn_about_a_new_order() {
 
 #[tokio::test]
 async fn a_refused_payment_is_shown_on_the_order_page() {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-    app.given_get(
-        &format!("/api/orders/{ORDER_ID}"),
-        200,
-        order(
-            ORDER_ID,
-            "created",
-            Utc::now() + Duration::seconds(30),
-            "Concert",
-            12.5,
-        ),
-    )
-    .await;
-    Mock::given(method("POST"))
-        .and(path("/api/payments"))
-        .respond_with(
-            ResponseTemplate::new(402).set_body_json(errors(&[("Your card was declined.", None)])),
-        )
-        .mount(&app.api)
-        .await;
-
-    let page = app
-        .post_form(
-            &format!("/orders/{ORDER_ID}"),
-            &[("token", "tok_chargeDeclined")],
-            Some(COOKIE_VALUE),
-        )
-        .await;
+    let (_app, page) =
+        pay_while_payments_answers(402, "Your card was declined.", "tok_chargeDeclined").await;
 
     assert_eq!(page.status, StatusCode::PAYMENT_REQUIRED);
     page.assert_alert(&["Your card was declined."]);
@@ -457,34 +429,8 @@ async fn a_refused_payment_is_shown_on_the_order_page() {
 
 #[tokio::test]
 async fn a_payment_being_confirmed_is_said_on_the_order_page() {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-    app.given_get(
-        &format!("/api/orders/{ORDER_ID}"),
-        200,
-        order(
-            ORDER_ID,
-            "created",
-            Utc::now() + Duration::seconds(30),
-            "Concert",
-            12.5,
-        ),
-    )
-    .await;
     let confirming = "Your payment is being confirmed. You will not be charged twice; check the order again in a moment.";
-    Mock::given(method("POST"))
-        .and(path("/api/payments"))
-        .respond_with(ResponseTemplate::new(202).set_body_json(errors(&[(confirming, None)])))
-        .mount(&app.api)
-        .await;
-
-    let page = app
-        .post_form(
-            &format!("/orders/{ORDER_ID}"),
-            &[("token", "tok_visa")],
-            Some(COOKIE_VALUE),
-        )
-        .await;
+    let (app, page) = pay_while_payments_answers(202, confirming, "tok_visa").await;
 
     assert_eq!(page.status, StatusCode::ACCEPTED);
     page.assert_alert(&[confirming]);
@@ -493,6 +439,30 @@ async fn a_payment_being_confirmed_is_said_on_the_order_page() {
         1,
         "not retried"
     );
+}
+
+/// Pays a pending order of a signed-in buyer with `token` while the payments API answers every
+/// payment with `status` and the error `message`.
+async fn pay_while_payments_answers(status: u16, message: &str, token: &str) -> (TestApp, Page) {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    app.given_get(
+        &format!("/api/orders/{ORDER_ID}"),
+        200,
+        concert_order("created", 30),
+    )
+    .await;
+    app.given_post("/api/payments", status, errors(&[(message, None)]))
+        .await;
+
+    let page = app
+        .post_form(
+            &format!("/orders/{ORDER_ID}"),
+            &[("token", token)],
+            Some(COOKIE_VALUE),
+        )
+        .await;
+    (app, page)
 }
 
 #[tokio::test]
@@ -580,13 +550,12 @@ async fn every_form_posted_from_another_site_is_refused_before_reaching_the_apis
 async fn calls_to_auth_vouch_for_the_browsers_address_with_the_key_and_no_other_api_gets_it() {
     let app = spawn_app().await;
     app.given_signed_in(COOKIE_VALUE, "test@test.com").await;
-    Mock::given(method("POST"))
-        .and(path("/api/users/signin"))
-        .respond_with(
-            ResponseTemplate::new(400).set_body_json(errors(&[("Invalid credentials.", None)])),
-        )
-        .mount(&app.api)
-        .await;
+    app.given_post(
+        "/api/users/signin",
+        400,
+        errors(&[("Invalid credentials.", None)]),
+    )
+    .await;
     app.given_get("/api/orders", 200, json!([])).await;
 
     // The proxy in front of the client appended the browser's address as the last hop.
@@ -765,11 +734,7 @@ async fn a_form_loaded_from_one_replica_is_accepted_by_another_with_the_same_csr
     for replica in [&second, &other_key] {
         Mock::given(method("POST"))
             .and(path("/api/users/signin"))
-            .respond_with(
-                ResponseTemplate::new(200)
-                    .append_header("set-cookie", SESSION)
-                    .set_body_json(json!({})),
-            )
+            .respond_with(with_session(200, json!({})))
             .mount(&replica.api)
             .await;
     }

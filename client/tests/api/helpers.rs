@@ -5,12 +5,14 @@ use chrono::{DateTime, Utc};
 use client::csrf::{CSRF_COOKIE, CSRF_FIELD, CsrfKey};
 use client::settings::Settings;
 use common::settings::Env;
+use common::testing::Running;
 use reqwest::header::{CONTENT_TYPE, COOKIE, HeaderMap, LOCATION, SET_COOKIE};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
+
+pub use common::testing::errors;
 
 /// The client running against a fake of the APIs (the ingress) at the HTTP boundary.
 pub struct TestApp {
@@ -20,13 +22,7 @@ pub struct TestApp {
     pub api: MockServer,
     /// The app's CSRF configuration, to make the token pair a page would have given the browser.
     pub csrf: CsrfConfig,
-    shutdown: CancellationToken,
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+    _running: Running,
 }
 
 /// The key with which the test client vouches for browser addresses to auth.
@@ -60,9 +56,7 @@ pub async fn spawn_app_without_api() -> TestApp {
 }
 
 async fn spawn(api: MockServer, base: &str, stripe_key: Option<&str>, csrf_key: &str) -> TestApp {
-    if std::env::var("TEST_LOG").is_ok() {
-        common::telemetry::init("client-test");
-    }
+    common::testing::init_test_log("client-test");
     let mut pairs = vec![
         ("HOST", "127.0.0.1"),
         ("PORT", "0"),
@@ -81,18 +75,15 @@ async fn spawn(api: MockServer, base: &str, stripe_key: Option<&str>, csrf_key: 
     let app = client::app::build(settings)
         .await
         .expect("the client app builds");
-    let addr = app.addr();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(shutdown.clone()));
     TestApp {
-        addr,
+        addr: app.addr(),
         browser: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("a test HTTP client"),
         api,
         csrf,
-        shutdown,
+        _running: Running::spawn(|shutdown| app.run_until_stopped(shutdown)),
     }
 }
 
@@ -355,11 +346,28 @@ impl TestApp {
     }
 
     pub async fn given_get(&self, api_path: &str, status: u16, body: Value) {
-        Mock::given(method("GET"))
+        self.given("GET", api_path, status, body).await;
+    }
+
+    pub async fn given_post(&self, api_path: &str, status: u16, body: Value) {
+        self.given("POST", api_path, status, body).await;
+    }
+
+    async fn given(&self, verb: &str, api_path: &str, status: u16, body: Value) {
+        Mock::given(method(verb))
             .and(path(api_path))
             .respond_with(ResponseTemplate::new(status).set_body_json(body))
             .mount(&self.api)
             .await;
+    }
+
+    /// The order page of a signed-in buyer whose order [`ORDER_ID`] the API answers as `order`.
+    pub async fn order_page(&self, order: Value) -> Page {
+        self.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+        self.given_get(&format!("/api/orders/{ORDER_ID}"), 200, order)
+            .await;
+        self.get(&format!("/orders/{ORDER_ID}"), Some(COOKIE_VALUE))
+            .await
     }
 
     /// Every API request this test made to `api_path`.
@@ -375,10 +383,18 @@ impl TestApp {
 }
 
 pub const USER_ID: &str = "64b7f0c2a1b2c3d4e5f60001";
+pub const TICKET_ID: &str = "64b7f0c2a1b2c3d4e5f6a001";
+pub const ORDER_ID: &str = "64b7f0c2a1b2c3d4e5f6b001";
 pub const COOKIE_VALUE: &str = "express:sess=eyJqd3QiOiJ0ZXN0In0=";
 
 pub fn ticket(id: &str, title: &str, price: f64) -> Value {
     json!({ "id": id, "title": title, "price": price, "userId": USER_ID, "version": 0 })
+}
+
+/// Order [`ORDER_ID`] of a €12.50 concert ticket, in `status`, expiring `seconds` from now.
+pub fn concert_order(status: &str, seconds: i64) -> Value {
+    let expires_at = Utc::now() + chrono::Duration::seconds(seconds);
+    order(ORDER_ID, status, expires_at, "Concert", 12.5)
 }
 
 pub fn order(id: &str, status: &str, expires_at: DateTime<Utc>, title: &str, price: f64) -> Value {
@@ -390,15 +406,4 @@ pub fn order(id: &str, status: &str, expires_at: DateTime<Utc>, title: &str, pri
         "version": 0,
         "ticket": { "id": "64b7f0c2a1b2c3d4e5f6a000", "title": title, "price": price, "version": 0 }
     })
-}
-
-pub fn errors(entries: &[(&str, Option<&str>)]) -> Value {
-    let entries: Vec<Value> = entries
-        .iter()
-        .map(|(message, field)| match field {
-            Some(field) => json!({ "message": message, "field": field }),
-            None => json!({ "message": message }),
-        })
-        .collect();
-    json!({ "errors": entries })
 }

@@ -1,16 +1,16 @@
 use chrono::{Duration, Utc};
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
 
 use crate::helpers::{
-    COOKIE_VALUE, order, spawn_app, spawn_app_with_stripe, spawn_app_without_api, ticket,
+    COOKIE_VALUE, ORDER_ID, Page, concert_order, order, spawn_app, spawn_app_with_stripe,
+    spawn_app_without_api, ticket,
 };
 
 const TICKET_A: &str = "64b7f0c2a1b2c3d4e5f6a001";
 const TICKET_B: &str = "64b7f0c2a1b2c3d4e5f6a002";
-const ORDER_ID: &str = "64b7f0c2a1b2c3d4e5f6b001";
 
 #[tokio::test]
 async fn the_home_page_lists_the_tickets_for_sale_with_the_signed_out_header() {
@@ -154,24 +154,9 @@ async fn the_ticket_page_shows_title_price_and_a_purchase_button_to_a_signed_in_
 
 #[tokio::test]
 async fn a_reserved_or_sold_ticket_offers_no_purchase_and_its_holder_gets_a_link_to_the_order() {
-    const HOLDING_ORDER: &str = "64b7f0c2a1b2c3d4e5f6b0aa";
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-    let mut taken = ticket(TICKET_A, "Concert", 20.0);
-    taken["orderId"] = json!(HOLDING_ORDER);
-    app.given_get(&format!("/api/tickets/{TICKET_A}"), 200, taken)
-        .await;
     // Someone else's order: the orders API does not show it to this viewer.
-    app.given_get(
-        &format!("/api/orders/{HOLDING_ORDER}"),
-        401,
-        json!({ "errors": [{ "message": "Not authorized" }] }),
-    )
-    .await;
-
-    let page = app
-        .get(&format!("/tickets/{TICKET_A}"), Some(COOKIE_VALUE))
-        .await;
+    let page =
+        page_of_a_ticket_held_by(401, json!({ "errors": [{ "message": "Not authorized" }] })).await;
 
     assert_eq!(page.status, StatusCode::OK);
     page.assert_contains(&[
@@ -181,35 +166,38 @@ async fn a_reserved_or_sold_ticket_offers_no_purchase_and_its_holder_gets_a_link
     page.assert_lacks(&["purchase-form", "purchase-button", "own-order-link"]);
 
     // The holder sees the way to its order instead.
-    let holder = spawn_app().await;
-    holder.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-    let mut taken = ticket(TICKET_A, "Concert", 20.0);
-    taken["orderId"] = json!(HOLDING_ORDER);
-    holder
-        .given_get(&format!("/api/tickets/{TICKET_A}"), 200, taken)
-        .await;
-    holder
-        .given_get(
-            &format!("/api/orders/{HOLDING_ORDER}"),
-            200,
-            order(
-                HOLDING_ORDER,
-                "created",
-                Utc::now() + Duration::minutes(1),
-                "Concert",
-                20.0,
-            ),
-        )
-        .await;
-
-    let page = holder
-        .get(&format!("/tickets/{TICKET_A}"), Some(COOKIE_VALUE))
-        .await;
+    let expires_at = Utc::now() + Duration::minutes(1);
+    let page = page_of_a_ticket_held_by(
+        200,
+        order(HOLDING_ORDER, "created", expires_at, "Concert", 20.0),
+    )
+    .await;
 
     page.assert_contains(&[&format!(
         r#"<a class="button" href="/orders/{HOLDING_ORDER}" id="own-order-link">Go to your order</a>"#
     )]);
     page.assert_lacks(&["purchase-form"]);
+}
+
+const HOLDING_ORDER: &str = "64b7f0c2a1b2c3d4e5f6b0aa";
+
+/// The page of ticket A, held by [`HOLDING_ORDER`], which the orders API answers to the signed-in
+/// viewer with `status` and `holding_order`.
+async fn page_of_a_ticket_held_by(status: u16, holding_order: Value) -> Page {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    let mut taken = ticket(TICKET_A, "Concert", 20.0);
+    taken["orderId"] = json!(HOLDING_ORDER);
+    app.given_get(&format!("/api/tickets/{TICKET_A}"), 200, taken)
+        .await;
+    app.given_get(
+        &format!("/api/orders/{HOLDING_ORDER}"),
+        status,
+        holding_order,
+    )
+    .await;
+    app.get(&format!("/tickets/{TICKET_A}"), Some(COOKIE_VALUE))
+        .await
 }
 
 #[tokio::test]
@@ -314,17 +302,10 @@ async fn my_orders_lists_each_order_as_title_dash_status() {
 #[tokio::test]
 async fn a_pending_order_counts_down_and_pays_with_the_test_token_without_a_stripe_key() {
     let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
     let expires_at = Utc::now() + Duration::milliseconds(45_300);
-    app.given_get(
-        &format!("/api/orders/{ORDER_ID}"),
-        200,
-        order(ORDER_ID, "created", expires_at, "Concert", 12.5),
-    )
-    .await;
 
     let page = app
-        .get(&format!("/orders/{ORDER_ID}"), Some(COOKIE_VALUE))
+        .order_page(order(ORDER_ID, "created", expires_at, "Concert", 12.5))
         .await;
 
     assert_eq!(page.status, StatusCode::OK);
@@ -349,23 +330,8 @@ async fn a_pending_order_counts_down_and_pays_with_the_test_token_without_a_stri
 #[tokio::test]
 async fn with_a_publishable_key_the_order_page_pays_through_stripe_checkout_in_euro_cents() {
     let app = spawn_app_with_stripe("pk_test_publishable").await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-    app.given_get(
-        &format!("/api/orders/{ORDER_ID}"),
-        200,
-        order(
-            ORDER_ID,
-            "created",
-            Utc::now() + Duration::seconds(50),
-            "Concert",
-            12.5,
-        ),
-    )
-    .await;
 
-    let page = app
-        .get(&format!("/orders/{ORDER_ID}"), Some(COOKIE_VALUE))
-        .await;
+    let page = app.order_page(concert_order("created", 50)).await;
 
     assert_eq!(page.status, StatusCode::OK);
     page.assert_contains(&[
@@ -382,23 +348,8 @@ async fn with_a_publishable_key_the_order_page_pays_through_stripe_checkout_in_e
 #[tokio::test]
 async fn an_order_past_its_expiry_says_order_expired_and_cannot_be_paid() {
     let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-    app.given_get(
-        &format!("/api/orders/{ORDER_ID}"),
-        200,
-        order(
-            ORDER_ID,
-            "created",
-            Utc::now() - Duration::seconds(3),
-            "Concert",
-            12.5,
-        ),
-    )
-    .await;
 
-    let page = app
-        .get(&format!("/orders/{ORDER_ID}"), Some(COOKIE_VALUE))
-        .await;
+    let page = app.order_page(concert_order("created", -3)).await;
 
     assert_eq!(page.status, StatusCode::OK);
     page.assert_contains(&[r#"id="order-status" role="status">Order expired.</p>"#]);
@@ -408,23 +359,8 @@ async fn an_order_past_its_expiry_says_order_expired_and_cannot_be_paid() {
 #[tokio::test]
 async fn a_paid_order_says_so_and_offers_no_payment() {
     let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-    app.given_get(
-        &format!("/api/orders/{ORDER_ID}"),
-        200,
-        order(
-            ORDER_ID,
-            "complete",
-            Utc::now() - Duration::seconds(30),
-            "Concert",
-            12.5,
-        ),
-    )
-    .await;
 
-    let page = app
-        .get(&format!("/orders/{ORDER_ID}"), Some(COOKIE_VALUE))
-        .await;
+    let page = app.order_page(concert_order("complete", -30)).await;
 
     page.assert_contains(&[r#"id="order-status" role="status">Order paid.</p>"#]);
     page.assert_lacks(&["pay-form", "Order expired."]);
@@ -433,21 +369,10 @@ async fn a_paid_order_says_so_and_offers_no_payment() {
 #[tokio::test]
 async fn a_cancelled_order_whose_charge_was_refunded_says_so() {
     let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-    let mut refunded = order(
-        ORDER_ID,
-        "cancelled",
-        Utc::now() - Duration::seconds(30),
-        "Concert",
-        12.5,
-    );
+    let mut refunded = concert_order("cancelled", -30);
     refunded["refunded"] = serde_json::json!(true);
-    app.given_get(&format!("/api/orders/{ORDER_ID}"), 200, refunded)
-        .await;
 
-    let page = app
-        .get(&format!("/orders/{ORDER_ID}"), Some(COOKIE_VALUE))
-        .await;
+    let page = app.order_page(refunded).await;
 
     page.assert_contains(&[
         r#"id="order-status" role="status">Order cancelled. Your payment was refunded.</p>"#,

@@ -1,29 +1,26 @@
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
 
-use common::bus::{EventBus, ListenerOptions, Outcome, listen};
-use std::hash::{DefaultHasher, Hash, Hasher};
-
+use common::bus::{EventBus, ListenerOptions};
 use common::events::{Event, Id};
 use common::settings::{MongoSettings, NatsSettings};
+use common::testing::{Observer, unique_suffix};
 use mongodb::Database;
 use mongodb::bson::oid::ObjectId;
 use secrecy::SecretString;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+pub use common::testing::drain;
 
 fn infra(name: &str) -> String {
     std::env::var(name)
         .unwrap_or_else(|_| panic!("{name} is not set: run the tests through scripts/test.sh"))
 }
 
-fn suffix() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()
-}
-
 pub async fn fresh_database() -> Database {
     let settings = MongoSettings {
         url: SecretString::from(infra("MONGO_URL")),
-        database: format!("common_{}", suffix()),
+        database: format!("common_{}", unique_suffix()),
         operation_timeout: Duration::from_millis(common::store::DEFAULT_OPERATION_TIMEOUT_MS),
     };
     common::store::connect(&settings, "common-tests")
@@ -32,7 +29,7 @@ pub async fn fresh_database() -> Database {
 }
 
 pub fn fresh_nats_settings() -> NatsSettings {
-    let suffix = suffix();
+    let suffix = unique_suffix();
     NatsSettings {
         url: infra("NATS_URL"),
         stream: format!("test_{suffix}"),
@@ -46,37 +43,14 @@ pub async fn bus(settings: &NatsSettings) -> EventBus {
         .expect("NATS connection")
 }
 
-/// A listener that acks everything and forwards what it receives.
-pub async fn observe<E: Event + Clone>(
+/// A listener of `group` (the tests here are about queue groups) that acks everything and
+/// forwards what it receives.
+pub async fn observe<E: Event>(
     bus: &EventBus,
     group: &str,
     shutdown: &CancellationToken,
-) -> mpsc::UnboundedReceiver<E> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    listen::<E, _, _>(
-        bus,
-        ListenerOptions::new(group),
-        shutdown.clone(),
-        move |event, _| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(event);
-                Ok(Outcome::Ack)
-            }
-        },
-    )
-    .await
-    .expect("listener starts");
-    rx
-}
-
-/// Everything that arrives within `quiet` of the previous message (or of the start).
-pub async fn drain<E>(rx: &mut mpsc::UnboundedReceiver<E>, quiet: Duration) -> Vec<E> {
-    let mut all = Vec::new();
-    while let Ok(Some(event)) = tokio::time::timeout(quiet, rx.recv()).await {
-        all.push(event);
-    }
-    all
+) -> Observer<E> {
+    Observer::listen(bus, ListenerOptions::new(group), shutdown).await
 }
 
 /// The id of a made-up record called `label`: the same label always gives the same id, different

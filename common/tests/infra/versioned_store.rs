@@ -316,7 +316,7 @@ async fn publishing_twice_after_a_crash_delivers_once() {
 struct RunningRelay {
     store: VersionedStore<Counter>,
     db: mongodb::Database,
-    seen: tokio::sync::mpsc::UnboundedReceiver<ExpirationComplete>,
+    seen: common::testing::Observer<ExpirationComplete>,
     shutdown: CancellationToken,
     relay: tokio::task::JoinHandle<()>,
 }

@@ -1,26 +1,26 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::bus::{EventBus, ListenerOptions, Outcome, listen};
-use common::events::{
-    ExpirationComplete, Id, OrderCreated, OrderCreatedTicket, OrderStatus, Subject,
-};
+use common::events::{ExpirationComplete, OrderCreated, Subject};
 use common::money::Price;
 use common::settings::Env;
-use common::testing::{as_id, require_infra, test_env, unique_suffix};
+
+use common::testing::{
+    Running, as_id, drain, eventually, require_infra, send, test_env, unique_suffix,
+};
 use expiration::scheduler::ExpirationScheduler;
 use expiration::settings::{SchedulerSettings, Settings};
 use futures::StreamExt as _;
 use redis::AsyncCommands as _;
 use redis::aio::ConnectionManager;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret as _;
 use serde_json::Value;
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, mpsc};
-use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// Tests share one Redis; the one that restarts it runs alone (write lock), all others together.
@@ -64,9 +64,7 @@ impl TestContext {
 
     fn create() -> Self {
         require_infra(&["NATS_URL", "REDIS_URL"]);
-        if std::env::var("TEST_LOG").is_ok() {
-            common::telemetry::init("expiration-test");
-        }
+        common::testing::init_test_log("expiration-test");
         let queue = format!("test:expiration:{}", unique_suffix());
         let env = test_env("expiration", &[("EXPIRATION_QUEUE", queue.as_str())]);
         Self {
@@ -90,14 +88,10 @@ impl TestContext {
         let app = expiration::app::build(self.settings())
             .await
             .expect("the expiration app builds");
-        let addr = app.addr();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         TestApp {
-            addr,
+            addr: app.addr(),
             client: reqwest::Client::new(),
-            shutdown,
-            task: Some(task),
+            running: Running::spawn(|shutdown| app.run_until_stopped(shutdown)),
         }
     }
 
@@ -132,22 +126,14 @@ impl TestContext {
 
     /// Polls until the order's job is in `<queue>:due` (the listener has handled the event).
     pub async fn wait_until_scheduled(&self, order_id: &str) -> i64 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some((_, score)) = self
-                .jobs_in("due")
+        eventually(&format!("order {order_id} to be scheduled"), async || {
+            self.jobs_in("due")
                 .await
                 .into_iter()
                 .find(|(id, _)| id == order_id)
-            {
-                return score;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "order {order_id} was not scheduled within 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                .map(|(_, score)| score)
+        })
+        .await
     }
 
     /// Publishes `order:created` as the orders service would.
@@ -295,23 +281,24 @@ impl Drop for TestContext {
     }
 }
 
-pub fn order_created(order_id: &str, expires_at: DateTime<Utc>) -> OrderCreated {
-    OrderCreated {
-        id: as_id(order_id),
-        version: 0,
-        status: OrderStatus::Created,
-        user_id: common::testing::new_user_id(),
-        expires_at,
-        ticket: OrderCreatedTicket {
-            id: Id::new(),
-            price: Price::from_cents(2000),
-        },
-    }
+/// A fresh order id, as the Redis queue holds it (text).
+pub fn new_order_id() -> String {
+    common::testing::new_order_id().to_string()
 }
 
-/// A fresh ObjectId-like order id.
-pub fn new_order_id() -> String {
-    common::testing::new_user_id()
+/// `order:created` of a €20 order of a new user, due at `expires_at`.
+pub fn order_created(order_id: &str, expires_at: DateTime<Utc>) -> OrderCreated {
+    let ticket_id = common::testing::new_order_id();
+    let user_id = common::testing::new_user_id();
+    OrderCreated {
+        expires_at,
+        ..common::testing::order_created(
+            as_id(order_id),
+            ticket_id,
+            &user_id,
+            Price::from_cents(2000),
+        )
+    }
 }
 
 /// `now + offset`, cut to whole milliseconds like `expiresAt` on the wire.
@@ -367,18 +354,7 @@ impl Observer {
         within: Duration,
         quiet: Duration,
     ) -> HashMap<String, usize> {
-        let mut counts = HashMap::new();
-        let deadline = tokio::time::Instant::now() + within;
-        while counts.len() < count {
-            match tokio::time::timeout_at(deadline, self.wire.recv()).await {
-                Ok(Some(fired)) => *counts.entry(fired.order_id).or_insert(0) += 1,
-                _ => break,
-            }
-        }
-        while let Some(fired) = self.next_published(quiet).await {
-            *counts.entry(fired.order_id).or_insert(0) += 1;
-        }
-        counts
+        counts(&mut self.wire, count, within, quiet).await
     }
 
     /// Same as `published_counts`, for deliveries from the stream.
@@ -388,54 +364,47 @@ impl Observer {
         within: Duration,
         quiet: Duration,
     ) -> HashMap<String, usize> {
-        let mut counts = HashMap::new();
-        let deadline = tokio::time::Instant::now() + within;
-        while counts.len() < count {
-            match tokio::time::timeout_at(deadline, self.stream.recv()).await {
-                Ok(Some(fired)) => *counts.entry(fired.order_id).or_insert(0) += 1,
-                _ => break,
-            }
-        }
-        while let Some(fired) = self.next_delivered(quiet).await {
-            *counts.entry(fired.order_id).or_insert(0) += 1;
-        }
-        counts
+        counts(&mut self.stream, count, within, quiet).await
     }
+}
+
+/// How often each order fired on `fired`, until `count` distinct orders did or `within` passed,
+/// and then for as long as more keep coming within `quiet` of each other.
+async fn counts(
+    fired: &mut mpsc::UnboundedReceiver<Fired>,
+    count: usize,
+    within: Duration,
+    quiet: Duration,
+) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while counts.len() < count {
+        match tokio::time::timeout_at(deadline, fired.recv()).await {
+            Ok(Some(fired)) => *counts.entry(fired.order_id).or_insert(0) += 1,
+            _ => break,
+        }
+    }
+    for fired in drain(fired, quiet).await {
+        *counts.entry(fired.order_id).or_insert(0) += 1;
+    }
+    counts
 }
 
 pub struct TestApp {
     pub addr: SocketAddr,
     client: reqwest::Client,
-    shutdown: CancellationToken,
-    task: Option<JoinHandle<std::io::Result<()>>>,
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+    running: Running,
 }
 
 impl TestApp {
     /// Graceful stop, as on SIGTERM; returns once the listener and the poller have stopped.
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            task.await
-                .expect("the app task")
-                .expect("the app stops cleanly");
-        }
+    pub async fn stop(self) {
+        self.running.stop().await;
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .get(format!("http://{}{}", self.addr, path))
-            .send()
-            .await
-            .expect("request");
-        let status = response.status();
-        let body = response.json().await.unwrap_or(Value::Null);
-        (status, body)
+        let url = format!("http://{}{}", self.addr, path);
+        let reply = send(&self.client, Method::GET, &url, None, None).await;
+        (reply.status, reply.body)
     }
 }

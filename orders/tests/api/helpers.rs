@@ -1,24 +1,18 @@
-use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use common::bus::{EventBus, ListenerOptions, Outcome, listen};
+use common::bus::{EventBus, Outcome};
 use common::events::{Event, Id, TicketCreated};
 use common::money::Price;
 use common::settings::Env;
-use common::testing::{new_user_id, require_infra, session_cookie, test_env};
+use common::testing::{Running, new_user_id, observe, require_infra, send, test_env};
 use mongodb::Database;
 use mongodb::bson::{Bson, Document, doc};
 use orders::settings::Settings;
 use orders::store::{Order, OrderStore, Ticket};
-use reqwest::header::COOKIE;
-use reqwest::{Response, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-/// How long eventual states are waited for.
-pub const DEADLINE: Duration = Duration::from_secs(10);
+pub use common::testing::{Observer, Reply, User, errors, eventually, not_authorized, not_found};
 
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -32,20 +26,14 @@ pub struct TestApp {
     pub store: OrderStore,
     /// A connection to the app's stream, to publish events and observe what the app publishes.
     pub bus: EventBus,
-    shutdown: CancellationToken,
+    running: Running,
 }
 
 impl TestApp {
     /// Stops the app's listeners and server (its durable consumers stay, with whatever they have
     /// not handled); the test keeps its store and bus.
     pub fn stop(&self) {
-        self.shutdown.cancel();
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+        self.running.cancel();
     }
 }
 
@@ -65,9 +53,7 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
 /// Starts an instance with exactly these settings (several instances may share them).
 pub async fn spawn_app_in(env: Env) -> TestApp {
     require_infra(&["MONGO_URL", "NATS_URL"]);
-    if std::env::var("TEST_LOG").is_ok() {
-        common::telemetry::init("orders-test");
-    }
+    common::testing::init_test_log("orders-test");
     let settings = Settings::from_env(&env).expect("test settings");
     let db = common::store::connect(&settings.mongo, "orders-test")
         .await
@@ -78,81 +64,15 @@ pub async fn spawn_app_in(env: Env) -> TestApp {
     let app = orders::app::build(settings)
         .await
         .expect("the orders app builds");
-    let addr = app.addr();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(shutdown.clone()));
     TestApp {
-        addr,
+        addr: app.addr(),
         client: reqwest::Client::new(),
         env,
         store: OrderStore::new(&db),
         db,
         bus,
-        shutdown,
+        running: Running::spawn(|shutdown| app.run_until_stopped(shutdown)),
     }
-}
-
-/// A signed-in user: id and `Cookie` header.
-#[derive(Debug, Clone)]
-pub struct User {
-    pub id: String,
-    pub cookie: String,
-}
-
-impl User {
-    pub fn new() -> Self {
-        let id = new_user_id();
-        let cookie = session_cookie(&id, &format!("{id}@test.com"));
-        Self { id, cookie }
-    }
-}
-
-/// A response read whole: status and JSON body (`Null` when empty).
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub body: Value,
-    pub text: String,
-}
-
-impl Reply {
-    async fn read(response: Response) -> Self {
-        let status = response.status();
-        let text = response.text().await.expect("response body");
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).expect("JSON body")
-        };
-        Self { status, body, text }
-    }
-
-    pub fn id(&self) -> String {
-        self.body["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("an id in {}", self.body))
-            .to_owned()
-    }
-}
-
-/// `{"errors":[...]}` from `(message, field)` pairs.
-pub fn errors(entries: &[(&str, Option<&str>)]) -> Value {
-    let entries: Vec<Value> = entries
-        .iter()
-        .map(|(message, field)| match field {
-            Some(field) => json!({ "message": message, "field": field }),
-            None => json!({ "message": message }),
-        })
-        .collect();
-    json!({ "errors": entries })
-}
-
-pub fn not_authorized() -> Value {
-    errors(&[("Not authorized", None)])
-}
-
-pub fn not_found() -> Value {
-    errors(&[("Not Found", None)])
 }
 
 impl TestApp {
@@ -167,14 +87,8 @@ impl TestApp {
         user: Option<&User>,
         body: Option<&Value>,
     ) -> Reply {
-        let mut request = self.client.request(method, self.url(path));
-        if let Some(user) = user {
-            request = request.header(COOKIE, &user.cookie);
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        Reply::read(request.send().await.expect("request")).await
+        let cookie = user.map(|user| user.cookie.as_str());
+        send(&self.client, method, &self.url(path), cookie, body).await
     }
 
     pub async fn post_order(&self, user: Option<&User>, body: &Value) -> Reply {
@@ -284,82 +198,11 @@ impl TestApp {
     /// Events of type `E` the app publishes from now on (and any already in the stream), in stream
     /// order. Each call uses its own durable consumer.
     pub async fn observe<E: Event>(&self) -> Observer<E> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let options = ListenerOptions {
-            // One at a time, so events arrive in stream order.
-            concurrency: 1,
-            ..ListenerOptions::new(format!(
-                "test-observer-{}",
-                common::testing::unique_suffix()
-            ))
-        };
-        listen::<E, _, _>(
-            &self.bus,
-            options,
-            self.shutdown.clone(),
-            move |event, _| {
-                let tx = tx.clone();
-                async move {
-                    // The receiver is gone only when the test is over.
-                    let _ = tx.send(event);
-                    Ok(Outcome::Ack)
-                }
-            },
-        )
-        .await
-        .expect("observer");
-        Observer { rx }
+        observe(&self.bus, self.running.token()).await
     }
 
     /// Publishes an event on the app's stream, as another service would.
     pub async fn publish<E: Event>(&self, event: &E) {
         self.bus.publish(event).await.expect("publish");
-    }
-}
-
-pub struct Observer<E> {
-    rx: mpsc::UnboundedReceiver<E>,
-}
-
-impl<E: Event + std::fmt::Debug> Observer<E> {
-    /// The next event, within [`DEADLINE`].
-    pub async fn next(&mut self) -> E {
-        tokio::time::timeout(DEADLINE, self.rx.recv())
-            .await
-            .expect("an event within the deadline")
-            .expect("observer open")
-    }
-
-    /// Events up to and including the first one `is_marker` accepts. Publish the marker after the
-    /// action under test: anything that action published arrives before it.
-    pub async fn until(&mut self, is_marker: impl Fn(&E) -> bool) -> Vec<E> {
-        let mut seen = Vec::new();
-        loop {
-            let event = self.next().await;
-            let done = is_marker(&event);
-            seen.push(event);
-            if done {
-                return seen;
-            }
-        }
-    }
-}
-
-/// Polls `check` until it returns `Some`, failing after [`DEADLINE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

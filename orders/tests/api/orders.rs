@@ -115,6 +115,7 @@ async fn ordering_needs_a_signed_in_user_before_the_body_is_validated() {
     }
     let forged = User {
         id: new_user_id(),
+        email: "forged@test.com".into(),
         cookie: "express:sess=eyJqd3QiOiJub3BlIn0=".into(),
     };
     let reply = app.order(&forged, &ticket.id.to_hex()).await;

@@ -2,14 +2,14 @@ use std::fmt::Display;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chrono::{TimeDelta, Utc};
-use common::bus::{EventBus, ListenerOptions, Outcome, listen};
-use common::events::{
-    Id, OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStatus, PaymentCreated, TicketRef,
-};
+use common::bus::{EventBus, Outcome};
+use common::events::{OrderCancelled, OrderCreated, PaymentCreated};
 use common::money::Price;
 use common::testing::stripe_double::StripeDouble;
-use common::testing::{new_user_id, require_infra, session_cookie, test_env};
+use common::testing::{
+    Observer, Running, new_order_id, observe, order_cancelled, order_created, require_infra, send,
+    test_env,
+};
 use mongodb::Database;
 use mongodb::bson::doc;
 use mongodb::bson::oid::ObjectId;
@@ -18,13 +18,12 @@ use payments::saga::{PaymentSaga, ReconcileTiming};
 use payments::settings::Settings;
 use payments::store::{Order, OrderStore, Payment, PaymentStatus, PaymentStore};
 use payments::stripe::StripeGateway;
-use reqwest::StatusCode;
-use reqwest::header::COOKIE;
+use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
+
+pub use common::testing::{Reply, User, errors, eventually};
 
 /// The Stripe secret key the test app is configured with.
 pub const STRIPE_TEST_KEY: &str = "sk_test_payments_suite";
@@ -40,14 +39,7 @@ pub struct TestApp {
     pub payments: PaymentStore,
     /// The saga as the app's listeners use it, for driving `order:cancelled` by hand.
     pub saga: PaymentSaga,
-    shutdown: CancellationToken,
-    stopped: tokio::sync::Mutex<Option<tokio::task::JoinHandle<std::io::Result<()>>>>,
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+    running: Running,
 }
 
 /// Starts the payments service on a random port with a fresh database and stream, talking to a
@@ -59,9 +51,7 @@ pub async fn spawn_app() -> TestApp {
 /// Same, with the settings adjusted first (the Stripe double's URI is already in them).
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     require_infra(&["MONGO_URL", "NATS_URL"]);
-    if std::env::var("TEST_LOG").is_ok() {
-        common::telemetry::init("payments-test");
-    }
+    common::testing::init_test_log("payments-test");
     let stripe = MockServer::start().await;
     let env = test_env(
         "payments",
@@ -76,8 +66,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         .await
         .expect("the payments app builds");
     let addr = app.addr();
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let running = Running::spawn(|shutdown| app.run_until_stopped(shutdown));
     let db = common::store::connect(&settings.mongo, "payments-test")
         .await
         .expect("test database");
@@ -96,8 +85,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         orders,
         payments,
         db,
-        shutdown,
-        stopped: tokio::sync::Mutex::new(Some(running)),
+        running,
     }
 }
 
@@ -117,52 +105,6 @@ pub async fn spawn_app_with_stripe_timeout(timeout: Duration) -> TestApp {
     .await
 }
 
-/// A response read whole.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub body: Value,
-}
-
-impl Reply {
-    async fn read(response: reqwest::Response) -> Self {
-        let status = response.status();
-        let text = response.text().await.expect("response body");
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).expect("JSON body")
-        };
-        Self { status, body }
-    }
-}
-
-/// The error envelope with one entry per `(message, field)`.
-pub fn errors(messages: &[(&str, Option<&str>)]) -> Value {
-    let entries: Vec<Value> = messages
-        .iter()
-        .map(|(message, field)| match field {
-            Some(field) => json!({ "message": message, "field": field }),
-            None => json!({ "message": message }),
-        })
-        .collect();
-    json!({ "errors": entries })
-}
-
-/// A signed-in user.
-pub struct User {
-    pub id: String,
-    pub cookie: String,
-}
-
-impl User {
-    pub fn new() -> Self {
-        let id = new_user_id();
-        let cookie = session_cookie(&id, &format!("{id}@test.com"));
-        Self { id, cookie }
-    }
-}
-
 impl TestApp {
     /// Mounts the ledger-keeping Stripe double (instead of per-test mocks).
     pub async fn stripe_double(&self) -> StripeDouble {
@@ -171,13 +113,7 @@ impl TestApp {
 
     /// Stops the app as SIGTERM would, and waits until it has stopped.
     pub async fn stop(&self) {
-        self.shutdown.cancel();
-        if let Some(running) = self.stopped.lock().await.take() {
-            running
-                .await
-                .expect("the app task")
-                .expect("the app stops cleanly");
-        }
+        self.running.stop().await;
     }
 
     /// The order's payment as stored, once `done` says it is settled (10 s at most).
@@ -202,23 +138,21 @@ impl TestApp {
     }
 
     pub async fn post_payment(&self, cookie: Option<&str>, body: &Value) -> Reply {
-        let mut request = self.client.post(self.url("/api/payments")).json(body);
-        if let Some(cookie) = cookie {
-            request = request.header(COOKIE, cookie);
-        }
-        Reply::read(request.send().await.expect("request")).await
+        let url = self.url("/api/payments");
+        send(&self.client, Method::POST, &url, cookie, Some(body)).await
     }
 
     /// A second instance of the service on the same database, stream and Stripe double (a replica
-    /// behind the same Kubernetes Service). It stops when the returned token is dropped.
-    pub async fn spawn_replica(&self) -> (SocketAddr, tokio_util::sync::DropGuard) {
+    /// behind the same Kubernetes Service). It stops when the returned guard is dropped.
+    pub async fn spawn_replica(&self) -> (SocketAddr, Running) {
         let app = payments::app::build(self.settings.clone())
             .await
             .expect("the replica builds");
         let addr = app.addr();
-        let shutdown = CancellationToken::new();
-        tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        (addr, shutdown.drop_guard())
+        (
+            addr,
+            Running::spawn(|shutdown| app.run_until_stopped(shutdown)),
+        )
     }
 
     /// Pays through the instance at `addr` (this one or a replica).
@@ -229,15 +163,14 @@ impl TestApp {
         order_id: impl Display,
         token: &str,
     ) -> Reply {
-        let response = self
-            .client
-            .post(format!("http://{addr}/api/payments"))
-            .header(COOKIE, &user.cookie)
-            .json(&json!({ "orderId": order_id.to_string(), "token": token }))
-            .send()
-            .await
-            .expect("request");
-        Reply::read(response).await
+        send(
+            &self.client,
+            Method::POST,
+            &format!("http://{addr}/api/payments"),
+            Some(&user.cookie),
+            Some(&json!({ "orderId": order_id.to_string(), "token": token })),
+        )
+        .await
     }
 
     pub async fn pay(&self, user: &User, order_id: impl Display, token: &str) -> Reply {
@@ -249,14 +182,7 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> Reply {
-        Reply::read(
-            self.client
-                .get(self.url(path))
-                .send()
-                .await
-                .expect("request"),
-        )
-        .await
+        send(&self.client, Method::GET, &self.url(path), None, None).await
     }
 
     /// Puts an order of `user` into the replica the way `order:created` does.
@@ -321,24 +247,9 @@ impl TestApp {
             .expect("test bus")
     }
 
-    /// Forwards every `payment:created` the app publishes into a channel.
-    pub async fn observe_payments(&self) -> mpsc::UnboundedReceiver<PaymentCreated> {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        listen::<PaymentCreated, _, _>(
-            &self.bus().await,
-            ListenerOptions::new("test-observer"),
-            self.shutdown.clone(),
-            move |event, _| {
-                let sender = sender.clone();
-                async move {
-                    let _ = sender.send(event);
-                    Ok(Outcome::Ack)
-                }
-            },
-        )
-        .await
-        .expect("observer listens");
-        receiver
+    /// Every `payment:created` the app publishes, as a consumer of its own sees them.
+    pub async fn observe_payments(&self) -> Observer<PaymentCreated> {
+        observe(&self.bus().await, self.running.token()).await
     }
 
     /// Every request the Stripe double has received.
@@ -350,28 +261,13 @@ impl TestApp {
     }
 }
 
+/// `order:created` of a new order of `user_id` at `price`.
 pub fn order_created_event(user_id: &str, price: Price) -> OrderCreated {
-    OrderCreated {
-        id: Id::new(),
-        version: 0,
-        status: OrderStatus::Created,
-        user_id: user_id.to_owned(),
-        expires_at: Utc::now() + TimeDelta::seconds(60),
-        ticket: OrderCreatedTicket {
-            id: Id::new(),
-            price,
-        },
-    }
+    order_created(new_order_id(), new_order_id(), user_id, price)
 }
 
 pub fn order_cancelled_event(order: &OrderCreated, version: i64) -> OrderCancelled {
-    OrderCancelled {
-        id: order.id,
-        version,
-        ticket: TicketRef {
-            id: order.ticket.id,
-        },
-    }
+    order_cancelled(order.id, order.ticket.id, version)
 }
 
 pub use common::testing::stripe_charge_json as charge_json;
@@ -399,22 +295,3 @@ pub async fn stripe_answers(app: &TestApp, status: u16, body: Value) {
 }
 
 pub use common::testing::stripe_double::form;
-
-/// Polls `check` until it returns `Some`, for up to 10 s.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}

@@ -14,8 +14,11 @@ use serde_json::json;
 use wiremock::ResponseTemplate;
 use wiremock::matchers::{method, path};
 
+use common::events::OrderCreated;
+use common::testing::{not_authorized, not_found};
+
 use crate::helpers::{
-    STRIPE_TEST_KEY, User, errors, form, spawn_app, spawn_app_with, stripe_answers,
+    Reply, STRIPE_TEST_KEY, TestApp, User, errors, form, spawn_app, spawn_app_with, stripe_answers,
     stripe_charges_succeed,
 };
 
@@ -230,14 +233,25 @@ async fn two_replicas_paying_one_order_at_once_charge_once() {
     assert_eq!(app.payment_records(&order.id).await.len(), 1);
 }
 
-#[tokio::test]
-async fn a_declined_card_answers_400_with_stripes_message_and_leaves_the_order_unpaid() {
+/// A €20 order of a new buyer, paid with `token` while Stripe answers every charge with `status`
+/// and `body`: the app, the buyer, the order and the answer.
+async fn pay_while_stripe_answers(
+    status: u16,
+    body: serde_json::Value,
+    token: &str,
+) -> (TestApp, User, OrderCreated, Reply) {
     let app = spawn_app().await;
     let user = User::new();
     let order = app.order_for(&user, Price::from_cents(2000)).await;
-    stripe_answers(&app, 402, declined_body()).await;
+    stripe_answers(&app, status, body).await;
+    let reply = app.pay(&user, &order.id, token).await;
+    (app, user, order, reply)
+}
 
-    let reply = app.pay(&user, &order.id, "tok_chargeDeclined").await;
+#[tokio::test]
+async fn a_declined_card_answers_400_with_stripes_message_and_leaves_the_order_unpaid() {
+    let (app, _, order, reply) =
+        pay_while_stripe_answers(402, declined_body(), "tok_chargeDeclined").await;
 
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert_eq!(reply.body, errors(&[(DECLINED, None)]));
@@ -289,17 +303,12 @@ async fn after_a_decline_a_new_card_pays_the_order_as_a_new_attempt_under_a_new_
 
 #[tokio::test]
 async fn a_stripe_failure_after_the_request_left_is_being_confirmed_and_a_retry_is_not_charged() {
-    let app = spawn_app().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2000)).await;
-    stripe_answers(
-        &app,
+    let (app, user, order, first) = pay_while_stripe_answers(
         500,
         json!({"error": {"type": "api_error", "message": "An unknown error occurred"}}),
+        "tok_visa",
     )
     .await;
-
-    let first = app.pay(&user, &order.id, "tok_visa").await;
     assert_eq!(first.status, StatusCode::ACCEPTED, "{:?}", first.body);
     assert_eq!(first.body, errors(&[(BEING_CONFIRMED, None)]));
     let retry = app.pay(&user, &order.id, "tok_mastercard").await;
@@ -321,23 +330,45 @@ async fn a_stripe_failure_after_the_request_left_is_being_confirmed_and_a_retry_
 }
 
 #[tokio::test]
-async fn a_rate_limited_charge_answers_502_and_leaves_the_order_unpaid() {
-    let app = spawn_app().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2000)).await;
-    stripe_answers(
-        &app,
-        429,
-        json!({"error": {"type": "invalid_request_error", "code": "rate_limit",
-                         "message": "Too many requests hit the API too quickly."}}),
-    )
-    .await;
+async fn stripe_errors_that_charged_nothing_answer_in_our_words_and_leave_the_order_unpaid() {
+    // (case, Stripe's status and body, card token, our status and message)
+    let cases = [
+        (
+            "a rate-limited charge answers 502",
+            429,
+            json!({"error": {"type": "invalid_request_error", "code": "rate_limit",
+                             "message": "Too many requests hit the API too quickly."}}),
+            "tok_visa",
+            StatusCode::BAD_GATEWAY,
+            PROVIDER_UNAVAILABLE,
+        ),
+        (
+            "a rejected Stripe key is a generic 500 that does not leak Stripe's message",
+            401,
+            json!({"error": {"type": "invalid_request_error",
+                             "message": "Invalid API Key provided: sk_test_****uite"}}),
+            "tok_visa",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Something went wrong",
+        ),
+        (
+            "an invalid token answers 400 with a generic message, not Stripe's words",
+            400,
+            json!({"error": {"type": "invalid_request_error", "param": "source",
+                             "message": "No such token: 'tok_bogus'", "code": "resource_missing"}}),
+            "tok_bogus",
+            StatusCode::BAD_REQUEST,
+            GENERIC_DECLINE,
+        ),
+    ];
+    for (case, stripe_status, stripe_body, token, status, message) in cases {
+        let (app, _, order, reply) =
+            pay_while_stripe_answers(stripe_status, stripe_body, token).await;
 
-    let reply = app.pay(&user, &order.id, "tok_visa").await;
-
-    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(reply.body, errors(&[(PROVIDER_UNAVAILABLE, None)]));
-    app.assert_not_paid(&order.id).await;
+        assert_eq!(reply.status, status, "{case}");
+        assert_eq!(reply.body, errors(&[(message, None)]), "{case}");
+        app.assert_not_paid(&order.id).await;
+    }
 }
 
 #[tokio::test]
@@ -383,46 +414,6 @@ async fn an_unreachable_stripe_answers_502_and_leaves_the_order_unpaid() {
 }
 
 #[tokio::test]
-async fn a_rejected_stripe_key_is_a_generic_500_that_does_not_leak_stripes_message() {
-    let app = spawn_app().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2000)).await;
-    stripe_answers(
-        &app,
-        401,
-        json!({"error": {"type": "invalid_request_error",
-                         "message": "Invalid API Key provided: sk_test_****uite"}}),
-    )
-    .await;
-
-    let reply = app.pay(&user, &order.id, "tok_visa").await;
-
-    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert_eq!(reply.body, errors(&[("Something went wrong", None)]));
-    app.assert_not_paid(&order.id).await;
-}
-
-#[tokio::test]
-async fn an_invalid_token_answers_400_with_a_generic_message_not_stripes_words() {
-    let app = spawn_app().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2000)).await;
-    stripe_answers(
-        &app,
-        400,
-        json!({"error": {"type": "invalid_request_error", "param": "source",
-                         "message": "No such token: 'tok_bogus'", "code": "resource_missing"}}),
-    )
-    .await;
-
-    let reply = app.pay(&user, &order.id, "tok_bogus").await;
-
-    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
-    assert_eq!(reply.body, errors(&[(GENERIC_DECLINE, None)]));
-    app.assert_not_paid(&order.id).await;
-}
-
-#[tokio::test]
 async fn anonymous_payments_are_refused_with_401_before_validation() {
     let app = spawn_app().await;
     for body in [
@@ -431,7 +422,7 @@ async fn anonymous_payments_are_refused_with_401_before_validation() {
     ] {
         let reply = app.post_payment(None, &body).await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
-        assert_eq!(reply.body, errors(&[("Not authorized", None)]));
+        assert_eq!(reply.body, not_authorized());
     }
     assert!(app.stripe_requests().await.is_empty());
 }
@@ -471,7 +462,7 @@ async fn a_malformed_or_unknown_order_id_is_404() {
     for order_id in ["not-an-id", "12-char-str!", "64b7f0c2a1b2c3d4e5f60718"] {
         let reply = app.pay(&user, order_id, "tok_visa").await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{order_id}");
-        assert_eq!(reply.body, errors(&[("Not Found", None)]), "{order_id}");
+        assert_eq!(reply.body, not_found(), "{order_id}");
     }
     assert!(app.stripe_requests().await.is_empty());
 }
@@ -485,7 +476,7 @@ async fn another_users_order_cannot_be_paid() {
     let reply = app.pay(&User::new(), &order.id, "tok_visa").await;
 
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(reply.body, errors(&[("Not authorized", None)]));
+    assert_eq!(reply.body, not_authorized());
     assert!(app.stripe_requests().await.is_empty());
     app.assert_not_paid(&order.id).await;
 }
@@ -550,7 +541,7 @@ async fn unknown_routes_are_404_and_the_service_reports_ready() {
     let app = spawn_app().await;
     let reply = app.get("/api/payments").await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
-    assert_eq!(reply.body, errors(&[("Not Found", None)]));
+    assert_eq!(reply.body, not_found());
 
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status, StatusCode::OK, "{:?}", ready.body);

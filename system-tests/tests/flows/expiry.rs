@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use reqwest::StatusCode;
-use system_tests::{DEADLINE, Stack, eventually};
+use system_tests::{Stack, eventually};
 
 use crate::{OrderedTicket, ok_body, order_a_new_ticket, version};
 
@@ -25,7 +25,7 @@ async fn an_unpaid_order_is_cancelled_when_its_window_passes_and_its_ticket_is_f
     );
 
     // Orders cancels it, once expiration has announced it: not before expiresAt.
-    let cancelled = eventually("orders cancels the expired order", DEADLINE, async || {
+    let cancelled = eventually("orders cancels the expired order", async || {
         let order = ok_body(stack.order_of(&buyer, &order_id).await)?;
         match order["status"] == "cancelled" {
             true => Ok(order),
@@ -37,7 +37,7 @@ async fn an_unpaid_order_is_cancelled_when_its_window_passes_and_its_ticket_is_f
     assert_eq!(version(&cancelled), 1, "{cancelled}");
 
     // Tickets frees the ticket: no orderId, listed for sale again, version 2 (reserved, released).
-    let released = eventually("tickets frees the ticket", DEADLINE, async || {
+    let released = eventually("tickets frees the ticket", async || {
         let ticket = ok_body(stack.ticket(&ticket_id).await)?;
         match ticket.get("orderId").is_none() && stack.is_available(&ticket_id).await {
             true => Ok(ticket),
@@ -52,7 +52,6 @@ async fn an_unpaid_order_is_cancelled_when_its_window_passes_and_its_ticket_is_f
     // passed); either way nothing is charged. Eventually the replica is cancelled too.
     eventually(
         "payments' replica refuses the cancelled order",
-        DEADLINE,
         async || {
             let reply = stack.pay(&buyer, &order_id, "tok_visa").await;
             match (reply.status, reply.message()) {

@@ -2,7 +2,7 @@
 
 use futures::future::join_all;
 use reqwest::StatusCode;
-use system_tests::{DEADLINE, Stack, eventually, id_of};
+use system_tests::{Stack, eventually, id_of};
 
 use crate::ok_body;
 
@@ -45,7 +45,6 @@ async fn twenty_buyers_racing_for_one_ticket_leave_one_order_which_pays_and_hold
 
     eventually(
         "tickets holds the ticket for the winning order",
-        DEADLINE,
         async || {
             let ticket = ok_body(stack.ticket(&ticket_id).await)?;
             match ticket["orderId"] == order_id.as_str() {
@@ -55,7 +54,7 @@ async fn twenty_buyers_racing_for_one_ticket_leave_one_order_which_pays_and_hold
         },
     )
     .await;
-    eventually("orders completes the winning order", DEADLINE, async || {
+    eventually("orders completes the winning order", async || {
         let order = ok_body(stack.order_of(winner, &order_id).await)?;
         match order["status"] == "complete" {
             true => Ok(()),

@@ -5,7 +5,7 @@ use chrono::Utc;
 use common::events::Subject;
 use payments::routes::payments::ALREADY_PAID;
 use reqwest::StatusCode;
-use system_tests::{Charge, DEADLINE, Stack, eventually};
+use system_tests::{Charge, Stack, eventually};
 
 use crate::{OrderedTicket, ok_body, order_a_new_ticket, version};
 
@@ -32,7 +32,7 @@ async fn a_paid_order_completes_and_keeps_its_ticket_after_its_window_has_passed
     );
 
     // Orders completes it from `payment:created`; tickets keeps it reserved by this order.
-    let complete = eventually("orders completes the paid order", DEADLINE, async || {
+    let complete = eventually("orders completes the paid order", async || {
         let order = ok_body(stack.order_of(&buyer, &order_id).await)?;
         match order["status"] == "complete" {
             true => Ok(order),
@@ -44,19 +44,15 @@ async fn a_paid_order_completes_and_keeps_its_ticket_after_its_window_has_passed
 
     // The window passes: expiration announces it, and orders handles (acknowledges) that
     // announcement. Only then is "nothing changed" a finding rather than a race.
-    eventually(
-        "orders has handled the order's expiration",
-        DEADLINE,
-        async || {
-            let state = stack
-                .consumer(orders::listeners::QUEUE_GROUP, Subject::ExpirationComplete)
-                .await?;
-            match state.delivered >= 1 && state.settled() {
-                true => Ok(()),
-                false => Err(format!("{state:?}")),
-            }
-        },
-    )
+    eventually("orders has handled the order's expiration", async || {
+        let state = stack
+            .consumer(orders::listeners::QUEUE_GROUP, Subject::ExpirationComplete)
+            .await?;
+        match state.delivered >= 1 && state.settled() {
+            true => Ok(()),
+            false => Err(format!("{state:?}")),
+        }
+    })
     .await;
     assert!(Utc::now() >= expires_at, "expired before {expires_at}");
 

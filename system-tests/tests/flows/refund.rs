@@ -8,14 +8,14 @@ use chrono::Utc;
 use common::testing::stripe_double::Behaviour;
 use payments::routes::payments::REFUNDED;
 use reqwest::StatusCode;
-use system_tests::{DEADLINE, Stack, User, eventually};
+use system_tests::{Stack, User, eventually};
 
 use crate::{OrderedTicket, ok_body, order_a_new_ticket};
 
 /// Waits until the order is cancelled with its charge refunded, the ticket is free, Stripe saw one
 /// charge and one refund, and the money invariant holds.
 async fn assert_refunded_once(stack: &Stack, buyer: &User, order_id: &str, ticket_id: &str) {
-    let order = eventually("the order shows its refund", DEADLINE, async || {
+    let order = eventually("the order shows its refund", async || {
         let order = ok_body(stack.order_of(buyer, order_id).await)?;
         match (order["status"].as_str(), order["refunded"].as_bool()) {
             (Some("cancelled"), Some(true)) => Ok(order),
@@ -24,7 +24,7 @@ async fn assert_refunded_once(stack: &Stack, buyer: &User, order_id: &str, ticke
     })
     .await;
     assert_eq!(order["ticket"]["id"], ticket_id, "{order}");
-    eventually("the ticket is free again", DEADLINE, async || {
+    eventually("the ticket is free again", async || {
         let ticket = ok_body(stack.ticket(ticket_id).await)?;
         match ticket.get("orderId") {
             None => Ok(()),

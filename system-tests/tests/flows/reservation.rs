@@ -2,7 +2,7 @@
 //! the ticket's version at each settled point.
 
 use reqwest::StatusCode;
-use system_tests::{DEADLINE, Stack, eventually, id_of};
+use system_tests::{Stack, eventually, id_of};
 
 use crate::{embedded_ticket_version, ok_body, version};
 
@@ -29,7 +29,7 @@ async fn a_ticket_is_locked_while_ordered_editable_again_once_cancelled_and_vers
     assert_eq!(embedded_ticket_version(&order), version(&ticket));
 
     // Reserved: tickets shows the order and refuses the owner's edit; both services say version 1.
-    let reserved = eventually("tickets marks the ticket reserved", DEADLINE, async || {
+    let reserved = eventually("tickets marks the ticket reserved", async || {
         let ticket = ok_body(stack.ticket(&ticket_id).await)?;
         match ticket["orderId"] == order_id.as_str() {
             true => Ok(ticket),
@@ -73,7 +73,7 @@ async fn a_ticket_is_locked_while_ordered_editable_again_once_cancelled_and_vers
         (order_now["status"].as_str(), version(&order_now)),
         (Some("cancelled"), 1)
     );
-    let released = eventually("tickets releases the ticket", DEADLINE, async || {
+    let released = eventually("tickets releases the ticket", async || {
         let ticket = ok_body(stack.ticket(&ticket_id).await)?;
         match ticket.get("orderId") {
             None => Ok(ticket),
@@ -118,7 +118,6 @@ async fn wait_for_replica_version(
 ) -> serde_json::Value {
     eventually(
         &format!("orders' replica of the ticket reaches version {expected}"),
-        DEADLINE,
         async || {
             let order = ok_body(stack.order_of(buyer, order_id).await)?;
             match order["ticket"]["version"].as_i64() == Some(expected) {

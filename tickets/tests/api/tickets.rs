@@ -5,6 +5,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tickets::listeners::order_created as created_listener;
 
+use common::testing::{not_authorized, not_found};
+
 use crate::helpers::{
     errors, new_order_id, order_cancelled, order_created, sentinel_created, sentinel_updated,
     spawn_app, user,
@@ -15,14 +17,6 @@ const TITLE_TOO_LONG: &str = "Title must be at most 200 characters.";
 const PRICE_NOT_POSITIVE: &str = "Price must be larger than 0.";
 const PRICE_TOO_HIGH: &str = "Price must be at most 1000000.";
 const RESERVED: &str = "Ticket is already reserved and unable to edit.";
-
-fn not_authorized() -> Value {
-    errors(&[("Not authorized", None)])
-}
-
-fn not_found() -> Value {
-    errors(&[("Not Found", None)])
-}
 
 #[tokio::test]
 async fn creating_a_ticket_requires_a_signed_in_user_even_before_validation() {

@@ -6,13 +6,25 @@
 # ---------------------------------------------------------------- locations
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 # INFRA_INSTANCE=NAME runs a separate set of infrastructure (own data, pids, logs, and ports shifted
-# by INFRA_PORT_OFFSET, default 100), e.g. for the fault suite, which restarts NATS and FerretDB
-# under its own feet and must not disturb anything else. Installed binaries are shared.
+# by INFRA_PORT_OFFSET), e.g. for the fault suite, which restarts NATS and FerretDB under its own
+# feet and must not disturb anything else. Installed binaries are shared. The fault suite's
+# instance (faults) is at +100 and the browser tests' (e2e) at +200 unless told otherwise; any
+# other instance must say its offset, so that two instances never share ports by default.
 INFRA_INSTANCE="${INFRA_INSTANCE:-}"
 if [[ -n "$INFRA_INSTANCE" ]]; then
   [[ "$INFRA_INSTANCE" =~ ^[a-z0-9-]+$ ]] || { echo "INFRA_INSTANCE must be lowercase letters, digits, dashes" >&2; exit 2; }
   DATA_DIR="$ROOT/.data/instances/$INFRA_INSTANCE"
-  PORT_OFFSET="${INFRA_PORT_OFFSET:-100}"
+  case "$INFRA_INSTANCE" in
+    faults) PORT_OFFSET="${INFRA_PORT_OFFSET:-100}" ;;
+    e2e) PORT_OFFSET="${INFRA_PORT_OFFSET:-200}" ;;
+    *)
+      [[ "${INFRA_PORT_OFFSET:-}" =~ ^[0-9]+$ && "${INFRA_PORT_OFFSET}" -ge 300 ]] || {
+        echo "INFRA_INSTANCE=$INFRA_INSTANCE needs INFRA_PORT_OFFSET (300 or more; +100 is the fault suite's, +200 the browser tests')" >&2
+        exit 2
+      }
+      PORT_OFFSET="$INFRA_PORT_OFFSET"
+      ;;
+  esac
 else
   DATA_DIR="$ROOT/.data"
   PORT_OFFSET=0

@@ -145,6 +145,29 @@ impl TicketStore {
         Ok(tickets)
     }
 
+    /// At most `limit` tickets not reserved by any order whose id comes after `after`, oldest first
+    /// (ids start with their creation time, so the order is stable: a page never repeats a ticket
+    /// or skips one that stays free).
+    pub async fn list_available_page(
+        &self,
+        after: Option<ObjectId>,
+        limit: i64,
+    ) -> Result<Vec<Ticket>, StoreError> {
+        let mut filter = doc! { "orderId": Bson::Null };
+        if let Some(after) = after {
+            filter.insert("_id", doc! { "$gt": after });
+        }
+        let tickets = common::store::find_all(
+            self.tickets
+                .records()
+                .find(filter)
+                .sort(doc! { "_id": 1 })
+                .limit(limit),
+        )
+        .await?;
+        Ok(tickets)
+    }
+
     /// Remembers that `order_id` was cancelled, so that its `order:created`, if it arrives (again)
     /// later, does not reserve the ticket. Idempotent.
     pub async fn record_cancelled_order(

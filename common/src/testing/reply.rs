@@ -1,15 +1,16 @@
 //! HTTP answers as the services' tests read them, and the error bodies of the SPEC they compare
 //! them with.
 
-use reqwest::header::{COOKIE, SET_COOKIE};
+use reqwest::header::{COOKIE, HeaderMap, SET_COOKIE};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-/// A response read whole: status, the first `Set-Cookie`, the text and its JSON (`Null` when the
-/// body is empty).
+/// A response read whole: status, headers, the first `Set-Cookie`, the text and its JSON (`Null`
+/// when the body is empty).
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub status: StatusCode,
+    pub headers: HeaderMap,
     pub set_cookie: Option<String>,
     pub body: Value,
     pub text: String,
@@ -19,6 +20,7 @@ impl Reply {
     /// Reads the whole response; panics (showing the text) when a non-empty body is not JSON.
     pub async fn read(response: reqwest::Response) -> Self {
         let status = response.status();
+        let headers = response.headers().clone();
         let set_cookie = response
             .headers()
             .get(SET_COOKIE)
@@ -32,6 +34,7 @@ impl Reply {
         };
         Self {
             status,
+            headers,
             set_cookie,
             body,
             text,
@@ -42,6 +45,11 @@ impl Reply {
     pub fn cookie(&self) -> String {
         let set_cookie = self.set_cookie.as_deref().expect("a Set-Cookie header");
         session_pair(set_cookie).expect("a well-formed Set-Cookie")
+    }
+
+    /// The value of header `name`, if it is there and readable.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
     /// The `id` of the body.

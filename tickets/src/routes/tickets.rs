@@ -1,13 +1,15 @@
 //! `/api/tickets`: create, list the free ones, show one, edit your own while it is not reserved.
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use common::error::parse_id;
-use common::error::{ApiError, ApiResult};
+use common::error::{ApiError, ApiResult, ErrorEntry};
 use common::extract::{FromBody, JsonBody, RequireAuth, number, trimmed_string};
 use common::money::{MAX_PRICE_CENTS, Price};
+use common::store::parse_object_id;
 use common::store::{Decision, PendingEvent};
 use mongodb::bson::Bson;
 use mongodb::bson::oid::ObjectId;
@@ -136,9 +138,86 @@ async fn create(
     Ok((StatusCode::CREATED, Json(ticket.view())))
 }
 
-async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<TicketView>>> {
-    let tickets = state.store.list_available().await?;
-    Ok(Json(tickets.iter().map(Ticket::view).collect()))
+/// The free tickets, oldest first: all of them (the SPEC's answer), or one page when the query
+/// asks for it (`limit`, `after`), with the next page's address in a `Link: <…>; rel="next"`
+/// header while there is one. The body is the same array either way.
+async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> ApiResult<Response> {
+    let Some(page) = Page::from_query(query.as_deref().unwrap_or_default())? else {
+        let tickets = state.store.list_available().await?;
+        let views: Vec<TicketView> = tickets.iter().map(Ticket::view).collect();
+        return Ok(Json(views).into_response());
+    };
+    let mut tickets = state
+        .store
+        .list_available_page(page.after, i64::from(page.limit) + 1)
+        .await?;
+    let more = tickets.len() > usize::from(page.limit);
+    tickets.truncate(usize::from(page.limit));
+    let views: Vec<TicketView> = tickets.iter().map(Ticket::view).collect();
+    let next = tickets.last().filter(|_| more).map(|last| {
+        format!(
+            "</api/tickets?limit={}&after={}>; rel=\"next\"",
+            page.limit,
+            last.id.to_hex()
+        )
+    });
+    Ok(match next {
+        Some(link) => ([(header::LINK, link)], Json(views)).into_response(),
+        None => Json(views).into_response(),
+    })
+}
+
+/// The largest page `GET /api/tickets` answers.
+pub const MAX_PAGE: u16 = 100;
+/// The page size when only `after` is given.
+pub const DEFAULT_PAGE: u16 = 20;
+pub const LIMIT_INVALID: &str = "Limit must be a whole number from 1 to 100.";
+pub const AFTER_INVALID: &str = "After must be the id of a ticket.";
+
+/// Which page of the listing a query asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub limit: u16,
+    pub after: Option<ObjectId>,
+}
+
+impl Page {
+    /// `None` when the query asks for no page (neither `limit` nor `after`): the whole listing.
+    /// Other parameters are ignored, as before paging existed.
+    pub fn from_query(query: &str) -> Result<Option<Self>, ApiError> {
+        let (mut limit, mut after) = (None, None);
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            match key.as_ref() {
+                "limit" => limit = Some(value.trim().to_owned()),
+                "after" => after = Some(value.trim().to_owned()),
+                _ => {}
+            }
+        }
+        if limit.is_none() && after.is_none() {
+            return Ok(None);
+        }
+        let mut errors = Vec::new();
+        let limit = match limit.as_deref().map(str::parse::<u16>) {
+            None => Some(DEFAULT_PAGE),
+            Some(Ok(limit)) if (1..=MAX_PAGE).contains(&limit) => Some(limit),
+            Some(_) => {
+                errors.push(ErrorEntry::for_field("limit", LIMIT_INVALID));
+                None
+            }
+        };
+        let after = match after.as_deref().map(parse_object_id) {
+            None => Some(None),
+            Some(Some(id)) => Some(Some(id)),
+            Some(None) => {
+                errors.push(ErrorEntry::for_field("after", AFTER_INVALID));
+                None
+            }
+        };
+        match (limit, after) {
+            (Some(limit), Some(after)) => Ok(Some(Self { limit, after })),
+            _ => Err(ApiError::Validation(errors)),
+        }
+    }
 }
 
 async fn show(

@@ -438,3 +438,81 @@ async fn health_and_readiness_answer_when_the_database_and_bus_are_up() {
         )
     );
 }
+
+#[tokio::test]
+async fn the_list_pages_through_free_tickets_oldest_first_with_a_link_to_the_next_page() {
+    let app = spawn_app().await;
+    let owner = user();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let ticket = app.create_ticket(&owner, &format!("Gig {i}"), 10.0).await;
+        ids.push(ticket["id"].as_str().expect("id").to_owned());
+    }
+    let whole = app.get("/api/tickets").await;
+    assert_eq!(whole.header("link"), None, "no page asked, no link");
+
+    let mut seen = Vec::new();
+    let mut next = Some("/api/tickets?limit=2".to_owned());
+    let mut pages = 0;
+    while let Some(path) = next {
+        let page = app.get(&path).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.body);
+        let rows = page.body.as_array().expect("an array body").clone();
+        assert!(rows.len() <= 2, "{path}");
+        seen.extend(
+            rows.iter()
+                .map(|t| t["id"].as_str().expect("id").to_owned()),
+        );
+        next = page.header("link").map(|link| {
+            let (target, rel) = link.split_once(">; ").expect("a Link header");
+            assert_eq!(rel, "rel=\"next\"");
+            target.trim_start_matches('<').to_owned()
+        });
+        pages += 1;
+    }
+    assert_eq!(seen, ids, "every free ticket once, oldest first");
+    assert_eq!(pages, 3);
+    assert_eq!(whole.body.as_array().map(Vec::len), Some(5));
+
+    let after_second = app.get(&format!("/api/tickets?after={}", ids[1])).await;
+    let rest: Vec<&str> = after_second
+        .body
+        .as_array()
+        .expect("an array body")
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    assert_eq!(
+        rest,
+        ids[2..].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_page_asked_for_badly_is_refused_naming_the_parameter() {
+    let app = spawn_app().await;
+    for (query, fields) in [
+        ("limit=0", vec!["limit"]),
+        ("limit=101", vec!["limit"]),
+        ("limit=ten", vec!["limit"]),
+        ("limit=-1", vec!["limit"]),
+        ("after=nope", vec!["after"]),
+        (
+            "limit=&after=64b7f0c2a1b2c3d4e5f6071",
+            vec!["limit", "after"],
+        ),
+    ] {
+        let reply = app.get(&format!("/api/tickets?{query}")).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{query}");
+        let named: Vec<&str> = reply.body["errors"]
+            .as_array()
+            .expect("errors")
+            .iter()
+            .filter_map(|e| e["field"].as_str())
+            .collect();
+        assert_eq!(named, fields, "{query}: {}", reply.body);
+    }
+    // Unknown parameters are ignored, as before paging existed.
+    let reply = app.get("/api/tickets?page=2&sort=desc").await;
+    assert_eq!((reply.status, reply.header("link")), (StatusCode::OK, None));
+}

@@ -145,17 +145,24 @@ impl TicketStore {
         Ok(tickets)
     }
 
-    /// At most `limit` tickets not reserved by any order whose id comes after `after`, oldest first
-    /// (ids start with their creation time, so the order is stable: a page never repeats a ticket
-    /// or skips one that stays free).
+    /// At most `limit` tickets not reserved by any order whose id comes after `after` and whose
+    /// title contains `title` (any case), oldest first (ids start with their creation time, so
+    /// the order is stable: a page never repeats a ticket or skips one that stays free).
     pub async fn list_available_page(
         &self,
         after: Option<ObjectId>,
+        title: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Ticket>, StoreError> {
         let mut filter = doc! { "orderId": Bson::Null };
         if let Some(after) = after {
             filter.insert("_id", doc! { "$gt": after });
+        }
+        if let Some(title) = title {
+            filter.insert(
+                "title",
+                doc! { "$regex": literal_pattern(title), "$options": "i" },
+            );
         }
         let tickets = common::store::find_all(
             self.tickets
@@ -194,5 +201,30 @@ impl TicketStore {
             .bounded()
             .await?
             .is_some())
+    }
+}
+
+/// A regular expression matching `text` literally: every ASCII punctuation character escaped (a
+/// title search must not be a pattern the user controls).
+fn literal_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() * 2);
+    for c in text.chars() {
+        if c.is_ascii_punctuation() {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_title_search_is_matched_literally() {
+        assert_eq!(literal_pattern("Rock"), "Rock");
+        assert_eq!(literal_pattern("a.b*(c)"), "a\\.b\\*\\(c\\)");
+        assert_eq!(literal_pattern("Ünïcode & ok"), "Ünïcode \\& ok");
     }
 }

@@ -139,8 +139,8 @@ async fn create(
 }
 
 /// The free tickets, oldest first: all of them (the SPEC's answer), or one page when the query
-/// asks for it (`limit`, `after`), with the next page's address in a `Link: <…>; rel="next"`
-/// header while there is one. The body is the same array either way.
+/// asks for it (`limit`, `after`, or a title search `q`), with the next page's address in a
+/// `Link: <…>; rel="next"` header while there is one. The body is the same array either way.
 async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> ApiResult<Response> {
     let Some(page) = Page::from_query(query.as_deref().unwrap_or_default())? else {
         let tickets = state.store.list_available().await?;
@@ -149,17 +149,19 @@ async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> ApiRe
     };
     let mut tickets = state
         .store
-        .list_available_page(page.after, i64::from(page.limit) + 1)
+        .list_available_page(page.after, page.title.as_deref(), i64::from(page.limit) + 1)
         .await?;
     let more = tickets.len() > usize::from(page.limit);
     tickets.truncate(usize::from(page.limit));
     let views: Vec<TicketView> = tickets.iter().map(Ticket::view).collect();
     let next = tickets.last().filter(|_| more).map(|last| {
-        format!(
-            "</api/tickets?limit={}&after={}>; rel=\"next\"",
-            page.limit,
-            last.id.to_hex()
-        )
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        query.append_pair("limit", &page.limit.to_string());
+        query.append_pair("after", &last.id.to_hex());
+        if let Some(title) = &page.title {
+            query.append_pair("q", title);
+        }
+        format!("</api/tickets?{}>; rel=\"next\"", query.finish())
     });
     Ok(match next {
         Some(link) => ([(header::LINK, link)], Json(views)).into_response(),
@@ -173,27 +175,31 @@ pub const MAX_PAGE: u16 = 100;
 pub const DEFAULT_PAGE: u16 = 20;
 pub const LIMIT_INVALID: &str = "Limit must be a whole number from 1 to 100.";
 pub const AFTER_INVALID: &str = "After must be the id of a ticket.";
+pub const SEARCH_TOO_LONG: &str = "A search must be at most 200 characters.";
 
 /// Which page of the listing a query asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
     pub limit: u16,
     pub after: Option<ObjectId>,
+    /// Only tickets whose title contains this, in any case.
+    pub title: Option<String>,
 }
 
 impl Page {
-    /// `None` when the query asks for no page (neither `limit` nor `after`): the whole listing.
-    /// Other parameters are ignored, as before paging existed.
+    /// `None` when the query asks for no page (no `limit`, `after` or non-blank `q`): the whole
+    /// listing. Other parameters are ignored, as before paging existed.
     pub fn from_query(query: &str) -> Result<Option<Self>, ApiError> {
-        let (mut limit, mut after) = (None, None);
+        let (mut limit, mut after, mut title) = (None, None, None);
         for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
             match key.as_ref() {
                 "limit" => limit = Some(value.trim().to_owned()),
                 "after" => after = Some(value.trim().to_owned()),
+                "q" => title = Some(value.trim().to_owned()).filter(|q| !q.is_empty()),
                 _ => {}
             }
         }
-        if limit.is_none() && after.is_none() {
+        if limit.is_none() && after.is_none() && title.is_none() {
             return Ok(None);
         }
         let mut errors = Vec::new();
@@ -213,8 +219,15 @@ impl Page {
                 None
             }
         };
+        if title.as_ref().is_some_and(|q| q.chars().count() > 200) {
+            errors.push(ErrorEntry::for_field("q", SEARCH_TOO_LONG));
+        }
         match (limit, after) {
-            (Some(limit), Some(after)) => Ok(Some(Self { limit, after })),
+            (Some(limit), Some(after)) if errors.is_empty() => Ok(Some(Self {
+                limit,
+                after,
+                title,
+            })),
             _ => Err(ApiError::Validation(errors)),
         }
     }

@@ -8,8 +8,8 @@ use tickets::listeners::order_created as created_listener;
 use common::testing::{not_authorized, not_found};
 
 use crate::helpers::{
-    errors, new_order_id, order_cancelled, order_created, sentinel_created, sentinel_updated,
-    spawn_app, user,
+    Reply, errors, new_order_id, order_cancelled, order_created, sentinel_created,
+    sentinel_updated, spawn_app, user,
 };
 
 const TITLE_REQUIRED: &str = "Title is required.";
@@ -515,4 +515,64 @@ async fn a_page_asked_for_badly_is_refused_naming_the_parameter() {
     // Unknown parameters are ignored, as before paging existed.
     let reply = app.get("/api/tickets?page=2&sort=desc").await;
     assert_eq!((reply.status, reply.header("link")), (StatusCode::OK, None));
+}
+
+#[tokio::test]
+async fn a_title_search_finds_free_tickets_in_any_case_and_matches_its_text_literally() {
+    let app = spawn_app().await;
+    let owner = user();
+    let mut ids = Vec::new();
+    for title in ["Rock night", "Jazz", "ROCK & roll (live)", "Rock.n.roll"] {
+        let ticket = app.create_ticket(&owner, title, 10.0).await;
+        ids.push(ticket["id"].as_str().expect("id").to_owned());
+    }
+    let titles = |reply: &Reply| -> Vec<String> {
+        reply
+            .body
+            .as_array()
+            .expect("an array body")
+            .iter()
+            .filter_map(|t| t["title"].as_str().map(str::to_owned))
+            .collect()
+    };
+
+    let rock = app.get("/api/tickets?q=rock").await;
+    assert_eq!(
+        titles(&rock),
+        ["Rock night", "ROCK & roll (live)", "Rock.n.roll"]
+    );
+    // Pattern characters are text: "." matches only a dot, "(live)" only those six characters.
+    assert_eq!(
+        titles(&app.get("/api/tickets?q=k.n").await),
+        ["Rock.n.roll"]
+    );
+    assert_eq!(
+        titles(&app.get("/api/tickets?q=%28live%29").await),
+        ["ROCK & roll (live)"]
+    );
+    assert_eq!(
+        titles(&app.get("/api/tickets?q=.*").await),
+        Vec::<String>::new()
+    );
+
+    // Paging keeps the search in its next link.
+    let first = app.get("/api/tickets?q=rock&limit=2").await;
+    assert_eq!(titles(&first), ["Rock night", "ROCK & roll (live)"]);
+    let link = first.header("link").expect("a next page");
+    assert!(link.contains("q=rock"), "{link}");
+    assert!(link.contains(&format!("after={}", ids[2])), "{link}");
+
+    let long = "x".repeat(201);
+    let reply = app.get(&format!("/api/tickets?q={long}")).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.body["errors"][0]["field"], "q");
+    // A blank search is no search: the SPEC's whole listing.
+    assert_eq!(
+        app.get("/api/tickets?q=%20")
+            .await
+            .body
+            .as_array()
+            .map(Vec::len),
+        Some(4)
+    );
 }

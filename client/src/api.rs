@@ -33,6 +33,10 @@ pub const PAYMENT_TIMEOUT: Duration = Duration::from_secs(20);
 const PING_TIMEOUT: Duration = Duration::from_millis(1500);
 /// The largest API response we read; every real one is far smaller.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// How many tickets the home page shows at a time.
+pub const TICKETS_PER_PAGE: u16 = 20;
+/// The longest title search the tickets API accepts.
+pub const MAX_SEARCH_CHARS: usize = 200;
 
 /// A handle on the APIs. Cheap to clone: one connection pool shared by every request.
 #[derive(Clone)]
@@ -121,6 +125,8 @@ impl IntoResponseParts for SetCookies {
 pub struct Reply<T> {
     pub body: T,
     pub cookies: SetCookies,
+    /// The answer is one page of a list and another follows (`Link: <…>; rel="next"`).
+    pub more: bool,
 }
 
 /// The messages of an API error envelope: all of them in order (for the alert) and grouped by the
@@ -268,6 +274,7 @@ impl Api {
         Ok(Reply {
             body: reply.body.current_user,
             cookies: reply.cookies,
+            more: false,
         })
     }
 
@@ -298,8 +305,27 @@ impl Api {
             .await
     }
 
-    pub async fn tickets(&self, fwd: &Forwarded) -> Result<Reply<Vec<Ticket>>, ApiError> {
-        self.send(Method::GET, "/api/tickets", fwd, None).await
+    /// One page of the free tickets ([`TICKETS_PER_PAGE`]), after `after` (a valid id, see
+    /// [`is_id`]) and with `search` in the title when given; `more` says whether another follows.
+    pub async fn tickets(
+        &self,
+        fwd: &Forwarded,
+        search: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<Reply<Vec<Ticket>>, ApiError> {
+        // Built in a block of its own: the serializer is not `Send` and must not live across the await.
+        let path = {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            query.append_pair("limit", &TICKETS_PER_PAGE.to_string());
+            if let Some(after) = after {
+                query.append_pair("after", after);
+            }
+            if let Some(search) = search {
+                query.append_pair("q", search);
+            }
+            format!("/api/tickets?{}", query.finish())
+        };
+        self.send(Method::GET, &path, fwd, None).await
     }
 
     /// `id` must already be a valid id (see [`is_id`]): it becomes part of the URL.
@@ -415,6 +441,7 @@ impl Api {
         })?;
         let status = response.status();
         let cookies = SetCookies::from_headers(response.headers());
+        let more = has_next_page(response.headers());
         let bytes = read_limited(response).await.map_err(|err| {
             tracing::warn!(%method, path, %status, error = %err, "API response unreadable");
             ApiError::Unavailable(format!("{method} {path}: {err}"))
@@ -432,7 +459,11 @@ impl Api {
         }
         if status.is_success() {
             return serde_json::from_slice(&bytes)
-                .map(|body| Reply { body, cookies })
+                .map(|body| Reply {
+                    body,
+                    cookies,
+                    more,
+                })
                 .map_err(|err| {
                     tracing::error!(%method, path, %status, error = %err, "API answered an unexpected body");
                     ApiError::BadGateway(format!("{method} {path}: {err}"))
@@ -459,6 +490,16 @@ impl Api {
             Err(ApiError::BadGateway(format!("{method} {path}: {status}")))
         }
     }
+}
+
+/// Whether a `Link` header names a next page.
+fn has_next_page(headers: &reqwest::header::HeaderMap) -> bool {
+    headers
+        .get_all(reqwest::header::LINK)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|link| link.split(';').skip(1).any(|p| p.trim() == "rel=\"next\""))
 }
 
 async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String> {

@@ -101,6 +101,12 @@ impl From<Ticket> for TicketRow {
 pub struct HomePage {
     pub viewer: Viewer,
     pub tickets: Vec<TicketRow>,
+    /// The title search shown in the search box (empty: none).
+    pub search: String,
+    /// The next page's address, while there is one.
+    pub next_href: Option<String>,
+    /// The first page's address, when this is a later page.
+    pub first_href: Option<String>,
 }
 
 /// Sign up and sign in share one form.

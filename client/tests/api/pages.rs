@@ -1,7 +1,7 @@
 use chrono::{Duration, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use wiremock::matchers::{method, path};
+use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, ResponseTemplate};
 
 use crate::helpers::{
@@ -45,6 +45,59 @@ async fn the_home_page_lists_the_tickets_for_sale_with_the_signed_out_header() {
         &format!(r#"<a href="/tickets/{TICKET_B}">View</a>"#),
     ]);
     page.assert_lacks(&["No tickets for sale"]);
+}
+
+#[tokio::test]
+async fn the_home_page_shows_a_page_of_the_search_with_links_to_the_next_and_first_pages() {
+    let app = spawn_app().await;
+    app.given_anonymous().await;
+    Mock::given(method("GET"))
+        .and(path("/api/tickets"))
+        .and(query_param("limit", "20"))
+        .and(query_param("q", "rock & roll"))
+        .and(query_param("after", TICKET_A))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!([ticket(TICKET_B, "Rock & roll night", 20.0)]))
+                .insert_header(
+                    "link",
+                    format!("</api/tickets?limit=20&after={TICKET_B}>; rel=\"next\""),
+                ),
+        )
+        .mount(&app.api)
+        .await;
+
+    let page = app
+        .get(&format!("/?q=+rock+%26+roll&after={TICKET_A}"), None)
+        .await;
+
+    assert_eq!(page.status, StatusCode::OK);
+    page.assert_contains(&[
+        r#"<label for="q">Search titles</label>"#,
+        // askama escapes `&` as `&#38;`.
+        r#"value="rock &#38; roll""#,
+        r#"<td class="ticket-title">Rock &#38; roll night</td>"#,
+        &format!(r#"href="/?q=rock+%26+roll&#38;after={TICKET_B}" id="next-page""#),
+        r#"href="/?q=rock+%26+roll" id="first-page""#,
+    ]);
+}
+
+#[tokio::test]
+async fn a_search_that_finds_nothing_says_so_and_offers_no_pages() {
+    let app = spawn_app().await;
+    app.given_anonymous().await;
+    Mock::given(method("GET"))
+        .and(path("/api/tickets"))
+        .and(query_param("q", "jazz"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .mount(&app.api)
+        .await;
+
+    let page = app.get("/?q=jazz&after=not-an-id", None).await;
+
+    assert_eq!(page.status, StatusCode::OK);
+    page.assert_contains(&["No tickets for sale match “jazz”."]);
+    page.assert_lacks(&["next-page", "first-page"]);
 }
 
 #[tokio::test]

@@ -1,11 +1,10 @@
 //! Users: `{_id, email, password_hash}` with a unique index on the normalised email, so two
 //! simultaneous signups for one address cannot both succeed.
 
-use common::store::{Bounded as _, is_duplicate_key};
+use common::store::{Bounded as _, IndexKind, ensure_index, is_duplicate_key};
 use mongodb::bson::doc;
 use mongodb::bson::oid::ObjectId;
-use mongodb::options::IndexOptions;
-use mongodb::{Collection, Database, IndexModel};
+use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,21 +37,13 @@ impl UserStore {
     }
 
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
-        self.users
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "email": 1 })
-                    .options(
-                        IndexOptions::builder()
-                            .unique(true)
-                            .name("email_unique".to_owned())
-                            .build(),
-                    )
-                    .build(),
-            )
-            .bounded()
-            .await?;
-        Ok(())
+        ensure_index(
+            &self.users,
+            "email_unique",
+            doc! { "email": 1 },
+            IndexKind::Unique,
+        )
+        .await
     }
 
     pub async fn insert(&self, user: &User) -> Result<(), InsertUserError> {

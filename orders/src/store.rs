@@ -15,12 +15,12 @@ use common::events::{
 };
 use common::money::Price;
 use common::store::{
-    Bounded as _, Committed, Decision, PendingEvent, StoreError, VersionedStore, is_duplicate_key,
+    Bounded as _, Committed, Decision, IndexKind, PendingEvent, StoreError, VersionedStore,
+    ensure_index, is_duplicate_key,
 };
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{Bson, doc};
-use mongodb::options::IndexOptions;
-use mongodb::{Collection, Database, IndexModel};
+use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
 pub const ORDERS_COLLECTION: &str = "orders";
@@ -198,42 +198,21 @@ impl OrderStore {
     /// `GET /api/orders`, and the outbox index. The replica needs none: it is looked up by `_id`.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         let records = self.orders.records();
-        records
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "reservation": 1 })
-                    .options(
-                        IndexOptions::builder()
-                            .unique(true)
-                            .name(RESERVATION_INDEX.to_owned())
-                            .build(),
-                    )
-                    .build(),
-            )
-            .bounded()
-            .await?;
-        records
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "userId": 1 })
-                    .options(IndexOptions::builder().name(USER_INDEX.to_owned()).build())
-                    .build(),
-            )
-            .bounded()
-            .await?;
-        records
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "status": 1, "expiresAt": 1 })
-                    .options(
-                        IndexOptions::builder()
-                            .name(EXPIRY_INDEX.to_owned())
-                            .build(),
-                    )
-                    .build(),
-            )
-            .bounded()
-            .await?;
+        for (name, keys, kind) in [
+            (
+                RESERVATION_INDEX,
+                doc! { "reservation": 1 },
+                IndexKind::Unique,
+            ),
+            (USER_INDEX, doc! { "userId": 1 }, IndexKind::Plain),
+            (
+                EXPIRY_INDEX,
+                doc! { "status": 1, "expiresAt": 1 },
+                IndexKind::Plain,
+            ),
+        ] {
+            ensure_index(records, name, keys, kind).await?;
+        }
         self.orders.ensure_indexes().await
     }
 

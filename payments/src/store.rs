@@ -24,12 +24,12 @@ use chrono::{DateTime, Utc};
 use common::bus::EventBus;
 use common::events::{OrderStatus, PaymentCreated, PaymentUpdated};
 use common::store::{
-    Bounded as _, Committed, Decision, PendingEvent, ReplicaUpdate, StoreError, VersionedStore,
+    Committed, Decision, IndexKind, PendingEvent, ReplicaUpdate, StoreError, VersionedStore,
+    ensure_index,
 };
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{self, Bson, doc};
-use mongodb::options::IndexOptions;
-use mongodb::{Collection, Database, IndexModel};
+use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
 /// The payments service's copy of an order.
@@ -295,19 +295,13 @@ impl PaymentStore {
     /// The outbox's index and the reconciler's (payments by status, oldest change first).
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         self.payments.ensure_indexes().await?;
-        self.records()
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "status": 1, "updatedAt": 1 })
-                    .options(
-                        IndexOptions::builder()
-                            .name(Self::STATUS_INDEX.to_owned())
-                            .build(),
-                    )
-                    .build(),
-            )
-            .bounded()
-            .await?;
+        ensure_index(
+            self.records(),
+            Self::STATUS_INDEX,
+            doc! { "status": 1, "updatedAt": 1 },
+            IndexKind::Plain,
+        )
+        .await?;
         Ok(())
     }
 

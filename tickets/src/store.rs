@@ -4,11 +4,13 @@
 
 use common::events::{Id, TicketCreated, TicketUpdated};
 use common::money::Price;
-use common::store::{Bounded as _, PendingEvent, StoreError, VersionedStore, is_duplicate_key};
+use common::store::{
+    Bounded as _, IndexKind, PendingEvent, StoreError, VersionedStore, ensure_index,
+    is_duplicate_key,
+};
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{self, Bson, Document, doc};
-use mongodb::options::IndexOptions;
-use mongodb::{Collection, Database, IndexModel};
+use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
 /// A ticket as stored. `orderId` is always written (null when free): FerretDB's indexes and
@@ -116,16 +118,13 @@ impl TicketStore {
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         self.tickets.ensure_indexes().await?;
         // The public list: free tickets, oldest first.
-        self.tickets
-            .records()
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "orderId": 1, "_id": 1 })
-                    .options(IndexOptions::builder().name("available".to_owned()).build())
-                    .build(),
-            )
-            .bounded()
-            .await?;
+        ensure_index(
+            self.tickets.records(),
+            "available",
+            doc! { "orderId": 1, "_id": 1 },
+            IndexKind::Plain,
+        )
+        .await?;
         Ok(())
     }
 

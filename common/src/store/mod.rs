@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::{FutureExt as _, TryStreamExt as _};
-use mongodb::bson::doc;
 use mongodb::bson::oid::ObjectId;
+use mongodb::bson::{Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::ClientOptions;
-use mongodb::{Client, Database};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, Database, IndexModel};
 use secrecy::ExposeSecret;
 
 use crate::settings::MongoSettings;
@@ -108,6 +108,33 @@ pub fn parse_object_id(id: &str) -> Option<ObjectId> {
     } else {
         None
     }
+}
+
+/// Whether an index lets two documents share its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexKind {
+    Plain,
+    /// A second document with the same key is refused at insert (CONSISTENCY.md: exclusivity).
+    Unique,
+}
+
+/// Creates the index `name` on `keys` of `collection` (nothing happens if it exists already),
+/// within the operation timeout like every other call.
+pub async fn ensure_index<T: Send + Sync>(
+    collection: &Collection<T>,
+    name: &str,
+    keys: Document,
+    kind: IndexKind,
+) -> mongodb::error::Result<()> {
+    let options = IndexOptions::builder()
+        .name(name.to_owned())
+        .unique((kind == IndexKind::Unique).then_some(true))
+        .build();
+    collection
+        .create_index(IndexModel::builder().keys(keys).options(options).build())
+        .bounded()
+        .await?;
+    Ok(())
 }
 
 /// Whether an insert failed because a unique key (`_id` or a unique index) is taken.

@@ -14,12 +14,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use mongodb::bson::{self, Bson, Document, doc};
-use mongodb::options::IndexOptions;
-use mongodb::{Collection, Database, IndexModel};
+use mongodb::{Collection, Database};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{Bounded as _, is_duplicate_key};
+use super::{Bounded as _, IndexKind, is_duplicate_key};
 use crate::bus::EventBus;
 use crate::events::Event;
 
@@ -207,15 +206,13 @@ impl<T: VersionedRecord> VersionedStore<T> {
 
     /// Index the relay's query of unpublished changes.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
-        self.changes
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "published": 1, "at": 1 })
-                    .options(IndexOptions::builder().name("pending".to_owned()).build())
-                    .build(),
-            )
-            .bounded()
-            .await?;
+        super::ensure_index(
+            &self.changes,
+            "pending",
+            doc! { "published": 1, "at": 1 },
+            IndexKind::Plain,
+        )
+        .await?;
         Ok(())
     }
 

@@ -278,23 +278,17 @@ def rust_tokens(source: str) -> list[Token]:
 
 def _skip_item(tokens: list[Token], i: int) -> int:
     """Index just past the item starting at i: up to its balanced {...} block or a top-level ';'."""
-    depth = 0
-    while i < len(tokens):
-        t = tokens[i]
-        if t.kind == "punct" and t.text in "{([":
-            depth += 1
-        elif t.kind == "punct" and t.text in "})]":
-            depth -= 1
-            if depth == 0 and t.text == "}":
-                return i + 1
-        elif t.kind == "punct" and t.text == ";" and depth == 0:
-            return i + 1
-        i += 1
-    return i
+    return _skip(tokens, i, item=True)
 
 
 def _skip_balanced(tokens: list[Token], i: int) -> int:
     """Index just past the bracket group opened at tokens[i]."""
+    return _skip(tokens, i, item=False)
+
+
+def _skip(tokens: list[Token], i: int, item: bool) -> int:
+    """Walks brackets from i; stops after the group that closes depth 0 (an item: only a '}'
+    closing it, or a ';' at depth 0)."""
     depth = 0
     while i < len(tokens):
         t = tokens[i]
@@ -302,8 +296,10 @@ def _skip_balanced(tokens: list[Token], i: int) -> int:
             depth += 1
         elif t.kind == "punct" and t.text in "})]":
             depth -= 1
-            if depth == 0:
+            if depth == 0 and (t.text == "}" or not item):
                 return i + 1
+        elif item and t.kind == "punct" and t.text == ";" and depth == 0:
+            return i + 1
         i += 1
     return i
 

@@ -226,9 +226,29 @@ start_daemon() {
   log "started $name (pid $pid, log ${logfile#"$ROOT"/})"
 }
 
+# signal_target PID: what to signal for a daemon. start_daemon makes it a session (and
+# process-group) leader: signal the group so that helper children go too; otherwise just the pid.
+signal_target() {
+  local pid="$1"
+  if [[ "$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ')" == "$pid" ]]; then
+    echo "-$pid"
+  else
+    echo "$pid"
+  fi
+}
+
+# wait_gone PID TENTHS: waits up to TENTHS tenths of a second for PID to exit.
+wait_gone() {
+  local pid="$1" tenths="$2" i
+  for ((i = 0; i < tenths; i++)); do
+    pid_alive "$pid" || return 0
+    sleep 0.1
+  done
+}
+
 # stop_daemon NAME [TIMEOUT_SECONDS]: SIGTERM its process group, wait, then SIGKILL.
 stop_daemon() {
-  local name="$1" timeout="${2:-15}" pid target i
+  local name="$1" timeout="${2:-15}" pid target
   local pidfile
   pidfile="$(pidfile_of "$name")"
   if ! pid="$(daemon_pid "$name")"; then
@@ -236,46 +256,28 @@ stop_daemon() {
     log "$name is not running"
     return 0
   fi
-  # start_daemon makes the daemon a session (and process-group) leader: signal the group
-  # so that helper children go too.  Otherwise signal just the pid.
-  target="$pid"
-  if [[ "$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ')" == "$pid" ]]; then
-    target="-$pid"
-  fi
+  target="$(signal_target "$pid")"
   log "stopping $name (pid $pid)"
   kill -TERM -- "$target" 2>/dev/null || true
-  for ((i = 0; i < timeout * 10; i++)); do
-    pid_alive "$pid" || break
-    sleep 0.1
-  done
+  wait_gone "$pid" $((timeout * 10))
   if pid_alive "$pid"; then
     warn "$name (pid $pid) ignored SIGTERM for ${timeout}s, sending SIGKILL"
     kill -KILL -- "$target" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-      pid_alive "$pid" || break
-      sleep 0.1
-    done
+    wait_gone "$pid" 50
   fi
   rm -f "$pidfile"
 }
 
 # kill_daemon NAME: SIGKILL it at once (crash simulation for fault-injection tests).
 kill_daemon() {
-  local name="$1" pid target i
+  local name="$1" pid
   if ! pid="$(daemon_pid "$name")"; then
     log "$name is not running"
     return 0
   fi
-  target="$pid"
-  if [[ "$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ')" == "$pid" ]]; then
-    target="-$pid"
-  fi
   log "killing $name (pid $pid) with SIGKILL"
-  kill -KILL -- "$target" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    pid_alive "$pid" || break
-    sleep 0.1
-  done
+  kill -KILL -- "$(signal_target "$pid")" 2>/dev/null || true
+  wait_gone "$pid" 50
   rm -f "$(pidfile_of "$name")"
 }
 

@@ -231,70 +231,60 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn validation_errors_keep_their_order_and_fields() {
-        let (status, body) = render(ApiError::Validation(vec![
-            ErrorEntry::for_field("email", "Email must be valid."),
-            ErrorEntry::for_field("password", "Password must be between 5 and 20 characters."),
-        ]))
-        .await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert_eq!(
-            body,
-            serde_json::json!({"errors": [
-                {"message": "Email must be valid.", "field": "email"},
-                {"message": "Password must be between 5 and 20 characters.", "field": "password"}
-            ]})
-        );
-    }
-
-    #[tokio::test]
-    async fn business_rule_errors_have_one_message_and_no_field() {
-        let (status, body) = render(ApiError::bad_request("Email in use")).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert_eq!(
-            body,
-            serde_json::json!({"errors": [{"message": "Email in use"}]})
-        );
-    }
-
-    #[tokio::test]
-    async fn not_authorized_and_not_found_use_the_spec_messages() {
-        assert_eq!(
-            render(ApiError::NotAuthorized).await,
+    async fn every_error_answers_in_the_spec_shape_with_its_status_and_never_leaks_a_cause() {
+        let one = |message: &str| serde_json::json!({"errors": [{"message": message}]});
+        let cases = [
             (
+                "validation errors keep their order and fields",
+                ApiError::Validation(vec![
+                    ErrorEntry::for_field("email", "Email must be valid."),
+                    ErrorEntry::for_field(
+                        "password",
+                        "Password must be between 5 and 20 characters.",
+                    ),
+                ]),
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"errors": [
+                    {"message": "Email must be valid.", "field": "email"},
+                    {"message": "Password must be between 5 and 20 characters.", "field": "password"}
+                ]}),
+            ),
+            (
+                "a business rule has one message and no field",
+                ApiError::bad_request("Email in use"),
+                StatusCode::BAD_REQUEST,
+                one("Email in use"),
+            ),
+            (
+                "not authorized, in the SPEC's words",
+                ApiError::NotAuthorized,
                 StatusCode::UNAUTHORIZED,
-                serde_json::json!({"errors": [{"message": "Not authorized"}]})
-            )
-        );
-        assert_eq!(
-            render(ApiError::NotFound).await,
+                one("Not authorized"),
+            ),
             (
+                "not found, in the SPEC's words",
+                ApiError::NotFound,
                 StatusCode::NOT_FOUND,
-                serde_json::json!({"errors": [{"message": "Not Found"}]})
-            )
-        );
-    }
-
-    #[tokio::test]
-    async fn internal_errors_never_leak_their_cause() {
-        let cause = anyhow::anyhow!("connection string mongodb://admin:secret@db");
-        let (status, body) = render(ApiError::Internal(cause)).await;
-        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(
-            body,
-            serde_json::json!({"errors": [{"message": "Something went wrong"}]})
-        );
-    }
-
-    #[tokio::test]
-    async fn an_unreachable_database_is_a_503_with_the_spec_message() {
-        let (status, body) =
-            render(ApiError::DatabaseUnavailable(anyhow::anyhow!("timeout"))).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(
-            body,
-            serde_json::json!({"errors": [{"message": "Error connecting to database"}]})
-        );
+                one("Not Found"),
+            ),
+            (
+                "an internal error never shows its cause",
+                ApiError::Internal(anyhow::anyhow!(
+                    "connection string mongodb://admin:secret@db"
+                )),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                one("Something went wrong"),
+            ),
+            (
+                "an unreachable database is a 503 in the SPEC's words",
+                ApiError::DatabaseUnavailable(anyhow::anyhow!("timeout")),
+                StatusCode::SERVICE_UNAVAILABLE,
+                one("Error connecting to database"),
+            ),
+        ];
+        for (case, error, status, body) in cases {
+            assert_eq!(render(error).await, (status, body), "{case}");
+        }
     }
 
     #[tokio::test]

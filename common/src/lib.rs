@@ -11,6 +11,8 @@ pub mod session;
 pub mod settings;
 pub mod store;
 pub mod telemetry;
+#[cfg(test)]
+mod test_support;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;

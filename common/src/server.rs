@@ -413,7 +413,6 @@ mod tests {
     use super::*;
     use axum::body::Body;
     use axum::routing::post;
-    use http_body_util::BodyExt;
     use tokio::sync::oneshot;
     use tower::ServiceExt;
 
@@ -431,15 +430,7 @@ mod tests {
             .uri(uri)
             .body(Body::empty())
             .unwrap_or_default();
-        let response = app.oneshot(request).await.unwrap_or_else(|e| match e {});
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        (status, String::from_utf8_lossy(&body).into_owned())
+        crate::test_support::respond(app, request).await
     }
 
     #[tokio::test]

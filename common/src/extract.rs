@@ -201,11 +201,9 @@ mod tests {
     use axum::Router;
     use axum::body::Body;
     use axum::routing::post;
-    use http_body_util::BodyExt;
     use secrecy::SecretString;
     use serde_json::json;
     use std::time::Duration;
-    use tower::ServiceExt;
     use tower_cookies::CookieManagerLayer;
 
     #[derive(Debug)]
@@ -521,20 +519,8 @@ mod tests {
                 post(|CurrentUser(user): CurrentUser| async move { format!("{user:?}") }),
             )
             .with_state(keys);
-        let response = app
-            .oneshot(post_me(&[&cookie()]))
-            .await
-            .unwrap_or_else(|e| match e {});
-        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        assert_eq!(
-            String::from_utf8_lossy(&body),
-            r#"{"errors":[{"message":"Something went wrong"}]}"#
-        );
+        let (status, body) = crate::test_support::respond(app, post_me(&[&cookie()])).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body, r#"{"errors":[{"message":"Something went wrong"}]}"#);
     }
 }

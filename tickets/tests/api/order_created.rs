@@ -2,16 +2,16 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::bus::Outcome;
-use common::events::OrderCreated;
 use common::events::TicketUpdated;
 use common::money::Price;
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::json;
-use tickets::listeners::{RETRY_DELAY, order_cancelled as cancelled, order_created as created};
+use tickets::listeners::RETRY_DELAY;
 
 use crate::helpers::{
-    infra, new_order_id, order_cancelled, order_created, sentinel_updated, spawn_app, user,
+    UNKNOWN_TICKET, infra, new_order_id, order_cancelled, order_created,
+    readable_with_a_malformed_ticket_id, sentinel_updated, spawn_app, user,
 };
 
 #[tokio::test]
@@ -21,9 +21,7 @@ async fn an_order_reserves_its_ticket_and_announces_the_order_id() {
     let ticket = infra.insert_ticket("owner-1").await;
     let (id, order_id) = (ticket.id.to_hex(), new_order_id());
 
-    let outcome = created::handle(&infra.store, &infra.bus, order_created(&id, order_id))
-        .await
-        .expect("handled");
+    let outcome = infra.reserve(&id, order_id).await;
     assert_eq!(outcome, Outcome::Ack);
 
     let stored = infra.ticket(&id).await;
@@ -53,9 +51,7 @@ async fn a_redelivered_order_created_is_acked_without_a_second_change() {
     let ticket = infra.insert_ticket("owner-1").await;
     let (id, order_id) = (ticket.id.to_hex(), new_order_id());
     for _ in 0..3 {
-        let outcome = created::handle(&infra.store, &infra.bus, order_created(&id, order_id))
-            .await
-            .expect("handled");
+        let outcome = infra.reserve(&id, order_id).await;
         assert_eq!(outcome, Outcome::Ack);
     }
     assert_eq!(infra.ticket(&id).await.version, 1);
@@ -68,24 +64,16 @@ async fn an_order_for_a_ticket_held_by_another_order_is_retried_without_changing
     let infra = infra().await;
     let ticket = infra.insert_ticket("owner-1").await;
     let (id, first, second) = (ticket.id.to_hex(), new_order_id(), new_order_id());
-    created::handle(&infra.store, &infra.bus, order_created(&id, first))
-        .await
-        .expect("handled");
+    infra.reserve(&id, first).await;
 
-    let outcome = created::handle(&infra.store, &infra.bus, order_created(&id, second))
-        .await
-        .expect("handled");
+    let outcome = infra.reserve(&id, second).await;
     assert_eq!(outcome, Outcome::Retry(RETRY_DELAY));
     let stored = infra.ticket(&id).await;
     assert_eq!((stored.order_id, stored.version), (Some(first), 1));
 
     // Once the first order's cancellation is in, the retried event reserves the ticket.
-    cancelled::handle(&infra.store, &infra.bus, order_cancelled(&id, first))
-        .await
-        .expect("handled");
-    let outcome = created::handle(&infra.store, &infra.bus, order_created(&id, second))
-        .await
-        .expect("handled");
+    infra.release(&id, first).await;
+    let outcome = infra.reserve(&id, second).await;
     assert_eq!(outcome, Outcome::Ack);
     let stored = infra.ticket(&id).await;
     assert_eq!((stored.order_id, stored.version), (Some(second), 3));
@@ -94,20 +82,11 @@ async fn an_order_for_a_ticket_held_by_another_order_is_retried_without_changing
 #[tokio::test]
 async fn an_order_for_an_unknown_ticket_is_retried_and_one_with_a_malformed_id_cannot_be_read() {
     let infra = infra().await;
-    let outcome = created::handle(
-        &infra.store,
-        &infra.bus,
-        order_created("64b7f0c2a1b2c3d4e5f60718", new_order_id()),
-    )
-    .await
-    .expect("handled");
+    let outcome = infra.reserve(UNKNOWN_TICKET, new_order_id()).await;
     assert_eq!(outcome, Outcome::Retry(RETRY_DELAY));
     // The bus moves a payload it cannot read to the dead-letter stream before any handler runs.
-    let mut malformed =
-        serde_json::to_value(order_created("64b7f0c2a1b2c3d4e5f60718", new_order_id()))
-            .expect("json");
-    malformed["ticket"]["id"] = "nope".into();
-    assert!(serde_json::from_value::<OrderCreated>(malformed).is_err());
+    let event = order_created(UNKNOWN_TICKET, new_order_id());
+    assert!(!readable_with_a_malformed_ticket_id(&event));
 }
 
 #[tokio::test]
@@ -167,15 +146,10 @@ async fn an_owners_edits_racing_a_reservation_all_survive_with_one_version_each(
         }));
         let reservation = async {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-            created::handle(
-                &app.infra.store,
-                &app.infra.bus,
-                order_created(&id, order_id),
-            )
-            .await
+            app.infra.reserve(&id, order_id).await
         };
         let (edits, reservation) = tokio::join!(edits, reservation);
-        assert_eq!(reservation.expect("handled"), Outcome::Ack);
+        assert_eq!(reservation, Outcome::Ack);
 
         // Every edit either won a version or lost to the reservation; none conflicted.
         let mut edit_versions = BTreeMap::new();

@@ -155,6 +155,12 @@ impl Infra {
             .expect("the ticket exists")
     }
 
+    /// The order holding the ticket (if any), and the ticket's version.
+    pub async fn hold(&self, id: &str) -> (Option<Id>, i64) {
+        let ticket = self.ticket(id).await;
+        (ticket.order_id, ticket.version)
+    }
+
     /// The raw stored document of a ticket.
     pub async fn raw_ticket(&self, id: &str) -> Document {
         let id = ObjectId::parse_str(id).expect("an ObjectId");
@@ -221,6 +227,11 @@ impl Infra {
             .await
             .expect("relay pass")
             .published
+    }
+
+    /// Publishes an event on the test's stream, as another service would.
+    pub async fn publish<E: Event>(&self, event: &E) {
+        self.bus.publish(event).await.expect("publishing");
     }
 
     /// Starts observing `E` with a queue group of its own, in stream order.

@@ -16,10 +16,8 @@ async fn cancelling_the_holding_order_frees_the_ticket_and_announces_it_without_
     let (id, order_id) = (ticket.id.to_hex(), new_order_id());
     infra.reserve(&id, order_id).await;
 
-    let outcome = infra.release(&id, order_id).await;
-    assert_eq!(outcome, Outcome::Ack);
-    let stored = infra.ticket(&id).await;
-    assert_eq!((stored.order_id, stored.version), (None, 2));
+    assert_eq!(infra.release(&id, order_id).await, Outcome::Ack);
+    assert_eq!(infra.hold(&id).await, (None, 2));
 
     let mut events = [updated.next().await, updated.next().await];
     events.sort_by_key(|e| e.version);
@@ -35,8 +33,7 @@ async fn cancelling_the_holding_order_frees_the_ticket_and_announces_it_without_
         }
     );
     // A redelivered cancellation changes nothing and publishes nothing.
-    let outcome = infra.release(&id, order_id).await;
-    assert_eq!(outcome, Outcome::Ack);
+    assert_eq!(infra.release(&id, order_id).await, Outcome::Ack);
     assert_eq!(infra.ticket(&id).await.version, 2);
     assert_eq!(updated.rest_before(sentinel_updated()).await, Vec::new());
 }
@@ -51,10 +48,8 @@ async fn a_stale_cancellation_of_another_order_does_not_release_the_ticket() {
     infra.reserve(&id, current).await;
 
     // The old order's cancellation again (e.g. a re-published expiration): it must not free `current`'s hold.
-    let outcome = infra.release(&id, old).await;
-    assert_eq!(outcome, Outcome::Ack);
-    let stored = infra.ticket(&id).await;
-    assert_eq!((stored.order_id, stored.version), (Some(current), 3));
+    assert_eq!(infra.release(&id, old).await, Outcome::Ack);
+    assert_eq!(infra.hold(&id).await, (Some(current), 3));
 }
 
 #[tokio::test]
@@ -64,14 +59,11 @@ async fn a_cancellation_arriving_before_its_order_keeps_the_late_order_from_rese
     let ticket = infra.insert_ticket("owner-1").await;
     let (id, order_id) = (ticket.id.to_hex(), new_order_id());
 
-    let outcome = infra.release(&id, order_id).await;
-    assert_eq!(outcome, Outcome::Ack);
+    assert_eq!(infra.release(&id, order_id).await, Outcome::Ack);
     for _ in 0..2 {
-        let outcome = infra.reserve(&id, order_id).await;
-        assert_eq!(outcome, Outcome::Ack);
+        assert_eq!(infra.reserve(&id, order_id).await, Outcome::Ack);
     }
-    let stored = infra.ticket(&id).await;
-    assert_eq!((stored.order_id, stored.version), (None, 0));
+    assert_eq!(infra.hold(&id).await, (None, 0));
     assert_eq!(updated.rest_before(sentinel_updated()).await, Vec::new());
 
     // Another order can still reserve it.
@@ -88,10 +80,8 @@ async fn an_order_redelivered_after_its_cancellation_does_not_reserve_again() {
     infra.reserve(&id, order_id).await;
     infra.release(&id, order_id).await;
 
-    let outcome = infra.reserve(&id, order_id).await;
-    assert_eq!(outcome, Outcome::Ack);
-    let stored = infra.ticket(&id).await;
-    assert_eq!((stored.order_id, stored.version), (None, 2));
+    assert_eq!(infra.reserve(&id, order_id).await, Outcome::Ack);
+    assert_eq!(infra.hold(&id).await, (None, 2));
 }
 
 #[tokio::test]

@@ -136,6 +136,15 @@ impl TestContext {
         .await
     }
 
+    /// Publishes `order:created` of a new order due at `due` and waits until the listener has
+    /// scheduled it: (order id, the time its job is scheduled at, in ms).
+    pub async fn order_scheduled(&self, bus: &EventBus, due: DateTime<Utc>) -> (String, i64) {
+        let order_id = new_order_id();
+        self.publish_order_created(bus, &order_id, due).await;
+        let scheduled_at = self.wait_until_scheduled(&order_id).await;
+        (order_id, scheduled_at)
+    }
+
     /// Publishes `order:created` as the orders service would.
     pub async fn publish_order_created(
         &self,
@@ -336,6 +345,11 @@ impl Observer {
             .await
             .ok()
             .flatten()
+    }
+
+    /// Whether anything (more) is published within `within`.
+    pub async fn publishes_within(&mut self, within: Duration) -> bool {
+        self.next_published(within).await.is_some()
     }
 
     /// Waits up to `within` for the next delivery from the stream.

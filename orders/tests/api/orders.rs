@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    User, assert_reply, errors, not_authorized, not_found, spawn_app, spawn_app_with,
+    TestApp, User, assert_reply, errors, not_authorized, not_found, spawn_app, spawn_app_with,
 };
 
 const TICKET_ID_REQUIRED: &str = "Ticket ID must be provided.";
@@ -217,6 +217,27 @@ async fn listing_returns_only_the_callers_orders_of_every_status_oldest_first() 
     assert_reply(reply, StatusCode::UNAUTHORIZED, not_authorized());
 }
 
+/// `method` on `/api/orders/{id}`: 401 without a session, 404 for an id that names no order (even
+/// to its would-be owner), 401 for another user than the owner.
+async fn assert_for_its_owner_only(app: &TestApp, method: Method, owner: &User, id: &str) {
+    let path = |id: &str| format!("/api/orders/{id}");
+    let reply = app.send(method.clone(), &path(id), None, None).await;
+    assert_reply(reply, StatusCode::UNAUTHORIZED, not_authorized());
+    for missing in ["not-an-id".to_owned(), new_user_id()] {
+        let reply = app
+            .send(method.clone(), &path(&missing), Some(owner), None)
+            .await;
+        assert_eq!(
+            (reply.status, reply.body),
+            (StatusCode::NOT_FOUND, not_found()),
+            "{method} {missing}"
+        );
+    }
+    let stranger = User::new();
+    let reply = app.send(method, &path(id), Some(&stranger), None).await;
+    assert_reply(reply, StatusCode::UNAUTHORIZED, not_authorized());
+}
+
 #[tokio::test]
 async fn showing_an_order_is_for_its_owner_only() {
     let app = spawn_app().await;
@@ -225,24 +246,13 @@ async fn showing_an_order_is_for_its_owner_only() {
     let created = app.order_ok(&owner, &ticket.id.to_hex()).await;
     let id = created["id"].as_str().expect("id");
 
-    let reply = app.get_order(None, id).await;
-    assert_reply(reply, StatusCode::UNAUTHORIZED, not_authorized());
+    assert_for_its_owner_only(&app, Method::GET, &owner, id).await;
     let reply = app.get_order(None, "not-an-id").await;
     assert_eq!(
         reply.status,
         StatusCode::UNAUTHORIZED,
         "auth is checked first"
     );
-    for missing in ["not-an-id".to_owned(), new_user_id()] {
-        let reply = app.get_order(Some(&owner), &missing).await;
-        assert_eq!(
-            (reply.status, reply.body),
-            (StatusCode::NOT_FOUND, not_found()),
-            "{missing}"
-        );
-    }
-    let reply = app.get_order(Some(&User::new()), id).await;
-    assert_reply(reply, StatusCode::UNAUTHORIZED, not_authorized());
 
     let reply = app.get_order(Some(&owner), id).await;
     assert_eq!((reply.status, &reply.body), (StatusCode::OK, &created));
@@ -255,18 +265,7 @@ async fn cancelling_an_order_releases_its_ticket_and_publishes_order_cancelled()
     let owner = User::new();
     let (id, ticket_id) = app.pending_order(&owner).await;
 
-    let reply = app.delete_order(None, &id).await;
-    assert_reply(reply, StatusCode::UNAUTHORIZED, not_authorized());
-    for missing in ["not-an-id".to_owned(), new_user_id()] {
-        let reply = app.delete_order(Some(&owner), &missing).await;
-        assert_eq!(
-            (reply.status, reply.body),
-            (StatusCode::NOT_FOUND, not_found()),
-            "{missing}"
-        );
-    }
-    let reply = app.delete_order(Some(&User::new()), &id).await;
-    assert_reply(reply, StatusCode::UNAUTHORIZED, not_authorized());
+    assert_for_its_owner_only(&app, Method::DELETE, &owner, &id).await;
     let untouched = app.stored_order(&id).await;
     assert_eq!(
         (untouched.status, untouched.version),

@@ -23,6 +23,12 @@ async fn apply(app: &TestApp, event: TicketUpdated) -> Outcome {
     handle(&app.store, event).await.expect("handled")
 }
 
+/// The replica as (title, price in cents, version), to check in one assertion.
+async fn replica_of(app: &TestApp, id: &str) -> (String, i64, i64) {
+    let replica = app.replica(id).await.expect("replica");
+    (replica.title, replica.price, replica.version)
+}
+
 #[tokio::test]
 async fn the_next_version_of_a_ticket_is_applied_to_the_replica() {
     let app = spawn_app().await;
@@ -31,11 +37,7 @@ async fn the_next_version_of_a_ticket_is_applied_to_the_replica() {
     // The tickets service's reservation marker is not the orders service's business.
     event.order_id = Some(Id::new());
     assert_eq!(apply(&app, event).await, Outcome::Ack);
-    let replica = app.replica(&id).await.expect("replica");
-    assert_eq!(
-        (replica.title.as_str(), replica.price, replica.version),
-        ("New", 1550, 1)
-    );
+    assert_eq!(replica_of(&app, &id).await, ("New".to_owned(), 1550, 1));
 }
 
 #[tokio::test]
@@ -52,11 +54,7 @@ async fn an_update_already_applied_or_older_is_acknowledged_without_change() {
     ] {
         assert_eq!(apply(&app, stale).await, Outcome::Ack);
     }
-    let replica = app.replica(&id).await.expect("replica");
-    assert_eq!(
-        (replica.title.as_str(), replica.price, replica.version),
-        ("One", 1100, 1)
-    );
+    assert_eq!(replica_of(&app, &id).await, ("One".to_owned(), 1100, 1));
 }
 
 #[tokio::test]

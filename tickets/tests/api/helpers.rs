@@ -2,7 +2,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::bus::{EventBus, Outcome};
-use common::events::{Event, Id, OrderCancelled, OrderCreated};
+use common::events::{Event, Id, OrderCancelled, OrderCreated, TicketUpdated};
 use common::money::Price;
 use common::store::PendingEvent;
 use common::testing::{
@@ -234,6 +234,11 @@ impl Infra {
         self.bus.publish(event).await.expect("publishing");
     }
 
+    /// The id of a fresh ticket of [`OWNER`] inserted by [`Self::insert_ticket`].
+    pub async fn new_ticket_id(&self) -> String {
+        self.insert_ticket(OWNER).await.id.to_hex()
+    }
+
     /// Starts observing `E` with a queue group of its own, in stream order.
     pub async fn observe<E: Event>(&self) -> Observer<E> {
         observe(&self.bus, self.observers.token()).await
@@ -285,4 +290,20 @@ pub fn readable_with_a_malformed_ticket_id<E: Serialize + DeserializeOwned>(even
     let mut malformed = serde_json::to_value(event).expect("json");
     malformed["ticket"]["id"] = "nope".into();
     serde_json::from_value::<E>(malformed).is_ok()
+}
+
+/// The owner of the tickets the listener tests insert.
+pub const OWNER: &str = "owner-1";
+
+/// `ticket:updated` of a ticket inserted for [`OWNER`] (a €20 "Concert"), at `version`, held by
+/// `order_id`.
+pub fn inserted_ticket_updated(id: &str, version: i64, order_id: Option<Id>) -> TicketUpdated {
+    TicketUpdated {
+        id: as_id(id),
+        version,
+        title: "Concert".into(),
+        price: Price::from_cents(2000),
+        user_id: OWNER.into(),
+        order_id,
+    }
 }

@@ -1,19 +1,17 @@
 use common::bus::Outcome;
 use common::events::TicketUpdated;
-use common::money::Price;
 use tickets::listeners::RETRY_DELAY;
 
 use crate::helpers::{
-    UNKNOWN_TICKET, infra, new_order_id, order_cancelled, readable_with_a_malformed_ticket_id,
-    sentinel_updated,
+    UNKNOWN_TICKET, infra, inserted_ticket_updated, new_order_id, order_cancelled,
+    readable_with_a_malformed_ticket_id, sentinel_updated,
 };
 
 #[tokio::test]
 async fn cancelling_the_holding_order_frees_the_ticket_and_announces_it_without_order_id() {
     let infra = infra().await;
     let mut updated = infra.observe::<TicketUpdated>().await;
-    let ticket = infra.insert_ticket("owner-1").await;
-    let (id, order_id) = (ticket.id.to_hex(), new_order_id());
+    let (id, order_id) = (infra.new_ticket_id().await, new_order_id());
     infra.reserve(&id, order_id).await;
 
     assert_eq!(infra.release(&id, order_id).await, Outcome::Ack);
@@ -21,17 +19,7 @@ async fn cancelling_the_holding_order_frees_the_ticket_and_announces_it_without_
 
     let mut events = [updated.next().await, updated.next().await];
     events.sort_by_key(|e| e.version);
-    assert_eq!(
-        events[1],
-        TicketUpdated {
-            id: id.parse().expect("an id"),
-            version: 2,
-            title: "Concert".into(),
-            price: Price::from_cents(2000),
-            user_id: "owner-1".into(),
-            order_id: None,
-        }
-    );
+    assert_eq!(events[1], inserted_ticket_updated(&id, 2, None));
     // A redelivered cancellation changes nothing and publishes nothing.
     assert_eq!(infra.release(&id, order_id).await, Outcome::Ack);
     assert_eq!(infra.ticket(&id).await.version, 2);
@@ -41,8 +29,7 @@ async fn cancelling_the_holding_order_frees_the_ticket_and_announces_it_without_
 #[tokio::test]
 async fn a_stale_cancellation_of_another_order_does_not_release_the_ticket() {
     let infra = infra().await;
-    let ticket = infra.insert_ticket("owner-1").await;
-    let (id, old, current) = (ticket.id.to_hex(), new_order_id(), new_order_id());
+    let (id, old, current) = (infra.new_ticket_id().await, new_order_id(), new_order_id());
     infra.reserve(&id, old).await;
     infra.release(&id, old).await;
     infra.reserve(&id, current).await;
@@ -56,8 +43,7 @@ async fn a_stale_cancellation_of_another_order_does_not_release_the_ticket() {
 async fn a_cancellation_arriving_before_its_order_keeps_the_late_order_from_reserving() {
     let infra = infra().await;
     let mut updated = infra.observe::<TicketUpdated>().await;
-    let ticket = infra.insert_ticket("owner-1").await;
-    let (id, order_id) = (ticket.id.to_hex(), new_order_id());
+    let (id, order_id) = (infra.new_ticket_id().await, new_order_id());
 
     assert_eq!(infra.release(&id, order_id).await, Outcome::Ack);
     for _ in 0..2 {
@@ -75,8 +61,7 @@ async fn a_cancellation_arriving_before_its_order_keeps_the_late_order_from_rese
 #[tokio::test]
 async fn an_order_redelivered_after_its_cancellation_does_not_reserve_again() {
     let infra = infra().await;
-    let ticket = infra.insert_ticket("owner-1").await;
-    let (id, order_id) = (ticket.id.to_hex(), new_order_id());
+    let (id, order_id) = (infra.new_ticket_id().await, new_order_id());
     infra.reserve(&id, order_id).await;
     infra.release(&id, order_id).await;
 
@@ -88,8 +73,7 @@ async fn an_order_redelivered_after_its_cancellation_does_not_reserve_again() {
 async fn a_cancellation_racing_its_own_order_never_leaves_the_ticket_held() {
     let infra = infra().await;
     for _ in 0..10 {
-        let ticket = infra.insert_ticket("owner-1").await;
-        let (id, order_id) = (ticket.id.to_hex(), new_order_id());
+        let (id, order_id) = (infra.new_ticket_id().await, new_order_id());
         let (reserve, release) =
             tokio::join!(infra.reserve(&id, order_id), infra.release(&id, order_id),);
         assert_eq!((reserve, release), (Outcome::Ack, Outcome::Ack));

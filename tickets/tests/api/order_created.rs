@@ -3,14 +3,13 @@ use std::time::Duration;
 
 use common::bus::Outcome;
 use common::events::TicketUpdated;
-use common::money::Price;
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::json;
 use tickets::listeners::RETRY_DELAY;
 
 use crate::helpers::{
-    UNKNOWN_TICKET, infra, new_order_id, order_cancelled, order_created,
+    UNKNOWN_TICKET, infra, inserted_ticket_updated, new_order_id, order_cancelled, order_created,
     readable_with_a_malformed_ticket_id, sentinel_updated, spawn_app, user,
 };
 
@@ -18,8 +17,7 @@ use crate::helpers::{
 async fn an_order_reserves_its_ticket_and_announces_the_order_id() {
     let infra = infra().await;
     let mut updated = infra.observe::<TicketUpdated>().await;
-    let ticket = infra.insert_ticket("owner-1").await;
-    let (id, order_id) = (ticket.id.to_hex(), new_order_id());
+    let (id, order_id) = (infra.new_ticket_id().await, new_order_id());
 
     assert_eq!(infra.reserve(&id, order_id).await, Outcome::Ack);
 
@@ -31,14 +29,7 @@ async fn an_order_reserves_its_ticket_and_announces_the_order_id() {
     );
     assert_eq!(
         updated.next().await,
-        TicketUpdated {
-            id: id.parse().expect("an id"),
-            version: 1,
-            title: "Concert".into(),
-            price: Price::from_cents(2000),
-            user_id: "owner-1".into(),
-            order_id: Some(order_id),
-        }
+        inserted_ticket_updated(&id, 1, Some(order_id))
     );
     assert_eq!(updated.rest_before(sentinel_updated()).await, Vec::new());
 }
@@ -47,8 +38,7 @@ async fn an_order_reserves_its_ticket_and_announces_the_order_id() {
 async fn a_redelivered_order_created_is_acked_without_a_second_change() {
     let infra = infra().await;
     let mut updated = infra.observe::<TicketUpdated>().await;
-    let ticket = infra.insert_ticket("owner-1").await;
-    let (id, order_id) = (ticket.id.to_hex(), new_order_id());
+    let (id, order_id) = (infra.new_ticket_id().await, new_order_id());
     for _ in 0..3 {
         assert_eq!(infra.reserve(&id, order_id).await, Outcome::Ack);
     }
@@ -60,8 +50,7 @@ async fn a_redelivered_order_created_is_acked_without_a_second_change() {
 #[tokio::test]
 async fn an_order_for_a_ticket_held_by_another_order_is_retried_without_changing_it() {
     let infra = infra().await;
-    let ticket = infra.insert_ticket("owner-1").await;
-    let (id, first, second) = (ticket.id.to_hex(), new_order_id(), new_order_id());
+    let (id, first, second) = (infra.new_ticket_id().await, new_order_id(), new_order_id());
     infra.reserve(&id, first).await;
 
     assert_eq!(

@@ -95,6 +95,14 @@ impl TestContext {
         }
     }
 
+    /// An observer (started first, so that it sees everything), one running instance and a bus
+    /// to publish on: what most scheduling tests start from.
+    pub async fn observed_app(&self) -> (Observer, TestApp, EventBus) {
+        let observer = self.observe().await;
+        let app = self.spawn_app().await;
+        (observer, app, self.bus().await)
+    }
+
     pub async fn bus(&self) -> EventBus {
         EventBus::connect(&self.settings().nats, "expiration-test")
             .await

@@ -10,9 +10,7 @@ use crate::helpers::{TestContext, millis_from_now, new_order_id, order_created};
 #[tokio::test]
 async fn an_order_created_event_fires_expiration_complete_once_at_its_expires_at() {
     let ctx = TestContext::new().await;
-    let mut observer = ctx.observe().await;
-    let _app = ctx.spawn_app().await;
-    let bus = ctx.bus().await;
+    let (mut observer, _app, bus) = ctx.observed_app().await;
 
     let due = millis_from_now(1500);
     let (order_id, scheduled_at) = ctx.order_scheduled(&bus, due).await;
@@ -58,9 +56,7 @@ async fn an_order_created_event_fires_expiration_complete_once_at_its_expires_at
 #[tokio::test]
 async fn an_order_whose_expires_at_has_passed_fires_at_once() {
     let ctx = TestContext::new().await;
-    let mut observer = ctx.observe().await;
-    let _app = ctx.spawn_app().await;
-    let bus = ctx.bus().await;
+    let (mut observer, _app, bus) = ctx.observed_app().await;
 
     let order_id = new_order_id();
     let published_at = chrono::Utc::now();

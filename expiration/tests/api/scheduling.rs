@@ -11,10 +11,8 @@ use crate::helpers::{TestContext, millis_from_now, new_order_id};
 #[tokio::test]
 async fn two_replicas_fire_each_of_twenty_jobs_exactly_once() {
     let ctx = TestContext::new().await;
-    let mut observer = ctx.observe().await;
-    let first = ctx.spawn_app().await;
+    let (mut observer, first, bus) = ctx.observed_app().await;
     let second = ctx.spawn_app().await;
-    let bus = ctx.bus().await;
 
     // Due 50 ms apart, so that both replicas' polls keep finding work.
     let orders: Vec<String> = (0..20).map(|_| new_order_id()).collect();
@@ -86,9 +84,7 @@ async fn concurrent_claims_hand_each_due_job_to_exactly_one_claimer() {
 #[tokio::test]
 async fn a_job_that_falls_due_while_no_instance_runs_fires_when_the_next_one_starts() {
     let ctx = TestContext::new().await;
-    let mut observer = ctx.observe().await;
-    let bus = ctx.bus().await;
-    let first = ctx.spawn_app().await;
+    let (mut observer, first, bus) = ctx.observed_app().await;
     let due = millis_from_now(1000);
     let (order_id, _) = ctx.order_scheduled(&bus, due).await;
 
@@ -173,9 +169,7 @@ async fn a_claimed_job_that_was_never_published_fires_after_its_lease() {
 #[tokio::test]
 async fn a_job_scheduled_before_a_redis_restart_fires_after_it() {
     let ctx = TestContext::exclusive().await;
-    let mut observer = ctx.observe().await;
-    let app = ctx.spawn_app().await;
-    let bus = ctx.bus().await;
+    let (mut observer, app, bus) = ctx.observed_app().await;
     let due = millis_from_now(5000);
     let (order_id, _) = ctx.order_scheduled(&bus, due).await;
 

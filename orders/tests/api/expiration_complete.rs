@@ -3,7 +3,9 @@ use common::events::{ExpirationComplete, OrderCancelled, OrderStatus};
 use common::testing::{as_id, new_user_id, order_cancelled};
 use orders::sweeper::sweep_once;
 
-use crate::helpers::{TestApp, User, eventually, payment, spawn_app, spawn_app_in, spawn_app_with};
+use crate::helpers::{
+    TestApp, User, assert_retried, eventually, payment, spawn_app, spawn_app_in, spawn_app_with,
+};
 
 #[tokio::test]
 async fn expiry_cancels_a_pending_order_and_announces_it_once() {
@@ -69,8 +71,7 @@ async fn expiry_of_a_cancelled_order_announces_nothing_more() {
 #[tokio::test]
 async fn expiry_of_an_order_not_stored_yet_is_retried() {
     let app = spawn_app().await;
-    let outcome = app.expire(&new_user_id()).await;
-    assert!(matches!(outcome, Outcome::Retry(_)), "{outcome:?}");
+    assert_retried(app.expire(&new_user_id()).await);
 }
 
 #[tokio::test]
@@ -204,7 +205,7 @@ async fn an_expiry_waits_for_a_payment_of_the_order_published_before_it_and_not_
             .expect("payment published");
     }
 
-    assert!(matches!(app.expire(&paid).await, Outcome::Retry(_)));
+    assert_retried(app.expire(&paid).await);
     assert_eq!(app.stored_order(&paid).await.status, OrderStatus::Created);
     // An expiry published before the payment does not wait for it; another order's payment holds
     // nothing up.

@@ -271,3 +271,9 @@ pub fn payment(order_id: &str) -> PaymentCreated {
 pub fn assert_reply(reply: Reply, status: StatusCode, body: Value) {
     assert_eq!((reply.status, reply.body), (status, body));
 }
+
+/// Checks that a listener asked for the event again later (what it waits for is not there yet).
+#[track_caller]
+pub fn assert_retried(outcome: Outcome) {
+    assert!(matches!(outcome, Outcome::Retry(_)), "{outcome:?}");
+}

@@ -93,7 +93,11 @@ async fn ordering_needs_a_signed_in_user_before_the_body_is_validated() {
     let ticket = app.ticket("Gig", 1000).await;
     for body in [json!({ "ticketId": ticket.id.to_hex() }), json!({})] {
         let reply = app.post_order(None, &body).await;
-        assert_reply(reply, StatusCode::UNAUTHORIZED, not_authorized());
+        assert_eq!(
+            (reply.status, reply.body),
+            (StatusCode::UNAUTHORIZED, not_authorized()),
+            "{body}"
+        );
     }
     let forged = User {
         id: new_user_id(),

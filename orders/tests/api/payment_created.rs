@@ -5,7 +5,7 @@ use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{User, assert_reply, errors, eventually, payment, spawn_app};
+use crate::helpers::{User, assert_reply, assert_retried, errors, eventually, payment, spawn_app};
 
 #[tokio::test]
 async fn a_payment_completes_the_order_with_a_new_version_and_no_event() {
@@ -57,8 +57,7 @@ async fn a_payment_for_a_cancelled_order_is_acknowledged_and_the_order_stays_can
 #[tokio::test]
 async fn a_payment_for_an_order_not_stored_yet_is_retried() {
     let app = spawn_app().await;
-    let outcome = app.pay(&new_user_id()).await;
-    assert!(matches!(outcome, Outcome::Retry(_)), "{outcome:?}");
+    assert_retried(app.pay(&new_user_id()).await);
 }
 
 #[tokio::test]

@@ -95,6 +95,14 @@ impl TestContext {
         }
     }
 
+    /// An observer (started first, so that it sees everything), one running instance and a bus
+    /// to publish on: what most scheduling tests start from.
+    pub async fn observed_app(&self) -> (Observer, TestApp, EventBus) {
+        let observer = self.observe().await;
+        let app = self.spawn_app().await;
+        (observer, app, self.bus().await)
+    }
+
     pub async fn bus(&self) -> EventBus {
         EventBus::connect(&self.settings().nats, "expiration-test")
             .await
@@ -134,6 +142,15 @@ impl TestContext {
                 .map(|(_, score)| score)
         })
         .await
+    }
+
+    /// Publishes `order:created` of a new order due at `due` and waits until the listener has
+    /// scheduled it: (order id, the time its job is scheduled at, in ms).
+    pub async fn order_scheduled(&self, bus: &EventBus, due: DateTime<Utc>) -> (String, i64) {
+        let order_id = new_order_id();
+        self.publish_order_created(bus, &order_id, due).await;
+        let scheduled_at = self.wait_until_scheduled(&order_id).await;
+        (order_id, scheduled_at)
     }
 
     /// Publishes `order:created` as the orders service would.
@@ -336,6 +353,11 @@ impl Observer {
             .await
             .ok()
             .flatten()
+    }
+
+    /// Whether anything (more) is published within `within`.
+    pub async fn publishes_within(&mut self, within: Duration) -> bool {
+        self.next_published(within).await.is_some()
     }
 
     /// Waits up to `within` for the next delivery from the stream.

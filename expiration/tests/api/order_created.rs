@@ -1,22 +1,21 @@
 use std::time::Duration;
 
 use common::bus::Outcome;
+use common::events::OrderCreated;
 use expiration::listeners::order_created;
+use expiration::scheduler::ExpirationScheduler;
 
 use crate::helpers::{TestContext, millis_from_now, new_order_id, order_created};
 
 #[tokio::test]
 async fn an_order_created_event_fires_expiration_complete_once_at_its_expires_at() {
     let ctx = TestContext::new().await;
-    let mut observer = ctx.observe().await;
-    let _app = ctx.spawn_app().await;
-    let bus = ctx.bus().await;
+    let (mut observer, _app, bus) = ctx.observed_app().await;
 
-    let order_id = new_order_id();
     let due = millis_from_now(1500);
-    ctx.publish_order_created(&bus, &order_id, due).await;
+    let (order_id, scheduled_at) = ctx.order_scheduled(&bus, due).await;
     assert_eq!(
-        ctx.wait_until_scheduled(&order_id).await,
+        scheduled_at,
         due.timestamp_millis(),
         "scheduled at expiresAt, not at now + a constant"
     );
@@ -47,10 +46,7 @@ async fn an_order_created_event_fires_expiration_complete_once_at_its_expires_at
 
     // Once: no second publish, nothing left in Redis.
     assert!(
-        observer
-            .next_published(Duration::from_millis(700))
-            .await
-            .is_none(),
+        !observer.publishes_within(Duration::from_millis(700)).await,
         "a second expiration:complete was published"
     );
     assert!(ctx.jobs_in("due").await.is_empty());
@@ -60,9 +56,7 @@ async fn an_order_created_event_fires_expiration_complete_once_at_its_expires_at
 #[tokio::test]
 async fn an_order_whose_expires_at_has_passed_fires_at_once() {
     let ctx = TestContext::new().await;
-    let mut observer = ctx.observe().await;
-    let _app = ctx.spawn_app().await;
-    let bus = ctx.bus().await;
+    let (mut observer, _app, bus) = ctx.observed_app().await;
 
     let order_id = new_order_id();
     let published_at = chrono::Utc::now();
@@ -79,43 +73,31 @@ async fn an_order_whose_expires_at_has_passed_fires_at_once() {
     assert!(after_ms < 1500, "took {after_ms} ms");
 }
 
-#[tokio::test]
-async fn the_handler_schedules_at_expires_at_and_acks() {
-    let ctx = TestContext::new().await;
-    let scheduler = ctx.scheduler(&ctx.scheduler).await;
-    let order_id = new_order_id();
-    let due = millis_from_now(60_000);
-
-    let outcome = order_created::handle(&scheduler, order_created(&order_id, due))
+/// Hands `event` straight to the listener.
+async fn handled(scheduler: &ExpirationScheduler, event: OrderCreated) -> Outcome {
+    order_created::handle(scheduler, event)
         .await
-        .expect("handled");
-
-    assert_eq!(outcome, Outcome::Ack);
-    assert_eq!(
-        ctx.jobs_in("due").await,
-        vec![(order_id, due.timestamp_millis())]
-    );
+        .expect("handled")
 }
 
 #[tokio::test]
-async fn a_redelivered_order_created_event_keeps_a_single_job() {
-    let ctx = TestContext::new().await;
-    let scheduler = ctx.scheduler(&ctx.scheduler).await;
-    let order_id = new_order_id();
-    let due = millis_from_now(60_000);
-    let event = order_created(&order_id, due);
+async fn the_handler_acks_and_keeps_one_job_at_expires_at_however_often_the_event_comes() {
+    // Each row: what the listener is handed, and how many times.
+    for (case, deliveries) in [("one delivery", 1), ("a delivery and two redeliveries", 3)] {
+        let ctx = TestContext::new().await;
+        let scheduler = ctx.scheduler(&ctx.scheduler).await;
+        let order_id = new_order_id();
+        let due = millis_from_now(60_000);
+        let event = order_created(&order_id, due);
 
-    for _ in 0..3 {
-        let outcome = order_created::handle(&scheduler, event.clone())
-            .await
-            .expect("handled");
-        assert_eq!(outcome, Outcome::Ack);
+        for _ in 0..deliveries {
+            let outcome = handled(&scheduler, event.clone()).await;
+            assert_eq!(outcome, Outcome::Ack, "{case}");
+        }
+
+        let jobs = ctx.jobs_in("due").await;
+        assert_eq!(jobs, vec![(order_id, due.timestamp_millis())], "{case}");
     }
-
-    assert_eq!(
-        ctx.jobs_in("due").await,
-        vec![(order_id, due.timestamp_millis())]
-    );
 }
 
 #[tokio::test]
@@ -124,15 +106,11 @@ async fn a_redelivery_while_the_job_is_being_fired_does_not_queue_it_again() {
     let scheduler = ctx.scheduler(&ctx.scheduler).await;
     let order_id = new_order_id();
     let event = order_created(&order_id, millis_from_now(-10));
-    order_created::handle(&scheduler, event.clone())
-        .await
-        .expect("handled");
+    handled(&scheduler, event.clone()).await;
     let claimed = scheduler.claim_due().await.expect("claim");
     assert_eq!(claimed.len(), 1);
 
-    let outcome = order_created::handle(&scheduler, event)
-        .await
-        .expect("handled");
+    let outcome = handled(&scheduler, event).await;
 
     assert_eq!(outcome, Outcome::Ack);
     assert!(ctx.jobs_in("due").await.is_empty(), "queued twice");

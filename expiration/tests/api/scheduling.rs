@@ -11,10 +11,8 @@ use crate::helpers::{TestContext, millis_from_now, new_order_id};
 #[tokio::test]
 async fn two_replicas_fire_each_of_twenty_jobs_exactly_once() {
     let ctx = TestContext::new().await;
-    let mut observer = ctx.observe().await;
-    let first = ctx.spawn_app().await;
+    let (mut observer, first, bus) = ctx.observed_app().await;
     let second = ctx.spawn_app().await;
-    let bus = ctx.bus().await;
 
     // Due 50 ms apart, so that both replicas' polls keep finding work.
     let orders: Vec<String> = (0..20).map(|_| new_order_id()).collect();
@@ -86,20 +84,16 @@ async fn concurrent_claims_hand_each_due_job_to_exactly_one_claimer() {
 #[tokio::test]
 async fn a_job_that_falls_due_while_no_instance_runs_fires_when_the_next_one_starts() {
     let ctx = TestContext::new().await;
-    let mut observer = ctx.observe().await;
-    let bus = ctx.bus().await;
-    let first = ctx.spawn_app().await;
-    let order_id = new_order_id();
+    let (mut observer, first, bus) = ctx.observed_app().await;
     let due = millis_from_now(1000);
-    ctx.publish_order_created(&bus, &order_id, due).await;
-    ctx.wait_until_scheduled(&order_id).await;
+    let (order_id, _) = ctx.order_scheduled(&bus, due).await;
 
     first.stop().await;
     // Let the expiry pass with nobody running.
     let wait = (due - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(300);
     tokio::time::sleep(wait).await;
     assert!(
-        observer.next_published(Duration::ZERO).await.is_none(),
+        !observer.publishes_within(Duration::ZERO).await,
         "fired although no instance was running"
     );
 
@@ -116,10 +110,7 @@ async fn a_job_that_falls_due_while_no_instance_runs_fires_when_the_next_one_sta
         fired.late_ms(restarted_at)
     );
     assert!(
-        observer
-            .next_published(Duration::from_millis(500))
-            .await
-            .is_none(),
+        !observer.publishes_within(Duration::from_millis(500)).await,
         "fired twice"
     );
 }
@@ -169,10 +160,7 @@ async fn a_claimed_job_that_was_never_published_fires_after_its_lease() {
     );
     assert!(fired.late_ms(lease_end) < 1500);
     assert!(
-        observer
-            .next_published(Duration::from_millis(500))
-            .await
-            .is_none(),
+        !observer.publishes_within(Duration::from_millis(500)).await,
         "fired twice"
     );
     assert!(ctx.jobs_in("inflight").await.is_empty());
@@ -181,13 +169,9 @@ async fn a_claimed_job_that_was_never_published_fires_after_its_lease() {
 #[tokio::test]
 async fn a_job_scheduled_before_a_redis_restart_fires_after_it() {
     let ctx = TestContext::exclusive().await;
-    let mut observer = ctx.observe().await;
-    let app = ctx.spawn_app().await;
-    let bus = ctx.bus().await;
-    let order_id = new_order_id();
+    let (mut observer, app, bus) = ctx.observed_app().await;
     let due = millis_from_now(5000);
-    ctx.publish_order_created(&bus, &order_id, due).await;
-    ctx.wait_until_scheduled(&order_id).await;
+    let (order_id, _) = ctx.order_scheduled(&bus, due).await;
 
     let restart = Instant::now();
     let down = ctx.stop_redis().await;

@@ -1,91 +1,33 @@
-use common::bus::{Delivery, Outcome};
-use common::events::{ExpirationComplete, OrderCancelled, OrderStatus, PaymentCreated, TicketRef};
-use common::testing::{as_id, new_user_id};
-use orders::listeners::expiration_complete::handle;
+use common::bus::Outcome;
+use common::events::{ExpirationComplete, OrderCancelled, OrderStatus};
+use common::testing::{as_id, new_user_id, order_cancelled};
 use orders::sweeper::sweep_once;
-use reqwest::StatusCode;
 
 use crate::helpers::{
-    Observer, TestApp, User, eventually, spawn_app, spawn_app_in, spawn_app_with,
+    TestApp, User, assert_retried, eventually, payment, spawn_app, spawn_app_in, spawn_app_with,
 };
-
-/// Handles an expiry as if it had been published after everything so far.
-async fn expire(app: &TestApp, order_id: &str) -> Outcome {
-    expire_published_at(app, order_id, u64::MAX).await
-}
-
-async fn expire_published_at(app: &TestApp, order_id: &str, sequence: u64) -> Outcome {
-    handle(
-        &app.store,
-        &app.bus,
-        ExpirationComplete {
-            order_id: as_id(order_id),
-        },
-        Delivery {
-            attempt: 1,
-            sequence,
-        },
-    )
-    .await
-    .expect("expiry handled")
-}
-
-/// A fresh order of a fresh ticket: (order id, ticket id).
-async fn pending_order(app: &TestApp, user: &User) -> (String, String) {
-    let ticket_id = app.ticket("Gig", 1000).await.id.to_hex();
-    let order = app.order_ok(user, &ticket_id).await;
-    (order["id"].as_str().expect("id").to_owned(), ticket_id)
-}
-
-/// The versions of `order_id` announced in `order:cancelled` before a marker cancellation of
-/// another order (published after everything the test did).
-async fn cancellations_of(
-    app: &TestApp,
-    cancelled: &mut Observer<OrderCancelled>,
-    order_id: &str,
-) -> Vec<i64> {
-    let user = User::new();
-    let (marker, _) = pending_order(app, &user).await;
-    assert_eq!(
-        app.delete_order(Some(&user), &marker).await.status,
-        StatusCode::NO_CONTENT
-    );
-    cancelled
-        .until(|e| e.id == marker)
-        .await
-        .iter()
-        .filter(|e| e.id == order_id)
-        .map(|e| e.version)
-        .collect()
-}
 
 #[tokio::test]
 async fn expiry_cancels_a_pending_order_and_announces_it_once() {
     let app = spawn_app().await;
     let mut cancelled = app.observe::<OrderCancelled>().await;
     let user = User::new();
-    let (id, ticket_id) = pending_order(&app, &user).await;
+    let (id, ticket_id) = app.pending_order(&user).await;
 
-    assert_eq!(expire(&app, &id).await, Outcome::Ack);
+    assert_eq!(app.expire(&id).await, Outcome::Ack);
     let stored = app.stored_order(&id).await;
     assert_eq!((stored.status, stored.version), (OrderStatus::Cancelled, 1));
     assert_eq!(stored.reservation, format!("released:{id}"));
     assert_eq!(
         cancelled.next().await,
-        OrderCancelled {
-            id: as_id(&id),
-            version: 1,
-            ticket: TicketRef {
-                id: as_id(&ticket_id)
-            },
-        }
+        order_cancelled(as_id(&id), as_id(&ticket_id), 1)
     );
 
     // A redelivered expiry finds nothing left to do.
-    assert_eq!(expire(&app, &id).await, Outcome::Ack);
+    assert_eq!(app.expire(&id).await, Outcome::Ack);
     assert_eq!(app.stored_order(&id).await.version, 1);
     assert_eq!(
-        cancellations_of(&app, &mut cancelled, &id).await,
+        app.cancellations_of(&mut cancelled, &id).await,
         Vec::<i64>::new()
     );
 
@@ -97,27 +39,16 @@ async fn expiry_of_a_paid_order_is_ignored() {
     let app = spawn_app().await;
     let mut cancelled = app.observe::<OrderCancelled>().await;
     let user = User::new();
-    let (id, ticket_id) = pending_order(&app, &user).await;
-    let paid = orders::listeners::payment_created::handle(
-        &app.store,
-        &app.bus,
-        PaymentCreated {
-            id: new_user_id(),
-            order_id: as_id(&id),
-            stripe_id: "ch_1".into(),
-        },
-    )
-    .await
-    .expect("payment handled");
-    assert_eq!(paid, Outcome::Ack);
+    let (id, ticket_id) = app.pending_order(&user).await;
+    assert_eq!(app.pay(&id).await, Outcome::Ack);
 
-    assert_eq!(expire(&app, &id).await, Outcome::Ack);
+    assert_eq!(app.expire(&id).await, Outcome::Ack);
     let stored = app.stored_order(&id).await;
     assert_eq!((stored.status, stored.version), (OrderStatus::Complete, 1));
     assert_eq!(stored.reservation, ticket_id);
     assert!(app.change(&id, 2).await.is_none());
     assert_eq!(
-        cancellations_of(&app, &mut cancelled, &id).await,
+        app.cancellations_of(&mut cancelled, &id).await,
         Vec::<i64>::new()
     );
 }
@@ -127,24 +58,20 @@ async fn expiry_of_a_cancelled_order_announces_nothing_more() {
     let app = spawn_app().await;
     let mut cancelled = app.observe::<OrderCancelled>().await;
     let user = User::new();
-    let (id, _) = pending_order(&app, &user).await;
-    assert_eq!(
-        app.delete_order(Some(&user), &id).await.status,
-        StatusCode::NO_CONTENT
-    );
+    let (id, _) = app.pending_order(&user).await;
+    app.cancel_ok(&user, &id).await;
 
-    assert_eq!(expire(&app, &id).await, Outcome::Ack);
+    assert_eq!(app.expire(&id).await, Outcome::Ack);
     assert_eq!(app.stored_order(&id).await.version, 1);
     assert!(app.change(&id, 2).await.is_none());
     // Only the owner's cancellation, version 1.
-    assert_eq!(cancellations_of(&app, &mut cancelled, &id).await, vec![1]);
+    assert_eq!(app.cancellations_of(&mut cancelled, &id).await, vec![1]);
 }
 
 #[tokio::test]
 async fn expiry_of_an_order_not_stored_yet_is_retried() {
     let app = spawn_app().await;
-    let outcome = expire(&app, &new_user_id()).await;
-    assert!(matches!(outcome, Outcome::Retry(_)), "{outcome:?}");
+    assert_retried(app.expire(&new_user_id()).await);
 }
 
 #[tokio::test]
@@ -152,7 +79,7 @@ async fn an_expiry_published_on_the_bus_cancels_the_order_and_frees_the_ticket()
     let app = spawn_app_with_short_window().await;
     let mut cancelled = app.observe::<OrderCancelled>().await;
     let user = User::new();
-    let (id, ticket_id) = pending_order(&app, &user).await;
+    let (id, ticket_id) = app.pending_order(&user).await;
     app.publish(&ExpirationComplete {
         order_id: as_id(&id),
     })
@@ -183,7 +110,7 @@ async fn an_order_whose_expiration_never_arrives_is_cancelled_by_the_sweeper() {
     .await;
     let mut cancelled = app.observe::<OrderCancelled>().await;
     let user = User::new();
-    let (id, ticket_id) = pending_order(&app, &user).await;
+    let (id, ticket_id) = app.pending_order(&user).await;
 
     let event = cancelled.next().await;
 
@@ -197,26 +124,11 @@ async fn an_order_whose_expiration_never_arrives_is_cancelled_by_the_sweeper() {
 async fn the_sweeper_cancels_only_overdue_orders_still_waiting_for_payment_and_each_once() {
     let app = spawn_app_with(&[("EXPIRATION_WINDOW_SECONDS", "1")]).await;
     let user = User::new();
-    let (overdue, _) = pending_order(&app, &user).await;
-    let (paid, _) = pending_order(&app, &user).await;
-    let (cancelled_before, _) = pending_order(&app, &user).await;
-    orders::listeners::payment_created::handle(
-        &app.store,
-        &app.bus,
-        PaymentCreated {
-            id: new_user_id(),
-            order_id: as_id(&paid),
-            stripe_id: "ch_1".into(),
-        },
-    )
-    .await
-    .expect("paid");
-    assert_eq!(
-        app.delete_order(Some(&user), &cancelled_before)
-            .await
-            .status,
-        StatusCode::NO_CONTENT
-    );
+    let (overdue, _) = app.pending_order(&user).await;
+    let (paid, _) = app.pending_order(&user).await;
+    let (cancelled_before, _) = app.pending_order(&user).await;
+    app.pay(&paid).await;
+    app.cancel_ok(&user, &cancelled_before).await;
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
 
     // Two replicas sweeping at once.
@@ -243,7 +155,7 @@ async fn the_sweeper_cancels_only_overdue_orders_still_waiting_for_payment_and_e
 #[tokio::test]
 async fn the_sweeper_leaves_an_order_within_its_grace_to_the_expiration_service() {
     let app = spawn_app_with(&[("EXPIRATION_WINDOW_SECONDS", "1")]).await;
-    let (id, _) = pending_order(&app, &User::new()).await;
+    let (id, _) = app.pending_order(&User::new()).await;
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
 
     let swept = sweep_once(&app.store, &app.bus, std::time::Duration::from_secs(30))
@@ -259,7 +171,7 @@ async fn after_an_outage_a_payment_held_back_behind_its_expiration_still_complet
     // The app has just started, which counts as an outage: expiry waits 3 s for held-back events.
     let app = spawn_app_with(&[("EXPIRY_SWEEP_GRACE_SECONDS", "3")]).await;
     let user = User::new();
-    let (id, _) = pending_order(&app, &user).await;
+    let (id, _) = app.pending_order(&user).await;
 
     // The expiration reaches orders first; the payment made in time arrives a second later.
     app.publish(&ExpirationComplete {
@@ -267,12 +179,7 @@ async fn after_an_outage_a_payment_held_back_behind_its_expiration_still_complet
     })
     .await;
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    app.publish(&PaymentCreated {
-        id: new_user_id(),
-        order_id: as_id(&id),
-        stripe_id: "ch_held_back".into(),
-    })
-    .await;
+    app.publish(&payment(&id)).await;
 
     let order = eventually("the order is settled", || async {
         let order = app.stored_order(&id).await;
@@ -286,35 +193,31 @@ async fn after_an_outage_a_payment_held_back_behind_its_expiration_still_complet
 async fn an_expiry_waits_for_a_payment_of_the_order_published_before_it_and_not_applied_yet() {
     let app = spawn_app().await;
     let user = User::new();
-    let (paid, _) = pending_order(&app, &user).await;
-    let (paid_too_late, _) = pending_order(&app, &user).await;
-    let (unpaid, _) = pending_order(&app, &user).await;
+    let (paid, _) = app.pending_order(&user).await;
+    let (paid_too_late, _) = app.pending_order(&user).await;
+    let (unpaid, _) = app.pending_order(&user).await;
     // With the listeners stopped, the payments wait in the stream, as behind a stalled database.
     app.stop();
     for order_id in [&paid, &paid_too_late] {
         app.bus
-            .publish(&PaymentCreated {
-                id: new_user_id(),
-                order_id: as_id(order_id),
-                stripe_id: "ch_test".into(),
-            })
+            .publish(&payment(order_id))
             .await
             .expect("payment published");
     }
 
-    assert!(matches!(expire(&app, &paid).await, Outcome::Retry(_)));
+    assert_retried(app.expire(&paid).await);
     assert_eq!(app.stored_order(&paid).await.status, OrderStatus::Created);
     // An expiry published before the payment does not wait for it; another order's payment holds
     // nothing up.
     assert_eq!(
-        expire_published_at(&app, &paid_too_late, 1).await,
+        app.expire_published_at(&paid_too_late, 1).await,
         Outcome::Ack
     );
     assert_eq!(
         app.stored_order(&paid_too_late).await.status,
         OrderStatus::Cancelled
     );
-    assert_eq!(expire(&app, &unpaid).await, Outcome::Ack);
+    assert_eq!(app.expire(&unpaid).await, Outcome::Ack);
     assert_eq!(
         app.stored_order(&unpaid).await.status,
         OrderStatus::Cancelled
@@ -326,7 +229,7 @@ async fn an_expiry_waits_for_a_payment_of_the_order_published_before_it_and_not_
         (restarted.stored_order(&paid).await.status == OrderStatus::Complete).then_some(())
     })
     .await;
-    assert_eq!(expire(&restarted, &paid).await, Outcome::Ack);
+    assert_eq!(restarted.expire(&paid).await, Outcome::Ack);
     assert_eq!(
         restarted.stored_order(&paid).await.status,
         OrderStatus::Complete

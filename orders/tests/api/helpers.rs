@@ -1,10 +1,12 @@
 use std::net::SocketAddr;
 
-use common::bus::{EventBus, Outcome};
-use common::events::{Event, Id, TicketCreated};
+use common::bus::{Delivery, EventBus, Outcome};
+use common::events::{
+    Event, ExpirationComplete, Id, OrderCancelled, PaymentCreated, TicketCreated,
+};
 use common::money::Price;
 use common::settings::Env;
-use common::testing::{Running, new_user_id, observe, require_infra, send, test_env};
+use common::testing::{Running, as_id, id_of, new_user_id, observe, require_infra, send, test_env};
 use mongodb::Database;
 use mongodb::bson::{Bson, Document, doc};
 use orders::settings::Settings;
@@ -115,23 +117,71 @@ impl TestApp {
     }
 
     pub async fn get_order(&self, user: Option<&User>, id: &str) -> Reply {
-        self.send(
-            reqwest::Method::GET,
-            &format!("/api/orders/{id}"),
-            user,
-            None,
-        )
-        .await
+        let path = format!("/api/orders/{id}");
+        self.send(reqwest::Method::GET, &path, user, None).await
     }
 
     pub async fn delete_order(&self, user: Option<&User>, id: &str) -> Reply {
-        self.send(
-            reqwest::Method::DELETE,
-            &format!("/api/orders/{id}"),
-            user,
-            None,
-        )
-        .await
+        let path = format!("/api/orders/{id}");
+        self.send(reqwest::Method::DELETE, &path, user, None).await
+    }
+
+    /// Cancels `id` as its owner and insists on the 204.
+    pub async fn cancel_ok(&self, owner: &User, id: &str) {
+        let reply = self.delete_order(Some(owner), id).await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
+    }
+
+    /// A fresh order of a fresh ticket: (order id, ticket id).
+    pub async fn pending_order(&self, user: &User) -> (String, String) {
+        let ticket_id = self.ticket("Gig", 1000).await.id.to_hex();
+        (id_of(&self.order_ok(user, &ticket_id).await), ticket_id)
+    }
+
+    /// The versions of `order_id` announced in `order:cancelled` before a marker cancellation of
+    /// another order (published after everything the test did).
+    pub async fn cancellations_of(
+        &self,
+        cancelled: &mut Observer<OrderCancelled>,
+        order_id: &str,
+    ) -> Vec<i64> {
+        let user = User::new();
+        let (marker, _) = self.pending_order(&user).await;
+        self.cancel_ok(&user, &marker).await;
+        cancelled
+            .until(|e| e.id == marker)
+            .await
+            .iter()
+            .filter(|e| e.id == order_id)
+            .map(|e| e.version)
+            .collect()
+    }
+
+    /// Hands `payment:created` of `order_id` straight to its listener.
+    pub async fn pay(&self, order_id: &str) -> Outcome {
+        orders::listeners::payment_created::handle(&self.store, &self.bus, payment(order_id))
+            .await
+            .expect("payment handled")
+    }
+
+    /// Hands `expiration:complete` of `order_id` straight to its listener, as if published after
+    /// everything so far.
+    pub async fn expire(&self, order_id: &str) -> Outcome {
+        self.expire_published_at(order_id, u64::MAX).await
+    }
+
+    /// [`Self::expire`] as if published at stream `sequence`.
+    pub async fn expire_published_at(&self, order_id: &str, sequence: u64) -> Outcome {
+        let expiry = ExpirationComplete {
+            order_id: as_id(order_id),
+        };
+        let delivery = Delivery {
+            attempt: 1,
+            sequence,
+        };
+        orders::listeners::expiration_complete::handle(&self.store, &self.bus, expiry, delivery)
+            .await
+            .expect("expiry handled")
     }
 
     /// A ticket in the replica, as `ticket:created` would have put it there.
@@ -205,4 +255,25 @@ impl TestApp {
     pub async fn publish<E: Event>(&self, event: &E) {
         self.bus.publish(event).await.expect("publish");
     }
+}
+
+/// `payment:created` of `order_id`, as the payments service publishes it.
+pub fn payment(order_id: &str) -> PaymentCreated {
+    PaymentCreated {
+        id: new_user_id(),
+        order_id: as_id(order_id),
+        stripe_id: "ch_test".into(),
+    }
+}
+
+/// Checks status and body together, so a failure shows both.
+#[track_caller]
+pub fn assert_reply(reply: Reply, status: StatusCode, body: Value) {
+    assert_eq!((reply.status, reply.body), (status, body));
+}
+
+/// Checks that a listener asked for the event again later (what it waits for is not there yet).
+#[track_caller]
+pub fn assert_retried(outcome: Outcome) {
+    assert!(matches!(outcome, Outcome::Retry(_)), "{outcome:?}");
 }

@@ -1,14 +1,14 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use common::bus::Outcome;
-use common::events::{
-    OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStatus, PaymentCreated, TicketRef,
-};
+use common::events::{OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStatus};
 use common::money::Price;
-use common::testing::{as_id, new_user_id};
+use common::testing::{as_id, new_user_id, order_cancelled};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, User, errors, not_authorized, not_found, spawn_app, spawn_app_with};
+use crate::helpers::{
+    TestApp, User, assert_reply, errors, not_authorized, not_found, spawn_app, spawn_app_with,
+};
 
 const TICKET_ID_REQUIRED: &str = "Ticket ID must be provided.";
 
@@ -20,21 +20,6 @@ fn expires_at(body: &Value) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text)
         .expect("ISO-8601")
         .with_timezone(&Utc)
-}
-
-async fn pay(app: &TestApp, order_id: &str) {
-    let outcome = orders::listeners::payment_created::handle(
-        &app.store,
-        &app.bus,
-        PaymentCreated {
-            id: new_user_id(),
-            order_id: as_id(order_id),
-            stripe_id: "ch_test".into(),
-        },
-    )
-    .await
-    .expect("payment handled");
-    assert_eq!(outcome, Outcome::Ack);
 }
 
 #[tokio::test]
@@ -110,7 +95,8 @@ async fn ordering_needs_a_signed_in_user_before_the_body_is_validated() {
         let reply = app.post_order(None, &body).await;
         assert_eq!(
             (reply.status, reply.body),
-            (StatusCode::UNAUTHORIZED, not_authorized())
+            (StatusCode::UNAUTHORIZED, not_authorized()),
+            "{body}"
         );
     }
     let forged = User {
@@ -175,10 +161,7 @@ async fn a_malformed_ticket_id_only_reports_that_a_ticket_id_must_be_provided() 
 async fn ordering_a_ticket_the_replica_does_not_know_is_404() {
     let app = spawn_app().await;
     let reply = app.order(&User::new(), &new_user_id()).await;
-    assert_eq!(
-        (reply.status, reply.body),
-        (StatusCode::NOT_FOUND, not_found())
-    );
+    assert_reply(reply, StatusCode::NOT_FOUND, not_found());
     assert_eq!(app.count("orders", Default::default()).await, 0);
 }
 
@@ -200,7 +183,7 @@ async fn listing_returns_only_the_callers_orders_of_every_status_oldest_first() 
         app.delete_order(Some(&alice), o1).await.status,
         StatusCode::NO_CONTENT
     );
-    pay(&app, o4).await;
+    assert_eq!(app.pay(o4).await, Outcome::Ack);
 
     let reply = app.list_orders(Some(&alice)).await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -235,10 +218,28 @@ async fn listing_returns_only_the_callers_orders_of_every_status_oldest_first() 
     let reply = app.list_orders(Some(&User::new())).await;
     assert_eq!((reply.status, reply.body), (StatusCode::OK, json!([])));
     let reply = app.list_orders(None).await;
-    assert_eq!(
-        (reply.status, reply.body),
-        (StatusCode::UNAUTHORIZED, not_authorized())
-    );
+    assert_reply(reply, StatusCode::UNAUTHORIZED, not_authorized());
+}
+
+/// `method` on `/api/orders/{id}`: 401 without a session, 404 for an id that names no order (even
+/// to its would-be owner), 401 for another user than the owner.
+async fn assert_for_its_owner_only(app: &TestApp, method: Method, owner: &User, id: &str) {
+    let path = |id: &str| format!("/api/orders/{id}");
+    let reply = app.send(method.clone(), &path(id), None, None).await;
+    assert_reply(reply, StatusCode::UNAUTHORIZED, not_authorized());
+    for missing in ["not-an-id".to_owned(), new_user_id()] {
+        let reply = app
+            .send(method.clone(), &path(&missing), Some(owner), None)
+            .await;
+        assert_eq!(
+            (reply.status, reply.body),
+            (StatusCode::NOT_FOUND, not_found()),
+            "{method} {missing}"
+        );
+    }
+    let stranger = User::new();
+    let reply = app.send(method, &path(id), Some(&stranger), None).await;
+    assert_reply(reply, StatusCode::UNAUTHORIZED, not_authorized());
 }
 
 #[tokio::test]
@@ -249,29 +250,12 @@ async fn showing_an_order_is_for_its_owner_only() {
     let created = app.order_ok(&owner, &ticket.id.to_hex()).await;
     let id = created["id"].as_str().expect("id");
 
-    let reply = app.get_order(None, id).await;
-    assert_eq!(
-        (reply.status, reply.body),
-        (StatusCode::UNAUTHORIZED, not_authorized())
-    );
+    assert_for_its_owner_only(&app, Method::GET, &owner, id).await;
     let reply = app.get_order(None, "not-an-id").await;
     assert_eq!(
         reply.status,
         StatusCode::UNAUTHORIZED,
         "auth is checked first"
-    );
-    for missing in ["not-an-id".to_owned(), new_user_id()] {
-        let reply = app.get_order(Some(&owner), &missing).await;
-        assert_eq!(
-            (reply.status, reply.body),
-            (StatusCode::NOT_FOUND, not_found()),
-            "{missing}"
-        );
-    }
-    let reply = app.get_order(Some(&User::new()), id).await;
-    assert_eq!(
-        (reply.status, reply.body),
-        (StatusCode::UNAUTHORIZED, not_authorized())
     );
 
     let reply = app.get_order(Some(&owner), id).await;
@@ -283,30 +267,9 @@ async fn cancelling_an_order_releases_its_ticket_and_publishes_order_cancelled()
     let app = spawn_app().await;
     let mut cancelled = app.observe::<OrderCancelled>().await;
     let owner = User::new();
-    let ticket = app.ticket("Gig", 1000).await;
-    let id = app.order_ok(&owner, &ticket.id.to_hex()).await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let (id, ticket_id) = app.pending_order(&owner).await;
 
-    let reply = app.delete_order(None, &id).await;
-    assert_eq!(
-        (reply.status, reply.body),
-        (StatusCode::UNAUTHORIZED, not_authorized())
-    );
-    for missing in ["not-an-id".to_owned(), new_user_id()] {
-        let reply = app.delete_order(Some(&owner), &missing).await;
-        assert_eq!(
-            (reply.status, reply.body),
-            (StatusCode::NOT_FOUND, not_found()),
-            "{missing}"
-        );
-    }
-    let reply = app.delete_order(Some(&User::new()), &id).await;
-    assert_eq!(
-        (reply.status, reply.body),
-        (StatusCode::UNAUTHORIZED, not_authorized())
-    );
+    assert_for_its_owner_only(&app, Method::DELETE, &owner, &id).await;
     let untouched = app.stored_order(&id).await;
     assert_eq!(
         (untouched.status, untouched.version),
@@ -319,13 +282,7 @@ async fn cancelling_an_order_releases_its_ticket_and_publishes_order_cancelled()
 
     assert_eq!(
         cancelled.next().await,
-        OrderCancelled {
-            id: as_id(&id),
-            version: 1,
-            ticket: TicketRef {
-                id: ticket.id.into()
-            },
-        }
+        order_cancelled(as_id(&id), as_id(&ticket_id), 1)
     );
     let shown = app.get_order(Some(&owner), &id).await.body;
     assert_eq!(
@@ -334,7 +291,7 @@ async fn cancelling_an_order_releases_its_ticket_and_publishes_order_cancelled()
     );
     let stored = app.stored_order(&id).await;
     assert_eq!(stored.reservation, format!("released:{id}"));
-    assert_eq!(app.holders_of(&ticket.id.to_hex()).await, 0);
+    assert_eq!(app.holders_of(&ticket_id).await, 0);
 }
 
 #[tokio::test]
@@ -342,15 +299,8 @@ async fn cancelling_a_cancelled_order_again_answers_204_and_changes_nothing() {
     let app = spawn_app().await;
     let mut cancelled = app.observe::<OrderCancelled>().await;
     let owner = User::new();
-    let ticket = app.ticket("Gig", 1000).await;
-    let id = app.order_ok(&owner, &ticket.id.to_hex()).await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    assert_eq!(
-        app.delete_order(Some(&owner), &id).await.status,
-        StatusCode::NO_CONTENT
-    );
+    let (id, _) = app.pending_order(&owner).await;
+    app.cancel_ok(&owner, &id).await;
     let reply = app.delete_order(Some(&owner), &id).await;
     assert_eq!(
         (reply.status, reply.text.as_str()),
@@ -359,54 +309,34 @@ async fn cancelling_a_cancelled_order_again_answers_204_and_changes_nothing() {
     assert_eq!(app.stored_order(&id).await.version, 1);
     assert!(app.change(&id, 2).await.is_none(), "no second version");
 
-    // A later cancellation of another order marks the end of what the first one published.
-    let other = app.ticket("Other", 1000).await;
-    let marker = app.order_ok(&owner, &other.id.to_hex()).await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
     assert_eq!(
-        app.delete_order(Some(&owner), &marker).await.status,
-        StatusCode::NO_CONTENT
+        app.cancellations_of(&mut cancelled, &id).await,
+        vec![1],
+        "order:cancelled published once"
     );
-    let seen = cancelled.until(|e| e.id == marker).await;
-    let ours: Vec<i64> = seen
-        .iter()
-        .filter(|e| e.id == id)
-        .map(|e| e.version)
-        .collect();
-    assert_eq!(ours, vec![1], "order:cancelled published once");
 }
 
 #[tokio::test]
 async fn a_paid_order_cannot_be_cancelled_and_keeps_its_ticket() {
     let app = spawn_app().await;
     let owner = User::new();
-    let ticket = app.ticket("Gig", 1000).await;
-    let id = app.order_ok(&owner, &ticket.id.to_hex()).await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    pay(&app, &id).await;
+    let (id, ticket_id) = app.pending_order(&owner).await;
+    assert_eq!(app.pay(&id).await, Outcome::Ack);
 
     let reply = app.delete_order(Some(&owner), &id).await;
-    assert_eq!(
-        (reply.status, reply.body),
-        (
-            StatusCode::BAD_REQUEST,
-            errors(&[("Cannot cancel an order that has been paid.", None)])
-        )
+    assert_reply(
+        reply,
+        StatusCode::BAD_REQUEST,
+        errors(&[("Cannot cancel an order that has been paid.", None)]),
     );
     let stored = app.stored_order(&id).await;
     assert_eq!((stored.status, stored.version), (OrderStatus::Complete, 1));
-    assert_eq!(stored.reservation, ticket.id.to_hex());
-    let reply = app.order(&User::new(), &ticket.id.to_hex()).await;
-    assert_eq!(
-        (reply.status, reply.body),
-        (
-            StatusCode::BAD_REQUEST,
-            errors(&[("Ticket is already reserved.", None)])
-        )
+    assert_eq!(stored.reservation, ticket_id);
+    let reply = app.order(&User::new(), &ticket_id).await;
+    assert_reply(
+        reply,
+        StatusCode::BAD_REQUEST,
+        errors(&[("Ticket is already reserved.", None)]),
     );
 }
 
@@ -436,8 +366,9 @@ async fn health_and_readiness_answer_when_the_database_and_bus_are_up() {
     let reply = app.send(Method::GET, "/healthz", None, None).await;
     assert_eq!(reply.status, StatusCode::OK);
     let reply = app.send(Method::GET, "/readyz", None, None).await;
-    assert_eq!(
-        (reply.status, reply.body),
-        (StatusCode::OK, json!({"status": "ready", "deadLetters": 0}))
+    assert_reply(
+        reply,
+        StatusCode::OK,
+        json!({"status": "ready", "deadLetters": 0}),
     );
 }

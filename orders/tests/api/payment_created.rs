@@ -1,40 +1,19 @@
 use common::bus::Outcome;
-use common::events::{ExpirationComplete, OrderStatus, PaymentCreated};
-use common::testing::{as_id, new_user_id};
+use common::events::OrderStatus;
+use common::testing::new_user_id;
 use futures::future::join_all;
-use mongodb::bson::Bson;
-use orders::listeners::payment_created::handle;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{TestApp, User, errors, eventually, spawn_app};
-
-fn payment(order_id: &str) -> PaymentCreated {
-    PaymentCreated {
-        id: new_user_id(),
-        order_id: as_id(order_id),
-        stripe_id: "ch_test".into(),
-    }
-}
-
-async fn pending_order(app: &TestApp, user: &User) -> (String, String) {
-    let ticket_id = app.ticket("Gig", 1000).await.id.to_hex();
-    let order = app.order_ok(user, &ticket_id).await;
-    (order["id"].as_str().expect("id").to_owned(), ticket_id)
-}
+use crate::helpers::{User, assert_reply, assert_retried, errors, eventually, payment, spawn_app};
 
 #[tokio::test]
 async fn a_payment_completes_the_order_with_a_new_version_and_no_event() {
     let app = spawn_app().await;
     let user = User::new();
-    let (id, ticket_id) = pending_order(&app, &user).await;
+    let (id, ticket_id) = app.pending_order(&user).await;
 
-    assert_eq!(
-        handle(&app.store, &app.bus, payment(&id))
-            .await
-            .expect("handled"),
-        Outcome::Ack
-    );
+    assert_eq!(app.pay(&id).await, Outcome::Ack);
     let stored = app.stored_order(&id).await;
     assert_eq!((stored.status, stored.version), (OrderStatus::Complete, 1));
     assert_eq!(
@@ -53,14 +32,9 @@ async fn a_payment_completes_the_order_with_a_new_version_and_no_event() {
 #[tokio::test]
 async fn a_repeated_payment_is_acknowledged_without_a_new_version() {
     let app = spawn_app().await;
-    let (id, _) = pending_order(&app, &User::new()).await;
+    let (id, _) = app.pending_order(&User::new()).await;
     for _ in 0..2 {
-        assert_eq!(
-            handle(&app.store, &app.bus, payment(&id))
-                .await
-                .expect("handled"),
-            Outcome::Ack
-        );
+        assert_eq!(app.pay(&id).await, Outcome::Ack);
     }
     assert_eq!(app.stored_order(&id).await.version, 1);
     assert!(app.change(&id, 2).await.is_none());
@@ -70,18 +44,10 @@ async fn a_repeated_payment_is_acknowledged_without_a_new_version() {
 async fn a_payment_for_a_cancelled_order_is_acknowledged_and_the_order_stays_cancelled() {
     let app = spawn_app().await;
     let user = User::new();
-    let (id, ticket_id) = pending_order(&app, &user).await;
-    assert_eq!(
-        app.delete_order(Some(&user), &id).await.status,
-        StatusCode::NO_CONTENT
-    );
+    let (id, ticket_id) = app.pending_order(&user).await;
+    app.cancel_ok(&user, &id).await;
 
-    assert_eq!(
-        handle(&app.store, &app.bus, payment(&id))
-            .await
-            .expect("handled"),
-        Outcome::Ack
-    );
+    assert_eq!(app.pay(&id).await, Outcome::Ack);
     let stored = app.stored_order(&id).await;
     assert_eq!((stored.status, stored.version), (OrderStatus::Cancelled, 1));
     // The released ticket is not silently taken back.
@@ -91,10 +57,7 @@ async fn a_payment_for_a_cancelled_order_is_acknowledged_and_the_order_stays_can
 #[tokio::test]
 async fn a_payment_for_an_order_not_stored_yet_is_retried() {
     let app = spawn_app().await;
-    let outcome = handle(&app.store, &app.bus, payment(&new_user_id()))
-        .await
-        .expect("handled");
-    assert!(matches!(outcome, Outcome::Retry(_)), "{outcome:?}");
+    assert_retried(app.pay(&new_user_id()).await);
 }
 
 #[tokio::test]
@@ -103,41 +66,21 @@ async fn an_expiry_racing_a_payment_makes_exactly_one_transition() {
     let user = User::new();
     let mut orders = Vec::new();
     for _ in 0..20 {
-        orders.push(pending_order(&app, &user).await);
+        orders.push(app.pending_order(&user).await);
     }
     let races = orders.iter().map(|(id, _)| {
         let app = &app;
         async move {
-            let expiry = orders::listeners::expiration_complete::handle(
-                &app.store,
-                &app.bus,
-                ExpirationComplete {
-                    order_id: as_id(id),
-                },
-                common::bus::Delivery {
-                    attempt: 1,
-                    sequence: u64::MAX,
-                },
-            );
-            let paid = handle(&app.store, &app.bus, payment(id));
-            let (expiry, paid) = tokio::join!(expiry, paid);
-            assert_eq!(expiry.expect("expiry handled"), Outcome::Ack);
-            assert_eq!(paid.expect("payment handled"), Outcome::Ack);
+            let (expiry, paid) = tokio::join!(app.expire(id), app.pay(id));
+            assert_eq!(expiry, Outcome::Ack);
+            assert_eq!(paid, Outcome::Ack);
         }
     });
     join_all(races).await;
 
     let (mut cancelled, mut complete) = (0, 0);
     for (id, ticket_id) in &orders {
-        let order = app
-            .store
-            .orders()
-            .get(Bson::ObjectId(
-                common::store::parse_object_id(id).expect("id"),
-            ))
-            .await
-            .expect("lookup")
-            .expect("order");
+        let order = app.stored_order(id).await;
         assert_eq!(order.version, 1, "one transition for {id}");
         assert!(
             app.change(id, 2).await.is_none(),
@@ -171,7 +114,7 @@ async fn an_expiry_racing_a_payment_makes_exactly_one_transition() {
 async fn a_payment_published_on_the_bus_completes_the_order_which_then_cannot_be_cancelled() {
     let app = spawn_app().await;
     let user = User::new();
-    let (id, _) = pending_order(&app, &user).await;
+    let (id, _) = app.pending_order(&user).await;
     app.publish(&payment(&id)).await;
     eventually("the order shown complete", || async {
         let reply = app.get_order(Some(&user), &id).await;
@@ -179,11 +122,9 @@ async fn a_payment_published_on_the_bus_completes_the_order_which_then_cannot_be
     })
     .await;
     let reply = app.delete_order(Some(&user), &id).await;
-    assert_eq!(
-        (reply.status, reply.body),
-        (
-            StatusCode::BAD_REQUEST,
-            errors(&[("Cannot cancel an order that has been paid.", None)])
-        )
+    assert_reply(
+        reply,
+        StatusCode::BAD_REQUEST,
+        errors(&[("Cannot cancel an order that has been paid.", None)]),
     );
 }

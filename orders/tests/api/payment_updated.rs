@@ -5,7 +5,7 @@ use orders::listeners::payment_updated::handle;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{TestApp, User, spawn_app};
+use crate::helpers::{TestApp, User, assert_retried, spawn_app};
 
 fn update(order_id: &str, status: &str, version: i64) -> PaymentUpdated {
     PaymentUpdated {
@@ -82,5 +82,5 @@ async fn a_refund_for_an_order_not_known_yet_is_retried() {
     let outcome = handle(&app.store, &app.bus, update(&new_user_id(), "refunded", 3))
         .await
         .expect("handled");
-    assert!(matches!(outcome, Outcome::Retry(_)), "{outcome:?}");
+    assert_retried(outcome);
 }

@@ -1,16 +1,17 @@
 //! At most one live order per ticket (SPEC §8.1), decided by the unique reservation index.
 
-use common::testing::as_id;
 use std::time::Instant;
 
+use common::bus::Outcome;
 use common::events::OrderStatus;
 use common::store::PendingEvent;
+use common::testing::id_of;
 use futures::future::join_all;
 use mongodb::bson::doc;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{Reply, TestApp, User, errors, spawn_app, spawn_app_in};
+use crate::helpers::{Reply, TestApp, User, assert_reply, errors, spawn_app, spawn_app_in};
 
 fn already_reserved() -> Value {
     errors(&[("Ticket is already reserved.", None)])
@@ -49,19 +50,32 @@ async fn assert_one_winner(app: &TestApp, users: &[User], replies: &[Reply], tic
     );
 }
 
+/// Sends the orders for one ticket all at once, and reports how long the race took.
+async fn timed_race(
+    instances: &str,
+    orders: impl Iterator<Item: Future<Output = Reply>>,
+) -> Vec<Reply> {
+    let started = Instant::now();
+    let replies = join_all(orders).await;
+    eprintln!(
+        "{} concurrent POST /api/orders for one ticket, {instances}: {} ms",
+        replies.len(),
+        started.elapsed().as_millis()
+    );
+    replies
+}
+
 #[tokio::test]
 async fn fifty_concurrent_orders_for_one_ticket_reserve_it_exactly_once() {
     let app = spawn_app().await;
     let ticket_id = app.ticket("Hot", 5000).await.id.to_hex();
     let users: Vec<User> = (0..50).map(|_| User::new()).collect();
 
-    let started = Instant::now();
-    let replies = join_all(users.iter().map(|user| app.order(user, &ticket_id))).await;
-    let elapsed = started.elapsed();
-    eprintln!(
-        "50 concurrent POST /api/orders for one ticket, one instance: {} ms",
-        elapsed.as_millis()
-    );
+    let replies = timed_race(
+        "one instance",
+        users.iter().map(|user| app.order(user, &ticket_id)),
+    )
+    .await;
 
     assert_one_winner(&app, &users, &replies, &ticket_id).await;
 }
@@ -74,17 +88,14 @@ async fn fifty_concurrent_orders_across_two_instances_sharing_a_database_reserve
     let ticket_id = first.ticket("Hot", 5000).await.id.to_hex();
     let users: Vec<User> = (0..50).map(|_| User::new()).collect();
 
-    let started = Instant::now();
-    let replies = join_all(users.iter().enumerate().map(|(i, user)| {
-        let app = if i % 2 == 0 { &first } else { &second };
-        app.order(user, &ticket_id)
-    }))
+    let replies = timed_race(
+        "two instances",
+        users.iter().enumerate().map(|(i, user)| {
+            let app = if i % 2 == 0 { &first } else { &second };
+            app.order(user, &ticket_id)
+        }),
+    )
     .await;
-    let elapsed = started.elapsed();
-    eprintln!(
-        "50 concurrent POST /api/orders for one ticket, two instances: {} ms",
-        elapsed.as_millis()
-    );
 
     assert_one_winner(&first, &users, &replies, &ticket_id).await;
 }
@@ -139,10 +150,7 @@ async fn a_reserved_ticket_is_refused_to_everyone_including_the_same_buyer() {
     app.order_ok(&buyer, &ticket_id).await;
     for user in [&buyer, &User::new()] {
         let reply = app.order(user, &ticket_id).await;
-        assert_eq!(
-            (reply.status, reply.body),
-            (StatusCode::BAD_REQUEST, already_reserved())
-        );
+        assert_reply(reply, StatusCode::BAD_REQUEST, already_reserved());
     }
     assert_eq!(app.count("orders", doc! {}).await, 1);
 }
@@ -153,10 +161,7 @@ async fn after_a_cancellation_or_an_expiry_the_ticket_can_be_ordered_again() {
     let ticket_id = app.ticket("Gig", 1000).await.id.to_hex();
     let (a, b, c) = (User::new(), User::new(), User::new());
 
-    let first = app.order_ok(&a, &ticket_id).await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let first = id_of(&app.order_ok(&a, &ticket_id).await);
     assert_eq!(
         app.order(&b, &ticket_id).await.status,
         StatusCode::BAD_REQUEST
@@ -171,38 +176,16 @@ async fn after_a_cancellation_or_an_expiry_the_ticket_can_be_ordered_again() {
         .await,
         1
     );
-    assert_eq!(
-        app.delete_order(Some(&a), &first).await.status,
-        StatusCode::NO_CONTENT
-    );
+    app.cancel_ok(&a, &first).await;
 
-    let second = app.order_ok(&b, &ticket_id).await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let second = id_of(&app.order_ok(&b, &ticket_id).await);
     assert_eq!(
         app.order(&c, &ticket_id).await.status,
         StatusCode::BAD_REQUEST
     );
-    let outcome = orders::listeners::expiration_complete::handle(
-        &app.store,
-        &app.bus,
-        common::events::ExpirationComplete {
-            order_id: as_id(&second),
-        },
-        common::bus::Delivery {
-            attempt: 1,
-            sequence: u64::MAX,
-        },
-    )
-    .await
-    .expect("expiry handled");
-    assert_eq!(outcome, common::bus::Outcome::Ack);
+    assert_eq!(app.expire(&second).await, Outcome::Ack);
 
-    let third = app.order_ok(&c, &ticket_id).await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let third = id_of(&app.order_ok(&c, &ticket_id).await);
     assert_eq!(app.holders_of(&ticket_id).await, 1);
     assert_eq!(app.stored_order(&third).await.reservation, ticket_id);
     assert_eq!(
@@ -210,20 +193,14 @@ async fn after_a_cancellation_or_an_expiry_the_ticket_can_be_ordered_again() {
         3
     );
     let reply = app.order(&a, &ticket_id).await;
-    assert_eq!(
-        (reply.status, reply.body),
-        (StatusCode::BAD_REQUEST, already_reserved())
-    );
+    assert_reply(reply, StatusCode::BAD_REQUEST, already_reserved());
 }
 
 #[tokio::test]
 async fn a_release_interrupted_before_reaching_its_order_is_completed_by_the_next_buyer() {
     let app = spawn_app().await;
     let ticket_id = app.ticket("Gig", 1000).await.id.to_hex();
-    let first = app.order_ok(&User::new(), &ticket_id).await["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let first = id_of(&app.order_ok(&User::new(), &ticket_id).await);
 
     // The cancellation's change document is written, then the process "dies" before the order
     // document is updated: put the order back as it was.

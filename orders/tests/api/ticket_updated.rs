@@ -5,7 +5,7 @@ use common::testing::{as_id, new_user_id};
 use orders::listeners::ticket_updated::handle;
 use serde_json::json;
 
-use crate::helpers::{User, eventually, spawn_app};
+use crate::helpers::{TestApp, User, assert_retried, eventually, spawn_app};
 
 fn updated(id: &str, version: i64, title: &str, cents: i64) -> TicketUpdated {
     TicketUpdated {
@@ -18,6 +18,17 @@ fn updated(id: &str, version: i64, title: &str, cents: i64) -> TicketUpdated {
     }
 }
 
+/// Hands `event` straight to the listener.
+async fn apply(app: &TestApp, event: TicketUpdated) -> Outcome {
+    handle(&app.store, event).await.expect("handled")
+}
+
+/// The replica as (title, price in cents, version), to check in one assertion.
+async fn replica_of(app: &TestApp, id: &str) -> (String, i64, i64) {
+    let replica = app.replica(id).await.expect("replica");
+    (replica.title, replica.price, replica.version)
+}
+
 #[tokio::test]
 async fn the_next_version_of_a_ticket_is_applied_to_the_replica() {
     let app = spawn_app().await;
@@ -25,63 +36,38 @@ async fn the_next_version_of_a_ticket_is_applied_to_the_replica() {
     let mut event = updated(&id, 1, "New", 1550);
     // The tickets service's reservation marker is not the orders service's business.
     event.order_id = Some(Id::new());
-    assert_eq!(
-        handle(&app.store, event).await.expect("handled"),
-        Outcome::Ack
-    );
-    let replica = app.replica(&id).await.expect("replica");
-    assert_eq!(
-        (replica.title.as_str(), replica.price, replica.version),
-        ("New", 1550, 1)
-    );
+    assert_eq!(apply(&app, event).await, Outcome::Ack);
+    assert_eq!(replica_of(&app, &id).await, ("New".to_owned(), 1550, 1));
 }
 
 #[tokio::test]
 async fn an_update_already_applied_or_older_is_acknowledged_without_change() {
     let app = spawn_app().await;
     let id = app.ticket("Old", 1000).await.id.to_hex();
-    assert_eq!(
-        handle(&app.store, updated(&id, 1, "One", 1100))
-            .await
-            .expect("handled"),
-        Outcome::Ack
-    );
-    for stale in [
-        updated(&id, 1, "Again", 9900),
-        updated(&id, 0, "Older", 9900),
+    // Each row is acknowledged; only the first changes the replica.
+    for (case, event) in [
+        ("version 1", updated(&id, 1, "One", 1100)),
+        ("version 1 again", updated(&id, 1, "Again", 9900)),
+        ("version 0", updated(&id, 0, "Older", 9900)),
     ] {
-        assert_eq!(
-            handle(&app.store, stale).await.expect("handled"),
-            Outcome::Ack
-        );
+        assert_eq!(apply(&app, event).await, Outcome::Ack, "{case}");
     }
-    let replica = app.replica(&id).await.expect("replica");
-    assert_eq!(
-        (replica.title.as_str(), replica.price, replica.version),
-        ("One", 1100, 1)
-    );
+    assert_eq!(replica_of(&app, &id).await, ("One".to_owned(), 1100, 1));
 }
 
 #[tokio::test]
 async fn an_update_ahead_of_the_replica_waits_for_the_missing_one() {
     let app = spawn_app().await;
     let id = app.ticket("Zero", 1000).await.id.to_hex();
-    let early = handle(&app.store, updated(&id, 2, "Two", 1200))
-        .await
-        .expect("handled");
-    assert!(matches!(early, Outcome::Retry(_)), "{early:?}");
+    assert_retried(apply(&app, updated(&id, 2, "Two", 1200)).await);
     assert_eq!(app.replica(&id).await.map(|t| t.version), Some(0));
 
     assert_eq!(
-        handle(&app.store, updated(&id, 1, "One", 1100))
-            .await
-            .expect("handled"),
+        apply(&app, updated(&id, 1, "One", 1100)).await,
         Outcome::Ack
     );
     assert_eq!(
-        handle(&app.store, updated(&id, 2, "Two", 1200))
-            .await
-            .expect("handled"),
+        apply(&app, updated(&id, 2, "Two", 1200)).await,
         Outcome::Ack
     );
     let replica = app.replica(&id).await.expect("replica");
@@ -91,10 +77,7 @@ async fn an_update_ahead_of_the_replica_waits_for_the_missing_one() {
 #[tokio::test]
 async fn an_update_for_a_ticket_not_replicated_yet_is_retried() {
     let app = spawn_app().await;
-    let outcome = handle(&app.store, updated(&new_user_id(), 1, "One", 1000))
-        .await
-        .expect("handled");
-    assert!(matches!(outcome, Outcome::Retry(_)), "{outcome:?}");
+    assert_retried(apply(&app, updated(&new_user_id(), 1, "One", 1000)).await);
 }
 
 #[tokio::test]
@@ -118,9 +101,7 @@ async fn orders_show_the_current_title_and_price_of_their_ticket() {
     let id = app.ticket("Old", 1000).await.id.to_hex();
     let order = app.order_ok(&user, &id).await;
     assert_eq!(
-        handle(&app.store, updated(&id, 1, "Renamed", 1234))
-            .await
-            .expect("handled"),
+        apply(&app, updated(&id, 1, "Renamed", 1234)).await,
         Outcome::Ack
     );
     let shown = app
@@ -140,9 +121,7 @@ async fn a_late_duplicate_that_rolled_the_replica_back_is_repaired_before_the_ne
     let id = app.ticket("v0", 1000).await.id.to_hex();
     for (version, title) in [(1, "v1"), (2, "v2")] {
         assert_eq!(
-            handle(&app.store, updated(&id, version, title, 1000))
-                .await
-                .expect("handled"),
+            apply(&app, updated(&id, version, title, 1000)).await,
             Outcome::Ack
         );
     }
@@ -166,12 +145,7 @@ async fn a_late_duplicate_that_rolled_the_replica_back_is_repaired_before_the_ne
 
     // Readers see version 2 again, and version 3 applies instead of waiting forever for 2.
     assert_eq!(app.replica(&id).await.map(|t| t.version), Some(2));
-    assert_eq!(
-        handle(&app.store, updated(&id, 3, "v3", 1000))
-            .await
-            .expect("handled"),
-        Outcome::Ack
-    );
+    assert_eq!(apply(&app, updated(&id, 3, "v3", 1000)).await, Outcome::Ack);
     let replica = app.replica(&id).await.expect("replica");
     assert_eq!((replica.title.as_str(), replica.version), ("v3", 3));
 }
@@ -182,9 +156,9 @@ async fn concurrent_duplicates_of_each_version_leave_the_replica_at_the_last_one
     let id = app.ticket("v0", 1000).await.id.to_hex();
     for version in 1..=5 {
         let title = format!("v{version}");
-        let duplicates = (0..4).map(|_| handle(&app.store, updated(&id, version, &title, 1000)));
+        let duplicates = (0..4).map(|_| apply(&app, updated(&id, version, &title, 1000)));
         for outcome in futures::future::join_all(duplicates).await {
-            assert_eq!(outcome.expect("handled"), Outcome::Ack);
+            assert_eq!(outcome, Outcome::Ack);
         }
     }
     let replica = app.replica(&id).await.expect("replica");

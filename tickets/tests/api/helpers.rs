@@ -1,7 +1,8 @@
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use common::bus::EventBus;
-use common::events::{Event, Id, OrderCancelled, OrderCreated};
+use common::bus::{EventBus, Outcome};
+use common::events::{Event, Id, OrderCancelled, OrderCreated, TicketUpdated};
 use common::money::Price;
 use common::store::PendingEvent;
 use common::testing::{
@@ -11,6 +12,8 @@ use mongodb::Database;
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{Document, doc};
 use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tickets::settings::Settings;
 use tickets::store::{Ticket, TicketStore};
@@ -152,6 +155,12 @@ impl Infra {
             .expect("the ticket exists")
     }
 
+    /// The order holding the ticket (if any), and the ticket's version.
+    pub async fn hold(&self, id: &str) -> (Option<Id>, i64) {
+        let ticket = self.ticket(id).await;
+        (ticket.order_id, ticket.version)
+    }
+
     /// The raw stored document of a ticket.
     pub async fn raw_ticket(&self, id: &str) -> Document {
         let id = ObjectId::parse_str(id).expect("an ObjectId");
@@ -180,6 +189,54 @@ impl Infra {
             .await
             .expect("creating a ticket");
         ticket
+    }
+
+    /// Hands `order:created` of `order_id` for the ticket straight to its listener.
+    pub async fn reserve(&self, ticket_id: &str, order_id: Id) -> Outcome {
+        let event = order_created(ticket_id, order_id);
+        tickets::listeners::order_created::handle(&self.store, &self.bus, event)
+            .await
+            .expect("order:created handled")
+    }
+
+    /// Hands `order:cancelled` of `order_id` for the ticket straight to its listener.
+    pub async fn release(&self, ticket_id: &str, order_id: Id) -> Outcome {
+        let event = order_cancelled(ticket_id, order_id);
+        tickets::listeners::order_cancelled::handle(&self.store, &self.bus, event)
+            .await
+            .expect("order:cancelled handled")
+    }
+
+    /// Commits a reservation of `ticket` by `order_id` without publishing its event, as a crash
+    /// right after the commit leaves it; returns the reserved ticket.
+    pub async fn reserve_unpublished(&self, ticket: &Ticket, order_id: Id) -> Ticket {
+        let (reserved, events) = ticket.with_order(Some(order_id)).expect("a reservation");
+        self.store
+            .tickets()
+            .commit_unpublished(ticket, &reserved, events)
+            .await
+            .expect("committed");
+        reserved
+    }
+
+    /// One pass of the outbox relay over changes of any age: how many events it published.
+    pub async fn relay(&self) -> usize {
+        self.store
+            .tickets()
+            .relay_once(&self.bus, Duration::ZERO)
+            .await
+            .expect("relay pass")
+            .published
+    }
+
+    /// Publishes an event on the test's stream, as another service would.
+    pub async fn publish<E: Event>(&self, event: &E) {
+        self.bus.publish(event).await.expect("publishing");
+    }
+
+    /// The id of a fresh ticket of [`OWNER`] inserted by [`Self::insert_ticket`].
+    pub async fn new_ticket_id(&self) -> String {
+        self.insert_ticket(OWNER).await.id.to_hex()
     }
 
     /// Starts observing `E` with a queue group of its own, in stream order.
@@ -223,4 +280,30 @@ pub fn order_created(ticket_id: &str, order_id: Id) -> OrderCreated {
 /// `order:cancelled` of the order created by [`order_created`].
 pub fn order_cancelled(ticket_id: &str, order_id: Id) -> OrderCancelled {
     testing::order_cancelled(order_id, as_id(ticket_id), 1)
+}
+
+/// A well-formed ticket id that names no ticket.
+pub const UNKNOWN_TICKET: &str = "64b7f0c2a1b2c3d4e5f60718";
+
+/// Whether an order event still reads back once its ticket id is not an id.
+pub fn readable_with_a_malformed_ticket_id<E: Serialize + DeserializeOwned>(event: &E) -> bool {
+    let mut malformed = serde_json::to_value(event).expect("json");
+    malformed["ticket"]["id"] = "nope".into();
+    serde_json::from_value::<E>(malformed).is_ok()
+}
+
+/// The owner of the tickets the listener tests insert.
+pub const OWNER: &str = "owner-1";
+
+/// `ticket:updated` of a ticket inserted for [`OWNER`] (a €20 "Concert"), at `version`, held by
+/// `order_id`.
+pub fn inserted_ticket_updated(id: &str, version: i64, order_id: Option<Id>) -> TicketUpdated {
+    TicketUpdated {
+        id: as_id(id),
+        version,
+        title: "Concert".into(),
+        price: Price::from_cents(2000),
+        user_id: OWNER.into(),
+        order_id,
+    }
 }

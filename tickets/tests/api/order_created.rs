@@ -2,29 +2,24 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::bus::Outcome;
-use common::events::OrderCreated;
 use common::events::TicketUpdated;
-use common::money::Price;
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::json;
-use tickets::listeners::{RETRY_DELAY, order_cancelled as cancelled, order_created as created};
+use tickets::listeners::RETRY_DELAY;
 
 use crate::helpers::{
-    infra, new_order_id, order_cancelled, order_created, sentinel_updated, spawn_app, user,
+    UNKNOWN_TICKET, infra, inserted_ticket_updated, new_order_id, order_cancelled, order_created,
+    readable_with_a_malformed_ticket_id, sentinel_updated, spawn_app, user,
 };
 
 #[tokio::test]
 async fn an_order_reserves_its_ticket_and_announces_the_order_id() {
     let infra = infra().await;
     let mut updated = infra.observe::<TicketUpdated>().await;
-    let ticket = infra.insert_ticket("owner-1").await;
-    let (id, order_id) = (ticket.id.to_hex(), new_order_id());
+    let (id, order_id) = (infra.new_ticket_id().await, new_order_id());
 
-    let outcome = created::handle(&infra.store, &infra.bus, order_created(&id, order_id))
-        .await
-        .expect("handled");
-    assert_eq!(outcome, Outcome::Ack);
+    assert_eq!(infra.reserve(&id, order_id).await, Outcome::Ack);
 
     let stored = infra.ticket(&id).await;
     assert_eq!((stored.order_id, stored.version), (Some(order_id), 1));
@@ -34,14 +29,7 @@ async fn an_order_reserves_its_ticket_and_announces_the_order_id() {
     );
     assert_eq!(
         updated.next().await,
-        TicketUpdated {
-            id: id.parse().expect("an id"),
-            version: 1,
-            title: "Concert".into(),
-            price: Price::from_cents(2000),
-            user_id: "owner-1".into(),
-            order_id: Some(order_id),
-        }
+        inserted_ticket_updated(&id, 1, Some(order_id))
     );
     assert_eq!(updated.rest_before(sentinel_updated()).await, Vec::new());
 }
@@ -50,13 +38,9 @@ async fn an_order_reserves_its_ticket_and_announces_the_order_id() {
 async fn a_redelivered_order_created_is_acked_without_a_second_change() {
     let infra = infra().await;
     let mut updated = infra.observe::<TicketUpdated>().await;
-    let ticket = infra.insert_ticket("owner-1").await;
-    let (id, order_id) = (ticket.id.to_hex(), new_order_id());
+    let (id, order_id) = (infra.new_ticket_id().await, new_order_id());
     for _ in 0..3 {
-        let outcome = created::handle(&infra.store, &infra.bus, order_created(&id, order_id))
-            .await
-            .expect("handled");
-        assert_eq!(outcome, Outcome::Ack);
+        assert_eq!(infra.reserve(&id, order_id).await, Outcome::Ack);
     }
     assert_eq!(infra.ticket(&id).await.version, 1);
     assert_eq!(updated.next().await.version, 1);
@@ -66,48 +50,29 @@ async fn a_redelivered_order_created_is_acked_without_a_second_change() {
 #[tokio::test]
 async fn an_order_for_a_ticket_held_by_another_order_is_retried_without_changing_it() {
     let infra = infra().await;
-    let ticket = infra.insert_ticket("owner-1").await;
-    let (id, first, second) = (ticket.id.to_hex(), new_order_id(), new_order_id());
-    created::handle(&infra.store, &infra.bus, order_created(&id, first))
-        .await
-        .expect("handled");
+    let (id, first, second) = (infra.new_ticket_id().await, new_order_id(), new_order_id());
+    infra.reserve(&id, first).await;
 
-    let outcome = created::handle(&infra.store, &infra.bus, order_created(&id, second))
-        .await
-        .expect("handled");
-    assert_eq!(outcome, Outcome::Retry(RETRY_DELAY));
-    let stored = infra.ticket(&id).await;
-    assert_eq!((stored.order_id, stored.version), (Some(first), 1));
+    assert_eq!(
+        infra.reserve(&id, second).await,
+        Outcome::Retry(RETRY_DELAY)
+    );
+    assert_eq!(infra.hold(&id).await, (Some(first), 1));
 
     // Once the first order's cancellation is in, the retried event reserves the ticket.
-    cancelled::handle(&infra.store, &infra.bus, order_cancelled(&id, first))
-        .await
-        .expect("handled");
-    let outcome = created::handle(&infra.store, &infra.bus, order_created(&id, second))
-        .await
-        .expect("handled");
-    assert_eq!(outcome, Outcome::Ack);
-    let stored = infra.ticket(&id).await;
-    assert_eq!((stored.order_id, stored.version), (Some(second), 3));
+    infra.release(&id, first).await;
+    assert_eq!(infra.reserve(&id, second).await, Outcome::Ack);
+    assert_eq!(infra.hold(&id).await, (Some(second), 3));
 }
 
 #[tokio::test]
 async fn an_order_for_an_unknown_ticket_is_retried_and_one_with_a_malformed_id_cannot_be_read() {
     let infra = infra().await;
-    let outcome = created::handle(
-        &infra.store,
-        &infra.bus,
-        order_created("64b7f0c2a1b2c3d4e5f60718", new_order_id()),
-    )
-    .await
-    .expect("handled");
+    let outcome = infra.reserve(UNKNOWN_TICKET, new_order_id()).await;
     assert_eq!(outcome, Outcome::Retry(RETRY_DELAY));
     // The bus moves a payload it cannot read to the dead-letter stream before any handler runs.
-    let mut malformed =
-        serde_json::to_value(order_created("64b7f0c2a1b2c3d4e5f60718", new_order_id()))
-            .expect("json");
-    malformed["ticket"]["id"] = "nope".into();
-    assert!(serde_json::from_value::<OrderCreated>(malformed).is_err());
+    let event = order_created(UNKNOWN_TICKET, new_order_id());
+    assert!(!readable_with_a_malformed_ticket_id(&event));
 }
 
 #[tokio::test]
@@ -117,20 +82,13 @@ async fn the_running_listener_waits_for_the_previous_holders_cancellation() {
     let ticket = app.create_ticket(&owner, "Concert", 20.0).await;
     let id = ticket["id"].as_str().expect("id");
     let (first, second) = (new_order_id(), new_order_id());
-    let bus = &app.infra.bus;
 
-    bus.publish(&order_created(id, first))
-        .await
-        .expect("publishing");
+    app.infra.publish(&order_created(id, first)).await;
     app.wait_for_ticket(id, |t| t["orderId"] == first.to_string())
         .await;
     // The second order's creation overtakes the first one's cancellation.
-    bus.publish(&order_created(id, second))
-        .await
-        .expect("publishing");
-    bus.publish(&order_cancelled(id, first))
-        .await
-        .expect("publishing");
+    app.infra.publish(&order_created(id, second)).await;
+    app.infra.publish(&order_cancelled(id, first)).await;
 
     let held = app
         .wait_for_ticket(id, |t| t["orderId"] == second.to_string())
@@ -167,15 +125,10 @@ async fn an_owners_edits_racing_a_reservation_all_survive_with_one_version_each(
         }));
         let reservation = async {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-            created::handle(
-                &app.infra.store,
-                &app.infra.bus,
-                order_created(&id, order_id),
-            )
-            .await
+            app.infra.reserve(&id, order_id).await
         };
         let (edits, reservation) = tokio::join!(edits, reservation);
-        assert_eq!(reservation.expect("handled"), Outcome::Ack);
+        assert_eq!(reservation, Outcome::Ack);
 
         // Every edit either won a version or lost to the reservation; none conflicted.
         let mut edit_versions = BTreeMap::new();

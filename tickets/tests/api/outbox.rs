@@ -1,8 +1,5 @@
-use std::time::Duration;
-
 use common::events::{TicketCreated, TicketUpdated};
 use common::store::PendingEvent;
-use mongodb::bson::Bson;
 
 use crate::helpers::{infra, new_order_id, sentinel_created, sentinel_updated, spawn_app, user};
 use tickets::store::Ticket;
@@ -28,22 +25,10 @@ async fn a_ticket_stored_without_its_event_is_published_once_by_the_relay() {
         .await
         .expect("created");
 
-    let relayed = infra
-        .store
-        .tickets()
-        .relay_once(&infra.bus, Duration::ZERO)
-        .await
-        .expect("relay pass");
-    assert_eq!(relayed.published, 1);
+    assert_eq!(infra.relay().await, 1);
     assert_eq!(created.next().await, event);
     // Marked published: the next pass has nothing to do.
-    let relayed = infra
-        .store
-        .tickets()
-        .relay_once(&infra.bus, Duration::ZERO)
-        .await
-        .expect("relay pass");
-    assert_eq!(relayed.published, 0);
+    assert_eq!(infra.relay().await, 0);
     assert_eq!(created.rest_before(sentinel_created()).await, Vec::new());
 }
 
@@ -53,13 +38,7 @@ async fn an_event_published_just_before_a_crash_is_relayed_again_and_dropped_as_
     let mut updated = infra.observe::<TicketUpdated>().await;
     let ticket = infra.insert_ticket("owner-1").await;
     let order_id = new_order_id();
-    let (reserved, events) = ticket.with_order(Some(order_id)).expect("a reservation");
-    infra
-        .store
-        .tickets()
-        .commit_unpublished(&ticket, &reserved, events)
-        .await
-        .expect("committed");
+    let reserved = infra.reserve_unpublished(&ticket, order_id).await;
     // Published, but the crash came before the change was marked published.
     infra
         .bus
@@ -67,14 +46,9 @@ async fn an_event_published_just_before_a_crash_is_relayed_again_and_dropped_as_
         .await
         .expect("published");
 
-    let relayed = infra
-        .store
-        .tickets()
-        .relay_once(&infra.bus, Duration::ZERO)
-        .await
-        .expect("relay pass");
     assert_eq!(
-        relayed.published, 1,
+        infra.relay().await,
+        1,
         "the relay cannot know it was published"
     );
     let event = updated.next().await;
@@ -94,22 +68,8 @@ async fn the_running_service_relays_a_change_that_was_never_published() {
     let ticket = app.create_ticket(&owner, "Concert", 20.0).await;
     let id = ticket["id"].as_str().expect("id");
     let order_id = new_order_id();
-    let key = Bson::ObjectId(mongodb::bson::oid::ObjectId::parse_str(id).expect("an id"));
-    let current = app
-        .infra
-        .store
-        .tickets()
-        .get(key)
-        .await
-        .expect("a read")
-        .expect("the ticket");
-    let (next, events) = current.with_order(Some(order_id)).expect("a reservation");
-    app.infra
-        .store
-        .tickets()
-        .commit_unpublished(&current, &next, events)
-        .await
-        .expect("committed");
+    let current = app.infra.ticket(id).await;
+    app.infra.reserve_unpublished(&current, order_id).await;
 
     let started = tokio::time::Instant::now();
     let event = updated.next().await;

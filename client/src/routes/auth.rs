@@ -78,11 +78,10 @@ async fn form_page(
 
 async fn submit(visit: FormVisit, mode: AuthMode, form: CredentialsForm) -> PageResult {
     let (api, fwd) = (&visit.state.api, &visit.fwd);
-    let result = match mode {
-        AuthMode::SignUp => api.signup(fwd, &form.email, &form.password).await,
-        AuthMode::SignIn => api.signin(fwd, &form.email, &form.password).await,
-    };
-    match result {
+    match api
+        .authenticate(fwd, mode, &form.email, &form.password)
+        .await
+    {
         Ok(reply) => Ok((reply.cookies, Redirect::to("/")).into_response()),
         Err(err) => form_page(visit, mode, form.email, FormAnswer::refused(err)?).await,
     }

@@ -8,7 +8,7 @@ use common::testing::{not_authorized, not_found};
 
 use crate::helpers::{
     CLIENT_ADDRESS_KEY, COOKIE_VALUE, ORDER_ID, Page, TICKET_ID, TestApp, concert_order, errors,
-    order, spawn_app, spawn_app_with_csrf_key, ticket,
+    order, spawn_app, spawn_app_with_buyer, spawn_app_with_csrf_key, ticket,
 };
 
 const SESSION: &str =
@@ -87,13 +87,7 @@ async fn a_rejected_signup_shows_every_message_next_to_its_field_and_keeps_the_e
     )
     .await;
 
-    let page = app
-        .post_form(
-            "/auth/signup",
-            &[("email", "not-an-email\"><b>"), ("password", "abc")],
-            None,
-        )
-        .await;
+    let page = post_credentials(&app, "/auth/signup", "not-an-email\"><b>", "abc").await;
 
     assert_eq!(page.status, StatusCode::BAD_REQUEST);
     page.assert_signed_out_header();
@@ -135,13 +129,7 @@ async fn a_failed_signin_shows_the_general_error_in_the_alert() {
         .mount(&app.api)
         .await;
 
-    let page = app
-        .post_form(
-            "/auth/signin",
-            &[("email", "who@test.com"), ("password", "wrong")],
-            None,
-        )
-        .await;
+    let page = post_credentials(&app, "/auth/signin", "who@test.com", "wrong").await;
 
     assert_eq!(page.status, StatusCode::BAD_REQUEST);
     page.assert_contains(&["<h1>Sign In</h1>"]);
@@ -175,6 +163,12 @@ fn with_session(status: u16, body: serde_json::Value) -> ResponseTemplate {
     ResponseTemplate::new(status)
         .append_header("set-cookie", SESSION)
         .set_body_json(body)
+}
+
+/// Posts the sign-up or sign-in form (`form_path`) as a signed-out browser.
+async fn post_credentials(app: &TestApp, form_path: &str, email: &str, password: &str) -> Page {
+    app.post_form(form_path, &[("email", email), ("password", password)], None)
+        .await
 }
 
 /// Posts the form as a signed-out browser, which is sent home with the API's session cookie.
@@ -332,14 +326,9 @@ async fn purchasing_reserves_the_ticket_and_goes_to_the_new_order() {
 
 #[tokio::test]
 async fn purchasing_a_reserved_ticket_shows_the_error_on_the_ticket_page() {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-    app.given_get(
-        &format!("/api/tickets/{TICKET_ID}"),
-        200,
-        ticket(TICKET_ID, "Concert", 12.5),
-    )
-    .await;
+    let app = spawn_app_with_buyer().await;
+    app.given_ticket(TICKET_ID, 200, ticket(TICKET_ID, "Concert", 12.5))
+        .await;
     app.given_post(
         "/api/orders",
         400,
@@ -365,21 +354,12 @@ async fn paying_sends_the_order_id_and_token_then_goes_to_my_orders() {
         .and(body_json(
             json!({ "orderId": ORDER_ID, "token": "tok_visa" }),
         ))
-        .respond_with(
-            ResponseTemplate::new(201)
-                .set_body_json(json!({ "success": true, "id": "64b7f0c2a1b2c3d4e5f6c001" })),
-        )
+        .respond_with(payment_created())
         .expect(1)
         .mount(&app.api)
         .await;
 
-    let page = app
-        .post_form(
-            &format!("/orders/{ORDER_ID}"),
-            &[("token", "tok_visa")],
-            Some(COOKIE_VALUE),
-        )
-        .await;
+    let page = pay(&app, "tok_visa").await;
 
     page.assert_redirect("/orders");
     app.api.verify().await;
@@ -398,23 +378,20 @@ async fn paying_waits_for_the_payments_service_to_learn_about_a_new_order() {
         .await;
     Mock::given(method("POST"))
         .and(path("/api/payments"))
-        .respond_with(
-            ResponseTemplate::new(201)
-                .set_body_json(json!({ "success": true, "id": "64b7f0c2a1b2c3d4e5f6c001" })),
-        )
+        .respond_with(payment_created())
         .mount(&app.api)
         .await;
 
-    let page = app
-        .post_form(
-            &format!("/orders/{ORDER_ID}"),
-            &[("token", "tok_visa")],
-            Some(COOKIE_VALUE),
-        )
-        .await;
+    let page = pay(&app, "tok_visa").await;
 
     page.assert_redirect("/orders");
     assert_eq!(app.requests_to("/api/payments").await.len(), 3);
+}
+
+/// The payments API's answer to a charge that went through.
+fn payment_created() -> ResponseTemplate {
+    ResponseTemplate::new(201)
+        .set_body_json(json!({ "success": true, "id": "64b7f0c2a1b2c3d4e5f6c001" }))
 }
 
 #[tokio::test]
@@ -441,27 +418,23 @@ async fn a_payment_being_confirmed_is_said_on_the_order_page() {
     );
 }
 
+/// Submits the pay form of order [`ORDER_ID`] with `token`, as the signed-in buyer.
+async fn pay(app: &TestApp, token: &str) -> Page {
+    let order_page = format!("/orders/{ORDER_ID}");
+    app.post_form(&order_page, &[("token", token)], Some(COOKIE_VALUE))
+        .await
+}
+
 /// Pays a pending order of a signed-in buyer with `token` while the payments API answers every
 /// payment with `status` and the error `message`.
 async fn pay_while_payments_answers(status: u16, message: &str, token: &str) -> (TestApp, Page) {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-    app.given_get(
-        &format!("/api/orders/{ORDER_ID}"),
-        200,
-        concert_order("created", 30),
-    )
-    .await;
+    let app = spawn_app_with_buyer().await;
+    app.given_order(ORDER_ID, 200, concert_order("created", 30))
+        .await;
     app.given_post("/api/payments", status, errors(&[(message, None)]))
         .await;
 
-    let page = app
-        .post_form(
-            &format!("/orders/{ORDER_ID}"),
-            &[("token", token)],
-            Some(COOKIE_VALUE),
-        )
-        .await;
+    let page = pay(&app, token).await;
     (app, page)
 }
 
@@ -493,13 +466,7 @@ async fn a_failing_api_during_a_submit_answers_502_with_a_page() {
         .mount(&app.api)
         .await;
 
-    let page = app
-        .post_form(
-            "/auth/signup",
-            &[("email", "a@test.com"), ("password", "password")],
-            None,
-        )
-        .await;
+    let page = post_credentials(&app, "/auth/signup", "a@test.com", "password").await;
 
     assert_eq!(page.status, StatusCode::BAD_GATEWAY);
     page.assert_contains(&["Something went wrong on our side"]);
@@ -677,17 +644,12 @@ async fn every_form_without_its_own_csrf_token_is_refused_before_reaching_the_ap
 
 #[tokio::test]
 async fn every_page_with_a_form_carries_a_csrf_field_and_sets_its_cookie() {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-    app.given_get(
-        &format!("/api/tickets/{TICKET_ID}"),
-        200,
-        ticket(TICKET_ID, "Concert", 20.0),
-    )
-    .await;
+    let app = spawn_app_with_buyer().await;
+    app.given_ticket(TICKET_ID, 200, ticket(TICKET_ID, "Concert", 20.0))
+        .await;
     let expires_at = Utc::now() + Duration::minutes(1);
-    app.given_get(
-        &format!("/api/orders/{ORDER_ID}"),
+    app.given_order(
+        ORDER_ID,
         200,
         order(ORDER_ID, "created", expires_at, "Concert", 20.0),
     )

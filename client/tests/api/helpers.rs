@@ -34,6 +34,13 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with_csrf_key(CSRF_KEY).await
 }
 
+/// The client, with the API knowing [`COOKIE_VALUE`] as the signed-in [`BUYER`].
+pub async fn spawn_app_with_buyer() -> TestApp {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, BUYER).await;
+    app
+}
+
 /// A replica whose forms' tokens come from `csrf_key`.
 pub async fn spawn_app_with_csrf_key(csrf_key: &str) -> TestApp {
     let api = MockServer::start().await;
@@ -323,24 +330,26 @@ impl TestApp {
 
     /// The API treats every request without a known cookie as anonymous.
     pub async fn given_anonymous(&self) {
-        Mock::given(method("GET"))
-            .and(path("/api/users/currentuser"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "currentUser": null })))
-            .with_priority(10)
-            .mount(&self.api)
-            .await;
+        self.given_current_user(None, Value::Null, 10).await;
     }
 
     /// The API knows `cookie` as a signed-in user; every other request is anonymous.
     pub async fn given_signed_in(&self, cookie: &str, email: &str) {
         self.given_anonymous().await;
-        Mock::given(method("GET"))
-            .and(path("/api/users/currentuser"))
-            .and(header("cookie", cookie))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-                "currentUser": { "id": USER_ID, "email": email, "iat": 1_700_000_000, "exp": 1_900_000_000 }
-            })))
-            .with_priority(1)
+        let user =
+            json!({ "id": USER_ID, "email": email, "iat": 1_700_000_000, "exp": 1_900_000_000 });
+        self.given_current_user(Some(cookie), user, 1).await;
+    }
+
+    /// `GET /api/users/currentuser` answers `user` to requests with `cookie` (to all without);
+    /// the mock of lower `priority` answers first.
+    async fn given_current_user(&self, cookie: Option<&str>, user: Value, priority: u8) {
+        let mut mock = Mock::given(method("GET")).and(path("/api/users/currentuser"));
+        if let Some(cookie) = cookie {
+            mock = mock.and(header("cookie", cookie));
+        }
+        mock.respond_with(ResponseTemplate::new(200).set_body_json(json!({ "currentUser": user })))
+            .with_priority(priority)
             .mount(&self.api)
             .await;
     }
@@ -353,6 +362,18 @@ impl TestApp {
         self.given("POST", api_path, status, body).await;
     }
 
+    /// The tickets API answers `GET /api/tickets/{id}` with `status` and `body`.
+    pub async fn given_ticket(&self, id: &str, status: u16, body: Value) {
+        self.given_get(&format!("/api/tickets/{id}"), status, body)
+            .await;
+    }
+
+    /// The orders API answers `GET /api/orders/{id}` with `status` and `body`.
+    pub async fn given_order(&self, id: &str, status: u16, body: Value) {
+        self.given_get(&format!("/api/orders/{id}"), status, body)
+            .await;
+    }
+
     async fn given(&self, verb: &str, api_path: &str, status: u16, body: Value) {
         Mock::given(method(verb))
             .and(path(api_path))
@@ -363,9 +384,8 @@ impl TestApp {
 
     /// The order page of a signed-in buyer whose order [`ORDER_ID`] the API answers as `order`.
     pub async fn order_page(&self, order: Value) -> Page {
-        self.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-        self.given_get(&format!("/api/orders/{ORDER_ID}"), 200, order)
-            .await;
+        self.given_signed_in(COOKIE_VALUE, BUYER).await;
+        self.given_order(ORDER_ID, 200, order).await;
         self.get(&format!("/orders/{ORDER_ID}"), Some(COOKIE_VALUE))
             .await
     }
@@ -385,6 +405,8 @@ impl TestApp {
 pub const USER_ID: &str = "64b7f0c2a1b2c3d4e5f60001";
 pub const TICKET_ID: &str = "64b7f0c2a1b2c3d4e5f6a001";
 pub const ORDER_ID: &str = "64b7f0c2a1b2c3d4e5f6b001";
+/// The email of the user most tests sign in as.
+pub const BUYER: &str = "buyer@test.com";
 pub const COOKIE_VALUE: &str = "express:sess=eyJqd3QiOiJ0ZXN0In0=";
 
 pub fn ticket(id: &str, title: &str, price: f64) -> Value {

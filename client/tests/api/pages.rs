@@ -5,8 +5,8 @@ use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, ResponseTemplate};
 
 use crate::helpers::{
-    COOKIE_VALUE, ORDER_ID, Page, concert_order, order, spawn_app, spawn_app_with_stripe,
-    spawn_app_without_api, ticket,
+    COOKIE_VALUE, ORDER_ID, Page, concert_order, order, spawn_app, spawn_app_with_buyer,
+    spawn_app_with_stripe, spawn_app_without_api, ticket,
 };
 
 const TICKET_A: &str = "64b7f0c2a1b2c3d4e5f6a001";
@@ -114,8 +114,7 @@ async fn an_empty_ticket_list_says_there_is_nothing_for_sale() {
 
 #[tokio::test]
 async fn a_signed_in_visitor_gets_the_account_links_because_the_browser_cookie_reaches_the_api() {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    let app = spawn_app_with_buyer().await;
     app.given_get("/api/tickets", 200, json!([])).await;
 
     let page = app.get("/", Some(COOKIE_VALUE)).await;
@@ -180,14 +179,9 @@ async fn protected_pages_send_anonymous_visitors_to_sign_in() {
 
 #[tokio::test]
 async fn the_ticket_page_shows_title_price_and_a_purchase_button_to_a_signed_in_visitor() {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-    app.given_get(
-        &format!("/api/tickets/{TICKET_A}"),
-        200,
-        ticket(TICKET_A, "Concert", 20.0),
-    )
-    .await;
+    let app = spawn_app_with_buyer().await;
+    app.given_ticket(TICKET_A, 200, ticket(TICKET_A, "Concert", 20.0))
+        .await;
 
     let page = app
         .get(&format!("/tickets/{TICKET_A}"), Some(COOKIE_VALUE))
@@ -237,12 +231,10 @@ const HOLDING_ORDER: &str = "64b7f0c2a1b2c3d4e5f6b0aa";
 /// The page of ticket A, held by [`HOLDING_ORDER`], which the orders API answers to the signed-in
 /// viewer with `status` and `holding_order`.
 async fn page_of_a_ticket_held_by(status: u16, holding_order: Value) -> Page {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    let app = spawn_app_with_buyer().await;
     let mut taken = ticket(TICKET_A, "Concert", 20.0);
     taken["orderId"] = json!(HOLDING_ORDER);
-    app.given_get(&format!("/api/tickets/{TICKET_A}"), 200, taken)
-        .await;
+    app.given_ticket(TICKET_A, 200, taken).await;
     app.given_get(
         &format!("/api/orders/{HOLDING_ORDER}"),
         status,
@@ -257,12 +249,8 @@ async fn page_of_a_ticket_held_by(status: u16, holding_order: Value) -> Page {
 async fn a_signed_out_visitor_is_invited_to_sign_in_instead_of_purchasing() {
     let app = spawn_app().await;
     app.given_anonymous().await;
-    app.given_get(
-        &format!("/api/tickets/{TICKET_A}"),
-        200,
-        ticket(TICKET_A, "Concert", 20.0),
-    )
-    .await;
+    app.given_ticket(TICKET_A, 200, ticket(TICKET_A, "Concert", 20.0))
+        .await;
 
     let page = app.get(&format!("/tickets/{TICKET_A}"), None).await;
 
@@ -273,10 +261,9 @@ async fn a_signed_out_visitor_is_invited_to_sign_in_instead_of_purchasing() {
 
 #[tokio::test]
 async fn an_unknown_ticket_renders_the_html_404_page() {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-    app.given_get(
-        &format!("/api/tickets/{TICKET_A}"),
+    let app = spawn_app_with_buyer().await;
+    app.given_ticket(
+        TICKET_A,
         404,
         json!({ "errors": [{ "message": "Not Found" }] }),
     )
@@ -294,8 +281,7 @@ async fn an_unknown_ticket_renders_the_html_404_page() {
 
 #[tokio::test]
 async fn a_malformed_id_is_a_404_without_being_spliced_into_an_api_url() {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    let app = spawn_app_with_buyer().await;
 
     for page_path in [
         "/tickets/not-an-id",
@@ -320,8 +306,7 @@ async fn a_malformed_id_is_a_404_without_being_spliced_into_an_api_url() {
 
 #[tokio::test]
 async fn my_orders_lists_each_order_as_title_dash_status() {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    let app = spawn_app_with_buyer().await;
     let later = Utc::now() + Duration::seconds(60);
     app.given_get(
         "/api/orders",
@@ -435,10 +420,9 @@ async fn a_cancelled_order_whose_charge_was_refunded_says_so() {
 
 #[tokio::test]
 async fn another_users_order_is_shown_as_not_found() {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-    app.given_get(
-        &format!("/api/orders/{ORDER_ID}"),
+    let app = spawn_app_with_buyer().await;
+    app.given_order(
+        ORDER_ID,
         401,
         json!({ "errors": [{ "message": "Not authorized" }] }),
     )
@@ -454,8 +438,7 @@ async fn another_users_order_is_shown_as_not_found() {
 
 #[tokio::test]
 async fn unknown_paths_and_methods_render_the_html_404_page() {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    let app = spawn_app_with_buyer().await;
 
     let page = app.get("/no/such/page", Some(COOKIE_VALUE)).await;
     assert_eq!(page.status, StatusCode::NOT_FOUND);
@@ -526,12 +509,8 @@ async fn when_the_api_fails_pages_answer_a_friendly_502() {
         json!({ "errors": [{ "message": "Something went wrong" }] }),
     )
     .await;
-    app.given_get(
-        &format!("/api/tickets/{TICKET_A}"),
-        200,
-        json!({ "unexpected": true }),
-    )
-    .await;
+    app.given_ticket(TICKET_A, 200, json!({ "unexpected": true }))
+        .await;
 
     for page_path in ["/".to_owned(), format!("/tickets/{TICKET_A}")] {
         let page = app.get(&page_path, None).await;

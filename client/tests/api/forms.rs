@@ -2,13 +2,13 @@ use chrono::{Duration, Utc};
 use reqwest::StatusCode;
 use serde_json::json;
 use wiremock::matchers::{body_json, header, method, path};
-use wiremock::{Mock, ResponseTemplate};
+use wiremock::{Mock, MockBuilder, ResponseTemplate};
 
 use common::testing::{not_authorized, not_found};
 
 use crate::helpers::{
     CLIENT_ADDRESS_KEY, COOKIE_VALUE, ORDER_ID, Page, TICKET_ID, TestApp, concert_order, errors,
-    order, spawn_app, spawn_app_with_buyer, spawn_app_with_csrf_key, ticket,
+    order, spawn_app, spawn_app_signed_in, spawn_app_signed_out, spawn_app_with_csrf_key, ticket,
 };
 
 const SESSION: &str =
@@ -18,8 +18,7 @@ const CLEARED: &str = "express:sess=; path=/; expires=Thu, 01 Jan 1970 00:00:00 
 #[tokio::test]
 async fn signing_up_posts_json_to_the_api_and_hands_its_session_cookie_to_the_browser() {
     let app = spawn_app().await;
-    Mock::given(method("POST"))
-        .and(path("/api/users/signup"))
+    api_post("/api/users/signup")
         .and(header("content-type", "application/json"))
         .and(body_json(
             json!({ "email": "new@test.com", "password": "password" }),
@@ -32,19 +31,13 @@ async fn signing_up_posts_json_to_the_api_and_hands_its_session_cookie_to_the_br
         .mount(&app.api)
         .await;
 
-    lands_home_with_the_session(
-        &app,
-        "/auth/signup",
-        &[("email", "new@test.com"), ("password", "password")],
-    )
-    .await;
+    lands_home_with_the_session(&app, "/auth/signup", "new@test.com").await;
     app.api.verify().await;
 }
 
 #[tokio::test]
 async fn the_signup_and_signin_forms_post_email_and_password_to_the_client() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
+    let app = spawn_app_signed_out().await;
 
     for (page_path, heading, form_id) in [
         ("/auth/signup", "Sign Up", "signup-form"),
@@ -72,8 +65,7 @@ async fn the_signup_and_signin_forms_post_email_and_password_to_the_client() {
 #[tokio::test]
 async fn a_rejected_signup_shows_every_message_next_to_its_field_and_keeps_the_email_but_not_the_password()
  {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
+    let app = spawn_app_signed_out().await;
     app.given_post(
         "/api/users/signup",
         400,
@@ -87,7 +79,9 @@ async fn a_rejected_signup_shows_every_message_next_to_its_field_and_keeps_the_e
     )
     .await;
 
-    let page = post_credentials(&app, "/auth/signup", "not-an-email\"><b>", "abc").await;
+    let page = app
+        .post_credentials("/auth/signup", "not-an-email\"><b>", "abc")
+        .await;
 
     assert_eq!(page.status, StatusCode::BAD_REQUEST);
     page.assert_signed_out_header();
@@ -116,10 +110,8 @@ async fn a_rejected_signup_shows_every_message_next_to_its_field_and_keeps_the_e
 
 #[tokio::test]
 async fn a_failed_signin_shows_the_general_error_in_the_alert() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
-    Mock::given(method("POST"))
-        .and(path("/api/users/signin"))
+    let app = spawn_app_signed_out().await;
+    api_post("/api/users/signin")
         .and(body_json(
             json!({ "email": "who@test.com", "password": "wrong" }),
         ))
@@ -129,7 +121,9 @@ async fn a_failed_signin_shows_the_general_error_in_the_alert() {
         .mount(&app.api)
         .await;
 
-    let page = post_credentials(&app, "/auth/signin", "who@test.com", "wrong").await;
+    let page = app
+        .post_credentials("/auth/signin", "who@test.com", "wrong")
+        .await;
 
     assert_eq!(page.status, StatusCode::BAD_REQUEST);
     page.assert_contains(&["<h1>Sign In</h1>"]);
@@ -141,8 +135,7 @@ async fn a_failed_signin_shows_the_general_error_in_the_alert() {
 #[tokio::test]
 async fn signing_in_redirects_home_with_the_session_cookie() {
     let app = spawn_app().await;
-    Mock::given(method("POST"))
-        .and(path("/api/users/signin"))
+    api_post("/api/users/signin")
         .respond_with(with_session(
             200,
             json!({ "email": "a@test.com", "id": "64b7f0c2a1b2c3d4e5f60001" }),
@@ -150,12 +143,17 @@ async fn signing_in_redirects_home_with_the_session_cookie() {
         .mount(&app.api)
         .await;
 
-    lands_home_with_the_session(
-        &app,
-        "/auth/signin",
-        &[("email", "a@test.com"), ("password", "password")],
-    )
-    .await;
+    lands_home_with_the_session(&app, "/auth/signin", "a@test.com").await;
+}
+
+/// A mock of the API's `POST api_path`.
+fn api_post(api_path: &str) -> MockBuilder {
+    Mock::given(method("POST")).and(path(api_path))
+}
+
+/// A mock of the API's `POST api_path` that the browser's session cookie came along with.
+fn api_post_with_session(api_path: &str) -> MockBuilder {
+    api_post(api_path).and(header("cookie", COOKIE_VALUE))
 }
 
 /// The auth API's answer that starts a session: `status`, the session cookie and `body`.
@@ -165,15 +163,10 @@ fn with_session(status: u16, body: serde_json::Value) -> ResponseTemplate {
         .set_body_json(body)
 }
 
-/// Posts the sign-up or sign-in form (`form_path`) as a signed-out browser.
-async fn post_credentials(app: &TestApp, form_path: &str, email: &str, password: &str) -> Page {
-    app.post_form(form_path, &[("email", email), ("password", password)], None)
-        .await
-}
-
-/// Posts the form as a signed-out browser, which is sent home with the API's session cookie.
-async fn lands_home_with_the_session(app: &TestApp, form_path: &str, fields: &[(&str, &str)]) {
-    let page = app.post_form(form_path, fields, None).await;
+/// Posts the form as a signed-out browser (`email`, password "password"), which is sent home
+/// with the API's session cookie.
+async fn lands_home_with_the_session(app: &TestApp, form_path: &str, email: &str) {
+    let page = app.post_credentials(form_path, email, "password").await;
     page.assert_redirect("/");
     assert_eq!(page.set_cookies(), [SESSION]);
 }
@@ -182,9 +175,7 @@ async fn lands_home_with_the_session(app: &TestApp, form_path: &str, fields: &[(
 async fn the_signout_page_auto_submits_a_form_whose_post_clears_the_session() {
     let app = spawn_app().await;
     app.given_signed_in(COOKIE_VALUE, "a@test.com").await;
-    Mock::given(method("POST"))
-        .and(path("/api/users/signout"))
-        .and(header("cookie", COOKIE_VALUE))
+    api_post_with_session("/api/users/signout")
         .respond_with(
             ResponseTemplate::new(200)
                 .append_header("set-cookie", CLEARED)
@@ -218,9 +209,7 @@ async fn the_signout_page_auto_submits_a_form_whose_post_clears_the_session() {
 async fn creating_a_ticket_posts_title_and_price_as_typed_and_goes_home() {
     let app = spawn_app().await;
     app.given_signed_in(COOKIE_VALUE, "seller@test.com").await;
-    Mock::given(method("POST"))
-        .and(path("/api/tickets"))
-        .and(header("cookie", COOKIE_VALUE))
+    api_post_with_session("/api/tickets")
         .and(body_json(json!({ "title": "Concert", "price": "12.50" })))
         .respond_with(ResponseTemplate::new(201).set_body_json(ticket(TICKET_ID, "Concert", 12.5)))
         .expect(1)
@@ -301,9 +290,7 @@ async fn creating_a_ticket_after_the_session_ended_goes_to_sign_in() {
 #[tokio::test]
 async fn purchasing_reserves_the_ticket_and_goes_to_the_new_order() {
     let app = spawn_app().await;
-    Mock::given(method("POST"))
-        .and(path("/api/orders"))
-        .and(header("cookie", COOKIE_VALUE))
+    api_post_with_session("/api/orders")
         .and(body_json(json!({ "ticketId": TICKET_ID })))
         .respond_with(ResponseTemplate::new(201).set_body_json(order(
             ORDER_ID,
@@ -326,7 +313,7 @@ async fn purchasing_reserves_the_ticket_and_goes_to_the_new_order() {
 
 #[tokio::test]
 async fn purchasing_a_reserved_ticket_shows_the_error_on_the_ticket_page() {
-    let app = spawn_app_with_buyer().await;
+    let app = spawn_app_signed_in().await;
     app.given_ticket(TICKET_ID, 200, ticket(TICKET_ID, "Concert", 12.5))
         .await;
     app.given_post(
@@ -348,9 +335,7 @@ async fn purchasing_a_reserved_ticket_shows_the_error_on_the_ticket_page() {
 #[tokio::test]
 async fn paying_sends_the_order_id_and_token_then_goes_to_my_orders() {
     let app = spawn_app().await;
-    Mock::given(method("POST"))
-        .and(path("/api/payments"))
-        .and(header("cookie", COOKIE_VALUE))
+    api_post_with_session("/api/payments")
         .and(body_json(
             json!({ "orderId": ORDER_ID, "token": "tok_visa" }),
         ))
@@ -369,15 +354,13 @@ async fn paying_sends_the_order_id_and_token_then_goes_to_my_orders() {
 async fn paying_waits_for_the_payments_service_to_learn_about_a_new_order() {
     let app = spawn_app().await;
     // The payments replica lags behind the order for a moment: 404 twice, then it knows it.
-    Mock::given(method("POST"))
-        .and(path("/api/payments"))
+    api_post("/api/payments")
         .respond_with(ResponseTemplate::new(404).set_body_json(not_found()))
         .up_to_n_times(2)
         .with_priority(1)
         .mount(&app.api)
         .await;
-    Mock::given(method("POST"))
-        .and(path("/api/payments"))
+    api_post("/api/payments")
         .respond_with(payment_created())
         .mount(&app.api)
         .await;
@@ -428,7 +411,7 @@ async fn pay(app: &TestApp, token: &str) -> Page {
 /// Pays a pending order of a signed-in buyer with `token` while the payments API answers every
 /// payment with `status` and the error `message`.
 async fn pay_while_payments_answers(status: u16, message: &str, token: &str) -> (TestApp, Page) {
-    let app = spawn_app_with_buyer().await;
+    let app = spawn_app_signed_in().await;
     app.given_order(ORDER_ID, 200, concert_order("created", 30))
         .await;
     app.given_post("/api/payments", status, errors(&[(message, None)]))
@@ -460,13 +443,14 @@ async fn a_form_that_is_not_urlencoded_gets_an_html_error_page() {
 #[tokio::test]
 async fn a_failing_api_during_a_submit_answers_502_with_a_page() {
     let app = spawn_app().await;
-    Mock::given(method("POST"))
-        .and(path("/api/users/signup"))
+    api_post("/api/users/signup")
         .respond_with(ResponseTemplate::new(500).set_body_string("boom"))
         .mount(&app.api)
         .await;
 
-    let page = post_credentials(&app, "/auth/signup", "a@test.com", "password").await;
+    let page = app
+        .post_credentials("/auth/signup", "a@test.com", "password")
+        .await;
 
     assert_eq!(page.status, StatusCode::BAD_GATEWAY);
     page.assert_contains(&["Something went wrong on our side"]);
@@ -644,7 +628,7 @@ async fn every_form_without_its_own_csrf_token_is_refused_before_reaching_the_ap
 
 #[tokio::test]
 async fn every_page_with_a_form_carries_a_csrf_field_and_sets_its_cookie() {
-    let app = spawn_app_with_buyer().await;
+    let app = spawn_app_signed_in().await;
     app.given_ticket(TICKET_ID, 200, ticket(TICKET_ID, "Concert", 20.0))
         .await;
     let expires_at = Utc::now() + Duration::minutes(1);
@@ -694,8 +678,7 @@ async fn a_form_loaded_from_one_replica_is_accepted_by_another_with_the_same_csr
     let other_key = spawn_app_with_csrf_key("a-different-csrf-key-for-another-deployment").await;
     first.given_anonymous().await;
     for replica in [&second, &other_key] {
-        Mock::given(method("POST"))
-            .and(path("/api/users/signin"))
+        api_post("/api/users/signin")
             .respond_with(with_session(200, json!({})))
             .mount(&replica.api)
             .await;

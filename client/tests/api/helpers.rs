@@ -34,8 +34,15 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with_csrf_key(CSRF_KEY).await
 }
 
+/// The client, with the API treating every request as anonymous.
+pub async fn spawn_app_signed_out() -> TestApp {
+    let app = spawn_app().await;
+    app.given_anonymous().await;
+    app
+}
+
 /// The client, with the API knowing [`COOKIE_VALUE`] as the signed-in [`BUYER`].
-pub async fn spawn_app_with_buyer() -> TestApp {
+pub async fn spawn_app_signed_in() -> TestApp {
     let app = spawn_app().await;
     app.given_signed_in(COOKIE_VALUE, BUYER).await;
     app
@@ -286,6 +293,12 @@ impl TestApp {
             &[("origin", &origin), ("sec-fetch-site", "same-origin")],
         )
         .await
+    }
+
+    /// Submits the sign-up or sign-in form (`form_path`) as a signed-out browser.
+    pub async fn post_credentials(&self, form_path: &str, email: &str, password: &str) -> Page {
+        let fields = [("email", email), ("password", password)];
+        self.post_form(form_path, &fields, None).await
     }
 
     /// Submits a form from one of our pages (valid CSRF field and cookie) with these request

@@ -4,9 +4,11 @@ use serde_json::{Value, json};
 use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, ResponseTemplate};
 
+use common::testing::{not_authorized, not_found};
+
 use crate::helpers::{
-    COOKIE_VALUE, ORDER_ID, Page, concert_order, order, spawn_app, spawn_app_with_buyer,
-    spawn_app_with_stripe, spawn_app_without_api, ticket,
+    COOKIE_VALUE, ORDER_ID, Page, concert_order, order, spawn_app, spawn_app_signed_in,
+    spawn_app_signed_out, spawn_app_with_stripe, spawn_app_without_api, ticket,
 };
 
 const TICKET_A: &str = "64b7f0c2a1b2c3d4e5f6a001";
@@ -14,8 +16,7 @@ const TICKET_B: &str = "64b7f0c2a1b2c3d4e5f6a002";
 
 #[tokio::test]
 async fn the_home_page_lists_the_tickets_for_sale_with_the_signed_out_header() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
+    let app = spawn_app_signed_out().await;
     app.given_get(
         "/api/tickets",
         200,
@@ -49,8 +50,7 @@ async fn the_home_page_lists_the_tickets_for_sale_with_the_signed_out_header() {
 
 #[tokio::test]
 async fn the_home_page_shows_a_page_of_the_search_with_links_to_the_next_and_first_pages() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
+    let app = spawn_app_signed_out().await;
     Mock::given(method("GET"))
         .and(path("/api/tickets"))
         .and(query_param("limit", "20"))
@@ -84,8 +84,7 @@ async fn the_home_page_shows_a_page_of_the_search_with_links_to_the_next_and_fir
 
 #[tokio::test]
 async fn a_search_that_finds_nothing_says_so_and_offers_no_pages() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
+    let app = spawn_app_signed_out().await;
     Mock::given(method("GET"))
         .and(path("/api/tickets"))
         .and(query_param("q", "jazz"))
@@ -102,8 +101,7 @@ async fn a_search_that_finds_nothing_says_so_and_offers_no_pages() {
 
 #[tokio::test]
 async fn an_empty_ticket_list_says_there_is_nothing_for_sale() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
+    let app = spawn_app_signed_out().await;
     app.given_get("/api/tickets", 200, json!([])).await;
 
     let page = app.get("/", None).await;
@@ -114,7 +112,7 @@ async fn an_empty_ticket_list_says_there_is_nothing_for_sale() {
 
 #[tokio::test]
 async fn a_signed_in_visitor_gets_the_account_links_because_the_browser_cookie_reaches_the_api() {
-    let app = spawn_app_with_buyer().await;
+    let app = spawn_app_signed_in().await;
     app.given_get("/api/tickets", 200, json!([])).await;
 
     let page = app.get("/", Some(COOKIE_VALUE)).await;
@@ -164,8 +162,7 @@ async fn cookies_the_api_sets_while_a_page_loads_are_passed_back_to_the_browser(
 
 #[tokio::test]
 async fn protected_pages_send_anonymous_visitors_to_sign_in() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
+    let app = spawn_app_signed_out().await;
 
     for page_path in ["/tickets/new", "/orders", &format!("/orders/{ORDER_ID}")] {
         let page = app.get(page_path, None).await;
@@ -179,7 +176,7 @@ async fn protected_pages_send_anonymous_visitors_to_sign_in() {
 
 #[tokio::test]
 async fn the_ticket_page_shows_title_price_and_a_purchase_button_to_a_signed_in_visitor() {
-    let app = spawn_app_with_buyer().await;
+    let app = spawn_app_signed_in().await;
     app.given_ticket(TICKET_A, 200, ticket(TICKET_A, "Concert", 20.0))
         .await;
 
@@ -202,8 +199,7 @@ async fn the_ticket_page_shows_title_price_and_a_purchase_button_to_a_signed_in_
 #[tokio::test]
 async fn a_reserved_or_sold_ticket_offers_no_purchase_and_its_holder_gets_a_link_to_the_order() {
     // Someone else's order: the orders API does not show it to this viewer.
-    let page =
-        page_of_a_ticket_held_by(401, json!({ "errors": [{ "message": "Not authorized" }] })).await;
+    let page = page_of_a_ticket_held_by(401, not_authorized()).await;
 
     assert_eq!(page.status, StatusCode::OK);
     page.assert_contains(&[
@@ -231,7 +227,7 @@ const HOLDING_ORDER: &str = "64b7f0c2a1b2c3d4e5f6b0aa";
 /// The page of ticket A, held by [`HOLDING_ORDER`], which the orders API answers to the signed-in
 /// viewer with `status` and `holding_order`.
 async fn page_of_a_ticket_held_by(status: u16, holding_order: Value) -> Page {
-    let app = spawn_app_with_buyer().await;
+    let app = spawn_app_signed_in().await;
     let mut taken = ticket(TICKET_A, "Concert", 20.0);
     taken["orderId"] = json!(HOLDING_ORDER);
     app.given_ticket(TICKET_A, 200, taken).await;
@@ -247,8 +243,7 @@ async fn page_of_a_ticket_held_by(status: u16, holding_order: Value) -> Page {
 
 #[tokio::test]
 async fn a_signed_out_visitor_is_invited_to_sign_in_instead_of_purchasing() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
+    let app = spawn_app_signed_out().await;
     app.given_ticket(TICKET_A, 200, ticket(TICKET_A, "Concert", 20.0))
         .await;
 
@@ -260,28 +255,8 @@ async fn a_signed_out_visitor_is_invited_to_sign_in_instead_of_purchasing() {
 }
 
 #[tokio::test]
-async fn an_unknown_ticket_renders_the_html_404_page() {
-    let app = spawn_app_with_buyer().await;
-    app.given_ticket(
-        TICKET_A,
-        404,
-        json!({ "errors": [{ "message": "Not Found" }] }),
-    )
-    .await;
-
-    let page = app
-        .get(&format!("/tickets/{TICKET_A}"), Some(COOKIE_VALUE))
-        .await;
-
-    assert_eq!(page.status, StatusCode::NOT_FOUND);
-    assert_eq!(page.content_type(), "text/html; charset=utf-8");
-    page.assert_contains(&["<h1>Page not found</h1>"]);
-    page.assert_signed_in_header();
-}
-
-#[tokio::test]
 async fn a_malformed_id_is_a_404_without_being_spliced_into_an_api_url() {
-    let app = spawn_app_with_buyer().await;
+    let app = spawn_app_signed_in().await;
 
     for page_path in [
         "/tickets/not-an-id",
@@ -306,7 +281,7 @@ async fn a_malformed_id_is_a_404_without_being_spliced_into_an_api_url() {
 
 #[tokio::test]
 async fn my_orders_lists_each_order_as_title_dash_status() {
-    let app = spawn_app_with_buyer().await;
+    let app = spawn_app_signed_in().await;
     let later = Utc::now() + Duration::seconds(60);
     app.given_get(
         "/api/orders",
@@ -419,26 +394,32 @@ async fn a_cancelled_order_whose_charge_was_refunded_says_so() {
 }
 
 #[tokio::test]
-async fn another_users_order_is_shown_as_not_found() {
-    let app = spawn_app_with_buyer().await;
-    app.given_order(
-        ORDER_ID,
-        401,
-        json!({ "errors": [{ "message": "Not authorized" }] }),
-    )
-    .await;
+async fn an_unknown_ticket_and_another_users_order_render_the_html_404_page() {
+    let app = spawn_app_signed_in().await;
+    app.given_ticket(TICKET_A, 404, not_found()).await;
+    // Someone else's order: the orders API does not show it to this viewer.
+    app.given_order(ORDER_ID, 401, not_authorized()).await;
 
-    let page = app
-        .get(&format!("/orders/{ORDER_ID}"), Some(COOKIE_VALUE))
-        .await;
+    for page_path in [
+        format!("/tickets/{TICKET_A}"),
+        format!("/orders/{ORDER_ID}"),
+    ] {
+        let page = app.get(&page_path, Some(COOKIE_VALUE)).await;
 
-    assert_eq!(page.status, StatusCode::NOT_FOUND);
-    page.assert_contains(&["<h1>Page not found</h1>"]);
+        assert_eq!(page.status, StatusCode::NOT_FOUND, "{page_path}");
+        assert_eq!(
+            page.content_type(),
+            "text/html; charset=utf-8",
+            "{page_path}"
+        );
+        page.assert_contains(&["<h1>Page not found</h1>"]);
+        page.assert_signed_in_header();
+    }
 }
 
 #[tokio::test]
 async fn unknown_paths_and_methods_render_the_html_404_page() {
-    let app = spawn_app_with_buyer().await;
+    let app = spawn_app_signed_in().await;
 
     let page = app.get("/no/such/page", Some(COOKIE_VALUE)).await;
     assert_eq!(page.status, StatusCode::NOT_FOUND);
@@ -459,8 +440,7 @@ async fn unknown_paths_and_methods_render_the_html_404_page() {
 
 #[tokio::test]
 async fn user_supplied_text_is_escaped_in_the_html() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
+    let app = spawn_app_signed_out().await;
     app.given_get(
         "/api/tickets",
         200,
@@ -490,19 +470,14 @@ async fn when_the_api_is_unreachable_pages_answer_a_friendly_503() {
         page.assert_lacks(&["Sign In</a>", "Sign Out</a>"]);
     }
     let form = app
-        .post_form(
-            "/auth/signin",
-            &[("email", "a@b.co"), ("password", "secret")],
-            None,
-        )
+        .post_credentials("/auth/signin", "a@b.co", "secret")
         .await;
     assert_eq!(form.status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
 #[tokio::test]
 async fn when_the_api_fails_pages_answer_a_friendly_502() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
+    let app = spawn_app_signed_out().await;
     app.given_get(
         "/api/tickets",
         500,
@@ -521,8 +496,7 @@ async fn when_the_api_fails_pages_answer_a_friendly_502() {
 
 #[tokio::test]
 async fn an_api_503_is_passed_on_as_a_friendly_503() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
+    let app = spawn_app_signed_out().await;
     app.given_get(
         "/api/tickets",
         503,
@@ -571,8 +545,7 @@ async fn the_stylesheet_and_scripts_are_served_by_the_client_itself() {
 
 #[tokio::test]
 async fn pages_forbid_framing_and_foreign_scripts() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
+    let app = spawn_app_signed_out().await;
 
     let page = app.get("/auth/signup", None).await;
 

@@ -425,18 +425,15 @@ async fn pay_while_payments_answers(status: u16, message: &str, token: &str) -> 
 async fn a_form_that_is_not_urlencoded_gets_an_html_error_page() {
     let app = spawn_app().await;
 
-    let response = app
+    let json = app
         .browser
         .post(app.url("/auth/signin"))
         .header("content-type", "application/json")
-        .body(r#"{"email":"a@b.co","password":"x"}"#)
-        .send()
-        .await
-        .expect("request");
+        .body(r#"{"email":"a@b.co","password":"x"}"#);
+    let page = app.send(json).await;
 
-    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let html = response.text().await.expect("body");
-    assert!(html.contains("That form could not be read"), "{html}");
+    assert_eq!(page.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    page.assert_contains(&["That form could not be read"]);
     assert!(app.requests_to("/api/users/signin").await.is_empty());
 }
 
@@ -487,10 +484,8 @@ async fn every_form_posted_from_another_site_is_refused_before_reaching_the_apis
         }
     }
     let posts: Vec<_> = app
-        .api
-        .received_requests()
+        .requests()
         .await
-        .unwrap_or_default()
         .into_iter()
         .filter(|r| r.method.as_str() != "GET")
         .collect();
@@ -622,7 +617,7 @@ async fn every_form_without_its_own_csrf_token_is_refused_before_reaching_the_ap
             }
         }
     }
-    let asked = app.api.received_requests().await.unwrap_or_default();
+    let asked = app.requests().await;
     assert!(asked.is_empty(), "the APIs were asked: {asked:?}");
 }
 
@@ -665,7 +660,7 @@ async fn every_page_with_a_form_carries_a_csrf_field_and_sets_its_cookie() {
         assert_eq!(again.csrf_field(), field, "{path}");
     }
     // The APIs never see the client's own cookie.
-    for request in app.api.received_requests().await.unwrap_or_default() {
+    for request in app.requests().await {
         let sent = request.headers.get("cookie").and_then(|v| v.to_str().ok());
         assert_eq!(sent, Some(COOKIE_VALUE), "{}", request.url);
     }

@@ -274,6 +274,11 @@ impl TestApp {
         if let Some(cookie) = cookie {
             request = request.header(COOKIE, cookie);
         }
+        self.send(request).await
+    }
+
+    /// Sends a request made with [`Self::browser`], and reads the page it answers.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Page {
         Page::read(request.send().await.expect("request")).await
     }
 
@@ -338,7 +343,7 @@ impl TestApp {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        Page::read(request.send().await.expect("request")).await
+        self.send(request).await
     }
 
     /// The API treats every request without a known cookie as anonymous.
@@ -403,12 +408,15 @@ impl TestApp {
             .await
     }
 
+    /// Every API request this test made.
+    pub async fn requests(&self) -> Vec<wiremock::Request> {
+        self.api.received_requests().await.unwrap_or_default()
+    }
+
     /// Every API request this test made to `api_path`.
     pub async fn requests_to(&self, api_path: &str) -> Vec<wiremock::Request> {
-        self.api
-            .received_requests()
+        self.requests()
             .await
-            .unwrap_or_default()
             .into_iter()
             .filter(|r| r.url.path() == api_path)
             .collect()

@@ -268,10 +268,8 @@ async fn a_malformed_id_is_a_404_without_being_spliced_into_an_api_url() {
         page.assert_contains(&["<h1>Page not found</h1>"]);
     }
     let asked: Vec<String> = app
-        .api
-        .received_requests()
+        .requests()
         .await
-        .unwrap_or_default()
         .iter()
         .map(|r| r.url.path().to_owned())
         .filter(|p| p != "/api/users/currentuser")
@@ -427,15 +425,9 @@ async fn unknown_paths_and_methods_render_the_html_404_page() {
     page.assert_contains(&["<title>Page not found · Ticketing System</title>", "404"]);
     page.assert_signed_in_header();
 
-    let put = app
-        .browser
-        .put(app.url("/orders"))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(put.status(), StatusCode::NOT_FOUND);
-    let html = put.text().await.expect("body");
-    assert!(html.contains("<h1>Page not found</h1>"), "{html}");
+    let put = app.send(app.browser.put(app.url("/orders"))).await;
+    assert_eq!(put.status, StatusCode::NOT_FOUND);
+    put.assert_contains(&["<h1>Page not found</h1>"]);
 }
 
 #[tokio::test]
@@ -533,14 +525,7 @@ async fn the_stylesheet_and_scripts_are_served_by_the_client_itself() {
         assert_eq!(page.content_type(), content_type, "{asset}");
         page.assert_contains(&[fragment]);
     }
-    assert!(
-        app.api
-            .received_requests()
-            .await
-            .unwrap_or_default()
-            .is_empty(),
-        "assets need no API call"
-    );
+    assert!(app.requests().await.is_empty(), "assets need no API call");
 }
 
 #[tokio::test]

@@ -597,9 +597,7 @@ async fn every_form_without_its_own_csrf_token_is_refused_before_reaching_the_ap
                 if let Some(token) = token {
                     fields.push((client::csrf::CSRF_FIELD, token));
                 }
-                let page = app
-                    .post_form_raw(&path, &fields, Some(cookie), headers)
-                    .await;
+                let page = app.post_form_raw(&path, &fields, cookie, headers).await;
                 assert_eq!(
                     page.status,
                     StatusCode::FORBIDDEN,
@@ -690,10 +688,10 @@ async fn a_form_loaded_from_one_replica_is_accepted_by_another_with_the_same_csr
         (client::csrf::CSRF_FIELD, field.as_str()),
     ];
     let signed_in = second
-        .post_form_raw("/auth/signin", &fields, Some(&cookie), &[])
+        .post_form_raw("/auth/signin", &fields, &cookie, &[])
         .await;
     let refused = other_key
-        .post_form_raw("/auth/signin", &fields, Some(&cookie), &[])
+        .post_form_raw("/auth/signin", &fields, &cookie, &[])
         .await;
 
     signed_in.assert_redirect("/");

@@ -324,22 +324,22 @@ impl TestApp {
             Some(cookie) => format!("{cookie}; {csrf_cookie}"),
             None => csrf_cookie,
         };
-        self.post_form_raw(path, &fields, Some(&cookie), headers)
-            .await
+        self.post_form_raw(path, &fields, &cookie, headers).await
     }
 
-    /// Submits exactly these fields, cookie and headers: no CSRF token is added.
+    /// Submits exactly these fields, `Cookie` header and headers: no CSRF token is added.
     pub async fn post_form_raw(
         &self,
         path: &str,
         fields: &[(&str, &str)],
-        cookie: Option<&str>,
+        cookie: &str,
         headers: &[(&str, &str)],
     ) -> Page {
-        let mut request = self.browser.post(self.url(path)).form(fields);
-        if let Some(cookie) = cookie {
-            request = request.header(COOKIE, cookie);
-        }
+        let mut request = self
+            .browser
+            .post(self.url(path))
+            .form(fields)
+            .header(COOKIE, cookie);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }

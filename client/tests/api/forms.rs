@@ -1,14 +1,15 @@
 use chrono::{Duration, Utc};
 use reqwest::StatusCode;
 use serde_json::json;
-use wiremock::matchers::{body_json, header, method, path};
-use wiremock::{Mock, MockBuilder, ResponseTemplate};
+use wiremock::matchers::{body_json, header};
+use wiremock::{MockBuilder, ResponseTemplate};
 
 use common::testing::{not_authorized, not_found};
 
 use crate::helpers::{
-    CLIENT_ADDRESS_KEY, COOKIE_VALUE, ORDER_ID, Page, TICKET_ID, TestApp, concert_order, errors,
-    order, spawn_app, spawn_app_signed_in, spawn_app_signed_out, spawn_app_with_csrf_key, ticket,
+    CLIENT_ADDRESS_KEY, COOKIE_VALUE, ORDER_ID, Page, TICKET_ID, TestApp, api_post, concert_order,
+    errors, order, spawn_app, spawn_app_signed_in, spawn_app_signed_out, spawn_app_with_csrf_key,
+    ticket,
 };
 
 const SESSION: &str =
@@ -144,11 +145,6 @@ async fn signing_in_redirects_home_with_the_session_cookie() {
         .await;
 
     lands_home_with_the_session(&app, "/auth/signin", "a@test.com").await;
-}
-
-/// A mock of the API's `POST api_path`.
-fn api_post(api_path: &str) -> MockBuilder {
-    Mock::given(method("POST")).and(path(api_path))
 }
 
 /// A mock of the API's `POST api_path` that the browser's session cookie came along with.

@@ -10,7 +10,7 @@ use reqwest::header::{CONTENT_TYPE, COOKIE, HeaderMap, LOCATION, SET_COOKIE};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use wiremock::matchers::{header, method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{Mock, MockBuilder, MockServer, ResponseTemplate};
 
 pub use common::testing::errors;
 
@@ -99,6 +99,16 @@ async fn spawn(api: MockServer, base: &str, stripe_key: Option<&str>, csrf_key: 
         csrf,
         _running: Running::spawn(|shutdown| app.run_until_stopped(shutdown)),
     }
+}
+
+/// A mock of the API's `GET api_path`.
+pub fn api_get(api_path: &str) -> MockBuilder {
+    Mock::given(method("GET")).and(path(api_path))
+}
+
+/// A mock of the API's `POST api_path`.
+pub fn api_post(api_path: &str) -> MockBuilder {
+    Mock::given(method("POST")).and(path(api_path))
 }
 
 /// A page as the browser received it.
@@ -362,7 +372,7 @@ impl TestApp {
     /// `GET /api/users/currentuser` answers `user` to requests with `cookie` (to all without);
     /// the mock of lower `priority` answers first.
     async fn given_current_user(&self, cookie: Option<&str>, user: Value, priority: u8) {
-        let mut mock = Mock::given(method("GET")).and(path("/api/users/currentuser"));
+        let mut mock = api_get("/api/users/currentuser");
         if let Some(cookie) = cookie {
             mock = mock.and(header("cookie", cookie));
         }
@@ -378,6 +388,12 @@ impl TestApp {
 
     pub async fn given_post(&self, api_path: &str, status: u16, body: Value) {
         self.given("POST", api_path, status, body).await;
+    }
+
+    /// The tickets API answers its listing (`GET /api/tickets`, whatever the query) with `status`
+    /// and `body`.
+    pub async fn given_tickets(&self, status: u16, body: Value) {
+        self.given_get("/api/tickets", status, body).await;
     }
 
     /// The tickets API answers `GET /api/tickets/{id}` with `status` and `body`.

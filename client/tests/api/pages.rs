@@ -1,14 +1,15 @@
 use chrono::{Duration, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use wiremock::matchers::{method, path, query_param};
-use wiremock::{Mock, ResponseTemplate};
+use wiremock::ResponseTemplate;
+use wiremock::matchers::query_param;
 
 use common::testing::{not_authorized, not_found};
 
 use crate::helpers::{
-    COOKIE_VALUE, ORDER_ID, Page, concert_order, order, spawn_app, spawn_app_signed_in,
-    spawn_app_signed_out, spawn_app_with_stripe, spawn_app_without_api, ticket,
+    COOKIE_VALUE, ORDER_ID, Page, api_get, concert_order, errors, order, spawn_app,
+    spawn_app_signed_in, spawn_app_signed_out, spawn_app_with_stripe, spawn_app_without_api,
+    ticket,
 };
 
 const TICKET_A: &str = "64b7f0c2a1b2c3d4e5f6a001";
@@ -17,8 +18,7 @@ const TICKET_B: &str = "64b7f0c2a1b2c3d4e5f6a002";
 #[tokio::test]
 async fn the_home_page_lists_the_tickets_for_sale_with_the_signed_out_header() {
     let app = spawn_app_signed_out().await;
-    app.given_get(
-        "/api/tickets",
+    app.given_tickets(
         200,
         json!([
             ticket(TICKET_A, "Concert", 12.5),
@@ -51,8 +51,7 @@ async fn the_home_page_lists_the_tickets_for_sale_with_the_signed_out_header() {
 #[tokio::test]
 async fn the_home_page_shows_a_page_of_the_search_with_links_to_the_next_and_first_pages() {
     let app = spawn_app_signed_out().await;
-    Mock::given(method("GET"))
-        .and(path("/api/tickets"))
+    api_get("/api/tickets")
         .and(query_param("limit", "20"))
         .and(query_param("q", "rock & roll"))
         .and(query_param("after", TICKET_A))
@@ -85,8 +84,7 @@ async fn the_home_page_shows_a_page_of_the_search_with_links_to_the_next_and_fir
 #[tokio::test]
 async fn a_search_that_finds_nothing_says_so_and_offers_no_pages() {
     let app = spawn_app_signed_out().await;
-    Mock::given(method("GET"))
-        .and(path("/api/tickets"))
+    api_get("/api/tickets")
         .and(query_param("q", "jazz"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
         .mount(&app.api)
@@ -102,7 +100,7 @@ async fn a_search_that_finds_nothing_says_so_and_offers_no_pages() {
 #[tokio::test]
 async fn an_empty_ticket_list_says_there_is_nothing_for_sale() {
     let app = spawn_app_signed_out().await;
-    app.given_get("/api/tickets", 200, json!([])).await;
+    app.given_tickets(200, json!([])).await;
 
     let page = app.get("/", None).await;
 
@@ -113,7 +111,7 @@ async fn an_empty_ticket_list_says_there_is_nothing_for_sale() {
 #[tokio::test]
 async fn a_signed_in_visitor_gets_the_account_links_because_the_browser_cookie_reaches_the_api() {
     let app = spawn_app_signed_in().await;
-    app.given_get("/api/tickets", 200, json!([])).await;
+    app.given_tickets(200, json!([])).await;
 
     let page = app.get("/", Some(COOKIE_VALUE)).await;
 
@@ -137,8 +135,7 @@ async fn a_signed_in_visitor_gets_the_account_links_because_the_browser_cookie_r
 #[tokio::test]
 async fn cookies_the_api_sets_while_a_page_loads_are_passed_back_to_the_browser() {
     let app = spawn_app().await;
-    Mock::given(method("GET"))
-        .and(path("/api/users/currentuser"))
+    api_get("/api/users/currentuser")
         .respond_with(
             ResponseTemplate::new(200)
                 .append_header(
@@ -149,7 +146,7 @@ async fn cookies_the_api_sets_while_a_page_loads_are_passed_back_to_the_browser(
         )
         .mount(&app.api)
         .await;
-    app.given_get("/api/tickets", 200, json!([])).await;
+    app.given_tickets(200, json!([])).await;
 
     let page = app.get("/", Some("express:sess=expired")).await;
 
@@ -231,12 +228,7 @@ async fn page_of_a_ticket_held_by(status: u16, holding_order: Value) -> Page {
     let mut taken = ticket(TICKET_A, "Concert", 20.0);
     taken["orderId"] = json!(HOLDING_ORDER);
     app.given_ticket(TICKET_A, 200, taken).await;
-    app.given_get(
-        &format!("/api/orders/{HOLDING_ORDER}"),
-        status,
-        holding_order,
-    )
-    .await;
+    app.given_order(HOLDING_ORDER, status, holding_order).await;
     app.get(&format!("/tickets/{TICKET_A}"), Some(COOKIE_VALUE))
         .await
 }
@@ -433,8 +425,7 @@ async fn unknown_paths_and_methods_render_the_html_404_page() {
 #[tokio::test]
 async fn user_supplied_text_is_escaped_in_the_html() {
     let app = spawn_app_signed_out().await;
-    app.given_get(
-        "/api/tickets",
+    app.given_tickets(
         200,
         json!([ticket(TICKET_A, "<script>alert(1)</script>", 1.0)]),
     )
@@ -470,12 +461,8 @@ async fn when_the_api_is_unreachable_pages_answer_a_friendly_503() {
 #[tokio::test]
 async fn when_the_api_fails_pages_answer_a_friendly_502() {
     let app = spawn_app_signed_out().await;
-    app.given_get(
-        "/api/tickets",
-        500,
-        json!({ "errors": [{ "message": "Something went wrong" }] }),
-    )
-    .await;
+    app.given_tickets(500, errors(&[("Something went wrong", None)]))
+        .await;
     app.given_ticket(TICKET_A, 200, json!({ "unexpected": true }))
         .await;
 
@@ -489,12 +476,8 @@ async fn when_the_api_fails_pages_answer_a_friendly_502() {
 #[tokio::test]
 async fn an_api_503_is_passed_on_as_a_friendly_503() {
     let app = spawn_app_signed_out().await;
-    app.given_get(
-        "/api/tickets",
-        503,
-        json!({ "errors": [{ "message": "Error connecting to database" }] }),
-    )
-    .await;
+    app.given_tickets(503, errors(&[("Error connecting to database", None)]))
+        .await;
 
     let page = app.get("/", None).await;
 
@@ -564,8 +547,7 @@ async fn health_is_always_ok_and_readiness_follows_the_api() {
         (StatusCode::OK, r#"{"status":"ok"}"#)
     );
     // Any HTTP answer counts, even an error: the ingress is there.
-    Mock::given(method("GET"))
-        .and(path("/api/users/currentuser"))
+    api_get("/api/users/currentuser")
         .respond_with(ResponseTemplate::new(503))
         .mount(&app.api)
         .await;

@@ -30,23 +30,11 @@ pub struct CredentialsForm {
 }
 
 async fn signup_form(visit: FormVisit) -> PageResult {
-    form_page(
-        visit,
-        AuthMode::SignUp,
-        String::new(),
-        FormAnswer::default(),
-    )
-    .await
+    form_page(visit, AuthMode::SignUp, "", FormAnswer::default()).await
 }
 
 async fn signin_form(visit: FormVisit) -> PageResult {
-    form_page(
-        visit,
-        AuthMode::SignIn,
-        String::new(),
-        FormAnswer::default(),
-    )
-    .await
+    form_page(visit, AuthMode::SignIn, "", FormAnswer::default()).await
 }
 
 async fn signup(visit: FormVisit, HtmlForm(form): HtmlForm<CredentialsForm>) -> PageResult {
@@ -61,7 +49,7 @@ async fn signin(visit: FormVisit, HtmlForm(form): HtmlForm<CredentialsForm>) -> 
 async fn form_page(
     visit: FormVisit,
     mode: AuthMode,
-    email: String,
+    email: &str,
     mut answer: FormAnswer,
 ) -> PageResult {
     let (viewer, more) = viewer(&visit.state.api, &visit.fwd).await?;
@@ -69,7 +57,7 @@ async fn form_page(
     let page = AuthPage::new(
         viewer,
         mode,
-        email,
+        email.to_owned(),
         answer.errors,
         visit.csrf.field().to_owned(),
     );
@@ -83,7 +71,7 @@ async fn submit(visit: FormVisit, mode: AuthMode, form: CredentialsForm) -> Page
         .await
     {
         Ok(reply) => Ok((reply.cookies, Redirect::to("/")).into_response()),
-        Err(err) => form_page(visit, mode, form.email, FormAnswer::refused(err)?).await,
+        Err(err) => form_page(visit, mode, &form.email, FormAnswer::refused(err)?).await,
     }
 }
 

@@ -85,7 +85,8 @@ async fn pay(
 }
 
 async fn order_page(visit: FormVisit, id: &str, mut answer: FormAnswer) -> PageResult {
-    let (api, fwd) = (&visit.state.api, &visit.fwd);
+    let (state, fwd) = (&visit.state, &visit.fwd);
+    let api = &state.api;
     let (viewer, more) = signed_in_viewer(api, fwd).await?;
     answer.cookies.extend(more);
     if !is_id(id) {
@@ -101,11 +102,7 @@ async fn order_page(visit: FormVisit, id: &str, mut answer: FormAnswer) -> PageR
         Err(err) => return Err(PageError::from_api(err, &viewer)),
     };
     answer.cookies.extend(order.cookies);
-    let stripe_key = visit
-        .state
-        .stripe_publishable_key
-        .as_deref()
-        .map(str::to_owned);
+    let stripe_key = state.stripe_publishable_key.as_deref().map(str::to_owned);
     let page = OrderPage::new(
         viewer,
         order.body,

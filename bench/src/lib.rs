@@ -6,6 +6,7 @@ pub mod flash_sale;
 pub mod load;
 pub mod machine;
 pub mod monitor;
+pub mod process;
 pub mod procfs;
 pub mod profile;
 pub mod report;

@@ -11,6 +11,8 @@ use anyhow::Context as _;
 use serde::Serialize;
 use tokio::process::{Child, Command};
 
+use crate::process::signal_then_kill;
+
 const FREQUENCY_HZ: &str = "499";
 const TOP_SYMBOLS: usize = 12;
 
@@ -111,19 +113,8 @@ impl Profiler {
             data,
             mut recorder,
         } = session;
-        if let Some(pid) = recorder.id() {
-            // perf writes its file on SIGINT.
-            let _ = Command::new("kill")
-                .args(["-INT", &pid.to_string()])
-                .status()
-                .await;
-        }
-        if tokio::time::timeout(Duration::from_secs(60), recorder.wait())
-            .await
-            .is_err()
-        {
-            let _ = recorder.kill().await;
-        }
+        // perf writes its file on SIGINT.
+        signal_then_kill(&mut recorder, "-INT", Duration::from_secs(60)).await;
         let mut processes = Vec::new();
         for (name, pids) in &self.targets {
             processes.push(summarise(name, pids, &data).await);

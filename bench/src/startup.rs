@@ -14,6 +14,7 @@ use serde::Serialize;
 use tokio::process::{Child, Command};
 
 use crate::monitor::mib;
+use crate::process::signal_then_kill;
 use crate::procfs;
 use crate::stack::Stack;
 
@@ -118,7 +119,7 @@ async fn measure_one(
             bail!("{service} exited with {status} before it was ready");
         }
         if spawned.elapsed() > READY_WITHIN {
-            stop(&mut child, pid).await;
+            stop(&mut child).await;
             bail!("{service} not ready within {READY_WITHIN:?}");
         }
         tokio::time::sleep(POLL_EVERY).await;
@@ -128,7 +129,7 @@ async fn measure_one(
     tokio::time::sleep(SETTLE).await;
     let rss_settled = procfs::status_kib(pid, "VmRSS").unwrap_or(0);
     let stopping = Instant::now();
-    stop(&mut child, pid).await;
+    stop(&mut child).await;
     Ok(StartupRun {
         ready_ms: ready.as_secs_f64() * 1000.0,
         rss_at_ready_mib: mib(rss_at_ready),
@@ -138,17 +139,8 @@ async fn measure_one(
 }
 
 /// SIGTERM (graceful shutdown), then SIGKILL if it takes longer than 15 s.
-async fn stop(child: &mut Child, pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await;
-    if tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
-    }
+async fn stop(child: &mut Child) {
+    signal_then_kill(child, "-TERM", Duration::from_secs(15)).await;
 }
 
 /// A loopback port nobody listens on (the kernel's pick, released for the service to bind).

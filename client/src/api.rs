@@ -22,6 +22,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use crate::views::AuthMode;
+
 /// How long to wait for a TCP connection to the ingress.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long any one API call may take, end to end; a page never hangs longer than this.
@@ -268,9 +270,7 @@ impl Api {
 
     /// `None` when the visitor is anonymous.
     pub async fn current_user(&self, fwd: &Forwarded) -> Result<Reply<Option<User>>, ApiError> {
-        let reply: Reply<CurrentUserBody> = self
-            .send(Method::GET, "/api/users/currentuser", fwd, None)
-            .await?;
+        let reply: Reply<CurrentUserBody> = self.get("/api/users/currentuser", fwd).await?;
         Ok(Reply {
             body: reply.body.current_user,
             cookies: reply.cookies,
@@ -278,31 +278,24 @@ impl Api {
         })
     }
 
-    pub async fn signup(
+    /// Signs up or signs in, as `mode` says; the reply's cookies hold the new session.
+    pub async fn authenticate(
         &self,
         fwd: &Forwarded,
+        mode: AuthMode,
         email: &str,
         password: &str,
     ) -> Result<Reply<Value>, ApiError> {
+        let path = match mode {
+            AuthMode::SignUp => "/api/users/signup",
+            AuthMode::SignIn => "/api/users/signin",
+        };
         let body = json!({ "email": email, "password": password });
-        self.send(Method::POST, "/api/users/signup", fwd, Some(body))
-            .await
-    }
-
-    pub async fn signin(
-        &self,
-        fwd: &Forwarded,
-        email: &str,
-        password: &str,
-    ) -> Result<Reply<Value>, ApiError> {
-        let body = json!({ "email": email, "password": password });
-        self.send(Method::POST, "/api/users/signin", fwd, Some(body))
-            .await
+        self.post(path, fwd, body).await
     }
 
     pub async fn signout(&self, fwd: &Forwarded) -> Result<Reply<Value>, ApiError> {
-        self.send(Method::POST, "/api/users/signout", fwd, Some(json!({})))
-            .await
+        self.post("/api/users/signout", fwd, json!({})).await
     }
 
     /// One page of the free tickets ([`TICKETS_PER_PAGE`]), after `after` (a valid id, see
@@ -325,13 +318,12 @@ impl Api {
             }
             format!("/api/tickets?{}", query.finish())
         };
-        self.send(Method::GET, &path, fwd, None).await
+        self.get(&path, fwd).await
     }
 
     /// `id` must already be a valid id (see [`is_id`]): it becomes part of the URL.
     pub async fn ticket(&self, fwd: &Forwarded, id: &str) -> Result<Reply<Ticket>, ApiError> {
-        self.send(Method::GET, &format!("/api/tickets/{id}"), fwd, None)
-            .await
+        self.get(&format!("/api/tickets/{id}"), fwd).await
     }
 
     /// The price goes as the string the user typed (the API accepts numeric strings), so the API's
@@ -343,8 +335,7 @@ impl Api {
         price: &str,
     ) -> Result<Reply<Ticket>, ApiError> {
         let body = json!({ "title": title, "price": price });
-        self.send(Method::POST, "/api/tickets", fwd, Some(body))
-            .await
+        self.post("/api/tickets", fwd, body).await
     }
 
     pub async fn create_order(
@@ -352,19 +343,17 @@ impl Api {
         fwd: &Forwarded,
         ticket_id: &str,
     ) -> Result<Reply<Order>, ApiError> {
-        let body = json!({ "ticketId": ticket_id });
-        self.send(Method::POST, "/api/orders", fwd, Some(body))
+        self.post("/api/orders", fwd, json!({ "ticketId": ticket_id }))
             .await
     }
 
     pub async fn orders(&self, fwd: &Forwarded) -> Result<Reply<Vec<Order>>, ApiError> {
-        self.send(Method::GET, "/api/orders", fwd, None).await
+        self.get("/api/orders", fwd).await
     }
 
     /// `id` must already be a valid id (see [`is_id`]): it becomes part of the URL.
     pub async fn order(&self, fwd: &Forwarded, id: &str) -> Result<Reply<Order>, ApiError> {
-        self.send(Method::GET, &format!("/api/orders/{id}"), fwd, None)
-            .await
+        self.get(&format!("/api/orders/{id}"), fwd).await
     }
 
     pub async fn pay(
@@ -374,7 +363,7 @@ impl Api {
         token: &str,
     ) -> Result<Reply<Payment>, ApiError> {
         let body = json!({ "orderId": order_id, "token": token });
-        self.send_within(
+        self.send(
             Method::POST,
             "/api/payments",
             fwd,
@@ -395,18 +384,26 @@ impl Api {
             .is_ok()
     }
 
-    async fn send<T: DeserializeOwned>(
+    async fn get<T: DeserializeOwned>(
         &self,
-        method: Method,
         path: &str,
         fwd: &Forwarded,
-        body: Option<Value>,
     ) -> Result<Reply<T>, ApiError> {
-        self.send_within(method, path, fwd, body, REQUEST_TIMEOUT)
+        self.send(Method::GET, path, fwd, None, REQUEST_TIMEOUT)
             .await
     }
 
-    async fn send_within<T: DeserializeOwned>(
+    async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        fwd: &Forwarded,
+        body: Value,
+    ) -> Result<Reply<T>, ApiError> {
+        self.send(Method::POST, path, fwd, Some(body), REQUEST_TIMEOUT)
+            .await
+    }
+
+    async fn send<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,

@@ -1,15 +1,43 @@
 //! What every page handler shares: who is looking, the HTML error pages, and form bodies whose
 //! failures are answered in HTML too.
 
-use axum::extract::{Form, FromRequest, Request};
+use axum::extract::{Form, FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::de::DeserializeOwned;
 
 use crate::api::{Api, ApiError, FormErrors, Forwarded, SetCookies};
+use crate::app::AppState;
+use crate::csrf::FormToken;
 use crate::views::{ErrorPage, NotFoundPage, Viewer, render};
 
 pub const SIGN_IN_PATH: &str = "/auth/signin";
+
+/// What every page handler answers.
+pub type PageResult = Result<Response, PageError>;
+
+/// What a handler of a page with a form starts from: the app, what the browser sent that the APIs
+/// must see, and the CSRF token the form carries.
+pub struct FormVisit {
+    pub state: AppState,
+    pub fwd: Forwarded,
+    pub csrf: FormToken,
+}
+
+impl FromRequestParts<AppState> for FormVisit {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let Ok(fwd) = Forwarded::from_request_parts(parts, state).await;
+        let csrf = FormToken::from_request_parts(parts, state).await?;
+        Ok(Self {
+            state: state.clone(),
+            fwd,
+            csrf,
+        })
+    }
+}
 
 /// Why a page cannot be shown. Every variant becomes an HTML answer, never a panic.
 #[derive(Debug)]
@@ -112,6 +140,46 @@ impl IntoResponse for PageError {
             ),
         };
         render(status, &page)
+    }
+}
+
+/// What a page with a form shows besides its data: nothing on a first visit (200, no messages),
+/// or, once the API refused the form, its status, its messages and the cookies it set.
+#[derive(Debug, Default)]
+pub struct FormAnswer {
+    /// `StatusCode::default()` is 200 OK.
+    pub status: StatusCode,
+    pub errors: FormErrors,
+    pub cookies: SetCookies,
+}
+
+impl FormAnswer {
+    /// The API's refusal of a form, to show with the form again; any other failure is the page's.
+    pub fn refused(err: ApiError) -> Result<Self, PageError> {
+        match err {
+            ApiError::Rejected {
+                status,
+                errors,
+                cookies,
+            } => Ok(Self {
+                status,
+                errors,
+                cookies,
+            }),
+            err => Err(err.into()),
+        }
+    }
+
+    /// Like [`Self::refused`], for a form only a signed-in visitor sends: a 401 means the session
+    /// ended, so the visitor signs in again.
+    pub fn refused_to_member(err: ApiError) -> Result<Self, PageError> {
+        match err {
+            ApiError::Rejected {
+                status: StatusCode::UNAUTHORIZED,
+                ..
+            } => Err(PageError::SignInRequired),
+            err => Self::refused(err),
+        }
     }
 }
 

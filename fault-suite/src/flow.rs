@@ -346,11 +346,7 @@ impl<'a> Flow<'a> {
                     )
                     .await
                 },
-                |reply| {
-                    (reply.status == StatusCode::CREATED)
-                        .then(|| reply.body["id"].as_str().map(str::to_owned))
-                        .flatten()
-                },
+                created_id,
             )
             .await?;
         self.acknowledged(Write::Ticket {
@@ -407,11 +403,7 @@ impl<'a> Flow<'a> {
                     }
                     Ok(reply)
                 },
-                |reply| {
-                    (reply.status == StatusCode::CREATED)
-                        .then(|| reply.body["id"].as_str().map(str::to_owned))
-                        .flatten()
-                },
+                created_id,
             )
             .await?;
         self.acknowledged(Write::Order {
@@ -694,4 +686,11 @@ impl<'a> Flow<'a> {
 /// The first error message of an answer in the error shape.
 fn error_message(body: &Value) -> Option<&str> {
     body["errors"][0]["message"].as_str()
+}
+
+/// The id of what a 201 created; `None` for any other answer.
+fn created_id(reply: &Reply) -> Option<String> {
+    (reply.status == StatusCode::CREATED)
+        .then(|| reply.body["id"].as_str().map(str::to_owned))
+        .flatten()
 }

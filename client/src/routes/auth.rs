@@ -4,14 +4,13 @@
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect};
 use axum::routing::get;
 use serde::Deserialize;
 
-use crate::api::{ApiError, FormErrors, Forwarded};
+use crate::api::Forwarded;
 use crate::app::AppState;
-use crate::csrf::FormToken;
-use crate::page::{HtmlForm, PageError, viewer};
+use crate::page::{FormAnswer, FormVisit, HtmlForm, PageResult, viewer};
 use crate::views::{AuthMode, AuthPage, SignoutPage, render};
 
 pub fn router() -> Router<AppState> {
@@ -30,102 +29,65 @@ pub struct CredentialsForm {
     pub password: String,
 }
 
-async fn signup_form(
-    State(state): State<AppState>,
-    fwd: Forwarded,
-    csrf: FormToken,
-) -> Result<Response, PageError> {
-    form_page(&state, &fwd, AuthMode::SignUp, csrf).await
+async fn signup_form(visit: FormVisit) -> PageResult {
+    form_page(visit, AuthMode::SignUp, "", FormAnswer::default()).await
 }
 
-async fn signin_form(
-    State(state): State<AppState>,
-    fwd: Forwarded,
-    csrf: FormToken,
-) -> Result<Response, PageError> {
-    form_page(&state, &fwd, AuthMode::SignIn, csrf).await
+async fn signin_form(visit: FormVisit) -> PageResult {
+    form_page(visit, AuthMode::SignIn, "", FormAnswer::default()).await
 }
 
-async fn signup(
-    State(state): State<AppState>,
-    fwd: Forwarded,
-    csrf: FormToken,
-    HtmlForm(form): HtmlForm<CredentialsForm>,
-) -> Result<Response, PageError> {
-    submit(&state, &fwd, AuthMode::SignUp, form, csrf).await
+async fn signup(visit: FormVisit, HtmlForm(form): HtmlForm<CredentialsForm>) -> PageResult {
+    submit(visit, AuthMode::SignUp, form).await
 }
 
-async fn signin(
-    State(state): State<AppState>,
-    fwd: Forwarded,
-    csrf: FormToken,
-    HtmlForm(form): HtmlForm<CredentialsForm>,
-) -> Result<Response, PageError> {
-    submit(&state, &fwd, AuthMode::SignIn, form, csrf).await
+async fn signin(visit: FormVisit, HtmlForm(form): HtmlForm<CredentialsForm>) -> PageResult {
+    submit(visit, AuthMode::SignIn, form).await
 }
 
+/// The form, empty or shown again with what the API said about `email` (the password never is).
 async fn form_page(
-    state: &AppState,
-    fwd: &Forwarded,
+    visit: FormVisit,
     mode: AuthMode,
-    csrf: FormToken,
-) -> Result<Response, PageError> {
-    let (viewer, cookies) = viewer(&state.api, fwd).await?;
+    email: &str,
+    mut answer: FormAnswer,
+) -> PageResult {
+    let (viewer, more) = viewer(&visit.state.api, &visit.fwd).await?;
+    answer.cookies.extend(more);
     let page = AuthPage::new(
         viewer,
         mode,
-        String::new(),
-        FormErrors::default(),
-        csrf.field().to_owned(),
+        email.to_owned(),
+        answer.errors,
+        visit.csrf.field().to_owned(),
     );
-    Ok((csrf, cookies, render(StatusCode::OK, &page)).into_response())
+    Ok((visit.csrf, answer.cookies, render(answer.status, &page)).into_response())
 }
 
-/// `csrf` is only used when the form is shown again.
-async fn submit(
-    state: &AppState,
-    fwd: &Forwarded,
-    mode: AuthMode,
-    form: CredentialsForm,
-    csrf: FormToken,
-) -> Result<Response, PageError> {
-    let result = match mode {
-        AuthMode::SignUp => state.api.signup(fwd, &form.email, &form.password).await,
-        AuthMode::SignIn => state.api.signin(fwd, &form.email, &form.password).await,
-    };
-    match result {
+async fn submit(visit: FormVisit, mode: AuthMode, form: CredentialsForm) -> PageResult {
+    let (api, fwd) = (&visit.state.api, &visit.fwd);
+    match api
+        .authenticate(fwd, mode, &form.email, &form.password)
+        .await
+    {
         Ok(reply) => Ok((reply.cookies, Redirect::to("/")).into_response()),
-        Err(ApiError::Rejected {
-            status,
-            errors,
-            mut cookies,
-        }) => {
-            let (viewer, more) = viewer(&state.api, fwd).await?;
-            cookies.extend(more);
-            let page = AuthPage::new(viewer, mode, form.email, errors, csrf.field().to_owned());
-            Ok((csrf, cookies, render(status, &page)).into_response())
-        }
-        Err(err) => Err(err.into()),
+        Err(err) => form_page(visit, mode, &form.email, FormAnswer::refused(err)?).await,
     }
 }
 
 /// Shows "Signing user out ..." with a form that a script submits at once (the original signs out
 /// on mount); without scripts the visitor presses the button. Signing out on a plain GET would let
 /// any page sign our users out with an image tag.
-async fn signout_page(
-    State(state): State<AppState>,
-    fwd: Forwarded,
-    csrf: FormToken,
-) -> Result<Response, PageError> {
-    let (viewer, cookies) = viewer(&state.api, &fwd).await?;
+async fn signout_page(visit: FormVisit) -> PageResult {
+    let (viewer, cookies) = viewer(&visit.state.api, &visit.fwd).await?;
     let page = SignoutPage {
         viewer,
-        csrf_token: csrf.field().to_owned(),
+        csrf_token: visit.csrf.field().to_owned(),
     };
-    Ok((csrf, cookies, render(StatusCode::OK, &page)).into_response())
+    Ok((visit.csrf, cookies, render(StatusCode::OK, &page)).into_response())
 }
 
-async fn signout(State(state): State<AppState>, fwd: Forwarded) -> Result<Response, PageError> {
+async fn signout(State(state): State<AppState>, fwd: Forwarded) -> PageResult {
     let reply = state.api.signout(&fwd).await?;
     Ok((reply.cookies, Redirect::to("/")).into_response())
 }

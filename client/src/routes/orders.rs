@@ -5,14 +5,15 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect};
 use axum::routing::get;
 use serde::Deserialize;
 
-use crate::api::{ApiError, FormErrors, Forwarded, SetCookies, is_id};
+use crate::api::{ApiError, Forwarded, is_id};
 use crate::app::AppState;
-use crate::csrf::FormToken;
-use crate::page::{HtmlForm, PageError, not_found, signed_in_viewer};
+use crate::page::{
+    FormAnswer, FormVisit, HtmlForm, PageError, PageResult, not_found, signed_in_viewer,
+};
 use crate::views::{OrderPage, OrdersPage, render};
 
 /// The payments service learns about an order from an event, so right after the order is created
@@ -32,7 +33,7 @@ pub struct PayForm {
     pub token: String,
 }
 
-async fn index(State(state): State<AppState>, fwd: Forwarded) -> Result<Response, PageError> {
+async fn index(State(state): State<AppState>, fwd: Forwarded) -> PageResult {
     let (viewer, mut cookies) = signed_in_viewer(&state.api, &fwd).await?;
     let orders = state
         .api
@@ -44,37 +45,22 @@ async fn index(State(state): State<AppState>, fwd: Forwarded) -> Result<Response
     Ok((cookies, render(StatusCode::OK, &page)).into_response())
 }
 
-async fn show(
-    State(state): State<AppState>,
-    fwd: Forwarded,
-    csrf: FormToken,
-    Path(id): Path<String>,
-) -> Result<Response, PageError> {
-    order_page(
-        &state,
-        &fwd,
-        &id,
-        StatusCode::OK,
-        FormErrors::default(),
-        SetCookies::default(),
-        csrf,
-    )
-    .await
+async fn show(visit: FormVisit, Path(id): Path<String>) -> PageResult {
+    order_page(visit, &id, FormAnswer::default()).await
 }
 
 async fn pay(
-    State(state): State<AppState>,
-    fwd: Forwarded,
-    csrf: FormToken,
+    visit: FormVisit,
     Path(id): Path<String>,
     HtmlForm(form): HtmlForm<PayForm>,
-) -> Result<Response, PageError> {
+) -> PageResult {
+    let (api, fwd) = (&visit.state.api, &visit.fwd);
     if !is_id(&id) {
-        return Err(not_found(&state.api, &fwd).await);
+        return Err(not_found(api, fwd).await);
     }
     let deadline = tokio::time::Instant::now() + PAYMENT_REPLICA_WAIT;
     let result = loop {
-        match state.api.pay(&fwd, &id, form.token.trim()).await {
+        match api.pay(fwd, &id, form.token.trim()).await {
             Err(ApiError::Rejected {
                 status: StatusCode::NOT_FOUND,
                 ..
@@ -91,33 +77,22 @@ async fn pay(
             ..
         }) => {
             // Either the session is gone (sign in again) or the order is someone else's.
-            let (viewer, _) = signed_in_viewer(&state.api, &fwd).await?;
+            let (viewer, _) = signed_in_viewer(api, fwd).await?;
             Err(PageError::NotFound(viewer))
         }
-        Err(ApiError::Rejected {
-            status,
-            errors,
-            cookies,
-        }) => order_page(&state, &fwd, &id, status, errors, cookies, csrf).await,
-        Err(err) => Err(err.into()),
+        Err(err) => order_page(visit, &id, FormAnswer::refused(err)?).await,
     }
 }
 
-async fn order_page(
-    state: &AppState,
-    fwd: &Forwarded,
-    id: &str,
-    status: StatusCode,
-    errors: FormErrors,
-    mut cookies: SetCookies,
-    csrf: FormToken,
-) -> Result<Response, PageError> {
-    let (viewer, more) = signed_in_viewer(&state.api, fwd).await?;
-    cookies.extend(more);
+async fn order_page(visit: FormVisit, id: &str, mut answer: FormAnswer) -> PageResult {
+    let (state, fwd) = (&visit.state, &visit.fwd);
+    let api = &state.api;
+    let (viewer, more) = signed_in_viewer(api, fwd).await?;
+    answer.cookies.extend(more);
     if !is_id(id) {
         return Err(PageError::NotFound(viewer));
     }
-    let order = match state.api.order(fwd, id).await {
+    let order = match api.order(fwd, id).await {
         Ok(order) => order,
         // Signed in, so a 401 means the order is someone else's: as far as we show, it does not exist.
         Err(ApiError::Rejected {
@@ -126,15 +101,15 @@ async fn order_page(
         }) => return Err(PageError::NotFound(viewer)),
         Err(err) => return Err(PageError::from_api(err, &viewer)),
     };
-    cookies.extend(order.cookies);
+    answer.cookies.extend(order.cookies);
     let stripe_key = state.stripe_publishable_key.as_deref().map(str::to_owned);
     let page = OrderPage::new(
         viewer,
         order.body,
         chrono::Utc::now(),
         stripe_key,
-        errors,
-        csrf.field().to_owned(),
+        answer.errors,
+        visit.csrf.field().to_owned(),
     );
-    Ok((csrf, cookies, render(status, &page)).into_response())
+    Ok((visit.csrf, answer.cookies, render(answer.status, &page)).into_response())
 }

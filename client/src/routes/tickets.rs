@@ -1,16 +1,16 @@
 //! `/tickets/new` (sell a ticket) and `/tickets/{id}` (a ticket, and purchasing it).
 
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::Path;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
-use crate::api::{ApiError, FormErrors, Forwarded, SetCookies, is_id};
+use crate::api::{SetCookies, is_id};
 use crate::app::AppState;
-use crate::csrf::FormToken;
-use crate::page::{HtmlForm, PageError, not_found, signed_in_viewer, viewer};
+use crate::page::{
+    FormAnswer, FormVisit, HtmlForm, PageError, PageResult, not_found, signed_in_viewer, viewer,
+};
 use crate::views::{NewTicketPage, TicketPage, TicketRow, Viewer, render};
 
 pub fn router() -> Router<AppState> {
@@ -26,87 +26,57 @@ pub struct TicketForm {
     pub price: String,
 }
 
-async fn new_form(
-    State(state): State<AppState>,
-    fwd: Forwarded,
-    csrf: FormToken,
-) -> Result<Response, PageError> {
-    let (viewer, cookies) = signed_in_viewer(&state.api, &fwd).await?;
-    let page = NewTicketPage {
+async fn new_form(visit: FormVisit) -> PageResult {
+    let viewer = signed_in_viewer(&visit.state.api, &visit.fwd).await?;
+    Ok(new_ticket_page(
+        visit,
         viewer,
-        title: String::new(),
-        price: String::new(),
-        errors: FormErrors::default(),
-        csrf_token: csrf.field().to_owned(),
-    };
-    Ok((csrf, cookies, render(StatusCode::OK, &page)).into_response())
+        TicketForm::default(),
+        FormAnswer::default(),
+    ))
 }
 
-async fn create(
-    State(state): State<AppState>,
-    fwd: Forwarded,
-    csrf: FormToken,
-    HtmlForm(form): HtmlForm<TicketForm>,
-) -> Result<Response, PageError> {
-    match state
-        .api
-        .create_ticket(&fwd, &form.title, form.price.trim())
-        .await
-    {
+async fn create(visit: FormVisit, HtmlForm(form): HtmlForm<TicketForm>) -> PageResult {
+    let (api, fwd) = (&visit.state.api, &visit.fwd);
+    match api.create_ticket(fwd, &form.title, form.price.trim()).await {
         Ok(reply) => Ok((reply.cookies, Redirect::to("/")).into_response()),
-        Err(ApiError::Rejected {
-            status: StatusCode::UNAUTHORIZED,
-            ..
-        }) => Err(PageError::SignInRequired),
-        Err(ApiError::Rejected {
-            status,
-            errors,
-            mut cookies,
-        }) => {
-            let (viewer, more) = viewer(&state.api, &fwd).await?;
-            cookies.extend(more);
-            let page = NewTicketPage {
-                viewer,
-                title: form.title,
-                price: form.price,
-                errors,
-                csrf_token: csrf.field().to_owned(),
-            };
-            Ok((csrf, cookies, render(status, &page)).into_response())
+        Err(err) => {
+            let answer = FormAnswer::refused_to_member(err)?;
+            let viewer = viewer(api, fwd).await?;
+            Ok(new_ticket_page(visit, viewer, form, answer))
         }
-        Err(err) => Err(err.into()),
     }
 }
 
-async fn show(
-    State(state): State<AppState>,
-    fwd: Forwarded,
-    csrf: FormToken,
-    Path(id): Path<String>,
-) -> Result<Response, PageError> {
-    ticket_page(
-        &state,
-        &fwd,
-        &id,
-        StatusCode::OK,
-        FormErrors::default(),
-        SetCookies::default(),
-        csrf,
-    )
-    .await
+/// The form, empty or shown again as typed with what the API said about it.
+fn new_ticket_page(
+    visit: FormVisit,
+    (viewer, more): (Viewer, SetCookies),
+    form: TicketForm,
+    mut answer: FormAnswer,
+) -> Response {
+    answer.cookies.extend(more);
+    let page = NewTicketPage {
+        viewer,
+        title: form.title,
+        price: form.price,
+        errors: answer.errors,
+        csrf_token: visit.csrf.field().to_owned(),
+    };
+    (visit.csrf, answer.cookies, render(answer.status, &page)).into_response()
+}
+
+async fn show(visit: FormVisit, Path(id): Path<String>) -> PageResult {
+    ticket_page(visit, &id, FormAnswer::default()).await
 }
 
 /// Reserves the ticket (creates an order) and goes to the order's page to pay.
-async fn purchase(
-    State(state): State<AppState>,
-    fwd: Forwarded,
-    csrf: FormToken,
-    Path(id): Path<String>,
-) -> Result<Response, PageError> {
+async fn purchase(visit: FormVisit, Path(id): Path<String>) -> PageResult {
+    let (api, fwd) = (&visit.state.api, &visit.fwd);
     if !is_id(&id) {
-        return Err(not_found(&state.api, &fwd).await);
+        return Err(not_found(api, fwd).await);
     }
-    match state.api.create_order(&fwd, &id).await {
+    match api.create_order(fwd, &id).await {
         Ok(reply) if is_id(&reply.body.id) => {
             let location = format!("/orders/{}", reply.body.id);
             Ok((reply.cookies, Redirect::to(&location)).into_response())
@@ -115,43 +85,27 @@ async fn purchase(
             tracing::error!(order_id = %reply.body.id, "the orders API returned a malformed order id");
             Err(PageError::BadGateway(Viewer::Unknown))
         }
-        Err(ApiError::Rejected {
-            status: StatusCode::UNAUTHORIZED,
-            ..
-        }) => Err(PageError::SignInRequired),
-        Err(ApiError::Rejected {
-            status,
-            errors,
-            cookies,
-        }) => ticket_page(&state, &fwd, &id, status, errors, cookies, csrf).await,
-        Err(err) => Err(err.into()),
+        Err(err) => ticket_page(visit, &id, FormAnswer::refused_to_member(err)?).await,
     }
 }
 
-async fn ticket_page(
-    state: &AppState,
-    fwd: &Forwarded,
-    id: &str,
-    status: StatusCode,
-    errors: FormErrors,
-    mut cookies: SetCookies,
-    csrf: FormToken,
-) -> Result<Response, PageError> {
+async fn ticket_page(visit: FormVisit, id: &str, mut answer: FormAnswer) -> PageResult {
+    let (api, fwd) = (&visit.state.api, &visit.fwd);
     if !is_id(id) {
-        return Err(not_found(&state.api, fwd).await);
+        return Err(not_found(api, fwd).await);
     }
-    let (viewer, ticket) = tokio::join!(viewer(&state.api, fwd), state.api.ticket(fwd, id));
+    let (viewer, ticket) = tokio::join!(viewer(api, fwd), api.ticket(fwd, id));
     let (viewer, more) = viewer?;
-    cookies.extend(more);
+    answer.cookies.extend(more);
     let ticket = ticket.map_err(|err| PageError::from_api(err, &viewer))?;
-    cookies.extend(ticket.cookies);
+    answer.cookies.extend(ticket.cookies);
     let holder = ticket.body.order_id.clone().filter(|id| is_id(id));
     // The order API answers only its owner: a 200 means the viewer holds the ticket. Any other
     // answer (someone else's order, the API down) just shows the ticket as taken.
     let own_order = match (&holder, &viewer) {
-        (Some(order_id), Viewer::SignedIn(_)) => match state.api.order(fwd, order_id).await {
+        (Some(order_id), Viewer::SignedIn(_)) => match api.order(fwd, order_id).await {
             Ok(order) => {
-                cookies.extend(order.cookies);
+                answer.cookies.extend(order.cookies);
                 Some(order_id.clone())
             }
             Err(_) => None,
@@ -163,8 +117,8 @@ async fn ticket_page(
         taken: ticket.body.order_id.is_some(),
         own_order,
         ticket: TicketRow::from(ticket.body),
-        errors,
-        csrf_token: csrf.field().to_owned(),
+        errors: answer.errors,
+        csrf_token: visit.csrf.field().to_owned(),
     };
-    Ok((csrf, cookies, render(status, &page)).into_response())
+    Ok((visit.csrf, answer.cookies, render(answer.status, &page)).into_response())
 }

@@ -1,14 +1,15 @@
 use chrono::{Duration, Utc};
 use reqwest::StatusCode;
 use serde_json::json;
-use wiremock::matchers::{body_json, header, method, path};
-use wiremock::{Mock, ResponseTemplate};
+use wiremock::matchers::{body_json, header};
+use wiremock::{MockBuilder, ResponseTemplate};
 
 use common::testing::{not_authorized, not_found};
 
 use crate::helpers::{
-    CLIENT_ADDRESS_KEY, COOKIE_VALUE, ORDER_ID, Page, TICKET_ID, TestApp, concert_order, errors,
-    order, spawn_app, spawn_app_with_csrf_key, ticket,
+    CLIENT_ADDRESS_KEY, COOKIE_VALUE, ORDER_ID, Page, TICKET_ID, TestApp, api_post, concert_order,
+    errors, order, spawn_app, spawn_app_signed_in, spawn_app_signed_out, spawn_app_with_csrf_key,
+    ticket,
 };
 
 const SESSION: &str =
@@ -18,8 +19,7 @@ const CLEARED: &str = "express:sess=; path=/; expires=Thu, 01 Jan 1970 00:00:00 
 #[tokio::test]
 async fn signing_up_posts_json_to_the_api_and_hands_its_session_cookie_to_the_browser() {
     let app = spawn_app().await;
-    Mock::given(method("POST"))
-        .and(path("/api/users/signup"))
+    api_post("/api/users/signup")
         .and(header("content-type", "application/json"))
         .and(body_json(
             json!({ "email": "new@test.com", "password": "password" }),
@@ -32,19 +32,13 @@ async fn signing_up_posts_json_to_the_api_and_hands_its_session_cookie_to_the_br
         .mount(&app.api)
         .await;
 
-    lands_home_with_the_session(
-        &app,
-        "/auth/signup",
-        &[("email", "new@test.com"), ("password", "password")],
-    )
-    .await;
+    lands_home_with_the_session(&app, "/auth/signup", "new@test.com").await;
     app.api.verify().await;
 }
 
 #[tokio::test]
 async fn the_signup_and_signin_forms_post_email_and_password_to_the_client() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
+    let app = spawn_app_signed_out().await;
 
     for (page_path, heading, form_id) in [
         ("/auth/signup", "Sign Up", "signup-form"),
@@ -72,8 +66,7 @@ async fn the_signup_and_signin_forms_post_email_and_password_to_the_client() {
 #[tokio::test]
 async fn a_rejected_signup_shows_every_message_next_to_its_field_and_keeps_the_email_but_not_the_password()
  {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
+    let app = spawn_app_signed_out().await;
     app.given_post(
         "/api/users/signup",
         400,
@@ -88,11 +81,7 @@ async fn a_rejected_signup_shows_every_message_next_to_its_field_and_keeps_the_e
     .await;
 
     let page = app
-        .post_form(
-            "/auth/signup",
-            &[("email", "not-an-email\"><b>"), ("password", "abc")],
-            None,
-        )
+        .post_credentials("/auth/signup", "not-an-email\"><b>", "abc")
         .await;
 
     assert_eq!(page.status, StatusCode::BAD_REQUEST);
@@ -122,10 +111,8 @@ async fn a_rejected_signup_shows_every_message_next_to_its_field_and_keeps_the_e
 
 #[tokio::test]
 async fn a_failed_signin_shows_the_general_error_in_the_alert() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
-    Mock::given(method("POST"))
-        .and(path("/api/users/signin"))
+    let app = spawn_app_signed_out().await;
+    api_post("/api/users/signin")
         .and(body_json(
             json!({ "email": "who@test.com", "password": "wrong" }),
         ))
@@ -136,11 +123,7 @@ async fn a_failed_signin_shows_the_general_error_in_the_alert() {
         .await;
 
     let page = app
-        .post_form(
-            "/auth/signin",
-            &[("email", "who@test.com"), ("password", "wrong")],
-            None,
-        )
+        .post_credentials("/auth/signin", "who@test.com", "wrong")
         .await;
 
     assert_eq!(page.status, StatusCode::BAD_REQUEST);
@@ -153,8 +136,7 @@ async fn a_failed_signin_shows_the_general_error_in_the_alert() {
 #[tokio::test]
 async fn signing_in_redirects_home_with_the_session_cookie() {
     let app = spawn_app().await;
-    Mock::given(method("POST"))
-        .and(path("/api/users/signin"))
+    api_post("/api/users/signin")
         .respond_with(with_session(
             200,
             json!({ "email": "a@test.com", "id": "64b7f0c2a1b2c3d4e5f60001" }),
@@ -162,12 +144,12 @@ async fn signing_in_redirects_home_with_the_session_cookie() {
         .mount(&app.api)
         .await;
 
-    lands_home_with_the_session(
-        &app,
-        "/auth/signin",
-        &[("email", "a@test.com"), ("password", "password")],
-    )
-    .await;
+    lands_home_with_the_session(&app, "/auth/signin", "a@test.com").await;
+}
+
+/// A mock of the API's `POST api_path` that the browser's session cookie came along with.
+fn api_post_with_session(api_path: &str) -> MockBuilder {
+    api_post(api_path).and(header("cookie", COOKIE_VALUE))
 }
 
 /// The auth API's answer that starts a session: `status`, the session cookie and `body`.
@@ -177,9 +159,10 @@ fn with_session(status: u16, body: serde_json::Value) -> ResponseTemplate {
         .set_body_json(body)
 }
 
-/// Posts the form as a signed-out browser, which is sent home with the API's session cookie.
-async fn lands_home_with_the_session(app: &TestApp, form_path: &str, fields: &[(&str, &str)]) {
-    let page = app.post_form(form_path, fields, None).await;
+/// Posts the form as a signed-out browser (`email`, password "password"), which is sent home
+/// with the API's session cookie.
+async fn lands_home_with_the_session(app: &TestApp, form_path: &str, email: &str) {
+    let page = app.post_credentials(form_path, email, "password").await;
     page.assert_redirect("/");
     assert_eq!(page.set_cookies(), [SESSION]);
 }
@@ -188,9 +171,7 @@ async fn lands_home_with_the_session(app: &TestApp, form_path: &str, fields: &[(
 async fn the_signout_page_auto_submits_a_form_whose_post_clears_the_session() {
     let app = spawn_app().await;
     app.given_signed_in(COOKIE_VALUE, "a@test.com").await;
-    Mock::given(method("POST"))
-        .and(path("/api/users/signout"))
-        .and(header("cookie", COOKIE_VALUE))
+    api_post_with_session("/api/users/signout")
         .respond_with(
             ResponseTemplate::new(200)
                 .append_header("set-cookie", CLEARED)
@@ -224,9 +205,7 @@ async fn the_signout_page_auto_submits_a_form_whose_post_clears_the_session() {
 async fn creating_a_ticket_posts_title_and_price_as_typed_and_goes_home() {
     let app = spawn_app().await;
     app.given_signed_in(COOKIE_VALUE, "seller@test.com").await;
-    Mock::given(method("POST"))
-        .and(path("/api/tickets"))
-        .and(header("cookie", COOKIE_VALUE))
+    api_post_with_session("/api/tickets")
         .and(body_json(json!({ "title": "Concert", "price": "12.50" })))
         .respond_with(ResponseTemplate::new(201).set_body_json(ticket(TICKET_ID, "Concert", 12.5)))
         .expect(1)
@@ -307,9 +286,7 @@ async fn creating_a_ticket_after_the_session_ended_goes_to_sign_in() {
 #[tokio::test]
 async fn purchasing_reserves_the_ticket_and_goes_to_the_new_order() {
     let app = spawn_app().await;
-    Mock::given(method("POST"))
-        .and(path("/api/orders"))
-        .and(header("cookie", COOKIE_VALUE))
+    api_post_with_session("/api/orders")
         .and(body_json(json!({ "ticketId": TICKET_ID })))
         .respond_with(ResponseTemplate::new(201).set_body_json(order(
             ORDER_ID,
@@ -332,14 +309,9 @@ async fn purchasing_reserves_the_ticket_and_goes_to_the_new_order() {
 
 #[tokio::test]
 async fn purchasing_a_reserved_ticket_shows_the_error_on_the_ticket_page() {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-    app.given_get(
-        &format!("/api/tickets/{TICKET_ID}"),
-        200,
-        ticket(TICKET_ID, "Concert", 12.5),
-    )
-    .await;
+    let app = spawn_app_signed_in().await;
+    app.given_ticket(TICKET_ID, 200, ticket(TICKET_ID, "Concert", 12.5))
+        .await;
     app.given_post(
         "/api/orders",
         400,
@@ -359,27 +331,16 @@ async fn purchasing_a_reserved_ticket_shows_the_error_on_the_ticket_page() {
 #[tokio::test]
 async fn paying_sends_the_order_id_and_token_then_goes_to_my_orders() {
     let app = spawn_app().await;
-    Mock::given(method("POST"))
-        .and(path("/api/payments"))
-        .and(header("cookie", COOKIE_VALUE))
+    api_post_with_session("/api/payments")
         .and(body_json(
             json!({ "orderId": ORDER_ID, "token": "tok_visa" }),
         ))
-        .respond_with(
-            ResponseTemplate::new(201)
-                .set_body_json(json!({ "success": true, "id": "64b7f0c2a1b2c3d4e5f6c001" })),
-        )
+        .respond_with(payment_created())
         .expect(1)
         .mount(&app.api)
         .await;
 
-    let page = app
-        .post_form(
-            &format!("/orders/{ORDER_ID}"),
-            &[("token", "tok_visa")],
-            Some(COOKIE_VALUE),
-        )
-        .await;
+    let page = pay(&app, "tok_visa").await;
 
     page.assert_redirect("/orders");
     app.api.verify().await;
@@ -389,32 +350,27 @@ async fn paying_sends_the_order_id_and_token_then_goes_to_my_orders() {
 async fn paying_waits_for_the_payments_service_to_learn_about_a_new_order() {
     let app = spawn_app().await;
     // The payments replica lags behind the order for a moment: 404 twice, then it knows it.
-    Mock::given(method("POST"))
-        .and(path("/api/payments"))
+    api_post("/api/payments")
         .respond_with(ResponseTemplate::new(404).set_body_json(not_found()))
         .up_to_n_times(2)
         .with_priority(1)
         .mount(&app.api)
         .await;
-    Mock::given(method("POST"))
-        .and(path("/api/payments"))
-        .respond_with(
-            ResponseTemplate::new(201)
-                .set_body_json(json!({ "success": true, "id": "64b7f0c2a1b2c3d4e5f6c001" })),
-        )
+    api_post("/api/payments")
+        .respond_with(payment_created())
         .mount(&app.api)
         .await;
 
-    let page = app
-        .post_form(
-            &format!("/orders/{ORDER_ID}"),
-            &[("token", "tok_visa")],
-            Some(COOKIE_VALUE),
-        )
-        .await;
+    let page = pay(&app, "tok_visa").await;
 
     page.assert_redirect("/orders");
     assert_eq!(app.requests_to("/api/payments").await.len(), 3);
+}
+
+/// The payments API's answer to a charge that went through.
+fn payment_created() -> ResponseTemplate {
+    ResponseTemplate::new(201)
+        .set_body_json(json!({ "success": true, "id": "64b7f0c2a1b2c3d4e5f6c001" }))
 }
 
 #[tokio::test]
@@ -441,27 +397,23 @@ async fn a_payment_being_confirmed_is_said_on_the_order_page() {
     );
 }
 
+/// Submits the pay form of order [`ORDER_ID`] with `token`, as the signed-in buyer.
+async fn pay(app: &TestApp, token: &str) -> Page {
+    let order_page = format!("/orders/{ORDER_ID}");
+    app.post_form(&order_page, &[("token", token)], Some(COOKIE_VALUE))
+        .await
+}
+
 /// Pays a pending order of a signed-in buyer with `token` while the payments API answers every
 /// payment with `status` and the error `message`.
 async fn pay_while_payments_answers(status: u16, message: &str, token: &str) -> (TestApp, Page) {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-    app.given_get(
-        &format!("/api/orders/{ORDER_ID}"),
-        200,
-        concert_order("created", 30),
-    )
-    .await;
+    let app = spawn_app_signed_in().await;
+    app.given_order(ORDER_ID, 200, concert_order("created", 30))
+        .await;
     app.given_post("/api/payments", status, errors(&[(message, None)]))
         .await;
 
-    let page = app
-        .post_form(
-            &format!("/orders/{ORDER_ID}"),
-            &[("token", token)],
-            Some(COOKIE_VALUE),
-        )
-        .await;
+    let page = pay(&app, token).await;
     (app, page)
 }
 
@@ -469,36 +421,28 @@ async fn pay_while_payments_answers(status: u16, message: &str, token: &str) -> 
 async fn a_form_that_is_not_urlencoded_gets_an_html_error_page() {
     let app = spawn_app().await;
 
-    let response = app
+    let json = app
         .browser
         .post(app.url("/auth/signin"))
         .header("content-type", "application/json")
-        .body(r#"{"email":"a@b.co","password":"x"}"#)
-        .send()
-        .await
-        .expect("request");
+        .body(r#"{"email":"a@b.co","password":"x"}"#);
+    let page = app.send(json).await;
 
-    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let html = response.text().await.expect("body");
-    assert!(html.contains("That form could not be read"), "{html}");
+    assert_eq!(page.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    page.assert_contains(&["That form could not be read"]);
     assert!(app.requests_to("/api/users/signin").await.is_empty());
 }
 
 #[tokio::test]
 async fn a_failing_api_during_a_submit_answers_502_with_a_page() {
     let app = spawn_app().await;
-    Mock::given(method("POST"))
-        .and(path("/api/users/signup"))
+    api_post("/api/users/signup")
         .respond_with(ResponseTemplate::new(500).set_body_string("boom"))
         .mount(&app.api)
         .await;
 
     let page = app
-        .post_form(
-            "/auth/signup",
-            &[("email", "a@test.com"), ("password", "password")],
-            None,
-        )
+        .post_credentials("/auth/signup", "a@test.com", "password")
         .await;
 
     assert_eq!(page.status, StatusCode::BAD_GATEWAY);
@@ -536,10 +480,8 @@ async fn every_form_posted_from_another_site_is_refused_before_reaching_the_apis
         }
     }
     let posts: Vec<_> = app
-        .api
-        .received_requests()
+        .requests()
         .await
-        .unwrap_or_default()
         .into_iter()
         .filter(|r| r.method.as_str() != "GET")
         .collect();
@@ -651,9 +593,7 @@ async fn every_form_without_its_own_csrf_token_is_refused_before_reaching_the_ap
                 if let Some(token) = token {
                     fields.push((client::csrf::CSRF_FIELD, token));
                 }
-                let page = app
-                    .post_form_raw(&path, &fields, Some(cookie), headers)
-                    .await;
+                let page = app.post_form_raw(&path, &fields, cookie, headers).await;
                 assert_eq!(
                     page.status,
                     StatusCode::FORBIDDEN,
@@ -671,23 +611,18 @@ async fn every_form_without_its_own_csrf_token_is_refused_before_reaching_the_ap
             }
         }
     }
-    let asked = app.api.received_requests().await.unwrap_or_default();
+    let asked = app.requests().await;
     assert!(asked.is_empty(), "the APIs were asked: {asked:?}");
 }
 
 #[tokio::test]
 async fn every_page_with_a_form_carries_a_csrf_field_and_sets_its_cookie() {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-    app.given_get(
-        &format!("/api/tickets/{TICKET_ID}"),
-        200,
-        ticket(TICKET_ID, "Concert", 20.0),
-    )
-    .await;
+    let app = spawn_app_signed_in().await;
+    app.given_ticket(TICKET_ID, 200, ticket(TICKET_ID, "Concert", 20.0))
+        .await;
     let expires_at = Utc::now() + Duration::minutes(1);
-    app.given_get(
-        &format!("/api/orders/{ORDER_ID}"),
+    app.given_order(
+        ORDER_ID,
         200,
         order(ORDER_ID, "created", expires_at, "Concert", 20.0),
     )
@@ -719,7 +654,7 @@ async fn every_page_with_a_form_carries_a_csrf_field_and_sets_its_cookie() {
         assert_eq!(again.csrf_field(), field, "{path}");
     }
     // The APIs never see the client's own cookie.
-    for request in app.api.received_requests().await.unwrap_or_default() {
+    for request in app.requests().await {
         let sent = request.headers.get("cookie").and_then(|v| v.to_str().ok());
         assert_eq!(sent, Some(COOKIE_VALUE), "{}", request.url);
     }
@@ -732,8 +667,7 @@ async fn a_form_loaded_from_one_replica_is_accepted_by_another_with_the_same_csr
     let other_key = spawn_app_with_csrf_key("a-different-csrf-key-for-another-deployment").await;
     first.given_anonymous().await;
     for replica in [&second, &other_key] {
-        Mock::given(method("POST"))
-            .and(path("/api/users/signin"))
+        api_post("/api/users/signin")
             .respond_with(with_session(200, json!({})))
             .mount(&replica.api)
             .await;
@@ -750,10 +684,10 @@ async fn a_form_loaded_from_one_replica_is_accepted_by_another_with_the_same_csr
         (client::csrf::CSRF_FIELD, field.as_str()),
     ];
     let signed_in = second
-        .post_form_raw("/auth/signin", &fields, Some(&cookie), &[])
+        .post_form_raw("/auth/signin", &fields, &cookie, &[])
         .await;
     let refused = other_key
-        .post_form_raw("/auth/signin", &fields, Some(&cookie), &[])
+        .post_form_raw("/auth/signin", &fields, &cookie, &[])
         .await;
 
     signed_in.assert_redirect("/");

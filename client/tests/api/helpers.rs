@@ -10,7 +10,7 @@ use reqwest::header::{CONTENT_TYPE, COOKIE, HeaderMap, LOCATION, SET_COOKIE};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use wiremock::matchers::{header, method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{Mock, MockBuilder, MockServer, ResponseTemplate};
 
 pub use common::testing::errors;
 
@@ -32,6 +32,20 @@ pub const CSRF_KEY: &str = "csrf-key-for-the-client-tests-0123456789";
 
 pub async fn spawn_app() -> TestApp {
     spawn_app_with_csrf_key(CSRF_KEY).await
+}
+
+/// The client, with the API treating every request as anonymous.
+pub async fn spawn_app_signed_out() -> TestApp {
+    let app = spawn_app().await;
+    app.given_anonymous().await;
+    app
+}
+
+/// The client, with the API knowing [`COOKIE_VALUE`] as the signed-in [`BUYER`].
+pub async fn spawn_app_signed_in() -> TestApp {
+    let app = spawn_app().await;
+    app.given_signed_in(COOKIE_VALUE, BUYER).await;
+    app
 }
 
 /// A replica whose forms' tokens come from `csrf_key`.
@@ -85,6 +99,16 @@ async fn spawn(api: MockServer, base: &str, stripe_key: Option<&str>, csrf_key: 
         csrf,
         _running: Running::spawn(|shutdown| app.run_until_stopped(shutdown)),
     }
+}
+
+/// A mock of the API's `GET api_path`.
+pub fn api_get(api_path: &str) -> MockBuilder {
+    Mock::given(method("GET")).and(path(api_path))
+}
+
+/// A mock of the API's `POST api_path`.
+pub fn api_post(api_path: &str) -> MockBuilder {
+    Mock::given(method("POST")).and(path(api_path))
 }
 
 /// A page as the browser received it.
@@ -260,6 +284,11 @@ impl TestApp {
         if let Some(cookie) = cookie {
             request = request.header(COOKIE, cookie);
         }
+        self.send(request).await
+    }
+
+    /// Sends a request made with [`Self::browser`], and reads the page it answers.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Page {
         Page::read(request.send().await.expect("request")).await
     }
 
@@ -281,6 +310,12 @@ impl TestApp {
         .await
     }
 
+    /// Submits the sign-up or sign-in form (`form_path`) as a signed-out browser.
+    pub async fn post_credentials(&self, form_path: &str, email: &str, password: &str) -> Page {
+        let fields = [("email", email), ("password", password)];
+        self.post_form(form_path, &fields, None).await
+    }
+
     /// Submits a form from one of our pages (valid CSRF field and cookie) with these request
     /// headers (e.g. a page of another site's).
     pub async fn post_form_with(
@@ -299,48 +334,50 @@ impl TestApp {
             Some(cookie) => format!("{cookie}; {csrf_cookie}"),
             None => csrf_cookie,
         };
-        self.post_form_raw(path, &fields, Some(&cookie), headers)
-            .await
+        self.post_form_raw(path, &fields, &cookie, headers).await
     }
 
-    /// Submits exactly these fields, cookie and headers: no CSRF token is added.
+    /// Submits exactly these fields, `Cookie` header and headers: no CSRF token is added.
     pub async fn post_form_raw(
         &self,
         path: &str,
         fields: &[(&str, &str)],
-        cookie: Option<&str>,
+        cookie: &str,
         headers: &[(&str, &str)],
     ) -> Page {
-        let mut request = self.browser.post(self.url(path)).form(fields);
-        if let Some(cookie) = cookie {
-            request = request.header(COOKIE, cookie);
-        }
+        let mut request = self
+            .browser
+            .post(self.url(path))
+            .form(fields)
+            .header(COOKIE, cookie);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        Page::read(request.send().await.expect("request")).await
+        self.send(request).await
     }
 
     /// The API treats every request without a known cookie as anonymous.
     pub async fn given_anonymous(&self) {
-        Mock::given(method("GET"))
-            .and(path("/api/users/currentuser"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "currentUser": null })))
-            .with_priority(10)
-            .mount(&self.api)
-            .await;
+        self.given_current_user(None, Value::Null, 10).await;
     }
 
     /// The API knows `cookie` as a signed-in user; every other request is anonymous.
     pub async fn given_signed_in(&self, cookie: &str, email: &str) {
         self.given_anonymous().await;
-        Mock::given(method("GET"))
-            .and(path("/api/users/currentuser"))
-            .and(header("cookie", cookie))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-                "currentUser": { "id": USER_ID, "email": email, "iat": 1_700_000_000, "exp": 1_900_000_000 }
-            })))
-            .with_priority(1)
+        let user =
+            json!({ "id": USER_ID, "email": email, "iat": 1_700_000_000, "exp": 1_900_000_000 });
+        self.given_current_user(Some(cookie), user, 1).await;
+    }
+
+    /// `GET /api/users/currentuser` answers `user` to requests with `cookie` (to all without);
+    /// the mock of lower `priority` answers first.
+    async fn given_current_user(&self, cookie: Option<&str>, user: Value, priority: u8) {
+        let mut mock = api_get("/api/users/currentuser");
+        if let Some(cookie) = cookie {
+            mock = mock.and(header("cookie", cookie));
+        }
+        mock.respond_with(ResponseTemplate::new(200).set_body_json(json!({ "currentUser": user })))
+            .with_priority(priority)
             .mount(&self.api)
             .await;
     }
@@ -353,6 +390,24 @@ impl TestApp {
         self.given("POST", api_path, status, body).await;
     }
 
+    /// The tickets API answers its listing (`GET /api/tickets`, whatever the query) with `status`
+    /// and `body`.
+    pub async fn given_tickets(&self, status: u16, body: Value) {
+        self.given_get("/api/tickets", status, body).await;
+    }
+
+    /// The tickets API answers `GET /api/tickets/{id}` with `status` and `body`.
+    pub async fn given_ticket(&self, id: &str, status: u16, body: Value) {
+        self.given_get(&format!("/api/tickets/{id}"), status, body)
+            .await;
+    }
+
+    /// The orders API answers `GET /api/orders/{id}` with `status` and `body`.
+    pub async fn given_order(&self, id: &str, status: u16, body: Value) {
+        self.given_get(&format!("/api/orders/{id}"), status, body)
+            .await;
+    }
+
     async fn given(&self, verb: &str, api_path: &str, status: u16, body: Value) {
         Mock::given(method(verb))
             .and(path(api_path))
@@ -363,19 +418,21 @@ impl TestApp {
 
     /// The order page of a signed-in buyer whose order [`ORDER_ID`] the API answers as `order`.
     pub async fn order_page(&self, order: Value) -> Page {
-        self.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-        self.given_get(&format!("/api/orders/{ORDER_ID}"), 200, order)
-            .await;
+        self.given_signed_in(COOKIE_VALUE, BUYER).await;
+        self.given_order(ORDER_ID, 200, order).await;
         self.get(&format!("/orders/{ORDER_ID}"), Some(COOKIE_VALUE))
             .await
     }
 
+    /// Every API request this test made.
+    pub async fn requests(&self) -> Vec<wiremock::Request> {
+        self.api.received_requests().await.unwrap_or_default()
+    }
+
     /// Every API request this test made to `api_path`.
     pub async fn requests_to(&self, api_path: &str) -> Vec<wiremock::Request> {
-        self.api
-            .received_requests()
+        self.requests()
             .await
-            .unwrap_or_default()
             .into_iter()
             .filter(|r| r.url.path() == api_path)
             .collect()
@@ -385,6 +442,8 @@ impl TestApp {
 pub const USER_ID: &str = "64b7f0c2a1b2c3d4e5f60001";
 pub const TICKET_ID: &str = "64b7f0c2a1b2c3d4e5f6a001";
 pub const ORDER_ID: &str = "64b7f0c2a1b2c3d4e5f6b001";
+/// The email of the user most tests sign in as.
+pub const BUYER: &str = "buyer@test.com";
 pub const COOKIE_VALUE: &str = "express:sess=eyJqd3QiOiJ0ZXN0In0=";
 
 pub fn ticket(id: &str, title: &str, price: f64) -> Value {

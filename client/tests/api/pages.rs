@@ -1,12 +1,15 @@
 use chrono::{Duration, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use wiremock::matchers::{method, path, query_param};
-use wiremock::{Mock, ResponseTemplate};
+use wiremock::ResponseTemplate;
+use wiremock::matchers::query_param;
+
+use common::testing::{not_authorized, not_found};
 
 use crate::helpers::{
-    COOKIE_VALUE, ORDER_ID, Page, concert_order, order, spawn_app, spawn_app_with_stripe,
-    spawn_app_without_api, ticket,
+    COOKIE_VALUE, ORDER_ID, Page, api_get, concert_order, errors, order, spawn_app,
+    spawn_app_signed_in, spawn_app_signed_out, spawn_app_with_stripe, spawn_app_without_api,
+    ticket,
 };
 
 const TICKET_A: &str = "64b7f0c2a1b2c3d4e5f6a001";
@@ -14,10 +17,8 @@ const TICKET_B: &str = "64b7f0c2a1b2c3d4e5f6a002";
 
 #[tokio::test]
 async fn the_home_page_lists_the_tickets_for_sale_with_the_signed_out_header() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
-    app.given_get(
-        "/api/tickets",
+    let app = spawn_app_signed_out().await;
+    app.given_tickets(
         200,
         json!([
             ticket(TICKET_A, "Concert", 12.5),
@@ -49,10 +50,8 @@ async fn the_home_page_lists_the_tickets_for_sale_with_the_signed_out_header() {
 
 #[tokio::test]
 async fn the_home_page_shows_a_page_of_the_search_with_links_to_the_next_and_first_pages() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
-    Mock::given(method("GET"))
-        .and(path("/api/tickets"))
+    let app = spawn_app_signed_out().await;
+    api_get("/api/tickets")
         .and(query_param("limit", "20"))
         .and(query_param("q", "rock & roll"))
         .and(query_param("after", TICKET_A))
@@ -84,10 +83,8 @@ async fn the_home_page_shows_a_page_of_the_search_with_links_to_the_next_and_fir
 
 #[tokio::test]
 async fn a_search_that_finds_nothing_says_so_and_offers_no_pages() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
-    Mock::given(method("GET"))
-        .and(path("/api/tickets"))
+    let app = spawn_app_signed_out().await;
+    api_get("/api/tickets")
         .and(query_param("q", "jazz"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
         .mount(&app.api)
@@ -102,9 +99,8 @@ async fn a_search_that_finds_nothing_says_so_and_offers_no_pages() {
 
 #[tokio::test]
 async fn an_empty_ticket_list_says_there_is_nothing_for_sale() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
-    app.given_get("/api/tickets", 200, json!([])).await;
+    let app = spawn_app_signed_out().await;
+    app.given_tickets(200, json!([])).await;
 
     let page = app.get("/", None).await;
 
@@ -114,9 +110,8 @@ async fn an_empty_ticket_list_says_there_is_nothing_for_sale() {
 
 #[tokio::test]
 async fn a_signed_in_visitor_gets_the_account_links_because_the_browser_cookie_reaches_the_api() {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-    app.given_get("/api/tickets", 200, json!([])).await;
+    let app = spawn_app_signed_in().await;
+    app.given_tickets(200, json!([])).await;
 
     let page = app.get("/", Some(COOKIE_VALUE)).await;
 
@@ -140,8 +135,7 @@ async fn a_signed_in_visitor_gets_the_account_links_because_the_browser_cookie_r
 #[tokio::test]
 async fn cookies_the_api_sets_while_a_page_loads_are_passed_back_to_the_browser() {
     let app = spawn_app().await;
-    Mock::given(method("GET"))
-        .and(path("/api/users/currentuser"))
+    api_get("/api/users/currentuser")
         .respond_with(
             ResponseTemplate::new(200)
                 .append_header(
@@ -152,7 +146,7 @@ async fn cookies_the_api_sets_while_a_page_loads_are_passed_back_to_the_browser(
         )
         .mount(&app.api)
         .await;
-    app.given_get("/api/tickets", 200, json!([])).await;
+    app.given_tickets(200, json!([])).await;
 
     let page = app.get("/", Some("express:sess=expired")).await;
 
@@ -165,8 +159,7 @@ async fn cookies_the_api_sets_while_a_page_loads_are_passed_back_to_the_browser(
 
 #[tokio::test]
 async fn protected_pages_send_anonymous_visitors_to_sign_in() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
+    let app = spawn_app_signed_out().await;
 
     for page_path in ["/tickets/new", "/orders", &format!("/orders/{ORDER_ID}")] {
         let page = app.get(page_path, None).await;
@@ -180,14 +173,9 @@ async fn protected_pages_send_anonymous_visitors_to_sign_in() {
 
 #[tokio::test]
 async fn the_ticket_page_shows_title_price_and_a_purchase_button_to_a_signed_in_visitor() {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-    app.given_get(
-        &format!("/api/tickets/{TICKET_A}"),
-        200,
-        ticket(TICKET_A, "Concert", 20.0),
-    )
-    .await;
+    let app = spawn_app_signed_in().await;
+    app.given_ticket(TICKET_A, 200, ticket(TICKET_A, "Concert", 20.0))
+        .await;
 
     let page = app
         .get(&format!("/tickets/{TICKET_A}"), Some(COOKIE_VALUE))
@@ -208,8 +196,7 @@ async fn the_ticket_page_shows_title_price_and_a_purchase_button_to_a_signed_in_
 #[tokio::test]
 async fn a_reserved_or_sold_ticket_offers_no_purchase_and_its_holder_gets_a_link_to_the_order() {
     // Someone else's order: the orders API does not show it to this viewer.
-    let page =
-        page_of_a_ticket_held_by(401, json!({ "errors": [{ "message": "Not authorized" }] })).await;
+    let page = page_of_a_ticket_held_by(401, not_authorized()).await;
 
     assert_eq!(page.status, StatusCode::OK);
     page.assert_contains(&[
@@ -237,32 +224,20 @@ const HOLDING_ORDER: &str = "64b7f0c2a1b2c3d4e5f6b0aa";
 /// The page of ticket A, held by [`HOLDING_ORDER`], which the orders API answers to the signed-in
 /// viewer with `status` and `holding_order`.
 async fn page_of_a_ticket_held_by(status: u16, holding_order: Value) -> Page {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    let app = spawn_app_signed_in().await;
     let mut taken = ticket(TICKET_A, "Concert", 20.0);
     taken["orderId"] = json!(HOLDING_ORDER);
-    app.given_get(&format!("/api/tickets/{TICKET_A}"), 200, taken)
-        .await;
-    app.given_get(
-        &format!("/api/orders/{HOLDING_ORDER}"),
-        status,
-        holding_order,
-    )
-    .await;
+    app.given_ticket(TICKET_A, 200, taken).await;
+    app.given_order(HOLDING_ORDER, status, holding_order).await;
     app.get(&format!("/tickets/{TICKET_A}"), Some(COOKIE_VALUE))
         .await
 }
 
 #[tokio::test]
 async fn a_signed_out_visitor_is_invited_to_sign_in_instead_of_purchasing() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
-    app.given_get(
-        &format!("/api/tickets/{TICKET_A}"),
-        200,
-        ticket(TICKET_A, "Concert", 20.0),
-    )
-    .await;
+    let app = spawn_app_signed_out().await;
+    app.given_ticket(TICKET_A, 200, ticket(TICKET_A, "Concert", 20.0))
+        .await;
 
     let page = app.get(&format!("/tickets/{TICKET_A}"), None).await;
 
@@ -272,30 +247,8 @@ async fn a_signed_out_visitor_is_invited_to_sign_in_instead_of_purchasing() {
 }
 
 #[tokio::test]
-async fn an_unknown_ticket_renders_the_html_404_page() {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-    app.given_get(
-        &format!("/api/tickets/{TICKET_A}"),
-        404,
-        json!({ "errors": [{ "message": "Not Found" }] }),
-    )
-    .await;
-
-    let page = app
-        .get(&format!("/tickets/{TICKET_A}"), Some(COOKIE_VALUE))
-        .await;
-
-    assert_eq!(page.status, StatusCode::NOT_FOUND);
-    assert_eq!(page.content_type(), "text/html; charset=utf-8");
-    page.assert_contains(&["<h1>Page not found</h1>"]);
-    page.assert_signed_in_header();
-}
-
-#[tokio::test]
 async fn a_malformed_id_is_a_404_without_being_spliced_into_an_api_url() {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    let app = spawn_app_signed_in().await;
 
     for page_path in [
         "/tickets/not-an-id",
@@ -307,10 +260,8 @@ async fn a_malformed_id_is_a_404_without_being_spliced_into_an_api_url() {
         page.assert_contains(&["<h1>Page not found</h1>"]);
     }
     let asked: Vec<String> = app
-        .api
-        .received_requests()
+        .requests()
         .await
-        .unwrap_or_default()
         .iter()
         .map(|r| r.url.path().to_owned())
         .filter(|p| p != "/api/users/currentuser")
@@ -320,8 +271,7 @@ async fn a_malformed_id_is_a_404_without_being_spliced_into_an_api_url() {
 
 #[tokio::test]
 async fn my_orders_lists_each_order_as_title_dash_status() {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    let app = spawn_app_signed_in().await;
     let later = Utc::now() + Duration::seconds(60);
     app.given_get(
         "/api/orders",
@@ -434,28 +384,32 @@ async fn a_cancelled_order_whose_charge_was_refunded_says_so() {
 }
 
 #[tokio::test]
-async fn another_users_order_is_shown_as_not_found() {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
-    app.given_get(
-        &format!("/api/orders/{ORDER_ID}"),
-        401,
-        json!({ "errors": [{ "message": "Not authorized" }] }),
-    )
-    .await;
+async fn an_unknown_ticket_and_another_users_order_render_the_html_404_page() {
+    let app = spawn_app_signed_in().await;
+    app.given_ticket(TICKET_A, 404, not_found()).await;
+    // Someone else's order: the orders API does not show it to this viewer.
+    app.given_order(ORDER_ID, 401, not_authorized()).await;
 
-    let page = app
-        .get(&format!("/orders/{ORDER_ID}"), Some(COOKIE_VALUE))
-        .await;
+    for page_path in [
+        format!("/tickets/{TICKET_A}"),
+        format!("/orders/{ORDER_ID}"),
+    ] {
+        let page = app.get(&page_path, Some(COOKIE_VALUE)).await;
 
-    assert_eq!(page.status, StatusCode::NOT_FOUND);
-    page.assert_contains(&["<h1>Page not found</h1>"]);
+        assert_eq!(page.status, StatusCode::NOT_FOUND, "{page_path}");
+        assert_eq!(
+            page.content_type(),
+            "text/html; charset=utf-8",
+            "{page_path}"
+        );
+        page.assert_contains(&["<h1>Page not found</h1>"]);
+        page.assert_signed_in_header();
+    }
 }
 
 #[tokio::test]
 async fn unknown_paths_and_methods_render_the_html_404_page() {
-    let app = spawn_app().await;
-    app.given_signed_in(COOKIE_VALUE, "buyer@test.com").await;
+    let app = spawn_app_signed_in().await;
 
     let page = app.get("/no/such/page", Some(COOKIE_VALUE)).await;
     assert_eq!(page.status, StatusCode::NOT_FOUND);
@@ -463,23 +417,15 @@ async fn unknown_paths_and_methods_render_the_html_404_page() {
     page.assert_contains(&["<title>Page not found · Ticketing System</title>", "404"]);
     page.assert_signed_in_header();
 
-    let put = app
-        .browser
-        .put(app.url("/orders"))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(put.status(), StatusCode::NOT_FOUND);
-    let html = put.text().await.expect("body");
-    assert!(html.contains("<h1>Page not found</h1>"), "{html}");
+    let put = app.send(app.browser.put(app.url("/orders"))).await;
+    assert_eq!(put.status, StatusCode::NOT_FOUND);
+    put.assert_contains(&["<h1>Page not found</h1>"]);
 }
 
 #[tokio::test]
 async fn user_supplied_text_is_escaped_in_the_html() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
-    app.given_get(
-        "/api/tickets",
+    let app = spawn_app_signed_out().await;
+    app.given_tickets(
         200,
         json!([ticket(TICKET_A, "<script>alert(1)</script>", 1.0)]),
     )
@@ -507,31 +453,18 @@ async fn when_the_api_is_unreachable_pages_answer_a_friendly_503() {
         page.assert_lacks(&["Sign In</a>", "Sign Out</a>"]);
     }
     let form = app
-        .post_form(
-            "/auth/signin",
-            &[("email", "a@b.co"), ("password", "secret")],
-            None,
-        )
+        .post_credentials("/auth/signin", "a@b.co", "secret")
         .await;
     assert_eq!(form.status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
 #[tokio::test]
 async fn when_the_api_fails_pages_answer_a_friendly_502() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
-    app.given_get(
-        "/api/tickets",
-        500,
-        json!({ "errors": [{ "message": "Something went wrong" }] }),
-    )
-    .await;
-    app.given_get(
-        &format!("/api/tickets/{TICKET_A}"),
-        200,
-        json!({ "unexpected": true }),
-    )
-    .await;
+    let app = spawn_app_signed_out().await;
+    app.given_tickets(500, errors(&[("Something went wrong", None)]))
+        .await;
+    app.given_ticket(TICKET_A, 200, json!({ "unexpected": true }))
+        .await;
 
     for page_path in ["/".to_owned(), format!("/tickets/{TICKET_A}")] {
         let page = app.get(&page_path, None).await;
@@ -542,14 +475,9 @@ async fn when_the_api_fails_pages_answer_a_friendly_502() {
 
 #[tokio::test]
 async fn an_api_503_is_passed_on_as_a_friendly_503() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
-    app.given_get(
-        "/api/tickets",
-        503,
-        json!({ "errors": [{ "message": "Error connecting to database" }] }),
-    )
-    .await;
+    let app = spawn_app_signed_out().await;
+    app.given_tickets(503, errors(&[("Error connecting to database", None)]))
+        .await;
 
     let page = app.get("/", None).await;
 
@@ -580,20 +508,12 @@ async fn the_stylesheet_and_scripts_are_served_by_the_client_itself() {
         assert_eq!(page.content_type(), content_type, "{asset}");
         page.assert_contains(&[fragment]);
     }
-    assert!(
-        app.api
-            .received_requests()
-            .await
-            .unwrap_or_default()
-            .is_empty(),
-        "assets need no API call"
-    );
+    assert!(app.requests().await.is_empty(), "assets need no API call");
 }
 
 #[tokio::test]
 async fn pages_forbid_framing_and_foreign_scripts() {
-    let app = spawn_app().await;
-    app.given_anonymous().await;
+    let app = spawn_app_signed_out().await;
 
     let page = app.get("/auth/signup", None).await;
 
@@ -627,8 +547,7 @@ async fn health_is_always_ok_and_readiness_follows_the_api() {
         (StatusCode::OK, r#"{"status":"ok"}"#)
     );
     // Any HTTP answer counts, even an error: the ingress is there.
-    Mock::given(method("GET"))
-        .and(path("/api/users/currentuser"))
+    api_get("/api/users/currentuser")
         .respond_with(ResponseTemplate::new(503))
         .mount(&app.api)
         .await;

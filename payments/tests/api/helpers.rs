@@ -211,6 +211,15 @@ impl TestApp {
             .expect("reading the replica")
     }
 
+    /// How many orders the replica holds.
+    pub async fn replica_count(&self) -> u64 {
+        self.orders
+            .collection()
+            .count_documents(doc! {})
+            .await
+            .expect("counting the replica")
+    }
+
     /// Every payment document of the order as stored (no read repair).
     pub async fn payment_records(&self, order_id: impl Display) -> Vec<Payment> {
         let id = ObjectId::parse_str(order_id.to_string()).expect("order id");
@@ -227,6 +236,13 @@ impl TestApp {
         found
     }
 
+    /// The order's only payment document (panics, showing them, unless exactly one).
+    pub async fn the_one_payment(&self, order_id: impl Display) -> Payment {
+        let mut records = self.payment_records(order_id).await;
+        assert_eq!(records.len(), 1, "{records:?}");
+        records.remove(0)
+    }
+
     /// Asserts that the order is not paid: no payment, or only a failed attempt with no charge, and
     /// that the card token is not kept.
     pub async fn assert_not_paid(&self, order_id: impl Display) {
@@ -238,6 +254,20 @@ impl TestApp {
                 "the token is dropped once the attempt fails"
             );
         }
+    }
+
+    /// Asserts that the payment was refused with `status` and `body`, nothing reached Stripe and
+    /// the order is not paid.
+    pub async fn assert_refused_uncharged(
+        &self,
+        reply: &Reply,
+        status: reqwest::StatusCode,
+        body: Value,
+        order_id: impl Display,
+    ) {
+        assert_eq!((reply.status, &reply.body), (status, &body));
+        assert!(self.stripe_requests().await.is_empty(), "nothing charged");
+        self.assert_not_paid(order_id).await;
     }
 
     /// A bus on the app's stream, as another service would connect.
@@ -295,3 +325,13 @@ pub async fn stripe_answers(app: &TestApp, status: u16, body: Value) {
 }
 
 pub use common::testing::stripe_double::form;
+
+/// The only `201 Created` among concurrent replies (panics, showing them all, unless exactly one).
+pub fn the_one_created(replies: &[Reply]) -> &Reply {
+    let created: Vec<_> = replies
+        .iter()
+        .filter(|r| r.status == reqwest::StatusCode::CREATED)
+        .collect();
+    assert_eq!(created.len(), 1, "{replies:?}");
+    created[0]
+}

@@ -19,7 +19,7 @@ use common::testing::{not_authorized, not_found};
 
 use crate::helpers::{
     Reply, STRIPE_TEST_KEY, TestApp, User, errors, form, spawn_app, spawn_app_with, stripe_answers,
-    stripe_charges_succeed,
+    stripe_charges_succeed, the_one_created,
 };
 
 const DECLINED: &str = "Your card was declined.";
@@ -84,9 +84,7 @@ async fn paying_an_order_charges_its_price_in_euro_cents_and_answers_201() {
         Some(format!("Bearer {STRIPE_TEST_KEY}"))
     );
 
-    let records = app.payment_records(&order.id).await;
-    assert_eq!(records.len(), 1);
-    let payment = &records[0];
+    let payment = app.the_one_payment(&order.id).await;
     assert_eq!(payment.payment_id, payment_id);
     assert_eq!(payment.status, PaymentStatus::Succeeded);
     assert_eq!(payment.stripe_id.as_deref(), Some("ch_paid_1"));
@@ -176,11 +174,7 @@ async fn ten_concurrent_payments_for_one_order_charge_once() {
         1,
         "one charge reached Stripe"
     );
-    let created: Vec<_> = replies
-        .iter()
-        .filter(|r| r.status == StatusCode::CREATED)
-        .collect();
-    assert_eq!(created.len(), 1, "{replies:?}");
+    let created = the_one_created(&replies);
     for refused in replies.iter().filter(|r| r.status != StatusCode::CREATED) {
         let expected = match refused.status {
             StatusCode::CONFLICT => errors(&[(IN_PROGRESS, None)]),
@@ -189,12 +183,11 @@ async fn ten_concurrent_payments_for_one_order_charge_once() {
         };
         assert_eq!(refused.body, expected);
     }
-    let records = app.payment_records(&order.id).await;
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0].status, PaymentStatus::Succeeded);
+    let payment = app.the_one_payment(&order.id).await;
+    assert_eq!(payment.status, PaymentStatus::Succeeded);
     assert_eq!(
-        created[0].body["id"].as_str(),
-        Some(records[0].payment_id.as_str())
+        created.body["id"].as_str(),
+        Some(payment.payment_id.as_str())
     );
 }
 
@@ -213,11 +206,7 @@ async fn two_replicas_paying_one_order_at_once_charge_once() {
     }))
     .await;
 
-    let created = replies
-        .iter()
-        .filter(|r| r.status == StatusCode::CREATED)
-        .count();
-    assert_eq!(created, 1, "{replies:?}");
+    the_one_created(&replies);
     assert!(
         replies.iter().all(|r| matches!(
             r.status,
@@ -475,10 +464,13 @@ async fn another_users_order_cannot_be_paid() {
 
     let reply = app.pay(&User::new(), &order.id, "tok_visa").await;
 
-    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(reply.body, not_authorized());
-    assert!(app.stripe_requests().await.is_empty());
-    app.assert_not_paid(&order.id).await;
+    app.assert_refused_uncharged(
+        &reply,
+        StatusCode::UNAUTHORIZED,
+        not_authorized(),
+        &order.id,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -490,11 +482,10 @@ async fn a_cancelled_order_cannot_be_paid() {
 
     let reply = app.pay(&user, &order.id, "tok_visa").await;
 
-    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
-    assert_eq!(reply.body, errors(&[(CANCELLED_ORDER, None)]));
+    let cancelled = errors(&[(CANCELLED_ORDER, None)]);
+    app.assert_refused_uncharged(&reply, StatusCode::BAD_REQUEST, cancelled, &order.id)
+        .await;
     assert_eq!(CANCELLED_ORDER, "Canncelled order unabled for payment.");
-    assert!(app.stripe_requests().await.is_empty());
-    app.assert_not_paid(&order.id).await;
 }
 
 #[tokio::test]
@@ -510,12 +501,9 @@ async fn an_order_past_its_expiry_is_not_charged_even_before_the_expiration_arri
 
     let reply = app.pay(&user, &event.id, "tok_visa").await;
 
-    assert_eq!(
-        (reply.status, reply.body),
-        (StatusCode::BAD_REQUEST, errors(&[(EXPIRED_ORDER, None)]))
-    );
-    assert!(app.stripe_requests().await.is_empty());
-    app.assert_not_paid(&event.id).await;
+    let expired = errors(&[(EXPIRED_ORDER, None)]);
+    app.assert_refused_uncharged(&reply, StatusCode::BAD_REQUEST, expired, &event.id)
+        .await;
 }
 
 #[tokio::test]

@@ -116,22 +116,30 @@ async fn an_absent_body_is_validated_like_an_empty_object() {
 #[tokio::test]
 async fn malformed_or_non_json_bodies_get_the_error_shape() {
     let app = spawn_app().await;
-    let reply = app
-        .post_raw("/api/users/signup", "application/json", "{\"email\":")
-        .await;
-    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        reply.body,
-        errors(&[("Request body is not valid JSON", None)])
-    );
-    let reply = app
-        .post_raw("/api/users/signin", "text/plain", "email=a@b.co")
-        .await;
-    assert_eq!(reply.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    assert_eq!(
-        reply.body,
-        errors(&[("Content-Type must be application/json", None)])
-    );
+    let cases = [
+        (
+            "/api/users/signup",
+            "application/json",
+            "{\"email\":",
+            StatusCode::BAD_REQUEST,
+            "Request body is not valid JSON",
+        ),
+        (
+            "/api/users/signin",
+            "text/plain",
+            "email=a@b.co",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        ),
+    ];
+    for (path, content_type, body, status, message) in cases {
+        let reply = app.post_raw(path, content_type, body).await;
+        assert_eq!(
+            (reply.status, reply.body),
+            (status, errors(&[(message, None)])),
+            "{content_type} {body:?} to {path}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -354,14 +362,10 @@ async fn signin_and_signup_are_rate_limited_per_client_address() {
 #[tokio::test]
 async fn a_flood_of_bad_passwords_for_one_email_slows_that_email_only_and_never_locks_it() {
     let app = spawn_app().await;
-    assert_eq!(
-        app.signup("victim@test.com", "password").await.status,
-        StatusCode::CREATED
-    );
-    assert_eq!(
-        app.signup("bystander@test.com", "password").await.status,
-        StatusCode::CREATED
-    );
+    for email in ["victim@test.com", "bystander@test.com"] {
+        let reply = app.signup(email, "password").await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{email}");
+    }
     for _ in 0..5 {
         assert_eq!(
             app.signin("victim@test.com", "wrong").await.status,

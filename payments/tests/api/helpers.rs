@@ -195,6 +195,13 @@ impl TestApp {
         event
     }
 
+    /// A new buyer and their order at `cents`, put into the replica as `order_for` does.
+    pub async fn order_of_new_buyer(&self, cents: i64) -> (User, OrderCreated) {
+        let user = User::new();
+        let order = self.order_for(&user, Price::from_cents(cents)).await;
+        (user, order)
+    }
+
     /// Cancels a replica order the way `order:cancelled` does.
     pub async fn cancel(&self, order: &OrderCreated) {
         let outcome =
@@ -302,24 +309,24 @@ pub fn order_cancelled_event(order: &OrderCreated, version: i64) -> OrderCancell
 
 pub use common::testing::stripe_charge_json as charge_json;
 
-/// Stripe charges every card successfully, answering after `delay`.
-pub async fn stripe_charges_succeed(app: &TestApp, charge_id: &str, amount: i64, delay: Duration) {
+/// Stripe answering charge requests with `response` (mount it, limited or not).
+pub fn stripe_charge_answer(response: ResponseTemplate) -> Mock {
     Mock::given(method("POST"))
         .and(path("/v1/charges"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(charge_json(charge_id, amount, "tok"))
-                .set_delay(delay),
-        )
+        .respond_with(response)
+}
+
+/// Stripe charges every card successfully, answering after `delay`.
+pub async fn stripe_charges_succeed(app: &TestApp, charge_id: &str, amount: i64, delay: Duration) {
+    let ok = ResponseTemplate::new(200).set_body_json(charge_json(charge_id, amount, "tok"));
+    stripe_charge_answer(ok.set_delay(delay))
         .mount(&app.stripe)
         .await;
 }
 
 /// Stripe answers every charge with `status` and `body`.
 pub async fn stripe_answers(app: &TestApp, status: u16, body: Value) {
-    Mock::given(method("POST"))
-        .and(path("/v1/charges"))
-        .respond_with(ResponseTemplate::new(status).set_body_json(body))
+    stripe_charge_answer(ResponseTemplate::new(status).set_body_json(body))
         .mount(&app.stripe)
         .await;
 }

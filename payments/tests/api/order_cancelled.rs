@@ -37,26 +37,23 @@ async fn the_next_version_of_an_order_cancels_the_replica() {
 }
 
 #[tokio::test]
-async fn a_cancellation_before_its_order_is_known_is_retried() {
+async fn a_cancellation_ahead_of_the_replica_is_retried_and_changes_nothing() {
     let app = spawn_app().await;
-    let order = order_created_event(&User::new().id, Price::from_cents(1000));
+    let unknown = order_created_event(&User::new().id, Price::from_cents(1000));
+    let (_, known) = app.order_of_new_buyer(1000).await;
+    let cases = [
+        ("an order not known yet", &unknown, 1),
+        ("a version skipped", &known, 2),
+    ];
+    for (case, order, version) in cases {
+        let before = app.replica(&order.id).await;
 
-    let outcome = cancel_at(&app, &order, 1).await;
+        let outcome = cancel_at(&app, order, version).await;
 
-    assert!(matches!(outcome, Outcome::Retry(_)), "{outcome:?}");
-    assert_eq!(app.replica(&order.id).await, None);
-}
-
-#[tokio::test]
-async fn a_cancellation_that_skips_a_version_is_retried_and_changes_nothing() {
-    let app = spawn_app().await;
-    let order = app.order_for(&User::new(), Price::from_cents(1000)).await;
-    let before = app.replica(&order.id).await;
-
-    let outcome = cancel_at(&app, &order, 2).await;
-
-    assert!(matches!(outcome, Outcome::Retry(_)), "{outcome:?}");
-    assert_eq!(app.replica(&order.id).await, before);
+        assert!(matches!(outcome, Outcome::Retry(_)), "{case}: {outcome:?}");
+        assert_eq!(app.replica(&order.id).await, before, "{case}");
+    }
+    assert_eq!(app.replica(&unknown.id).await, None, "still not known");
 }
 
 #[tokio::test]
@@ -114,8 +111,7 @@ async fn a_cancellation_published_before_its_order_is_applied_once_the_order_arr
 #[tokio::test]
 async fn a_late_duplicate_that_rolled_a_cancelled_replica_back_cannot_make_it_payable() {
     let app = spawn_app().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(1000)).await;
+    let (user, order) = app.order_of_new_buyer(1000).await;
     app.cancel(&order).await;
     // A duplicate of order:created or of an older state, applied read-modify-write by another
     // replica of this service, writes version 0 back after the cancellation landed.

@@ -12,14 +12,13 @@ use payments::stripe::{GENERIC_DECLINE, charge_idempotency_key, token_hash};
 use reqwest::StatusCode;
 use serde_json::json;
 use wiremock::ResponseTemplate;
-use wiremock::matchers::{method, path};
 
 use common::events::OrderCreated;
 use common::testing::{not_authorized, not_found};
 
 use crate::helpers::{
     Reply, STRIPE_TEST_KEY, TestApp, User, errors, form, spawn_app, spawn_app_with, stripe_answers,
-    stripe_charges_succeed, the_one_created,
+    stripe_charge_answer, stripe_charges_succeed, the_one_created,
 };
 
 const DECLINED: &str = "Your card was declined.";
@@ -102,8 +101,7 @@ async fn paying_an_order_charges_its_price_in_euro_cents_and_answers_201() {
 async fn a_payment_publishes_payment_created_once_with_the_payment_order_and_charge_ids() {
     let app = spawn_app().await;
     let mut observed = app.observe_payments().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    let (user, order) = app.order_of_new_buyer(2000).await;
     stripe_charges_succeed(&app, "ch_event_1", 2000, Duration::ZERO).await;
 
     let reply = app.pay(&user, &order.id, "tok_visa").await;
@@ -136,8 +134,7 @@ async fn a_payment_publishes_payment_created_once_with_the_payment_order_and_cha
 #[tokio::test]
 async fn a_paid_order_cannot_be_paid_again() {
     let app = spawn_app().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    let (user, order) = app.order_of_new_buyer(2000).await;
     stripe_charges_succeed(&app, "ch_once", 2000, Duration::ZERO).await;
     assert_eq!(
         app.pay(&user, &order.id, "tok_visa").await.status,
@@ -156,8 +153,7 @@ async fn a_paid_order_cannot_be_paid_again() {
 #[tokio::test]
 async fn ten_concurrent_payments_for_one_order_charge_once() {
     let app = spawn_app().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    let (user, order) = app.order_of_new_buyer(2000).await;
     // A slow Stripe keeps the first claim pending while the others arrive.
     stripe_charges_succeed(&app, "ch_race", 2000, Duration::from_millis(500)).await;
 
@@ -195,8 +191,7 @@ async fn ten_concurrent_payments_for_one_order_charge_once() {
 async fn two_replicas_paying_one_order_at_once_charge_once() {
     let app = spawn_app().await;
     let (replica, _stop) = app.spawn_replica().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(3000)).await;
+    let (user, order) = app.order_of_new_buyer(3000).await;
     stripe_charges_succeed(&app, "ch_replicas", 3000, Duration::from_millis(300)).await;
 
     let replies = join_all((0..12).map(|i| {
@@ -230,8 +225,7 @@ async fn pay_while_stripe_answers(
     token: &str,
 ) -> (TestApp, User, OrderCreated, Reply) {
     let app = spawn_app().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    let (user, order) = app.order_of_new_buyer(2000).await;
     stripe_answers(&app, status, body).await;
     let reply = app.pay(&user, &order.id, token).await;
     (app, user, order, reply)
@@ -257,11 +251,8 @@ async fn a_declined_card_answers_400_with_stripes_message_and_leaves_the_order_u
 #[tokio::test]
 async fn after_a_decline_a_new_card_pays_the_order_as_a_new_attempt_under_a_new_key() {
     let app = spawn_app().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2000)).await;
-    wiremock::Mock::given(method("POST"))
-        .and(path("/v1/charges"))
-        .respond_with(ResponseTemplate::new(402).set_body_json(declined_body()))
+    let (user, order) = app.order_of_new_buyer(2000).await;
+    stripe_charge_answer(ResponseTemplate::new(402).set_body_json(declined_body()))
         .up_to_n_times(1)
         .mount(&app.stripe)
         .await;
@@ -363,11 +354,8 @@ async fn stripe_errors_that_charged_nothing_answer_in_our_words_and_leave_the_or
 #[tokio::test]
 async fn a_stripe_error_page_that_is_not_json_leaves_the_charge_being_confirmed() {
     let app = spawn_app().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2000)).await;
-    wiremock::Mock::given(method("POST"))
-        .and(path("/v1/charges"))
-        .respond_with(ResponseTemplate::new(503).set_body_string("<html>upstream down</html>"))
+    let (user, order) = app.order_of_new_buyer(2000).await;
+    stripe_charge_answer(ResponseTemplate::new(503).set_body_string("<html>upstream down</html>"))
         .mount(&app.stripe)
         .await;
 
@@ -392,8 +380,7 @@ async fn an_unreachable_stripe_answers_502_and_leaves_the_order_unpaid() {
         settings.stripe.api_base = format!("http://{closed}/");
     })
     .await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    let (user, order) = app.order_of_new_buyer(2000).await;
 
     let reply = app.pay(&user, &order.id, "tok_visa").await;
 
@@ -476,8 +463,7 @@ async fn another_users_order_cannot_be_paid() {
 #[tokio::test]
 async fn a_cancelled_order_cannot_be_paid() {
     let app = spawn_app().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    let (user, order) = app.order_of_new_buyer(2000).await;
     app.cancel(&order).await;
 
     let reply = app.pay(&user, &order.id, "tok_visa").await;

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use common::money::Price;
 use common::testing::invariants::check_money;
 use common::testing::stripe_double::{Behaviour, StripeDouble};
 use futures::future::join_all;
@@ -42,8 +41,7 @@ async fn order_with_stripe(
 ) -> (StripeDouble, User, OrderCreated) {
     let double = app.stripe_double().await;
     double.set(behaviour);
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(cents)).await;
+    let (user, order) = app.order_of_new_buyer(cents).await;
     (double, user, order)
 }
 

@@ -49,6 +49,16 @@ async fn listen_acking(
     (acked, calls)
 }
 
+/// Asserts that the one event to arrive on `rx` before it is quiet for `quiet` is the expiry of
+/// `label`.
+async fn assert_only_expiry_of(
+    rx: &mut mpsc::UnboundedReceiver<ExpirationComplete>,
+    quiet: Duration,
+    label: &str,
+) {
+    assert_eq!(drain(rx, quiet).await, vec![expiration(label)]);
+}
+
 /// The expiry of a made-up order called `label`.
 fn expiration(label: &str) -> ExpirationComplete {
     ExpirationComplete {
@@ -143,10 +153,7 @@ async fn a_failing_handler_is_retried_until_it_succeeds() {
     })
     .await;
     bus.publish(&expiration("o1")).await.expect("publish");
-    assert_eq!(
-        drain(&mut acked, Duration::from_secs(2)).await,
-        vec![expiration("o1")]
-    );
+    assert_only_expiry_of(&mut acked, Duration::from_secs(2), "o1").await;
     shutdown.cancel();
 }
 
@@ -171,10 +178,7 @@ async fn a_malformed_payload_goes_to_the_dead_letter_stream_and_the_next_events_
     .await
     .expect("publish wrong shape");
     bus.publish(&expiration("after")).await.expect("publish");
-    assert_eq!(
-        drain(&mut acked, Duration::from_secs(2)).await,
-        vec![expiration("after")]
-    );
+    assert_only_expiry_of(&mut acked, Duration::from_secs(2), "after").await;
     // The poison messages never reached the handler and were not redelivered after the ack wait.
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     let letters = bus.dead_letters().await.expect("dead letters");
@@ -217,10 +221,7 @@ async fn a_poison_event_is_dead_lettered_with_its_reason_and_a_replay_delivers_i
     .await;
     bus.publish(&expiration("bad")).await.expect("publish");
     bus.publish(&expiration("good")).await.expect("publish");
-    assert_eq!(
-        drain(&mut rx, Duration::from_millis(700)).await,
-        vec![expiration("good")]
-    );
+    assert_only_expiry_of(&mut rx, Duration::from_millis(700), "good").await;
     let letters = bus.dead_letters().await.expect("dead letters");
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].reason, "names no order");
@@ -234,10 +235,7 @@ async fn a_poison_event_is_dead_lettered_with_its_reason_and_a_replay_delivers_i
         replayed.payload,
         serde_json::to_string(&expiration("bad")).expect("json")
     );
-    assert_eq!(
-        drain(&mut rx, Duration::from_millis(700)).await,
-        vec![expiration("bad")]
-    );
+    assert_only_expiry_of(&mut rx, Duration::from_millis(700), "bad").await;
     assert_eq!(bus.dead_letters().await.expect("dead letters"), Vec::new());
     shutdown.cancel();
 }
@@ -293,10 +291,7 @@ async fn a_restarted_listener_resumes_where_its_durable_left_off() {
     let (bus, first) = fresh_bus().await;
     let mut seen = observe::<ExpirationComplete>(&bus, "orders-service", &first).await;
     bus.publish(&expiration("before")).await.expect("publish");
-    assert_eq!(
-        drain(&mut seen, Duration::from_millis(700)).await,
-        vec![expiration("before")]
-    );
+    assert_only_expiry_of(&mut seen, Duration::from_millis(700), "before").await;
     first.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
@@ -305,10 +300,7 @@ async fn a_restarted_listener_resumes_where_its_durable_left_off() {
         .expect("publish");
     let second = CancellationToken::new();
     let mut seen = observe::<ExpirationComplete>(&bus, "orders-service", &second).await;
-    assert_eq!(
-        drain(&mut seen, Duration::from_millis(1500)).await,
-        vec![expiration("while-down")]
-    );
+    assert_only_expiry_of(&mut seen, Duration::from_millis(1500), "while-down").await;
     second.cancel();
 }
 
@@ -361,10 +353,7 @@ async fn a_stream_made_before_payment_updated_existed_gains_the_subject_and_keep
 
     let quiet = Duration::from_millis(700);
     assert_eq!(drain(&mut updates, quiet).await, vec![update]);
-    assert_eq!(
-        drain(&mut expirations, quiet).await,
-        vec![expiration("before-the-upgrade")]
-    );
+    assert_only_expiry_of(&mut expirations, quiet, "before-the-upgrade").await;
     shutdown.cancel();
 }
 

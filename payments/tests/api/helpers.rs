@@ -173,6 +173,23 @@ impl TestApp {
         .await
     }
 
+    /// `n` payments of the order at once with tokens `tok_0`, `tok_1`, ...: the i-th through
+    /// `instances[i % instances.len()]` (this app or its replicas).
+    pub async fn pay_at_once(
+        &self,
+        instances: &[SocketAddr],
+        user: &User,
+        order_id: impl Display,
+        n: usize,
+    ) -> Vec<Reply> {
+        let order_id = order_id.to_string();
+        futures::future::join_all((0..n).map(|i| {
+            let (addr, order_id) = (instances[i % instances.len()], &order_id);
+            async move { self.pay_at(addr, user, order_id, &format!("tok_{i}")).await }
+        }))
+        .await
+    }
+
     pub async fn pay(&self, user: &User, order_id: impl Display, token: &str) -> Reply {
         self.post_payment(
             Some(&user.cookie),

@@ -1,7 +1,6 @@
 use std::time::Duration;
 
 use common::money::Price;
-use futures::future::join_all;
 use mongodb::bson::oid::ObjectId;
 use payments::routes::payments::{
     ALREADY_PAID, BEING_CONFIRMED, CANCELLED_ORDER, EXPIRED_ORDER, IN_PROGRESS, INVALID_VALUE,
@@ -157,13 +156,7 @@ async fn ten_concurrent_payments_for_one_order_charge_once() {
     // A slow Stripe keeps the first claim pending while the others arrive.
     stripe_charges_succeed(&app, "ch_race", 2000, Duration::from_millis(500)).await;
 
-    let replies = join_all((0..10).map(|i| {
-        let app = &app;
-        let user = &user;
-        let order_id = order.id;
-        async move { app.pay(user, &order_id, &format!("tok_{i}")).await }
-    }))
-    .await;
+    let replies = app.pay_at_once(&[app.addr], &user, &order.id, 10).await;
 
     assert_eq!(
         app.stripe_requests().await.len(),
@@ -194,12 +187,9 @@ async fn two_replicas_paying_one_order_at_once_charge_once() {
     let (user, order) = app.order_of_new_buyer(3000).await;
     stripe_charges_succeed(&app, "ch_replicas", 3000, Duration::from_millis(300)).await;
 
-    let replies = join_all((0..12).map(|i| {
-        let (app, user, order_id) = (&app, &user, order.id);
-        let addr = if i % 2 == 0 { app.addr } else { replica };
-        async move { app.pay_at(addr, user, &order_id, &format!("tok_{i}")).await }
-    }))
-    .await;
+    let replies = app
+        .pay_at_once(&[app.addr, replica], &user, &order.id, 12)
+        .await;
 
     the_one_created(&replies);
     assert!(

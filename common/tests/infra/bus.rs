@@ -10,6 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{bus, drain, fresh_nats_settings, named_id, observe};
 
+/// The expiries a test's listener passes on.
+type Expiries = mpsc::UnboundedReceiver<ExpirationComplete>;
+
 /// A bus on a stream of its own, and the token that stops the test's listeners.
 async fn fresh_bus() -> (EventBus, CancellationToken) {
     (bus(&fresh_nats_settings()).await, CancellationToken::new())
@@ -17,19 +20,19 @@ async fn fresh_bus() -> (EventBus, CancellationToken) {
 
 /// Runs an `expiration:complete` listener whose outcome for each delivery `decide` gives. Returns
 /// the events it acks, in the order it acks them, and how many times it was called.
-async fn listen_acking(
+async fn listen_acking<D>(
     bus: &EventBus,
     options: ListenerOptions,
     shutdown: &CancellationToken,
-    decide: impl Fn(&ExpirationComplete, &Delivery) -> anyhow::Result<Outcome>
-    + Clone
-    + Send
-    + Sync
-    + 'static,
-) -> (
-    mpsc::UnboundedReceiver<ExpirationComplete>,
-    Arc<AtomicUsize>,
-) {
+    decide: D,
+) -> (Expiries, Arc<AtomicUsize>)
+where
+    D: Fn(&ExpirationComplete, &Delivery) -> anyhow::Result<Outcome>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
     let (tx, acked) = mpsc::unbounded_channel();
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
@@ -51,11 +54,7 @@ async fn listen_acking(
 
 /// Asserts that the one event to arrive on `rx` before it is quiet for `quiet` is the expiry of
 /// `label`.
-async fn assert_only_expiry_of(
-    rx: &mut mpsc::UnboundedReceiver<ExpirationComplete>,
-    quiet: Duration,
-    label: &str,
-) {
+async fn assert_only_expiry_of(rx: &mut Expiries, quiet: Duration, label: &str) {
     assert_eq!(drain(rx, quiet).await, vec![expiration(label)]);
 }
 

@@ -80,6 +80,28 @@ impl TestApp {
         .await
     }
 
+    /// Signs in with extra request headers: the client addresses the rate limits count by.
+    pub async fn signin_with_headers(
+        &self,
+        headers: &[(&str, &str)],
+        email: &str,
+        password: &str,
+    ) -> Reply {
+        let mut request = self
+            .client
+            .post(self.url("/api/users/signin"))
+            .json(&serde_json::json!({ "email": email, "password": password }));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        Reply::read(request.send().await.expect("request")).await
+    }
+
+    pub async fn signout(&self, cookie: &str) -> Reply {
+        let url = self.url("/api/users/signout");
+        send(&self.client, Method::POST, &url, Some(cookie), None).await
+    }
+
     pub async fn current_user(&self, cookie: Option<&str>) -> Value {
         let reply = self.get("/api/users/currentuser", cookie).await;
         assert_eq!(reply.status, StatusCode::OK);

@@ -116,22 +116,30 @@ async fn an_absent_body_is_validated_like_an_empty_object() {
 #[tokio::test]
 async fn malformed_or_non_json_bodies_get_the_error_shape() {
     let app = spawn_app().await;
-    let reply = app
-        .post_raw("/api/users/signup", "application/json", "{\"email\":")
-        .await;
-    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        reply.body,
-        errors(&[("Request body is not valid JSON", None)])
-    );
-    let reply = app
-        .post_raw("/api/users/signin", "text/plain", "email=a@b.co")
-        .await;
-    assert_eq!(reply.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    assert_eq!(
-        reply.body,
-        errors(&[("Content-Type must be application/json", None)])
-    );
+    let cases = [
+        (
+            "/api/users/signup",
+            "application/json",
+            "{\"email\":",
+            StatusCode::BAD_REQUEST,
+            "Request body is not valid JSON",
+        ),
+        (
+            "/api/users/signin",
+            "text/plain",
+            "email=a@b.co",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        ),
+    ];
+    for (path, content_type, body, status, message) in cases {
+        let reply = app.post_raw(path, content_type, body).await;
+        assert_eq!(
+            (reply.status, reply.body),
+            (status, errors(&[(message, None)])),
+            "{content_type} {body:?} to {path}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -223,22 +231,13 @@ async fn signin_with_the_right_password_starts_a_session() {
 async fn signout_clears_the_cookie_exactly_like_the_original() {
     let app = spawn_app().await;
     let cookie = app.signup("out@test.com", "password").await.cookie();
-    let response = app
-        .client
-        .post(app.url("/api/users/signout"))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), StatusCode::OK);
+    let reply = app.signout(&cookie).await;
+    assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(
-        response
-            .headers()
-            .get("set-cookie")
-            .and_then(|v| v.to_str().ok()),
+        reply.header("set-cookie"),
         Some("express:sess=; path=/; expires=Thu, 01 Jan 1970 00:00:00 GMT; httponly")
     );
-    assert_eq!(response.json::<Value>().await.expect("json"), json!({}));
+    assert_eq!(reply.body, json!({}));
 }
 
 #[tokio::test]
@@ -335,30 +334,18 @@ async fn health_and_readiness_answer_when_the_database_is_up() {
 #[tokio::test]
 async fn signin_and_signup_are_rate_limited_per_client_address() {
     let app = spawn_app_with(&[("AUTH_RATE_LIMIT_PER_MINUTE", "3")]).await;
-    let attempt = |client: &'static str| {
-        let app = &app;
-        async move {
-            let response = app
-                .client
-                .post(app.url("/api/users/signin"))
-                .header("x-forwarded-for", client)
-                .json(&json!({ "email": "who@test.com", "password": "guess" }))
-                .send()
-                .await
-                .expect("request");
-            (
-                response.status(),
-                response.json::<Value>().await.expect("json"),
-            )
-        }
+    let attempt = async |client: &str| {
+        let forwarded = [("x-forwarded-for", client)];
+        app.signin_with_headers(&forwarded, "who@test.com", "guess")
+            .await
     };
     for _ in 0..3 {
-        assert_eq!(attempt("203.0.113.7").await.0, StatusCode::BAD_REQUEST);
+        assert_eq!(attempt("203.0.113.7").await.status, StatusCode::BAD_REQUEST);
     }
-    let (status, body) = attempt("203.0.113.7").await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let limited = attempt("203.0.113.7").await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
-        body,
+        limited.body,
         errors(&[(
             "Too many attempts, please wait a minute and try again",
             None
@@ -369,20 +356,16 @@ async fn signin_and_signup_are_rate_limited_per_client_address() {
         app.signup("new@test.com", "password").await.status,
         StatusCode::CREATED
     );
-    assert_eq!(attempt("203.0.113.8").await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(attempt("203.0.113.8").await.status, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
 async fn a_flood_of_bad_passwords_for_one_email_slows_that_email_only_and_never_locks_it() {
     let app = spawn_app().await;
-    assert_eq!(
-        app.signup("victim@test.com", "password").await.status,
-        StatusCode::CREATED
-    );
-    assert_eq!(
-        app.signup("bystander@test.com", "password").await.status,
-        StatusCode::CREATED
-    );
+    for email in ["victim@test.com", "bystander@test.com"] {
+        let reply = app.signup(email, "password").await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{email}");
+    }
     for _ in 0..5 {
         assert_eq!(
             app.signin("victim@test.com", "wrong").await.status,
@@ -391,23 +374,11 @@ async fn a_flood_of_bad_passwords_for_one_email_slows_that_email_only_and_never_
     }
 
     // Even the right password waits now: the delay is the account's, whoever asks.
-    let slowed = app
-        .client
-        .post(app.url("/api/users/signin"))
-        .json(&json!({ "email": "victim@test.com", "password": "password" }))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(slowed.status(), StatusCode::TOO_MANY_REQUESTS);
+    let slowed = app.signin("victim@test.com", "password").await;
+    assert_eq!(slowed.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(slowed.header("retry-after"), Some("1"));
     assert_eq!(
-        slowed
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok()),
-        Some("1")
-    );
-    assert_eq!(
-        slowed.json::<Value>().await.expect("json"),
+        slowed.body,
         errors(&[(
             "Too many failed sign-ins for this account, please wait 1 second and try again",
             None
@@ -439,20 +410,15 @@ async fn the_address_the_web_client_vouches_for_with_the_key_gets_its_own_budget
     ])
     .await;
     // Every call comes from the same peer and forwarded hop (the web client, as the ingress saw it).
-    let attempt = |browser: &'static str, key: &'static str| {
-        let app = &app;
-        async move {
-            app.client
-                .post(app.url("/api/users/signin"))
-                .header("x-forwarded-for", "10.1.0.5")
-                .header("x-client-address", browser)
-                .header("x-client-address-key", key)
-                .json(&json!({ "email": format!("{browser}@test.com"), "password": "guess" }))
-                .send()
-                .await
-                .expect("request")
-                .status()
-        }
+    let attempt = async |browser: &str, key: &str| {
+        let headers = [
+            ("x-forwarded-for", "10.1.0.5"),
+            ("x-client-address", browser),
+            ("x-client-address-key", key),
+        ];
+        app.signin_with_headers(&headers, &format!("{browser}@test.com"), "guess")
+            .await
+            .status
     };
     for _ in 0..2 {
         assert_eq!(attempt("203.0.113.1", KEY).await, StatusCode::BAD_REQUEST);

@@ -3,12 +3,60 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::bus::{ListenerOptions, Outcome, listen};
+use common::bus::{Delivery, EventBus, ListenerOptions, Outcome, listen};
 use common::events::{Event, ExpirationComplete, Subject};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{bus, drain, fresh_nats_settings, named_id, observe};
+
+/// The expiries a test's listener passes on.
+type Expiries = mpsc::UnboundedReceiver<ExpirationComplete>;
+
+/// A bus on a stream of its own, and the token that stops the test's listeners.
+async fn fresh_bus() -> (EventBus, CancellationToken) {
+    (bus(&fresh_nats_settings()).await, CancellationToken::new())
+}
+
+/// Runs an `expiration:complete` listener whose outcome for each delivery `decide` gives. Returns
+/// the events it acks, in the order it acks them, and how many times it was called.
+async fn listen_acking<D>(
+    bus: &EventBus,
+    options: ListenerOptions,
+    shutdown: &CancellationToken,
+    decide: D,
+) -> (Expiries, Arc<AtomicUsize>)
+where
+    D: Fn(&ExpirationComplete, &Delivery) -> anyhow::Result<Outcome>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    let (tx, acked) = mpsc::unbounded_channel();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    listen::<ExpirationComplete, _, _>(bus, options, shutdown.clone(), move |event, delivery| {
+        let (tx, counter, decide) = (tx.clone(), counter.clone(), decide.clone());
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let outcome = decide(&event, &delivery)?;
+            if outcome == Outcome::Ack {
+                let _ = tx.send(event);
+            }
+            Ok(outcome)
+        }
+    })
+    .await
+    .expect("listener");
+    (acked, calls)
+}
+
+/// Asserts that the one event to arrive on `rx` before it is quiet for `quiet` is the expiry of
+/// `label`.
+async fn assert_only_expiry_of(rx: &mut Expiries, quiet: Duration, label: &str) {
+    assert_eq!(drain(rx, quiet).await, vec![expiration(label)]);
+}
 
 /// The expiry of a made-up order called `label`.
 fn expiration(label: &str) -> ExpirationComplete {
@@ -19,9 +67,7 @@ fn expiration(label: &str) -> ExpirationComplete {
 
 #[tokio::test]
 async fn every_queue_group_gets_each_event_once() {
-    let settings = fresh_nats_settings();
-    let bus = bus(&settings).await;
-    let shutdown = CancellationToken::new();
+    let (bus, shutdown) = fresh_bus().await;
     let mut orders = observe::<ExpirationComplete>(&bus, "orders-service", &shutdown).await;
     let mut payments = observe::<ExpirationComplete>(&bus, "payments-service", &shutdown).await;
     // A second instance of the orders service shares the durable: together they see each event once.
@@ -43,9 +89,7 @@ async fn every_queue_group_gets_each_event_once() {
 
 #[tokio::test]
 async fn a_repeated_message_id_is_stored_once() {
-    let settings = fresh_nats_settings();
-    let bus = bus(&settings).await;
-    let shutdown = CancellationToken::new();
+    let (bus, shutdown) = fresh_bus().await;
     let mut seen = observe::<ExpirationComplete>(&bus, "orders-service", &shutdown).await;
     let event = expiration("same-order");
     bus.publish(&event).await.expect("publish");
@@ -66,32 +110,18 @@ async fn a_repeated_message_id_is_stored_once() {
 
 #[tokio::test]
 async fn a_not_yet_outcome_is_redelivered_after_the_requested_delay() {
-    let settings = fresh_nats_settings();
-    let bus = bus(&settings).await;
-    let shutdown = CancellationToken::new();
-    let attempts = Arc::new(AtomicUsize::new(0));
+    let (bus, shutdown) = fresh_bus().await;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let counter = attempts.clone();
-    listen::<ExpirationComplete, _, _>(
-        &bus,
-        ListenerOptions::new("orders-service"),
-        shutdown.clone(),
-        move |_, delivery| {
-            let counter = counter.clone();
-            let tx = tx.clone();
-            async move {
-                counter.fetch_add(1, Ordering::SeqCst);
-                let _ = tx.send((Instant::now(), delivery.attempt));
-                if delivery.attempt < 3 {
-                    Ok(Outcome::Retry(Duration::from_millis(300)))
-                } else {
-                    Ok(Outcome::Ack)
-                }
-            }
-        },
-    )
-    .await
-    .expect("listener");
+    let options = ListenerOptions::new("orders-service");
+    listen_acking(&bus, options, &shutdown, move |_, delivery| {
+        let _ = tx.send((Instant::now(), delivery.attempt));
+        if delivery.attempt < 3 {
+            Ok(Outcome::Retry(Duration::from_millis(300)))
+        } else {
+            Ok(Outcome::Ack)
+        }
+    })
+    .await;
     bus.publish(&expiration("o1")).await.expect("publish");
     let deliveries = drain(&mut rx, Duration::from_secs(2)).await;
     let attempts_seen: Vec<i64> = deliveries.iter().map(|(_, attempt)| *attempt).collect();
@@ -112,56 +142,26 @@ async fn a_not_yet_outcome_is_redelivered_after_the_requested_delay() {
 
 #[tokio::test]
 async fn a_failing_handler_is_retried_until_it_succeeds() {
-    let settings = fresh_nats_settings();
-    let bus = bus(&settings).await;
-    let shutdown = CancellationToken::new();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    listen::<ExpirationComplete, _, _>(
-        &bus,
-        ListenerOptions::new("orders-service"),
-        shutdown.clone(),
-        move |event, delivery| {
-            let tx = tx.clone();
-            async move {
-                if delivery.attempt < 2 {
-                    anyhow::bail!("database hiccup");
-                }
-                let _ = tx.send(event);
-                Ok(Outcome::Ack)
-            }
-        },
-    )
-    .await
-    .expect("listener");
+    let (bus, shutdown) = fresh_bus().await;
+    let options = ListenerOptions::new("orders-service");
+    let (mut acked, _) = listen_acking(&bus, options, &shutdown, |_, delivery| {
+        if delivery.attempt < 2 {
+            anyhow::bail!("database hiccup");
+        }
+        Ok(Outcome::Ack)
+    })
+    .await;
     bus.publish(&expiration("o1")).await.expect("publish");
-    assert_eq!(
-        drain(&mut rx, Duration::from_secs(2)).await,
-        vec![expiration("o1")]
-    );
+    assert_only_expiry_of(&mut acked, Duration::from_secs(2), "o1").await;
     shutdown.cancel();
 }
 
 #[tokio::test]
 async fn a_malformed_payload_goes_to_the_dead_letter_stream_and_the_next_events_flow() {
-    let settings = fresh_nats_settings();
-    let bus = bus(&settings).await;
-    let shutdown = CancellationToken::new();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let counter = calls.clone();
+    let (bus, shutdown) = fresh_bus().await;
     let mut options = ListenerOptions::new("orders-service");
     options.concurrency = 1;
-    listen::<ExpirationComplete, _, _>(&bus, options, shutdown.clone(), move |event, _| {
-        let tx = tx.clone();
-        let counter = counter.clone();
-        async move {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let _ = tx.send(event);
-            Ok(Outcome::Ack)
-        }
-    })
-    .await
-    .expect("listener");
+    let (mut acked, calls) = listen_acking(&bus, options, &shutdown, |_, _| Ok(Outcome::Ack)).await;
     bus.publish_raw(
         Subject::ExpirationComplete,
         "poison-1",
@@ -177,10 +177,7 @@ async fn a_malformed_payload_goes_to_the_dead_letter_stream_and_the_next_events_
     .await
     .expect("publish wrong shape");
     bus.publish(&expiration("after")).await.expect("publish");
-    assert_eq!(
-        drain(&mut rx, Duration::from_secs(2)).await,
-        vec![expiration("after")]
-    );
+    assert_only_expiry_of(&mut acked, Duration::from_secs(2), "after").await;
     // The poison messages never reached the handler and were not redelivered after the ack wait.
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     let letters = bus.dead_letters().await.expect("dead letters");
@@ -209,36 +206,21 @@ async fn a_malformed_payload_goes_to_the_dead_letter_stream_and_the_next_events_
 
 #[tokio::test]
 async fn a_poison_event_is_dead_lettered_with_its_reason_and_a_replay_delivers_it_again() {
-    let settings = fresh_nats_settings();
-    let bus = bus(&settings).await;
-    let shutdown = CancellationToken::new();
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (bus, shutdown) = fresh_bus().await;
     // A handler that refuses orders named "bad" until it is "fixed".
     let fixed = Arc::new(AtomicUsize::new(0));
     let is_fixed = fixed.clone();
-    listen::<ExpirationComplete, _, _>(
-        &bus,
-        ListenerOptions::new("orders-service"),
-        shutdown.clone(),
-        move |event, _| {
-            let (tx, is_fixed) = (tx.clone(), is_fixed.clone());
-            async move {
-                if event.order_id == named_id("bad") && is_fixed.load(Ordering::SeqCst) == 0 {
-                    return Ok(Outcome::Poison("names no order"));
-                }
-                let _ = tx.send(event);
-                Ok(Outcome::Ack)
-            }
-        },
-    )
-    .await
-    .expect("listener");
+    let options = ListenerOptions::new("orders-service");
+    let (mut rx, _) = listen_acking(&bus, options, &shutdown, move |event, _| {
+        if event.order_id == named_id("bad") && is_fixed.load(Ordering::SeqCst) == 0 {
+            return Ok(Outcome::Poison("names no order"));
+        }
+        Ok(Outcome::Ack)
+    })
+    .await;
     bus.publish(&expiration("bad")).await.expect("publish");
     bus.publish(&expiration("good")).await.expect("publish");
-    assert_eq!(
-        drain(&mut rx, Duration::from_millis(700)).await,
-        vec![expiration("good")]
-    );
+    assert_only_expiry_of(&mut rx, Duration::from_millis(700), "good").await;
     let letters = bus.dead_letters().await.expect("dead letters");
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].reason, "names no order");
@@ -252,37 +234,24 @@ async fn a_poison_event_is_dead_lettered_with_its_reason_and_a_replay_delivers_i
         replayed.payload,
         serde_json::to_string(&expiration("bad")).expect("json")
     );
-    assert_eq!(
-        drain(&mut rx, Duration::from_millis(700)).await,
-        vec![expiration("bad")]
-    );
+    assert_only_expiry_of(&mut rx, Duration::from_millis(700), "bad").await;
     assert_eq!(bus.dead_letters().await.expect("dead letters"), Vec::new());
     shutdown.cancel();
 }
 
 #[tokio::test]
 async fn a_handler_that_fails_for_longer_than_fifty_deliveries_is_not_given_up() {
-    let settings = fresh_nats_settings();
-    let bus = bus(&settings).await;
-    let shutdown = CancellationToken::new();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = calls.clone();
+    let (bus, shutdown) = fresh_bus().await;
     let mut options = ListenerOptions::new("orders-service");
     // A database outage, compressed: backoff capped at 10 ms, 60 failures in a row.
     options.max_backoff = Duration::from_millis(10);
-    listen::<ExpirationComplete, _, _>(&bus, options, shutdown.clone(), move |event, _| {
-        let (tx, counter) = (tx.clone(), counter.clone());
-        async move {
-            if counter.fetch_add(1, Ordering::SeqCst) < 60 {
-                anyhow::bail!("database unavailable");
-            }
-            let _ = tx.send(event);
-            Ok(Outcome::Ack)
+    let (mut rx, calls) = listen_acking(&bus, options, &shutdown, |_, delivery| {
+        if delivery.attempt <= 60 {
+            anyhow::bail!("database unavailable");
         }
+        Ok(Outcome::Ack)
     })
-    .await
-    .expect("listener");
+    .await;
     bus.publish(&expiration("patient")).await.expect("publish");
 
     let delivered = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await;
@@ -294,9 +263,7 @@ async fn a_handler_that_fails_for_longer_than_fifty_deliveries_is_not_given_up()
 
 #[tokio::test]
 async fn a_handler_running_past_the_ack_wait_is_not_redelivered_meanwhile() {
-    let settings = fresh_nats_settings();
-    let bus = bus(&settings).await;
-    let shutdown = CancellationToken::new();
+    let (bus, shutdown) = fresh_bus().await;
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
     let mut options = ListenerOptions::new("orders-service");
@@ -320,15 +287,10 @@ async fn a_handler_running_past_the_ack_wait_is_not_redelivered_meanwhile() {
 
 #[tokio::test]
 async fn a_restarted_listener_resumes_where_its_durable_left_off() {
-    let settings = fresh_nats_settings();
-    let bus = bus(&settings).await;
-    let first = CancellationToken::new();
+    let (bus, first) = fresh_bus().await;
     let mut seen = observe::<ExpirationComplete>(&bus, "orders-service", &first).await;
     bus.publish(&expiration("before")).await.expect("publish");
-    assert_eq!(
-        drain(&mut seen, Duration::from_millis(700)).await,
-        vec![expiration("before")]
-    );
+    assert_only_expiry_of(&mut seen, Duration::from_millis(700), "before").await;
     first.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
@@ -337,10 +299,7 @@ async fn a_restarted_listener_resumes_where_its_durable_left_off() {
         .expect("publish");
     let second = CancellationToken::new();
     let mut seen = observe::<ExpirationComplete>(&bus, "orders-service", &second).await;
-    assert_eq!(
-        drain(&mut seen, Duration::from_millis(1500)).await,
-        vec![expiration("while-down")]
-    );
+    assert_only_expiry_of(&mut seen, Duration::from_millis(1500), "while-down").await;
     second.cancel();
 }
 
@@ -393,10 +352,7 @@ async fn a_stream_made_before_payment_updated_existed_gains_the_subject_and_keep
 
     let quiet = Duration::from_millis(700);
     assert_eq!(drain(&mut updates, quiet).await, vec![update]);
-    assert_eq!(
-        drain(&mut expirations, quiet).await,
-        vec![expiration("before-the-upgrade")]
-    );
+    assert_only_expiry_of(&mut expirations, quiet, "before-the-upgrade").await;
     shutdown.cancel();
 }
 

@@ -57,6 +57,15 @@ fn event_for(id: &str, version: i64) -> PendingEvent {
     PendingEvent::of(&expiry_of(id, version)).expect("event")
 }
 
+/// Commits counter `c1` at version 0 with its event left unpublished, as a writer that stopped
+/// before publishing leaves it.
+async fn create_c1_unpublished(store: &VersionedStore<Counter>) {
+    store
+        .create_unpublished(&counter("c1", "c1"), vec![event_for("c1", 0)])
+        .await
+        .expect("create");
+}
+
 async fn store_with_unique_claim() -> (VersionedStore<Counter>, mongodb::Database) {
     let db = fresh_database().await;
     let store = VersionedStore::<Counter>::new(&db, "counters");
@@ -227,10 +236,7 @@ async fn the_relay_publishes_what_a_crashed_writer_left_behind_exactly_once() {
     let mut seen = observe::<ExpirationComplete>(&bus, "observer", &shutdown).await;
 
     // Created and committed, but the process "died" before publishing.
-    store
-        .create_unpublished(&counter("c1", "c1"), vec![event_for("c1", 0)])
-        .await
-        .expect("create");
+    create_c1_unpublished(&store).await;
     let current = store
         .get(Bson::String("c1".into()))
         .await
@@ -360,17 +366,13 @@ impl RunningRelay {
 async fn a_change_its_writer_did_not_publish_is_relayed_by_the_next_pass_not_the_next_sweep() {
     let mut running = RunningRelay::start(Duration::from_secs(3600)).await;
     // A request commits and is cancelled before publishing.
-    running
-        .store
-        .create_unpublished(&counter("c1", "c1"), vec![event_for("c1", 0)])
-        .await
-        .expect("create");
+    create_c1_unpublished(&running.store).await;
 
-    let event = running
-        .next_published(Duration::from_secs(10))
-        .await
-        .expect("relayed long before the hourly sweep");
-    assert_eq!(event, expiry_of("c1", 0));
+    assert_eq!(
+        running.next_published(Duration::from_secs(10)).await,
+        Some(expiry_of("c1", 0)),
+        "relayed long before the hourly sweep"
+    );
     running.stop().await;
 }
 
@@ -380,24 +382,19 @@ async fn a_change_another_replica_left_behind_waits_for_the_sweep() {
     // Another replica (its own store) commits and crashes before publishing: nothing tells this
     // replica, so only its sweep finds the change.
     let other_replica = VersionedStore::<Counter>::new(&running.db, "counters");
-    other_replica
-        .create_unpublished(&counter("c1", "c1"), vec![event_for("c1", 0)])
-        .await
-        .expect("create");
+    create_c1_unpublished(&other_replica).await;
     // Ten 100 ms passes go by without it...
-    assert!(
-        running
-            .next_published(Duration::from_secs(1))
-            .await
-            .is_none(),
+    assert_eq!(
+        running.next_published(Duration::from_secs(1)).await,
+        None,
         "relayed before the sweep"
     );
     // ...and the sweep publishes it.
-    let event = running
-        .next_published(Duration::from_secs(15))
-        .await
-        .expect("relayed by the sweep");
-    assert_eq!(event, expiry_of("c1", 0));
+    assert_eq!(
+        running.next_published(Duration::from_secs(15)).await,
+        Some(expiry_of("c1", 0)),
+        "relayed by the sweep"
+    );
     running.stop().await;
 }
 

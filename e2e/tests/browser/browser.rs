@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use fantoccini::elements::Element;
 use fantoccini::wd::{Capabilities, WebDriverCompatibleCommand};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -130,38 +131,28 @@ impl Browser {
         }
     }
 
-    pub async fn fill(&self, id: &str, text: &str) {
-        let field = self
-            .client
+    /// The element with `id`, once the page shows it (`WAIT` at most).
+    async fn element(&self, id: &str) -> Element {
+        self.client
             .wait()
             .at_most(WAIT)
             .for_element(Locator::Id(id))
             .await
-            .expect(id);
+            .expect(id)
+    }
+
+    pub async fn fill(&self, id: &str, text: &str) {
+        let field = self.element(id).await;
         field.clear().await.expect("clear");
         field.send_keys(text).await.expect("type");
     }
 
     pub async fn click(&self, id: &str) {
-        let element = self
-            .client
-            .wait()
-            .at_most(WAIT)
-            .for_element(Locator::Id(id))
-            .await
-            .expect(id);
-        element.click().await.expect("click");
+        self.element(id).await.click().await.expect("click");
     }
 
     pub async fn text(&self, id: &str) -> String {
-        let element = self
-            .client
-            .wait()
-            .at_most(WAIT)
-            .for_element(Locator::Id(id))
-            .await
-            .expect(id);
-        element.text().await.expect("text")
+        self.element(id).await.text().await.expect("text")
     }
 
     pub async fn value(&self, id: &str) -> String {

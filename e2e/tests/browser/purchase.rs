@@ -6,25 +6,22 @@ use crate::browser::{Browser, expiration_window, unique};
 
 const PASSWORD: &str = "password1";
 
-async fn sign_up(browser: &Browser, email: &str) {
-    browser.visit("/auth/signup").await;
+/// Sends the `signup` or `signin` form with `email` and waits for the landing page.
+async fn submit_credentials(browser: &Browser, form: &str, email: &str, what: &str) {
+    browser.visit(&format!("/auth/{form}")).await;
     browser.fill("email", email).await;
     browser.fill("password", PASSWORD).await;
-    browser.click("signup-form-button").await;
-    browser
-        .wait_for_path("after signing up", |p| p == "/")
-        .await;
+    browser.click(&format!("{form}-form-button")).await;
+    browser.wait_for_path(what, |p| p == "/").await;
+}
+
+async fn sign_up(browser: &Browser, email: &str) {
+    submit_credentials(browser, "signup", email, "after signing up").await;
     assert!(browser.text("nav-sell").await.contains("Sell Tickets"));
 }
 
 async fn sign_in(browser: &Browser, email: &str) {
-    browser.visit("/auth/signin").await;
-    browser.fill("email", email).await;
-    browser.fill("password", PASSWORD).await;
-    browser.click("signin-form-button").await;
-    browser
-        .wait_for_path("after signing in", |p| p == "/")
-        .await;
+    submit_credentials(browser, "signin", email, "after signing in").await;
 }
 
 async fn sign_out(browser: &Browser) {
@@ -34,6 +31,11 @@ async fn sign_out(browser: &Browser) {
         .wait_for_path("after signing out", |p| p == "/")
         .await;
     assert!(browser.text("nav-signin").await.contains("Sign In"));
+}
+
+/// The XPath of the landing page's table row of the ticket titled `title`.
+fn row_of(title: &str) -> String {
+    format!("//tr[td[normalize-space()='{title}']]")
 }
 
 /// Lists a ticket and returns its id (read from the landing page's table).
@@ -51,9 +53,7 @@ async fn sell(browser: &Browser, title: &str, price: &str) -> String {
     browser.wait_for_path("after selling", |p| p == "/").await;
     let row = browser
         .client
-        .find(fantoccini::Locator::XPath(&format!(
-            "//tr[td[normalize-space()='{title}']]"
-        )))
+        .find(fantoccini::Locator::XPath(&row_of(title)))
         .await
         .expect("the new ticket is listed");
     row.attr("data-ticket-id")
@@ -65,11 +65,10 @@ async fn sell(browser: &Browser, title: &str, price: &str) -> String {
 /// Opens the ticket from the landing page and purchases it; returns the order id.
 async fn purchase(browser: &Browser, title: &str) -> String {
     browser.visit("/").await;
+    let view_link = format!("{}//a[normalize-space()='View']", row_of(title));
     let view = browser
         .client
-        .find(fantoccini::Locator::XPath(&format!(
-            "//tr[td[normalize-space()='{title}']]//a[normalize-space()='View']"
-        )))
+        .find(fantoccini::Locator::XPath(&view_link))
         .await
         .expect("a View link for the ticket");
     view.click().await.expect("open the ticket");

@@ -173,6 +173,23 @@ impl TestApp {
         .await
     }
 
+    /// `n` payments of the order at once with tokens `tok_0`, `tok_1`, ...: the i-th through
+    /// `instances[i % instances.len()]` (this app or its replicas).
+    pub async fn pay_at_once(
+        &self,
+        instances: &[SocketAddr],
+        user: &User,
+        order_id: impl Display,
+        n: usize,
+    ) -> Vec<Reply> {
+        let order_id = order_id.to_string();
+        futures::future::join_all((0..n).map(|i| {
+            let (addr, order_id) = (instances[i % instances.len()], &order_id);
+            async move { self.pay_at(addr, user, order_id, &format!("tok_{i}")).await }
+        }))
+        .await
+    }
+
     pub async fn pay(&self, user: &User, order_id: impl Display, token: &str) -> Reply {
         self.post_payment(
             Some(&user.cookie),
@@ -195,6 +212,13 @@ impl TestApp {
         event
     }
 
+    /// A new buyer and their order at `cents`, put into the replica as `order_for` does.
+    pub async fn order_of_new_buyer(&self, cents: i64) -> (User, OrderCreated) {
+        let user = User::new();
+        let order = self.order_for(&user, Price::from_cents(cents)).await;
+        (user, order)
+    }
+
     /// Cancels a replica order the way `order:cancelled` does.
     pub async fn cancel(&self, order: &OrderCreated) {
         let outcome =
@@ -209,6 +233,15 @@ impl TestApp {
             .get(ObjectId::parse_str(order_id.to_string()).expect("order id"))
             .await
             .expect("reading the replica")
+    }
+
+    /// How many orders the replica holds.
+    pub async fn replica_count(&self) -> u64 {
+        self.orders
+            .collection()
+            .count_documents(doc! {})
+            .await
+            .expect("counting the replica")
     }
 
     /// Every payment document of the order as stored (no read repair).
@@ -227,6 +260,13 @@ impl TestApp {
         found
     }
 
+    /// The order's only payment document (panics, showing them, unless exactly one).
+    pub async fn the_one_payment(&self, order_id: impl Display) -> Payment {
+        let mut records = self.payment_records(order_id).await;
+        assert_eq!(records.len(), 1, "{records:?}");
+        records.remove(0)
+    }
+
     /// Asserts that the order is not paid: no payment, or only a failed attempt with no charge, and
     /// that the card token is not kept.
     pub async fn assert_not_paid(&self, order_id: impl Display) {
@@ -238,6 +278,20 @@ impl TestApp {
                 "the token is dropped once the attempt fails"
             );
         }
+    }
+
+    /// Asserts that the payment was refused with `status` and `body`, nothing reached Stripe and
+    /// the order is not paid.
+    pub async fn assert_refused_uncharged(
+        &self,
+        reply: &Reply,
+        status: reqwest::StatusCode,
+        body: Value,
+        order_id: impl Display,
+    ) {
+        assert_eq!((reply.status, &reply.body), (status, &body));
+        assert!(self.stripe_requests().await.is_empty(), "nothing charged");
+        self.assert_not_paid(order_id).await;
     }
 
     /// A bus on the app's stream, as another service would connect.
@@ -272,26 +326,36 @@ pub fn order_cancelled_event(order: &OrderCreated, version: i64) -> OrderCancell
 
 pub use common::testing::stripe_charge_json as charge_json;
 
-/// Stripe charges every card successfully, answering after `delay`.
-pub async fn stripe_charges_succeed(app: &TestApp, charge_id: &str, amount: i64, delay: Duration) {
+/// Stripe answering charge requests with `response` (mount it, limited or not).
+pub fn stripe_charge_answer(response: ResponseTemplate) -> Mock {
     Mock::given(method("POST"))
         .and(path("/v1/charges"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(charge_json(charge_id, amount, "tok"))
-                .set_delay(delay),
-        )
+        .respond_with(response)
+}
+
+/// Stripe charges every card successfully, answering after `delay`.
+pub async fn stripe_charges_succeed(app: &TestApp, charge_id: &str, amount: i64, delay: Duration) {
+    let ok = ResponseTemplate::new(200).set_body_json(charge_json(charge_id, amount, "tok"));
+    stripe_charge_answer(ok.set_delay(delay))
         .mount(&app.stripe)
         .await;
 }
 
 /// Stripe answers every charge with `status` and `body`.
 pub async fn stripe_answers(app: &TestApp, status: u16, body: Value) {
-    Mock::given(method("POST"))
-        .and(path("/v1/charges"))
-        .respond_with(ResponseTemplate::new(status).set_body_json(body))
+    stripe_charge_answer(ResponseTemplate::new(status).set_body_json(body))
         .mount(&app.stripe)
         .await;
 }
 
 pub use common::testing::stripe_double::form;
+
+/// The only `201 Created` among concurrent replies (panics, showing them all, unless exactly one).
+pub fn the_one_created(replies: &[Reply]) -> &Reply {
+    let created: Vec<_> = replies
+        .iter()
+        .filter(|r| r.status == reqwest::StatusCode::CREATED)
+        .collect();
+    assert_eq!(created.len(), 1, "{replies:?}");
+    created[0]
+}

@@ -61,14 +61,7 @@ async fn a_redelivered_order_created_is_acknowledged_and_changes_nothing() {
     );
 
     assert_eq!(app.replica(&event.id).await, stored);
-    assert_eq!(
-        app.orders
-            .collection()
-            .count_documents(mongodb::bson::doc! {})
-            .await
-            .expect("count"),
-        1
-    );
+    assert_eq!(app.replica_count().await, 1);
 }
 
 #[tokio::test]
@@ -98,14 +91,7 @@ async fn an_order_created_with_a_malformed_id_is_dead_lettered_instead_of_redeli
             .then_some(())
     })
     .await;
-    assert_eq!(
-        app.orders
-            .collection()
-            .count_documents(mongodb::bson::doc! {})
-            .await
-            .expect("count"),
-        0
-    );
+    assert_eq!(app.replica_count().await, 0);
 }
 
 #[tokio::test]

@@ -1,7 +1,6 @@
 use std::time::Duration;
 
 use common::money::Price;
-use futures::future::join_all;
 use mongodb::bson::oid::ObjectId;
 use payments::routes::payments::{
     ALREADY_PAID, BEING_CONFIRMED, CANCELLED_ORDER, EXPIRED_ORDER, IN_PROGRESS, INVALID_VALUE,
@@ -12,14 +11,13 @@ use payments::stripe::{GENERIC_DECLINE, charge_idempotency_key, token_hash};
 use reqwest::StatusCode;
 use serde_json::json;
 use wiremock::ResponseTemplate;
-use wiremock::matchers::{method, path};
 
 use common::events::OrderCreated;
 use common::testing::{not_authorized, not_found};
 
 use crate::helpers::{
     Reply, STRIPE_TEST_KEY, TestApp, User, errors, form, spawn_app, spawn_app_with, stripe_answers,
-    stripe_charges_succeed,
+    stripe_charge_answer, stripe_charges_succeed, the_one_created,
 };
 
 const DECLINED: &str = "Your card was declined.";
@@ -84,9 +82,7 @@ async fn paying_an_order_charges_its_price_in_euro_cents_and_answers_201() {
         Some(format!("Bearer {STRIPE_TEST_KEY}"))
     );
 
-    let records = app.payment_records(&order.id).await;
-    assert_eq!(records.len(), 1);
-    let payment = &records[0];
+    let payment = app.the_one_payment(&order.id).await;
     assert_eq!(payment.payment_id, payment_id);
     assert_eq!(payment.status, PaymentStatus::Succeeded);
     assert_eq!(payment.stripe_id.as_deref(), Some("ch_paid_1"));
@@ -104,8 +100,7 @@ async fn paying_an_order_charges_its_price_in_euro_cents_and_answers_201() {
 async fn a_payment_publishes_payment_created_once_with_the_payment_order_and_charge_ids() {
     let app = spawn_app().await;
     let mut observed = app.observe_payments().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    let (user, order) = app.order_of_new_buyer(2000).await;
     stripe_charges_succeed(&app, "ch_event_1", 2000, Duration::ZERO).await;
 
     let reply = app.pay(&user, &order.id, "tok_visa").await;
@@ -138,8 +133,7 @@ async fn a_payment_publishes_payment_created_once_with_the_payment_order_and_cha
 #[tokio::test]
 async fn a_paid_order_cannot_be_paid_again() {
     let app = spawn_app().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    let (user, order) = app.order_of_new_buyer(2000).await;
     stripe_charges_succeed(&app, "ch_once", 2000, Duration::ZERO).await;
     assert_eq!(
         app.pay(&user, &order.id, "tok_visa").await.status,
@@ -158,29 +152,18 @@ async fn a_paid_order_cannot_be_paid_again() {
 #[tokio::test]
 async fn ten_concurrent_payments_for_one_order_charge_once() {
     let app = spawn_app().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    let (user, order) = app.order_of_new_buyer(2000).await;
     // A slow Stripe keeps the first claim pending while the others arrive.
     stripe_charges_succeed(&app, "ch_race", 2000, Duration::from_millis(500)).await;
 
-    let replies = join_all((0..10).map(|i| {
-        let app = &app;
-        let user = &user;
-        let order_id = order.id;
-        async move { app.pay(user, &order_id, &format!("tok_{i}")).await }
-    }))
-    .await;
+    let replies = app.pay_at_once(&[app.addr], &user, &order.id, 10).await;
 
     assert_eq!(
         app.stripe_requests().await.len(),
         1,
         "one charge reached Stripe"
     );
-    let created: Vec<_> = replies
-        .iter()
-        .filter(|r| r.status == StatusCode::CREATED)
-        .collect();
-    assert_eq!(created.len(), 1, "{replies:?}");
+    let created = the_one_created(&replies);
     for refused in replies.iter().filter(|r| r.status != StatusCode::CREATED) {
         let expected = match refused.status {
             StatusCode::CONFLICT => errors(&[(IN_PROGRESS, None)]),
@@ -189,12 +172,11 @@ async fn ten_concurrent_payments_for_one_order_charge_once() {
         };
         assert_eq!(refused.body, expected);
     }
-    let records = app.payment_records(&order.id).await;
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0].status, PaymentStatus::Succeeded);
+    let payment = app.the_one_payment(&order.id).await;
+    assert_eq!(payment.status, PaymentStatus::Succeeded);
     assert_eq!(
-        created[0].body["id"].as_str(),
-        Some(records[0].payment_id.as_str())
+        created.body["id"].as_str(),
+        Some(payment.payment_id.as_str())
     );
 }
 
@@ -202,22 +184,14 @@ async fn ten_concurrent_payments_for_one_order_charge_once() {
 async fn two_replicas_paying_one_order_at_once_charge_once() {
     let app = spawn_app().await;
     let (replica, _stop) = app.spawn_replica().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(3000)).await;
+    let (user, order) = app.order_of_new_buyer(3000).await;
     stripe_charges_succeed(&app, "ch_replicas", 3000, Duration::from_millis(300)).await;
 
-    let replies = join_all((0..12).map(|i| {
-        let (app, user, order_id) = (&app, &user, order.id);
-        let addr = if i % 2 == 0 { app.addr } else { replica };
-        async move { app.pay_at(addr, user, &order_id, &format!("tok_{i}")).await }
-    }))
-    .await;
+    let replies = app
+        .pay_at_once(&[app.addr, replica], &user, &order.id, 12)
+        .await;
 
-    let created = replies
-        .iter()
-        .filter(|r| r.status == StatusCode::CREATED)
-        .count();
-    assert_eq!(created, 1, "{replies:?}");
+    the_one_created(&replies);
     assert!(
         replies.iter().all(|r| matches!(
             r.status,
@@ -241,8 +215,7 @@ async fn pay_while_stripe_answers(
     token: &str,
 ) -> (TestApp, User, OrderCreated, Reply) {
     let app = spawn_app().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    let (user, order) = app.order_of_new_buyer(2000).await;
     stripe_answers(&app, status, body).await;
     let reply = app.pay(&user, &order.id, token).await;
     (app, user, order, reply)
@@ -268,11 +241,8 @@ async fn a_declined_card_answers_400_with_stripes_message_and_leaves_the_order_u
 #[tokio::test]
 async fn after_a_decline_a_new_card_pays_the_order_as_a_new_attempt_under_a_new_key() {
     let app = spawn_app().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2000)).await;
-    wiremock::Mock::given(method("POST"))
-        .and(path("/v1/charges"))
-        .respond_with(ResponseTemplate::new(402).set_body_json(declined_body()))
+    let (user, order) = app.order_of_new_buyer(2000).await;
+    stripe_charge_answer(ResponseTemplate::new(402).set_body_json(declined_body()))
         .up_to_n_times(1)
         .mount(&app.stripe)
         .await;
@@ -374,11 +344,8 @@ async fn stripe_errors_that_charged_nothing_answer_in_our_words_and_leave_the_or
 #[tokio::test]
 async fn a_stripe_error_page_that_is_not_json_leaves_the_charge_being_confirmed() {
     let app = spawn_app().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2000)).await;
-    wiremock::Mock::given(method("POST"))
-        .and(path("/v1/charges"))
-        .respond_with(ResponseTemplate::new(503).set_body_string("<html>upstream down</html>"))
+    let (user, order) = app.order_of_new_buyer(2000).await;
+    stripe_charge_answer(ResponseTemplate::new(503).set_body_string("<html>upstream down</html>"))
         .mount(&app.stripe)
         .await;
 
@@ -403,8 +370,7 @@ async fn an_unreachable_stripe_answers_502_and_leaves_the_order_unpaid() {
         settings.stripe.api_base = format!("http://{closed}/");
     })
     .await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    let (user, order) = app.order_of_new_buyer(2000).await;
 
     let reply = app.pay(&user, &order.id, "tok_visa").await;
 
@@ -475,26 +441,27 @@ async fn another_users_order_cannot_be_paid() {
 
     let reply = app.pay(&User::new(), &order.id, "tok_visa").await;
 
-    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(reply.body, not_authorized());
-    assert!(app.stripe_requests().await.is_empty());
-    app.assert_not_paid(&order.id).await;
+    app.assert_refused_uncharged(
+        &reply,
+        StatusCode::UNAUTHORIZED,
+        not_authorized(),
+        &order.id,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_cancelled_order_cannot_be_paid() {
     let app = spawn_app().await;
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(2000)).await;
+    let (user, order) = app.order_of_new_buyer(2000).await;
     app.cancel(&order).await;
 
     let reply = app.pay(&user, &order.id, "tok_visa").await;
 
-    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
-    assert_eq!(reply.body, errors(&[(CANCELLED_ORDER, None)]));
+    let cancelled = errors(&[(CANCELLED_ORDER, None)]);
+    app.assert_refused_uncharged(&reply, StatusCode::BAD_REQUEST, cancelled, &order.id)
+        .await;
     assert_eq!(CANCELLED_ORDER, "Canncelled order unabled for payment.");
-    assert!(app.stripe_requests().await.is_empty());
-    app.assert_not_paid(&order.id).await;
 }
 
 #[tokio::test]
@@ -510,12 +477,9 @@ async fn an_order_past_its_expiry_is_not_charged_even_before_the_expiration_arri
 
     let reply = app.pay(&user, &event.id, "tok_visa").await;
 
-    assert_eq!(
-        (reply.status, reply.body),
-        (StatusCode::BAD_REQUEST, errors(&[(EXPIRED_ORDER, None)]))
-    );
-    assert!(app.stripe_requests().await.is_empty());
-    app.assert_not_paid(&event.id).await;
+    let expired = errors(&[(EXPIRED_ORDER, None)]);
+    app.assert_refused_uncharged(&reply, StatusCode::BAD_REQUEST, expired, &event.id)
+        .await;
 }
 
 #[tokio::test]

@@ -4,19 +4,33 @@
 
 use std::time::Duration;
 
-use common::money::Price;
 use common::testing::invariants::check_money;
 use common::testing::stripe_double::{Behaviour, StripeDouble};
-use futures::future::join_all;
 use payments::routes::payments::{ALREADY_PAID, BEING_CONFIRMED, IN_PROGRESS, REFUNDED};
 use payments::saga::ReconcileTiming;
-use payments::store::PaymentStatus;
+use payments::store::{Order, PaymentStatus};
 use reqwest::StatusCode;
 use serde_json::json;
 
 use common::events::OrderCreated;
 
-use crate::helpers::{TestApp, User, errors, spawn_app, spawn_app_with_stripe_timeout};
+use crate::helpers::{
+    TestApp, User, errors, spawn_app, spawn_app_with_stripe_timeout, the_one_created,
+};
+
+/// Moves the replica's window to close `millis` from now (already closed when negative), and
+/// returns the replica as the saga will be handed it.
+async fn window_closing_in(app: &TestApp, order: &OrderCreated, millis: i64) -> Order {
+    let mut replica = app.replica(&order.id).await.expect("replica");
+    replica.expires_at =
+        mongodb::bson::DateTime::from_millis(chrono::Utc::now().timestamp_millis() + millis);
+    app.orders
+        .collection()
+        .replace_one(mongodb::bson::doc! { "_id": replica.id }, &replica)
+        .await
+        .expect("the replica's window moves");
+    replica
+}
 
 /// An order of a new buyer, and the Stripe double answering new requests as `behaviour` says.
 async fn order_with_stripe(
@@ -26,8 +40,7 @@ async fn order_with_stripe(
 ) -> (StripeDouble, User, OrderCreated) {
     let double = app.stripe_double().await;
     double.set(behaviour);
-    let user = User::new();
-    let order = app.order_for(&user, Price::from_cents(cents)).await;
+    let (user, order) = app.order_of_new_buyer(cents).await;
     (double, user, order)
 }
 
@@ -158,9 +171,8 @@ async fn stopping_the_service_waits_for_a_charge_whose_client_has_gone() {
 
     app.stop().await;
 
-    let records = app.payment_records(&order.id).await;
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0].status, PaymentStatus::Succeeded, "{records:?}");
+    let payment = app.the_one_payment(&order.id).await;
+    assert_eq!(payment.status, PaymentStatus::Succeeded, "{payment:?}");
     assert_eq!(double.charges().len(), 1);
 }
 
@@ -247,17 +259,9 @@ async fn twenty_concurrent_payments_with_twenty_tokens_charge_once() {
     let (double, user, order) =
         order_with_stripe(&app, 2000, answering_after(Duration::from_millis(300))).await;
 
-    let replies = join_all((0..20).map(|i| {
-        let (app, user, order_id) = (&app, &user, order.id);
-        async move { app.pay(user, &order_id, &format!("tok_{i}")).await }
-    }))
-    .await;
+    let replies = app.pay_at_once(&[app.addr], &user, &order.id, 20).await;
 
-    let created = replies
-        .iter()
-        .filter(|r| r.status == StatusCode::CREATED)
-        .count();
-    assert_eq!(created, 1, "{replies:?}");
+    the_one_created(&replies);
     for refused in replies.iter().filter(|r| r.status != StatusCode::CREATED) {
         assert!(
             refused.body == errors(&[(IN_PROGRESS, None)])
@@ -326,15 +330,8 @@ async fn an_attempt_that_never_reached_stripe_is_failed_by_the_reconciler_withou
 async fn an_order_whose_window_closes_while_its_attempt_is_recorded_is_not_charged() {
     let app = spawn_app().await;
     let (double, _, order) = order_with_stripe(&app, 1500, answering_after(Duration::ZERO)).await;
-    let mut replica = app.replica(&order.id).await.expect("replica");
     // The route checked the window a moment ago; it has closed since.
-    replica.expires_at =
-        mongodb::bson::DateTime::from_millis(chrono::Utc::now().timestamp_millis() - 1);
-    app.orders
-        .collection()
-        .replace_one(mongodb::bson::doc! { "_id": replica.id }, &replica)
-        .await
-        .expect("the replica's window closes");
+    let replica = window_closing_in(&app, &order, -1).await;
 
     let outcome = app.saga.pay(&replica, "tok_visa").await.expect("paid");
 
@@ -351,15 +348,8 @@ async fn a_charge_that_settles_after_the_window_closed_is_answered_as_being_conf
     let app = spawn_app().await;
     let (double, _, order) =
         order_with_stripe(&app, 1500, answering_after(Duration::from_millis(1500))).await;
-    let mut replica = app.replica(&order.id).await.expect("replica");
     // The window closes while Stripe is still answering: the order's expiry may win in orders.
-    replica.expires_at =
-        mongodb::bson::DateTime::from_millis(chrono::Utc::now().timestamp_millis() + 700);
-    app.orders
-        .collection()
-        .replace_one(mongodb::bson::doc! { "_id": replica.id }, &replica)
-        .await
-        .expect("the replica's window is shortened");
+    let replica = window_closing_in(&app, &order, 700).await;
 
     let outcome = app.saga.pay(&replica, "tok_visa").await.expect("charged");
 
@@ -368,9 +358,10 @@ async fn a_charge_that_settles_after_the_window_closed_is_answered_as_being_conf
         "{outcome:?}"
     );
     assert_eq!(double.charges().len(), 1);
-    let records = app.payment_records(&order.id).await;
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0].status, PaymentStatus::Succeeded);
+    assert_eq!(
+        app.the_one_payment(&order.id).await.status,
+        PaymentStatus::Succeeded
+    );
 }
 
 #[tokio::test]
@@ -393,9 +384,10 @@ async fn a_charge_whose_payment_event_cannot_reach_the_stream_in_time_is_answere
 
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
     assert_eq!(double.charges().len(), 1);
-    let records = app.payment_records(&order.id).await;
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0].status, PaymentStatus::Succeeded);
+    assert_eq!(
+        app.the_one_payment(&order.id).await.status,
+        PaymentStatus::Succeeded
+    );
 }
 
 #[tokio::test]

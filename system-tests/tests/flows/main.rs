@@ -27,6 +27,19 @@ pub fn embedded_ticket_version(order: &Value) -> i64 {
     version(&order["ticket"])
 }
 
+/// The status and version of an order JSON.
+pub fn status_and_version(order: &Value) -> (Option<&str>, i64) {
+    (order["status"].as_str(), version(order))
+}
+
+/// The order as its buyer reads it now.
+pub async fn read_order(stack: &Stack, buyer: &User, order_id: &str, what: &str) -> Value {
+    stack
+        .order_of(buyer, order_id)
+        .await
+        .expect(StatusCode::OK, what)
+}
+
 /// The body of a 200 answer, or the answer described as the `Err` of an `eventually` check.
 pub fn ok_body(reply: system_tests::Reply) -> Result<Value, String> {
     if reply.status == StatusCode::OK {

@@ -7,7 +7,7 @@ use payments::routes::payments::ALREADY_PAID;
 use reqwest::StatusCode;
 use system_tests::{Charge, Stack, eventually};
 
-use crate::{OrderedTicket, ok_body, order_a_new_ticket, version};
+use crate::{OrderedTicket, ok_body, order_a_new_ticket, read_order, status_and_version, version};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paid_order_completes_and_keeps_its_ticket_after_its_window_has_passed() {
@@ -56,12 +56,15 @@ async fn a_paid_order_completes_and_keeps_its_ticket_after_its_window_has_passed
     .await;
     assert!(Utc::now() >= expires_at, "expired before {expires_at}");
 
-    let after = stack
-        .order_of(&buyer, &order_id)
-        .await
-        .expect(StatusCode::OK, "reading the order after its window");
+    let after = read_order(
+        &stack,
+        &buyer,
+        &order_id,
+        "reading the order after its window",
+    )
+    .await;
     assert_eq!(
-        (after["status"].as_str(), version(&after)),
+        status_and_version(&after),
         (Some("complete"), 1),
         "the late expiration changed a paid order: {after}"
     );
@@ -91,10 +94,7 @@ async fn a_paid_order_completes_and_keeps_its_ticket_after_its_window_has_passed
         orders::routes::orders::CANNOT_CANCEL_PAID,
         "cancelling a paid order",
     );
-    let still = stack
-        .order_of(&buyer, &order_id)
-        .await
-        .expect(StatusCode::OK, "reading the order");
+    let still = read_order(&stack, &buyer, &order_id, "reading the order").await;
     assert_eq!(still["status"], "complete", "{still}");
     // Past the window a paid order is still refused as paid, not as expired.
     let late = stack.pay(&buyer, &order_id, "tok_visa").await;

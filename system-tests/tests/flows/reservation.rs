@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use system_tests::{Stack, eventually, id_of};
 
-use crate::{embedded_ticket_version, ok_body, version};
+use crate::{embedded_ticket_version, ok_body, read_order, status_and_version, version};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ticket_is_locked_while_ordered_editable_again_once_cancelled_and_versions_agree_in_tickets_and_orders()
@@ -65,14 +65,8 @@ async fn a_ticket_is_locked_while_ordered_editable_again_once_cancelled_and_vers
         (cancelled.status, cancelled.body),
         (StatusCode::NO_CONTENT, serde_json::Value::Null)
     );
-    let order_now = stack
-        .order_of(&buyer, &order_id)
-        .await
-        .expect(StatusCode::OK, "reading the cancelled order");
-    assert_eq!(
-        (order_now["status"].as_str(), version(&order_now)),
-        (Some("cancelled"), 1)
-    );
+    let order_now = read_order(&stack, &buyer, &order_id, "reading the cancelled order").await;
+    assert_eq!(status_and_version(&order_now), (Some("cancelled"), 1));
     let released = eventually("tickets releases the ticket", async || {
         let ticket = ok_body(stack.ticket(&ticket_id).await)?;
         match ticket.get("orderId") {

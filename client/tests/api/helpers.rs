@@ -66,6 +66,7 @@ async fn spawn(api: MockServer, base: &str, stripe_key: Option<&str>, csrf_key: 
     let mut pairs = vec![
         ("HOST", "127.0.0.1"),
         ("PORT", "0"),
+        ("METRICS_PORT", "0"),
         ("API_BASE_URL", base),
         ("CLIENT_ADDRESS_KEY", CLIENT_ADDRESS_KEY),
         ("CSRF_KEY", csrf_key),

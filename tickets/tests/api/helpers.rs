@@ -65,6 +65,8 @@ pub async fn infra() -> Infra {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where the app serves `GET /metrics`.
+    pub metrics_addr: SocketAddr,
     pub client: reqwest::Client,
     pub infra: Infra,
     shutdown: CancellationToken,
@@ -84,10 +86,12 @@ pub async fn spawn_app() -> TestApp {
         .await
         .expect("the tickets app builds");
     let addr = app.addr();
+    let metrics_addr = app.metrics_addr();
     let shutdown = CancellationToken::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
     TestApp {
         addr,
+        metrics_addr,
         client: reqwest::Client::new(),
         infra,
         shutdown,

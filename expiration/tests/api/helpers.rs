@@ -91,10 +91,12 @@ impl TestContext {
             .await
             .expect("the expiration app builds");
         let addr = app.addr();
+        let metrics_addr = app.metrics_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         TestApp {
             addr,
+            metrics_addr,
             client: reqwest::Client::new(),
             shutdown,
             task: Some(task),
@@ -405,6 +407,8 @@ impl Observer {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where the instance serves `GET /metrics`.
+    pub metrics_addr: SocketAddr,
     client: reqwest::Client,
     shutdown: CancellationToken,
     task: Option<JoinHandle<std::io::Result<()>>>,
@@ -425,6 +429,18 @@ impl TestApp {
                 .expect("the app task")
                 .expect("the app stops cleanly");
         }
+    }
+
+    /// The Prometheus text the instance serves on its metrics port.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .client
+            .get(format!("http://{}/metrics", self.metrics_addr))
+            .send()
+            .await
+            .expect("the metrics port answers");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.text().await.expect("the metrics text")
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {

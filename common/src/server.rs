@@ -717,6 +717,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_metrics_port_serves_metrics_while_the_server_runs_and_stops_with_it() {
+        let server = bound_server().await;
+        let (addr, metrics_addr) = (server.addr(), server.metrics_addr());
+        assert_ne!(addr, metrics_addr);
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(server.run(
+            Router::new().route("/ping", get(|| async { "pong" })),
+            shutdown.clone(),
+            Background::new(),
+        ));
+        assert!(get_over_tcp(addr, "/ping").await.ends_with("pong"));
+
+        let scraped = get_over_tcp(metrics_addr, "/metrics").await;
+        assert!(scraped.starts_with("HTTP/1.1 200"), "{scraped}");
+        assert!(scraped.contains("text/plain; version=0.0.4"), "{scraped}");
+        assert!(
+            get_over_tcp(addr, "/metrics")
+                .await
+                .starts_with("HTTP/1.1 404")
+        );
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("run returns after shutdown")
+            .expect("run does not panic")
+            .expect("served");
+        assert!(tokio::net::TcpStream::connect(metrics_addr).await.is_err());
+    }
+
+    #[tokio::test]
     async fn binding_a_taken_port_names_the_address() {
         let taken = bound_server().await;
         let settings = HttpSettings {

@@ -15,6 +15,8 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 /// The client running against a fake of the APIs (the ingress) at the HTTP boundary.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where the app serves `GET /metrics`.
+    pub metrics_addr: SocketAddr,
     /// A browser that does not follow redirects, so tests see them.
     pub browser: reqwest::Client,
     pub api: MockServer,
@@ -83,10 +85,12 @@ async fn spawn(api: MockServer, base: &str, stripe_key: Option<&str>, csrf_key: 
         .await
         .expect("the client app builds");
     let addr = app.addr();
+    let metrics_addr = app.metrics_addr();
     let shutdown = CancellationToken::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
     TestApp {
         addr,
+        metrics_addr,
         browser: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()

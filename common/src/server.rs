@@ -343,6 +343,8 @@ impl Default for Background {
 
 impl Background {
     pub fn new() -> Self {
+        // The tasks record metrics from their start, which may be before the server binds.
+        crate::metrics::install(None);
         let stop = CancellationToken::new();
         Self {
             _stop_on_drop: stop.clone().drop_guard(),

@@ -10,6 +10,8 @@
 //!   listener.
 //! - `outbox_waiting{collection}`, `outbox_published_total{collection,by}`: the outbox.
 //! - `dependency_up{dependency}`: each readiness check (`/readyz`).
+//! - Services record their own beside these (payments' `payment_attempts_total`, expiration's
+//!   queue depth and lateness); the README's "Metrics" section lists them all.
 //!
 //! A service run by `server::run_service` adds `service="<name>"` to every series.
 

@@ -278,6 +278,7 @@ impl Server {
     }
 }
 
+/// Binds `settings.host:port`; a failure names the address.
 async fn bind(settings: &HttpSettings, port: u16) -> std::io::Result<(TcpListener, SocketAddr)> {
     let bound = async {
         let listener = TcpListener::bind((settings.host, port)).await?;

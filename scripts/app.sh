@@ -11,8 +11,10 @@
 #
 # Services (a service exists when <name>/Cargo.toml exists) and their local ports:
 #   client 3000, auth 3001, tickets 3002, orders 3003, payments 3004, expiration 3005
+# and metrics ports (GET /metrics, Prometheus text; `status` lists them):
+#   client 9460, auth 9461, tickets 9462, orders 9463, payments 9464, expiration 9465
 # Each is started from target/<profile>/<name> with a clean environment:
-#   all          PORT, HOST=127.0.0.1, RUST_LOG (default info)
+#   all          PORT, METRICS_PORT, HOST=127.0.0.1, RUST_LOG (default info)
 #   auth         JWT_KEY, MONGO_URL, MONGO_DB=auth, CLIENT_ADDRESS_KEY,
 #                + AUTH_RATE_LIMIT_PER_MINUTE (only when set in the caller's environment)
 #   tickets, orders, payments
@@ -63,6 +65,12 @@ service_port() {
   echo $((base + PORT_OFFSET))
 }
 
+# Where a service serves GET /metrics: its own port beside its HTTP port (all run on one
+# machine, so the usual 9464 cannot be everyone's); shifted by PORT_OFFSET too.
+service_metrics_port() {
+  echo $(($(service_port "$1") + 6460))
+}
+
 # Services whose crate exists.
 existing_services() {
   local s
@@ -105,6 +113,7 @@ kept_key() {
 service_settings() {
   local s="$1"
   echo "PORT=$(service_port "$s")"
+  echo "METRICS_PORT=$(service_metrics_port "$s")"
   echo "HOST=127.0.0.1"
   echo "RUST_LOG=${RUST_LOG:-info}"
   case "$s" in
@@ -328,7 +337,7 @@ cmd_status() {
     if pid="$(daemon_pid "$s")"; then
       code="$(readyz_code "$port")"
       bin="$(awk '$1 == "binary" { print $2 }' "$RUN_DIR/$s.launch" 2>/dev/null || true)"
-      printf '%-12s %-15s pid %-8s http://127.0.0.1:%s (readyz %s) %s\n' "$s" "up" "$pid" "$port" "${code:-no answer}" "${bin#"$ROOT"/}"
+      printf '%-12s %-15s pid %-8s http://127.0.0.1:%s (readyz %s) metrics http://127.0.0.1:%s/metrics %s\n' "$s" "up" "$pid" "$port" "${code:-no answer}" "$(service_metrics_port "$s")" "${bin#"$ROOT"/}"
       [[ "$code" == 200 ]] || rc=1
     elif [[ -f "$ROOT/$s/Cargo.toml" ]]; then
       printf '%-12s %s\n' "$s" "down"

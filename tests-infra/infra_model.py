@@ -41,6 +41,8 @@ ROUTES = {
 LOCAL_PORTS = {3000: "client", 3001: "auth", 3002: "tickets", 3003: "orders", 3004: "payments"}
 REPLICAS = {"auth": 1, "tickets": 2, "orders": 2, "payments": 1, "expiration": 1, "client": 1}
 HTTP_PORT = 3000
+# Where each service serves GET /metrics (METRICS_PORT), scraped by Prometheus from the pod.
+METRICS_PORT = 9464
 
 # Secrets and config maps the manifests may reference, with the keys the docs tell people to create.
 SECRET_REFS = {"jwt-secret": {"JWT_KEY"}, "stripe-secret": {"STRIPE_KEY"},
@@ -54,7 +56,7 @@ SECRET_VARS = {"JWT_KEY": ("jwt-secret", "JWT_KEY"), "STRIPE_KEY": ("stripe-secr
 KEY_VARS = {"STRIPE_PUBLISHABLE_KEY"}
 
 R, O = True, False  # required, optional
-_COMMON = {"RUST_LOG": O, "PORT": O, "HOST": O}
+_COMMON = {"RUST_LOG": O, "PORT": O, "HOST": O, "METRICS_PORT": O}
 _MONGO = {"MONGO_URL": R, "MONGO_DB": O}
 _NATS = {"NATS_URL": R, "NATS_STREAM": O, "NATS_SUBJECT_PREFIX": O}
 _JWT = {"JWT_KEY": R}

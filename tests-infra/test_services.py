@@ -21,13 +21,23 @@ def app_container(service):
 
 
 @pytest.mark.parametrize("service", m.SERVICES)
-def test_each_service_has_a_deployment_running_its_image_on_port_3000(service):
+def test_each_service_has_a_deployment_running_its_image_on_port_3000_with_metrics_on_9464(service):
     c = app_container(service)
     assert c["image"] == m.image_name(service)
-    assert [p["containerPort"] for p in c.get("ports", [])] == [m.HTTP_PORT]
-    port = m.env_entries(c).get("PORT")
-    if port is not None:
-        assert port.get("value") == str(m.HTTP_PORT), f"{service}: PORT env disagrees with containerPort"
+    ports = [(p.get("name"), p["containerPort"]) for p in c.get("ports", [])]
+    assert ports == [("http", m.HTTP_PORT), ("metrics", m.METRICS_PORT)]
+    for var, want in (("PORT", m.HTTP_PORT), ("METRICS_PORT", m.METRICS_PORT)):
+        entry = m.env_entries(c).get(var)
+        if entry is not None:
+            assert entry.get("value") == str(want), f"{service}: {var} env disagrees with containerPort"
+
+
+@pytest.mark.parametrize("service", m.SERVICES)
+def test_each_service_pod_asks_prometheus_to_scrape_its_metrics_port(service):
+    annotations = deployment(service).body["spec"]["template"]["metadata"].get("annotations", {})
+    assert annotations.get("prometheus.io/scrape") == "true", f"{service}: no prometheus.io/scrape"
+    assert annotations.get("prometheus.io/port") == str(m.METRICS_PORT), f"{service}: prometheus.io/port"
+    assert annotations.get("prometheus.io/path", "/metrics") == "/metrics"
 
 
 @pytest.mark.parametrize("service", m.SERVICES)

@@ -92,7 +92,7 @@ async fn measure_one(
     let mut command = Command::new("env");
     command
         .args(["-i", "/bin/bash", "-c"])
-        .arg(r#"source "$1" && export PORT="$3" && exec "$2""#)
+        .arg(r#"source "$1" && export PORT="$3" METRICS_PORT=0 && exec "$2""#)
         .arg(service)
         .arg(&env_file)
         .arg(&binary)

@@ -5,6 +5,7 @@ pub mod client_address;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod metrics;
 pub mod money;
 pub mod server;
 pub mod session;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Request, StatusCode, header};
-use axum::middleware::map_response;
+use axum::middleware::{from_fn, map_response};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -103,11 +103,17 @@ async fn api_security_headers(mut response: Response) -> Response {
 }
 
 /// The layers every router gets (body limit, panics answered with `panic_response`, request spans
-/// and request ids), for routers that bring their own fallback and failure pages.
+/// and request ids, request metrics), for routers that bring their own fallback and failure pages.
 pub fn with_standard_layers<F>(router: Router, panic_response: F) -> Router
 where
     F: Fn() -> Response + Clone + Send + Sync + 'static,
 {
+    // The route a request matched, for the request metrics (a router without routes has none).
+    let router = if router.has_routes() {
+        router.route_layer(from_fn(crate::metrics::tag_matched_route))
+    } else {
+        router
+    };
     router
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(CatchPanicLayer::custom(move |_| panic_response()))
@@ -123,6 +129,8 @@ where
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        // Outside the panic catcher and body limit, so that their answers are counted too.
+        .layer(from_fn(crate::metrics::record_requests))
 }
 
 /// A readiness probe from an async check listing each dependency and whether it answers.
@@ -178,6 +186,7 @@ pub fn dead_letter_details(bus: EventBus, queue_group: &'static str) -> Readines
 
 async fn ready(readiness: ReadinessCheck, details: ReadinessDetails) -> axum::response::Response {
     let checks = readiness().await;
+    crate::metrics::record_dependencies(&checks);
     let down: Vec<ErrorEntry> = checks
         .iter()
         .filter(|(_, up)| !up)
@@ -196,28 +205,37 @@ async fn ready(readiness: ReadinessCheck, details: ReadinessDetails) -> axum::re
     }
 }
 
-/// A bound HTTP listener. Bind with port 0 in tests and read the port back.
+/// A bound HTTP listener, and the metrics listener beside it. Bind with port 0 in tests and read
+/// the ports back.
 pub struct Server {
     listener: TcpListener,
     addr: SocketAddr,
+    metrics: TcpListener,
+    metrics_addr: SocketAddr,
 }
 
 impl Server {
-    /// Binds `host:port`; a failure names the address.
+    /// Binds `host:port` and `host:metrics_port` (installing the metrics recorder if no one has);
+    /// a failure names the address.
     pub async fn bind(settings: &HttpSettings) -> std::io::Result<Self> {
-        let bound = async {
-            let listener = TcpListener::bind((settings.host, settings.port)).await?;
-            let addr = listener.local_addr()?;
-            Ok(Self { listener, addr })
-        };
-        bound.await.map_err(|err: std::io::Error| {
-            let address = format!("{}:{}", settings.host, settings.port);
-            std::io::Error::new(err.kind(), format!("binding {address}: {err}"))
+        let (listener, addr) = bind(settings, settings.port).await?;
+        let (metrics, metrics_addr) = bind(settings, settings.metrics_port).await?;
+        crate::metrics::install(None);
+        Ok(Self {
+            listener,
+            addr,
+            metrics,
+            metrics_addr,
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `GET /metrics` is served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
     }
 
     /// Serves until `shutdown` is cancelled: stops accepting, lets in-flight requests finish, and
@@ -226,9 +244,20 @@ impl Server {
         self,
         router: Router,
         shutdown: CancellationToken,
-        background: Background,
+        mut background: Background,
     ) -> std::io::Result<()> {
-        tracing::info!(addr = %self.addr, "listening");
+        tracing::info!(addr = %self.addr, metrics = %self.metrics_addr, "listening");
+        let metrics = crate::metrics::router(crate::metrics::install(None));
+        let metrics_stop = background.token();
+        let metrics_listener = self.metrics;
+        background.push(tokio::spawn(async move {
+            let served = axum::serve(metrics_listener, metrics)
+                .with_graceful_shutdown(metrics_stop.cancelled_owned())
+                .await;
+            if let Err(err) = served {
+                tracing::warn!(error = %err, "the metrics server failed");
+            }
+        }));
         let stop = background.token();
         let served = axum::serve(
             self.listener,
@@ -247,6 +276,19 @@ impl Server {
         tracing::info!("stopped");
         served
     }
+}
+
+/// Binds `settings.host:port`; a failure names the address.
+async fn bind(settings: &HttpSettings, port: u16) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let bound = async {
+        let listener = TcpListener::bind((settings.host, port)).await?;
+        let addr = listener.local_addr()?;
+        Ok((listener, addr))
+    };
+    bound.await.map_err(|err: std::io::Error| {
+        let address = format!("{}:{port}", settings.host);
+        std::io::Error::new(err.kind(), format!("binding {address}: {err}"))
+    })
 }
 
 /// A service ready to run: its bound listener, its finished router and the tasks beside it. Each
@@ -268,6 +310,11 @@ impl App {
 
     pub fn addr(&self) -> SocketAddr {
         self.server.addr()
+    }
+
+    /// Where `GET /metrics` is served (`METRICS_PORT`).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.server.metrics_addr()
     }
 
     /// Serves until `shutdown` is cancelled, then stops the background tasks and waits for them.
@@ -297,6 +344,8 @@ impl Default for Background {
 
 impl Background {
     pub fn new() -> Self {
+        // The tasks record metrics from their start, which may be before the server binds.
+        crate::metrics::install(None);
         let stop = CancellationToken::new();
         Self {
             _stop_on_drop: stop.clone().drop_guard(),
@@ -374,6 +423,8 @@ where
     Fut: Future<Output = anyhow::Result<App>>,
 {
     crate::telemetry::init(name);
+    // Before `build`, so that every series carries the service's name.
+    crate::metrics::install(Some(name));
     let app = build(settings(&Env::from_process())?).await?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
@@ -494,6 +545,30 @@ mod tests {
         assert_eq!(call(app(false), "GET", "/healthz").await.0, StatusCode::OK);
     }
 
+    #[tokio::test]
+    async fn requests_are_counted_by_matched_route_never_by_raw_path() {
+        let handle = crate::metrics::install(None);
+        let api = Router::new().route("/api/counted/{id}", get(|| async { "one" }));
+        let app = finish_router(api, readiness(|| async { Vec::new() }));
+        call(app.clone(), "GET", "/api/counted/abc123").await;
+        call(app, "GET", "/api/uncounted/abc123").await;
+
+        let text = handle.render();
+        assert!(
+            text.lines()
+                .any(|line| line.starts_with("http_requests_total")
+                    && line.contains(r#"route="/api/counted/{id}""#)
+                    && line.contains(r#"status="200""#)),
+            "{text}"
+        );
+        assert!(text.contains(r#"route="unmatched""#), "{text}");
+        assert!(!text.contains("abc123"), "{text}");
+        assert!(
+            text.contains("http_request_duration_seconds_bucket"),
+            "{text}"
+        );
+    }
+
     async fn buggy_handler() -> &'static str {
         panic!("a bug in a handler")
     }
@@ -597,6 +672,7 @@ mod tests {
         let settings = HttpSettings {
             host: std::net::Ipv4Addr::LOCALHOST.into(),
             port: 0,
+            metrics_port: 0,
         };
         Server::bind(&settings).await.expect("binding a free port")
     }
@@ -635,11 +711,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_metrics_port_serves_metrics_while_the_server_runs_and_stops_with_it() {
+        let server = bound_server().await;
+        let (addr, metrics_addr) = (server.addr(), server.metrics_addr());
+        assert_ne!(addr, metrics_addr);
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(server.run(
+            Router::new().route("/ping", get(|| async { "pong" })),
+            shutdown.clone(),
+            Background::new(),
+        ));
+        assert!(get_over_tcp(addr, "/ping").await.ends_with("pong"));
+
+        let scraped = get_over_tcp(metrics_addr, "/metrics").await;
+        assert!(scraped.starts_with("HTTP/1.1 200"), "{scraped}");
+        assert!(scraped.contains("text/plain; version=0.0.4"), "{scraped}");
+        assert!(
+            get_over_tcp(addr, "/metrics")
+                .await
+                .starts_with("HTTP/1.1 404")
+        );
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("run returns after shutdown")
+            .expect("run does not panic")
+            .expect("served");
+        assert!(tokio::net::TcpStream::connect(metrics_addr).await.is_err());
+    }
+
+    #[tokio::test]
     async fn binding_a_taken_port_names_the_address() {
         let taken = bound_server().await;
         let settings = HttpSettings {
             host: std::net::Ipv4Addr::LOCALHOST.into(),
             port: taken.addr().port(),
+            metrics_port: 0,
         };
 
         let err = match Server::bind(&settings).await {

@@ -87,11 +87,17 @@ impl Env {
     }
 }
 
-/// Where the HTTP server listens.
+/// The usual port of a Prometheus exporter: where `GET /metrics` is served unless `METRICS_PORT`
+/// says otherwise.
+pub const DEFAULT_METRICS_PORT: u16 = 9464;
+
+/// Where the HTTP server listens, and its metrics beside it.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub host: IpAddr,
     pub port: u16,
+    /// `GET /metrics` only, on the same host: a port of its own, which no ingress routes to.
+    pub metrics_port: u16,
 }
 
 impl HttpSettings {
@@ -99,6 +105,7 @@ impl HttpSettings {
         Ok(Self {
             host: env.parse_or("HOST", IpAddr::from([0, 0, 0, 0]))?,
             port: env.parse_or("PORT", 3000)?,
+            metrics_port: env.parse_or("METRICS_PORT", DEFAULT_METRICS_PORT)?,
         })
     }
 
@@ -107,6 +114,7 @@ impl HttpSettings {
         Self {
             host: IpAddr::from([127, 0, 0, 1]),
             port: 0,
+            metrics_port: 0,
         }
     }
 }
@@ -251,7 +259,7 @@ mod tests {
     fn defaults_apply_when_optional_variables_are_absent() -> Result<(), SettingsError> {
         let env = Env::from_pairs([("MONGO_URL", "mongodb://x"), ("NATS_URL", "nats://y")]);
         let http = HttpSettings::from_env(&env)?;
-        assert_eq!(http.port, 3000);
+        assert_eq!((http.port, http.metrics_port), (3000, 9464));
         assert_eq!(MongoSettings::from_env(&env, "auth")?.database, "auth");
         let nats = NatsSettings::from_env(&env)?;
         assert_eq!(

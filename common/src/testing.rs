@@ -47,12 +47,13 @@ pub fn unique_suffix() -> String {
 }
 
 /// The environment of one test: infrastructure URLs from the test command, a fresh database, a
-/// fresh stream with its own subject prefix, the test JWT key, an ephemeral port.
+/// fresh stream with its own subject prefix, the test JWT key, ephemeral ports (HTTP and metrics).
 pub fn test_env(database_prefix: &str, extra: &[(&str, &str)]) -> Env {
     let suffix = unique_suffix();
     let mut pairs: Vec<(String, String)> = vec![
         ("HOST".into(), "127.0.0.1".into()),
         ("PORT".into(), "0".into()),
+        ("METRICS_PORT".into(), "0".into()),
         ("JWT_KEY".into(), TEST_JWT_KEY.into()),
         ("MONGO_DB".into(), format!("{database_prefix}_{suffix}")),
         ("NATS_STREAM".into(), format!("test_{suffix}")),

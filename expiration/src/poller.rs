@@ -75,6 +75,10 @@ async fn poll_once(
         );
     }
     let jobs = scheduler.claim_due().await?;
+    if let Ok(depth) = scheduler.depth().await {
+        // What is left waiting after this claim (due later, or due now beyond one batch).
+        metrics::gauge!("expiration_queue_depth").set(depth as f64);
+    }
     let claimed = jobs.len();
     futures::stream::iter(jobs)
         .for_each_concurrent(PUBLISH_CONCURRENCY, |job| {
@@ -96,11 +100,10 @@ async fn fire(scheduler: &ExpirationScheduler, bus: &EventBus, job: ClaimedJob, 
     let event = ExpirationComplete { order_id };
     match bus.publish(&event).await {
         Ok(()) => {
-            tracing::info!(
-                order_id = %job.order_id,
-                late_ms = Utc::now().timestamp_millis() - job.due_at_ms,
-                "order expired"
-            );
+            let late_ms = Utc::now().timestamp_millis() - job.due_at_ms;
+            tracing::info!(order_id = %job.order_id, late_ms, "order expired");
+            // Milliseconds as f64 are exact far beyond any lateness.
+            metrics::histogram!("expiration_lateness_seconds").record(late_ms.max(0) as f64 / 1e3);
             if let Err(err) = scheduler.complete(&job.order_id).await {
                 // The reaper will fire it again after the lease; the repeat has the same message
                 // id, so JetStream drops it.

@@ -215,6 +215,15 @@ impl ExpirationScheduler {
         Ok(())
     }
 
+    /// How many jobs wait in `due` (not yet claimed), for the `expiration_queue_depth` gauge.
+    pub async fn depth(&self) -> anyhow::Result<u64> {
+        let mut redis = self.redis.clone();
+        redis
+            .zcard(&self.due_key)
+            .await
+            .context("counting the due expiry jobs")
+    }
+
     /// Whether Redis answers (for `/readyz`).
     pub async fn ping(&self) -> bool {
         let mut redis = self.redis.clone();

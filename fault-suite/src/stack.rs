@@ -242,6 +242,8 @@ impl Stack {
             let database = format!("faults_{run}_{name}_{suffix}");
             let mut env = shared.clone();
             env.push(("PORT".to_owned(), free_port()?.to_string()));
+            // Each service its own metrics port, not the shared default.
+            env.push(("METRICS_PORT".to_owned(), "0".to_owned()));
             env.push(("MONGO_DB".to_owned(), database.clone()));
             if name == "payments" {
                 env.push((

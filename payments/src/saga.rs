@@ -358,6 +358,11 @@ impl PaymentSaga {
             self.reconcile_wanted.store(true, Ordering::Release);
         }
         let (payment, committed) = self.payments.settle(&self.bus, attempt, settlement).await?;
+        if committed.is_some() {
+            // Counted where the settlement is committed, so a repeat that changed nothing is not.
+            metrics::counter!("payment_attempts_total", "status" => payment.status.as_str())
+                .increment(1);
+        }
         Ok((payment, committed.is_some_and(|c| c.in_stream)))
     }
 

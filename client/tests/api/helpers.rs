@@ -17,6 +17,8 @@ pub use common::testing::errors;
 /// The client running against a fake of the APIs (the ingress) at the HTTP boundary.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where the app serves `GET /metrics`.
+    pub metrics_addr: SocketAddr,
     /// A browser that does not follow redirects, so tests see them.
     pub browser: reqwest::Client,
     pub api: MockServer,
@@ -74,6 +76,7 @@ async fn spawn(api: MockServer, base: &str, stripe_key: Option<&str>, csrf_key: 
     let mut pairs = vec![
         ("HOST", "127.0.0.1"),
         ("PORT", "0"),
+        ("METRICS_PORT", "0"),
         ("API_BASE_URL", base),
         ("CLIENT_ADDRESS_KEY", CLIENT_ADDRESS_KEY),
         ("CSRF_KEY", csrf_key),
@@ -91,6 +94,7 @@ async fn spawn(api: MockServer, base: &str, stripe_key: Option<&str>, csrf_key: 
         .expect("the client app builds");
     TestApp {
         addr: app.addr(),
+        metrics_addr: app.metrics_addr(),
         browser: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()

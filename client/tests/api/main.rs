@@ -6,4 +6,5 @@
 
 mod forms;
 mod helpers;
+mod metrics;
 mod pages;

@@ -177,10 +177,19 @@ async fn handle_one<E, H, Fut>(
     H: Fn(E, Delivery) -> Fut,
     Fut: Future<Output = anyhow::Result<Outcome>>,
 {
-    let (attempt, sequence) = message
+    let (attempt, sequence, published_ns) = message
         .info()
-        .map(|info| (info.delivered, info.stream_sequence))
-        .unwrap_or((1, 0));
+        .map(|info| {
+            (
+                info.delivered,
+                info.stream_sequence,
+                Some(info.published.unix_timestamp_nanos()),
+            )
+        })
+        .unwrap_or((1, 0, None));
+    if let Some(published_ns) = published_ns {
+        record_lag(E::SUBJECT.as_str(), published_ns);
+    }
     let span = tracing::info_span!("event", subject = %E::SUBJECT, consumer = %durable, attempt);
 
     let event: E = match serde_json::from_slice(&message.payload) {
@@ -198,6 +207,7 @@ async fn handle_one<E, H, Fut>(
                 &span,
             )
             .await;
+            record_handled(durable, E::SUBJECT.as_str(), "malformed");
             ack(&message, kind, durable).await;
             return;
         }
@@ -223,6 +233,13 @@ async fn handle_one<E, H, Fut>(
             }
         }
     };
+    let label = match &outcome {
+        Ok(Outcome::Ack) => "ack",
+        Ok(Outcome::Retry(_)) => "retry",
+        Ok(Outcome::Poison(_)) => "poison",
+        Err(_) => "error",
+    };
+    record_handled(durable, E::SUBJECT.as_str(), label);
     let kind = match outcome {
         Ok(Outcome::Ack) => AckKind::Ack,
         Ok(Outcome::Retry(delay)) => {
@@ -249,6 +266,32 @@ async fn handle_one<E, H, Fut>(
         }
     };
     ack(&message, kind, durable).await;
+}
+
+/// `events_handled_total{consumer,subject,outcome}`: what became of each delivery (`ack`, `retry`,
+/// `poison`, `error`, `malformed`).
+fn record_handled(consumer: &str, subject: &'static str, outcome: &'static str) {
+    metrics::counter!(
+        "events_handled_total",
+        "consumer" => consumer.to_owned(),
+        "subject" => subject,
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
+/// `event_lag_seconds{subject}`: how long after the broker stored it a delivery arrives (clock
+/// skew between broker and service cannot make it negative).
+fn record_lag(subject: &'static str, published_ns: i128) {
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i128::try_from(since.as_nanos()).unwrap_or(i128::MAX)
+        });
+    let lag_ns = now_ns.saturating_sub(published_ns).max(0);
+    // Precision lost beyond 2^53 ns (about 104 days) does not matter for a lag.
+    let lag = lag_ns as f64 / 1e9;
+    metrics::histogram!("event_lag_seconds", "subject" => subject).record(lag);
 }
 
 /// Moves a message to the dead-letter stream; `Term` once it is there, or a retry if the

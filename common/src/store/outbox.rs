@@ -73,6 +73,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
         {
             Ok(()) => {
                 committed.published.store(true, Ordering::Release);
+                self.record_published("writer", 1);
                 Committed { in_stream: true }
             }
             Err(PublishError::Sent(err)) => {
@@ -86,6 +87,17 @@ impl<T: VersionedRecord> VersionedStore<T> {
                 Committed { in_stream: false }
             }
         }
+    }
+
+    /// `outbox_published_total{collection,by}`: changes whose events reached the stream, published
+    /// by their `writer` right after the write or later by the `relay`.
+    fn record_published(&self, by: &'static str, changes: usize) {
+        metrics::counter!(
+            "outbox_published_total",
+            "collection" => self.raw_records.name().to_owned(),
+            "by" => by
+        )
+        .increment(u64::try_from(changes).unwrap_or(u64::MAX));
     }
 
     async fn try_publish(
@@ -157,6 +169,9 @@ impl<T: VersionedRecord> VersionedStore<T> {
                 }
             }
         }
+        metrics::gauge!("outbox_waiting", "collection" => self.raw_records.name().to_owned())
+            .set(pass.waiting as f64);
+        self.record_published("relay", pass.published);
         Ok(pass)
     }
 

@@ -392,3 +392,66 @@ async fn a_consumer_made_by_an_older_release_stops_giving_messages_up() {
     assert_eq!(info.config.max_deliver, -1);
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn each_outcome_of_a_delivery_is_counted_under_its_consumer_and_subject() {
+    let settings = fresh_nats_settings();
+    let bus = bus(&settings).await;
+    let shutdown = CancellationToken::new();
+    // Recorded from the first delivery on.
+    let handle = common::metrics::install(None);
+    // A queue group of its own, so that other tests' deliveries are not counted with these.
+    let group = format!("metrics-{}", common::testing::unique_suffix());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut options = ListenerOptions::new(group.clone());
+    options.concurrency = 1;
+    listen::<ExpirationComplete, _, _>(&bus, options, shutdown.clone(), move |event, delivery| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(delivery.attempt);
+            if event == expiration("poison") {
+                return Ok(Outcome::Poison("names nothing"));
+            }
+            match delivery.attempt {
+                1 => Ok(Outcome::Retry(Duration::from_millis(50))),
+                2 => anyhow::bail!("database hiccup"),
+                _ => Ok(Outcome::Ack),
+            }
+        }
+    })
+    .await
+    .expect("listener");
+    bus.publish_raw(
+        Subject::ExpirationComplete,
+        "malformed-1",
+        Bytes::from_static(b"{not json"),
+    )
+    .await
+    .expect("publish malformed");
+    bus.publish(&expiration("poison")).await.expect("publish");
+    bus.publish(&expiration("o1")).await.expect("publish");
+    // Poison once, then o1 three times (retry, error, ack).
+    assert_eq!(drain(&mut rx, Duration::from_secs(2)).await.len(), 4);
+    shutdown.cancel();
+
+    let text = handle.render();
+    let consumer = format!(r#"consumer="{group}_expiration-complete""#);
+    for outcome in ["ack", "retry", "error", "poison", "malformed"] {
+        let outcome_label = format!(r#"outcome="{outcome}""#);
+        let line = text.lines().find(|line| {
+            line.starts_with("events_handled_total{")
+                && line.contains(&consumer)
+                && line.contains(r#"subject="expiration:complete""#)
+                && line.contains(&outcome_label)
+        });
+        assert_eq!(
+            line.and_then(|line| line.rsplit(' ').next()),
+            Some("1"),
+            "{outcome}:\n{text}"
+        );
+    }
+    assert!(
+        text.contains(r#"event_lag_seconds_count{subject="expiration:complete"}"#),
+        "{text}"
+    );
+}

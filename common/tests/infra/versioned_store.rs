@@ -470,3 +470,49 @@ async fn replica_versions_apply_in_order_once_and_duplicates_are_recognised() {
         (2, vec!["v1".to_owned(), "v2".to_owned()])
     );
 }
+
+#[tokio::test]
+async fn each_relay_pass_sets_the_waiting_gauge_and_counts_what_it_published() {
+    let handle = common::metrics::install(None);
+    let db = fresh_database().await;
+    // A collection name of its own: the gauge is per collection, and other tests relay too.
+    let collection = format!("metered_{}", common::testing::unique_suffix());
+    let store = VersionedStore::<Counter>::new(&db, &collection);
+    store.ensure_indexes().await.expect("indexes");
+    let bus = bus(&fresh_nats_settings()).await;
+    store
+        .create_unpublished(&counter("m1", "m1"), vec![event_for("m1", 0)])
+        .await
+        .expect("create");
+    // The value of the series of `name` that carries `label`.
+    let sample = |name: &str, label: &str| {
+        let prefix = format!("{name}{{");
+        handle
+            .render()
+            .lines()
+            .find(|line| line.starts_with(&prefix) && line.contains(label))
+            .and_then(|line| line.rsplit(' ').next().map(str::to_owned))
+    };
+    let of_collection = format!(r#"collection="{collection}""#);
+
+    store
+        .relay_once(&bus, Duration::from_secs(60))
+        .await
+        .expect("relay");
+    assert_eq!(
+        sample("outbox_waiting", &of_collection).as_deref(),
+        Some("1")
+    );
+
+    store.relay_once(&bus, Duration::ZERO).await.expect("relay");
+    assert_eq!(
+        sample("outbox_waiting", &of_collection).as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        sample("outbox_published_total", &of_collection).as_deref(),
+        Some("1"),
+        "{}",
+        handle.render()
+    );
+}

@@ -90,6 +90,7 @@ impl TestContext {
             .expect("the expiration app builds");
         TestApp {
             addr: app.addr(),
+            metrics_addr: app.metrics_addr(),
             client: reqwest::Client::new(),
             running: Running::spawn(|shutdown| app.run_until_stopped(shutdown)),
         }
@@ -414,6 +415,8 @@ async fn counts(
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where the instance serves `GET /metrics`.
+    pub metrics_addr: SocketAddr,
     client: reqwest::Client,
     running: Running,
 }
@@ -422,6 +425,18 @@ impl TestApp {
     /// Graceful stop, as on SIGTERM; returns once the listener and the poller have stopped.
     pub async fn stop(self) {
         self.running.stop().await;
+    }
+
+    /// The Prometheus text the instance serves on its metrics port.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .client
+            .get(format!("http://{}/metrics", self.metrics_addr))
+            .send()
+            .await
+            .expect("the metrics port answers");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.text().await.expect("the metrics text")
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {

@@ -5,5 +5,6 @@
 
 mod health;
 mod helpers;
+mod metrics;
 mod order_created;
 mod scheduling;

@@ -53,6 +53,8 @@ pub async fn infra() -> Infra {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where the app serves `GET /metrics`.
+    pub metrics_addr: SocketAddr,
     pub client: reqwest::Client,
     pub infra: Infra,
     _running: Running,
@@ -67,6 +69,7 @@ pub async fn spawn_app() -> TestApp {
         .expect("the tickets app builds");
     TestApp {
         addr: app.addr(),
+        metrics_addr: app.metrics_addr(),
         client: reqwest::Client::new(),
         infra,
         _running: Running::spawn(|shutdown| app.run_until_stopped(shutdown)),

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod helpers;
+mod metrics;
 mod order_cancelled;
 mod order_created;
 mod outbox;

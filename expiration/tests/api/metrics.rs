@@ -1,0 +1,39 @@
+//! What firing an expiry leaves on the metrics port.
+
+use std::time::Duration;
+
+use crate::helpers::{TestContext, millis_from_now, new_order_id};
+
+#[tokio::test]
+async fn a_fired_expiry_shows_its_lateness_the_queue_depth_and_the_handled_event() {
+    let ctx = TestContext::new().await;
+    let mut observer = ctx.observe().await;
+    let app = ctx.spawn_app().await;
+    let bus = ctx.bus().await;
+
+    let order_id = new_order_id();
+    ctx.publish_order_created(&bus, &order_id, millis_from_now(-1000))
+        .await;
+    observer
+        .next_delivered(Duration::from_secs(10))
+        .await
+        .expect("expiration:complete within 10 s");
+    let text = app.metrics().await;
+
+    let has = |prefix: &str, labels: &[&str]| {
+        text.lines()
+            .any(|line| line.starts_with(prefix) && labels.iter().all(|l| line.contains(l)))
+    };
+    assert!(has("expiration_lateness_seconds_count", &[]), "{text}");
+    assert!(has("expiration_queue_depth", &[]), "{text}");
+    assert!(
+        has(
+            "events_handled_total{",
+            &[
+                r#"consumer="expiration-service_order-created""#,
+                r#"outcome="ack""#
+            ]
+        ),
+        "{text}"
+    );
+}

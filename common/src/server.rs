@@ -177,6 +177,7 @@ pub fn dead_letter_details(bus: EventBus, queue_group: &'static str) -> Readines
                 )
                 .await
             {
+                metrics::gauge!("dead_letters", "queue_group" => queue_group).set(count as f64);
                 details.insert("deadLetters".to_owned(), count.into());
             }
             details

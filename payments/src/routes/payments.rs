@@ -1,12 +1,13 @@
 //! `POST /api/payments`: pay an order with a card token, at most once per order (see `crate::saga`).
+//! `GET /api/payments/{orderId}` (an addition): where the order's payment stands, for its owner.
 //!
 //! Answers beyond the SPEC's: 202 with [`BEING_CONFIRMED`] in the error shape when Stripe's answer
 //! is uncertain (the reconciler settles it), 409 while an attempt is open, 400 [`REFUNDED`] when the
 //! order was cancelled during its charge, 502 when Stripe definitely did not charge.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use common::error::parse_id;
 use common::error::{ApiError, ApiResult};
@@ -21,7 +22,9 @@ use crate::saga::PayOutcome;
 use crate::store::{Payment, PaymentStatus};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/payments", post(create_payment))
+    Router::new()
+        .route("/api/payments", post(create_payment))
+        .route("/api/payments/{order_id}", get(payment_of_order))
 }
 
 pub const INVALID_VALUE: &str = common::extract::INVALID_VALUE;
@@ -67,6 +70,35 @@ impl FromBody for NewPayment {
             order_id: raw.order_id,
         })
     }
+}
+
+/// Where an order's payment stands: `{"orderId", "status", "attempts"}` with the status of its latest
+/// attempt (`pending`, `unknown`, `failed`, `succeeded`, `refunding`, `refunded`). Only for the
+/// order's owner (401 otherwise, as the SPEC answers another user's order); 404 for an order this
+/// service does not know or that has no attempt yet. Why an attempt failed stays in the logs: it may
+/// be ours, not the buyer's.
+#[tracing::instrument(name = "payment_of_order", skip_all, fields(%order_id))]
+async fn payment_of_order(
+    State(state): State<AppState>,
+    RequireAuth(user): RequireAuth,
+    Path(order_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_id(&order_id)?;
+    let order = state.orders.get(id).await?.ok_or(ApiError::NotFound)?;
+    if order.user_id != user.id {
+        return Err(ApiError::NotAuthorized);
+    }
+    let payment = state
+        .saga
+        .payments()
+        .get(id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(json!({
+        "orderId": id.to_hex(),
+        "status": payment.status.as_str(),
+        "attempts": payment.attempts,
+    })))
 }
 
 #[tracing::instrument(name = "create_payment", skip_all, fields(order_id))]

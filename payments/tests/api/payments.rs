@@ -8,12 +8,12 @@ use payments::routes::payments::{
 };
 use payments::store::PaymentStatus;
 use payments::stripe::{GENERIC_DECLINE, charge_idempotency_key, token_hash};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::json;
 use wiremock::ResponseTemplate;
 
 use common::events::OrderCreated;
-use common::testing::{not_authorized, not_found};
+use common::testing::{not_authorized, not_found, send};
 
 use crate::helpers::{
     Reply, STRIPE_TEST_KEY, TestApp, User, errors, form, spawn_app, spawn_app_with, stripe_answers,
@@ -511,4 +511,74 @@ async fn unknown_routes_are_404_and_the_service_reports_ready() {
     assert_eq!(ready.status, StatusCode::OK, "{:?}", ready.body);
     assert_eq!(ready.body, json!({"status": "ready", "deadLetters": 0}));
     assert_eq!(app.get("/healthz").await.status, StatusCode::OK);
+}
+
+/// `GET path` as `user`.
+async fn get_as(app: &TestApp, user: &User, path: &str) -> Reply {
+    send(
+        &app.client,
+        Method::GET,
+        &app.url(path),
+        Some(&user.cookie),
+        None,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_owner_sees_where_the_payment_of_their_order_stands_and_nobody_else_does() {
+    let app = spawn_app().await;
+    let user = User::new();
+    let order = app
+        .order_for(&user, Price::from_euros(20.0).expect("price"))
+        .await;
+    let path = format!("/api/payments/{}", order.id);
+
+    let before = get_as(&app, &user, &path).await;
+    assert_eq!(
+        (before.status, before.body),
+        (StatusCode::NOT_FOUND, not_found()),
+        "no attempt yet"
+    );
+
+    stripe_charge_answer(ResponseTemplate::new(402).set_body_json(declined_body()))
+        .up_to_n_times(1)
+        .mount(&app.stripe)
+        .await;
+    app.pay(&user, &order.id, "tok_chargeDeclined").await;
+    let failed = get_as(&app, &user, &path).await;
+    assert_eq!(failed.status, StatusCode::OK, "{}", failed.body);
+    assert_eq!(
+        failed.body,
+        json!({"orderId": order.id.to_string(), "status": "failed", "attempts": 1})
+    );
+
+    stripe_charges_succeed(&app, "ch_state", 2000, Duration::ZERO).await;
+    assert_eq!(
+        app.pay(&user, &order.id, "tok_visa").await.status,
+        StatusCode::CREATED
+    );
+    let paid = get_as(&app, &user, &path).await;
+    assert_eq!(
+        paid.body,
+        json!({"orderId": order.id.to_string(), "status": "succeeded", "attempts": 2})
+    );
+
+    let stranger = get_as(&app, &User::new(), &path).await;
+    assert_eq!(
+        (stranger.status, stranger.body),
+        (StatusCode::UNAUTHORIZED, not_authorized())
+    );
+    assert_eq!(app.get(&path).await.status, StatusCode::UNAUTHORIZED);
+    for missing in [
+        "/api/payments/64b7f0c2a1b2c3d4e5f60718",
+        "/api/payments/nope",
+    ] {
+        let reply = get_as(&app, &user, missing).await;
+        assert_eq!(
+            (reply.status, reply.body),
+            (StatusCode::NOT_FOUND, not_found()),
+            "{missing}"
+        );
+    }
 }

@@ -26,6 +26,7 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "orders", "/api/orders/{id}"),
     ("DELETE", "orders", "/api/orders/{id}"),
     ("POST", "payments", "/api/payments"),
+    ("GET", "payments", "/api/payments/{id}"),
 ];
 
 /// Field names the services read, so that generated objects hit the validators, not only `{}`.

@@ -251,6 +251,12 @@ pub struct Payment {
     pub id: String,
 }
 
+/// The payments API's `GET /api/payments/{orderId}`: the state of the order's latest attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PaymentState {
+    pub status: String,
+}
+
 impl Api {
     pub fn new(base: &str, client_address_key: Option<SecretString>) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
@@ -354,6 +360,26 @@ impl Api {
     /// `id` must already be a valid id (see [`is_id`]): it becomes part of the URL.
     pub async fn order(&self, fwd: &Forwarded, id: &str) -> Result<Reply<Order>, ApiError> {
         self.get(&format!("/api/orders/{id}"), fwd).await
+    }
+
+    /// Where the order's payment stands (`None` before its first attempt). `id` must already be a
+    /// valid id (see [`is_id`]).
+    pub async fn payment_state(
+        &self,
+        fwd: &Forwarded,
+        id: &str,
+    ) -> Result<Option<PaymentState>, ApiError> {
+        match self
+            .get::<PaymentState>(&format!("/api/payments/{id}"), fwd)
+            .await
+        {
+            Ok(reply) => Ok(Some(reply.body)),
+            Err(ApiError::Rejected {
+                status: StatusCode::NOT_FOUND,
+                ..
+            }) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     pub async fn pay(

@@ -222,6 +222,31 @@ impl OrdersPage {
     }
 }
 
+/// What the order's latest payment attempt tells the buyer beyond the order's own state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentNote {
+    /// No attempt, or nothing to add (paid and known as paid, refunded and shown as such).
+    Nothing,
+    /// Charged or being confirmed with Stripe: paying again would only be refused (409).
+    InProgress,
+    /// The last attempt did not go through: the buyer may pay again while the window is open.
+    Failed,
+    /// The order was cancelled while it was charged and the refund is on its way.
+    Refunding,
+}
+
+impl PaymentNote {
+    /// From the payments API's status of the latest attempt.
+    pub fn of(status: &str) -> Self {
+        match status {
+            "pending" | "unknown" | "succeeded" => Self::InProgress,
+            "failed" => Self::Failed,
+            "refunding" => Self::Refunding,
+            _ => Self::Nothing,
+        }
+    }
+}
+
 /// Where an order stands, as the order page tells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OrderState {
@@ -267,6 +292,8 @@ pub struct OrderPage {
     pub price: String,
     pub status: &'static str,
     pub state: OrderState,
+    /// What the order's payment adds to the state, if anything.
+    pub payment: PaymentNote,
     pub checkout: Checkout,
     pub errors: FormErrors,
     /// The hidden field's CSRF token (`csrf::FormToken`).
@@ -277,6 +304,7 @@ impl OrderPage {
     pub fn new(
         viewer: Viewer,
         order: Order,
+        payment: Option<PaymentNote>,
         now: DateTime<Utc>,
         stripe_key: Option<String>,
         errors: FormErrors,
@@ -285,6 +313,7 @@ impl OrderPage {
         let email = viewer.user().map(|u| u.email.clone()).unwrap_or_default();
         Self {
             state: OrderState::of(&order, now),
+            payment: payment.unwrap_or(PaymentNote::Nothing),
             status: order.status.as_str(),
             price: euros(order.ticket.price),
             checkout: Checkout {

@@ -14,7 +14,7 @@ use crate::app::AppState;
 use crate::page::{
     FormAnswer, FormVisit, HtmlForm, PageError, PageResult, not_found, signed_in_viewer,
 };
-use crate::views::{OrderPage, OrdersPage, render};
+use crate::views::{OrderPage, OrdersPage, PaymentNote, render};
 
 /// The payments service learns about an order from an event, so right after the order is created
 /// it may not know it yet (404). Paying is retried for about this long before the 404 is shown.
@@ -92,7 +92,8 @@ async fn order_page(visit: FormVisit, id: &str, mut answer: FormAnswer) -> PageR
     if !is_id(id) {
         return Err(PageError::NotFound(viewer));
     }
-    let order = match api.order(fwd, id).await {
+    let (order, payment) = tokio::join!(api.order(fwd, id), api.payment_state(fwd, id));
+    let order = match order {
         Ok(order) => order,
         // Signed in, so a 401 means the order is someone else's: as far as we show, it does not exist.
         Err(ApiError::Rejected {
@@ -102,10 +103,16 @@ async fn order_page(visit: FormVisit, id: &str, mut answer: FormAnswer) -> PageR
         Err(err) => return Err(PageError::from_api(err, &viewer)),
     };
     answer.cookies.extend(order.cookies);
+    // The payment's state only adds a line to the page: without it the page still works.
+    let payment = payment.unwrap_or_else(|err| {
+        tracing::warn!(order_id = %id, error = ?err, "payment state unavailable; the order page shows the order alone");
+        None
+    });
     let stripe_key = state.stripe_publishable_key.as_deref().map(str::to_owned);
     let page = OrderPage::new(
         viewer,
         order.body,
+        payment.map(|p| PaymentNote::of(&p.status)),
         chrono::Utc::now(),
         stripe_key,
         answer.errors,

@@ -566,3 +566,70 @@ async fn health_is_always_ok_and_readiness_follows_the_api() {
     );
     assert_eq!(down.get("/healthz", None).await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_order_page_says_what_the_latest_payment_means_for_the_buyer() {
+    for (case, order_status, seconds, payment, shown, absent) in [
+        (
+            "being confirmed: no second payment is offered",
+            "created",
+            50,
+            "unknown",
+            "Your payment is being confirmed. You will not be charged twice;",
+            vec![r#"id="pay-form""#, "Time left to pay"],
+        ),
+        (
+            "charged, not yet known to orders: no second payment either",
+            "created",
+            50,
+            "succeeded",
+            "Your payment is being confirmed.",
+            vec![r#"id="pay-form""#],
+        ),
+        (
+            "failed: the buyer may pay again",
+            "created",
+            50,
+            "failed",
+            "Your last payment did not go through. You can pay again.",
+            vec![],
+        ),
+        (
+            "cancelled while charged: the refund is on its way",
+            "cancelled",
+            50,
+            "refunding",
+            "Your payment is being refunded.",
+            vec![r#"id="pay-form""#],
+        ),
+    ] {
+        let app = spawn_app().await;
+        app.given_get(
+            &format!("/api/payments/{ORDER_ID}"),
+            200,
+            json!({"orderId": ORDER_ID, "status": payment, "attempts": 1}),
+        )
+        .await;
+
+        let page = app.order_page(concert_order(order_status, seconds)).await;
+
+        assert_eq!(page.status, StatusCode::OK, "{case}");
+        assert!(page.html.contains(shown), "{case}: {shown:?} missing");
+        for text in absent {
+            assert!(!page.html.contains(text), "{case}: {text:?} shown");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_order_page_still_works_when_the_payment_state_cannot_be_read() {
+    let app = spawn_app().await;
+    app.given_get(&format!("/api/payments/{ORDER_ID}"), 503, json!({}))
+        .await;
+
+    let page = app.order_page(concert_order("created", 50)).await;
+
+    assert_eq!(page.status, StatusCode::OK);
+    page.assert_contains(&[r#"id="pay-form""#, "Time left to pay"]);
+    page.assert_lacks(&["payment-note"]);
+}

@@ -9,7 +9,7 @@
 //! - `events_handled_total{consumer,subject,outcome}`, `event_lag_seconds{subject}`: the bus
 //!   listener.
 //! - `outbox_waiting{collection}`, `outbox_published_total{collection,by}`: the outbox.
-//! - `dependency_up{dependency}`: each readiness check (`/readyz`).
+//! - `dependency_up{dependency}`, `dead_letters{queue_group}`: each readiness check (`/readyz`).
 //! - Services record their own beside these (payments' `payment_attempts_total`, expiration's
 //!   queue depth and lateness); the README's "Metrics" section lists them all.
 //!

@@ -132,26 +132,15 @@ impl TicketStore {
         self.tickets.get(Bson::ObjectId(id)).await
     }
 
-    /// Tickets not reserved by any order, oldest first.
-    pub async fn list_available(&self) -> Result<Vec<Ticket>, StoreError> {
-        let tickets = common::store::find_all(
-            self.tickets
-                .records()
-                .find(doc! { "orderId": Bson::Null })
-                .sort(doc! { "_id": 1 }),
-        )
-        .await?;
-        Ok(tickets)
-    }
-
-    /// At most `limit` tickets not reserved by any order whose id comes after `after` and whose
-    /// title contains `title` (any case), oldest first (ids start with their creation time, so
-    /// the order is stable: a page never repeats a ticket or skips one that stays free).
-    pub async fn list_available_page(
+    /// Tickets not reserved by any order, oldest first: those whose id comes after `after` and
+    /// whose title contains `title` (any case), at most `limit` (all without). Ids start with their
+    /// creation time, so the order is stable: a page never repeats a ticket or skips one that
+    /// stays free.
+    pub async fn list_available(
         &self,
         after: Option<ObjectId>,
         title: Option<&str>,
-        limit: i64,
+        limit: Option<i64>,
     ) -> Result<Vec<Ticket>, StoreError> {
         let mut filter = doc! { "orderId": Bson::Null };
         if let Some(after) = after {
@@ -163,15 +152,12 @@ impl TicketStore {
                 doc! { "$regex": literal_pattern(title), "$options": "i" },
             );
         }
-        let tickets = common::store::find_all(
-            self.tickets
-                .records()
-                .find(filter)
-                .sort(doc! { "_id": 1 })
-                .limit(limit),
-        )
-        .await?;
-        Ok(tickets)
+        let find = self.tickets.records().find(filter).sort(doc! { "_id": 1 });
+        let find = match limit {
+            Some(limit) => find.limit(limit),
+            None => find,
+        };
+        Ok(common::store::find_all(find).await?)
     }
 
     /// Remembers that `order_id` was cancelled, so that its `order:created`, if it arrives (again)

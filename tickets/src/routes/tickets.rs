@@ -143,13 +143,17 @@ async fn create(
 /// `Link: <…>; rel="next"` header while there is one. The body is the same array either way.
 async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> ApiResult<Response> {
     let Some(page) = Page::from_query(query.as_deref().unwrap_or_default())? else {
-        let tickets = state.store.list_available().await?;
+        let tickets = state.store.list_available(None, None, None).await?;
         let views: Vec<TicketView> = tickets.iter().map(Ticket::view).collect();
         return Ok(Json(views).into_response());
     };
     let mut tickets = state
         .store
-        .list_available_page(page.after, page.title.as_deref(), i64::from(page.limit) + 1)
+        .list_available(
+            page.after,
+            page.title.as_deref(),
+            Some(i64::from(page.limit) + 1),
+        )
         .await?;
     let more = tickets.len() > usize::from(page.limit);
     tickets.truncate(usize::from(page.limit));

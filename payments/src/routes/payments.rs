@@ -13,13 +13,15 @@ use common::error::parse_id;
 use common::error::{ApiError, ApiResult};
 use common::events::OrderStatus;
 use common::extract::{FromBody, JsonBody, RequireAuth, trimmed_string};
+use common::session::UserClaims;
+use mongodb::bson::oid::ObjectId;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use validator::Validate;
 
 use crate::app::AppState;
 use crate::saga::PayOutcome;
-use crate::store::{Payment, PaymentStatus};
+use crate::store::{Order, Payment, PaymentStatus};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -84,10 +86,7 @@ async fn payment_of_order(
     Path(order_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let id = parse_id(&order_id)?;
-    let order = state.orders.get(id).await?.ok_or(ApiError::NotFound)?;
-    if order.user_id != user.id {
-        return Err(ApiError::NotAuthorized);
-    }
+    owned_order(&state, &user, id).await?;
     let payment = state
         .saga
         .payments()
@@ -101,6 +100,16 @@ async fn payment_of_order(
     })))
 }
 
+/// The replica of order `id`, if `user` owns it: 404 for an order this service does not know, 401
+/// for someone else's (as the SPEC answers).
+async fn owned_order(state: &AppState, user: &UserClaims, id: ObjectId) -> ApiResult<Order> {
+    let order = state.orders.get(id).await?.ok_or(ApiError::NotFound)?;
+    if order.user_id != user.id {
+        return Err(ApiError::NotAuthorized);
+    }
+    Ok(order)
+}
+
 #[tracing::instrument(name = "create_payment", skip_all, fields(order_id))]
 async fn create_payment(
     State(state): State<AppState>,
@@ -109,14 +118,7 @@ async fn create_payment(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let order_id = parse_id(&body.order_id)?;
     tracing::Span::current().record("order_id", tracing::field::display(order_id));
-    let order = state
-        .orders
-        .get(order_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    if order.user_id != user.id {
-        return Err(ApiError::NotAuthorized);
-    }
+    let order = owned_order(&state, &user, order_id).await?;
     match order.status {
         OrderStatus::Cancelled => {
             // A buyer whose payment was being confirmed when the order expired learns of the refund.

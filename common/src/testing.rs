@@ -12,6 +12,7 @@ use secrecy::SecretString;
 pub mod events;
 pub mod eventually;
 pub mod invariants;
+pub mod metrics;
 pub mod observe;
 pub mod reply;
 pub mod running;
@@ -20,6 +21,7 @@ pub mod user;
 
 pub use events::{new_order_id, order_cancelled, order_created};
 pub use eventually::{DEADLINE, POLL_INTERVAL, eventually, eventually_within};
+pub use metrics::{metric_samples, scrape_metrics};
 pub use observe::{Observer, drain, observe};
 pub use reply::{Reply, errors, id_of, not_authorized, not_found, send, session_pair};
 pub use running::Running;

@@ -1,5 +1,6 @@
 //! The client's metrics are on its metrics port only: its catch-all never renders them.
 
+use common::testing::{metric_samples, scrape_metrics};
 use reqwest::StatusCode;
 
 use crate::helpers::spawn_app;
@@ -16,20 +17,17 @@ async fn metrics_are_served_on_the_metrics_port_and_the_public_port_answers_the_
     public.assert_contains(&["<h1>Page not found</h1>"]);
     public.assert_lacks(&["http_requests_total"]);
 
-    let scraped = app
-        .browser
-        .get(format!("http://{}/metrics", app.metrics_addr))
-        .send()
-        .await
-        .expect("the metrics port answers");
-    assert_eq!(scraped.status(), StatusCode::OK);
-    let text = scraped.text().await.expect("the metrics text");
+    let text = scrape_metrics(&app.browser, app.metrics_addr).await;
     let counted = |route: &str, status: &str| {
-        text.lines().any(|line| {
-            line.starts_with("http_requests_total{")
-                && line.contains(&format!(r#"route="{route}""#))
-                && line.contains(&format!(r#"status="{status}""#))
-        })
+        !metric_samples(
+            &text,
+            "http_requests_total{",
+            &[
+                &format!(r#"route="{route}""#),
+                &format!(r#"status="{status}""#),
+            ],
+        )
+        .is_empty()
     };
     assert!(counted("/static/app.css", "200"), "{text}");
     assert!(counted("unmatched", "404"), "{text}");

@@ -429,14 +429,7 @@ impl TestApp {
 
     /// The Prometheus text the instance serves on its metrics port.
     pub async fn metrics(&self) -> String {
-        let response = self
-            .client
-            .get(format!("http://{}/metrics", self.metrics_addr))
-            .send()
-            .await
-            .expect("the metrics port answers");
-        assert_eq!(response.status(), StatusCode::OK);
-        response.text().await.expect("the metrics text")
+        common::testing::scrape_metrics(&self.client, self.metrics_addr).await
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {

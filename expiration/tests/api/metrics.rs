@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use common::testing::metric_samples;
+
 use crate::helpers::{TestContext, millis_from_now, new_order_id};
 
 #[tokio::test]
@@ -20,10 +22,7 @@ async fn a_fired_expiry_shows_its_lateness_the_queue_depth_and_the_handled_event
         .expect("expiration:complete within 10 s");
     let text = app.metrics().await;
 
-    let has = |prefix: &str, labels: &[&str]| {
-        text.lines()
-            .any(|line| line.starts_with(prefix) && labels.iter().all(|l| line.contains(l)))
-    };
+    let has = |series: &str, labels: &[&str]| !metric_samples(&text, series, labels).is_empty();
     assert!(has("expiration_lateness_seconds_count", &[]), "{text}");
     assert!(has("expiration_queue_depth", &[]), "{text}");
     assert!(

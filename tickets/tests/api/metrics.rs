@@ -1,29 +1,10 @@
 //! `GET /metrics` on the metrics port: what a request, an event and a readiness check leave there;
 //! and the public port never serves it.
 
+use common::testing::{metric_samples, scrape_metrics};
 use reqwest::StatusCode;
 
-use crate::helpers::{TestApp, new_order_id, order_created, spawn_app, user};
-
-/// The Prometheus text the app serves on its metrics port.
-async fn scrape(app: &TestApp) -> String {
-    let response = app
-        .client
-        .get(format!("http://{}/metrics", app.metrics_addr))
-        .send()
-        .await
-        .expect("the metrics port answers");
-    assert_eq!(response.status(), StatusCode::OK);
-    response.text().await.expect("the metrics text")
-}
-
-/// The sample lines of `metric` that carry every one of `labels` (`name="value"`).
-fn samples<'a>(text: &'a str, metric: &str, labels: &[&str]) -> Vec<&'a str> {
-    text.lines()
-        .filter(|line| line.starts_with(&format!("{metric}{{")))
-        .filter(|line| labels.iter().all(|label| line.contains(label)))
-        .collect()
-}
+use crate::helpers::{new_order_id, order_created, spawn_app, user};
 
 #[tokio::test]
 async fn the_metrics_port_counts_requests_by_matched_route_and_events_by_outcome() {
@@ -40,11 +21,11 @@ async fn the_metrics_port_counts_requests_by_matched_route_and_events_by_outcome
     app.wait_for_ticket(&id, |t| t["orderId"].is_string()).await;
     assert_eq!(app.get("/readyz").await.status, StatusCode::OK);
 
-    let text = scrape(&app).await;
+    let text = scrape_metrics(&app.client, app.metrics_addr).await;
 
-    let got = samples(
+    let got = metric_samples(
         &text,
-        "http_requests_total",
+        "http_requests_total{",
         &[
             r#"method="GET""#,
             r#"route="/api/tickets/{id}""#,
@@ -59,9 +40,9 @@ async fn the_metrics_port_counts_requests_by_matched_route_and_events_by_outcome
         !text.contains(&id),
         "a raw ticket id is a metric label:\n{text}"
     );
-    let created = samples(
+    let created = metric_samples(
         &text,
-        "http_requests_total",
+        "http_requests_total{",
         &[r#"route="/api/tickets""#, r#"status="201""#],
     );
     assert!(
@@ -69,17 +50,17 @@ async fn the_metrics_port_counts_requests_by_matched_route_and_events_by_outcome
         "no POST /api/tickets count in:\n{text}"
     );
     assert!(
-        !samples(
+        !metric_samples(
             &text,
-            "http_request_duration_seconds_bucket",
+            "http_request_duration_seconds_bucket{",
             &[r#"route="/api/tickets/{id}""#]
         )
         .is_empty(),
         "{text}"
     );
-    let handled = samples(
+    let handled = metric_samples(
         &text,
-        "events_handled_total",
+        "events_handled_total{",
         &[
             r#"consumer="tickets-service_order-created""#,
             r#"subject="order:created""#,
@@ -88,18 +69,18 @@ async fn the_metrics_port_counts_requests_by_matched_route_and_events_by_outcome
     );
     assert!(!handled.is_empty(), "no handled order:created in:\n{text}");
     assert!(
-        !samples(
+        !metric_samples(
             &text,
-            "event_lag_seconds_count",
+            "event_lag_seconds_count{",
             &[r#"subject="order:created""#]
         )
         .is_empty(),
         "{text}"
     );
     for dependency in ["database", "event bus"] {
-        let up = samples(
+        let up = metric_samples(
             &text,
-            "dependency_up",
+            "dependency_up{",
             &[&format!(r#"dependency="{dependency}""#)],
         );
         assert!(
@@ -108,9 +89,9 @@ async fn the_metrics_port_counts_requests_by_matched_route_and_events_by_outcome
         );
     }
     assert!(
-        !samples(
+        !metric_samples(
             &text,
-            "outbox_published_total",
+            "outbox_published_total{",
             &[r#"collection="tickets""#, r#"by="writer""#]
         )
         .is_empty(),

@@ -1,13 +1,29 @@
 #!/usr/bin/env bash
 # The whole app locally, behind nginx on http://localhost:8080.
 #
-#   scripts/app.sh up               infra (+ stripe-mock unless STRIPE_KEY is set), cargo build
+#   scripts/app.sh up [--replicas SPEC]
+#                                   infra (+ stripe-mock unless STRIPE_KEY is set), cargo build
 #                                   of the services that exist (APP_PROFILE), start them (a running
 #                                   one is restarted when its binary or settings changed), start
 #                                   nginx, wait for every GET /readyz = 200
+#   scripts/app.sh restart [SERVICE...]
+#                                   rolling restart of the running app (all services, or these), as
+#                                   a Kubernetes rollout does it: one replica at a time is taken out
+#                                   of nginx's upstream (reload), stopped with SIGTERM, started, and
+#                                   put back once its /readyz is 200. A service with one replica is
+#                                   simply restarted (nginx answers 502 for it meanwhile)
 #   scripts/app.sh down             stop the services and nginx (infra: scripts/infra.sh down)
-#   scripts/app.sh status           services, nginx and infra, up/down
+#   scripts/app.sh status           services (each replica), nginx and infra, up/down
 #   scripts/app.sh logs NAME [-f]   last 200 lines of .data/logs/NAME.log (-f: follow)
+#
+# Replicas (--replicas SPEC, or APP_REPLICAS=SPEC; default 1 of each): SPEC is a count for every
+# service and/or SERVICE=COUNT pairs, comma-separated, e.g. `2`, `orders=3`, `2,client=1`
+# (1 to 9 each). Replica 1 of a service is named after it (log .data/logs/orders.log), replica K
+# is NAME-K (orders-2, .data/logs/orders-2.log) and listens 10*(K-1) ports above the first
+# (orders-2: 3013, metrics 9473). nginx balances each route across the service's replicas
+# round-robin and retries a request on the next replica when connecting fails, as ingress-nginx
+# does (proxy_next_upstream error timeout, 3 tries); .data/run/app.upstreams says which replicas
+# are in rotation (scripts/infra.sh renders nginx.conf from it).
 #
 # Services (a service exists when <name>/Cargo.toml exists) and their local ports:
 #   client 3000, auth 3001, tickets 3002, orders 3003, payments 3004, expiration 3005
@@ -50,10 +66,22 @@ usage() {
   exit 2
 }
 
-# Shifted by PORT_OFFSET for another INFRA_INSTANCE (see lib.sh).
+# A replica's service: orders-2 -> orders.
+service_of() { printf '%s\n' "${1%-[0-9]}"; }
+
+# A replica's number: orders -> 1, orders-2 -> 2.
+replica_of() {
+  case "$1" in
+    *-[0-9]) printf '%s\n' "${1##*-}" ;;
+    *) echo 1 ;;
+  esac
+}
+
+# Shifted by PORT_OFFSET for another INFRA_INSTANCE (see lib.sh), and by 10 per replica after
+# the first.
 service_port() {
   local base
-  case "$1" in
+  case "$(service_of "$1")" in
     client) base=3000 ;;
     auth) base=3001 ;;
     tickets) base=3002 ;;
@@ -62,7 +90,7 @@ service_port() {
     expiration) base=3005 ;;
     *) die "unknown service $1" ;;
   esac
-  echo $((base + PORT_OFFSET))
+  echo $((base + 10 * ($(replica_of "$1") - 1) + PORT_OFFSET))
 }
 
 # Where a service serves GET /metrics: its own port beside its HTTP port (all run on one
@@ -78,6 +106,76 @@ existing_services() {
     [[ -f "$ROOT/$s/Cargo.toml" ]] && echo "$s"
   done
   return 0
+}
+
+# How many replicas each service runs: REPLICAS[service], from SPEC (see the header).
+declare -A REPLICAS=()
+parse_replicas() {
+  local spec="$1" item name count s
+  for s in "${SERVICES[@]}"; do REPLICAS[$s]=1; done
+  [[ -n "$spec" ]] || return 0
+  IFS=',' read -r -a items <<<"$spec"
+  for item in "${items[@]}"; do
+    item="${item// /}"
+    if [[ "$item" =~ ^[1-9]$ ]]; then
+      for s in "${SERVICES[@]}"; do REPLICAS[$s]=$item; done
+    elif [[ "$item" =~ ^([a-z]+)=([1-9])$ ]]; then
+      name="${BASH_REMATCH[1]}"
+      count="${BASH_REMATCH[2]}"
+      [[ " ${SERVICES[*]} " == *" $name "* ]] || die "--replicas: unknown service '$name' (services: ${SERVICES[*]})"
+      REPLICAS[$name]=$count
+    else
+      die "--replicas: '$item' is neither a count (1-9) nor SERVICE=COUNT (e.g. 2,orders=3)"
+    fi
+  done
+}
+
+# replicas_of SERVICE: the names of its replicas (orders orders-2 ...).
+replicas_of() {
+  local s="$1" k
+  echo "$s"
+  for ((k = 2; k <= ${REPLICAS[$s]:-1}; k++)); do echo "$s-$k"; done
+}
+
+# running_replicas SERVICE: the names of its replicas that have a pid file (running or stale).
+running_replicas() {
+  local s="$1" f
+  [[ -f "$RUN_DIR/$s.pid" ]] && echo "$s"
+  for f in "$RUN_DIR/$s"-[0-9].pid; do
+    [[ -f "$f" ]] && basename "$f" .pid
+  done
+  return 0
+}
+
+# write_upstreams [OUT...]: .data/run/app.upstreams, one line per service that nginx routes to:
+# its first replica's port, then the ports of its replicas in rotation (all but OUT; never none).
+write_upstreams() {
+  local s r port line out
+  local -a ports
+  {
+    for s in client auth tickets orders payments; do
+      ports=()
+      while IFS= read -r r; do
+        out=0
+        for o in "$@"; do [[ "$o" == "$r" ]] && out=1; done
+        ((out)) || ports+=("$(service_port "$r")")
+      done < <(replicas_of "$s")
+      ((${#ports[@]} > 0)) || ports=("$(service_port "$s")")
+      line="$(service_port "$s") ${ports[*]}"
+      echo "$line"
+    done
+  } >"$RUN_DIR/app.upstreams.tmp"
+  mv -f "$RUN_DIR/app.upstreams.tmp" "$RUN_DIR/app.upstreams"
+}
+
+# The replica counts of the running app, from its pid files (for `restart`).
+replicas_from_pidfiles() {
+  local s n
+  for s in "${SERVICES[@]}"; do
+    n="$(running_replicas "$s" | wc -l)"
+    ((n > 0)) || n=1
+    REPLICAS[$s]=$n
+  done
 }
 
 # Package name from <dir>/Cargo.toml (falls back to the directory name).
@@ -116,7 +214,7 @@ service_settings() {
   echo "METRICS_PORT=$(service_metrics_port "$s")"
   echo "HOST=127.0.0.1"
   echo "RUST_LOG=${RUST_LOG:-info}"
-  case "$s" in
+  case "$(service_of "$s")" in
     auth)
       echo "JWT_KEY=$APP_JWT_KEY"
       echo "MONGO_URL=$MONGO_URL"
@@ -162,7 +260,7 @@ service_env() {
   echo "RUST_BACKTRACE=${RUST_BACKTRACE:-1}"
 }
 
-service_bin() { printf '%s/%s/%s\n' "$TARGET_DIR" "$PROFILE" "$(package_name "$1")"; }
+service_bin() { printf '%s/%s/%s\n' "$TARGET_DIR" "$PROFILE" "$(package_name "$(service_of "$1")")"; }
 
 # Identity of a built binary, to restart a running service after a rebuild.
 binary_id() { stat -c '%Y %s' "$1" 2>/dev/null || true; }
@@ -299,14 +397,23 @@ cmd_up() {
   fi
   packages=("${services[@]}")
 
-  # 3. services
-  for s in "${packages[@]}"; do start_service "$s"; done
+  # 3. services: each replica; replicas beyond the wanted count (an earlier --replicas) stop
+  local r
+  for s in "${packages[@]}"; do
+    while IFS= read -r r; do start_service "$r"; done < <(replicas_of "$s")
+    while IFS= read -r r; do
+      (($(replica_of "$r") > REPLICAS[$s])) && stop_replica "$r"
+    done < <(running_replicas "$s")
+  done
 
-  # 4. nginx (reloaded if the template changed)
+  # 4. nginx (reloaded if the template or the replicas changed)
+  write_upstreams
   "${INFRA[@]}" up nginx
 
   # 5. readiness
-  for s in "${packages[@]}"; do wait_ready "$s"; done
+  for s in "${packages[@]}"; do
+    while IFS= read -r r; do wait_ready "$r"; done < <(replicas_of "$s")
+  done
 
   local missing=()
   for s in "${SERVICES[@]}"; do
@@ -314,25 +421,40 @@ cmd_up() {
   done
   echo
   echo "The app is up in $((SECONDS - start))s:  http://localhost:$NGINX_PORT"
-  if ((${#packages[@]} > 0)); then echo "  services: ${packages[*]} ($PROFILE build)"; fi
+  if ((${#packages[@]} > 0)); then
+    local counts=()
+    for s in "${packages[@]}"; do counts+=("$s(${REPLICAS[$s]})"); done
+    echo "  services: ${counts[*]} ($PROFILE build)"
+  fi
   if ((${#missing[@]} > 0)); then echo "  not built yet (nginx answers 502 for them): ${missing[*]}"; fi
   echo "  logs:     scripts/app.sh logs NAME [-f]   (.data/logs/NAME.log)"
   echo "  stop:     scripts/app.sh down   (services + nginx);  scripts/infra.sh down   (databases, NATS, Redis, stripe-mock)"
 }
 
+# stop_replica NAME: SIGTERM (graceful shutdown), forget how it was launched.
+stop_replica() {
+  stop_daemon "$1"
+  rm -f "$RUN_DIR/$1.launch" "$RUN_DIR/$1.binary" "$RUN_DIR/$1.env"
+}
+
 cmd_down() {
-  local s
+  local s r
   for s in "${SERVICES[@]}"; do
-    stop_daemon "$s"
-    rm -f "$RUN_DIR/$s.launch" "$RUN_DIR/$s.binary" "$RUN_DIR/$s.env"
+    stop_replica "$s"
+    while IFS= read -r r; do stop_replica "$r"; done < <(running_replicas "$s")
   done
+  rm -f "$RUN_DIR/app.upstreams"
   "${INFRA[@]}" down nginx
   log "app stopped; infrastructure still running (scripts/infra.sh down to stop it)"
 }
 
 cmd_status() {
-  local s pid port code bin rc=0
-  for s in "${SERVICES[@]}"; do
+  local s r pid port code bin rc=0
+  for r in $(for s in "${SERVICES[@]}"; do
+    echo "$s"
+    running_replicas "$s" | grep -vx "$s"
+  done); do
+    s="$r"
     port="$(service_port "$s")"
     if pid="$(daemon_pid "$s")"; then
       code="$(readyz_code "$port")"
@@ -348,6 +470,56 @@ cmd_status() {
   done
   "${INFRA[@]}" status || rc=1
   return "$rc"
+}
+
+# A rolling restart, one replica at a time: out of nginx's rotation (reload: nginx's old workers
+# finish the requests they hold), SIGTERM (the service stops accepting and finishes what it
+# serves), started again (same binary and settings), ready, back in rotation.
+cmd_restart() {
+  local s r start=$SECONDS
+  local -a targets=("$@")
+  ((${#targets[@]} > 0)) || mapfile -t targets < <(existing_services)
+  for s in "${targets[@]}"; do
+    [[ " ${SERVICES[*]} " == *" $s "* ]] || die "restart: unknown service '$s' (services: ${SERVICES[*]})"
+    daemon_running "$s" || die "restart: $s is not running (scripts/app.sh up first)"
+  done
+  eval "$("${INFRA[@]}" env)"
+  APP_JWT_KEY="$(kept_key JWT_KEY jwt_key "a JWT key")"
+  APP_CLIENT_ADDRESS_KEY="$(kept_key CLIENT_ADDRESS_KEY client_address_key "the key with which the client vouches for browser addresses to auth")"
+  APP_CSRF_KEY="$(kept_key CSRF_KEY csrf_key "the key behind the client's CSRF form tokens")"
+  replicas_from_pidfiles
+  for s in "${targets[@]}"; do
+    while IFS= read -r r; do
+      restart_replica "$r"
+    done < <(replicas_of "$s")
+  done
+  write_upstreams
+  "${INFRA[@]}" up nginx
+  log "rolling restart of ${targets[*]} done in $((SECONDS - start))s"
+}
+
+# restart_replica NAME: with the settings it runs with now (read back from its env file).
+restart_replica() {
+  local r="$1" envfile="$RUN_DIR/$1.env" line bin
+  [[ -f "$envfile" ]] || die "restart: no $envfile (was $r started by scripts/app.sh up?)"
+  # The same binary: target/<profile>/<name> from its launch file.
+  bin="$(awk '$1 == "binary" { print $2 }' "$RUN_DIR/$r.launch" 2>/dev/null || true)"
+  [[ -n "$bin" ]] || die "restart: no binary recorded in $RUN_DIR/$r.launch"
+  PROFILE="$(basename "$(dirname "$bin")")"
+  TARGET_DIR="$(dirname "$(dirname "$bin")")"
+  # The settings the replica was started with (e.g. EXPIRATION_WINDOW_SECONDS, STRIPE_KEY) stay.
+  while IFS= read -r line; do
+    case "$line" in
+      "export EXPIRATION_WINDOW_SECONDS="* | "export AUTH_RATE_LIMIT_PER_MINUTE="* | \
+        "export STRIPE_KEY="* | "export STRIPE_API_BASE="* | "export STRIPE_PUBLISHABLE_KEY="* | \
+        "export RUST_LOG="*) eval "$line" ;;
+    esac
+  done <"$envfile"
+  write_upstreams "$r"
+  "${INFRA[@]}" up nginx >/dev/null
+  stop_replica "$r"
+  start_service "$r"
+  wait_ready "$r"
 }
 
 cmd_logs() {
@@ -366,8 +538,24 @@ main() {
   shift || true
   case "$cmd" in
     up | start)
+      local spec="${APP_REPLICAS:-}"
+      while (($# > 0)); do
+        case "$1" in
+          --replicas)
+            [[ $# -ge 2 ]] || die "--replicas needs a SPEC (e.g. 2, or 2,client=1)"
+            spec="$2"
+            shift 2
+            ;;
+          *) die "unknown argument '$1' for up (see scripts/app.sh --help)" ;;
+        esac
+      done
+      parse_replicas "$spec"
       with_lock app
       cmd_up
+      ;;
+    restart)
+      with_lock app
+      cmd_restart "$@"
       ;;
     down | stop)
       with_lock app

@@ -269,6 +269,17 @@ render_nginx_conf() {
       content="${content//127.0.0.1:$port;/127.0.0.1:$((port + PORT_OFFSET));}"
     done
   fi
+  # The replicas in rotation (scripts/app.sh writes .data/run/app.upstreams: per service its first
+  # replica's port, then the ports nginx balances across).
+  if [[ -f "$RUN_DIR/app.upstreams" ]]; then
+    local first ports servers p
+    while read -r first ports; do
+      [[ "$first" =~ ^[0-9]+$ ]] || continue
+      servers=""
+      for p in $ports; do servers+="${servers:+ }server 127.0.0.1:$p;"; done
+      content="${content//server 127.0.0.1:$first;/$servers}"
+    done <"$RUN_DIR/app.upstreams"
+  fi
   printf '# GENERATED from infra/local/nginx.conf by scripts/infra.sh; do not edit.\n%s\n' "$content" >"$NGINX_CONF.new"
   if [[ -f "$NGINX_CONF" ]] && cmp -s "$NGINX_CONF" "$NGINX_CONF.new"; then
     rm -f "$NGINX_CONF.new"

@@ -21,6 +21,11 @@
 #   BENCH_PROFILE=1     also record `perf record -g` of every process during the top browse levels
 #                       and the flash sale (perf summaries in the report, data in profile/)
 #   BENCH_TIMEOUT       seconds the benchmark itself may take (default 600)
+#   BENCH_REPLICAS      replicas of the services (scripts/app.sh --replicas SPEC; default 1),
+#                       e.g. 2: two of each behind nginx
+#   BENCH_APP_PROFILE   release (default) or debug: the services and the benchmark as debug builds
+#                       (the test command's short smoke run on the binaries cargo test built;
+#                       its figures say nothing about speed)
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -69,10 +74,18 @@ main() {
   with_lock bench
   local start=$SECONDS
 
+  local profile="${BENCH_APP_PROFILE:-release}" replicas="${BENCH_REPLICAS:-1}"
+  local -a cargo_profile=(--release)
+  case "$profile" in
+    release) ;;
+    debug) cargo_profile=() ;;
+    *) die "BENCH_APP_PROFILE must be release or debug (got '$profile')" ;;
+  esac
+
   # 1. The benchmark's own build first, so that compiling never overlaps a measurement.
-  log "building: cargo build --release -p bench (log ${BUILD_LOG#"$ROOT"/})"
-  cargo build --release -p bench >"$BUILD_LOG" 2>&1 ||
-    fail_with_log "$BUILD_LOG" "cargo build --release -p bench failed"
+  log "building: cargo build ${cargo_profile[*]} -p bench (log ${BUILD_LOG#"$ROOT"/})"
+  cargo build "${cargo_profile[@]}" -p bench >"$BUILD_LOG" 2>&1 ||
+    fail_with_log "$BUILD_LOG" "cargo build ${cargo_profile[*]} -p bench failed"
 
   # 2. A fresh app: idle and peak memory are per process lifetime, and no state from earlier use.
   trap stop_app EXIT
@@ -80,10 +93,10 @@ main() {
   log "stopping the app so that every service starts fresh"
   "${APP[@]}" down
   app_started=1
-  log "starting the app: release builds, stripe-mock, auth rate limit off, 900 s reservations"
+  log "starting the app: $profile builds, $replicas replica(s), stripe-mock, auth rate limit off, 900 s reservations"
   # (app.sh shows the failing log itself)
   env -u STRIPE_KEY -u STRIPE_API_BASE EXPIRATION_WINDOW_SECONDS=900 \
-    AUTH_RATE_LIMIT_PER_MINUTE=0 APP_PROFILE=release "${APP[@]}" up ||
+    AUTH_RATE_LIMIT_PER_MINUTE=0 APP_PROFILE="$profile" "${APP[@]}" up --replicas "$replicas" ||
     die "scripts/app.sh up failed"
   eval "$("${INFRA[@]}" env)"
 
@@ -93,7 +106,8 @@ main() {
   : >"$BENCH_LOG"
   BENCH_REPO="$ROOT" BENCH_RUN_DIR="$RUN_DIR" BENCH_OUT_DIR="$ROOT/bench-results" \
     BENCH_BASE_URL="http://127.0.0.1:$NGINX_PORT" MONGO_URL="$MONGO_URL" NATS_URL="$NATS_URL" \
-    timeout --signal=INT --kill-after=30 "$TIMEOUT" cargo run --release -q -p bench 2>&1 |
+    BENCH_REPLICAS="$replicas" \
+    timeout --signal=INT --kill-after=30 "$TIMEOUT" cargo run "${cargo_profile[@]}" -q -p bench 2>&1 |
     tee "$BENCH_LOG" || rc=$?
   if ((rc == 124)); then
     show_tails

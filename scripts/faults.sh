@@ -16,7 +16,11 @@
 #   FAULTS_SKIP_BUILD=1 ...                 use target/debug as it is (the test command built it)
 #   FAULTS_ONLY=name,name ...               only these scenarios of the table (run names in
 #                                           fault-suite/src/main.rs)
-# The table is written to bench-results/faults.md, the chaos report to bench-results/chaos.md.
+#   FAULTS_REPLICAS=N ...                   N replicas of every service (1-9, default 1), behind
+#                                           the suite's round-robin balancer (fault-suite/src/stack.rs);
+#                                           the rolling restart must then fail no request
+# The table is written to bench-results/faults.md (faults-N-replicas.md with FAULTS_REPLICAS=N > 1),
+# the chaos report to bench-results/chaos.md.
 # The table takes about 9 minutes (two outages of 120 s among them), the default chaos run 3.
 set -euo pipefail
 export INFRA_INSTANCE=faults
@@ -87,8 +91,10 @@ show_logs() {
   for f in "$ROOT"/.data/logs/fault-suite/*.log; do
     [[ -f "$f" && "$f" -nt "$stamp" ]] || continue
     if (($# > 0)); then
-      run="$(basename "$f")"
-      run="${run%-*.log}"
+      # <run>-<service>[-<replica>].log
+      run="$(basename "$f" .log)"
+      run="${run%-[0-9]}"
+      run="${run%-*}"
       [[ " $* " == *" $run "* ]] || continue
     fi
     echo "---- ${f#"$ROOT"/}"
@@ -100,10 +106,12 @@ mkdir -p bench-results
 started=$SECONDS
 rc=0
 if [[ -z "$chaos_seed" ]]; then
-  log "running the fault suite's table (about 9 minutes; service logs in .data/logs/fault-suite/)"
+  log "running the fault suite's table (about 9 minutes; ${FAULTS_REPLICAS:-1} replica(s) of each service; service logs in .data/logs/fault-suite/)"
   problems="$ROOT/.data/logs/fault-suite/problems.txt"
   rm -f "$problems" "$ROOT/.data/logs/fault-suite/failed-runs.txt"
-  cargo run --quiet -p fault-suite | tee bench-results/faults.md || rc=$?
+  table=bench-results/faults.md
+  if [[ "${FAULTS_REPLICAS:-1}" != 1 ]]; then table="bench-results/faults-${FAULTS_REPLICAS}-replicas.md"; fi
+  cargo run --quiet -p fault-suite | tee "$table" || rc=$?
   if ((rc != 0)); then
     failed_runs=()
     if [[ -s "$ROOT/.data/logs/fault-suite/failed-runs.txt" ]]; then

@@ -91,6 +91,8 @@ impl Config {
                 browse_seconds: number("BENCH_BROWSE_SECONDS", 4)? as f64,
                 startup_runs: number("BENCH_STARTUP_RUNS", 3)?,
                 profile: var("BENCH_PROFILE").is_some_and(|v| v != "0"),
+                replicas: var("BENCH_REPLICAS").unwrap_or_else(|| "1".into()),
+                build: var("BENCH_APP_PROFILE").unwrap_or_else(|| "release".into()),
             },
             repo,
         };

@@ -51,6 +51,17 @@ impl Stack {
                 pid,
                 service: true,
             });
+            // Further replicas (`scripts/app.sh up --replicas`): orders-2, orders-3, ...
+            for replica in 2..=9 {
+                let name = format!("{name}-{replica}");
+                if let Some(pid) = read_pid(run_dir, &name) {
+                    processes.push(StackProcess {
+                        name,
+                        pid,
+                        service: true,
+                    });
+                }
+            }
         }
         for name in INFRA {
             if let Some(pid) = read_pid(run_dir, name) {

@@ -25,6 +25,11 @@ use crate::stack::Stack;
 pub struct Stats {
     pub attempted: AtomicUsize,
     pub acknowledged: AtomicUsize,
+    /// Requests sent (each retry counts).
+    pub sent: AtomicUsize,
+    /// Requests that failed as a browser would show it: no answer (connection refused or reset
+    /// past what the HTTP client retries by itself, like a browser) or a 5xx.
+    pub failed: AtomicUsize,
 }
 
 /// A write a service acknowledged (directly, or as found on a later read after a lost answer). Every
@@ -107,6 +112,20 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Adds what another run of the flow did (the rolling restart runs the flow in rounds).
+    pub fn absorb(&mut self, other: Outcome) {
+        self.tickets.extend(other.tickets);
+        self.buyers.extend(other.buyers);
+        self.paid_orders.extend(other.paid_orders);
+        self.confirming_orders.extend(other.confirming_orders);
+        self.refunded_orders.extend(other.refunded_orders);
+        self.too_late_orders.extend(other.too_late_orders);
+        self.expiring_orders.extend(other.expiring_orders);
+        self.cancelled_orders.extend(other.cancelled_orders);
+        self.race_orders.extend(other.race_orders);
+        self.race_expired_at = self.race_expired_at.max(other.race_expired_at);
+    }
+
     fn record_payment(&mut self, order: &str, answer: PayAnswer) {
         let list = match answer {
             PayAnswer::Paid => &mut self.paid_orders,
@@ -264,7 +283,15 @@ impl<'a> Flow<'a> {
         let deadline = Instant::now() + self.retry_for;
         let mut last = String::new();
         while Instant::now() < deadline {
-            match attempt().await {
+            self.stats.sent.fetch_add(1, Ordering::Relaxed);
+            let answer = attempt().await;
+            if answer
+                .as_ref()
+                .map_or(true, |reply| reply.status.is_server_error())
+            {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            match answer {
                 Ok(reply) => {
                     if let Some(value) = done(&reply) {
                         self.stats.acknowledged.fetch_add(1, Ordering::Relaxed);

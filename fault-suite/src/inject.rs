@@ -19,6 +19,40 @@ pub async fn kill_and_restart(stack: &Stack, service: &str, down: Duration) -> a
     process.start(&stack.http).await
 }
 
+/// How long a replica out of rotation keeps serving before SIGTERM: what a pod's `preStop` sleep
+/// gives the ingress to stop sending it requests.
+const DRAIN: Duration = Duration::from_millis(500);
+/// How long a replica may take to stop after SIGTERM (a pod's termination grace is 30 s).
+const GRACE: Duration = Duration::from_secs(15);
+/// How long a stopped replica stays down before it starts again (a new pod being scheduled and
+/// pulled); with one replica, clients see the service gone for that long.
+const RESCHEDULE: Duration = Duration::from_secs(1);
+
+/// A rolling restart, as a Kubernetes rollout does it: each replica of each service in turn is
+/// taken out of rotation, stopped with SIGTERM (graceful shutdown), started again a second later
+/// and put back in rotation once ready. Returns the problems seen (a replica that did not stop cleanly in time).
+pub async fn rolling_restart(stack: &Stack) -> anyhow::Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for name in crate::stack::SERVICES {
+        for replica in &stack.service(name)?.replicas {
+            replica.take_out_of_rotation();
+            tokio::time::sleep(DRAIN).await;
+            match replica.terminate(GRACE).await {
+                Ok(took) => eprintln!(
+                    "    {} stopped by SIGTERM in {:.1} s",
+                    replica.name,
+                    took.as_secs_f64()
+                ),
+                Err(err) => problems.push(format!("{err:#}")),
+            }
+            tokio::time::sleep(RESCHEDULE).await;
+            replica.start(&stack.http).await?;
+            replica.put_in_rotation();
+        }
+    }
+    Ok(problems)
+}
+
 /// An outage of `component` (`nats` or `ferretdb`, SIGKILLed); with `observe`, also checks that the
 /// services that need it say so (`/readyz` 503, a read answering 503; a few seconds) and that every
 /// service is ready again by itself once it is back. It lasts `length` from the moment the services

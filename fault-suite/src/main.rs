@@ -40,6 +40,7 @@ enum Fault {
     FerretDbPaused,
     NatsDownLong,
     FerretDbDownLong,
+    RollingRestart,
 }
 
 /// The long outages: longer than a browser's user waits, and than a consumer that gave a message up
@@ -59,10 +60,13 @@ enum Script {
     Flow(Shape),
     /// [`Flow::race`].
     Race,
+    /// [`Flow::run`] with this shape again and again (fresh buyers and tickets each round) until
+    /// the fault is over: buyers keep buying and paying through all of it.
+    Rounds(Shape),
 }
 
 impl Fault {
-    const ALL: [Fault; 18] = [
+    const ALL: [Fault; 19] = [
         Fault::None,
         Fault::NatsRestart,
         Fault::OrdersKilled,
@@ -79,6 +83,7 @@ impl Fault {
         Fault::StripeDownThenUp,
         Fault::PaymentsKilledMidCharge,
         Fault::PayExpiryRace,
+        Fault::RollingRestart,
         Fault::NatsDownLong,
         Fault::FerretDbDownLong,
     ];
@@ -105,6 +110,9 @@ impl Fault {
             Fault::FerretDbPaused => "FerretDB frozen (SIGSTOP) for 8 s, past the ack wait",
             Fault::NatsDownLong => "nats-server down for 120 s",
             Fault::FerretDbDownLong => "FerretDB down for 120 s",
+            Fault::RollingRestart => {
+                "rolling restart: each replica of each service stopped (SIGTERM) and started in turn"
+            }
         }
     }
 
@@ -128,6 +136,7 @@ impl Fault {
             Fault::FerretDbPaused => "ferretdb-pause",
             Fault::NatsDownLong => "nats-down-120",
             Fault::FerretDbDownLong => "ferretdb-120",
+            Fault::RollingRestart => "rolling-restart",
         }
     }
 
@@ -178,6 +187,10 @@ impl Fault {
                 (Script::Flow(Shape::NoExpiry), LONG_WINDOW_SECONDS)
             }
             Fault::PayExpiryRace => (Script::Race, RACE_WINDOW_SECONDS),
+            Fault::RollingRestart => (
+                Script::Rounds(Shape::WithExpiry),
+                EXPIRATION_WINDOW_SECONDS,
+            ),
         }
     }
 
@@ -243,6 +256,10 @@ impl Fault {
                 return Ok(Vec::new());
             }
             Fault::PayExpiryRace => return Ok(Vec::new()),
+            Fault::RollingRestart => {
+                flow.reached(Phase::Paying).await;
+                return inject::rolling_restart(stack).await;
+            }
             Fault::RedisRestarted | Fault::RedisFlushed => {
                 // Orders pending: every order of the setup has its expiry job.
                 flow.reached(Phase::Paying).await;
@@ -315,7 +332,8 @@ impl Fault {
             | Fault::RedisFlushed
             | Fault::FerretDbPaused
             | Fault::NatsDownLong
-            | Fault::FerretDbDownLong => Ok(Vec::new()),
+            | Fault::FerretDbDownLong
+            | Fault::RollingRestart => Ok(Vec::new()),
         }
     }
 }
@@ -462,14 +480,28 @@ async fn run_one(root: &Path, fault: Fault) -> anyhow::Result<Row> {
     let stack = Stack::start(root, fault.run_name(), window).await?;
     let flow = Flow::new(&stack).retrying_for(fault.retry_for());
     fault.prepare(&stack, &flow);
+    let fault_over_flag = std::sync::atomic::AtomicBool::new(false);
     let injection = async {
         let result = fault.inject(&stack, &flow).await;
+        fault_over_flag.store(true, Ordering::Release);
         (result, Instant::now(), DateTime::now())
     };
+    let rounds = std::sync::atomic::AtomicUsize::new(0);
     let script_run = async {
         match script {
             Script::Flow(shape) => flow.run(fault.run_name(), TICKETS, shape).await,
             Script::Race => flow.race(fault.run_name(), RACE_TICKETS).await,
+            Script::Rounds(shape) => {
+                let mut outcome = fault_suite::flow::Outcome::default();
+                loop {
+                    let round = rounds.fetch_add(1, Ordering::Relaxed) + 1;
+                    let run = format!("{}-{round}", fault.run_name());
+                    outcome.absorb(flow.run(&run, TICKETS, shape).await?);
+                    if fault_over_flag.load(Ordering::Acquire) {
+                        break Ok(outcome);
+                    }
+                }
+            }
         }
     };
     let (outcome, (injected, fault_over, fault_over_at)) = tokio::join!(script_run, injection);
@@ -480,8 +512,10 @@ async fn run_one(root: &Path, fault: Fault) -> anyhow::Result<Row> {
         eprintln!("    {line}");
     }
     let expiring = match script {
-        Script::Flow(Shape::WithExpiry) | Script::Race => Duration::from_secs(window),
-        Script::Flow(Shape::NoExpiry) => Duration::ZERO,
+        Script::Flow(Shape::WithExpiry) | Script::Rounds(Shape::WithExpiry) | Script::Race => {
+            Duration::from_secs(window)
+        }
+        Script::Flow(Shape::NoExpiry) | Script::Rounds(Shape::NoExpiry) => Duration::ZERO,
     };
     let converged = converge(&stack, &outcome, &flow.writes(), CONVERGE_WITHIN + expiring).await;
     // The race's fault is the end of the raced orders' window.
@@ -511,7 +545,23 @@ async fn run_one(root: &Path, fault: Fault) -> anyhow::Result<Row> {
     let reconciled_after_fault = reconciled
         .last_settled_at
         .map(|at| since(fault_ended_ms, at));
-    let notes = fault.observe(&stack, &outcome, &mut problems).await;
+    let mut notes = fault.observe(&stack, &outcome, &mut problems).await;
+    if matches!(fault, Fault::RollingRestart) {
+        let failed = flow.stats.failed.load(Ordering::Relaxed);
+        let sent = flow.stats.sent.load(Ordering::Relaxed);
+        let replicas = stack.replicas();
+        notes.push(format!(
+            "{replicas} replica(s) each; {} rounds of the flow; {failed} of {sent} requests failed \
+             (no answer or 5xx)",
+            rounds.load(Ordering::Relaxed)
+        ));
+        // With a second replica in rotation, a client never has to see a restart.
+        if replicas >= 2 && failed > 0 {
+            problems.push(format!(
+                "{failed} requests failed during the rolling restart of {replicas} replicas"
+            ));
+        }
+    }
     let row = Row {
         fault,
         attempted: flow.stats.attempted.load(Ordering::Relaxed),

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -48,17 +49,126 @@ pub const CONSUMERS: [(&str, &str); 4] = [
     ("expiration", "expiration-service"),
 ];
 
+/// How many replicas of each service a run starts (`FAULTS_REPLICAS`, 1 to 9; default 1).
+pub fn replicas_wanted() -> anyhow::Result<usize> {
+    match std::env::var("FAULTS_REPLICAS") {
+        Err(_) => Ok(1),
+        Ok(text) => match text.trim().parse::<usize>() {
+            Ok(n @ 1..=9) => Ok(n),
+            _ => bail!("FAULTS_REPLICAS must be a number from 1 to 9 (got {text:?})"),
+        },
+    }
+}
+
+/// A service: its replicas, and the round-robin balancer in front of them that stands for the
+/// ingress and Kubernetes' endpoints (only replicas in rotation get requests).
+pub struct Service {
+    pub name: &'static str,
+    pub replicas: Vec<ServiceProcess>,
+    next: AtomicUsize,
+}
+
+impl Service {
+    /// A URL of the next replica in rotation (of any, if none is).
+    pub fn url(&self, path: &str) -> String {
+        let in_rotation: Vec<&ServiceProcess> = self
+            .replicas
+            .iter()
+            .filter(|r| r.in_rotation.load(Ordering::Acquire))
+            .collect();
+        let pool: Vec<&ServiceProcess> = if in_rotation.is_empty() {
+            self.replicas.iter().collect()
+        } else {
+            in_rotation
+        };
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        pool.get(turn % pool.len().max(1))
+            .map_or_else(String::new, |replica| replica.url(path))
+    }
+
+    /// Starts every replica (each waits for its `/readyz`).
+    pub async fn start(&self, http: &reqwest::Client) -> anyhow::Result<()> {
+        for replica in &self.replicas {
+            replica.start(http).await?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs every replica: the whole service is down.
+    pub async fn kill(&self) -> anyhow::Result<()> {
+        for replica in &self.replicas {
+            replica.kill().await?;
+        }
+        Ok(())
+    }
+}
+
 /// A service process and how to start it again.
 pub struct ServiceProcess {
-    pub name: &'static str,
+    /// The service's name, `-K` for replica K > 1 (`orders-2`).
+    pub name: String,
     pub port: u16,
     binary: PathBuf,
     env: Vec<(String, String)>,
     log: PathBuf,
     child: Mutex<Option<Child>>,
+    /// Whether the balancer sends it requests (taken out before a graceful stop).
+    in_rotation: AtomicBool,
 }
 
 impl ServiceProcess {
+    /// Out of the balancer's rotation: no new request is sent to it.
+    pub fn take_out_of_rotation(&self) {
+        self.in_rotation.store(false, Ordering::Release);
+    }
+
+    pub fn put_in_rotation(&self) {
+        self.in_rotation.store(true, Ordering::Release);
+    }
+
+    /// SIGTERM, as Kubernetes stops a pod: the service stops accepting, finishes what it serves and
+    /// its background work, and exits; SIGKILL after `grace`. Returns how long it took to exit.
+    pub async fn terminate(&self, grace: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let mut slot = self.child.lock().await;
+        let Some(child) = slot.as_mut() else {
+            return Ok(Duration::ZERO);
+        };
+        if let Some(pid) = child.id() {
+            let status = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await
+                .context("running kill -TERM")?;
+            if !status.success() {
+                bail!("kill -TERM {pid} ({}) failed: {status}", self.name);
+            }
+        }
+        match tokio::time::timeout(grace, child.wait()).await {
+            Ok(exited) => {
+                let status = exited.context("waiting for the stopped process")?;
+                if !status.success() {
+                    bail!(
+                        "{} exited with {status} after SIGTERM; see {}",
+                        self.name,
+                        self.log.display()
+                    );
+                }
+            }
+            Err(_) => {
+                child.start_kill().context("sending SIGKILL")?;
+                child.wait().await.context("reaping the killed process")?;
+                bail!(
+                    "{} did not stop within {grace:?} of SIGTERM; see {}",
+                    self.name,
+                    self.log.display()
+                );
+            }
+        }
+        *slot = None;
+        Ok(started.elapsed())
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
@@ -120,7 +230,7 @@ impl ServiceProcess {
 }
 
 pub struct Stack {
-    pub services: BTreeMap<&'static str, ServiceProcess>,
+    pub services: BTreeMap<&'static str, Service>,
     pub http: reqwest::Client,
     /// The wiremock server the payments service calls as Stripe (kept alive with the stack).
     pub stripe: MockServer,
@@ -229,6 +339,7 @@ impl Stack {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()?;
+        let replicas = replicas_wanted()?;
         let mut services = BTreeMap::new();
         let mut databases = BTreeMap::new();
         for name in SERVICES {
@@ -241,7 +352,6 @@ impl Stack {
             }
             let database = format!("faults_{run}_{name}_{suffix}");
             let mut env = shared.clone();
-            env.push(("PORT".to_owned(), free_port()?.to_string()));
             // Each service its own metrics port, not the shared default.
             env.push(("METRICS_PORT".to_owned(), "0".to_owned()));
             env.push(("MONGO_DB".to_owned(), database.clone()));
@@ -261,24 +371,36 @@ impl Stack {
                     SWEEP_GRACE.as_secs().to_string(),
                 ));
             }
-            let port = env
-                .iter()
-                .find(|(k, _)| k == "PORT")
-                .and_then(|(_, v)| v.parse().ok())
-                .unwrap_or(0);
             databases.insert(name, database);
-            let log = logs.join(format!("{run}-{name}.log"));
-            // Each run's log holds that run only (the checks read it).
-            std::fs::write(&log, b"").with_context(|| format!("truncating {}", log.display()))?;
-            services.insert(
-                name,
-                ServiceProcess {
-                    name,
+            let mut processes = Vec::new();
+            for replica in 1..=replicas {
+                let replica_name = match replica {
+                    1 => name.to_owned(),
+                    k => format!("{name}-{k}"),
+                };
+                let port = free_port()?;
+                let mut env = env.clone();
+                env.push(("PORT".to_owned(), port.to_string()));
+                let log = logs.join(format!("{run}-{replica_name}.log"));
+                // Each run's log holds that run only (the checks read it).
+                std::fs::write(&log, b"")
+                    .with_context(|| format!("truncating {}", log.display()))?;
+                processes.push(ServiceProcess {
+                    name: replica_name,
                     port,
-                    binary,
+                    binary: binary.clone(),
                     env,
                     log,
                     child: Mutex::new(None),
+                    in_rotation: AtomicBool::new(true),
+                });
+            }
+            services.insert(
+                name,
+                Service {
+                    name,
+                    replicas: processes,
+                    next: AtomicUsize::new(0),
                 },
             );
         }
@@ -304,7 +426,7 @@ impl Stack {
         Ok(stack)
     }
 
-    pub fn service(&self, name: &str) -> anyhow::Result<&ServiceProcess> {
+    pub fn service(&self, name: &str) -> anyhow::Result<&Service> {
         self.services
             .get(name)
             .with_context(|| format!("no service {name}"))
@@ -418,10 +540,27 @@ impl Stack {
             .clone()
     }
 
-    /// The run's service log of `service`, as written so far.
+    /// The run's service log of `service` (of all its replicas, one after the other), as written
+    /// so far.
     pub fn log_of(&self, service: &str) -> anyhow::Result<String> {
-        let path = &self.service(service)?.log;
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        let mut text = String::new();
+        for replica in &self.service(service)?.replicas {
+            let path = &replica.log;
+            text.push_str(
+                &std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            );
+        }
+        Ok(text)
+    }
+
+    /// How many replicas each service runs.
+    pub fn replicas(&self) -> usize {
+        self.services
+            .values()
+            .map(|service| service.replicas.len())
+            .min()
+            .unwrap_or(1)
     }
 
     pub async fn stop(self) {

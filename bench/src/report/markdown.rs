@@ -63,11 +63,22 @@ fn introduction(md: &mut String, r: &Results) {
     let _ = writeln!(md, "Machine: {}.\n", machine_line(&r.machine));
     let _ = writeln!(
         md,
-        "Everything ran on this one machine: the services (release builds), FerretDB (SQLite), NATS, Redis, stripe-mock, nginx, and this load generator, which talks to the app through nginx on loopback only. The machine may be shared: every phase below says how much CPU other programs used meanwhile. Run time {:.0} s.\n",
+        "Everything ran on this one machine: the services ({} builds, {}), FerretDB (SQLite), NATS, Redis, stripe-mock, nginx, and this load generator, which talks to the app through nginx on loopback only. The machine may be shared: every phase below says how much CPU other programs used meanwhile. Run time {:.0} s.\n",
+        r.settings.build,
+        replicas_phrase(&r.settings.replicas),
         r.duration_seconds
     );
     let _ = writeln!(md, "## Goals\n");
     goals_table(md, &r.goals);
+}
+
+/// `2` -> "2 replicas of each, balanced by nginx"; a per-service spec is quoted as given.
+fn replicas_phrase(spec: &str) -> String {
+    match spec.trim().parse::<usize>() {
+        Ok(1) => "one replica of each".into(),
+        Ok(n) => format!("{n} replicas of each, balanced by nginx"),
+        Err(_) => format!("replicas `{spec}`, balanced by nginx"),
+    }
 }
 
 fn browse(md: &mut String, r: &Results) {

@@ -46,6 +46,10 @@ pub struct Settings {
     pub browse_seconds: f64,
     pub startup_runs: usize,
     pub profile: bool,
+    /// `scripts/app.sh up --replicas` of the run (`BENCH_REPLICAS`): `1`, `2`, `2,client=1`, ...
+    pub replicas: String,
+    /// How the services were built (`BENCH_APP_PROFILE`): `release` or `debug`.
+    pub build: String,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]

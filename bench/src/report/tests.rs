@@ -235,6 +235,8 @@ fn settings() -> Settings {
         browse_seconds: 4.0,
         startup_runs: 5,
         profile: true,
+        replicas: "2".into(),
+        build: "release".into(),
     }
 }
 

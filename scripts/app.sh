@@ -225,7 +225,7 @@ service_settings() {
     tickets | orders | payments)
       echo "JWT_KEY=$APP_JWT_KEY"
       echo "MONGO_URL=$MONGO_URL"
-      echo "MONGO_DB=$s"
+      echo "MONGO_DB=$(service_of "$s")"
       echo "NATS_URL=$NATS_URL"
       ;;&
     orders)

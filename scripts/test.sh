@@ -15,6 +15,10 @@
 # 5. the fault suite, FAULTS_SKIP_BUILD=1 scripts/faults.sh (its own private infrastructure: a
 #    table of faults, then a short seeded chaos run; about 12 minutes), on the same conditions;
 #    FAULTS=0 / FAULTS=1 as for E2E.
+# 6. two replicas of every service (about 2 minutes): FAULTS_REPLICAS=2 scripts/faults.sh with the
+#    baseline, orders SIGKILLed and the rolling restart (no request may fail), then a short
+#    BENCH_REPLICAS=2 BENCH_APP_PROFILE=debug scripts/bench.sh through nginx; on the same
+#    conditions, REPLICAS=0 / REPLICAS=1 as for E2E.
 # Exits non-zero if anything failed; prints a one-line summary with each step's result and time.
 # The infrastructure is left running for the next run, except when CI is set (then it is stopped
 # on exit); the app started by step 4 is always stopped.
@@ -124,58 +128,86 @@ if [[ -d tests-infra ]]; then
   fi
 fi
 
-# ------------------------------------------------------------------ e2e (browser)
+# ------------------------------------------------------------------ steps on the whole stack
+# skip_reason VAR: why a step on the whole stack does not run (nothing: it runs). VAR=0: never;
+# VAR=1: also with selected packages or after a failed step 2.
+skip_reason() {
+  local var="$1" value="${!1:-}"
+  if [[ "$value" == 0 ]]; then
+    echo "skipped ($var=0)"
+  elif [[ "$select_packages" == yes && "$value" != 1 ]]; then
+    echo "skipped (packages selected; $var=1 runs it)"
+  elif ((cargo_rc != 0)) && [[ "$value" != 1 ]]; then
+    echo "skipped (cargo test failed; $var=1 runs it)"
+  fi
+}
+
+# stack_step LABEL VAR WHAT CMD...: runs CMD unless skip_reason VAR; sets step_rc and
+# step_summary ("LABEL: PASS (12s)").
+stack_step() {
+  local label="$1" var="$2" what="$3" reason start
+  shift 3
+  step_rc=0
+  reason="$(skip_reason "$var")"
+  if [[ -n "$reason" ]]; then
+    step_summary="$label: $reason"
+    return 0
+  fi
+  log "running: $what"
+  start=$SECONDS
+  "$@" || step_rc=$?
+  if ((step_rc == 0)); then
+    step_summary="$label: PASS ($((SECONDS - start))s)"
+  else
+    step_summary="$label: FAIL exit $step_rc ($((SECONDS - start))s)"
+  fi
+}
+
+# 4. the browser tests: cargo test built every service's debug binary (they have integration
+# tests); e2e.sh builds any that is missing, starts the app on them, runs cargo test -p e2e, stops
+# the app.
 e2e_rc=0
 e2e_summary="e2e: none"
 if [[ "$has_e2e" == yes ]]; then
-  if [[ "${E2E:-}" == 0 ]]; then
-    e2e_summary="e2e: skipped (E2E=0)"
-  elif [[ "$select_packages" == yes && "${E2E:-}" != 1 ]]; then
-    e2e_summary="e2e: skipped (packages selected; E2E=1 runs it)"
-  elif ((cargo_rc != 0)) && [[ "${E2E:-}" != 1 ]]; then
-    e2e_summary="e2e: skipped (cargo test failed; E2E=1 runs it)"
-  else
-    # cargo test built every service's debug binary (they have integration tests); e2e.sh
-    # builds any that is missing, starts the app on them, runs cargo test -p e2e, stops the app.
-    log "running: APP_SKIP_BUILD=1 APP_PROFILE=debug scripts/e2e.sh (the app in a browser)"
-    e2e_start=$SECONDS
-    APP_SKIP_BUILD=1 APP_PROFILE=debug bash "$ROOT/scripts/e2e.sh" || e2e_rc=$?
-    e2e_time=$((SECONDS - e2e_start))
-    if ((e2e_rc == 0)); then
-      e2e_summary="e2e: PASS (${e2e_time}s)"
-    else
-      e2e_summary="e2e: FAIL exit $e2e_rc (${e2e_time}s)"
-    fi
-  fi
+  stack_step e2e E2E "APP_SKIP_BUILD=1 APP_PROFILE=debug scripts/e2e.sh (the app in a browser)" \
+    env APP_SKIP_BUILD=1 APP_PROFILE=debug bash "$ROOT/scripts/e2e.sh"
+  e2e_rc=$step_rc
+  e2e_summary=$step_summary
 fi
 
-# ------------------------------------------------------------------ fault suite
+# 5. the fault suite: its own FerretDB/NATS/Redis (INFRA_INSTANCE=faults), restarted under the
+# services.
 faults_rc=0
 faults_summary="faults: none"
 if [[ -f "$ROOT/fault-suite/Cargo.toml" ]]; then
-  if [[ "${FAULTS:-}" == 0 ]]; then
-    faults_summary="faults: skipped (FAULTS=0)"
-  elif [[ "$select_packages" == yes && "${FAULTS:-}" != 1 ]]; then
-    faults_summary="faults: skipped (packages selected; FAULTS=1 runs it)"
-  elif ((cargo_rc != 0)) && [[ "${FAULTS:-}" != 1 ]]; then
-    faults_summary="faults: skipped (cargo test failed; FAULTS=1 runs it)"
-  else
-    # Its own FerretDB/NATS/Redis (INFRA_INSTANCE=faults), restarted under the services.
-    log "running: FAULTS_SKIP_BUILD=1 scripts/faults.sh (faults injected into the real stack)"
-    faults_start=$SECONDS
-    FAULTS_SKIP_BUILD=1 bash "$ROOT/scripts/faults.sh" || faults_rc=$?
-    faults_time=$((SECONDS - faults_start))
-    if ((faults_rc == 0)); then
-      faults_summary="faults: PASS (${faults_time}s)"
-    else
-      faults_summary="faults: FAIL exit $faults_rc (${faults_time}s)"
-    fi
-  fi
+  stack_step faults FAULTS "FAULTS_SKIP_BUILD=1 scripts/faults.sh (faults injected into the real stack)" \
+    env FAULTS_SKIP_BUILD=1 bash "$ROOT/scripts/faults.sh"
+  faults_rc=$step_rc
+  faults_summary=$step_summary
+fi
+
+# 6. two replicas of every service: the fault suite's baseline, a SIGKILL and the rolling restart,
+# then a short benchmark through nginx (debug builds, small numbers: it proves the replicas work
+# together, its figures say nothing about speed).
+replicas_check() {
+  FAULTS_REPLICAS=2 FAULTS_ONLY=baseline,orders,rolling-restart FAULTS_CHAOS=0 FAULTS_SKIP_BUILD=1 \
+    bash "$ROOT/scripts/faults.sh" || return
+  BENCH_REPLICAS=2 BENCH_APP_PROFILE=debug APP_SKIP_BUILD=1 BENCH_USERS=60 BENCH_TICKETS=20 \
+    BENCH_SIGNIN_USERS=20 BENCH_BROWSE_LEVELS=1,16 BENCH_BROWSE_SECONDS=1 BENCH_STARTUP_RUNS=1 \
+    bash "$ROOT/scripts/bench.sh"
+}
+replicas_rc=0
+replicas_summary="replicas: none"
+if [[ -f "$ROOT/fault-suite/Cargo.toml" && -f "$ROOT/bench/Cargo.toml" ]]; then
+  stack_step replicas REPLICAS "2 replicas of each service: scripts/faults.sh (rolling restart) and a short scripts/bench.sh" \
+    replicas_check
+  replicas_rc=$step_rc
+  replicas_summary=$step_summary
 fi
 
 # ------------------------------------------------------------------ summary
 overall=PASS
-((cargo_rc == 0 && py_rc == 0 && e2e_rc == 0 && faults_rc == 0)) || overall=FAIL
+((cargo_rc == 0 && py_rc == 0 && e2e_rc == 0 && faults_rc == 0 && replicas_rc == 0)) || overall=FAIL
 if [[ -n "${CI:-}" ]]; then infra_note="infra stopped (CI)"; else infra_note="infra left running (scripts/infra.sh down)"; fi
-echo "SUMMARY: $overall | $infra_summary | $cargo_summary | $py_summary | $e2e_summary | $faults_summary | total $((SECONDS - started))s | $infra_note"
+echo "SUMMARY: $overall | $infra_summary | $cargo_summary | $py_summary | $e2e_summary | $faults_summary | $replicas_summary | total $((SECONDS - started))s | $infra_note"
 [[ "$overall" == PASS ]]

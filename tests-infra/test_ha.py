@@ -430,3 +430,11 @@ def test_the_deploy_workflows_image_rewrite_also_serves_the_production_topology(
     for other in (d for d in m.pod_workloads(docs) if d.kind != "Deployment"):
         assert not m.container(other)["image"].startswith("someone/"), other.where()
 
+
+
+def test_the_docs_describe_the_production_topology():
+    text = (m.ROOT / "docs" / "deploy.md").read_text()
+    for needle in ("infra/k8s-ha", "skaffold dev -p ha", "kubectl apply -f infra/k8s-ha -f infra/k8s-prod",
+                   "metrics-server", "NATS_STREAM_REPLICAS", "w=majority", "appendfsync", "node loss",
+                   "disk loss", "not verified"):
+        assert needle.lower() in text.lower(), needle

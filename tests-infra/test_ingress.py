@@ -7,6 +7,7 @@ import pytest
 import infra_model as m
 
 BASE = m.base_docs()
+HA = m.target_docs("ha")
 DEV = m.docs_in(m.ROOT / "infra" / "k8s-dev")
 PROD = m.docs_in(m.ROOT / "infra" / "k8s-prod")
 EXPECTED = {prefix: (m.service_name(svc), m.HTTP_PORT) for prefix, svc in m.ROUTES.items()}
@@ -42,12 +43,13 @@ def test_the_public_ingress_uses_ingress_nginx_regex_paths(docs, where):
             assert p["path"].endswith("?(.*)"), f"{p['path']} should match the prefix and all below it"
 
 
-@pytest.mark.parametrize("docs", [BASE, DEV, PROD], ids=["base", "dev", "prod"])
-def test_every_ingress_backend_is_an_existing_service_port(docs):
+@pytest.mark.parametrize("docs,services", [(BASE, BASE), (DEV, BASE), (PROD, BASE), (HA, HA), (DEV, HA), (PROD, HA)],
+                         ids=["base", "dev-on-base", "prod-on-base", "ha", "dev-on-ha", "prod-on-ha"])
+def test_every_ingress_backend_is_an_existing_service_port(docs, services):
     for ingress in (d for d in docs if d.kind == "Ingress"):
         for host, routes in m.ingress_routes(ingress).items():
             for prefix, (name, port, _raw) in routes.items():
-                svc = m.find(BASE, "Service", name)
+                svc = m.find(services, "Service", name)
                 assert svc is not None, f"{ingress.where()} {host}{prefix} -> missing Service {name}"
                 assert port in [p["port"] for p in svc.body["spec"]["ports"]]
 
@@ -66,12 +68,13 @@ def test_the_production_host_placeholder_is_the_one_the_deploy_workflow_replaces
     assert PLACEHOLDER_HOST.replace(".", r"\.") in deploy and "PROD_HOST" in deploy
 
 
-def test_the_client_reaches_the_apis_through_the_internal_ingress():
-    client = m.find(BASE, "Deployment", m.deployment_name("client"))
+@pytest.mark.parametrize("docs,where", [(BASE, "infra/k8s"), (HA, "infra/k8s-ha")], ids=["base", "ha"])
+def test_the_client_reaches_the_apis_through_the_internal_ingress(docs, where):
+    client = m.find(docs, "Deployment", m.deployment_name("client"))
     url = m.env_entries(m.container(client, "client"))["API_BASE_URL"]["value"]
     host = urlparse(url).hostname
-    internal = [d for d in BASE if d.kind == "Ingress"]
-    assert len(internal) == 1, "infra/k8s should hold the internal API ingress only"
+    internal = [d for d in docs if d.kind == "Ingress"]
+    assert len(internal) == 1, f"{where} should hold the internal API ingress only"
     ingress = internal[0]
     routes = m.ingress_routes(ingress)
     assert list(routes) == [host], f"the internal ingress should serve exactly {host}"

@@ -16,6 +16,11 @@ YAML_FILES = m.repo_files(".yaml", ".yml")
 MANIFESTS = m.manifest_files()
 DOCS = [doc for path in MANIFESTS for doc in m.load_docs(path)]
 WORKLOADS = m.workloads(DOCS)
+# Deployments, StatefulSets and Jobs: every container is checked alike.
+POD_WORKLOADS = m.pod_workloads(DOCS)
+# Cross-object checks (a Service selects its workload, a StatefulSet's governing Service) look inside
+# one deployment target at a time: infra/k8s and infra/k8s-ha hold objects of the same names.
+TARGET_DOCS = {target: m.target_docs(target) for target in m.TARGETS}
 
 
 def doc_id(doc):
@@ -53,7 +58,7 @@ def test_every_manifest_file_starts_with_a_comment_saying_what_it_is(path):
 
 
 def test_no_two_objects_share_a_kind_and_name_within_one_deployment_target():
-    for target in (("k8s", "k8s-dev"), ("k8s", "k8s-prod")):
+    for target in ((workloads, ingresses) for workloads in m.TARGETS.values() for ingresses in m.INGRESS_DIRS):
         docs = m.docs_in(*(m.ROOT / "infra" / d for d in target))
         counts = Counter((d.kind, d.name) for d in docs)
         dupes = [key for key, n in counts.items() if n > 1]
@@ -73,7 +78,7 @@ def test_every_workload_selector_matches_its_pod_labels(doc):
     assert selector and all(labels.get(k) == v for k, v in selector.items()), doc.where()
 
 
-@pytest.mark.parametrize("doc", WORKLOADS, ids=doc_id)
+@pytest.mark.parametrize("doc", POD_WORKLOADS, ids=doc_id)
 def test_every_container_has_cpu_and_memory_requests_and_limits(doc):
     for c in m.pod_spec(doc)["containers"]:
         res = c.get("resources", {})
@@ -82,7 +87,7 @@ def test_every_container_has_cpu_and_memory_requests_and_limits(doc):
             assert not missing, f"{doc.where()} container {c['name']} lacks {part} {missing}"
 
 
-@pytest.mark.parametrize("doc", WORKLOADS, ids=doc_id)
+@pytest.mark.parametrize("doc", POD_WORKLOADS, ids=doc_id)
 def test_every_image_is_pinned_to_a_tag_or_built_by_skaffold(doc):
     for c in m.pod_spec(doc)["containers"]:
         image = c["image"]
@@ -90,7 +95,7 @@ def test_every_image_is_pinned_to_a_tag_or_built_by_skaffold(doc):
             f"{doc.where()} uses {image}: pin a version tag")
 
 
-@pytest.mark.parametrize("doc", WORKLOADS, ids=doc_id)
+@pytest.mark.parametrize("doc", POD_WORKLOADS, ids=doc_id)
 def test_every_probe_targets_a_declared_container_port(doc):
     for c in m.pod_spec(doc)["containers"]:
         for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
@@ -103,7 +108,7 @@ def test_every_probe_targets_a_declared_container_port(doc):
                     f"{doc.where()} {kind} port {handler['port']} is not a port of container {c['name']}")
 
 
-@pytest.mark.parametrize("doc", WORKLOADS, ids=doc_id)
+@pytest.mark.parametrize("doc", POD_WORKLOADS, ids=doc_id)
 def test_every_mounted_volume_is_declared(doc):
     spec = doc.body["spec"]
     declared = {v["name"] for v in m.pod_spec(doc).get("volumes", [])}
@@ -113,12 +118,17 @@ def test_every_mounted_volume_is_declared(doc):
             assert mount["name"] in declared, f"{doc.where()} mounts undeclared volume {mount['name']}"
 
 
-SERVICES = [d for d in DOCS if d.kind == "Service"]
+SERVICES = [(target, d) for target, docs in TARGET_DOCS.items() for d in docs if d.kind == "Service"]
+STATEFULSETS = [(target, d) for target, docs in TARGET_DOCS.items() for d in docs if d.kind == "StatefulSet"]
 
 
-@pytest.mark.parametrize("svc", SERVICES, ids=doc_id)
-def test_every_service_selects_exactly_one_workload_and_targets_its_ports(svc):
-    targets = [w for w in WORKLOADS if m.selects(svc, w)]
+def pair_id(pair):
+    return doc_id(pair[1]) if isinstance(pair, tuple) else pair
+
+
+@pytest.mark.parametrize("target,svc", SERVICES, ids=pair_id)
+def test_every_service_selects_exactly_one_workload_and_targets_its_ports(target, svc):
+    targets = [w for w in m.workloads(TARGET_DOCS[target]) if m.selects(svc, w)]
     assert len(targets) == 1, f"{svc.where()} selects {[w.name for w in targets]}"
     (workload,) = targets
     for port in svc.body["spec"]["ports"]:
@@ -128,10 +138,10 @@ def test_every_service_selects_exactly_one_workload_and_targets_its_ports(svc):
             f"{svc.where()} port {port['port']} -> {target} is no port of {workload.where()}")
 
 
-@pytest.mark.parametrize("doc", [w for w in WORKLOADS if w.kind == "StatefulSet"], ids=doc_id)
-def test_every_statefulset_is_governed_by_an_existing_headless_service(doc):
+@pytest.mark.parametrize("target,doc", STATEFULSETS, ids=pair_id)
+def test_every_statefulset_is_governed_by_an_existing_headless_service(target, doc):
     name = doc.body["spec"]["serviceName"]
-    svc = m.find(DOCS, "Service", name)
+    svc = m.find(TARGET_DOCS[target], "Service", name)
     assert svc is not None, f"{doc.where()} names serviceName {name}, which does not exist"
     assert svc.body["spec"].get("clusterIP") == "None", f"{svc.where()} should be headless"
     assert m.selects(svc, doc), f"{svc.where()} does not select {doc.where()}"
@@ -147,11 +157,12 @@ def _rust_duration_secs(path, const):
     return int(found.group(1))
 
 
-def test_a_stopping_payments_pod_outlives_its_charges_in_flight_and_the_client_outwaits_them():
+@pytest.mark.parametrize("target", m.TARGETS)
+def test_a_stopping_payments_pod_outlives_its_charges_in_flight_and_the_client_outwaits_them(target):
     # A charge runs at most the Stripe timeout; payments' shutdown waits for charges in flight, so
     # Kubernetes must not SIGKILL it before: grace period > preStop sleep + Stripe timeout.
     stripe_timeout = _rust_duration_secs("payments/src/settings.rs", "DEFAULT_STRIPE_TIMEOUT")
-    payments = m.find(DOCS, "Deployment", m.deployment_name("payments"))
+    payments = m.find(TARGET_DOCS[target], "Deployment", m.deployment_name("payments"))
     assert payments is not None, "no payments Deployment"
     spec = m.pod_spec(payments)
     container = m.container(payments)

@@ -1,4 +1,7 @@
-"""Each of the six services is deployed the way the contract says, with its backing stores."""
+"""Each of the six services is deployed the way the contract says, with its backing stores.
+
+The service checks run on both deployment targets (infra/k8s and infra/k8s-ha); the backing-store
+checks here are those of infra/k8s (one member each), test_ha.py has the production topology's."""
 
 import re
 from urllib.parse import urlparse
@@ -7,22 +10,24 @@ import pytest
 
 import infra_model as m
 
-DOCS = m.base_docs()
+TARGET_DOCS = {target: m.target_docs(target) for target in m.TARGETS}
+DOCS = TARGET_DOCS["base"]
+EACH = pytest.mark.parametrize("target,service", [(t, s) for t in m.TARGETS for s in m.SERVICES])
 
 
-def deployment(service):
-    doc = m.find(DOCS, "Deployment", m.deployment_name(service))
-    assert doc is not None, f"infra/k8s has no Deployment {m.deployment_name(service)}"
+def deployment(service, target="base"):
+    doc = m.find(TARGET_DOCS[target], "Deployment", m.deployment_name(service))
+    assert doc is not None, f"infra/{m.TARGETS[target]} has no Deployment {m.deployment_name(service)}"
     return doc
 
 
-def app_container(service):
-    return m.container(deployment(service), service)
+def app_container(service, target="base"):
+    return m.container(deployment(service, target), service)
 
 
-@pytest.mark.parametrize("service", m.SERVICES)
-def test_each_service_has_a_deployment_running_its_image_on_port_3000_with_metrics_on_9464(service):
-    c = app_container(service)
+@EACH
+def test_each_service_has_a_deployment_running_its_image_on_port_3000_with_metrics_on_9464(target, service):
+    c = app_container(service, target)
     assert c["image"] == m.image_name(service)
     ports = [(p.get("name"), p["containerPort"]) for p in c.get("ports", [])]
     assert ports == [("http", m.HTTP_PORT), ("metrics", m.METRICS_PORT)]
@@ -32,29 +37,29 @@ def test_each_service_has_a_deployment_running_its_image_on_port_3000_with_metri
             assert entry.get("value") == str(want), f"{service}: {var} env disagrees with containerPort"
 
 
-@pytest.mark.parametrize("service", m.SERVICES)
-def test_each_service_pod_asks_prometheus_to_scrape_its_metrics_port(service):
-    annotations = deployment(service).body["spec"]["template"]["metadata"].get("annotations", {})
+@EACH
+def test_each_service_pod_asks_prometheus_to_scrape_its_metrics_port(target, service):
+    annotations = deployment(service, target).body["spec"]["template"]["metadata"].get("annotations", {})
     assert annotations.get("prometheus.io/scrape") == "true", f"{service}: no prometheus.io/scrape"
     assert annotations.get("prometheus.io/port") == str(m.METRICS_PORT), f"{service}: prometheus.io/port"
     assert annotations.get("prometheus.io/path", "/metrics") == "/metrics"
 
 
-@pytest.mark.parametrize("service", m.SERVICES)
-def test_each_service_has_a_cluster_ip_service_named_srv_on_port_3000(service):
-    svc = m.find(DOCS, "Service", m.service_name(service))
-    assert svc is not None, f"no Service {m.service_name(service)}"
+@EACH
+def test_each_service_has_a_cluster_ip_service_named_srv_on_port_3000(target, service):
+    svc = m.find(TARGET_DOCS[target], "Service", m.service_name(service))
+    assert svc is not None, f"infra/{m.TARGETS[target]}: no Service {m.service_name(service)}"
     spec = svc.body["spec"]
     assert spec.get("type", "ClusterIP") == "ClusterIP" and spec.get("clusterIP") != "None"
-    assert m.selects(svc, deployment(service)), f"{svc.where()} does not select {m.deployment_name(service)}"
+    assert m.selects(svc, deployment(service, target)), f"{svc.where()} does not select {m.deployment_name(service)}"
     (port,) = spec["ports"]
     assert port["port"] == m.HTTP_PORT
-    assert m.container_port(app_container(service), port.get("targetPort", port["port"])) == m.HTTP_PORT
+    assert m.container_port(app_container(service, target), port.get("targetPort", port["port"])) == m.HTTP_PORT
 
 
-@pytest.mark.parametrize("service", m.SERVICES)
-def test_each_service_is_probed_for_liveness_on_healthz_and_readiness_on_readyz(service):
-    c = app_container(service)
+@EACH
+def test_each_service_is_probed_for_liveness_on_healthz_and_readiness_on_readyz(target, service):
+    c = app_container(service, target)
     for kind, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         probe = c.get(kind, {}).get("httpGet")
         assert probe, f"{service} has no HTTP {kind}"
@@ -79,10 +84,10 @@ def test_each_service_runs_the_agreed_number_of_replicas(service):
     assert deployment(service).body["spec"].get("replicas", 1) == m.REPLICAS[service]
 
 
-@pytest.mark.parametrize("service", m.SERVICES)
-def test_each_service_runs_as_a_non_root_user_with_a_read_only_root_filesystem(service):
-    pod = m.pod_spec(deployment(service))
-    c = app_container(service)
+@EACH
+def test_each_service_runs_as_a_non_root_user_with_a_read_only_root_filesystem(target, service):
+    pod = m.pod_spec(deployment(service, target))
+    c = app_container(service, target)
     assert pod.get("securityContext", {}).get("runAsNonRoot") is True
     sc = c.get("securityContext", {})
     assert sc.get("readOnlyRootFilesystem") is True
@@ -120,8 +125,9 @@ def test_each_data_service_has_its_own_mongo_statefulset_with_a_volume(service):
     assert claim["spec"]["resources"]["requests"]["storage"]
 
 
-def test_no_two_services_share_a_database():
-    urls = [m.env_entries(app_container(s)).get("MONGO_URL", {}).get("value") for s in m.SERVICES]
+@pytest.mark.parametrize("target", m.TARGETS)
+def test_no_two_services_share_a_database(target):
+    urls = [m.env_entries(app_container(s, target)).get("MONGO_URL", {}).get("value") for s in m.SERVICES]
     urls = [u for u in urls if u]
     assert len(urls) == len(set(urls)) == len(m.DATA_SERVICES)
 

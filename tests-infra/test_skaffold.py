@@ -102,3 +102,21 @@ def test_every_service_directory_with_a_crate_is_a_workspace_member():
     members = set(m.workspace_members())
     stray = [s for s in m.SERVICES if (m.ROOT / s / "Cargo.toml").exists() and s not in members]
     assert not stray, f"crates missing from [workspace] members: {stray}"
+
+
+def profile(name):
+    (found,) = [p for p in SKAFFOLD.get("profiles", []) if p["name"] == name]
+    return found
+
+
+def test_the_ha_profile_deploys_the_production_topology_with_the_dev_ingress_instead_of_the_base():
+    ha = profile("ha")
+    assert set(ha) == {"name", "manifests"}, "the profile only swaps the manifests; builds stay the same"
+    globs = ha["manifests"]["rawYaml"]
+    matched = {m.ROOT / p for g in globs for p in glob.glob(g, root_dir=m.ROOT)}
+    expected = set(m.manifest_files(m.ROOT / "infra" / "k8s-ha", m.ROOT / "infra" / "k8s-dev"))
+    assert matched == expected
+    # The same images as the base: every artifact is deployed, nothing else is built.
+    docs = m.docs_in(m.ROOT / "infra" / "k8s-ha")
+    images = {c["image"] for w in docs if w.kind == "Deployment" for c in m.pod_spec(w)["containers"]}
+    assert {a["image"] for a in ARTIFACTS} == images

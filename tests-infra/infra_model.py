@@ -74,12 +74,7 @@ IMPLICIT_ENV = {"RUST_LOG": O}
 # Variables a manifest may set ahead of the code, each with what is waiting for it. Tolerated by the
 # "sets only variables its service reads" check only while no settings.rs reads them; test_ha.py
 # reports (xfail) each one still unread.
-PENDING_ENV = {
-    "NATS_STREAM_REPLICAS": "the event stream's replica count (infra/k8s-ha sets 3): common/src/bus/mod.rs "
-                            "ensure_stream creates the stream with stream::Config {..Default::default()}, "
-                            "i.e. num_replicas unset = 1; NatsSettings::from_env (common/src/settings.rs) "
-                            "would read it",
-}
+PENDING_ENV: dict[str, str] = {}
 
 # Backing services a crate's tests need, by the variable that points at them.
 BACKING_BY_VAR = {"MONGO_URL": "mongo", "NATS_URL": "nats", "REDIS_URL": "redis"}

@@ -148,15 +148,37 @@ pub struct NatsSettings {
     pub url: String,
     pub stream: String,
     pub subject_prefix: String,
+    /// How many JetStream servers keep each message of the streams (`NATS_STREAM_REPLICAS`, 1 to
+    /// 5): 3 in a 3-node cluster, so that losing a node loses no event. A stream made with fewer
+    /// is raised to it at start.
+    pub stream_replicas: usize,
 }
 
 impl NatsSettings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        let stream_replicas = env.parse_or("NATS_STREAM_REPLICAS", 1_usize)?;
+        if !(1..=5).contains(&stream_replicas) {
+            return Err(SettingsError::Invalid {
+                name: "NATS_STREAM_REPLICAS",
+                reason: format!("it is {stream_replicas}; JetStream keeps 1 to 5 replicas"),
+            });
+        }
         Ok(Self {
             url: env.require("NATS_URL")?,
             stream: env.or("NATS_STREAM", "ticketing"),
             subject_prefix: env.optional("NATS_SUBJECT_PREFIX").unwrap_or_default(),
+            stream_replicas,
         })
+    }
+
+    /// Settings for a stream of its own (tests, the fault suite): one replica.
+    pub fn isolated(url: String, stream: String, subject_prefix: String) -> Self {
+        Self {
+            url,
+            stream,
+            subject_prefix,
+            stream_replicas: 1,
+        }
     }
 }
 
@@ -244,6 +266,29 @@ mod tests {
         assert!(matches!(client_address_key(&long), Ok(Some(_))));
         let none = Env::from_pairs::<&str, &str>([]);
         assert!(matches!(client_address_key(&none), Ok(None)));
+    }
+
+    #[test]
+    fn the_stream_keeps_one_replica_unless_told_and_never_more_than_jetstream_allows() {
+        let replicas = |value: Option<&str>| {
+            let mut pairs = vec![("NATS_URL", "nats://x")];
+            pairs.extend(value.map(|v| ("NATS_STREAM_REPLICAS", v)));
+            NatsSettings::from_env(&Env::from_pairs(pairs)).map(|s| s.stream_replicas)
+        };
+        assert_eq!(replicas(None), Ok(1));
+        assert_eq!(replicas(Some("3")), Ok(3));
+        for refused in ["0", "6", "three"] {
+            assert!(
+                matches!(
+                    replicas(Some(refused)),
+                    Err(SettingsError::Invalid {
+                        name: "NATS_STREAM_REPLICAS",
+                        ..
+                    })
+                ),
+                "{refused}"
+            );
+        }
     }
 
     #[test]

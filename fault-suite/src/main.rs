@@ -187,10 +187,7 @@ impl Fault {
                 (Script::Flow(Shape::NoExpiry), LONG_WINDOW_SECONDS)
             }
             Fault::PayExpiryRace => (Script::Race, RACE_WINDOW_SECONDS),
-            Fault::RollingRestart => (
-                Script::Rounds(Shape::WithExpiry),
-                EXPIRATION_WINDOW_SECONDS,
-            ),
+            Fault::RollingRestart => (Script::Rounds(Shape::WithExpiry), EXPIRATION_WINDOW_SECONDS),
         }
     }
 

@@ -305,11 +305,11 @@ impl Stack {
             .await
             .context("configuring the MongoDB client")?;
         let suffix = common::testing::unique_suffix();
-        let nats = NatsSettings {
-            url: infra("NATS_URL")?,
-            stream: format!("faults_{suffix}"),
-            subject_prefix: format!("f{suffix}."),
-        };
+        let nats = NatsSettings::isolated(
+            infra("NATS_URL")?,
+            format!("faults_{suffix}"),
+            format!("f{suffix}."),
+        );
         let expiration_queue = format!("faults:{suffix}");
         let redis_url = infra("REDIS_URL")?;
         let shared = vec![

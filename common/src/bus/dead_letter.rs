@@ -46,13 +46,14 @@ impl EventBus {
         format!("{}dead-letters.{consumer}", self.prefix)
     }
 
-    pub(super) async fn ensure_dead_letter_stream(&self) -> anyhow::Result<()> {
+    pub(super) async fn ensure_dead_letter_stream(&self, replicas: usize) -> anyhow::Result<()> {
         self.get_or_create_stream(stream::Config {
             name: self.dead_letter_stream(),
             subjects: vec![format!("{}dead-letters.>", self.prefix)],
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
             duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await?;

@@ -47,12 +47,13 @@ impl EventBus {
             stream: settings.stream.clone(),
             prefix: settings.subject_prefix.clone(),
         };
-        bus.ensure_stream().await?;
-        bus.ensure_dead_letter_stream().await?;
+        bus.ensure_stream(settings.stream_replicas).await?;
+        bus.ensure_dead_letter_stream(settings.stream_replicas)
+            .await?;
         Ok(bus)
     }
 
-    async fn ensure_stream(&self) -> anyhow::Result<()> {
+    async fn ensure_stream(&self, replicas: usize) -> anyhow::Result<()> {
         let subjects: Vec<String> = Subject::ALL.iter().map(|s| self.subject(*s)).collect();
         let mut existing = self
             .get_or_create_stream(stream::Config {
@@ -62,6 +63,7 @@ impl EventBus {
                 storage: stream::StorageType::File,
                 max_age: Duration::from_secs(7 * 24 * 3600),
                 duplicate_window: DUPLICATE_WINDOW,
+                num_replicas: replicas,
                 ..Default::default()
             })
             .await?;
@@ -96,15 +98,33 @@ impl EventBus {
         config: stream::Config,
     ) -> anyhow::Result<jetstream::stream::Stream> {
         let name = config.name.clone();
-        match self.js.get_or_create_stream(config).await {
-            Ok(stream) => Ok(stream),
+        let replicas = config.num_replicas;
+        let mut stream = match self.js.get_or_create_stream(config).await {
+            Ok(stream) => stream,
             Err(create) => self
                 .js
                 .get_stream(&name)
                 .await
                 .map_err(|_| create)
-                .with_context(|| format!("creating JetStream stream {name}")),
+                .with_context(|| format!("creating JetStream stream {name}"))?,
+        };
+        // A stream made with fewer replicas (before NATS_STREAM_REPLICAS was raised, or by the
+        // first service of a new cluster) is raised; never lowered, which would drop copies.
+        let mut existing = stream
+            .info()
+            .await
+            .with_context(|| format!("reading JetStream stream {name}"))?
+            .config
+            .clone();
+        if existing.num_replicas < replicas {
+            tracing::info!(stream = %name, from = existing.num_replicas, to = replicas, "raising the stream's replicas");
+            existing.num_replicas = replicas;
+            self.js
+                .update_stream(existing)
+                .await
+                .with_context(|| format!("raising the replicas of JetStream stream {name}"))?;
         }
+        Ok(stream)
     }
 
     /// The NATS subject of an event subject (with the configured prefix).

@@ -30,11 +30,11 @@ pub async fn fresh_database() -> Database {
 
 pub fn fresh_nats_settings() -> NatsSettings {
     let suffix = unique_suffix();
-    NatsSettings {
-        url: infra("NATS_URL"),
-        stream: format!("test_{suffix}"),
-        subject_prefix: format!("t{suffix}."),
-    }
+    NatsSettings::isolated(
+        infra("NATS_URL"),
+        format!("test_{suffix}"),
+        format!("t{suffix}."),
+    )
 }
 
 pub async fn bus(settings: &NatsSettings) -> EventBus {

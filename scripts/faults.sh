@@ -13,7 +13,11 @@
 #                                           FAULTS_CHAOS_MINUTES, default 2; FAULTS_CHAOS=0 skips it)
 #   scripts/faults.sh --chaos SEED --minutes N
 #                                           only a chaos run (its schedule derives from SEED alone)
-#   FAULTS_SKIP_BUILD=1 ...                 use target/debug as it is (the test command built it)
+#   FAULTS_SKIP_BUILD=1 ...                 use the debug binaries as they are (the test command
+#                                           built them)
+#   FAULTS_BIN_DIR=DIR ...                  where the service binaries are (default
+#                                           $CARGO_TARGET_DIR/debug, else target/debug); implies
+#                                           FAULTS_SKIP_BUILD=1
 #   FAULTS_ONLY=name,name ...               only these scenarios of the table (run names in
 #                                           fault-suite/src/main.rs)
 #   FAULTS_REPLICAS=N ...                   N replicas of every service (1-9, default 1), behind
@@ -70,9 +74,18 @@ eval "$(bash "$ROOT/scripts/infra.sh" env)"
 export MONGO_URL NATS_URL REDIS_URL
 
 services=(auth tickets orders payments expiration)
+target_dir="${CARGO_TARGET_DIR:-$ROOT/target}"
+case "$target_dir" in /*) ;; *) target_dir="$ROOT/$target_dir" ;; esac
 need_build=0
-[[ "${FAULTS_SKIP_BUILD:-0}" == 1 ]] || need_build=1
-for s in "${services[@]}"; do [[ -x "target/debug/$s" ]] || need_build=1; done
+if [[ -n "${FAULTS_BIN_DIR:-}" ]]; then
+  case "$FAULTS_BIN_DIR" in /*) ;; *) FAULTS_BIN_DIR="$ROOT/$FAULTS_BIN_DIR" ;; esac
+  for s in "${services[@]}"; do [[ -x "$FAULTS_BIN_DIR/$s" ]] || die "FAULTS_BIN_DIR=$FAULTS_BIN_DIR has no binary $s"; done
+else
+  FAULTS_BIN_DIR="$target_dir/debug"
+  [[ "${FAULTS_SKIP_BUILD:-0}" == 1 ]] || need_build=1
+  for s in "${services[@]}"; do [[ -x "$FAULTS_BIN_DIR/$s" ]] || need_build=1; done
+fi
+export FAULTS_BIN_DIR
 if ((need_build)); then
   build_args=()
   for s in "${services[@]}"; do build_args+=(-p "$s"); done

@@ -295,7 +295,9 @@ fn infra(name: &str) -> anyhow::Result<String> {
 impl Stack {
     /// Starts the five backend services with `expiration_window` seconds to pay.
     pub async fn start(root: &Path, run: &str, expiration_window: u64) -> anyhow::Result<Self> {
-        let bin_dir = root.join("target/debug");
+        // scripts/faults.sh says where the service binaries are.
+        let bin_dir = std::env::var_os("FAULTS_BIN_DIR")
+            .map_or_else(|| root.join("target/debug"), PathBuf::from);
         let logs = root.join(".data/logs/fault-suite");
         std::fs::create_dir_all(&logs)?;
         let stripe = MockServer::start().await;

@@ -191,6 +191,8 @@ async fn handle_one<E, H, Fut>(
         record_lag(E::SUBJECT.as_str(), published_ns);
     }
     let span = tracing::info_span!("event", subject = %E::SUBJECT, consumer = %durable, attempt);
+    // The handler continues the trace of whoever published the event.
+    crate::telemetry::continue_from_nats(&span, message.headers.as_ref());
 
     let event: E = match serde_json::from_slice(&message.payload) {
         Ok(event) => event,

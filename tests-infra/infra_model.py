@@ -69,8 +69,9 @@ ENV_CONTRACT: dict[str, dict[str, bool]] = {
     "client": {**_COMMON, "API_BASE_URL": R, "STRIPE_PUBLISHABLE_KEY": O, "CLIENT_ADDRESS_KEY": O,
                "CSRF_KEY": R, "COOKIE_SECURE": O},
 }
-# Read by every service without appearing as a literal (tracing's EnvFilter reads it itself).
-IMPLICIT_ENV = {"RUST_LOG": O}
+# Read by every service without its settings.rs naming them: RUST_LOG by tracing's EnvFilter itself,
+# OTEL_EXPORTER_OTLP_ENDPOINT by common::telemetry (TracingSettings) when `run_service` starts.
+IMPLICIT_ENV = {"RUST_LOG": O, "OTEL_EXPORTER_OTLP_ENDPOINT": O}
 
 # Backing services a crate's tests need, by the variable that points at them.
 BACKING_BY_VAR = {"MONGO_URL": "mongo", "NATS_URL": "nats", "REDIS_URL": "redis"}

@@ -286,6 +286,14 @@ pub fn continue_from_nats(span: &tracing::Span, headers: Option<&async_nats::Hea
     }
 }
 
+/// Makes `span` the child of a trace context kept with a job (the outbox's events, expiry jobs),
+/// if it holds one.
+pub fn continue_from_stored(span: &tracing::Span, trace: &TraceContext) {
+    if !trace.is_empty() {
+        continue_from(span, trace);
+    }
+}
+
 fn continue_from(span: &tracing::Span, carrier: &dyn Extractor) {
     let parent = TraceContextPropagator::new().extract(carrier);
     if !parent.span().span_context().is_valid() {
@@ -295,6 +303,20 @@ fn continue_from(span: &tracing::Span, carrier: &dyn Extractor) {
         // Only when the subscriber has no OpenTelemetry layer (tests without logging): the span
         // then has no trace to continue anyway.
         tracing::debug!(error = %err, "cannot continue the caller's trace");
+    }
+}
+
+impl Extractor for TraceContext {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            TRACEPARENT => self.traceparent.as_deref(),
+            TRACESTATE => self.tracestate.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.pairs().map(|(name, _)| name).collect()
     }
 }
 
@@ -466,6 +488,30 @@ mod tests {
         });
         assert_ne!(unheaded.trace_id(), Some(TRACE_ID));
         assert!(!unheaded.is_empty(), "a new trace begins");
+    }
+
+    #[test]
+    fn a_span_continues_a_stored_trace_and_begins_its_own_without_one() {
+        let stored = traced(|| {
+            let span = tracing::info_span!("request");
+            continue_from_http(&span, &http_headers(&[(TRACEPARENT, CALLER)]));
+            span.in_scope(TraceContext::current)
+        })
+        .0;
+        let (continued, _) = traced(|| {
+            let span = tracing::info_span!("expiry");
+            continue_from_stored(&span, &stored);
+            span.in_scope(TraceContext::current)
+        });
+        assert_eq!(continued.trace_id(), Some(TRACE_ID));
+        assert_ne!(continued, stored);
+
+        let (own, _) = traced(|| {
+            let span = tracing::info_span!("expiry");
+            continue_from_stored(&span, &TraceContext::default());
+            span.in_scope(TraceContext::current)
+        });
+        assert!(own.trace_id().is_some_and(|id| id != TRACE_ID), "{own:?}");
     }
 
     #[test]

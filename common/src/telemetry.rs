@@ -557,6 +557,47 @@ mod tests {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_an_endpoint_spans_are_exported_over_otlp_http_protobuf() {
+        use wiremock::matchers::{method, path};
+        let collector = wiremock::MockServer::start().await;
+        wiremock::Mock::given(method("POST"))
+            .and(path("/v1/traces"))
+            .respond_with(wiremock::ResponseTemplate::new(200))
+            .mount(&collector)
+            .await;
+        let provider = exporting_provider("test", &format!("{}/", collector.uri())).unwrap();
+        let subscriber = tracing_subscriber::registry().with(otel_layer("test", &provider));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request");
+            continue_from_http(&span, &http_headers(&[(TRACEPARENT, CALLER)]));
+            span.in_scope(|| tracing::warn!("something to see"));
+        });
+        // What shutdown does: the batch is sent before it returns.
+        tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(EXPORT_FLUSH_BOUND))
+            .await
+            .unwrap()
+            .unwrap();
+
+        let received = collector.received_requests().await.unwrap();
+        assert_eq!(received.len(), 1, "{received:?}");
+        let request = &received[0];
+        assert_eq!(
+            request
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/x-protobuf")
+        );
+        // The protobuf holds the trace id as its 16 bytes, and the service's name as text.
+        let trace_id: Vec<u8> = (0..TRACE_ID.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&TRACE_ID[i..i + 2], 16).unwrap())
+            .collect();
+        assert!(request.body.windows(16).any(|w| w == trace_id.as_slice()));
+        assert!(request.body.windows(4).any(|w| w == b"test"));
+    }
+
     #[test]
     fn spans_go_to_the_collectors_traces_path() {
         assert_eq!(

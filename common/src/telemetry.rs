@@ -256,6 +256,20 @@ impl TraceContext {
         headers
     }
 
+    /// The context a NATS message's headers carry (empty if none).
+    pub fn from_nats(headers: &async_nats::HeaderMap) -> Self {
+        let header = |name| {
+            headers
+                .get(name)
+                .map(|value| value.as_str().to_owned())
+                .filter(|value| !value.is_empty())
+        };
+        Self {
+            traceparent: header(TRACEPARENT),
+            tracestate: header(TRACESTATE),
+        }
+    }
+
     /// Adds the headers to a NATS message's headers.
     pub fn add_to_nats(&self, headers: &mut async_nats::HeaderMap) {
         for (name, value) in self.pairs() {
@@ -463,6 +477,7 @@ mod tests {
         let mut headers = async_nats::HeaderMap::new();
         passed_on.add_to_nats(&mut headers);
         assert!(headers.get(TRACEPARENT).is_none());
+        assert!(TraceContext::from_nats(&headers).is_empty());
     }
 
     #[test]
@@ -475,6 +490,10 @@ mod tests {
                 .in_scope(TraceContext::current)
                 .add_to_nats(&mut headers);
 
+            assert_eq!(
+                TraceContext::from_nats(&headers),
+                publisher.in_scope(TraceContext::current)
+            );
             let listener = tracing::info_span!("event");
             continue_from_nats(&listener, Some(&headers));
             listener.in_scope(TraceContext::current)

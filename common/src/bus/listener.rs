@@ -307,8 +307,10 @@ async fn dead_letter(
     reason: &str,
     span: &tracing::Span,
 ) -> AckKind {
+    // In the event's trace, so that a dead letter leads back to the request that made it.
     match bus
         .dead_letter(durable, subject, sequence, message.payload.clone(), reason)
+        .instrument(span.clone())
         .await
     {
         Ok(()) => {

@@ -155,3 +155,66 @@ async fn events_are_handled_in_the_trace_they_were_written_in_even_when_relayed_
     assert_eq!(direct.trace_id(), Some(TRACE_ID), "{direct:?}");
     shutdown.cancel();
 }
+
+/// The trace the raw headers of dead letter `sequence` carry.
+async fn trace_of_dead_letter(bus: &common::bus::EventBus, sequence: u64) -> TraceContext {
+    let url = std::env::var("NATS_URL").expect("NATS_URL");
+    let client = async_nats::connect(url).await.expect("NATS connection");
+    let message = async_nats::jetstream::new(client)
+        .get_stream(bus.dead_letter_stream())
+        .await
+        .expect("the dead-letter stream")
+        .get_raw_message(sequence)
+        .await
+        .expect("the dead letter");
+    TraceContext::from_nats(&message.headers)
+}
+
+/// Waits for a dead letter after sequence `after` and returns its sequence.
+async fn dead_letter_after(bus: &common::bus::EventBus, after: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let letters = bus.dead_letters().await.expect("dead letters");
+        if let Some(letter) = letters.iter().find(|letter| letter.sequence > after) {
+            return letter.sequence;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {letters:?} after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_dead_letter_keeps_its_events_trace_and_its_replay_carries_it_on() {
+    let _tracing = tracing::subscriber::set_default(common::telemetry::tracing_only_subscriber(
+        "common-tests",
+    ));
+    let bus = bus(&fresh_nats_settings()).await;
+    let shutdown = CancellationToken::new();
+    let _handled = handled_traces(&bus, &shutdown).await;
+    let sent = TraceContext {
+        traceparent: Some(CALLER.to_owned()),
+        tracestate: None,
+    };
+    bus.publish_traced(
+        common::events::Subject::ExpirationComplete,
+        "poison-traced",
+        bytes::Bytes::from_static(b"{not json"),
+        &sent,
+    )
+    .await
+    .expect("publish");
+
+    let first = dead_letter_after(&bus, 0).await;
+    let kept = trace_of_dead_letter(&bus, first).await;
+    assert_eq!(kept.trace_id(), Some(TRACE_ID), "{kept:?}");
+
+    // Replayed (still poison), it is handled, and dead-lettered again, in the same trace.
+    bus.replay_dead_letter(first).await.expect("replay");
+    let second = dead_letter_after(&bus, first).await;
+    let kept = trace_of_dead_letter(&bus, second).await;
+    assert_eq!(kept.trace_id(), Some(TRACE_ID), "{kept:?}");
+    shutdown.cancel();
+}

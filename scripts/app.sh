@@ -30,7 +30,8 @@
 # and metrics ports (GET /metrics, Prometheus text; `status` lists them):
 #   client 9460, auth 9461, tickets 9462, orders 9463, payments 9464, expiration 9465
 # Each is started from target/<profile>/<name> with a clean environment:
-#   all          PORT, METRICS_PORT, HOST=127.0.0.1, RUST_LOG (default info)
+#   all          PORT, METRICS_PORT, HOST=127.0.0.1, RUST_LOG (default info),
+#                + OTEL_EXPORTER_OTLP_ENDPOINT (only when set in the caller's environment)
 #   auth         JWT_KEY, MONGO_URL, MONGO_DB=auth, CLIENT_ADDRESS_KEY,
 #                + AUTH_RATE_LIMIT_PER_MINUTE (only when set in the caller's environment)
 #   tickets, orders, payments
@@ -214,6 +215,7 @@ service_settings() {
   echo "METRICS_PORT=$(service_metrics_port "$s")"
   echo "HOST=127.0.0.1"
   echo "RUST_LOG=${RUST_LOG:-info}"
+  if [[ -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]]; then echo "OTEL_EXPORTER_OTLP_ENDPOINT=$OTEL_EXPORTER_OTLP_ENDPOINT"; fi
   case "$(service_of "$s")" in
     auth)
       echo "JWT_KEY=$APP_JWT_KEY"
@@ -512,7 +514,7 @@ restart_replica() {
     case "$line" in
       "export EXPIRATION_WINDOW_SECONDS="* | "export AUTH_RATE_LIMIT_PER_MINUTE="* | \
         "export STRIPE_KEY="* | "export STRIPE_API_BASE="* | "export STRIPE_PUBLISHABLE_KEY="* | \
-        "export RUST_LOG="*) eval "$line" ;;
+        "export RUST_LOG="* | "export OTEL_EXPORTER_OTLP_ENDPOINT="*) eval "$line" ;;
     esac
   done <"$envfile"
   write_upstreams "$r"

@@ -69,8 +69,9 @@ ENV_CONTRACT: dict[str, dict[str, bool]] = {
     "client": {**_COMMON, "API_BASE_URL": R, "STRIPE_PUBLISHABLE_KEY": O, "CLIENT_ADDRESS_KEY": O,
                "CSRF_KEY": R, "COOKIE_SECURE": O},
 }
-# Read by every service without appearing as a literal (tracing's EnvFilter reads it itself).
-IMPLICIT_ENV = {"RUST_LOG": O}
+# Read by every service without its settings.rs naming them: RUST_LOG by tracing's EnvFilter itself,
+# OTEL_EXPORTER_OTLP_ENDPOINT by common::telemetry (TracingSettings) when `run_service` starts.
+IMPLICIT_ENV = {"RUST_LOG": O, "OTEL_EXPORTER_OTLP_ENDPOINT": O}
 # Variables a manifest may set ahead of the code, each with what is waiting for it. Tolerated by the
 # "sets only variables its service reads" check only while no settings.rs reads them; test_ha.py
 # reports (xfail) each one still unread.

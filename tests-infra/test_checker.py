@@ -62,7 +62,7 @@ def test_common_settings_groups_follow_the_items_a_service_uses(tmp_path, monkey
     m.common_settings_groups.cache_clear()
     try:
         assert m.parsed_env("auth") == {"MONGO_URL": True, "MONGO_DB": False, "PORT": False, "HOST": False,
-                                        "JWT_KEY": True, "RUST_LOG": False}
+                                        "JWT_KEY": True, "RUST_LOG": False, "OTEL_EXPORTER_OTLP_ENDPOINT": False}
         assert m.parsed_env("tickets") is None
     finally:
         m.common_settings_groups.cache_clear()

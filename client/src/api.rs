@@ -17,6 +17,7 @@ use common::client_address::{CLIENT_ADDRESS_HEADER, CLIENT_ADDRESS_KEY_HEADER};
 use common::error::ErrorBody;
 use common::events::OrderStatus;
 use common::money::Price;
+use common::telemetry::TraceContext;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -437,9 +438,11 @@ impl Api {
         body: Option<Value>,
         timeout: Duration,
     ) -> Result<Reply<T>, ApiError> {
+        // In the trace of the page's request (the browser's, or one begun by the client).
         let mut request = self
             .http
             .request(method.clone(), format!("{}{path}", self.base))
+            .headers(TraceContext::current().http_headers())
             .timeout(timeout);
         if let Some(cookie) = &fwd.cookie {
             request = request.header(COOKIE, cookie.clone());

@@ -118,19 +118,42 @@ where
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(CatchPanicLayer::custom(move |_| panic_response()))
         .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-                let request_id = request
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
-            }),
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(log_response),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         // Outside the panic catcher and body limit, so that their answers are counted too.
         .layer(from_fn(crate::metrics::record_requests))
+}
+
+/// The span of a request: the child of the trace context in its `traceparent`/`tracestate`
+/// headers, or the root of a new trace. Probes get a debug span, neither logged nor traced.
+fn request_span<B>(request: &Request<B>) -> tracing::Span {
+    let path = request.uri().path();
+    if matches!(path, "/healthz" | "/readyz") {
+        return tracing::debug_span!("probe", path);
+    }
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let span = tracing::info_span!("request", method = %request.method(), path, request_id);
+    crate::telemetry::continue_from_http(&span, request.headers());
+    span
+}
+
+/// One line per answered request (not per probe), inside its span, so with its trace id.
+fn log_response<B>(response: &Response<B>, latency: Duration, span: &tracing::Span) {
+    if span.metadata().is_some_and(|m| m.name() == "request") {
+        tracing::info!(
+            status = response.status().as_u16(),
+            latency_ms = latency.as_millis() as u64,
+            "request answered"
+        );
+    }
 }
 
 /// A readiness probe from an async check listing each dependency and whether it answers.
@@ -423,13 +446,19 @@ where
     B: FnOnce(S) -> Fut,
     Fut: Future<Output = anyhow::Result<App>>,
 {
-    crate::telemetry::init(name);
+    let env = Env::from_process();
+    crate::telemetry::try_init(name, &env)?;
     // Before `build`, so that every series carries the service's name.
     crate::metrics::install(Some(name));
-    let app = build(settings(&Env::from_process())?).await?;
+    let app = build(settings(&env)?).await?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
-    app.run_until_stopped(shutdown).await?;
+    let served = app.run_until_stopped(shutdown).await;
+    // The spans of the last requests and events, when they are exported.
+    if let Err(err) = tokio::task::spawn_blocking(crate::telemetry::shutdown).await {
+        tracing::warn!(error = %err, "flushing the span exporter failed");
+    }
+    served?;
     Ok(())
 }
 

@@ -225,6 +225,36 @@ pub fn client_address_key(env: &Env) -> Result<Option<SecretString>, SettingsErr
         .transpose()
 }
 
+/// Where spans are exported: `OTEL_EXPORTER_OTLP_ENDPOINT`, the base URL of an OpenTelemetry
+/// collector speaking OTLP over HTTP/protobuf (spans go to its `/v1/traces`). Absent: nothing is
+/// exported (trace ids are still made, passed on and logged).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TracingSettings {
+    pub otlp_endpoint: Option<String>,
+}
+
+impl TracingSettings {
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        let name = "OTEL_EXPORTER_OTLP_ENDPOINT";
+        let Some(endpoint) = env.optional(name) else {
+            return Ok(Self::default());
+        };
+        let uri: axum::http::Uri = endpoint.parse().map_err(|err| SettingsError::Invalid {
+            name,
+            reason: format!("{endpoint:?}: {err}"),
+        })?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(SettingsError::Invalid {
+                name,
+                reason: format!("{endpoint:?} is not an http(s) URL"),
+            });
+        }
+        Ok(Self {
+            otlp_endpoint: Some(endpoint),
+        })
+    }
+}
+
 /// Seconds from an environment variable, e.g. `EXPIRATION_WINDOW_SECONDS`.
 pub fn seconds_or(env: &Env, name: &'static str, default: u64) -> Result<Duration, SettingsError> {
     env.parse_or(name, default).map(Duration::from_secs)
@@ -312,6 +342,33 @@ mod tests {
             ("ticketing", "")
         );
         Ok(())
+    }
+
+    #[test]
+    fn spans_are_exported_only_to_an_http_endpoint_that_is_set() {
+        let none = Env::from_pairs([("OTEL_EXPORTER_OTLP_ENDPOINT", " ")]);
+        assert_eq!(
+            TracingSettings::from_env(&none),
+            Ok(TracingSettings::default())
+        );
+        let set = Env::from_pairs([("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")]);
+        assert_eq!(
+            TracingSettings::from_env(&set).map(|s| s.otlp_endpoint),
+            Ok(Some("http://collector:4318".to_owned()))
+        );
+        for bad in ["collector:4318", "grpc://collector:4317", "http://"] {
+            let env = Env::from_pairs([("OTEL_EXPORTER_OTLP_ENDPOINT", bad)]);
+            assert!(
+                matches!(
+                    TracingSettings::from_env(&env),
+                    Err(SettingsError::Invalid {
+                        name: "OTEL_EXPORTER_OTLP_ENDPOINT",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use common::events::{ExpirationComplete, Id};
 use futures::StreamExt as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::scheduler::{ClaimedJob, ExpirationScheduler};
 use crate::settings::SchedulerSettings;
@@ -88,7 +89,22 @@ async fn poll_once(
     Ok(claimed)
 }
 
+/// Fires a job in a span of the trace its order was created in, so that the expiry and what it
+/// sets off belong to the purchase's trace.
 async fn fire(scheduler: &ExpirationScheduler, bus: &EventBus, job: ClaimedJob, retry: Duration) {
+    let span = tracing::info_span!("expiry", order_id = %job.order_id);
+    common::telemetry::continue_from_stored(&span, &job.trace);
+    fire_in_span(scheduler, bus, job, retry)
+        .instrument(span)
+        .await;
+}
+
+async fn fire_in_span(
+    scheduler: &ExpirationScheduler,
+    bus: &EventBus,
+    job: ClaimedJob,
+    retry: Duration,
+) {
     let Some(order_id) = Id::parse(&job.order_id) else {
         // Only ids of `order:created` are scheduled; anything else names no order.
         tracing::error!(order_id = %job.order_id, "an expiry job that names no order; dropped");

@@ -2,7 +2,11 @@
 //!
 //! Two sorted sets per queue, member = order id:
 //! - `<queue>:due` scored by the due time (epoch ms);
-//! - `<queue>:inflight` scored by the end of the claim's lease (epoch ms).
+//! - `<queue>:inflight` scored by the end of the claim's lease (epoch ms);
+//!
+//! and a hash `<queue>:trace`, order id → the trace context (JSON) the job was scheduled in, so that
+//! its `expiration:complete` continues the purchase's trace (a job scheduled before traces were
+//! kept, or outside one, has none).
 //!
 //! A job is claimed by one Lua script that moves it from `due` to `inflight` (Redis runs scripts
 //! one at a time, so each job goes to exactly one claimer, whatever the number of replicas). The
@@ -16,6 +20,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use common::events::Id;
+use common::telemetry::TraceContext;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, Script};
 use secrecy::ExposeSecret as _;
@@ -28,21 +33,27 @@ const NOW_MS: &str = "local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
-/// KEYS: due, inflight. ARGV: order id, due time (epoch ms).
+/// KEYS: due, inflight, trace. ARGV: order id, due time (epoch ms), trace context (may be empty).
 /// A job in flight is being fired right now: adding it to `due` again would fire it twice.
 const SCHEDULE: &str = "if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[3]) end
 return 1";
 
-/// KEYS: due, inflight. ARGV: lease (ms), batch size.
-/// Returns `[id, due, id, due, ...]` of the jobs this caller now owns.
+/// KEYS: due, inflight, trace. ARGV: lease (ms), batch size.
+/// Returns `[id, due, trace, id, due, trace, ...]` of the jobs this caller now owns (`trace` empty
+/// when the job has none).
 const CLAIM: &str = "local jobs = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
 local lease_end = now + tonumber(ARGV[1])
+local claimed = {}
 for i = 1, #jobs, 2 do
   redis.call('ZREM', KEYS[1], jobs[i])
   redis.call('ZADD', KEYS[2], lease_end, jobs[i])
+  claimed[#claimed + 1] = jobs[i]
+  claimed[#claimed + 1] = jobs[i + 1]
+  claimed[#claimed + 1] = redis.call('HGET', KEYS[3], jobs[i]) or ''
 end
-return jobs";
+return claimed";
 
 /// KEYS: due, inflight. ARGV: batch size.
 /// Jobs whose lease ran out are due again at once. Returns how many were moved.
@@ -69,6 +80,8 @@ pub struct ClaimedJob {
     pub order_id: String,
     /// When it was due (epoch ms): how late it fires is worth logging.
     pub due_at_ms: i64,
+    /// The trace its order was created in (empty if it was scheduled outside one).
+    pub trace: TraceContext,
 }
 
 struct Scripts {
@@ -84,6 +97,7 @@ pub struct ExpirationScheduler {
     redis: ConnectionManager,
     due_key: String,
     inflight_key: String,
+    trace_key: String,
     lease: Duration,
     batch_size: usize,
     scripts: Arc<Scripts>,
@@ -114,6 +128,7 @@ impl ExpirationScheduler {
             redis,
             due_key: format!("{queue}:due"),
             inflight_key: format!("{queue}:inflight"),
+            trace_key: format!("{queue}:trace"),
             lease: settings.lease,
             batch_size: settings.batch_size.max(1),
             scripts: Arc::new(Scripts {
@@ -133,15 +148,25 @@ impl ExpirationScheduler {
     /// is being fired is ignored. One arriving after the job fired schedules it again: that second
     /// `expiration:complete` carries the same message id, so JetStream drops it inside its
     /// duplicate window, and after it the orders service ignores expiry of orders not pending.
+    ///
+    /// The job keeps the trace of the current span (the `order:created` being handled).
     pub async fn schedule(&self, order_id: Id, due_at: DateTime<Utc>) -> anyhow::Result<()> {
         let mut redis = self.redis.clone();
+        let trace = TraceContext::current();
+        let trace = if trace.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(&trace).context("serialising a trace context")?
+        };
         let _added: i64 = self
             .scripts
             .schedule
             .key(&self.due_key)
             .key(&self.inflight_key)
+            .key(&self.trace_key)
             .arg(order_id.to_string())
             .arg(due_at.timestamp_millis())
+            .arg(trace)
             .invoke_async(&mut redis)
             .await
             .with_context(|| format!("scheduling the expiry of order {order_id}"))?;
@@ -156,18 +181,21 @@ impl ExpirationScheduler {
             .claim
             .key(&self.due_key)
             .key(&self.inflight_key)
+            .key(&self.trace_key)
             .arg(millis(self.lease))
             .arg(self.batch_size)
             .invoke_async(&mut redis)
             .await
             .context("claiming due jobs")?;
         Ok(flat
-            .chunks(2)
-            .filter_map(|pair| match pair {
-                [order_id, score] => Some(ClaimedJob {
+            .chunks(3)
+            .filter_map(|job| match job {
+                [order_id, score, trace] => Some(ClaimedJob {
                     order_id: order_id.clone(),
                     // Scores are whole milliseconds, well inside f64's exact integer range.
                     due_at_ms: score.parse::<f64>().map(|ms| ms as i64).unwrap_or_default(),
+                    // A trace that does not read is only a trace lost, never a job lost.
+                    trace: serde_json::from_str(trace).unwrap_or_default(),
                 }),
                 _ => None,
             })
@@ -189,11 +217,14 @@ impl ExpirationScheduler {
         Ok(moved)
     }
 
-    /// The job was announced: forget it.
+    /// The job was announced: forget it, and its trace.
     pub async fn complete(&self, order_id: &str) -> anyhow::Result<()> {
         let mut redis = self.redis.clone();
-        let _removed: usize = redis
+        let _removed: (usize, usize) = redis::pipe()
+            .atomic()
             .zrem(&self.inflight_key, order_id)
+            .hdel(&self.trace_key, order_id)
+            .query_async(&mut redis)
             .await
             .with_context(|| format!("completing the expiry job of order {order_id}"))?;
         Ok(())

@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::store::{Begin, Order, OrderStore, Payment, PaymentStatus, PaymentStore, Settlement};
 use crate::stripe::{ChargeRequest, StripeGateway, StripeOutcome, Unprocessed};
@@ -169,9 +170,10 @@ impl PaymentSaga {
             Begin::Busy(current) => return Ok(PayOutcome::Busy(current)),
         };
         let saga = self.clone();
+        // In the request's trace: the charge's logs and its `payment:created` belong to it.
         let task = self
             .charges
-            .spawn(async move { saga.charge(attempt).await });
+            .spawn(async move { saga.charge(attempt).await }.instrument(tracing::Span::current()));
         match task.await {
             Ok(outcome) => outcome,
             Err(join) => Err(StoreError::Other(anyhow::anyhow!(
@@ -409,12 +411,15 @@ impl PaymentSaga {
             // of waiting for Stripe, and shutdown still waits for the refund. `refunding` is
             // durable, so a refund that fails here is made by the reconciler.
             let saga = self.clone();
-            self.charges.spawn(async move {
-                if let Err(err) = saga.finish_refund(&payment).await {
-                    saga.reconcile_wanted.store(true, Ordering::Release);
-                    tracing::warn!(%order_id, error = %err, "refund not recorded; left to the reconciler");
+            self.charges.spawn(
+                async move {
+                    if let Err(err) = saga.finish_refund(&payment).await {
+                        saga.reconcile_wanted.store(true, Ordering::Release);
+                        tracing::warn!(%order_id, error = %err, "refund not recorded; left to the reconciler");
+                    }
                 }
-            });
+                .instrument(tracing::Span::current()),
+            );
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::{DUPLICATE_WINDOW, EventBus, PUBLISH_ACK_TIMEOUT};
 use crate::events::Subject;
+use crate::telemetry::TraceContext;
 
 /// Headers of a dead letter.
 pub const SUBJECT_HEADER: &str = "Ticketing-Subject";
@@ -79,6 +80,8 @@ impl EventBus {
             "Nats-Msg-Id",
             format!("dead:{consumer}:{original_sequence}").as_str(),
         );
+        // The trace of the event (the listener calls this in its span), kept for the replay.
+        TraceContext::current().add_to_nats(&mut headers);
         let ack = self
             .js
             .publish_with_headers(self.dead_letter_subject(consumer), headers, payload)
@@ -146,10 +149,12 @@ impl EventBus {
                 letter.subject
             )
         })?;
-        self.publish_raw(
+        // Replayed in the trace the event was first published in.
+        self.publish_traced(
             subject,
             &format!("replay:{}:{sequence}", self.dead_letter_stream()),
             message.payload.clone(),
+            &TraceContext::from_nats(&message.headers),
         )
         .await?;
         stream

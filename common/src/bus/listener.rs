@@ -191,6 +191,8 @@ async fn handle_one<E, H, Fut>(
         record_lag(E::SUBJECT.as_str(), published_ns);
     }
     let span = tracing::info_span!("event", subject = %E::SUBJECT, consumer = %durable, attempt);
+    // The handler continues the trace of whoever published the event.
+    crate::telemetry::continue_from_nats(&span, message.headers.as_ref());
 
     let event: E = match serde_json::from_slice(&message.payload) {
         Ok(event) => event,
@@ -305,8 +307,10 @@ async fn dead_letter(
     reason: &str,
     span: &tracing::Span,
 ) -> AckKind {
+    // In the event's trace, so that a dead letter leads back to the request that made it.
     match bus
         .dead_letter(durable, subject, sequence, message.payload.clone(), reason)
+        .instrument(span.clone())
         .await
     {
         Ok(()) => {

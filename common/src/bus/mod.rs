@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use crate::events::{Event, Subject};
 use crate::settings::NatsSettings;
+use crate::telemetry::TraceContext;
 
 mod backlog;
 mod dead_letter;
@@ -155,19 +156,37 @@ impl EventBus {
             .await
     }
 
-    /// Publishes an already serialised event. A repeated `msg_id` inside the duplicate window is
-    /// stored once.
+    /// Publishes an already serialised event, in the trace of the current span. A repeated
+    /// `msg_id` inside the duplicate window is stored once.
     pub async fn publish_raw(
         &self,
         subject: Subject,
         msg_id: &str,
         payload: Bytes,
     ) -> anyhow::Result<()> {
+        self.publish_traced(subject, msg_id, payload, &TraceContext::current())
+            .await
+    }
+
+    /// [`Self::publish_raw`] in the trace `trace` (the one its event was written in, for the
+    /// outbox), carried in the message's `traceparent` and `tracestate` headers.
+    pub async fn publish_traced(
+        &self,
+        subject: Subject,
+        msg_id: &str,
+        payload: Bytes,
+        trace: &TraceContext,
+    ) -> anyhow::Result<()> {
+        let mut headers = async_nats::HeaderMap::new();
+        trace.add_to_nats(&mut headers);
         let ack = self
             .js
             .send_publish(
                 self.subject(subject),
-                PublishMessage::build().payload(payload).message_id(msg_id),
+                PublishMessage::build()
+                    .headers(headers)
+                    .payload(payload)
+                    .message_id(msg_id),
             )
             .await
             .with_context(|| format!("publishing {subject} ({msg_id})"))?;

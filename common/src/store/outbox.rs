@@ -110,10 +110,11 @@ impl<T: VersionedRecord> VersionedStore<T> {
             let subject = Subject::parse(&event.subject)
                 .with_context(|| format!("unknown subject {} in change {change_id}", event.subject))
                 .map_err(PublishError::NotSent)?;
-            bus.publish_raw(
+            bus.publish_traced(
                 subject,
                 &event.msg_id,
                 Bytes::from(event.payload.clone().into_bytes()),
+                &event.trace,
             )
             .await
             .map_err(PublishError::NotSent)?;

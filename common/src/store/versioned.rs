@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::{Bounded as _, IndexKind, is_duplicate_key};
 use crate::bus::EventBus;
 use crate::events::Event;
+use crate::telemetry::TraceContext;
 
 /// How many times a read-decide-commit cycle is retried when another writer wins the version.
 const MAX_COMMIT_ATTEMPTS: usize = 20;
@@ -63,14 +64,20 @@ pub struct PendingEvent {
     pub subject: String,
     pub msg_id: String,
     pub payload: String,
+    /// The trace the event was made in, so that it is published in it however late (by the
+    /// outbox relay). Absent from events written before traces were kept, and outside any trace.
+    #[serde(default, skip_serializing_if = "TraceContext::is_empty")]
+    pub trace: TraceContext,
 }
 
 impl PendingEvent {
+    /// The event, in the trace of the current span.
     pub fn of<E: Event>(event: &E) -> Result<Self, StoreError> {
         Ok(Self {
             subject: E::SUBJECT.as_str().to_owned(),
             msg_id: event.message_id(),
             payload: serde_json::to_string(event).map_err(|e| StoreError::Other(e.into()))?,
+            trace: TraceContext::current(),
         })
     }
 }
@@ -485,5 +492,37 @@ impl<T: VersionedRecord> VersionedStore<T> {
             }
         }
         Err(StoreError::Conflict)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_event_written_before_traces_were_kept_still_reads_and_is_stored_the_same() {
+        let old = doc! { "subject": "order:created", "msg_id": "o:0", "payload": "{}" };
+        let event: PendingEvent = bson::from_document(old.clone()).unwrap();
+        assert!(event.trace.is_empty());
+        assert_eq!(bson::to_document(&event).unwrap(), old);
+
+        let traced = PendingEvent {
+            trace: TraceContext {
+                traceparent: Some(
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+                ),
+                tracestate: Some("vendor=1".to_owned()),
+            },
+            ..event
+        };
+        let stored = bson::to_document(&traced).unwrap();
+        assert_eq!(
+            stored.get_document("trace").unwrap(),
+            &doc! {
+                "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                "tracestate": "vendor=1",
+            }
+        );
+        assert_eq!(bson::from_document::<PendingEvent>(stored).unwrap(), traced);
     }
 }

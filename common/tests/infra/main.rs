@@ -6,4 +6,5 @@
 mod bus;
 mod helpers;
 mod readiness;
+mod trace_context;
 mod versioned_store;

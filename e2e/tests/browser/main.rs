@@ -5,5 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod browser;
+mod one_trace;
 mod purchase;
 mod security;

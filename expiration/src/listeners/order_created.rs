@@ -12,6 +12,6 @@ pub async fn handle(
     event: OrderCreated,
 ) -> anyhow::Result<Outcome> {
     scheduler.schedule(event.id, event.expires_at).await?;
-    tracing::debug!(order_id = %event.id, expires_at = %event.expires_at, "expiry scheduled");
+    tracing::info!(order_id = %event.id, expires_at = %event.expires_at, "expiry scheduled");
     Ok(Outcome::Ack)
 }

@@ -286,6 +286,7 @@ impl Drop for TestContext {
         let keys = [
             format!("{}:due", self.queue),
             format!("{}:inflight", self.queue),
+            format!("{}:trace", self.queue),
         ];
         let Ok(settings) = Settings::from_env(&self.env) else {
             return;

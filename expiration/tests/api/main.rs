@@ -8,3 +8,4 @@ mod helpers;
 mod metrics;
 mod order_created;
 mod scheduling;
+mod trace;

@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use common::settings::{
-    Env, HttpSettings, JwtSettings, MongoSettings, NatsSettings, SettingsError,
-};
+use common::settings::{BackendSettings, Env, SettingsError};
 use secrecy::SecretString;
 
 use crate::saga::ReconcileTiming;
@@ -20,10 +18,7 @@ pub const DEFAULT_STRIPE_TIMEOUT: Duration = Duration::from_secs(8);
 
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub http: HttpSettings,
-    pub mongo: MongoSettings,
-    pub nats: NatsSettings,
-    pub jwt: JwtSettings,
+    pub backend: BackendSettings,
     pub stripe: StripeSettings,
     /// When open payments are asked about again; derived from the Stripe timeout.
     pub reconcile: ReconcileTiming,
@@ -44,10 +39,7 @@ impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
         let stripe = StripeSettings::from_env(env)?;
         Ok(Self {
-            http: HttpSettings::from_env(env)?,
-            mongo: MongoSettings::from_env(env, "payments")?,
-            nats: NatsSettings::from_env(env)?,
-            jwt: JwtSettings::from_env(env)?,
+            backend: BackendSettings::from_env(env, "payments")?,
             reconcile: ReconcileTiming::for_stripe_timeout(stripe.timeout),
             stripe,
         })
@@ -126,7 +118,7 @@ mod tests {
     #[test]
     fn defaults_are_the_payments_database_and_the_real_stripe_api() -> Result<(), SettingsError> {
         let settings = Settings::from_env(&env(&[("STRIPE_KEY", "unit-test-stripe-key")]))?;
-        assert_eq!(settings.mongo.database, "payments");
+        assert_eq!(settings.backend.mongo.database, "payments");
         assert_eq!(settings.stripe.api_base, "https://api.stripe.com/");
         assert_eq!(settings.stripe.key.expose_secret(), "unit-test-stripe-key");
         assert_eq!(settings.stripe.timeout, DEFAULT_STRIPE_TIMEOUT);

@@ -57,12 +57,9 @@ pub async fn spawn_app_in(env: Env) -> TestApp {
     require_infra(&["MONGO_URL", "NATS_URL"]);
     common::testing::init_test_log("orders-test");
     let settings = Settings::from_env(&env).expect("test settings");
-    let db = common::store::connect(&settings.mongo, "orders-test")
+    let (db, bus) = common::backend::connect(&settings.backend, "orders-test")
         .await
-        .expect("test database");
-    let bus = EventBus::connect(&settings.nats, "orders-test")
-        .await
-        .expect("test bus");
+        .expect("test database and bus");
     let app = orders::app::build(settings)
         .await
         .expect("the orders app builds");

@@ -67,14 +67,11 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         .expect("the payments app builds");
     let addr = app.addr();
     let running = Running::spawn(|shutdown| app.run_until_stopped(shutdown));
-    let db = common::store::connect(&settings.mongo, "payments-test")
+    let (db, bus) = common::backend::connect(&settings.backend, "payments-test")
         .await
-        .expect("test database");
+        .expect("test database and bus");
     let orders = OrderStore::new(&db);
     let payments = PaymentStore::new(&db);
-    let bus = EventBus::connect(&settings.nats, "payments-test-saga")
-        .await
-        .expect("test bus");
     let gateway = StripeGateway::new(&settings.stripe).expect("Stripe client");
     TestApp {
         addr,
@@ -296,7 +293,7 @@ impl TestApp {
 
     /// A bus on the app's stream, as another service would connect.
     pub async fn bus(&self) -> EventBus {
-        EventBus::connect(&self.settings.nats, "payments-test")
+        EventBus::connect(&self.settings.backend.nats, "payments-test")
             .await
             .expect("test bus")
     }

@@ -372,11 +372,11 @@ async fn a_charge_whose_payment_event_cannot_reach_the_stream_in_time_is_answere
         order_with_stripe(&app, 1500, answering_after(Duration::ZERO)).await;
     // The stream is gone (the broker lost it): `payment:created` stays in the outbox, and the
     // order's expiry could reach the orders service before it.
-    let nats = async_nats::connect(app.settings.nats.url.as_str())
+    let nats = async_nats::connect(app.settings.backend.nats.url.as_str())
         .await
         .expect("a NATS connection");
     async_nats::jetstream::new(nats)
-        .delete_stream(&app.settings.nats.stream)
+        .delete_stream(&app.settings.backend.nats.stream)
         .await
         .expect("the stream is deleted");
 

@@ -35,13 +35,10 @@ pub async fn infra() -> Infra {
     require_infra(&["MONGO_URL", "NATS_URL"]);
     common::testing::init_test_log("tickets-test");
     let settings = Settings::from_env(&test_env("tickets", &[])).expect("test settings");
-    let db = common::store::connect(&settings.mongo, "tickets-test")
+    let (db, bus) = common::backend::connect(&settings.backend, "tickets-test")
         .await
-        .expect("the test connects to the database");
+        .expect("the test connects to the database and NATS");
     let store = TicketStore::new(&db);
-    let bus = EventBus::connect(&settings.nats, "tickets-test")
-        .await
-        .expect("the test connects to NATS");
     Infra {
         settings,
         db,

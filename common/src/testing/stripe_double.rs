@@ -87,22 +87,16 @@ impl StripeDouble {
                 requests: 0,
             })),
         };
-        Mock::given(method("POST"))
-            .and(path("/v1/charges"))
-            .respond_with(Responder {
-                double: double.clone(),
-                kind: Kind::Charge,
-            })
-            .mount(server)
-            .await;
-        Mock::given(method("POST"))
-            .and(path("/v1/refunds"))
-            .respond_with(Responder {
-                double: double.clone(),
-                kind: Kind::Refund,
-            })
-            .mount(server)
-            .await;
+        for (route, kind) in [("/v1/charges", Kind::Charge), ("/v1/refunds", Kind::Refund)] {
+            Mock::given(method("POST"))
+                .and(path(route))
+                .respond_with(Responder {
+                    double: double.clone(),
+                    kind,
+                })
+                .mount(server)
+                .await;
+        }
         double
     }
 

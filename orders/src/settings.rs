@@ -71,11 +71,7 @@ mod tests {
     use super::*;
 
     fn env(window: Option<&str>) -> Env {
-        let mut pairs = vec![
-            ("MONGO_URL", "mongodb://x"),
-            ("NATS_URL", "nats://y"),
-            ("JWT_KEY", common::testing::TEST_JWT_KEY),
-        ];
+        let mut pairs = common::testing::BACKEND_ENV.to_vec();
         if let Some(window) = window {
             pairs.push(("EXPIRATION_WINDOW_SECONDS", window));
         }
@@ -113,14 +109,10 @@ mod tests {
     #[test]
     fn every_required_variable_is_enforced() {
         for missing in ["MONGO_URL", "NATS_URL", "JWT_KEY"] {
-            let pairs: Vec<(&str, &str)> = [
-                ("MONGO_URL", "mongodb://x"),
-                ("NATS_URL", "nats://y"),
-                ("JWT_KEY", common::testing::TEST_JWT_KEY),
-            ]
-            .into_iter()
-            .filter(|(name, _)| *name != missing)
-            .collect();
+            let pairs: Vec<(&str, &str)> = common::testing::BACKEND_ENV
+                .into_iter()
+                .filter(|(name, _)| *name != missing)
+                .collect();
             assert_eq!(
                 Settings::from_env(&Env::from_pairs(pairs)).err(),
                 Some(SettingsError::Missing(missing))

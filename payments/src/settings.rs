@@ -97,12 +97,10 @@ mod tests {
     use super::*;
     use secrecy::ExposeSecret;
 
+    const KEY: (&str, &str) = ("STRIPE_KEY", "unit-test-stripe-key");
+
     fn env(pairs: &[(&str, &str)]) -> Env {
-        let mut all = vec![
-            ("MONGO_URL", "mongodb://x"),
-            ("NATS_URL", "nats://y"),
-            ("JWT_KEY", common::testing::TEST_JWT_KEY),
-        ];
+        let mut all = common::testing::BACKEND_ENV.to_vec();
         all.extend_from_slice(pairs);
         Env::from_pairs(all)
     }
@@ -117,7 +115,7 @@ mod tests {
 
     #[test]
     fn defaults_are_the_payments_database_and_the_real_stripe_api() -> Result<(), SettingsError> {
-        let settings = Settings::from_env(&env(&[("STRIPE_KEY", "unit-test-stripe-key")]))?;
+        let settings = Settings::from_env(&env(&[KEY]))?;
         assert_eq!(settings.backend.mongo.database, "payments");
         assert_eq!(settings.stripe.api_base, "https://api.stripe.com/");
         assert_eq!(settings.stripe.key.expose_secret(), "unit-test-stripe-key");
@@ -152,16 +150,13 @@ mod tests {
 
     #[test]
     fn the_api_base_is_normalised_to_end_in_a_slash() -> Result<(), SettingsError> {
-        let settings = Settings::from_env(&env(&[
-            ("STRIPE_KEY", "unit-test-stripe-key"),
-            ("STRIPE_API_BASE", "http://127.0.0.1:12111"),
-        ]))?;
-        assert_eq!(settings.stripe.api_base, "http://127.0.0.1:12111/");
-        let settings = Settings::from_env(&env(&[
-            ("STRIPE_KEY", "unit-test-stripe-key"),
-            ("STRIPE_API_BASE", "https://proxy.local/stripe/"),
-        ]))?;
-        assert_eq!(settings.stripe.api_base, "https://proxy.local/stripe/");
+        for (given, normalised) in [
+            ("http://127.0.0.1:12111", "http://127.0.0.1:12111/"),
+            ("https://proxy.local/stripe/", "https://proxy.local/stripe/"),
+        ] {
+            let settings = Settings::from_env(&env(&[KEY, ("STRIPE_API_BASE", given)]))?;
+            assert_eq!(settings.stripe.api_base, normalised);
+        }
         Ok(())
     }
 
@@ -174,10 +169,7 @@ mod tests {
             "http:///v1",
             "https://x/?a=1",
         ] {
-            let result = Settings::from_env(&env(&[
-                ("STRIPE_KEY", "unit-test-stripe-key"),
-                ("STRIPE_API_BASE", bad),
-            ]));
+            let result = Settings::from_env(&env(&[KEY, ("STRIPE_API_BASE", bad)]));
             assert!(
                 matches!(
                     result,

@@ -63,6 +63,15 @@ impl Reply {
         self.body
     }
 
+    /// Checks for 404 with the SPEC's `Not Found` body; `what` names the request in a failure.
+    pub fn expect_not_found(self, what: &str) {
+        assert_eq!(
+            (self.status, self.body),
+            (StatusCode::NOT_FOUND, not_found()),
+            "{what}"
+        );
+    }
+
     /// The message of the only entry of an error body.
     pub fn message(&self) -> Option<&str> {
         match self.body["errors"].as_array().map(Vec::as_slice) {

@@ -135,6 +135,20 @@ impl TestApp {
         (id_of(&self.order_ok(user, &ticket_id).await), ticket_id)
     }
 
+    /// A new user and their pending order of a fresh ticket: (user, order id, ticket id).
+    pub async fn new_pending_order(&self) -> (User, String, String) {
+        let user = User::new();
+        let (id, ticket_id) = self.pending_order(&user).await;
+        (user, id, ticket_id)
+    }
+
+    /// [`Self::new_pending_order`], with `order:cancelled` observed from before it.
+    pub async fn observed_pending_order(&self) -> (Observer<OrderCancelled>, User, String, String) {
+        let cancelled = self.observe::<OrderCancelled>().await;
+        let (user, id, ticket_id) = self.new_pending_order().await;
+        (cancelled, user, id, ticket_id)
+    }
+
     /// The versions of `order_id` announced in `order:cancelled` before a marker cancellation of
     /// another order (published after everything the test did).
     pub async fn cancellations_of(

@@ -535,11 +535,7 @@ async fn the_owner_sees_where_the_payment_of_their_order_stands_and_nobody_else_
     let path = format!("/api/payments/{}", order.id);
 
     let before = get_as(&app, &user, &path).await;
-    assert_eq!(
-        (before.status, before.body),
-        (StatusCode::NOT_FOUND, not_found()),
-        "no attempt yet"
-    );
+    before.expect_not_found("no attempt yet");
 
     stripe_charge_answer(ResponseTemplate::new(402).set_body_json(declined_body()))
         .up_to_n_times(1)
@@ -575,10 +571,6 @@ async fn the_owner_sees_where_the_payment_of_their_order_stands_and_nobody_else_
         "/api/payments/nope",
     ] {
         let reply = get_as(&app, &user, missing).await;
-        assert_eq!(
-            (reply.status, reply.body),
-            (StatusCode::NOT_FOUND, not_found()),
-            "{missing}"
-        );
+        reply.expect_not_found(missing);
     }
 }

@@ -27,7 +27,7 @@ pub use reply::{
     Reply, errors, id_of, not_authorized, not_found, returned_cookie, send, session_pair,
     with_cookie_and_json,
 };
-pub use running::Running;
+pub use running::{Running, Started, start};
 pub use user::User;
 
 use crate::session::{COOKIE_NAME, SessionKeys, encode_session};

@@ -10,7 +10,7 @@ use common::money::Price;
 use common::settings::Env;
 
 use common::testing::{
-    Running, as_id, drain, eventually, require_infra, send, test_env, unique_suffix,
+    Running, as_id, drain, eventually, require_infra, send, start, test_env, unique_suffix,
 };
 use expiration::scheduler::ExpirationScheduler;
 use expiration::settings::{SchedulerSettings, Settings};
@@ -85,14 +85,12 @@ impl TestContext {
 
     /// Starts one instance (replica) of the service.
     pub async fn spawn_app(&self) -> TestApp {
-        let app = expiration::app::build(self.settings())
-            .await
-            .expect("the expiration app builds");
+        let app = start("expiration", expiration::app::build(self.settings())).await;
         TestApp {
-            addr: app.addr(),
-            metrics_addr: app.metrics_addr(),
+            addr: app.addr,
+            metrics_addr: app.metrics_addr,
             client: reqwest::Client::new(),
-            running: Running::spawn(|shutdown| app.run_until_stopped(shutdown)),
+            running: app.running,
         }
     }
 

@@ -6,7 +6,9 @@ use common::events::{
 };
 use common::money::Price;
 use common::settings::Env;
-use common::testing::{Running, as_id, id_of, new_user_id, observe, require_infra, send, test_env};
+use common::testing::{
+    Running, as_id, id_of, new_user_id, observe, require_infra, send, start, test_env,
+};
 use mongodb::Database;
 use mongodb::bson::{Bson, Document, doc};
 use orders::settings::Settings;
@@ -60,17 +62,15 @@ pub async fn spawn_app_in(env: Env) -> TestApp {
     let (db, bus) = common::backend::connect(&settings.backend, "orders-test")
         .await
         .expect("test database and bus");
-    let app = orders::app::build(settings)
-        .await
-        .expect("the orders app builds");
+    let app = start("orders", orders::app::build(settings)).await;
     TestApp {
-        addr: app.addr(),
+        addr: app.addr,
         client: reqwest::Client::new(),
         env,
         store: OrderStore::new(&db),
         db,
         bus,
-        running: Running::spawn(|shutdown| app.run_until_stopped(shutdown)),
+        running: app.running,
     }
 }
 

@@ -7,8 +7,8 @@ use common::events::{OrderCancelled, OrderCreated, PaymentCreated};
 use common::money::Price;
 use common::testing::stripe_double::StripeDouble;
 use common::testing::{
-    Observer, Running, new_order_id, observe, order_cancelled, order_created, require_infra, send,
-    test_env,
+    Observer, Running, Started, new_order_id, observe, order_cancelled, order_created,
+    require_infra, send, start, test_env,
 };
 use mongodb::Database;
 use mongodb::bson::doc;
@@ -62,11 +62,8 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     );
     let mut settings = Settings::from_env(&env).expect("test settings");
     adjust(&mut settings);
-    let app = payments::app::build(settings.clone())
-        .await
-        .expect("the payments app builds");
-    let addr = app.addr();
-    let running = Running::spawn(|shutdown| app.run_until_stopped(shutdown));
+    let Started { addr, running, .. } =
+        start("payments", payments::app::build(settings.clone())).await;
     let (db, bus) = common::backend::connect(&settings.backend, "payments-test")
         .await
         .expect("test database and bus");
@@ -142,14 +139,12 @@ impl TestApp {
     /// A second instance of the service on the same database, stream and Stripe double (a replica
     /// behind the same Kubernetes Service). It stops when the returned guard is dropped.
     pub async fn spawn_replica(&self) -> (SocketAddr, Running) {
-        let app = payments::app::build(self.settings.clone())
-            .await
-            .expect("the replica builds");
-        let addr = app.addr();
-        (
-            addr,
-            Running::spawn(|shutdown| app.run_until_stopped(shutdown)),
+        let replica = start(
+            "payments replica",
+            payments::app::build(self.settings.clone()),
         )
+        .await;
+        (replica.addr, replica.running)
     }
 
     /// Pays through the instance at `addr` (this one or a replica).

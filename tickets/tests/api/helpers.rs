@@ -6,7 +6,8 @@ use common::events::{Event, Id, OrderCancelled, OrderCreated, TicketUpdated};
 use common::money::Price;
 use common::store::PendingEvent;
 use common::testing::{
-    self, Observer, Running, as_id, eventually, new_user_id, observe, require_infra, send, test_env,
+    self, Observer, Running, as_id, eventually, new_user_id, observe, require_infra, send, start,
+    test_env,
 };
 use mongodb::Database;
 use mongodb::bson::oid::ObjectId;
@@ -61,15 +62,13 @@ pub struct TestApp {
 /// and stream.
 pub async fn spawn_app() -> TestApp {
     let infra = infra().await;
-    let app = tickets::app::build(infra.settings.clone())
-        .await
-        .expect("the tickets app builds");
+    let app = start("tickets", tickets::app::build(infra.settings.clone())).await;
     TestApp {
-        addr: app.addr(),
-        metrics_addr: app.metrics_addr(),
+        addr: app.addr,
+        metrics_addr: app.metrics_addr,
         client: reqwest::Client::new(),
         infra,
-        _running: Running::spawn(|shutdown| app.run_until_stopped(shutdown)),
+        _running: app.running,
     }
 }
 

@@ -19,7 +19,7 @@ pub mod running;
 pub mod stripe_double;
 pub mod user;
 
-pub use events::{new_order_id, order_cancelled, order_created};
+pub use events::{dead_letters_a_malformed_id, new_order_id, order_cancelled, order_created};
 pub use eventually::{DEADLINE, POLL_INTERVAL, eventually, eventually_within};
 pub use metrics::{metric_samples, scrape_metrics};
 pub use observe::{Observer, drain, observe};

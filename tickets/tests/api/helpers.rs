@@ -6,8 +6,8 @@ use common::events::{Event, Id, OrderCancelled, OrderCreated, TicketUpdated};
 use common::money::Price;
 use common::store::PendingEvent;
 use common::testing::{
-    self, Observer, Running, as_id, eventually, new_user_id, observe, require_infra, send, start,
-    test_env,
+    self, Observer, Running, as_id, eventually, id_of, new_user_id, observe, require_infra, send,
+    start, test_env,
 };
 use mongodb::Database;
 use mongodb::bson::oid::ObjectId;
@@ -115,6 +115,13 @@ impl TestApp {
     }
 
     /// Creates a ticket through the API and returns its JSON.
+    /// A new owner's ticket (a €20 concert): the owner and the ticket's id.
+    pub async fn new_ticket(&self) -> (User, String) {
+        let owner = user();
+        let ticket = self.create_ticket(&owner, "Concert", 20.0).await;
+        (owner, id_of(&ticket))
+    }
+
     pub async fn create_ticket(&self, owner: &User, title: &str, price: f64) -> Value {
         let reply = self
             .post_ticket(

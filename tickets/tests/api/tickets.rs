@@ -272,10 +272,9 @@ async fn updating_checks_auth_then_validation_then_existence_then_reservation_th
 #[tokio::test]
 async fn an_owner_edit_bumps_the_version_and_announces_it_without_order_id() {
     let app = spawn_app().await;
-    let owner = user();
     let mut updated = app.infra.observe::<TicketUpdated>().await;
-    let ticket = app.create_ticket(&owner, "Concert", 20.0).await;
-    let id = ticket["id"].as_str().expect("id");
+    let (owner, id) = app.new_ticket().await;
+    let id = id.as_str();
 
     let reply = app
         .put_ticket(
@@ -323,9 +322,7 @@ async fn an_owner_edit_bumps_the_version_and_announces_it_without_order_id() {
 #[tokio::test]
 async fn reservations_and_releases_from_the_bus_show_as_versions_over_http() {
     let app = spawn_app().await;
-    let owner = user();
-    let ticket = app.create_ticket(&owner, "Concert", 20.0).await;
-    let id = ticket["id"].as_str().expect("id").to_owned();
+    let (owner, id) = app.new_ticket().await;
     let order_id = new_order_id();
     let opera = json!({ "title": "Opera", "price": 25 });
 

@@ -18,7 +18,7 @@ use payments::saga::{PaymentSaga, ReconcileTiming};
 use payments::settings::Settings;
 use payments::store::{Order, OrderStore, Payment, PaymentStatus, PaymentStore};
 use payments::stripe::StripeGateway;
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -190,6 +190,13 @@ impl TestApp {
         .await
     }
 
+    /// Pays with Stripe's test card and checks for 201: the body.
+    pub async fn pay_ok(&self, user: &User, order_id: impl Display) -> Value {
+        self.pay(user, order_id, "tok_visa")
+            .await
+            .expect(StatusCode::CREATED, "paying")
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         send(&self.client, Method::GET, &self.url(path), None, None).await
     }
@@ -209,6 +216,19 @@ impl TestApp {
         let user = User::new();
         let order = self.order_for(&user, Price::from_cents(cents)).await;
         (user, order)
+    }
+
+    /// [`Self::order_of_new_buyer`], with Stripe charging every card (as `charge_id`, answering
+    /// after `delay`): an order that pays.
+    pub async fn payable_order(
+        &self,
+        cents: i64,
+        charge_id: &str,
+        delay: Duration,
+    ) -> (User, OrderCreated) {
+        let bought = self.order_of_new_buyer(cents).await;
+        stripe_charges_succeed(self, charge_id, cents, delay).await;
+        bought
     }
 
     /// Cancels a replica order the way `order:cancelled` does.

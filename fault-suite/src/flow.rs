@@ -136,6 +136,11 @@ impl Outcome {
         };
         list.push(order.to_owned());
     }
+
+    /// The orders nobody paid: left to expire, or cancelled by their buyer.
+    pub fn unpaid_orders(&self) -> impl Iterator<Item = &String> {
+        self.expiring_orders.iter().chain(&self.cancelled_orders)
+    }
 }
 
 /// Where the flow is, for faults that must land in a given phase.

@@ -38,11 +38,6 @@ TIMEOUT="${BENCH_TIMEOUT:-600}"
 BENCH_LOG="$LOG_DIR/bench.log"
 BUILD_LOG="$LOG_DIR/bench-build.log"
 
-usage() {
-  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//' >&2
-  exit 2
-}
-
 app_started=0
 
 stop_app() {

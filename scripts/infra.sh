@@ -37,11 +37,6 @@ NGINX_TEMPLATE="$ROOT/infra/local/nginx.conf"
 NGINX_DIR="$DATA_DIR/nginx"
 NGINX_CONF="$NGINX_DIR/nginx.conf"
 
-usage() {
-  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//' >&2
-  exit 2
-}
-
 logfile_of() { printf '%s/%s.log' "$LOG_DIR" "$1"; }
 
 # ============================================================ installation

@@ -281,6 +281,14 @@ kill_daemon() {
   rm -f "$(pidfile_of "$name")"
 }
 
+# ---------------------------------------------------------------- usage
+# usage: print the running script's header (the comment between its first line and `set -euo`)
+# to stderr and exit 2.
+usage() {
+  sed -n '2,/^set -euo/p' "$ROOT/scripts/$(basename "${BASH_SOURCE[-1]}")" | sed -e '$d' -e 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
 # ---------------------------------------------------------------- readiness
 # mongo_ping HOST PORT: send a MongoDB OP_MSG {ping: 1, $db: "admin"} and expect {ok: 1}.
 mongo_ping() {
@@ -295,36 +303,41 @@ mongo_ping() {
   ' _ "$1" "$2" 2>/dev/null
 }
 
-# wait_for_port HOST PORT NAME LOGFILE TIMEOUT: wait until HOST:PORT accepts TCP.
-# Fails early (with the log tail) if the daemon NAME was started by us and died.
-wait_for_port() {
-  local host="$1" port="$2" name="$3" logfile="$4" timeout="${5:-60}"
+# poll_daemon NAME LOGFILE TIMEOUT PAUSE GONE LATE CMD...: run CMD every PAUSE seconds until it
+# succeeds. Fails (with the log tail) saying GONE if the daemon NAME was started by us and died, or
+# LATE once TIMEOUT seconds have passed.
+poll_daemon() {
+  local name="$1" logfile="$2" timeout="$3" pause="$4" gone="$5" late="$6"
+  shift 6
   local deadline=$((SECONDS + timeout))
-  log "waiting for $name on $host:$port (up to ${timeout}s)"
-  while ! port_open "$host" "$port"; do
+  until "$@" >/dev/null 2>&1; do
     if [[ -e "$(pidfile_of "$name")" ]] && ! daemon_running "$name"; then
-      fail_with_log "$logfile" "$name exited while we waited for $host:$port"
+      fail_with_log "$logfile" "$gone"
     fi
     if ((SECONDS >= deadline)); then
-      fail_with_log "$logfile" "$name did not accept connections on $host:$port within ${timeout}s"
+      fail_with_log "$logfile" "$late"
     fi
-    sleep 0.2
+    sleep "$pause"
   done
+}
+
+# wait_for_port HOST PORT NAME LOGFILE TIMEOUT: wait until HOST:PORT accepts TCP.
+wait_for_port() {
+  local host="$1" port="$2" name="$3" logfile="$4" timeout="${5:-60}"
+  log "waiting for $name on $host:$port (up to ${timeout}s)"
+  poll_daemon "$name" "$logfile" "$timeout" 0.2 \
+    "$name exited while we waited for $host:$port" \
+    "$name did not accept connections on $host:$port within ${timeout}s" \
+    port_open "$host" "$port"
 }
 
 # wait_until NAME LOGFILE TIMEOUT WHAT CMD...: wait until CMD succeeds (readiness probe).
 wait_until() {
   local name="$1" logfile="$2" timeout="$3" what="$4"
   shift 4
-  local deadline=$((SECONDS + timeout))
   log "waiting for $name: $what (up to ${timeout}s)"
-  until "$@" >/dev/null 2>&1; do
-    if [[ -e "$(pidfile_of "$name")" ]] && ! daemon_running "$name"; then
-      fail_with_log "$logfile" "$name exited while we waited for: $what"
-    fi
-    if ((SECONDS >= deadline)); then
-      fail_with_log "$logfile" "$name not ready within ${timeout}s: $what"
-    fi
-    sleep 0.3
-  done
+  poll_daemon "$name" "$logfile" "$timeout" 0.3 \
+    "$name exited while we waited for: $what" \
+    "$name not ready within ${timeout}s: $what" \
+    "$@"
 }

@@ -56,6 +56,22 @@ export MONGO_URL NATS_URL REDIS_URL
 unset RUST_LOG
 export RUST_BACKTRACE=1
 
+# timed LABEL CMD...: runs CMD; sets run_rc to its exit status and run_summary to
+# "LABEL: PASS (<seconds>s)" or "LABEL: FAIL exit <status> (<seconds>s)".
+timed() {
+  local label="$1"
+  shift
+  local start=$SECONDS
+  run_rc=0
+  "$@" || run_rc=$?
+  local took=$((SECONDS - start))
+  if ((run_rc == 0)); then
+    run_summary="$label: PASS (${took}s)"
+  else
+    run_summary="$label: FAIL exit $run_rc (${took}s)"
+  fi
+}
+
 # ------------------------------------------------------------------ cargo test
 cargo_args=(test)
 select_packages=no
@@ -78,15 +94,8 @@ fi
 cargo_args+=("$@")
 
 log "running: cargo ${cargo_args[*]} (MONGO_URL=$MONGO_URL NATS_URL=$NATS_URL REDIS_URL=$REDIS_URL)"
-cargo_start=$SECONDS
-cargo_rc=0
-cargo "${cargo_args[@]}" || cargo_rc=$?
-cargo_time=$((SECONDS - cargo_start))
-if ((cargo_rc == 0)); then
-  cargo_summary="cargo test: PASS (${cargo_time}s)"
-else
-  cargo_summary="cargo test: FAIL exit $cargo_rc (${cargo_time}s)"
-fi
+timed "cargo test" cargo "${cargo_args[@]}"
+cargo_rc=$run_rc cargo_summary=$run_summary
 
 # ------------------------------------------------------------------ tests-infra (pytest)
 py_rc=0
@@ -145,7 +154,7 @@ skip_reason() {
 # stack_step LABEL VAR WHAT CMD...: runs CMD unless skip_reason VAR; sets step_rc and
 # step_summary ("LABEL: PASS (12s)").
 stack_step() {
-  local label="$1" var="$2" what="$3" reason start
+  local label="$1" var="$2" what="$3" reason
   shift 3
   step_rc=0
   reason="$(skip_reason "$var")"
@@ -154,13 +163,8 @@ stack_step() {
     return 0
   fi
   log "running: $what"
-  start=$SECONDS
-  "$@" || step_rc=$?
-  if ((step_rc == 0)); then
-    step_summary="$label: PASS ($((SECONDS - start))s)"
-  else
-    step_summary="$label: FAIL exit $step_rc ($((SECONDS - start))s)"
-  fi
+  timed "$label" "$@"
+  step_rc=$run_rc step_summary=$run_summary
 }
 
 # 4. the browser tests: cargo test built every service's debug binary (they have integration

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use common::testing::{returned_cookie, with_cookie_and_json};
 use reqwest::Method;
 use serde_json::Value;
 
@@ -53,22 +54,10 @@ impl Api {
         cookie: Option<&str>,
         body: Option<&Value>,
     ) -> anyhow::Result<Reply> {
-        let mut request = self.http.request(method, self.url(path));
-        if let Some(cookie) = cookie {
-            request = request.header("cookie", cookie);
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
+        let request = with_cookie_and_json(self.http.request(method, self.url(path)), cookie, body);
         let response = request.send().await?;
         let status = response.status().as_u16();
-        let cookie = response
-            .headers()
-            .get("set-cookie")
-            .and_then(|v| v.to_str().ok())
-            // What a browser sends back: the cookie's name and value, without its attributes.
-            .and_then(|v| cookie::Cookie::parse(v).ok())
-            .map(|c| format!("{}={}", c.name(), c.value()));
+        let cookie = returned_cookie(response.headers());
         let bytes = response.bytes().await?;
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok(Reply {

@@ -1,5 +1,6 @@
 //! Shared building blocks of the ticketing services. Nothing here knows about any particular service.
 
+pub mod backend;
 pub mod bus;
 pub mod client_address;
 pub mod error;

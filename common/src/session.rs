@@ -219,14 +219,17 @@ mod tests {
         }
     }
 
+    fn policy(secure: bool, seconds: u64) -> CookiePolicy {
+        CookiePolicy {
+            secure,
+            max_age: Duration::from_secs(seconds),
+        }
+    }
+
     #[test]
     fn the_signout_cookie_matches_the_original_byte_for_byte() {
-        let policy = CookiePolicy {
-            secure: false,
-            max_age: Duration::from_secs(1),
-        };
         assert_eq!(
-            clear_session_cookie(policy).to_str().ok(),
+            clear_session_cookie(policy(false, 1)).to_str().ok(),
             Some("express:sess=; path=/; expires=Thu, 01 Jan 1970 00:00:00 GMT; httponly")
         );
     }
@@ -246,21 +249,13 @@ mod tests {
                 ),
             ),
         ] {
-            let policy = CookiePolicy {
-                secure,
-                max_age: Duration::from_secs(3600),
-            };
             assert_eq!(
-                set_session_cookie("t", policy).to_str().ok(),
+                set_session_cookie("t", policy(secure, 3600)).to_str().ok(),
                 Some(&*expected)
             );
         }
-        let policy = CookiePolicy {
-            secure: true,
-            max_age: Duration::from_secs(1),
-        };
         assert_eq!(
-            clear_session_cookie(policy).to_str().ok(),
+            clear_session_cookie(policy(true, 1)).to_str().ok(),
             Some("express:sess=; path=/; expires=Thu, 01 Jan 1970 00:00:00 GMT; httponly; secure")
         );
     }
@@ -270,10 +265,7 @@ mod tests {
         use tower_cookies::cookie::{Cookie, SameSite};
         let keys = keys("k1");
         let token = keys.issue("id", "a@b.co", Duration::from_secs(60))?;
-        let policy = CookiePolicy {
-            secure: true,
-            max_age: Duration::from_secs(3600),
-        };
+        let policy = policy(true, 3600);
         let header = set_session_cookie(&token, policy);
         let cookie = Cookie::parse(header.to_str()?)?;
         // Base64's `+`, `/` and `=` and the colon in the name survive unescaped.
@@ -299,10 +291,7 @@ mod tests {
 
     #[test]
     fn the_session_cookie_is_httponly_lax_and_secure_when_asked() {
-        let policy = CookiePolicy {
-            secure: true,
-            max_age: Duration::from_secs(3600),
-        };
+        let policy = policy(true, 3600);
         let cookie = set_session_cookie("t", policy);
         let text = cookie.to_str().unwrap_or_default();
         assert!(text.starts_with("express:sess="), "{text}");

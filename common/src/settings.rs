@@ -217,6 +217,28 @@ impl JwtSettings {
     }
 }
 
+/// What every backend with its own database on the event bus reads (tickets, orders, payments):
+/// where it listens, its database (`default_database` unless `MONGO_DB` says otherwise), the bus
+/// and the session key.
+#[derive(Debug, Clone)]
+pub struct BackendSettings {
+    pub http: HttpSettings,
+    pub mongo: MongoSettings,
+    pub nats: NatsSettings,
+    pub jwt: JwtSettings,
+}
+
+impl BackendSettings {
+    pub fn from_env(env: &Env, default_database: &str) -> Result<Self, SettingsError> {
+        Ok(Self {
+            http: HttpSettings::from_env(env)?,
+            mongo: MongoSettings::from_env(env, default_database)?,
+            nats: NatsSettings::from_env(env)?,
+            jwt: JwtSettings::from_env(env)?,
+        })
+    }
+}
+
 /// `CLIENT_ADDRESS_KEY` (client and auth; see `crate::client_address`), optional: without it the
 /// client vouches for nothing and auth ignores the vouched-for address.
 pub fn client_address_key(env: &Env) -> Result<Option<SecretString>, SettingsError> {

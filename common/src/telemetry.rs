@@ -21,7 +21,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde::{Deserialize, Serialize};
 use tracing::{Level, Subscriber};
 use tracing_opentelemetry::{OpenTelemetrySpanExt as _, OtelData};
-use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::format::{Format, Json, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
@@ -117,13 +117,7 @@ fn install(service: &'static str, provider: &SdkTracerProvider) -> bool {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt::layer()
         .json()
-        .event_format(WithTraceId(
-            tracing_subscriber::fmt::format()
-                .json()
-                .with_current_span(true)
-                .with_span_list(false)
-                .with_target(false),
-        ))
+        .event_format(json_lines())
         .with_filter(filter);
     tracing_subscriber::registry()
         .with(otel_layer(service, provider))
@@ -172,6 +166,17 @@ pub fn shutdown() {
 /// Formats each line with the inner (JSON) format, adding `"trace_id"` when the line is written
 /// inside a traced span.
 struct WithTraceId<F>(F);
+
+/// The services' log lines: JSON with the current span and the trace id, without the target.
+fn json_lines() -> WithTraceId<Format<Json>> {
+    WithTraceId(
+        tracing_subscriber::fmt::format()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_target(false),
+    )
+}
 
 impl<S, N, F> FormatEvent<S, N> for WithTraceId<F>
 where
@@ -378,13 +383,7 @@ mod tests {
         };
         let logs = tracing_subscriber::fmt::layer()
             .json()
-            .event_format(WithTraceId(
-                tracing_subscriber::fmt::format()
-                    .json()
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_target(false),
-            ))
+            .event_format(json_lines())
             .with_writer(writer);
         let subscriber = tracing_subscriber::registry()
             .with(otel_layer("test", &provider))

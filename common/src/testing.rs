@@ -19,12 +19,15 @@ pub mod running;
 pub mod stripe_double;
 pub mod user;
 
-pub use events::{new_order_id, order_cancelled, order_created};
+pub use events::{dead_letters_a_malformed_id, new_order_id, order_cancelled, order_created};
 pub use eventually::{DEADLINE, POLL_INTERVAL, eventually, eventually_within};
 pub use metrics::{metric_samples, scrape_metrics};
 pub use observe::{Observer, drain, observe};
-pub use reply::{Reply, errors, id_of, not_authorized, not_found, send, session_pair};
-pub use running::Running;
+pub use reply::{
+    Reply, errors, id_of, not_authorized, not_found, returned_cookie, send, session_pair,
+    with_cookie_and_json,
+};
+pub use running::{Running, Started, start};
 pub use user::User;
 
 use crate::session::{COOKIE_NAME, SessionKeys, encode_session};
@@ -32,6 +35,14 @@ use crate::settings::Env;
 
 /// The JWT key every test app uses.
 pub const TEST_JWT_KEY: &str = "test-only-jwt-key-not-a-secret-anywhere";
+
+/// The variables a backend requires (see `settings::BackendSettings`), with placeholder values:
+/// for settings' unit tests, which connect to nothing.
+pub const BACKEND_ENV: [(&str, &str); 3] = [
+    ("MONGO_URL", "mongodb://x"),
+    ("NATS_URL", "nats://y"),
+    ("JWT_KEY", TEST_JWT_KEY),
+];
 
 fn infra_var(name: &str) -> String {
     match std::env::var(name) {
@@ -143,17 +154,25 @@ const CHARGE_TEMPLATE: &str = r#"{
   "transfer_data": null, "transfer_group": null
 }"#;
 
-/// The rule failures of a request body as `field:message` lines, in the order the API answers them
-/// (none when it is valid): for the request types' unit tests.
-pub fn rule_failures<T: crate::extract::FromBody>(body: serde_json::Value) -> Vec<String> {
+/// A request body (a JSON object; anything else counts as `{}`) checked as `T`'s: `T`, or the
+/// rule failures as `field:message` lines in the order the API answers them. For the request
+/// types' unit tests.
+pub fn validate_json<T: crate::extract::FromBody>(
+    body: serde_json::Value,
+) -> Result<T, Vec<String>> {
     let object = match body {
         serde_json::Value::Object(map) => map,
         _ => serde_json::Map::new(),
     };
-    crate::extract::validate_body::<T>(object)
-        .err()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|e| format!("{}:{}", e.field.unwrap_or_default(), e.message))
-        .collect()
+    crate::extract::validate_body::<T>(object).map_err(|errors| {
+        errors
+            .into_iter()
+            .map(|e| format!("{}:{}", e.field.unwrap_or_default(), e.message))
+            .collect()
+    })
+}
+
+/// The rule failures of [`validate_json`] (none when the body is valid).
+pub fn rule_failures<T: crate::extract::FromBody>(body: serde_json::Value) -> Vec<String> {
+    validate_json::<T>(body).err().unwrap_or_default()
 }

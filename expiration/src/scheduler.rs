@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use common::events::Id;
 use common::telemetry::TraceContext;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands as _, Script};
+use redis::{AsyncCommands as _, Script, ScriptInvocation};
 use secrecy::ExposeSecret as _;
 
 use crate::settings::{RedisSettings, SchedulerSettings};
@@ -140,6 +140,14 @@ impl ExpirationScheduler {
         }
     }
 
+    /// `script` on this queue's keys, `due` then `inflight`: every script takes both (`schedule`
+    /// and `claim` take the trace hash after them).
+    fn on_queue<'a>(&'a self, script: &'a Script) -> ScriptInvocation<'a> {
+        let mut invocation = script.key(&self.due_key);
+        invocation.key(&self.inflight_key);
+        invocation
+    }
+
     /// Schedules the expiry of an order at `due_at`; a time in the past fires at the next poll.
     ///
     /// Idempotent: the score is the event's `expiresAt`, which never changes for an order, so a
@@ -159,10 +167,7 @@ impl ExpirationScheduler {
             serde_json::to_string(&trace).context("serialising a trace context")?
         };
         let _added: i64 = self
-            .scripts
-            .schedule
-            .key(&self.due_key)
-            .key(&self.inflight_key)
+            .on_queue(&self.scripts.schedule)
             .key(&self.trace_key)
             .arg(order_id.to_string())
             .arg(due_at.timestamp_millis())
@@ -177,10 +182,7 @@ impl ExpirationScheduler {
     pub async fn claim_due(&self) -> anyhow::Result<Vec<ClaimedJob>> {
         let mut redis = self.redis.clone();
         let flat: Vec<String> = self
-            .scripts
-            .claim
-            .key(&self.due_key)
-            .key(&self.inflight_key)
+            .on_queue(&self.scripts.claim)
             .key(&self.trace_key)
             .arg(millis(self.lease))
             .arg(self.batch_size)
@@ -206,10 +208,7 @@ impl ExpirationScheduler {
     pub async fn reap_expired_leases(&self) -> anyhow::Result<usize> {
         let mut redis = self.redis.clone();
         let moved: usize = self
-            .scripts
-            .reap
-            .key(&self.due_key)
-            .key(&self.inflight_key)
+            .on_queue(&self.scripts.reap)
             .arg(self.batch_size)
             .invoke_async(&mut redis)
             .await
@@ -234,10 +233,7 @@ impl ExpirationScheduler {
     pub async fn release(&self, order_id: &str, delay: Duration) -> anyhow::Result<()> {
         let mut redis = self.redis.clone();
         let _released: i64 = self
-            .scripts
-            .release
-            .key(&self.due_key)
-            .key(&self.inflight_key)
+            .on_queue(&self.scripts.release)
             .arg(order_id)
             .arg(millis(delay))
             .invoke_async(&mut redis)

@@ -80,16 +80,16 @@ impl RedisSettings {
 mod tests {
     use super::*;
 
+    const REDIS: (&str, &str) = ("REDIS_URL", "redis://localhost:6379");
+    const NATS: (&str, &str) = ("NATS_URL", "nats://localhost:4222");
+
     fn env(pairs: &[(&str, &str)]) -> Env {
         Env::from_pairs(pairs.iter().copied())
     }
 
     #[test]
     fn the_queue_defaults_to_the_original_bull_queue_name() -> Result<(), SettingsError> {
-        let settings = Settings::from_env(&env(&[
-            ("REDIS_URL", "redis://localhost:6379"),
-            ("NATS_URL", "nats://localhost:4222"),
-        ]))?;
+        let settings = Settings::from_env(&env(&[REDIS, NATS]))?;
         assert_eq!(settings.redis.queue, "order:expiration");
         assert_eq!(settings.http.port, 3000);
         assert_eq!(settings.scheduler.poll_interval, Duration::from_millis(100));
@@ -98,10 +98,8 @@ mod tests {
 
     #[test]
     fn the_queue_prefix_can_be_configured() -> Result<(), SettingsError> {
-        let settings = RedisSettings::from_env(&env(&[
-            ("REDIS_URL", "redis://localhost:6379"),
-            ("EXPIRATION_QUEUE", "staging:expiration"),
-        ]))?;
+        let settings =
+            RedisSettings::from_env(&env(&[REDIS, ("EXPIRATION_QUEUE", "staging:expiration")]))?;
         assert_eq!(settings.queue, "staging:expiration");
         Ok(())
     }
@@ -109,7 +107,7 @@ mod tests {
     #[test]
     fn a_missing_redis_url_is_refused() {
         assert_eq!(
-            Settings::from_env(&env(&[("NATS_URL", "nats://localhost:4222")])).err(),
+            Settings::from_env(&env(&[NATS])).err(),
             Some(SettingsError::Missing("REDIS_URL"))
         );
     }

@@ -133,9 +133,7 @@ pub async fn inconsistencies(stack: &Stack, outcome: &Outcome) -> anyhow::Result
         }
     }
     for id in outcome
-        .expiring_orders
-        .iter()
-        .chain(&outcome.cancelled_orders)
+        .unpaid_orders()
         .chain(&outcome.too_late_orders)
         .chain(&outcome.refunded_orders)
     {
@@ -205,11 +203,7 @@ pub async fn inconsistencies(stack: &Stack, outcome: &Outcome) -> anyhow::Result
             }
         }
     }
-    for id in outcome
-        .expiring_orders
-        .iter()
-        .chain(&outcome.cancelled_orders)
-    {
+    for id in outcome.unpaid_orders() {
         if !orders.contains_key(id) {
             problems.push(format!("order {id} is missing from its buyer's orders"));
         }

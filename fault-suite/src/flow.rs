@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use common::testing::stripe_double::Behaviour;
+use common::testing::{returned_cookie, with_cookie_and_json};
 use futures::future::join_all;
 use mongodb::bson::DateTime;
 use reqwest::{Method, StatusCode};
@@ -135,6 +136,11 @@ impl Outcome {
         };
         list.push(order.to_owned());
     }
+
+    /// The orders nobody paid: left to expire, or cancelled by their buyer.
+    pub fn unpaid_orders(&self) -> impl Iterator<Item = &String> {
+        self.expiring_orders.iter().chain(&self.cancelled_orders)
+    }
 }
 
 /// Where the flow is, for faults that must land in a given phase.
@@ -242,25 +248,16 @@ impl<'a> Flow<'a> {
         cookie: Option<&str>,
         body: Option<&Value>,
     ) -> anyhow::Result<Reply> {
-        let mut request = self
-            .stack
-            .http
-            .request(method, self.stack.url(service, path)?);
-        if let Some(cookie) = cookie {
-            request = request.header("cookie", cookie);
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
+        let request = with_cookie_and_json(
+            self.stack
+                .http
+                .request(method, self.stack.url(service, path)?),
+            cookie,
+            body,
+        );
         let response = request.send().await?;
         let status = response.status();
-        let cookie = response
-            .headers()
-            .get("set-cookie")
-            .and_then(|v| v.to_str().ok())
-            // What a browser sends back: the cookie's name and value, without its attributes.
-            .and_then(|v| cookie::Cookie::parse(v).ok())
-            .map(|c| format!("{}={}", c.name(), c.value()));
+        let cookie = returned_cookie(response.headers());
         let text = response.text().await.unwrap_or_default();
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
         Ok(Reply {

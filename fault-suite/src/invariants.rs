@@ -574,12 +574,7 @@ pub fn outcome_problems(
             )));
         }
     }
-    for id in outcome
-        .expiring_orders
-        .iter()
-        .chain(&outcome.cancelled_orders)
-        .chain(&outcome.too_late_orders)
-    {
+    for id in outcome.unpaid_orders().chain(&outcome.too_late_orders) {
         if status(id) != "cancelled" {
             problems.push(problem(format!(
                 "order {id} should be cancelled but is {}",

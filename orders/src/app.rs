@@ -4,13 +4,10 @@
 use anyhow::Context as _;
 use axum::extract::FromRef;
 use chrono::TimeDelta;
+use common::backend;
 use common::bus::EventBus;
-use common::server::{
-    App, Background, Server, database_and_bus_readiness, dead_letter_details,
-    finish_router_with_details,
-};
+use common::server::{App, Background};
 use common::session::SessionKeys;
-use common::store::RelayTiming;
 
 use crate::listeners::{self, QUEUE_GROUP};
 use crate::routes;
@@ -30,14 +27,12 @@ pub struct AppState {
 /// Builds the server with the listeners and the relay beside it; they stop with the server, or when the
 /// application is dropped without running.
 pub async fn build(settings: Settings) -> anyhow::Result<App> {
-    let db = common::store::connect(&settings.mongo, "orders").await?;
+    let (db, bus) = backend::connect(&settings.backend, "orders").await?;
     let store = OrderStore::new(&db);
     store
         .ensure_indexes()
         .await
         .context("creating the orders indexes")?;
-    let bus = EventBus::connect(&settings.nats, "orders").await?;
-    let server = Server::bind(&settings.http).await?;
 
     let clock = OutageClock::new();
     // Dropped on an early return, which stops whatever already started.
@@ -49,11 +44,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<App> {
         grace: settings.sweep.grace,
     };
     listeners::subscribe(&mut background, &bus, context).await?;
-    background.push(store.orders().spawn_relay(
-        bus.clone(),
-        background.token(),
-        RelayTiming::DEFAULT,
-    ));
+    backend::relay(&mut background, store.orders(), &bus);
     background.push(clock.watch(bus.clone(), background.token()));
     background.push(spawn_sweeper(
         store.clone(),
@@ -65,13 +56,9 @@ pub async fn build(settings: Settings) -> anyhow::Result<App> {
     let state = AppState {
         store,
         bus: bus.clone(),
-        keys: SessionKeys::new(&settings.jwt.key),
+        keys: SessionKeys::new(&settings.backend.jwt.key),
         expiration_window: settings.expiration_window,
     };
-    let router = finish_router_with_details(
-        routes::router().with_state(state),
-        database_and_bus_readiness(db, bus.clone()),
-        dead_letter_details(bus, QUEUE_GROUP),
-    );
-    Ok(App::new(server, router, background))
+    let api = routes::router().with_state(state);
+    backend::serve(&settings.backend, api, (db, bus), QUEUE_GROUP, background).await
 }

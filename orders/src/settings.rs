@@ -3,9 +3,7 @@
 use std::time::Duration;
 
 use chrono::TimeDelta;
-use common::settings::{
-    Env, HttpSettings, JwtSettings, MongoSettings, NatsSettings, SettingsError,
-};
+use common::settings::{BackendSettings, Env, SettingsError};
 
 use crate::sweeper::SweepTiming;
 
@@ -15,10 +13,7 @@ const MAX_EXPIRATION_WINDOW_SECONDS: u64 = 7 * 24 * 3600;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub http: HttpSettings,
-    pub mongo: MongoSettings,
-    pub nats: NatsSettings,
-    pub jwt: JwtSettings,
+    pub backend: BackendSettings,
     /// How long a new order holds its ticket before the expiration service cancels it.
     pub expiration_window: TimeDelta,
     /// The expiry sweeper behind the expiration service (`EXPIRY_SWEEP_SECONDS`, default 10).
@@ -28,10 +23,7 @@ pub struct Settings {
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
         Ok(Self {
-            http: HttpSettings::from_env(env)?,
-            mongo: MongoSettings::from_env(env, "orders")?,
-            nats: NatsSettings::from_env(env)?,
-            jwt: JwtSettings::from_env(env)?,
+            backend: BackendSettings::from_env(env, "orders")?,
             expiration_window: expiration_window(env)?,
             sweep: SweepTiming {
                 interval: seconds_between(env, "EXPIRY_SWEEP_SECONDS", 10, 1..=3600)?,
@@ -79,11 +71,7 @@ mod tests {
     use super::*;
 
     fn env(window: Option<&str>) -> Env {
-        let mut pairs = vec![
-            ("MONGO_URL", "mongodb://x"),
-            ("NATS_URL", "nats://y"),
-            ("JWT_KEY", common::testing::TEST_JWT_KEY),
-        ];
+        let mut pairs = common::testing::BACKEND_ENV.to_vec();
         if let Some(window) = window {
             pairs.push(("EXPIRATION_WINDOW_SECONDS", window));
         }
@@ -94,7 +82,7 @@ mod tests {
     fn the_expiration_window_defaults_to_one_minute() -> Result<(), SettingsError> {
         let settings = Settings::from_env(&env(None))?;
         assert_eq!(settings.expiration_window, TimeDelta::seconds(60));
-        assert_eq!(settings.mongo.database, "orders");
+        assert_eq!(settings.backend.mongo.database, "orders");
         Ok(())
     }
 
@@ -121,14 +109,10 @@ mod tests {
     #[test]
     fn every_required_variable_is_enforced() {
         for missing in ["MONGO_URL", "NATS_URL", "JWT_KEY"] {
-            let pairs: Vec<(&str, &str)> = [
-                ("MONGO_URL", "mongodb://x"),
-                ("NATS_URL", "nats://y"),
-                ("JWT_KEY", common::testing::TEST_JWT_KEY),
-            ]
-            .into_iter()
-            .filter(|(name, _)| *name != missing)
-            .collect();
+            let pairs: Vec<(&str, &str)> = common::testing::BACKEND_ENV
+                .into_iter()
+                .filter(|(name, _)| *name != missing)
+                .collect();
             assert_eq!(
                 Settings::from_env(&Env::from_pairs(pairs)).err(),
                 Some(SettingsError::Missing(missing))

@@ -3,13 +3,9 @@
 
 use anyhow::Context as _;
 use axum::extract::FromRef;
-use common::bus::EventBus;
-use common::server::{
-    App, Background, Server, database_and_bus_readiness, dead_letter_details,
-    finish_router_with_details,
-};
+use common::backend;
+use common::server::{App, Background};
 use common::session::SessionKeys;
-use common::store::RelayTiming;
 
 use crate::listeners::{self, QUEUE_GROUP};
 use crate::routes;
@@ -30,24 +26,19 @@ pub struct AppState {
 /// application is dropped without running.
 pub async fn build(settings: Settings) -> anyhow::Result<App> {
     let stripe = StripeGateway::new(&settings.stripe)?;
-    let db = common::store::connect(&settings.mongo, "payments").await?;
+    let (db, bus) = backend::connect(&settings.backend, "payments").await?;
     let orders = OrderStore::new(&db);
     let payments = PaymentStore::new(&db);
     payments
         .ensure_indexes()
         .await
         .context("creating the payments indexes")?;
-    let bus = EventBus::connect(&settings.nats, "payments").await?;
     let saga = PaymentSaga::new(payments.clone(), orders.clone(), stripe, bus.clone());
 
     // Dropped on an early return, which stops whatever already started.
     let mut background = Background::new();
     listeners::subscribe(&mut background, &bus, &orders, &saga).await?;
-    background.push(payments.payments().spawn_relay(
-        bus.clone(),
-        background.token(),
-        RelayTiming::DEFAULT,
-    ));
+    backend::relay(&mut background, payments.payments(), &bus);
     background.push(saga.spawn_reconciler(background.token(), settings.reconcile));
     // Shutdown waits for this task, and it waits for the charges in flight.
     background.push(saga.spawn_drain(background.token()));
@@ -55,13 +46,8 @@ pub async fn build(settings: Settings) -> anyhow::Result<App> {
     let state = AppState {
         orders,
         saga,
-        keys: SessionKeys::new(&settings.jwt.key),
+        keys: SessionKeys::new(&settings.backend.jwt.key),
     };
-    let router = finish_router_with_details(
-        routes::router().with_state(state),
-        database_and_bus_readiness(db, bus.clone()),
-        dead_letter_details(bus, QUEUE_GROUP),
-    );
-    let server = Server::bind(&settings.http).await?;
-    Ok(App::new(server, router, background))
+    let api = routes::router().with_state(state);
+    backend::serve(&settings.backend, api, (db, bus), QUEUE_GROUP, background).await
 }

@@ -193,13 +193,8 @@ impl PaymentSaga {
                 // Not charging is always safe; the buyer can try again. If even this cannot be
                 // recorded, the attempt stays `pending` unsent, and the reconciler fails it.
                 tracing::warn!(order_id = %attempt.order_id, error = %err, "cannot re-read the order before charging");
-                self.record(
-                    &attempt,
-                    Settlement::Failed {
-                        reason: "database unavailable before the charge".into(),
-                    },
-                )
-                .await?;
+                self.fail(&attempt, "database unavailable before the charge")
+                    .await?;
                 return Err(err);
             }
         };
@@ -214,13 +209,7 @@ impl PaymentSaga {
             _ => None,
         };
         if let Some((reason, answer)) = refusal {
-            self.record(
-                &attempt,
-                Settlement::Failed {
-                    reason: reason.into(),
-                },
-            )
-            .await?;
+            self.fail(&attempt, reason).await?;
             return Ok(answer);
         }
         // Durably "sent" before sending: a crash from here on leaves an attempt the reconciler
@@ -228,13 +217,7 @@ impl PaymentSaga {
         let (attempt, _) = self.payments.mark_sent(&self.bus, &attempt).await?;
         if !attempt.charge_sent || attempt.status != PaymentStatus::Pending {
             if attempt.order_cancelled && attempt.status == PaymentStatus::Pending {
-                self.record(
-                    &attempt,
-                    Settlement::Failed {
-                        reason: CANCELLED_BEFORE_CHARGE.into(),
-                    },
-                )
-                .await?;
+                self.fail(&attempt, CANCELLED_BEFORE_CHARGE).await?;
                 return Ok(PayOutcome::OrderCancelled);
             }
             return Ok(PayOutcome::Busy(Some(attempt)));
@@ -243,13 +226,7 @@ impl PaymentSaga {
         // expired, and a charge sent now would only be refunded. (Crashing between the mark and
         // this record leaves an attempt the reconciler repeats; its charge is refunded then.)
         if window_closed() {
-            self.record(
-                &attempt,
-                Settlement::Failed {
-                    reason: EXPIRED_BEFORE_CHARGE.into(),
-                },
-            )
-            .await?;
+            self.fail(&attempt, EXPIRED_BEFORE_CHARGE).await?;
             return Ok(PayOutcome::Expired);
         }
         let outcome = self.stripe.charge(&charge_request(&attempt)).await;
@@ -347,6 +324,17 @@ impl PaymentSaga {
         settlement: Settlement,
     ) -> Result<Payment, StoreError> {
         Ok(self.record_announced(attempt, settlement).await?.0)
+    }
+
+    /// Records that `attempt` failed, with `reason`.
+    async fn fail(&self, attempt: &Payment, reason: &str) -> Result<Payment, StoreError> {
+        self.record(
+            attempt,
+            Settlement::Failed {
+                reason: reason.into(),
+            },
+        )
+        .await
     }
 
     /// [`Self::record`], and whether the events this call committed are in the stream now
@@ -475,14 +463,7 @@ impl PaymentSaga {
     async fn reconcile_charge(&self, attempt: &Payment) -> Result<PaymentStatus, StoreError> {
         if attempt.status == PaymentStatus::Pending && !attempt.charge_sent {
             // Stopped between recording the attempt and sending it: nothing reached Stripe.
-            let failed = self
-                .record(
-                    attempt,
-                    Settlement::Failed {
-                        reason: NEVER_SENT.into(),
-                    },
-                )
-                .await?;
+            let failed = self.fail(attempt, NEVER_SENT).await?;
             tracing::info!(order_id = %attempt.order_id, attempt = %attempt.payment_id,
                 "failed an attempt that was never sent to Stripe");
             return Ok(failed.status);

@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use common::settings::{
-    Env, HttpSettings, JwtSettings, MongoSettings, NatsSettings, SettingsError,
-};
+use common::settings::{BackendSettings, Env, SettingsError};
 use secrecy::SecretString;
 
 use crate::saga::ReconcileTiming;
@@ -20,10 +18,7 @@ pub const DEFAULT_STRIPE_TIMEOUT: Duration = Duration::from_secs(8);
 
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub http: HttpSettings,
-    pub mongo: MongoSettings,
-    pub nats: NatsSettings,
-    pub jwt: JwtSettings,
+    pub backend: BackendSettings,
     pub stripe: StripeSettings,
     /// When open payments are asked about again; derived from the Stripe timeout.
     pub reconcile: ReconcileTiming,
@@ -44,10 +39,7 @@ impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
         let stripe = StripeSettings::from_env(env)?;
         Ok(Self {
-            http: HttpSettings::from_env(env)?,
-            mongo: MongoSettings::from_env(env, "payments")?,
-            nats: NatsSettings::from_env(env)?,
-            jwt: JwtSettings::from_env(env)?,
+            backend: BackendSettings::from_env(env, "payments")?,
             reconcile: ReconcileTiming::for_stripe_timeout(stripe.timeout),
             stripe,
         })
@@ -105,12 +97,10 @@ mod tests {
     use super::*;
     use secrecy::ExposeSecret;
 
+    const KEY: (&str, &str) = ("STRIPE_KEY", "unit-test-stripe-key");
+
     fn env(pairs: &[(&str, &str)]) -> Env {
-        let mut all = vec![
-            ("MONGO_URL", "mongodb://x"),
-            ("NATS_URL", "nats://y"),
-            ("JWT_KEY", common::testing::TEST_JWT_KEY),
-        ];
+        let mut all = common::testing::BACKEND_ENV.to_vec();
         all.extend_from_slice(pairs);
         Env::from_pairs(all)
     }
@@ -125,8 +115,8 @@ mod tests {
 
     #[test]
     fn defaults_are_the_payments_database_and_the_real_stripe_api() -> Result<(), SettingsError> {
-        let settings = Settings::from_env(&env(&[("STRIPE_KEY", "unit-test-stripe-key")]))?;
-        assert_eq!(settings.mongo.database, "payments");
+        let settings = Settings::from_env(&env(&[KEY]))?;
+        assert_eq!(settings.backend.mongo.database, "payments");
         assert_eq!(settings.stripe.api_base, "https://api.stripe.com/");
         assert_eq!(settings.stripe.key.expose_secret(), "unit-test-stripe-key");
         assert_eq!(settings.stripe.timeout, DEFAULT_STRIPE_TIMEOUT);
@@ -160,16 +150,13 @@ mod tests {
 
     #[test]
     fn the_api_base_is_normalised_to_end_in_a_slash() -> Result<(), SettingsError> {
-        let settings = Settings::from_env(&env(&[
-            ("STRIPE_KEY", "unit-test-stripe-key"),
-            ("STRIPE_API_BASE", "http://127.0.0.1:12111"),
-        ]))?;
-        assert_eq!(settings.stripe.api_base, "http://127.0.0.1:12111/");
-        let settings = Settings::from_env(&env(&[
-            ("STRIPE_KEY", "unit-test-stripe-key"),
-            ("STRIPE_API_BASE", "https://proxy.local/stripe/"),
-        ]))?;
-        assert_eq!(settings.stripe.api_base, "https://proxy.local/stripe/");
+        for (given, normalised) in [
+            ("http://127.0.0.1:12111", "http://127.0.0.1:12111/"),
+            ("https://proxy.local/stripe/", "https://proxy.local/stripe/"),
+        ] {
+            let settings = Settings::from_env(&env(&[KEY, ("STRIPE_API_BASE", given)]))?;
+            assert_eq!(settings.stripe.api_base, normalised);
+        }
         Ok(())
     }
 
@@ -182,10 +169,7 @@ mod tests {
             "http:///v1",
             "https://x/?a=1",
         ] {
-            let result = Settings::from_env(&env(&[
-                ("STRIPE_KEY", "unit-test-stripe-key"),
-                ("STRIPE_API_BASE", bad),
-            ]));
+            let result = Settings::from_env(&env(&[KEY, ("STRIPE_API_BASE", bad)]));
             assert!(
                 matches!(
                     result,

@@ -133,21 +133,21 @@ impl Stack {
         auth_settings.mongo.database = database("auth");
         let mut tickets_settings =
             tickets::settings::Settings::from_env(&env).expect("tickets settings");
-        tickets_settings.mongo.database = database("tickets");
+        tickets_settings.backend.mongo.database = database("tickets");
         let mut orders_settings =
             orders::settings::Settings::from_env(&env).expect("orders settings");
-        orders_settings.mongo.database = database("orders");
+        orders_settings.backend.mongo.database = database("orders");
         let mut payments_settings =
             payments::settings::Settings::from_env(&env).expect("payments settings");
-        payments_settings.mongo.database = database("payments");
+        payments_settings.backend.mongo.database = database("payments");
         let expiration_settings =
             expiration::settings::Settings::from_env(&env).expect("expiration settings");
 
-        let nats = orders_settings.nats.clone();
-        let orders_db = common::store::connect(&orders_settings.mongo, "system-tests")
+        let nats = orders_settings.backend.nats.clone();
+        let orders_db = common::store::connect(&orders_settings.backend.mongo, "system-tests")
             .await
             .expect("the test connects to the orders database");
-        let payments_db = common::store::connect(&payments_settings.mongo, "system-tests")
+        let payments_db = common::store::connect(&payments_settings.backend.mongo, "system-tests")
             .await
             .expect("the test connects to the payments database");
         let reconcile_horizon = payments_settings.reconcile.horizon;

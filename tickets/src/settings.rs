@@ -1,24 +1,17 @@
 //! The tickets service's settings, from the environment.
 
-use common::settings::{
-    Env, HttpSettings, JwtSettings, MongoSettings, NatsSettings, SettingsError,
-};
+use common::settings::{BackendSettings, Env, SettingsError};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub http: HttpSettings,
-    pub mongo: MongoSettings,
-    pub nats: NatsSettings,
-    pub jwt: JwtSettings,
+    /// Nothing of its own: what every backend reads.
+    pub backend: BackendSettings,
 }
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
         Ok(Self {
-            http: HttpSettings::from_env(env)?,
-            mongo: MongoSettings::from_env(env, "tickets")?,
-            nats: NatsSettings::from_env(env)?,
-            jwt: JwtSettings::from_env(env)?,
+            backend: BackendSettings::from_env(env, "tickets")?,
         })
     }
 }

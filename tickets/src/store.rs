@@ -5,7 +5,7 @@
 use common::events::{Id, TicketCreated, TicketUpdated};
 use common::money::Price;
 use common::store::{
-    Bounded as _, IndexKind, PendingEvent, StoreError, VersionedStore, ensure_index,
+    Bounded as _, IndexKind, PendingEvent, StoreError, VersionedStore, ensure_index, has_id,
     is_duplicate_key,
 };
 use mongodb::bson::oid::ObjectId;
@@ -180,12 +180,7 @@ impl TicketStore {
     }
 
     pub async fn is_order_cancelled(&self, order_id: Id) -> Result<bool, StoreError> {
-        Ok(self
-            .cancelled_orders
-            .find_one(doc! { "_id": order_id.to_string() })
-            .bounded()
-            .await?
-            .is_some())
+        has_id(&self.cancelled_orders, order_id.to_string()).await
     }
 }
 

@@ -1,5 +1,8 @@
 //! `/api/users`: signup, signin, signout, currentuser.
 
+use std::marker::PhantomData;
+use std::net::IpAddr;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::SET_COOKIE;
@@ -10,6 +13,7 @@ use common::error::{ApiError, ApiResult};
 use common::extract::{CurrentUser, FromBody, JsonBody, trimmed_string};
 use common::session::{clear_session_cookie, set_session_cookie};
 use mongodb::bson::oid::ObjectId;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
 use validator::{Validate, ValidateEmail, ValidationError};
@@ -59,21 +63,6 @@ pub struct SignupRequest {
     password: String,
 }
 
-pub struct SignupBody(Credentials);
-
-impl FromBody for SignupBody {
-    type Raw = SignupRequest;
-    const FIELDS: &'static [(&'static str, &'static str)] =
-        &[("email", "email"), ("password", "password")];
-
-    fn from_raw(raw: SignupRequest) -> Option<Self> {
-        Some(SignupBody(Credentials {
-            email: raw.email,
-            password: raw.password,
-        }))
-    }
-}
-
 /// `POST /api/users/signin` as sent.
 #[derive(Debug, Default, Deserialize, Validate)]
 #[serde(default)]
@@ -86,18 +75,34 @@ pub struct SigninRequest {
     password: String,
 }
 
-pub struct SigninBody(Credentials);
+impl From<SignupRequest> for Credentials {
+    fn from(SignupRequest { email, password }: SignupRequest) -> Self {
+        Self { email, password }
+    }
+}
 
-impl FromBody for SigninBody {
-    type Raw = SigninRequest;
+impl From<SigninRequest> for Credentials {
+    fn from(SigninRequest { email, password }: SigninRequest) -> Self {
+        Self { email, password }
+    }
+}
+
+/// The credentials of a body that passed the rules of `R`, the request as sent.
+pub struct CredentialsBody<R>(Credentials, PhantomData<R>);
+
+pub type SignupBody = CredentialsBody<SignupRequest>;
+pub type SigninBody = CredentialsBody<SigninRequest>;
+
+impl<R> FromBody for CredentialsBody<R>
+where
+    R: DeserializeOwned + Validate + Into<Credentials>,
+{
+    type Raw = R;
     const FIELDS: &'static [(&'static str, &'static str)] =
         &[("email", "email"), ("password", "password")];
 
-    fn from_raw(raw: SigninRequest) -> Option<Self> {
-        Some(SigninBody(Credentials {
-            email: raw.email,
-            password: raw.password,
-        }))
+    fn from_raw(raw: R) -> Option<Self> {
+        Some(Self(raw.into(), PhantomData))
     }
 }
 
@@ -114,17 +119,24 @@ fn valid_email(email: &str) -> Result<(), ValidationError> {
     }
 }
 
+/// 429 once the client's address has made its signup and signin attempts of the minute.
+fn allow_attempt(state: &AppState, client: Option<IpAddr>) -> ApiResult<()> {
+    if state.rate_limiter.allow(client) {
+        Ok(())
+    } else {
+        Err(ApiError::too_many_requests(
+            state.rate_limiter.retry_after(),
+        ))
+    }
+}
+
 #[tracing::instrument(name = "signup", skip_all)]
 async fn signup(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
-    JsonBody(SignupBody(creds)): JsonBody<SignupBody>,
+    JsonBody(CredentialsBody(creds, _)): JsonBody<SignupBody>,
 ) -> ApiResult<Response> {
-    if !state.rate_limiter.allow(client) {
-        return Err(ApiError::too_many_requests(
-            state.rate_limiter.retry_after(),
-        ));
-    }
+    allow_attempt(&state, client)?;
     // Cheap early answer; the unique index below is what actually guarantees one account per email.
     if state.users.find_by_email(&creds.email).await?.is_some() {
         return Err(ApiError::bad_request(EMAIL_IN_USE));
@@ -147,13 +159,9 @@ async fn signup(
 async fn signin(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
-    JsonBody(SigninBody(creds)): JsonBody<SigninBody>,
+    JsonBody(CredentialsBody(creds, _)): JsonBody<SigninBody>,
 ) -> ApiResult<Response> {
-    if !state.rate_limiter.allow(client) {
-        return Err(ApiError::too_many_requests(
-            state.rate_limiter.retry_after(),
-        ));
-    }
+    allow_attempt(&state, client)?;
     // Checked before any work: an account under a password-guessing flood costs no hashing.
     if let Err(retry_after) = state.failed_signins.check(&creds.email) {
         return Err(ApiError::TooManyRequests {
@@ -241,7 +249,7 @@ fn is_tld(label: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::extract::validate_body;
+    use common::testing::validate_json;
 
     #[test]
     fn ordinary_addresses_are_valid() {
@@ -355,13 +363,9 @@ mod tests {
 
     #[test]
     fn credentials_are_trimmed_and_the_email_lower_cased() {
-        let body = validate_body::<SignupBody>(
-            json!({ "email": " Me@Test.COM ", "password": " 12345 " })
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        );
-        let creds = body.ok().map(|SignupBody(c)| (c.email, c.password));
+        let body =
+            validate_json::<SignupBody>(json!({ "email": " Me@Test.COM ", "password": " 12345 " }));
+        let creds = body.ok().map(|CredentialsBody(c, _)| (c.email, c.password));
         assert_eq!(creds, Some(("me@test.com".to_owned(), "12345".to_owned())));
         // The length counts characters, not bytes.
         assert!(errors::<SignupBody>(json!({ "email": "a@b.co", "password": "ééééé" })).is_empty());

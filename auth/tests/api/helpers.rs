@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 
 use auth::settings::Settings;
-use common::testing::{Running, require_infra, send, test_env};
+use common::testing::{Running, require_infra, send, start, test_env};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -22,13 +22,11 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     require_infra(&["MONGO_URL"]);
     common::testing::init_test_log("auth-test");
     let settings = Settings::from_env(&test_env("auth", extra)).expect("test settings");
-    let app = auth::app::build(settings)
-        .await
-        .expect("the auth app builds");
+    let app = start("auth", auth::app::build(settings)).await;
     TestApp {
-        addr: app.addr(),
+        addr: app.addr,
         client: reqwest::Client::new(),
-        _running: Running::spawn(|shutdown| app.run_until_stopped(shutdown)),
+        _running: app.running,
     }
 }
 

@@ -55,44 +55,58 @@ fn money_goal(payments: &Payments) -> Goal {
 
 fn idle_goal(idle: &[Resident]) -> Goal {
     let services: Vec<&Resident> = idle.iter().filter(|r| r.service).collect();
-    let heaviest = services
-        .iter()
-        .max_by(|a, b| a.rss_mib.total_cmp(&b.rss_mib));
-    Goal {
-        goal: "Each Rust service idle under 20 MB resident".into(),
-        measured: heaviest.map_or_else(
-            || "no services".into(),
-            |r| {
-                format!(
-                    "highest: {} {:.1} MiB ({:.1} MB)",
-                    r.name,
-                    r.rss_mib,
-                    r.rss_mib * 1.048_576
-                )
-            },
-        ),
-        met: !services.is_empty() && services.iter().all(|r| r.rss_mib < IDLE_GOAL_MIB),
-    }
+    worst_under(
+        "Each Rust service idle under 20 MB resident",
+        &services,
+        |r| r.rss_mib,
+        IDLE_GOAL_MIB,
+        "no services",
+        |r| {
+            format!(
+                "highest: {} {:.1} MiB ({:.1} MB)",
+                r.name,
+                r.rss_mib,
+                r.rss_mib * 1.048_576
+            )
+        },
+    )
 }
 
 fn ready_goal(startup: &[ServiceStartup]) -> Goal {
-    let slowest = startup
+    worst_under(
+        "Each Rust service ready in under 200 ms after start",
+        startup,
+        |s| s.max_ready_ms,
+        READY_GOAL_MS,
+        "not measured",
+        |s| {
+            format!(
+                "slowest: {} {:.0} ms (worst of {} starts)",
+                s.service,
+                s.max_ready_ms,
+                s.runs.len()
+            )
+        },
+    )
+}
+
+/// A goal every service must meet: `measure` of each of `services` under `limit`. Measured: the
+/// worst one as `describe` tells it, or `none` when there are no services (which fails the goal).
+fn worst_under<T>(
+    goal: &str,
+    services: &[T],
+    measure: impl Fn(&T) -> f64,
+    limit: f64,
+    none: &str,
+    describe: impl Fn(&T) -> String,
+) -> Goal {
+    let worst = services
         .iter()
-        .max_by(|a, b| a.max_ready_ms.total_cmp(&b.max_ready_ms));
+        .max_by(|a, b| measure(a).total_cmp(&measure(b)));
     Goal {
-        goal: "Each Rust service ready in under 200 ms after start".into(),
-        measured: slowest.map_or_else(
-            || "not measured".into(),
-            |s| {
-                format!(
-                    "slowest: {} {:.0} ms (worst of {} starts)",
-                    s.service,
-                    s.max_ready_ms,
-                    s.runs.len()
-                )
-            },
-        ),
-        met: !startup.is_empty() && startup.iter().all(|s| s.max_ready_ms < READY_GOAL_MS),
+        goal: goal.into(),
+        measured: worst.map_or_else(|| none.into(), describe),
+        met: !services.is_empty() && services.iter().all(|s| measure(s) < limit),
     }
 }
 

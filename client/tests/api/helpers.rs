@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use client::csrf::{CSRF_COOKIE, CSRF_FIELD, CsrfKey};
 use client::settings::Settings;
 use common::settings::Env;
-use common::testing::Running;
+use common::testing::{Running, start};
 use reqwest::header::{CONTENT_TYPE, COOKIE, HeaderMap, LOCATION, SET_COOKIE};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
@@ -89,19 +89,17 @@ async fn spawn(api: MockServer, base: &str, stripe_key: Option<&str>, csrf_key: 
         &CsrfKey::new(csrf_key.to_owned()).expect("a long enough CSRF key"),
         settings.cookie_secure,
     );
-    let app = client::app::build(settings)
-        .await
-        .expect("the client app builds");
+    let app = start("client", client::app::build(settings)).await;
     TestApp {
-        addr: app.addr(),
-        metrics_addr: app.metrics_addr(),
+        addr: app.addr,
+        metrics_addr: app.metrics_addr,
         browser: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("a test HTTP client"),
         api,
         csrf,
-        _running: Running::spawn(|shutdown| app.run_until_stopped(shutdown)),
+        _running: app.running,
     }
 }
 

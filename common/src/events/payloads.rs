@@ -6,6 +6,19 @@ use serde::{Deserialize, Serialize};
 use super::{Event, Id, OrderStatus, Subject};
 use crate::money::Price;
 
+/// `impl Event`: the subject of the same name, and the message id (what the bus deduplicates on)
+/// made of the subject and the fields named, joined by `:`.
+macro_rules! event {
+    ($event:ident: $($field:ident),+) => {
+        impl Event for $event {
+            const SUBJECT: Subject = Subject::$event;
+            fn message_id(&self) -> String {
+                [Self::SUBJECT.to_string() $(, self.$field.to_string())+].join(":")
+            }
+        }
+    };
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TicketCreated {
@@ -16,12 +29,7 @@ pub struct TicketCreated {
     pub user_id: String,
 }
 
-impl Event for TicketCreated {
-    const SUBJECT: Subject = Subject::TicketCreated;
-    fn message_id(&self) -> String {
-        format!("{}:{}:{}", Self::SUBJECT, self.id, self.version)
-    }
-}
+event!(TicketCreated: id, version);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -35,12 +43,7 @@ pub struct TicketUpdated {
     pub order_id: Option<Id>,
 }
 
-impl Event for TicketUpdated {
-    const SUBJECT: Subject = Subject::TicketUpdated;
-    fn message_id(&self) -> String {
-        format!("{}:{}:{}", Self::SUBJECT, self.id, self.version)
-    }
-}
+event!(TicketUpdated: id, version);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderCreatedTicket {
@@ -60,12 +63,7 @@ pub struct OrderCreated {
     pub ticket: OrderCreatedTicket,
 }
 
-impl Event for OrderCreated {
-    const SUBJECT: Subject = Subject::OrderCreated;
-    fn message_id(&self) -> String {
-        format!("{}:{}:{}", Self::SUBJECT, self.id, self.version)
-    }
-}
+event!(OrderCreated: id, version);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TicketRef {
@@ -79,12 +77,7 @@ pub struct OrderCancelled {
     pub ticket: TicketRef,
 }
 
-impl Event for OrderCancelled {
-    const SUBJECT: Subject = Subject::OrderCancelled;
-    fn message_id(&self) -> String {
-        format!("{}:{}:{}", Self::SUBJECT, self.id, self.version)
-    }
-}
+event!(OrderCancelled: id, version);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -92,13 +85,8 @@ pub struct ExpirationComplete {
     pub order_id: Id,
 }
 
-impl Event for ExpirationComplete {
-    const SUBJECT: Subject = Subject::ExpirationComplete;
-    /// An order expires once, so its id alone identifies the event.
-    fn message_id(&self) -> String {
-        format!("{}:{}", Self::SUBJECT, self.order_id)
-    }
-}
+// An order expires once, so its id alone identifies the event.
+event!(ExpirationComplete: order_id);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -108,13 +96,8 @@ pub struct PaymentCreated {
     pub stripe_id: String,
 }
 
-impl Event for PaymentCreated {
-    const SUBJECT: Subject = Subject::PaymentCreated;
-    /// An order is paid at most once.
-    fn message_id(&self) -> String {
-        format!("{}:{}", Self::SUBJECT, self.order_id)
-    }
-}
+// An order is paid at most once.
+event!(PaymentCreated: order_id);
 
 /// Every change of an order's payment (an addition to the SPEC's six subjects): `status` is one of
 /// `pending`, `unknown`, `failed`, `succeeded`, `refunding`, `refunded`. `payment:created` is still
@@ -134,12 +117,7 @@ pub struct PaymentUpdated {
     pub refund_id: Option<String>,
 }
 
-impl Event for PaymentUpdated {
-    const SUBJECT: Subject = Subject::PaymentUpdated;
-    fn message_id(&self) -> String {
-        format!("{}:{}:{}", Self::SUBJECT, self.order_id, self.version)
-    }
-}
+event!(PaymentUpdated: order_id, version);
 
 #[cfg(test)]
 mod tests {

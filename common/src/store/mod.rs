@@ -80,6 +80,18 @@ where
         .await
 }
 
+/// Whether `collection` holds a document whose `_id` is `id`, within one operation timeout.
+pub async fn has_id(
+    collection: &Collection<Document>,
+    id: impl Into<mongodb::bson::Bson>,
+) -> Result<bool, StoreError> {
+    Ok(collection
+        .find_one(doc! { "_id": id.into() })
+        .bounded()
+        .await?
+        .is_some())
+}
+
 /// Connects lazily (the driver connects on first use) with short timeouts so that an unreachable
 /// database fails requests quickly (503) instead of hanging them; sets the operation timeout.
 pub async fn connect(settings: &MongoSettings, app_name: &str) -> anyhow::Result<Database> {

@@ -209,12 +209,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
     }
 
     async fn record_exists(&self, key: &Bson) -> Result<bool, StoreError> {
-        Ok(self
-            .raw_records
-            .find_one(doc! { "_id": key.clone() })
-            .bounded()
-            .await?
-            .is_some())
+        super::has_id(&self.raw_records, key.clone()).await
     }
 
     /// Runs the outbox relay until `shutdown`.

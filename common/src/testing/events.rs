@@ -2,8 +2,12 @@
 
 use chrono::Utc;
 
-use crate::events::{Id, OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStatus, TicketRef};
+use crate::bus::EventBus;
+use crate::events::{
+    Event, Id, OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStatus, TicketRef,
+};
 use crate::money::Price;
+use crate::testing::eventually;
 
 /// A fresh order (or ticket) id.
 pub fn new_order_id() -> Id {
@@ -33,4 +37,26 @@ pub fn order_cancelled(order_id: Id, ticket_id: Id, version: i64) -> OrderCancel
         version,
         ticket: TicketRef { id: ticket_id },
     }
+}
+
+/// Publishes `event` with an `id` that is no object id (what a broken publisher could send), and
+/// waits until the listener of `queue_group` has dead-lettered it instead of retrying it forever.
+pub async fn dead_letters_a_malformed_id<E: Event>(bus: &EventBus, event: &E, queue_group: &str) {
+    let mut malformed = serde_json::to_value(event).expect("json");
+    malformed["id"] = "not-an-object-id".into();
+    bus.publish_raw(
+        E::SUBJECT,
+        &format!("malformed-{}", E::SUBJECT),
+        serde_json::to_vec(&malformed).expect("payload").into(),
+    )
+    .await
+    .expect("published");
+    eventually("the event to be dead-lettered", || async {
+        (bus.dead_letter_count(queue_group)
+            .await
+            .expect("dead letters")
+            == 1)
+            .then_some(())
+    })
+    .await;
 }

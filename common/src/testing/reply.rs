@@ -63,6 +63,15 @@ impl Reply {
         self.body
     }
 
+    /// Checks for 404 with the SPEC's `Not Found` body; `what` names the request in a failure.
+    pub fn expect_not_found(self, what: &str) {
+        assert_eq!(
+            (self.status, self.body),
+            (StatusCode::NOT_FOUND, not_found()),
+            "{what}"
+        );
+    }
+
     /// The message of the only entry of an error body.
     pub fn message(&self) -> Option<&str> {
         match self.body["errors"].as_array().map(Vec::as_slice) {
@@ -97,14 +106,32 @@ pub async fn send(
     cookie: Option<&str>,
     body: Option<&Value>,
 ) -> Reply {
-    let mut request = client.request(method, url);
-    if let Some(cookie) = cookie {
-        request = request.header(COOKIE, cookie);
-    }
-    if let Some(body) = body {
-        request = request.json(body);
-    }
+    let request = with_cookie_and_json(client.request(method, url), cookie, body);
     Reply::read(request.send().await.expect("the request is answered")).await
+}
+
+/// `request` with the `Cookie` header and the JSON body, each when given.
+pub fn with_cookie_and_json(
+    request: reqwest::RequestBuilder,
+    cookie: Option<&str>,
+    body: Option<&Value>,
+) -> reqwest::RequestBuilder {
+    let request = match cookie {
+        Some(cookie) => request.header(COOKIE, cookie),
+        None => request,
+    };
+    match body {
+        Some(body) => request.json(body),
+        None => request,
+    }
+}
+
+/// The `name=value` of a response's `Set-Cookie` header, if any: what a browser sends back.
+pub fn returned_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(session_pair)
 }
 
 /// The `id` of a JSON object.

@@ -2,6 +2,7 @@
 //! fails), so no server or listener outlives its test.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use tokio::task::JoinHandle;
@@ -74,5 +75,29 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// An app a test has built and started: where it serves its API and `GET /metrics`, and the guard
+/// that stops it.
+pub struct Started {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub running: Running,
+}
+
+/// Awaits `build` (the test fails, naming `service`, when the app does not build) and runs the app
+/// until the returned guard is dropped or stopped.
+pub async fn start(
+    service: &str,
+    build: impl Future<Output = anyhow::Result<crate::server::App>>,
+) -> Started {
+    let app = build
+        .await
+        .unwrap_or_else(|err| panic!("the {service} app does not build: {err:#}"));
+    Started {
+        addr: app.addr(),
+        metrics_addr: app.metrics_addr(),
+        running: Running::spawn(|shutdown| app.run_until_stopped(shutdown)),
     }
 }

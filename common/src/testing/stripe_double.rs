@@ -87,22 +87,16 @@ impl StripeDouble {
                 requests: 0,
             })),
         };
-        Mock::given(method("POST"))
-            .and(path("/v1/charges"))
-            .respond_with(Responder {
-                double: double.clone(),
-                kind: Kind::Charge,
-            })
-            .mount(server)
-            .await;
-        Mock::given(method("POST"))
-            .and(path("/v1/refunds"))
-            .respond_with(Responder {
-                double: double.clone(),
-                kind: Kind::Refund,
-            })
-            .mount(server)
-            .await;
+        for (route, kind) in [("/v1/charges", Kind::Charge), ("/v1/refunds", Kind::Refund)] {
+            Mock::given(method("POST"))
+                .and(path(route))
+                .respond_with(Responder {
+                    double: double.clone(),
+                    kind,
+                })
+                .mount(server)
+                .await;
+        }
         double
     }
 
@@ -173,8 +167,8 @@ impl Respond for Responder {
             return answer(saved.status, saved.body.clone(), delay, behaviour);
         }
         let (status, body) = match self.kind {
-            Kind::Charge => charge(&mut ledger, &form, key.clone()),
-            Kind::Refund => refund(&mut ledger, &form, key.clone()),
+            Kind::Charge => ledger.charge(&form, key.clone()),
+            Kind::Refund => ledger.refund(&form, key.clone()),
         };
         if let Some(key) = key {
             ledger.saved.insert(
@@ -200,66 +194,62 @@ fn answer(status: u16, body: Value, delay: Duration, behaviour: Behaviour) -> Re
         .set_delay(delay)
 }
 
-fn charge(
-    ledger: &mut Ledger,
-    form: &HashMap<String, String>,
-    key: Option<String>,
-) -> (u16, Value) {
-    let source = form.get("source").cloned().unwrap_or_default();
-    if source == DECLINED_TOKEN {
-        return (
-            402,
-            json!({"error": {"type": "card_error", "code": "card_declined",
-                             "decline_code": "generic_decline", "message": DECLINE_MESSAGE}}),
-        );
+impl Ledger {
+    /// A charge: declined for [`DECLINED_TOKEN`], otherwise recorded.
+    fn charge(&mut self, form: &HashMap<String, String>, key: Option<String>) -> (u16, Value) {
+        let source = form.get("source").cloned().unwrap_or_default();
+        if source == DECLINED_TOKEN {
+            return (
+                402,
+                json!({"error": {"type": "card_error", "code": "card_declined",
+                                 "decline_code": "generic_decline", "message": DECLINE_MESSAGE}}),
+            );
+        }
+        let amount = form
+            .get("amount")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_default();
+        let id = format!("ch_double_{}", self.charges.len() + 1);
+        self.charges.push(ChargeRecord {
+            id: id.clone(),
+            idempotency_key: key,
+            amount,
+            currency: form.get("currency").cloned().unwrap_or_default(),
+            source: source.clone(),
+            order_id: form.get("metadata[order_id]").cloned(),
+            attempt_id: form.get("metadata[attempt_id]").cloned(),
+            refund_id: None,
+        });
+        (200, super::stripe_charge_json(&id, amount, &source))
     }
-    let amount = form
-        .get("amount")
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_default();
-    let id = format!("ch_double_{}", ledger.charges.len() + 1);
-    ledger.charges.push(ChargeRecord {
-        id: id.clone(),
-        idempotency_key: key,
-        amount,
-        currency: form.get("currency").cloned().unwrap_or_default(),
-        source: source.clone(),
-        order_id: form.get("metadata[order_id]").cloned(),
-        attempt_id: form.get("metadata[attempt_id]").cloned(),
-        refund_id: None,
-    });
-    (200, super::stripe_charge_json(&id, amount, &source))
-}
 
-fn refund(
-    ledger: &mut Ledger,
-    form: &HashMap<String, String>,
-    key: Option<String>,
-) -> (u16, Value) {
-    let charge_id = form.get("charge").cloned().unwrap_or_default();
-    let Some(position) = ledger.charges.iter().position(|c| c.id == charge_id) else {
-        return (
-            404,
-            json!({"error": {"type": "invalid_request_error", "code": "resource_missing",
-                             "message": format!("No such charge: '{charge_id}'")}}),
-        );
-    };
-    if ledger.charges[position].refund_id.is_some() {
-        return (
-            400,
-            json!({"error": {"type": "invalid_request_error", "code": "charge_already_refunded",
-                             "message": format!("Charge {charge_id} has already been refunded.")}}),
-        );
+    /// A refund of a whole charge, which must exist and not be refunded yet.
+    fn refund(&mut self, form: &HashMap<String, String>, key: Option<String>) -> (u16, Value) {
+        let charge_id = form.get("charge").cloned().unwrap_or_default();
+        let Some(position) = self.charges.iter().position(|c| c.id == charge_id) else {
+            return (
+                404,
+                json!({"error": {"type": "invalid_request_error", "code": "resource_missing",
+                                 "message": format!("No such charge: '{charge_id}'")}}),
+            );
+        };
+        if self.charges[position].refund_id.is_some() {
+            return (
+                400,
+                json!({"error": {"type": "invalid_request_error", "code": "charge_already_refunded",
+                                 "message": format!("Charge {charge_id} has already been refunded.")}}),
+            );
+        }
+        let id = format!("re_double_{}", self.refunds.len() + 1);
+        let amount = self.charges[position].amount;
+        self.charges[position].refund_id = Some(id.clone());
+        self.refunds.push(RefundRecord {
+            id: id.clone(),
+            charge_id: charge_id.clone(),
+            idempotency_key: key,
+        });
+        (200, refund_json(&id, &charge_id, amount))
     }
-    let id = format!("re_double_{}", ledger.refunds.len() + 1);
-    let amount = ledger.charges[position].amount;
-    ledger.charges[position].refund_id = Some(id.clone());
-    ledger.refunds.push(RefundRecord {
-        id: id.clone(),
-        charge_id: charge_id.clone(),
-        idempotency_key: key,
-    });
-    (200, refund_json(&id, &charge_id, amount))
 }
 
 /// A refund object as Stripe returns it.

@@ -58,6 +58,18 @@ async fn assert_only_expiry_of(rx: &mut Expiries, quiet: Duration, label: &str) 
     assert_eq!(drain(rx, quiet).await, vec![expiration(label)]);
 }
 
+/// Publishes `payload` as it is on `expiration:complete` under `message_id`, as a broken publisher
+/// could.
+async fn publish_expiry_bytes(bus: &EventBus, message_id: &str, payload: &'static [u8]) {
+    bus.publish_raw(
+        Subject::ExpirationComplete,
+        message_id,
+        Bytes::from_static(payload),
+    )
+    .await
+    .unwrap_or_else(|err| panic!("publishing {message_id}: {err}"));
+}
+
 /// The expiry of a made-up order called `label`.
 fn expiration(label: &str) -> ExpirationComplete {
     ExpirationComplete {
@@ -94,13 +106,7 @@ async fn a_repeated_message_id_is_stored_once() {
     let event = expiration("same-order");
     bus.publish(&event).await.expect("publish");
     bus.publish(&event).await.expect("publish again");
-    bus.publish_raw(
-        Subject::ExpirationComplete,
-        &event.message_id(),
-        Bytes::from_static(b"{\"orderId\":\"same-order\"}"),
-    )
-    .await
-    .expect("publish raw");
+    publish_expiry_bytes(&bus, &event.message_id(), b"{\"orderId\":\"same-order\"}").await;
     assert_eq!(
         drain(&mut seen, Duration::from_millis(700)).await,
         vec![event]
@@ -162,20 +168,8 @@ async fn a_malformed_payload_goes_to_the_dead_letter_stream_and_the_next_events_
     let mut options = ListenerOptions::new("orders-service");
     options.concurrency = 1;
     let (mut acked, calls) = listen_acking(&bus, options, &shutdown, |_, _| Ok(Outcome::Ack)).await;
-    bus.publish_raw(
-        Subject::ExpirationComplete,
-        "poison-1",
-        Bytes::from_static(b"{not json"),
-    )
-    .await
-    .expect("publish poison");
-    bus.publish_raw(
-        Subject::ExpirationComplete,
-        "poison-2",
-        Bytes::from_static(b"{\"order\":1}"),
-    )
-    .await
-    .expect("publish wrong shape");
+    publish_expiry_bytes(&bus, "poison-1", b"{not json").await;
+    publish_expiry_bytes(&bus, "poison-2", b"{\"order\":1}").await;
     bus.publish(&expiration("after")).await.expect("publish");
     assert_only_expiry_of(&mut acked, Duration::from_secs(2), "after").await;
     // The poison messages never reached the handler and were not redelivered after the ack wait.
@@ -421,13 +415,7 @@ async fn each_outcome_of_a_delivery_is_counted_under_its_consumer_and_subject() 
     })
     .await
     .expect("listener");
-    bus.publish_raw(
-        Subject::ExpirationComplete,
-        "malformed-1",
-        Bytes::from_static(b"{not json"),
-    )
-    .await
-    .expect("publish malformed");
+    publish_expiry_bytes(&bus, "malformed-1", b"{not json").await;
     bus.publish(&expiration("poison")).await.expect("publish");
     bus.publish(&expiration("o1")).await.expect("publish");
     // Poison once, then o1 three times (retry, error, ack).

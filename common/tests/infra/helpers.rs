@@ -4,10 +4,13 @@ use std::time::Duration;
 use common::bus::{EventBus, ListenerOptions};
 use common::events::{Event, Id};
 use common::settings::{MongoSettings, NatsSettings};
+use common::store::VersionedRecord;
 use common::testing::{Observer, unique_suffix};
 use mongodb::Database;
+use mongodb::bson::Bson;
 use mongodb::bson::oid::ObjectId;
 use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 pub use common::testing::drain;
@@ -63,4 +66,37 @@ pub fn named_id(label: &str) -> Id {
         chunk.copy_from_slice(&hasher.finish().to_be_bytes()[..4]);
     }
     ObjectId::from_bytes(bytes).into()
+}
+
+/// The versioned record of the store tests: who wrote each version, and a field with a unique
+/// index (`claim`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Counter {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub version: i64,
+    /// Who made each change, in order: lost updates would show up as missing writers.
+    pub writers: Vec<String>,
+    pub claim: String,
+}
+
+impl VersionedRecord for Counter {
+    fn key(&self) -> Bson {
+        Bson::String(self.id.clone())
+    }
+    fn record_id(&self) -> String {
+        self.id.clone()
+    }
+    fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+pub fn counter(id: &str, claim: &str) -> Counter {
+    Counter {
+        id: id.into(),
+        version: 0,
+        writers: Vec::new(),
+        claim: claim.into(),
+    }
 }

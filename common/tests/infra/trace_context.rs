@@ -6,44 +6,16 @@ use std::time::Duration;
 use axum::http::{HeaderMap, HeaderValue};
 use common::bus::{ListenerOptions, Outcome, listen};
 use common::events::ExpirationComplete;
-use common::store::{PendingEvent, VersionedRecord, VersionedStore};
+use common::store::{PendingEvent, VersionedStore};
 use common::telemetry::{TRACEPARENT, TraceContext, continue_from_http};
-use mongodb::bson::Bson;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::helpers::{bus, fresh_database, fresh_nats_settings, named_id};
+use crate::helpers::{Counter, bus, counter, fresh_database, fresh_nats_settings, named_id};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Note {
-    #[serde(rename = "_id")]
-    id: String,
-    version: i64,
-}
-
-impl VersionedRecord for Note {
-    fn key(&self) -> Bson {
-        Bson::String(self.id.clone())
-    }
-    fn record_id(&self) -> String {
-        self.id.clone()
-    }
-    fn version(&self) -> i64 {
-        self.version
-    }
-}
-
-fn note(id: &str) -> Note {
-    Note {
-        id: id.to_owned(),
-        version: 0,
-    }
-}
 
 fn event_of(id: &str) -> PendingEvent {
     PendingEvent::of(&ExpirationComplete {
@@ -99,7 +71,7 @@ async fn events_are_handled_in_the_trace_they_were_written_in_even_when_relayed_
     let _tracing = tracing::subscriber::set_default(common::telemetry::tracing_only_subscriber(
         "common-tests",
     ));
-    let store: VersionedStore<Note> = VersionedStore::new(&fresh_database().await, "notes");
+    let store: VersionedStore<Counter> = VersionedStore::new(&fresh_database().await, "notes");
     let bus = bus(&fresh_nats_settings()).await;
     let shutdown = CancellationToken::new();
     let mut handled = handled_traces(&bus, &shutdown).await;
@@ -114,13 +86,13 @@ async fn events_are_handled_in_the_trace_they_were_written_in_even_when_relayed_
         "the pending event keeps its trace"
     );
     store
-        .create_unpublished(&note("relayed"), vec![stored])
+        .create_unpublished(&counter("relayed", "relayed"), vec![stored])
         .instrument(request)
         .await
         .expect("write");
     // One written outside any trace, as every event before traces were kept: it still relays.
     store
-        .create_unpublished(&note("untraced"), vec![event_of("untraced")])
+        .create_unpublished(&counter("untraced", "untraced"), vec![event_of("untraced")])
         .await
         .expect("write");
     let pass = store.relay_once(&bus, Duration::ZERO).await.expect("relay");
@@ -144,7 +116,7 @@ async fn events_are_handled_in_the_trace_they_were_written_in_even_when_relayed_
     store
         .create(
             &bus,
-            &note("direct"),
+            &counter("direct", "direct"),
             vec![request_span().in_scope(|| event_of("direct"))],
         )
         .instrument(request_span())

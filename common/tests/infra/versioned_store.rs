@@ -10,41 +10,11 @@ use futures::future::join_all;
 use mongodb::IndexModel;
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::IndexOptions;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{bus, drain, fresh_database, fresh_nats_settings, named_id, observe};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Counter {
-    #[serde(rename = "_id")]
-    id: String,
-    version: i64,
-    /// Who made each change, in order: lost updates would show up as missing writers.
-    writers: Vec<String>,
-    claim: String,
-}
-
-impl VersionedRecord for Counter {
-    fn key(&self) -> Bson {
-        Bson::String(self.id.clone())
-    }
-    fn record_id(&self) -> String {
-        self.id.clone()
-    }
-    fn version(&self) -> i64 {
-        self.version
-    }
-}
-
-fn counter(id: &str, claim: &str) -> Counter {
-    Counter {
-        id: id.into(),
-        version: 0,
-        writers: Vec::new(),
-        claim: claim.into(),
-    }
-}
+use crate::helpers::{
+    Counter, bus, counter, drain, fresh_database, fresh_nats_settings, named_id, observe,
+};
 
 /// An event that names version `version` of record `id`.
 fn expiry_of(id: &str, version: i64) -> ExpirationComplete {

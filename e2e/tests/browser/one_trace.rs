@@ -57,6 +57,32 @@ async fn call(
     )
 }
 
+/// Posts `body` in the trace `trace_id` again every 250 ms while the answer's status is one of
+/// `not_yet` (what the service answers before an event has reached it), for up to [`PATIENCE`].
+async fn post_while(
+    http: &reqwest::Client,
+    url: &str,
+    body: &Value,
+    trace_id: &str,
+    not_yet: &[u16],
+) -> (u16, Value) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let answer = call(
+            http,
+            reqwest::Method::POST,
+            url,
+            Some(body.clone()),
+            Some(trace_id),
+        )
+        .await;
+        if !not_yet.contains(&answer.0) || Instant::now() >= deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn sign_up(http: &reqwest::Client, app: &str) {
     let email = format!("{}@test.com", unique("traced"));
     let (status, body) = call(
@@ -117,45 +143,27 @@ async fn one_purchase_is_one_trace_id_in_the_logs_of_every_service_it_touched() 
     let buyer = caller();
     sign_up(&buyer, &app).await;
     // Orders learns of the ticket through `ticket:created`: until then it is unknown there.
-    let deadline = Instant::now() + PATIENCE;
-    let order = loop {
-        let (status, order) = call(
-            &buyer,
-            reqwest::Method::POST,
-            &format!("{app}/api/orders"),
-            Some(json!({ "ticketId": ticket["id"] })),
-            Some(&trace_id),
-        )
-        .await;
-        match status {
-            201 => break order,
-            404 if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            _ => panic!("ordering: {status} {order}"),
-        }
-    };
+    let (status, order) = post_while(
+        &buyer,
+        &format!("{app}/api/orders"),
+        &json!({ "ticketId": ticket["id"] }),
+        &trace_id,
+        &[404],
+    )
+    .await;
+    assert_eq!(status, 201, "ordering: {status} {order}");
     let order_id = order["id"].as_str().expect("an order id").to_owned();
 
     // Payments learns of the order through `order:created`: until then the order is unknown there.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (status, payment) = call(
-            &buyer,
-            reqwest::Method::POST,
-            &format!("{app}/api/payments"),
-            Some(json!({ "orderId": order_id, "token": "tok_visa" })),
-            Some(&trace_id),
-        )
-        .await;
-        match status {
-            201 | 202 => break,
-            404 | 409 if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            _ => panic!("paying: {status} {payment}"),
-        }
-    }
+    let (status, payment) = post_while(
+        &buyer,
+        &format!("{app}/api/payments"),
+        &json!({ "orderId": order_id, "token": "tok_visa" }),
+        &trace_id,
+        &[404, 409],
+    )
+    .await;
+    assert!(matches!(status, 201 | 202), "paying: {status} {payment}");
     // The order page through the client: its calls to the APIs carry the page request's trace.
     let deadline = Instant::now() + PATIENCE;
     loop {

@@ -10,7 +10,7 @@ use common::money::Price;
 use common::settings::Env;
 
 use common::testing::{
-    Running, as_id, drain, eventually, require_infra, send, test_env, unique_suffix,
+    Running, as_id, drain, eventually, require_infra, send, start, test_env, unique_suffix,
 };
 use expiration::scheduler::ExpirationScheduler;
 use expiration::settings::{SchedulerSettings, Settings};
@@ -85,14 +85,12 @@ impl TestContext {
 
     /// Starts one instance (replica) of the service.
     pub async fn spawn_app(&self) -> TestApp {
-        let app = expiration::app::build(self.settings())
-            .await
-            .expect("the expiration app builds");
+        let app = start("expiration", expiration::app::build(self.settings())).await;
         TestApp {
-            addr: app.addr(),
-            metrics_addr: app.metrics_addr(),
+            addr: app.addr,
+            metrics_addr: app.metrics_addr,
             client: reqwest::Client::new(),
-            running: Running::spawn(|shutdown| app.run_until_stopped(shutdown)),
+            running: app.running,
         }
     }
 
@@ -145,13 +143,20 @@ impl TestContext {
         .await
     }
 
-    /// Publishes `order:created` of a new order due at `due` and waits until the listener has
-    /// scheduled it: (order id, the time its job is scheduled at, in ms).
-    pub async fn order_scheduled(&self, bus: &EventBus, due: DateTime<Utc>) -> (String, i64) {
+    /// [`Self::observed_app`], then `order:created` of a new order due `due_in_ms` from now,
+    /// published and waited for until the listener has scheduled its job.
+    pub async fn observed_app_with_job(&self, due_in_ms: i64) -> (Observer, TestApp, Job) {
+        let (observer, app, bus) = self.observed_app().await;
         let order_id = new_order_id();
-        self.publish_order_created(bus, &order_id, due).await;
+        let due = millis_from_now(due_in_ms);
+        self.publish_order_created(&bus, &order_id, due).await;
         let scheduled_at = self.wait_until_scheduled(&order_id).await;
-        (order_id, scheduled_at)
+        let job = Job {
+            order_id,
+            due,
+            scheduled_at,
+        };
+        (observer, app, job)
     }
 
     /// Publishes `order:created` as the orders service would.
@@ -222,8 +227,14 @@ impl TestContext {
         .expect("the observer listens");
 
         Observer {
-            wire,
-            stream,
+            wire: Feed {
+                fired: wire,
+                seen: "published",
+            },
+            stream: Feed {
+                fired: stream,
+                seen: "delivered from the stream",
+            },
             _stop: stop.drop_guard(),
         }
     }
@@ -326,6 +337,14 @@ pub fn millis_from_now(offset_ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(at).expect("a representable time")
 }
 
+/// The job of one order, as the listener scheduled it.
+pub struct Job {
+    pub order_id: String,
+    pub due: DateTime<Utc>,
+    /// When the job is scheduled at, in ms.
+    pub scheduled_at: i64,
+}
+
 /// One `expiration:complete` seen by the observer, and when.
 #[derive(Debug, Clone)]
 pub struct Fired {
@@ -342,76 +361,63 @@ impl Fired {
 
 pub struct Observer {
     /// Every publish, as it went over the wire.
-    wire: mpsc::UnboundedReceiver<Fired>,
+    pub wire: Feed,
     /// Every delivery from the stream to a consumer.
-    stream: mpsc::UnboundedReceiver<Fired>,
+    pub stream: Feed,
     _stop: DropGuard,
 }
 
-impl Observer {
-    /// Waits up to `within` for the next publish.
-    pub async fn next_published(&mut self, within: Duration) -> Option<Fired> {
-        tokio::time::timeout(within, self.wire.recv())
-            .await
-            .ok()
-            .flatten()
-    }
-
-    /// Whether anything (more) is published within `within`.
-    pub async fn publishes_within(&mut self, within: Duration) -> bool {
-        self.next_published(within).await.is_some()
-    }
-
-    /// Waits up to `within` for the next delivery from the stream.
-    pub async fn next_delivered(&mut self, within: Duration) -> Option<Fired> {
-        tokio::time::timeout(within, self.stream.recv())
-            .await
-            .ok()
-            .flatten()
-    }
-
-    /// Collects publishes until `count` distinct orders fired or `within` passed; then keeps
-    /// listening for `quiet` more, so that duplicates show up. Counts per order id.
-    pub async fn published_counts(
-        &mut self,
-        count: usize,
-        within: Duration,
-        quiet: Duration,
-    ) -> HashMap<String, usize> {
-        counts(&mut self.wire, count, within, quiet).await
-    }
-
-    /// Same as `published_counts`, for deliveries from the stream.
-    pub async fn delivered_counts(
-        &mut self,
-        count: usize,
-        within: Duration,
-        quiet: Duration,
-    ) -> HashMap<String, usize> {
-        counts(&mut self.stream, count, within, quiet).await
-    }
+/// The `expiration:complete`s seen one way: published over the wire, or delivered from the stream.
+pub struct Feed {
+    fired: mpsc::UnboundedReceiver<Fired>,
+    /// How they are seen, for failure messages.
+    seen: &'static str,
 }
 
-/// How often each order fired on `fired`, until `count` distinct orders did or `within` passed,
-/// and then for as long as more keep coming within `quiet` of each other.
-async fn counts(
-    fired: &mut mpsc::UnboundedReceiver<Fired>,
-    count: usize,
-    within: Duration,
-    quiet: Duration,
-) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    let deadline = tokio::time::Instant::now() + within;
-    while counts.len() < count {
-        match tokio::time::timeout_at(deadline, fired.recv()).await {
-            Ok(Some(fired)) => *counts.entry(fired.order_id).or_insert(0) += 1,
-            _ => break,
+impl Feed {
+    /// The next one, waited for up to `within`: it must be `order_id`'s.
+    pub async fn next_of(&mut self, order_id: &str, within: Duration) -> Fired {
+        let fired = self
+            .next_within(within)
+            .await
+            .unwrap_or_else(|| panic!("no expiration:complete {} within {within:?}", self.seen));
+        assert_eq!(fired.order_id, order_id, "{}", self.seen);
+        fired
+    }
+
+    /// Whether anything (more) comes within `within`.
+    pub async fn any_within(&mut self, within: Duration) -> bool {
+        self.next_within(within).await.is_some()
+    }
+
+    async fn next_within(&mut self, within: Duration) -> Option<Fired> {
+        tokio::time::timeout(within, self.fired.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// How often each order fired, until `count` distinct orders did or `within` passed, and then
+    /// for as long as more keep coming within `quiet` of each other (so that duplicates show up).
+    pub async fn counts(
+        &mut self,
+        count: usize,
+        within: Duration,
+        quiet: Duration,
+    ) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        let deadline = tokio::time::Instant::now() + within;
+        while counts.len() < count {
+            match tokio::time::timeout_at(deadline, self.fired.recv()).await {
+                Ok(Some(fired)) => *counts.entry(fired.order_id).or_insert(0) += 1,
+                _ => break,
+            }
         }
+        for fired in drain(&mut self.fired, quiet).await {
+            *counts.entry(fired.order_id).or_insert(0) += 1;
+        }
+        counts
     }
-    for fired in drain(fired, quiet).await {
-        *counts.entry(fired.order_id).or_insert(0) += 1;
-    }
-    counts
 }
 
 pub struct TestApp {

@@ -17,9 +17,9 @@ async fn a_fired_expiry_shows_its_lateness_the_queue_depth_and_the_handled_event
     ctx.publish_order_created(&bus, &order_id, millis_from_now(-1000))
         .await;
     observer
-        .next_delivered(Duration::from_secs(10))
-        .await
-        .expect("expiration:complete within 10 s");
+        .stream
+        .next_of(&order_id, Duration::from_secs(10))
+        .await;
     let text = app.metrics().await;
 
     let has = |series: &str, labels: &[&str]| !metric_samples(&text, series, labels).is_empty();

@@ -10,26 +10,22 @@ use crate::helpers::{TestContext, millis_from_now, new_order_id, order_created};
 #[tokio::test]
 async fn an_order_created_event_fires_expiration_complete_once_at_its_expires_at() {
     let ctx = TestContext::new().await;
-    let (mut observer, _app, bus) = ctx.observed_app().await;
-
-    let due = millis_from_now(1500);
-    let (order_id, scheduled_at) = ctx.order_scheduled(&bus, due).await;
+    let (mut observer, _app, job) = ctx.observed_app_with_job(1500).await;
+    let (order_id, due) = (job.order_id, job.due);
     assert_eq!(
-        scheduled_at,
+        job.scheduled_at,
         due.timestamp_millis(),
         "scheduled at expiresAt, not at now + a constant"
     );
 
     let published = observer
-        .next_published(Duration::from_secs(10))
-        .await
-        .expect("expiration:complete within 10 s");
+        .wire
+        .next_of(&order_id, Duration::from_secs(10))
+        .await;
     let delivered = observer
-        .next_delivered(Duration::from_secs(10))
-        .await
-        .expect("expiration:complete delivered from the stream");
-    assert_eq!(published.order_id, order_id);
-    assert_eq!(delivered.order_id, order_id);
+        .stream
+        .next_of(&order_id, Duration::from_secs(10))
+        .await;
     let (published_late, delivered_late) = (published.late_ms(due), delivered.late_ms(due));
     eprintln!(
         "expiry of an order due in 1.5 s: published {published_late} ms after expiresAt, \
@@ -46,7 +42,7 @@ async fn an_order_created_event_fires_expiration_complete_once_at_its_expires_at
 
     // Once: no second publish, nothing left in Redis.
     assert!(
-        !observer.publishes_within(Duration::from_millis(700)).await,
+        !observer.wire.any_within(Duration::from_millis(700)).await,
         "a second expiration:complete was published"
     );
     assert!(ctx.jobs_in("due").await.is_empty());
@@ -64,10 +60,9 @@ async fn an_order_whose_expires_at_has_passed_fires_at_once() {
         .await;
 
     let fired = observer
-        .next_delivered(Duration::from_secs(10))
-        .await
-        .expect("expiration:complete within 10 s");
-    assert_eq!(fired.order_id, order_id);
+        .stream
+        .next_of(&order_id, Duration::from_secs(10))
+        .await;
     let after_ms = fired.late_ms(published_at);
     eprintln!("expiry already past when order:created arrived: fired {after_ms} ms later");
     assert!(after_ms < 1500, "took {after_ms} ms");

@@ -22,10 +22,12 @@ async fn two_replicas_fire_each_of_twenty_jobs_exactly_once() {
     }
 
     let published = observer
-        .published_counts(20, Duration::from_secs(10), Duration::from_secs(1))
+        .wire
+        .counts(20, Duration::from_secs(10), Duration::from_secs(1))
         .await;
     let delivered = observer
-        .delivered_counts(20, Duration::from_secs(5), Duration::from_millis(300))
+        .stream
+        .counts(20, Duration::from_secs(5), Duration::from_millis(300))
         .await;
     let expected: HashMap<String, usize> = orders.iter().map(|id| (id.clone(), 1)).collect();
     assert_eq!(published, expected, "publishes per order");
@@ -84,33 +86,31 @@ async fn concurrent_claims_hand_each_due_job_to_exactly_one_claimer() {
 #[tokio::test]
 async fn a_job_that_falls_due_while_no_instance_runs_fires_when_the_next_one_starts() {
     let ctx = TestContext::new().await;
-    let (mut observer, first, bus) = ctx.observed_app().await;
-    let due = millis_from_now(1000);
-    let (order_id, _) = ctx.order_scheduled(&bus, due).await;
+    let (mut observer, first, job) = ctx.observed_app_with_job(1000).await;
+    let (order_id, due) = (job.order_id, job.due);
 
     first.stop().await;
     // Let the expiry pass with nobody running.
     let wait = (due - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(300);
     tokio::time::sleep(wait).await;
     assert!(
-        !observer.publishes_within(Duration::ZERO).await,
+        !observer.wire.any_within(Duration::ZERO).await,
         "fired although no instance was running"
     );
 
     let restarted_at = Utc::now();
     let _second = ctx.spawn_app().await;
     let fired = observer
-        .next_published(Duration::from_secs(10))
-        .await
-        .expect("fired by the new instance");
-    assert_eq!(fired.order_id, order_id);
+        .wire
+        .next_of(&order_id, Duration::from_secs(10))
+        .await;
     eprintln!(
         "job due while stopped: fired {} ms after its due time, {} ms after the new instance started",
         fired.late_ms(due),
         fired.late_ms(restarted_at)
     );
     assert!(
-        !observer.publishes_within(Duration::from_millis(500)).await,
+        !observer.wire.any_within(Duration::from_millis(500)).await,
         "fired twice"
     );
 }
@@ -145,10 +145,9 @@ async fn a_claimed_job_that_was_never_published_fires_after_its_lease() {
 
     let _app = ctx.spawn_app().await;
     let fired = observer
-        .next_published(Duration::from_secs(10))
-        .await
-        .expect("fired after the lease");
-    assert_eq!(fired.order_id, order_id);
+        .wire
+        .next_of(&order_id, Duration::from_secs(10))
+        .await;
     let lease_end = claimed_at + lease;
     eprintln!(
         "claimed but never published (lease 1 s): fired {} ms after the lease ran out",
@@ -160,7 +159,7 @@ async fn a_claimed_job_that_was_never_published_fires_after_its_lease() {
     );
     assert!(fired.late_ms(lease_end) < 1500);
     assert!(
-        !observer.publishes_within(Duration::from_millis(500)).await,
+        !observer.wire.any_within(Duration::from_millis(500)).await,
         "fired twice"
     );
     assert!(ctx.jobs_in("inflight").await.is_empty());
@@ -169,9 +168,8 @@ async fn a_claimed_job_that_was_never_published_fires_after_its_lease() {
 #[tokio::test]
 async fn a_job_scheduled_before_a_redis_restart_fires_after_it() {
     let ctx = TestContext::exclusive().await;
-    let (mut observer, app, bus) = ctx.observed_app().await;
-    let due = millis_from_now(5000);
-    let (order_id, _) = ctx.order_scheduled(&bus, due).await;
+    let (mut observer, app, job) = ctx.observed_app_with_job(5000).await;
+    let (order_id, due) = (job.order_id, job.due);
 
     let restart = Instant::now();
     let down = ctx.stop_redis().await;
@@ -187,10 +185,9 @@ async fn a_job_scheduled_before_a_redis_restart_fires_after_it() {
     // The append-only file brought the job back (unless it already fired, on a slow machine).
     let due_jobs = ctx.jobs_in("due").await;
     let fired = observer
-        .next_published(Duration::from_secs(15))
-        .await
-        .expect("fired after the Redis restart");
-    assert_eq!(fired.order_id, order_id);
+        .wire
+        .next_of(&order_id, Duration::from_secs(15))
+        .await;
     if back < due {
         assert_eq!(due_jobs, vec![(order_id.clone(), due.timestamp_millis())]);
     }

@@ -1,5 +1,5 @@
 use common::bus::Outcome;
-use common::events::{ExpirationComplete, OrderCancelled, OrderStatus};
+use common::events::{ExpirationComplete, OrderStatus};
 use common::testing::{as_id, new_user_id, order_cancelled};
 use orders::sweeper::sweep_once;
 
@@ -10,9 +10,7 @@ use crate::helpers::{
 #[tokio::test]
 async fn expiry_cancels_a_pending_order_and_announces_it_once() {
     let app = spawn_app().await;
-    let mut cancelled = app.observe::<OrderCancelled>().await;
-    let user = User::new();
-    let (id, ticket_id) = app.pending_order(&user).await;
+    let (mut cancelled, _, id, ticket_id) = app.observed_pending_order().await;
 
     assert_eq!(app.expire(&id).await, Outcome::Ack);
     let stored = app.stored_order(&id).await;
@@ -37,9 +35,7 @@ async fn expiry_cancels_a_pending_order_and_announces_it_once() {
 #[tokio::test]
 async fn expiry_of_a_paid_order_is_ignored() {
     let app = spawn_app().await;
-    let mut cancelled = app.observe::<OrderCancelled>().await;
-    let user = User::new();
-    let (id, ticket_id) = app.pending_order(&user).await;
+    let (mut cancelled, _, id, ticket_id) = app.observed_pending_order().await;
     assert_eq!(app.pay(&id).await, Outcome::Ack);
 
     assert_eq!(app.expire(&id).await, Outcome::Ack);
@@ -56,9 +52,7 @@ async fn expiry_of_a_paid_order_is_ignored() {
 #[tokio::test]
 async fn expiry_of_a_cancelled_order_announces_nothing_more() {
     let app = spawn_app().await;
-    let mut cancelled = app.observe::<OrderCancelled>().await;
-    let user = User::new();
-    let (id, _) = app.pending_order(&user).await;
+    let (mut cancelled, user, id, _) = app.observed_pending_order().await;
     app.cancel_ok(&user, &id).await;
 
     assert_eq!(app.expire(&id).await, Outcome::Ack);
@@ -77,9 +71,7 @@ async fn expiry_of_an_order_not_stored_yet_is_retried() {
 #[tokio::test]
 async fn an_expiry_published_on_the_bus_cancels_the_order_and_frees_the_ticket() {
     let app = spawn_app_with_short_window().await;
-    let mut cancelled = app.observe::<OrderCancelled>().await;
-    let user = User::new();
-    let (id, ticket_id) = app.pending_order(&user).await;
+    let (mut cancelled, user, id, ticket_id) = app.observed_pending_order().await;
     app.publish(&ExpirationComplete {
         order_id: as_id(&id),
     })
@@ -108,9 +100,7 @@ async fn an_order_whose_expiration_never_arrives_is_cancelled_by_the_sweeper() {
         ("EXPIRY_SWEEP_GRACE_SECONDS", "0"),
     ])
     .await;
-    let mut cancelled = app.observe::<OrderCancelled>().await;
-    let user = User::new();
-    let (id, ticket_id) = app.pending_order(&user).await;
+    let (mut cancelled, _, id, ticket_id) = app.observed_pending_order().await;
 
     let event = cancelled.next().await;
 
@@ -170,8 +160,7 @@ async fn the_sweeper_leaves_an_order_within_its_grace_to_the_expiration_service(
 async fn after_an_outage_a_payment_held_back_behind_its_expiration_still_completes_the_order() {
     // The app has just started, which counts as an outage: expiry waits 3 s for held-back events.
     let app = spawn_app_with(&[("EXPIRY_SWEEP_GRACE_SECONDS", "3")]).await;
-    let user = User::new();
-    let (id, _) = app.pending_order(&user).await;
+    let (_, id, _) = app.new_pending_order().await;
 
     // The expiration reaches orders first; the payment made in time arrives a second later.
     app.publish(&ExpirationComplete {

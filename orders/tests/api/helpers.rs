@@ -6,7 +6,9 @@ use common::events::{
 };
 use common::money::Price;
 use common::settings::Env;
-use common::testing::{Running, as_id, id_of, new_user_id, observe, require_infra, send, test_env};
+use common::testing::{
+    Running, as_id, id_of, new_user_id, observe, require_infra, send, start, test_env,
+};
 use mongodb::Database;
 use mongodb::bson::{Bson, Document, doc};
 use orders::settings::Settings;
@@ -57,23 +59,18 @@ pub async fn spawn_app_in(env: Env) -> TestApp {
     require_infra(&["MONGO_URL", "NATS_URL"]);
     common::testing::init_test_log("orders-test");
     let settings = Settings::from_env(&env).expect("test settings");
-    let db = common::store::connect(&settings.mongo, "orders-test")
+    let (db, bus) = common::backend::connect(&settings.backend, "orders-test")
         .await
-        .expect("test database");
-    let bus = EventBus::connect(&settings.nats, "orders-test")
-        .await
-        .expect("test bus");
-    let app = orders::app::build(settings)
-        .await
-        .expect("the orders app builds");
+        .expect("test database and bus");
+    let app = start("orders", orders::app::build(settings)).await;
     TestApp {
-        addr: app.addr(),
+        addr: app.addr,
         client: reqwest::Client::new(),
         env,
         store: OrderStore::new(&db),
         db,
         bus,
-        running: Running::spawn(|shutdown| app.run_until_stopped(shutdown)),
+        running: app.running,
     }
 }
 
@@ -136,6 +133,20 @@ impl TestApp {
     pub async fn pending_order(&self, user: &User) -> (String, String) {
         let ticket_id = self.ticket("Gig", 1000).await.id.to_hex();
         (id_of(&self.order_ok(user, &ticket_id).await), ticket_id)
+    }
+
+    /// A new user and their pending order of a fresh ticket: (user, order id, ticket id).
+    pub async fn new_pending_order(&self) -> (User, String, String) {
+        let user = User::new();
+        let (id, ticket_id) = self.pending_order(&user).await;
+        (user, id, ticket_id)
+    }
+
+    /// [`Self::new_pending_order`], with `order:cancelled` observed from before it.
+    pub async fn observed_pending_order(&self) -> (Observer<OrderCancelled>, User, String, String) {
+        let cancelled = self.observe::<OrderCancelled>().await;
+        let (user, id, ticket_id) = self.new_pending_order().await;
+        (cancelled, user, id, ticket_id)
     }
 
     /// The versions of `order_id` announced in `order:cancelled` before a marker cancellation of

@@ -1,6 +1,6 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use common::bus::Outcome;
-use common::events::{OrderCancelled, OrderCreated, OrderCreatedTicket, OrderStatus};
+use common::events::{OrderCreated, OrderCreatedTicket, OrderStatus};
 use common::money::Price;
 use common::testing::{as_id, new_user_id, order_cancelled};
 use reqwest::{Method, StatusCode};
@@ -231,11 +231,7 @@ async fn assert_for_its_owner_only(app: &TestApp, method: Method, owner: &User, 
         let reply = app
             .send(method.clone(), &path(&missing), Some(owner), None)
             .await;
-        assert_eq!(
-            (reply.status, reply.body),
-            (StatusCode::NOT_FOUND, not_found()),
-            "{method} {missing}"
-        );
+        reply.expect_not_found(&format!("{method} {missing}"));
     }
     let stranger = User::new();
     let reply = app.send(method, &path(id), Some(&stranger), None).await;
@@ -265,9 +261,7 @@ async fn showing_an_order_is_for_its_owner_only() {
 #[tokio::test]
 async fn cancelling_an_order_releases_its_ticket_and_publishes_order_cancelled() {
     let app = spawn_app().await;
-    let mut cancelled = app.observe::<OrderCancelled>().await;
-    let owner = User::new();
-    let (id, ticket_id) = app.pending_order(&owner).await;
+    let (mut cancelled, owner, id, ticket_id) = app.observed_pending_order().await;
 
     assert_for_its_owner_only(&app, Method::DELETE, &owner, &id).await;
     let untouched = app.stored_order(&id).await;
@@ -297,9 +291,7 @@ async fn cancelling_an_order_releases_its_ticket_and_publishes_order_cancelled()
 #[tokio::test]
 async fn cancelling_a_cancelled_order_again_answers_204_and_changes_nothing() {
     let app = spawn_app().await;
-    let mut cancelled = app.observe::<OrderCancelled>().await;
-    let owner = User::new();
-    let (id, _) = app.pending_order(&owner).await;
+    let (mut cancelled, owner, id, _) = app.observed_pending_order().await;
     app.cancel_ok(&owner, &id).await;
     let reply = app.delete_order(Some(&owner), &id).await;
     assert_eq!(
@@ -319,8 +311,7 @@ async fn cancelling_a_cancelled_order_again_answers_204_and_changes_nothing() {
 #[tokio::test]
 async fn a_paid_order_cannot_be_cancelled_and_keeps_its_ticket() {
     let app = spawn_app().await;
-    let owner = User::new();
-    let (id, ticket_id) = app.pending_order(&owner).await;
+    let (owner, id, ticket_id) = app.new_pending_order().await;
     assert_eq!(app.pay(&id).await, Outcome::Ack);
 
     let reply = app.delete_order(Some(&owner), &id).await;
@@ -352,11 +343,7 @@ async fn unsupported_methods_and_paths_are_404_in_the_error_shape() {
         (Method::GET, format!("/api/orders/{id}/ticket")),
     ] {
         let reply = app.send(method.clone(), &path, Some(&user), None).await;
-        assert_eq!(
-            (reply.status, reply.body),
-            (StatusCode::NOT_FOUND, not_found()),
-            "{method} {path}"
-        );
+        reply.expect_not_found(&format!("{method} {path}"));
     }
 }
 

@@ -10,8 +10,7 @@ use crate::helpers::{User, assert_reply, assert_retried, errors, eventually, pay
 #[tokio::test]
 async fn a_payment_completes_the_order_with_a_new_version_and_no_event() {
     let app = spawn_app().await;
-    let user = User::new();
-    let (id, ticket_id) = app.pending_order(&user).await;
+    let (user, id, ticket_id) = app.new_pending_order().await;
 
     assert_eq!(app.pay(&id).await, Outcome::Ack);
     let stored = app.stored_order(&id).await;
@@ -43,8 +42,7 @@ async fn a_repeated_payment_is_acknowledged_without_a_new_version() {
 #[tokio::test]
 async fn a_payment_for_a_cancelled_order_is_acknowledged_and_the_order_stays_cancelled() {
     let app = spawn_app().await;
-    let user = User::new();
-    let (id, ticket_id) = app.pending_order(&user).await;
+    let (user, id, ticket_id) = app.new_pending_order().await;
     app.cancel_ok(&user, &id).await;
 
     assert_eq!(app.pay(&id).await, Outcome::Ack);
@@ -113,8 +111,7 @@ async fn an_expiry_racing_a_payment_makes_exactly_one_transition() {
 #[tokio::test]
 async fn a_payment_published_on_the_bus_completes_the_order_which_then_cannot_be_cancelled() {
     let app = spawn_app().await;
-    let user = User::new();
-    let (id, _) = app.pending_order(&user).await;
+    let (user, id, _) = app.new_pending_order().await;
     app.publish(&payment(&id)).await;
     eventually("the order shown complete", || async {
         let reply = app.get_order(Some(&user), &id).await;

@@ -1,7 +1,7 @@
 use common::bus::Outcome;
-use common::events::{Subject, TicketCreated};
+use common::events::TicketCreated;
 use common::money::Price;
-use common::testing::{as_id, new_user_id};
+use common::testing::{as_id, dead_letters_a_malformed_id, new_user_id};
 use mongodb::bson::doc;
 use orders::listeners::ticket_created::handle;
 use orders::store::Ticket;
@@ -59,27 +59,8 @@ async fn a_repeated_ticket_created_is_acknowledged_and_changes_nothing() {
 #[tokio::test]
 async fn a_ticket_created_with_a_malformed_id_is_dead_lettered() {
     let app = spawn_app().await;
-    let mut event = serde_json::to_value(created(&new_user_id(), "Gig", 1000)).expect("json");
-    event["id"] = "not-an-object-id".into();
-
-    app.bus
-        .publish_raw(
-            Subject::TicketCreated,
-            "malformed-ticket-created",
-            serde_json::to_vec(&event).expect("payload").into(),
-        )
-        .await
-        .expect("published");
-
-    eventually("the event to be dead-lettered", || async {
-        (app.bus
-            .dead_letter_count("orders-service")
-            .await
-            .expect("dead letters")
-            == 1)
-            .then_some(())
-    })
-    .await;
+    let event = created(&new_user_id(), "Gig", 1000);
+    dead_letters_a_malformed_id(&app.bus, &event, "orders-service").await;
     assert_eq!(app.count("tickets", doc! {}).await, 0);
 }
 

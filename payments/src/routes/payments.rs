@@ -191,7 +191,7 @@ fn busy(existing: Option<Payment>) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::extract::validate_body;
+    use common::testing::validate_json;
 
     fn fields(body: Value) -> Vec<String> {
         common::testing::rule_failures::<NewPayment>(body)
@@ -218,12 +218,8 @@ mod tests {
 
     #[test]
     fn both_fields_reach_the_handler_trimmed() {
-        let body = validate_body::<NewPayment>(
-            json!({ "token": " tok_visa ", "orderId": " abc " })
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        );
+        let body =
+            validate_json::<NewPayment>(json!({ "token": " tok_visa ", "orderId": " abc " }));
         assert_eq!(
             body.ok().map(|b| (b.token, b.order_id)),
             Some(("tok_visa".to_owned(), "abc".to_owned()))

@@ -7,8 +7,8 @@ use common::events::{OrderCancelled, OrderCreated, PaymentCreated};
 use common::money::Price;
 use common::testing::stripe_double::StripeDouble;
 use common::testing::{
-    Observer, Running, new_order_id, observe, order_cancelled, order_created, require_infra, send,
-    test_env,
+    Observer, Running, Started, new_order_id, observe, order_cancelled, order_created,
+    require_infra, send, start, test_env,
 };
 use mongodb::Database;
 use mongodb::bson::doc;
@@ -18,7 +18,7 @@ use payments::saga::{PaymentSaga, ReconcileTiming};
 use payments::settings::Settings;
 use payments::store::{Order, OrderStore, Payment, PaymentStatus, PaymentStore};
 use payments::stripe::StripeGateway;
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -62,19 +62,13 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     );
     let mut settings = Settings::from_env(&env).expect("test settings");
     adjust(&mut settings);
-    let app = payments::app::build(settings.clone())
+    let Started { addr, running, .. } =
+        start("payments", payments::app::build(settings.clone())).await;
+    let (db, bus) = common::backend::connect(&settings.backend, "payments-test")
         .await
-        .expect("the payments app builds");
-    let addr = app.addr();
-    let running = Running::spawn(|shutdown| app.run_until_stopped(shutdown));
-    let db = common::store::connect(&settings.mongo, "payments-test")
-        .await
-        .expect("test database");
+        .expect("test database and bus");
     let orders = OrderStore::new(&db);
     let payments = PaymentStore::new(&db);
-    let bus = EventBus::connect(&settings.nats, "payments-test-saga")
-        .await
-        .expect("test bus");
     let gateway = StripeGateway::new(&settings.stripe).expect("Stripe client");
     TestApp {
         addr,
@@ -145,14 +139,12 @@ impl TestApp {
     /// A second instance of the service on the same database, stream and Stripe double (a replica
     /// behind the same Kubernetes Service). It stops when the returned guard is dropped.
     pub async fn spawn_replica(&self) -> (SocketAddr, Running) {
-        let app = payments::app::build(self.settings.clone())
-            .await
-            .expect("the replica builds");
-        let addr = app.addr();
-        (
-            addr,
-            Running::spawn(|shutdown| app.run_until_stopped(shutdown)),
+        let replica = start(
+            "payments replica",
+            payments::app::build(self.settings.clone()),
         )
+        .await;
+        (replica.addr, replica.running)
     }
 
     /// Pays through the instance at `addr` (this one or a replica).
@@ -198,6 +190,13 @@ impl TestApp {
         .await
     }
 
+    /// Pays with Stripe's test card and checks for 201: the body.
+    pub async fn pay_ok(&self, user: &User, order_id: impl Display) -> Value {
+        self.pay(user, order_id, "tok_visa")
+            .await
+            .expect(StatusCode::CREATED, "paying")
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         send(&self.client, Method::GET, &self.url(path), None, None).await
     }
@@ -217,6 +216,19 @@ impl TestApp {
         let user = User::new();
         let order = self.order_for(&user, Price::from_cents(cents)).await;
         (user, order)
+    }
+
+    /// [`Self::order_of_new_buyer`], with Stripe charging every card (as `charge_id`, answering
+    /// after `delay`): an order that pays.
+    pub async fn payable_order(
+        &self,
+        cents: i64,
+        charge_id: &str,
+        delay: Duration,
+    ) -> (User, OrderCreated) {
+        let bought = self.order_of_new_buyer(cents).await;
+        stripe_charges_succeed(self, charge_id, cents, delay).await;
+        bought
     }
 
     /// Cancels a replica order the way `order:cancelled` does.
@@ -296,7 +308,7 @@ impl TestApp {
 
     /// A bus on the app's stream, as another service would connect.
     pub async fn bus(&self) -> EventBus {
-        EventBus::connect(&self.settings.nats, "payments-test")
+        EventBus::connect(&self.settings.backend.nats, "payments-test")
             .await
             .expect("test bus")
     }

@@ -1,6 +1,7 @@
 use common::bus::Outcome;
-use common::events::{OrderCreated, OrderStatus, Subject};
+use common::events::{OrderCreated, OrderStatus};
 use common::money::Price;
+use common::testing::dead_letters_a_malformed_id;
 use mongodb::bson::oid::ObjectId;
 use payments::listeners::order_created;
 
@@ -67,30 +68,8 @@ async fn a_redelivered_order_created_is_acknowledged_and_changes_nothing() {
 #[tokio::test]
 async fn an_order_created_with_a_malformed_id_is_dead_lettered_instead_of_redelivered_forever() {
     let app = spawn_app().await;
-    let mut event = serde_json::to_value(order_created_event(
-        &User::new().id,
-        Price::from_cents(1000),
-    ))
-    .expect("json");
-    event["id"] = "not-an-object-id".into();
-    let bus = app.bus().await;
-
-    bus.publish_raw(
-        Subject::OrderCreated,
-        "malformed-order-created",
-        serde_json::to_vec(&event).expect("payload").into(),
-    )
-    .await
-    .expect("published");
-
-    eventually("the event to be dead-lettered", || async {
-        (bus.dead_letter_count("payments-service")
-            .await
-            .expect("dead letters")
-            == 1)
-            .then_some(())
-    })
-    .await;
+    let event = order_created_event(&User::new().id, Price::from_cents(1000));
+    dead_letters_a_malformed_id(&app.bus().await, &event, "payments-service").await;
     assert_eq!(app.replica_count().await, 0);
 }
 

@@ -42,19 +42,14 @@ fn header(request: &wiremock::Request, name: &str) -> Option<String> {
 #[tokio::test]
 async fn paying_an_order_charges_its_price_in_euro_cents_and_answers_201() {
     let app = spawn_app().await;
-    let user = User::new();
-    let order = app
-        .order_for(&user, Price::from_euros(19.99).expect("price"))
-        .await;
-    stripe_charges_succeed(&app, "ch_paid_1", 1999, Duration::ZERO).await;
+    let (user, order) = app.payable_order(1999, "ch_paid_1", Duration::ZERO).await;
 
-    let reply = app.pay(&user, &order.id, "tok_visa").await;
+    let body = app.pay_ok(&user, &order.id).await;
 
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-    assert_eq!(reply.body["success"], true);
-    let payment_id = reply.body["id"].as_str().expect("a payment id").to_owned();
+    assert_eq!(body["success"], true);
+    let payment_id = body["id"].as_str().expect("a payment id").to_owned();
     assert!(ObjectId::parse_str(&payment_id).is_ok(), "{payment_id}");
-    assert_eq!(reply.body.as_object().map(|o| o.len()), Some(2));
+    assert_eq!(body.as_object().map(|o| o.len()), Some(2));
 
     let requests = app.stripe_requests().await;
     assert_eq!(requests.len(), 1);
@@ -100,11 +95,9 @@ async fn paying_an_order_charges_its_price_in_euro_cents_and_answers_201() {
 async fn a_payment_publishes_payment_created_once_with_the_payment_order_and_charge_ids() {
     let app = spawn_app().await;
     let mut observed = app.observe_payments().await;
-    let (user, order) = app.order_of_new_buyer(2000).await;
-    stripe_charges_succeed(&app, "ch_event_1", 2000, Duration::ZERO).await;
+    let (user, order) = app.payable_order(2000, "ch_event_1", Duration::ZERO).await;
 
-    let reply = app.pay(&user, &order.id, "tok_visa").await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let body = app.pay_ok(&user, &order.id).await;
 
     let event = tokio::time::timeout(Duration::from_secs(10), observed.recv())
         .await
@@ -112,7 +105,7 @@ async fn a_payment_publishes_payment_created_once_with_the_payment_order_and_cha
         .expect("an event");
     assert_eq!(
         serde_json::to_value(&event).expect("json"),
-        json!({"id": reply.body["id"], "orderId": order.id, "stripeId": "ch_event_1"})
+        json!({"id": body["id"], "orderId": order.id, "stripeId": "ch_event_1"})
     );
     // Published by the request itself: the outbox has nothing left to send again.
     let relayed = app
@@ -133,12 +126,8 @@ async fn a_payment_publishes_payment_created_once_with_the_payment_order_and_cha
 #[tokio::test]
 async fn a_paid_order_cannot_be_paid_again() {
     let app = spawn_app().await;
-    let (user, order) = app.order_of_new_buyer(2000).await;
-    stripe_charges_succeed(&app, "ch_once", 2000, Duration::ZERO).await;
-    assert_eq!(
-        app.pay(&user, &order.id, "tok_visa").await.status,
-        StatusCode::CREATED
-    );
+    let (user, order) = app.payable_order(2000, "ch_once", Duration::ZERO).await;
+    app.pay_ok(&user, &order.id).await;
 
     for token in ["tok_visa", "tok_mastercard"] {
         let reply = app.pay(&user, &order.id, token).await;
@@ -152,9 +141,10 @@ async fn a_paid_order_cannot_be_paid_again() {
 #[tokio::test]
 async fn ten_concurrent_payments_for_one_order_charge_once() {
     let app = spawn_app().await;
-    let (user, order) = app.order_of_new_buyer(2000).await;
     // A slow Stripe keeps the first claim pending while the others arrive.
-    stripe_charges_succeed(&app, "ch_race", 2000, Duration::from_millis(500)).await;
+    let (user, order) = app
+        .payable_order(2000, "ch_race", Duration::from_millis(500))
+        .await;
 
     let replies = app.pay_at_once(&[app.addr], &user, &order.id, 10).await;
 
@@ -184,8 +174,9 @@ async fn ten_concurrent_payments_for_one_order_charge_once() {
 async fn two_replicas_paying_one_order_at_once_charge_once() {
     let app = spawn_app().await;
     let (replica, _stop) = app.spawn_replica().await;
-    let (user, order) = app.order_of_new_buyer(3000).await;
-    stripe_charges_succeed(&app, "ch_replicas", 3000, Duration::from_millis(300)).await;
+    let (user, order) = app
+        .payable_order(3000, "ch_replicas", Duration::from_millis(300))
+        .await;
 
     let replies = app
         .pay_at_once(&[app.addr, replica], &user, &order.id, 12)
@@ -250,9 +241,8 @@ async fn after_a_decline_a_new_card_pays_the_order_as_a_new_attempt_under_a_new_
 
     let declined = app.pay(&user, &order.id, "tok_chargeDeclined").await;
     assert_eq!(declined.status, StatusCode::BAD_REQUEST);
-    let paid = app.pay(&user, &order.id, "tok_visa").await;
+    app.pay_ok(&user, &order.id).await;
 
-    assert_eq!(paid.status, StatusCode::CREATED, "{:?}", paid.body);
     let keys: Vec<_> = app
         .stripe_requests()
         .await
@@ -491,9 +481,8 @@ async fn an_order_known_only_from_the_bus_can_be_paid() {
     crate::helpers::eventually("the replica", || async { app.replica(&order.id).await }).await;
     stripe_charges_succeed(&app, "ch_bus", 1500, Duration::ZERO).await;
 
-    let reply = app.pay(&user, &order.id, "tok_visa").await;
+    app.pay_ok(&user, &order.id).await;
 
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     assert_eq!(
         field(&form(&app.stripe_requests().await[0]), "amount").as_deref(),
         Some("1500")
@@ -528,18 +517,11 @@ async fn get_as(app: &TestApp, user: &User, path: &str) -> Reply {
 #[tokio::test]
 async fn the_owner_sees_where_the_payment_of_their_order_stands_and_nobody_else_does() {
     let app = spawn_app().await;
-    let user = User::new();
-    let order = app
-        .order_for(&user, Price::from_euros(20.0).expect("price"))
-        .await;
+    let (user, order) = app.order_of_new_buyer(2000).await;
     let path = format!("/api/payments/{}", order.id);
 
     let before = get_as(&app, &user, &path).await;
-    assert_eq!(
-        (before.status, before.body),
-        (StatusCode::NOT_FOUND, not_found()),
-        "no attempt yet"
-    );
+    before.expect_not_found("no attempt yet");
 
     stripe_charge_answer(ResponseTemplate::new(402).set_body_json(declined_body()))
         .up_to_n_times(1)
@@ -554,10 +536,7 @@ async fn the_owner_sees_where_the_payment_of_their_order_stands_and_nobody_else_
     );
 
     stripe_charges_succeed(&app, "ch_state", 2000, Duration::ZERO).await;
-    assert_eq!(
-        app.pay(&user, &order.id, "tok_visa").await.status,
-        StatusCode::CREATED
-    );
+    app.pay_ok(&user, &order.id).await;
     let paid = get_as(&app, &user, &path).await;
     assert_eq!(
         paid.body,
@@ -575,10 +554,6 @@ async fn the_owner_sees_where_the_payment_of_their_order_stands_and_nobody_else_
         "/api/payments/nope",
     ] {
         let reply = get_as(&app, &user, missing).await;
-        assert_eq!(
-            (reply.status, reply.body),
-            (StatusCode::NOT_FOUND, not_found()),
-            "{missing}"
-        );
+        reply.expect_not_found(missing);
     }
 }

@@ -285,18 +285,11 @@ async fn update(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::extract::validate_body;
+    use common::testing::validate_json;
     use serde_json::json;
 
     fn check(body: Value) -> Result<(String, i64), Vec<String>> {
-        validate_body::<TicketInput>(body.as_object().cloned().unwrap_or_default())
-            .map(|input| (input.title, input.price.cents()))
-            .map_err(|errors| {
-                errors
-                    .into_iter()
-                    .map(|e| format!("{}:{}", e.field.unwrap_or_default(), e.message))
-                    .collect()
-            })
+        validate_json::<TicketInput>(body).map(|input| (input.title, input.price.cents()))
     }
 
     #[test]

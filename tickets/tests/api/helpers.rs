@@ -6,7 +6,8 @@ use common::events::{Event, Id, OrderCancelled, OrderCreated, TicketUpdated};
 use common::money::Price;
 use common::store::PendingEvent;
 use common::testing::{
-    self, Observer, Running, as_id, eventually, new_user_id, observe, require_infra, send, test_env,
+    self, Observer, Running, as_id, eventually, id_of, new_user_id, observe, require_infra, send,
+    start, test_env,
 };
 use mongodb::Database;
 use mongodb::bson::oid::ObjectId;
@@ -35,13 +36,10 @@ pub async fn infra() -> Infra {
     require_infra(&["MONGO_URL", "NATS_URL"]);
     common::testing::init_test_log("tickets-test");
     let settings = Settings::from_env(&test_env("tickets", &[])).expect("test settings");
-    let db = common::store::connect(&settings.mongo, "tickets-test")
+    let (db, bus) = common::backend::connect(&settings.backend, "tickets-test")
         .await
-        .expect("the test connects to the database");
+        .expect("the test connects to the database and NATS");
     let store = TicketStore::new(&db);
-    let bus = EventBus::connect(&settings.nats, "tickets-test")
-        .await
-        .expect("the test connects to NATS");
     Infra {
         settings,
         db,
@@ -64,15 +62,13 @@ pub struct TestApp {
 /// and stream.
 pub async fn spawn_app() -> TestApp {
     let infra = infra().await;
-    let app = tickets::app::build(infra.settings.clone())
-        .await
-        .expect("the tickets app builds");
+    let app = start("tickets", tickets::app::build(infra.settings.clone())).await;
     TestApp {
-        addr: app.addr(),
-        metrics_addr: app.metrics_addr(),
+        addr: app.addr,
+        metrics_addr: app.metrics_addr,
         client: reqwest::Client::new(),
         infra,
-        _running: Running::spawn(|shutdown| app.run_until_stopped(shutdown)),
+        _running: app.running,
     }
 }
 
@@ -119,6 +115,13 @@ impl TestApp {
     }
 
     /// Creates a ticket through the API and returns its JSON.
+    /// A new owner's ticket (a €20 concert): the owner and the ticket's id.
+    pub async fn new_ticket(&self) -> (User, String) {
+        let owner = user();
+        let ticket = self.create_ticket(&owner, "Concert", 20.0).await;
+        (owner, id_of(&ticket))
+    }
+
     pub async fn create_ticket(&self, owner: &User, title: &str, price: f64) -> Value {
         let reply = self
             .post_ticket(

@@ -4,14 +4,12 @@
 use common::testing::{metric_samples, scrape_metrics};
 use reqwest::StatusCode;
 
-use crate::helpers::{new_order_id, order_created, spawn_app, user};
+use crate::helpers::{new_order_id, order_created, spawn_app};
 
 #[tokio::test]
 async fn the_metrics_port_counts_requests_by_matched_route_and_events_by_outcome() {
     let app = spawn_app().await;
-    let owner = user();
-    let ticket = app.create_ticket(&owner, "Concert", 20.0).await;
-    let id = ticket["id"].as_str().expect("an id").to_owned();
+    let (_, id) = app.new_ticket().await;
     app.infra
         .bus
         .publish(&order_created(&id, new_order_id()))

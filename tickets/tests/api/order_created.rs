@@ -78,9 +78,8 @@ async fn an_order_for_an_unknown_ticket_is_retried_and_one_with_a_malformed_id_c
 #[tokio::test]
 async fn the_running_listener_waits_for_the_previous_holders_cancellation() {
     let app = spawn_app().await;
-    let owner = user();
-    let ticket = app.create_ticket(&owner, "Concert", 20.0).await;
-    let id = ticket["id"].as_str().expect("id");
+    let (_, id) = app.new_ticket().await;
+    let id = id.as_str();
     let (first, second) = (new_order_id(), new_order_id());
 
     app.infra.publish(&order_created(id, first)).await;

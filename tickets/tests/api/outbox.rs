@@ -1,7 +1,7 @@
 use common::events::{TicketCreated, TicketUpdated};
 use common::store::PendingEvent;
 
-use crate::helpers::{infra, new_order_id, sentinel_created, sentinel_updated, spawn_app, user};
+use crate::helpers::{infra, new_order_id, sentinel_created, sentinel_updated, spawn_app};
 use tickets::store::Ticket;
 
 #[tokio::test]
@@ -63,10 +63,9 @@ async fn an_event_published_just_before_a_crash_is_relayed_again_and_dropped_as_
 #[tokio::test]
 async fn the_running_service_relays_a_change_that_was_never_published() {
     let app = spawn_app().await;
-    let owner = user();
     let mut updated = app.infra.observe::<TicketUpdated>().await;
-    let ticket = app.create_ticket(&owner, "Concert", 20.0).await;
-    let id = ticket["id"].as_str().expect("id");
+    let (_, id) = app.new_ticket().await;
+    let id = id.as_str();
     let order_id = new_order_id();
     let current = app.infra.ticket(id).await;
     app.infra.reserve_unpublished(&current, order_id).await;

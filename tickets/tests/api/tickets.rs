@@ -4,7 +4,7 @@ use mongodb::bson::Bson;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use common::testing::{not_authorized, not_found};
+use common::testing::not_authorized;
 
 use crate::helpers::{
     Reply, errors, new_order_id, order_cancelled, order_created, sentinel_created,
@@ -194,11 +194,7 @@ async fn showing_a_ticket_answers_404_for_unknown_and_malformed_ids() {
         "64b7f0c2a1b2c3d4e5f6071z",
     ] {
         let reply = app.get_ticket(id).await;
-        assert_eq!(
-            (reply.status, reply.body),
-            (StatusCode::NOT_FOUND, not_found()),
-            "{id}"
-        );
+        reply.expect_not_found(id);
     }
 }
 
@@ -247,11 +243,7 @@ async fn updating_checks_auth_then_validation_then_existence_then_reservation_th
     // 3. unknown or malformed id
     for id in [unknown, "nope"] {
         let reply = app.put_ticket(id, Some(&owner.cookie), &good).await;
-        assert_eq!(
-            (reply.status, reply.body),
-            (StatusCode::NOT_FOUND, not_found()),
-            "{id}"
-        );
+        reply.expect_not_found(id);
     }
     // 5. not the owner
     let ticket = app.create_ticket(&owner, "Concert", 20.0).await;
@@ -280,10 +272,9 @@ async fn updating_checks_auth_then_validation_then_existence_then_reservation_th
 #[tokio::test]
 async fn an_owner_edit_bumps_the_version_and_announces_it_without_order_id() {
     let app = spawn_app().await;
-    let owner = user();
     let mut updated = app.infra.observe::<TicketUpdated>().await;
-    let ticket = app.create_ticket(&owner, "Concert", 20.0).await;
-    let id = ticket["id"].as_str().expect("id");
+    let (owner, id) = app.new_ticket().await;
+    let id = id.as_str();
 
     let reply = app
         .put_ticket(
@@ -331,9 +322,7 @@ async fn an_owner_edit_bumps_the_version_and_announces_it_without_order_id() {
 #[tokio::test]
 async fn reservations_and_releases_from_the_bus_show_as_versions_over_http() {
     let app = spawn_app().await;
-    let owner = user();
-    let ticket = app.create_ticket(&owner, "Concert", 20.0).await;
-    let id = ticket["id"].as_str().expect("id").to_owned();
+    let (owner, id) = app.new_ticket().await;
     let order_id = new_order_id();
     let opera = json!({ "title": "Opera", "price": 25 });
 
@@ -377,11 +366,7 @@ async fn unknown_routes_and_methods_answer_404_in_the_error_shape() {
         let reply = app
             .request(method.clone(), path, Some(&owner.cookie), None)
             .await;
-        assert_eq!(
-            (reply.status, reply.body),
-            (StatusCode::NOT_FOUND, not_found()),
-            "{method} {path}"
-        );
+        reply.expect_not_found(&format!("{method} {path}"));
     }
     assert_eq!(
         app.get_ticket(ticket["id"].as_str().expect("id"))

@@ -143,6 +143,19 @@ def target_docs(target: str) -> list[Doc]:
     return docs_in(target_dir(target))
 
 
+@functools.cache
+def all_target_docs() -> dict[str, list[Doc]]:
+    """Every target's documents, read once per test run."""
+    return {target: target_docs(target) for target in TARGETS}
+
+
+def target_deployment(service: str, target: str = "base") -> Doc:
+    """The Deployment of `service` in `target`'s folder (an assertion names what is missing)."""
+    doc = find(all_target_docs()[target], "Deployment", deployment_name(service))
+    assert doc is not None, f"infra/{TARGETS[target]} has no Deployment {deployment_name(service)}"
+    return doc
+
+
 def manifest_files(*dirs: Path) -> list[Path]:
     dirs = dirs or tuple(manifest_dirs())
     return sorted(p for d in dirs if d.is_dir() for p in d.iterdir() if p.suffix in (".yaml", ".yml"))

@@ -11,15 +11,13 @@ import pytest
 
 import infra_model as m
 
-TARGET_DOCS = {target: m.target_docs(target) for target in m.TARGETS}
+TARGET_DOCS = m.all_target_docs()
 DOCS = TARGET_DOCS["base"]
 EACH = pytest.mark.parametrize("target,service", [(t, s) for t in m.TARGETS for s in m.SERVICES])
 
 
 def env_of(service, target="base"):
-    doc = m.find(TARGET_DOCS[target], "Deployment", m.deployment_name(service))
-    assert doc is not None, f"infra/{m.TARGETS[target]}: no Deployment {m.deployment_name(service)}"
-    return m.env_entries(m.container(doc, service))
+    return m.env_entries(m.container(m.target_deployment(service, target), service))
 
 
 @EACH

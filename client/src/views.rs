@@ -189,12 +189,59 @@ pub struct TicketPage {
     pub csrf_token: String,
 }
 
+/// One row of "My orders": the ticket, what it costs, where the order stands in words a buyer
+/// understands, and, while it can be paid, the time to pay by.
 pub struct OrderRow {
     pub id: String,
     pub title: String,
-    pub status: &'static str,
-    /// The status as a CSS class name (`awaiting:payment` has a colon).
-    pub status_class: &'static str,
+    pub price: String,
+    /// The orders API's status, for scripts and tests (`data-status`).
+    pub status_code: &'static str,
+    /// The state as a CSS class name.
+    pub state_class: &'static str,
+    /// The state in words.
+    pub state: &'static str,
+    /// While the order awaits payment: when the window closes.
+    pub pay_by: Option<PayBy>,
+}
+
+/// A moment shown as `HH:MM UTC` in a `<time datetime=…>`.
+pub struct PayBy {
+    /// ISO 8601, UTC, to the second (the `datetime` attribute).
+    pub datetime: String,
+    /// `13:05 UTC`.
+    pub text: String,
+}
+
+impl PayBy {
+    pub fn at(moment: DateTime<Utc>) -> Self {
+        Self {
+            datetime: moment.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            text: moment.format("%H:%M UTC").to_string(),
+        }
+    }
+}
+
+impl OrderRow {
+    pub fn new(order: Order, now: DateTime<Utc>) -> Self {
+        let state = OrderState::of(&order, now);
+        let (state_class, words) = match state {
+            OrderState::Payable(_) => ("payable", "Awaiting payment"),
+            OrderState::Expired => ("expired", "Expired"),
+            OrderState::Cancelled => ("cancelled", "Cancelled"),
+            OrderState::Refunded => ("cancelled", "Cancelled, payment refunded"),
+            OrderState::Paid => ("paid", "Paid"),
+        };
+        Self {
+            pay_by: matches!(state, OrderState::Payable(_)).then(|| PayBy::at(order.expires_at)),
+            price: euros(order.ticket.price),
+            status_code: order.status.as_str(),
+            state_class,
+            state: words,
+            id: order.id,
+            title: order.ticket.title,
+        }
+    }
 }
 
 #[derive(Template)]
@@ -205,18 +252,10 @@ pub struct OrdersPage {
 }
 
 impl OrdersPage {
-    pub fn new(viewer: Viewer, orders: Vec<Order>) -> Self {
+    pub fn new(viewer: Viewer, orders: Vec<Order>, now: DateTime<Utc>) -> Self {
         let orders = orders
             .into_iter()
-            .map(|order| OrderRow {
-                status: order.status.as_str(),
-                status_class: match order.status {
-                    OrderStatus::AwaitingPayment => "awaiting-payment",
-                    other => other.as_str(),
-                },
-                id: order.id,
-                title: order.ticket.title,
-            })
+            .map(|order| OrderRow::new(order, now))
             .collect();
         Self { viewer, orders }
     }

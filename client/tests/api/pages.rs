@@ -270,15 +270,38 @@ async fn a_malformed_id_is_a_404_without_being_spliced_into_an_api_url() {
 }
 
 #[tokio::test]
-async fn my_orders_lists_each_order_as_title_dash_status() {
+async fn my_orders_shows_each_orders_ticket_price_state_in_words_and_the_time_to_pay_by() {
     let app = spawn_app_signed_in().await;
-    let later = Utc::now() + Duration::seconds(60);
+    let later = Utc::now() + Duration::seconds(600);
+    let earlier = Utc::now() - Duration::seconds(60);
+    let mut refunded = order(
+        "64b7f0c2a1b2c3d4e5f6b004",
+        "cancelled",
+        earlier,
+        "Ballet",
+        7.0,
+    );
+    refunded["refunded"] = json!(true);
     app.given_get(
         "/api/orders",
         200,
         json!([
-            order(ORDER_ID, "complete", later, "Concert", 20.0),
-            order("64b7f0c2a1b2c3d4e5f6b002", "cancelled", later, "Opera", 5.0),
+            order(ORDER_ID, "complete", earlier, "Concert", 20.0),
+            order(
+                "64b7f0c2a1b2c3d4e5f6b002",
+                "cancelled",
+                earlier,
+                "Opera",
+                5.0
+            ),
+            order(
+                "64b7f0c2a1b2c3d4e5f6b003",
+                "created",
+                later,
+                "Jazz & blues",
+                1250.0
+            ),
+            refunded,
         ]),
     )
     .await;
@@ -287,11 +310,26 @@ async fn my_orders_lists_each_order_as_title_dash_status() {
 
     assert_eq!(page.status, StatusCode::OK);
     page.assert_signed_in_header();
+    let pay_by = later.format("%H:%M UTC").to_string();
+    let datetime = later.format("%Y-%m-%dT%H:%M:%SZ").to_string();
     page.assert_contains(&[
         "<title>My Orders · Ticketing System</title>",
-        &format!(r#"<a href="/orders/{ORDER_ID}">Concert - complete</a>"#),
-        r#"<a href="/orders/64b7f0c2a1b2c3d4e5f6b002">Opera - cancelled</a>"#,
+        &format!(r#"<a class="row-title" href="/orders/{ORDER_ID}">Concert</a>"#),
+        r#"<span class="row-price">€20.00</span>"#,
+        r#"<span class="badge badge-paid">Paid</span>"#,
+        r#"<a class="row-title" href="/orders/64b7f0c2a1b2c3d4e5f6b002">Opera</a>"#,
+        r#"<span class="badge badge-expired">Expired</span>"#,
+        r#"data-order-id="64b7f0c2a1b2c3d4e5f6b003" data-status="created""#,
+        r#">Jazz &#38; blues</a>"#,
+        r#"<span class="row-price">€1,250.00</span>"#,
+        r#"<span class="badge badge-payable">Awaiting payment</span>"#,
+        &format!(
+            r#"<span class="row-time">Pay by <time datetime="{datetime}">{pay_by}</time></span>"#
+        ),
+        r#"<span class="badge badge-cancelled">Cancelled, payment refunded</span>"#,
     ]);
+    // Only the order awaiting payment has a time to pay by.
+    assert_eq!(page.html.matches("<time ").count(), 1, "{}", page.html);
     let requests = app.requests_to("/api/orders").await;
     assert_eq!(
         requests[0]
@@ -300,6 +338,18 @@ async fn my_orders_lists_each_order_as_title_dash_status() {
             .and_then(|v| v.to_str().ok()),
         Some(COOKIE_VALUE)
     );
+}
+
+#[tokio::test]
+async fn my_orders_without_any_order_points_to_the_tickets() {
+    let app = spawn_app_signed_in().await;
+    app.given_get("/api/orders", 200, json!([])).await;
+
+    let page = app.get("/orders", Some(COOKIE_VALUE)).await;
+
+    assert_eq!(page.status, StatusCode::OK);
+    page.assert_contains(&[r#"id="no-orders""#, r#"<a href="/">Find a ticket</a>"#]);
+    page.assert_lacks(&["orders-list"]);
 }
 
 #[tokio::test]

@@ -211,6 +211,21 @@ impl Browser {
         }
     }
 
+    /// Reloads until the page has an element matching the CSS `selector` (for states that arrive
+    /// through events).
+    pub async fn reload_until_present(&self, selector: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.client.find(Locator::Css(selector)).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the page never had {selector}:\n{}",
+                self.body_text().await
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            self.client.refresh().await.expect("reload");
+        }
+    }
+
     pub async fn screenshot(&self, step: &str) {
         let png = self.client.screenshot().await.expect("screenshot");
         let file = self.artifacts.join(format!("{}-{step}.png", self.name));

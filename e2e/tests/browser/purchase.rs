@@ -114,8 +114,12 @@ async fn a_ticket_is_sold_bought_paid_and_then_locked_for_its_seller() {
         .await;
     // The order becomes complete once payments' event has reached orders.
     buyer
-        .reload_until_text(&format!("{title} - complete"), Duration::from_secs(15))
+        .reload_until_present(
+            &format!(r#"li[data-order-id="{order_id}"][data-status="complete"]"#),
+            Duration::from_secs(15),
+        )
         .await;
+    assert!(buyer.body_text().await.contains("Paid"));
     buyer.screenshot("my-orders-paid").await;
     buyer.visit(&format!("/orders/{order_id}")).await;
     assert_eq!(buyer.text("order-status").await, "Order paid.");
@@ -187,8 +191,12 @@ async fn an_order_left_unpaid_expires_and_frees_its_ticket() {
     // The expiration service cancels it, and the ticket is for sale again.
     buyer.visit("/orders").await;
     buyer
-        .reload_until_text(&format!("{title} - cancelled"), Duration::from_secs(15))
+        .reload_until_present(
+            &format!(r#"li[data-order-id="{order_id}"][data-status="cancelled"]"#),
+            Duration::from_secs(15),
+        )
         .await;
+    assert!(buyer.body_text().await.contains("Expired"));
     buyer.visit("/").await;
     buyer
         .reload_until_text(&title, Duration::from_secs(15))

@@ -109,6 +109,38 @@ pub struct HomePage {
     pub first_href: Option<String>,
 }
 
+/// One of the seller's own tickets: free, or held by an order. The tickets service cannot tell a
+/// reservation from a sale (it learns of orders, not of payments), so a held ticket is "reserved
+/// or sold".
+pub struct MyTicketRow {
+    pub id: String,
+    pub title: String,
+    pub price: String,
+    pub held: bool,
+}
+
+impl From<Ticket> for MyTicketRow {
+    fn from(ticket: Ticket) -> Self {
+        Self {
+            held: ticket.order_id.is_some(),
+            price: euros(ticket.price),
+            id: ticket.id,
+            title: ticket.title,
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "tickets_mine.html")]
+pub struct MyTicketsPage {
+    pub viewer: Viewer,
+    pub tickets: Vec<MyTicketRow>,
+    /// The next page's address, while there is one.
+    pub next_href: Option<String>,
+    /// The first page's address, when this is a later page.
+    pub first_href: Option<String>,
+}
+
 /// Sign up and sign in share one form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {

@@ -257,19 +257,12 @@ impl PayBy {
 impl OrderRow {
     pub fn new(order: Order, now: DateTime<Utc>) -> Self {
         let state = OrderState::of(&order, now);
-        let (state_class, words) = match state {
-            OrderState::Payable(_) => ("payable", "Awaiting payment"),
-            OrderState::Expired => ("expired", "Expired"),
-            OrderState::Cancelled => ("cancelled", "Cancelled"),
-            OrderState::Refunded => ("cancelled", "Cancelled, payment refunded"),
-            OrderState::Paid => ("paid", "Paid"),
-        };
         Self {
             pay_by: matches!(state, OrderState::Payable(_)).then(|| PayBy::at(order.expires_at)),
             price: euros(order.ticket.price),
             status_code: order.status.as_str(),
-            state_class,
-            state: words,
+            state_class: state.class(),
+            state: state.words(),
             id: order.id,
             title: order.ticket.title,
         }
@@ -342,6 +335,27 @@ impl OrderState {
             _ if seconds < 0 => Self::Expired,
             OrderStatus::Cancelled => Self::Cancelled,
             OrderStatus::Created | OrderStatus::AwaitingPayment => Self::Payable(seconds),
+        }
+    }
+
+    /// The state in a buyer's words.
+    pub fn words(self) -> &'static str {
+        match self {
+            Self::Payable(_) => "Awaiting payment",
+            Self::Expired => "Expired",
+            Self::Cancelled => "Cancelled",
+            Self::Refunded => "Cancelled, payment refunded",
+            Self::Paid => "Paid",
+        }
+    }
+
+    /// The state as a CSS class name (`badge-<class>`).
+    pub fn class(self) -> &'static str {
+        match self {
+            Self::Payable(_) => "payable",
+            Self::Expired => "expired",
+            Self::Cancelled | Self::Refunded => "cancelled",
+            Self::Paid => "paid",
         }
     }
 }

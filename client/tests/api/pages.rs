@@ -380,6 +380,7 @@ async fn a_pending_order_counts_down_and_pays_with_the_test_token_without_a_stri
     assert!(counted, "no countdown in:\n{}", page.html);
     page.assert_contains(&[
         r#"id="order-status""#,
+        r#"<dd id="order-state">Awaiting payment</dd>"#,
         "€12.50 <span class=\"currency\">EUR</span>",
         &format!(r#"<form id="pay-form" method="post" action="/orders/{ORDER_ID}""#),
         r#"<input type="hidden" name="token" id="pay-token" value="tok_visa">"#,
@@ -424,7 +425,10 @@ async fn a_paid_order_says_so_and_offers_no_payment() {
 
     let page = app.order_page(concert_order("complete", -30)).await;
 
-    page.assert_contains(&[r#"id="order-status" role="status">Order paid.</p>"#]);
+    page.assert_contains(&[
+        r#"id="order-status" role="status">Order paid.</p>"#,
+        r#"<dd id="order-state">Paid</dd>"#,
+    ]);
     page.assert_lacks(&["pay-form", "Order expired."]);
 }
 

@@ -15,16 +15,16 @@ async fn submit_credentials(browser: &Browser, form: &str, email: &str, what: &s
     browser.wait_for_path(what, |p| p == "/").await;
 }
 
-async fn sign_up(browser: &Browser, email: &str) {
+pub(crate) async fn sign_up(browser: &Browser, email: &str) {
     submit_credentials(browser, "signup", email, "after signing up").await;
     assert!(browser.text("nav-sell").await.contains("Sell Tickets"));
 }
 
-async fn sign_in(browser: &Browser, email: &str) {
+pub(crate) async fn sign_in(browser: &Browser, email: &str) {
     submit_credentials(browser, "signin", email, "after signing in").await;
 }
 
-async fn sign_out(browser: &Browser) {
+pub(crate) async fn sign_out(browser: &Browser) {
     browser.click("nav-signout").await;
     // The page signs out by itself (and the button works without JavaScript).
     browser

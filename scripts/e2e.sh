@@ -46,7 +46,8 @@ AXE_CORE_DIR="$ROOT/.data/npm/axe-core-$AXE_CORE_VERSION"
 # no node_modules, no lock file), refusing a tarball whose digest is not the pinned one.
 install_axe_core() {
   [[ -s "$AXE_CORE_DIR/axe.min.js" ]] && return 0
-  command -v npm >/dev/null || die "npm is needed once to fetch axe-core $AXE_CORE_VERSION (apt-get install npm)"
+  ensure_apt_packages npm npm
+  ensure_apt_packages openssl openssl
   local tmp digest
   tmp="$(mktemp -d)"
   log "fetching axe-core $AXE_CORE_VERSION from the npm registry into ${AXE_CORE_DIR#"$ROOT"/}"

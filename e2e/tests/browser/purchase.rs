@@ -233,6 +233,16 @@ async fn a_bad_sign_up_shows_the_errors_next_to_the_fields_and_keeps_the_email()
     );
     assert_eq!(browser.value("email").await, "not-an-email");
     assert_eq!(browser.value("password").await, "");
+    // Keyboard and screen-reader users land on the first field to fix.
+    let focused = browser
+        .client
+        .active_element()
+        .await
+        .expect("the focused element");
+    assert_eq!(
+        focused.attr("id").await.expect("its id").as_deref(),
+        Some("email")
+    );
     browser.screenshot("signup-errors").await;
     browser.visit("/no/such/page").await;
     assert!(

@@ -15,6 +15,10 @@
 #      E2E_ARTIFACTS=<repo>/e2e-artifacts    emptied first; screenshots, page sources (ignored by git)
 #      EXPIRATION_WINDOW_SECONDS             the window the orders service runs with
 #      MONGO_URL, NATS_URL, REDIS_URL        the infrastructure, for checks behind the app
+#      AXE_CORE_JS=<repo>/.data/npm/axe-core-<version>/axe.min.js   axe-core, which the
+#                                            accessibility test injects into every page; fetched
+#                                            once with `npm pack` at a pinned version and checked
+#                                            against the registry's pinned sha512 integrity
 # 4. on failure: the last lines of every service's log, of nginx's logs and of chromedriver's;
 # 5. always: scripts/app.sh down and scripts/infra.sh down of the e2e instance.
 # Environment: APP_SKIP_BUILD=1 (scripts/test.sh: reuse the debug binaries cargo test built; a
@@ -31,6 +35,36 @@ cd "$ROOT"
 
 SERVICES=(client auth tickets orders payments expiration) # as in scripts/app.sh
 ARTIFACTS="$ROOT/e2e-artifacts"
+
+# axe-core (https://github.com/dequelabs/axe-core), pinned: its version and the sha512 integrity
+# the npm registry publishes for that version's tarball (`npm view axe-core@VERSION dist.integrity`).
+AXE_CORE_VERSION=4.14.1
+AXE_CORE_INTEGRITY="sha512-FHfa+lmNjQZfJz1q8wKqIDwC6DExcHt/pkjNQb09a3NPjCKg2rhu5qb2S4r76ASyFNNtuFooJpZe37OgudVGtQ=="
+AXE_CORE_DIR="$ROOT/.data/npm/axe-core-$AXE_CORE_VERSION"
+
+# Puts axe.min.js of the pinned axe-core in $AXE_CORE_DIR once (npm pack: no install scripts run,
+# no node_modules, no lock file), refusing a tarball whose digest is not the pinned one.
+install_axe_core() {
+  [[ -s "$AXE_CORE_DIR/axe.min.js" ]] && return 0
+  ensure_apt_packages npm npm
+  ensure_apt_packages openssl openssl
+  local tmp digest
+  tmp="$(mktemp -d)"
+  log "fetching axe-core $AXE_CORE_VERSION from the npm registry into ${AXE_CORE_DIR#"$ROOT"/}"
+  (cd "$tmp" && npm pack --silent --ignore-scripts "axe-core@$AXE_CORE_VERSION" >/dev/null) ||
+    { rm -rf "$tmp"; die "npm pack axe-core@$AXE_CORE_VERSION failed"; }
+  digest="sha512-$(openssl dgst -sha512 -binary "$tmp/axe-core-$AXE_CORE_VERSION.tgz" | base64 -w0)"
+  if [[ "$digest" != "$AXE_CORE_INTEGRITY" ]]; then
+    rm -rf "$tmp"
+    die "axe-core-$AXE_CORE_VERSION.tgz has integrity $digest, not the pinned $AXE_CORE_INTEGRITY"
+  fi
+  tar -xzf "$tmp/axe-core-$AXE_CORE_VERSION.tgz" -C "$tmp" package/axe.min.js package/LICENSE
+  mkdir -p "$AXE_CORE_DIR"
+  cp "$tmp/package/LICENSE" "$AXE_CORE_DIR/LICENSE"
+  cp "$tmp/package/axe.min.js" "$AXE_CORE_DIR/axe.min.js.part"
+  mv "$AXE_CORE_DIR/axe.min.js.part" "$AXE_CORE_DIR/axe.min.js"
+  rm -rf "$tmp"
+}
 
 # ------------------------------------------------------------------ preconditions
 [[ -f e2e/Cargo.toml ]] ||
@@ -101,6 +135,8 @@ trap 'exit 143' TERM
 
 # ------------------------------------------------------------------ 1. infrastructure
 bash "$ROOT/scripts/infra.sh" up ferretdb nats redis stripe-mock chromedriver
+install_axe_core
+export AXE_CORE_JS="$AXE_CORE_DIR/axe.min.js"
 eval "$(bash "$ROOT/scripts/infra.sh" env)"
 [[ -n "${WEBDRIVER_URL:-}" ]] || die "chromedriver is not running after scripts/infra.sh up (no WEBDRIVER_URL)"
 export MONGO_URL NATS_URL REDIS_URL WEBDRIVER_URL

@@ -328,6 +328,26 @@ impl Api {
         self.get(&path, fwd).await
     }
 
+    /// One page of the signed-in user's own tickets, free or held by an order
+    /// ([`TICKETS_PER_PAGE`], after `after`, a valid id, see [`is_id`]); `more` says whether another
+    /// follows. A 401 when nobody is signed in.
+    pub async fn my_tickets(
+        &self,
+        fwd: &Forwarded,
+        after: Option<&str>,
+    ) -> Result<Reply<Vec<Ticket>>, ApiError> {
+        let path = {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            query.append_pair("mine", "true");
+            query.append_pair("limit", &TICKETS_PER_PAGE.to_string());
+            if let Some(after) = after {
+                query.append_pair("after", after);
+            }
+            format!("/api/tickets?{}", query.finish())
+        };
+        self.get(&path, fwd).await
+    }
+
     /// `id` must already be a valid id (see [`is_id`]): it becomes part of the URL.
     pub async fn ticket(&self, fwd: &Forwarded, id: &str) -> Result<Reply<Ticket>, ApiError> {
         self.get(&format!("/api/tickets/{id}"), fwd).await

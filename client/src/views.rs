@@ -109,6 +109,38 @@ pub struct HomePage {
     pub first_href: Option<String>,
 }
 
+/// One of the seller's own tickets: free, or held by an order. The tickets service cannot tell a
+/// reservation from a sale (it learns of orders, not of payments), so a held ticket is "reserved
+/// or sold".
+pub struct MyTicketRow {
+    pub id: String,
+    pub title: String,
+    pub price: String,
+    pub held: bool,
+}
+
+impl From<Ticket> for MyTicketRow {
+    fn from(ticket: Ticket) -> Self {
+        Self {
+            held: ticket.order_id.is_some(),
+            price: euros(ticket.price),
+            id: ticket.id,
+            title: ticket.title,
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "tickets_mine.html")]
+pub struct MyTicketsPage {
+    pub viewer: Viewer,
+    pub tickets: Vec<MyTicketRow>,
+    /// The next page's address, while there is one.
+    pub next_href: Option<String>,
+    /// The first page's address, when this is a later page.
+    pub first_href: Option<String>,
+}
+
 /// Sign up and sign in share one form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
@@ -189,12 +221,52 @@ pub struct TicketPage {
     pub csrf_token: String,
 }
 
+/// One row of "My orders": the ticket, what it costs, where the order stands in words a buyer
+/// understands, and, while it can be paid, the time to pay by.
 pub struct OrderRow {
     pub id: String,
     pub title: String,
-    pub status: &'static str,
-    /// The status as a CSS class name (`awaiting:payment` has a colon).
-    pub status_class: &'static str,
+    pub price: String,
+    /// The orders API's status, for scripts and tests (`data-status`).
+    pub status_code: &'static str,
+    /// The state as a CSS class name.
+    pub state_class: &'static str,
+    /// The state in words.
+    pub state: &'static str,
+    /// While the order awaits payment: when the window closes.
+    pub pay_by: Option<PayBy>,
+}
+
+/// A moment shown as `HH:MM UTC` in a `<time datetime=…>`.
+pub struct PayBy {
+    /// ISO 8601, UTC, to the second (the `datetime` attribute).
+    pub datetime: String,
+    /// `13:05 UTC`.
+    pub text: String,
+}
+
+impl PayBy {
+    pub fn at(moment: DateTime<Utc>) -> Self {
+        Self {
+            datetime: moment.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            text: moment.format("%H:%M UTC").to_string(),
+        }
+    }
+}
+
+impl OrderRow {
+    pub fn new(order: Order, now: DateTime<Utc>) -> Self {
+        let state = OrderState::of(&order, now);
+        Self {
+            pay_by: matches!(state, OrderState::Payable(_)).then(|| PayBy::at(order.expires_at)),
+            price: euros(order.ticket.price),
+            status_code: order.status.as_str(),
+            state_class: state.class(),
+            state: state.words(),
+            id: order.id,
+            title: order.ticket.title,
+        }
+    }
 }
 
 #[derive(Template)]
@@ -205,18 +277,10 @@ pub struct OrdersPage {
 }
 
 impl OrdersPage {
-    pub fn new(viewer: Viewer, orders: Vec<Order>) -> Self {
+    pub fn new(viewer: Viewer, orders: Vec<Order>, now: DateTime<Utc>) -> Self {
         let orders = orders
             .into_iter()
-            .map(|order| OrderRow {
-                status: order.status.as_str(),
-                status_class: match order.status {
-                    OrderStatus::AwaitingPayment => "awaiting-payment",
-                    other => other.as_str(),
-                },
-                id: order.id,
-                title: order.ticket.title,
-            })
+            .map(|order| OrderRow::new(order, now))
             .collect();
         Self { viewer, orders }
     }
@@ -271,6 +335,27 @@ impl OrderState {
             _ if seconds < 0 => Self::Expired,
             OrderStatus::Cancelled => Self::Cancelled,
             OrderStatus::Created | OrderStatus::AwaitingPayment => Self::Payable(seconds),
+        }
+    }
+
+    /// The state in a buyer's words.
+    pub fn words(self) -> &'static str {
+        match self {
+            Self::Payable(_) => "Awaiting payment",
+            Self::Expired => "Expired",
+            Self::Cancelled => "Cancelled",
+            Self::Refunded => "Cancelled, payment refunded",
+            Self::Paid => "Paid",
+        }
+    }
+
+    /// The state as a CSS class name (`badge-<class>`).
+    pub fn class(self) -> &'static str {
+        match self {
+            Self::Payable(_) => "payable",
+            Self::Expired => "expired",
+            Self::Cancelled | Self::Refunded => "cancelled",
+            Self::Paid => "paid",
         }
     }
 }

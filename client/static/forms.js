@@ -56,6 +56,18 @@
       });
     });
 
+    // A form sent back with errors: focus goes to the first field in error (its label and, through
+    // aria-describedby, its messages are read out), or else to the error summary, so that keyboard
+    // and screen-reader users land on what needs fixing (the summary is also role="alert").
+    var invalid = document.querySelector("form [aria-invalid='true']");
+    var summary = document.getElementById("errors");
+    if (invalid) {
+      invalid.focus();
+    } else if (summary) {
+      summary.setAttribute("tabindex", "-1");
+      summary.focus();
+    }
+
     // The sign-out page signs out at once, as the original did on mount.
     var auto = document.querySelector("form[data-autosubmit]");
     if (auto && lock(auto)) {

@@ -125,6 +125,14 @@ impl TicketStore {
             IndexKind::Plain,
         )
         .await?;
+        // A seller's own tickets, oldest first.
+        ensure_index(
+            self.tickets.records(),
+            "owned",
+            doc! { "userId": 1, "_id": 1 },
+            IndexKind::Plain,
+        )
+        .await?;
         Ok(())
     }
 
@@ -142,7 +150,30 @@ impl TicketStore {
         title: Option<&str>,
         limit: Option<i64>,
     ) -> Result<Vec<Ticket>, StoreError> {
-        let mut filter = doc! { "orderId": Bson::Null };
+        self.list(doc! { "orderId": Bson::Null }, after, title, limit)
+            .await
+    }
+
+    /// The tickets `user_id` listed, free or held by an order, by the same rules as
+    /// [`Self::list_available`].
+    pub async fn list_owned(
+        &self,
+        user_id: &str,
+        after: Option<ObjectId>,
+        title: Option<&str>,
+        limit: Option<i64>,
+    ) -> Result<Vec<Ticket>, StoreError> {
+        self.list(doc! { "userId": user_id }, after, title, limit)
+            .await
+    }
+
+    async fn list(
+        &self,
+        mut filter: Document,
+        after: Option<ObjectId>,
+        title: Option<&str>,
+        limit: Option<i64>,
+    ) -> Result<Vec<Ticket>, StoreError> {
         if let Some(after) = after {
             filter.insert("_id", doc! { "$gt": after });
         }

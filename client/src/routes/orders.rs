@@ -41,7 +41,7 @@ async fn index(State(state): State<AppState>, fwd: Forwarded) -> PageResult {
         .await
         .map_err(|err| PageError::from_api(err, &viewer))?;
     cookies.extend(orders.cookies);
-    let page = OrdersPage::new(viewer, orders.body);
+    let page = OrdersPage::new(viewer, orders.body, chrono::Utc::now());
     Ok((cookies, render(StatusCode::OK, &page)).into_response())
 }
 

@@ -1,21 +1,27 @@
-//! `/tickets/new` (sell a ticket) and `/tickets/{id}` (a ticket, and purchasing it).
+//! `/tickets/new` (sell a ticket), `/tickets/mine` (the tickets I sell) and `/tickets/{id}` (a
+//! ticket, and purchasing it).
 
 use axum::Router;
-use axum::extract::Path;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
-use crate::api::{SetCookies, is_id};
+use crate::api::{Forwarded, SetCookies, is_id};
 use crate::app::AppState;
 use crate::page::{
     FormAnswer, FormVisit, HtmlForm, PageError, PageResult, not_found, signed_in_viewer, viewer,
 };
-use crate::views::{NewTicketPage, TicketPage, TicketRow, Viewer, render};
+use crate::routes::home::Listing;
+use crate::views::{
+    MyTicketRow, MyTicketsPage, NewTicketPage, TicketPage, TicketRow, Viewer, render,
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/tickets/new", get(new_form).post(create))
+        .route("/tickets/mine", get(mine))
         .route("/tickets/{id}", get(show).post(purchase))
 }
 
@@ -64,6 +70,35 @@ fn new_ticket_page(
         csrf_token: visit.csrf.field().to_owned(),
     };
     (visit.csrf, answer.cookies, render(answer.status, &page)).into_response()
+}
+
+/// The signed-in seller's tickets, a page at a time (`?after=ID`, read leniently like the home
+/// page's), each free or "reserved or sold".
+async fn mine(
+    State(state): State<AppState>,
+    fwd: Forwarded,
+    RawQuery(query): RawQuery,
+) -> PageResult {
+    let after = Listing::from_query(query.as_deref().unwrap_or_default()).after;
+    let (viewer, mut cookies) = signed_in_viewer(&state.api, &fwd).await?;
+    let tickets = state
+        .api
+        .my_tickets(&fwd, after.as_deref())
+        .await
+        .map_err(|err| PageError::from_api(err, &viewer))?;
+    cookies.extend(tickets.cookies);
+    let next_href = tickets
+        .body
+        .last()
+        .filter(|last| tickets.more && is_id(&last.id))
+        .map(|last| format!("/tickets/mine?after={}", last.id));
+    let page = MyTicketsPage {
+        viewer,
+        tickets: tickets.body.into_iter().map(MyTicketRow::from).collect(),
+        next_href,
+        first_href: after.is_some().then(|| "/tickets/mine".to_owned()),
+    };
+    Ok((cookies, render(StatusCode::OK, &page)).into_response())
 }
 
 async fn show(visit: FormVisit, Path(id): Path<String>) -> PageResult {

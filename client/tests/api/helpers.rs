@@ -211,6 +211,7 @@ impl Page {
         self.assert_contains(&[
             r#"<a class="brand" id="brand" href="/">Ticketing System</a>"#,
             r#"<a href="/tickets/new" id="nav-sell">Sell Tickets</a>"#,
+            r#"<a href="/tickets/mine" id="nav-my-tickets">My Tickets</a>"#,
             r#"<a href="/orders" id="nav-orders">My Orders</a>"#,
             r#"<a href="/auth/signout" id="nav-signout">Sign Out</a>"#,
         ]);
@@ -224,7 +225,12 @@ impl Page {
             r#"<a href="/auth/signup" id="nav-signup">Sign Up</a>"#,
             r#"id="nav-signin" class="button-link">Sign In</a>"#,
         ]);
-        self.assert_lacks(&[">Sell Tickets</a>", ">My Orders</a>", ">Sign Out</a>"]);
+        self.assert_lacks(&[
+            ">Sell Tickets</a>",
+            ">My Tickets</a>",
+            ">My Orders</a>",
+            ">Sign Out</a>",
+        ]);
     }
 
     /// The "Oh snap!" alert with exactly these messages, in order.

@@ -161,13 +161,22 @@ async fn cookies_the_api_sets_while_a_page_loads_are_passed_back_to_the_browser(
 async fn protected_pages_send_anonymous_visitors_to_sign_in() {
     let app = spawn_app_signed_out().await;
 
-    for page_path in ["/tickets/new", "/orders", &format!("/orders/{ORDER_ID}")] {
+    for page_path in [
+        "/tickets/new",
+        "/tickets/mine",
+        "/orders",
+        &format!("/orders/{ORDER_ID}"),
+    ] {
         let page = app.get(page_path, None).await;
         page.assert_redirect("/auth/signin");
     }
     assert!(
         app.requests_to("/api/orders").await.is_empty(),
         "no order is asked for on behalf of an anonymous visitor"
+    );
+    assert!(
+        app.requests_to("/api/tickets").await.is_empty(),
+        "no one's tickets are asked for on behalf of an anonymous visitor"
     );
 }
 
@@ -270,15 +279,38 @@ async fn a_malformed_id_is_a_404_without_being_spliced_into_an_api_url() {
 }
 
 #[tokio::test]
-async fn my_orders_lists_each_order_as_title_dash_status() {
+async fn my_orders_shows_each_orders_ticket_price_state_in_words_and_the_time_to_pay_by() {
     let app = spawn_app_signed_in().await;
-    let later = Utc::now() + Duration::seconds(60);
+    let later = Utc::now() + Duration::seconds(600);
+    let earlier = Utc::now() - Duration::seconds(60);
+    let mut refunded = order(
+        "64b7f0c2a1b2c3d4e5f6b004",
+        "cancelled",
+        earlier,
+        "Ballet",
+        7.0,
+    );
+    refunded["refunded"] = json!(true);
     app.given_get(
         "/api/orders",
         200,
         json!([
-            order(ORDER_ID, "complete", later, "Concert", 20.0),
-            order("64b7f0c2a1b2c3d4e5f6b002", "cancelled", later, "Opera", 5.0),
+            order(ORDER_ID, "complete", earlier, "Concert", 20.0),
+            order(
+                "64b7f0c2a1b2c3d4e5f6b002",
+                "cancelled",
+                earlier,
+                "Opera",
+                5.0
+            ),
+            order(
+                "64b7f0c2a1b2c3d4e5f6b003",
+                "created",
+                later,
+                "Jazz & blues",
+                1250.0
+            ),
+            refunded,
         ]),
     )
     .await;
@@ -287,11 +319,26 @@ async fn my_orders_lists_each_order_as_title_dash_status() {
 
     assert_eq!(page.status, StatusCode::OK);
     page.assert_signed_in_header();
+    let pay_by = later.format("%H:%M UTC").to_string();
+    let datetime = later.format("%Y-%m-%dT%H:%M:%SZ").to_string();
     page.assert_contains(&[
         "<title>My Orders · Ticketing System</title>",
-        &format!(r#"<a href="/orders/{ORDER_ID}">Concert - complete</a>"#),
-        r#"<a href="/orders/64b7f0c2a1b2c3d4e5f6b002">Opera - cancelled</a>"#,
+        &format!(r#"<a class="row-title" href="/orders/{ORDER_ID}">Concert</a>"#),
+        r#"<span class="row-price">€20.00</span>"#,
+        r#"<span class="badge badge-paid">Paid</span>"#,
+        r#"<a class="row-title" href="/orders/64b7f0c2a1b2c3d4e5f6b002">Opera</a>"#,
+        r#"<span class="badge badge-expired">Expired</span>"#,
+        r#"data-order-id="64b7f0c2a1b2c3d4e5f6b003" data-status="created""#,
+        r#">Jazz &#38; blues</a>"#,
+        r#"<span class="row-price">€1,250.00</span>"#,
+        r#"<span class="badge badge-payable">Awaiting payment</span>"#,
+        &format!(
+            r#"<span class="row-time">Pay by <time datetime="{datetime}">{pay_by}</time></span>"#
+        ),
+        r#"<span class="badge badge-cancelled">Cancelled, payment refunded</span>"#,
     ]);
+    // Only the order awaiting payment has a time to pay by.
+    assert_eq!(page.html.matches("<time ").count(), 1, "{}", page.html);
     let requests = app.requests_to("/api/orders").await;
     assert_eq!(
         requests[0]
@@ -300,6 +347,18 @@ async fn my_orders_lists_each_order_as_title_dash_status() {
             .and_then(|v| v.to_str().ok()),
         Some(COOKIE_VALUE)
     );
+}
+
+#[tokio::test]
+async fn my_orders_without_any_order_points_to_the_tickets() {
+    let app = spawn_app_signed_in().await;
+    app.given_get("/api/orders", 200, json!([])).await;
+
+    let page = app.get("/orders", Some(COOKIE_VALUE)).await;
+
+    assert_eq!(page.status, StatusCode::OK);
+    page.assert_contains(&[r#"id="no-orders""#, r#"<a href="/">Find a ticket</a>"#]);
+    page.assert_lacks(&["orders-list"]);
 }
 
 #[tokio::test]
@@ -321,6 +380,7 @@ async fn a_pending_order_counts_down_and_pays_with_the_test_token_without_a_stri
     assert!(counted, "no countdown in:\n{}", page.html);
     page.assert_contains(&[
         r#"id="order-status""#,
+        r#"<dd id="order-state">Awaiting payment</dd>"#,
         "€12.50 <span class=\"currency\">EUR</span>",
         &format!(r#"<form id="pay-form" method="post" action="/orders/{ORDER_ID}""#),
         r#"<input type="hidden" name="token" id="pay-token" value="tok_visa">"#,
@@ -365,7 +425,10 @@ async fn a_paid_order_says_so_and_offers_no_payment() {
 
     let page = app.order_page(concert_order("complete", -30)).await;
 
-    page.assert_contains(&[r#"id="order-status" role="status">Order paid.</p>"#]);
+    page.assert_contains(&[
+        r#"id="order-status" role="status">Order paid.</p>"#,
+        r#"<dd id="order-state">Paid</dd>"#,
+    ]);
     page.assert_lacks(&["pay-form", "Order expired."]);
 }
 
@@ -632,4 +695,123 @@ async fn the_order_page_still_works_when_the_payment_state_cannot_be_read() {
     assert_eq!(page.status, StatusCode::OK);
     page.assert_contains(&[r#"id="pay-form""#, "Time left to pay"]);
     page.assert_lacks(&["payment-note"]);
+}
+
+#[tokio::test]
+async fn my_tickets_lists_the_sellers_tickets_with_price_and_whether_each_is_for_sale_or_held() {
+    let app = spawn_app_signed_in().await;
+    let mut held = ticket(TICKET_B, "Opera & more", 1000.0);
+    held["orderId"] = json!(ORDER_ID);
+    api_get("/api/tickets")
+        .and(query_param("mine", "true"))
+        .and(query_param("limit", "20"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!([ticket(TICKET_A, "Concert", 12.5), held]))
+                .insert_header(
+                    "link",
+                    format!("</api/tickets?mine=true&limit=20&after={TICKET_B}>; rel=\"next\""),
+                ),
+        )
+        .mount(&app.api)
+        .await;
+
+    let page = app.get("/tickets/mine", Some(COOKIE_VALUE)).await;
+
+    assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+    page.assert_signed_in_header();
+    page.assert_contains(&[
+        "<title>My Tickets · Ticketing System</title>",
+        "<h1>My Tickets</h1>",
+        &format!(r#"<a class="row-title" href="/tickets/{TICKET_A}">Concert</a>"#),
+        r#"<span class="row-price">€12.50</span>"#,
+        r#"<span class="badge badge-available">For sale</span>"#,
+        &format!(r#"<a class="row-title" href="/tickets/{TICKET_B}">Opera &#38; more</a>"#),
+        r#"<span class="row-price">€1,000.00</span>"#,
+        r#"<span class="badge badge-reserved">Reserved or sold</span>"#,
+        r#"id="held-hint""#,
+        &format!(r#"<a href="/tickets/mine?after={TICKET_B}" id="next-page" rel="next">"#),
+    ]);
+    page.assert_lacks(&["first-page", "no-tickets"]);
+    let requests = app.requests_to("/api/tickets").await;
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0]
+            .headers
+            .get("cookie")
+            .and_then(|v| v.to_str().ok()),
+        Some(COOKIE_VALUE),
+        "the API must see whose tickets to list"
+    );
+}
+
+#[tokio::test]
+async fn a_later_page_of_my_tickets_asks_after_the_last_one_and_links_back_to_the_first() {
+    let app = spawn_app_signed_in().await;
+    api_get("/api/tickets")
+        .and(query_param("mine", "true"))
+        .and(query_param("after", TICKET_A))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!([ticket(TICKET_B, "Opera", 5.0)])),
+        )
+        .mount(&app.api)
+        .await;
+
+    let page = app
+        .get(
+            &format!("/tickets/mine?after={TICKET_A}"),
+            Some(COOKIE_VALUE),
+        )
+        .await;
+
+    assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+    page.assert_contains(&[
+        ">Opera</a>",
+        r#"<a href="/tickets/mine" id="first-page">First page</a>"#,
+    ]);
+    page.assert_lacks(&["next-page"]);
+
+    // An edited address starts from the first page.
+    app.given_tickets(200, json!([])).await;
+    let page = app
+        .get("/tickets/mine?after=..%2Fusers", Some(COOKIE_VALUE))
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    let asked: Vec<Option<String>> = app
+        .requests_to("/api/tickets")
+        .await
+        .iter()
+        .map(|r| {
+            r.url
+                .query_pairs()
+                .find(|(k, _)| k == "after")
+                .map(|(_, v)| v.into_owned())
+        })
+        .collect();
+    assert_eq!(asked, [Some(TICKET_A.to_owned()), None]);
+}
+
+#[tokio::test]
+async fn a_seller_without_tickets_is_offered_to_sell_one() {
+    let app = spawn_app_signed_in().await;
+    app.given_tickets(200, json!([])).await;
+
+    let page = app.get("/tickets/mine", Some(COOKIE_VALUE)).await;
+
+    assert_eq!(page.status, StatusCode::OK);
+    page.assert_contains(&[
+        r#"id="no-tickets">You are not selling any tickets yet.</p>"#,
+        r#"<a class="button" href="/tickets/new" id="sell-another">Sell a ticket</a>"#,
+    ]);
+    page.assert_lacks(&["my-tickets-list", "next-page"]);
+}
+
+#[tokio::test]
+async fn my_tickets_sends_the_visitor_to_sign_in_when_the_api_says_the_session_ended() {
+    let app = spawn_app_signed_in().await;
+    app.given_tickets(401, not_authorized()).await;
+
+    let page = app.get("/tickets/mine", Some(COOKIE_VALUE)).await;
+
+    page.assert_redirect("/auth/signin");
 }

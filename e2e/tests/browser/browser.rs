@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use fantoccini::elements::Element;
 use fantoccini::wd::{Capabilities, WebDriverCompatibleCommand};
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -53,6 +54,33 @@ impl WebDriverCompatibleCommand for BrowserLog {
         (
             http::Method::POST,
             Some(json!({ "type": "browser" }).to_string()),
+        )
+    }
+}
+
+/// ChromeDriver's DevTools endpoint (`goog/cdp/execute`): one CDP command on the page's target.
+#[derive(Debug)]
+struct DevTools {
+    cmd: String,
+    params: Value,
+}
+
+impl WebDriverCompatibleCommand for DevTools {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _request_url: &url::Url) -> (http::Method, Option<String>) {
+        (
+            http::Method::POST,
+            Some(json!({ "cmd": self.cmd, "params": self.params }).to_string()),
         )
     }
 }
@@ -211,6 +239,21 @@ impl Browser {
         }
     }
 
+    /// Reloads until the page has an element matching the CSS `selector` (for states that arrive
+    /// through events).
+    pub async fn reload_until_present(&self, selector: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.client.find(Locator::Css(selector)).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the page never had {selector}:\n{}",
+                self.body_text().await
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            self.client.refresh().await.expect("reload");
+        }
+    }
+
     pub async fn screenshot(&self, step: &str) {
         let png = self.client.screenshot().await.expect("screenshot");
         let file = self.artifacts.join(format!("{}-{step}.png", self.name));
@@ -233,25 +276,82 @@ impl Browser {
         (result[0].as_u64().unwrap_or(0), result[1].clone())
     }
 
-    /// Fails on any console error or failed resource the pages logged so far.
-    pub async fn assert_no_console_errors(&self) {
+    /// The console errors and failed resources (`SEVERE`) the pages logged since the last call.
+    pub async fn console_errors(&self) -> Vec<String> {
         let log = self
             .client
             .issue_cmd(BrowserLog)
             .await
             .expect("the browser log");
-        let errors: Vec<String> = log
-            .as_array()
+        log.as_array()
             .into_iter()
             .flatten()
             .filter(|entry| entry["level"] == "SEVERE")
             .map(|entry| entry["message"].as_str().unwrap_or_default().to_owned())
-            .collect();
+            .collect()
+    }
+
+    /// Fails on any console error or failed resource the pages logged so far.
+    pub async fn assert_no_console_errors(&self) {
+        let errors = self.console_errors().await;
         assert!(
             errors.is_empty(),
             "console errors in {}: {errors:#?}",
             self.name
         );
+    }
+
+    /// A Chrome DevTools Protocol command, through ChromeDriver.
+    pub async fn devtools(&self, cmd: &str, params: Value) -> Value {
+        self.client
+            .issue_cmd(DevTools {
+                cmd: cmd.to_owned(),
+                params,
+            })
+            .await
+            .unwrap_or_else(|err| panic!("DevTools {cmd}: {err}"))
+    }
+
+    /// Lays pages out as a screen `width` × `height` CSS pixels wide (a phone's when `mobile`:
+    /// the page's viewport meta tag applies), until called again.
+    pub async fn emulate_screen(&self, width: u32, height: u32, mobile: bool) {
+        self.devtools(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile }),
+        )
+        .await;
+    }
+
+    /// Saves a screenshot of the whole page (not only what fits the screen) as
+    /// `$E2E_ARTIFACTS/<file>`.
+    pub async fn full_page_screenshot(&self, file: &str) {
+        let size = self
+            .client
+            .execute(
+                "return [document.documentElement.clientWidth, document.documentElement.scrollHeight];",
+                vec![],
+            )
+            .await
+            .expect("the page's size");
+        let (width, height) = (
+            size[0].as_f64().unwrap_or(1280.0),
+            size[1].as_f64().unwrap_or(800.0),
+        );
+        let shot = self
+            .devtools(
+                "Page.captureScreenshot",
+                json!({ "format": "png", "captureBeyondViewport": true,
+                        "clip": { "x": 0, "y": 0, "width": width, "height": height, "scale": 1 } }),
+            )
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().expect("screenshot data"))
+            .expect("a base64 screenshot");
+        let path = self.artifacts.join(file);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("the screenshot's folder");
+        }
+        std::fs::write(&path, png).expect("write screenshot");
     }
 
     pub async fn close(self) {

@@ -4,6 +4,7 @@
 // A test crate: a failed step is a failed test, with the step named.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod accessibility;
 mod browser;
 mod one_trace;
 mod purchase;

@@ -15,16 +15,16 @@ async fn submit_credentials(browser: &Browser, form: &str, email: &str, what: &s
     browser.wait_for_path(what, |p| p == "/").await;
 }
 
-async fn sign_up(browser: &Browser, email: &str) {
+pub(crate) async fn sign_up(browser: &Browser, email: &str) {
     submit_credentials(browser, "signup", email, "after signing up").await;
     assert!(browser.text("nav-sell").await.contains("Sell Tickets"));
 }
 
-async fn sign_in(browser: &Browser, email: &str) {
+pub(crate) async fn sign_in(browser: &Browser, email: &str) {
     submit_credentials(browser, "signin", email, "after signing in").await;
 }
 
-async fn sign_out(browser: &Browser) {
+pub(crate) async fn sign_out(browser: &Browser) {
     browser.click("nav-signout").await;
     // The page signs out by itself (and the button works without JavaScript).
     browser
@@ -114,8 +114,12 @@ async fn a_ticket_is_sold_bought_paid_and_then_locked_for_its_seller() {
         .await;
     // The order becomes complete once payments' event has reached orders.
     buyer
-        .reload_until_text(&format!("{title} - complete"), Duration::from_secs(15))
+        .reload_until_present(
+            &format!(r#"li[data-order-id="{order_id}"][data-status="complete"]"#),
+            Duration::from_secs(15),
+        )
         .await;
+    assert!(buyer.body_text().await.contains("Paid"));
     buyer.screenshot("my-orders-paid").await;
     buyer.visit(&format!("/orders/{order_id}")).await;
     assert_eq!(buyer.text("order-status").await, "Order paid.");
@@ -187,8 +191,12 @@ async fn an_order_left_unpaid_expires_and_frees_its_ticket() {
     // The expiration service cancels it, and the ticket is for sale again.
     buyer.visit("/orders").await;
     buyer
-        .reload_until_text(&format!("{title} - cancelled"), Duration::from_secs(15))
+        .reload_until_present(
+            &format!(r#"li[data-order-id="{order_id}"][data-status="cancelled"]"#),
+            Duration::from_secs(15),
+        )
         .await;
+    assert!(buyer.body_text().await.contains("Expired"));
     buyer.visit("/").await;
     buyer
         .reload_until_text(&title, Duration::from_secs(15))
@@ -225,6 +233,16 @@ async fn a_bad_sign_up_shows_the_errors_next_to_the_fields_and_keeps_the_email()
     );
     assert_eq!(browser.value("email").await, "not-an-email");
     assert_eq!(browser.value("password").await, "");
+    // Keyboard and screen-reader users land on the first field to fix.
+    let focused = browser
+        .client
+        .active_element()
+        .await
+        .expect("the focused element");
+    assert_eq!(
+        focused.attr("id").await.expect("its id").as_deref(),
+        Some("email")
+    );
     browser.screenshot("signup-errors").await;
     browser.visit("/no/such/page").await;
     assert!(

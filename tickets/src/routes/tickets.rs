@@ -7,7 +7,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use common::error::parse_id;
 use common::error::{ApiError, ApiResult, ErrorEntry};
-use common::extract::{FromBody, JsonBody, RequireAuth, number, trimmed_string};
+use common::extract::{CurrentUser, FromBody, JsonBody, RequireAuth, number, trimmed_string};
 use common::money::{MAX_PRICE_CENTS, Price};
 use common::store::parse_object_id;
 use common::store::{Decision, PendingEvent};
@@ -141,25 +141,55 @@ async fn create(
 /// The free tickets, oldest first: all of them (the SPEC's answer), or one page when the query
 /// asks for it (`limit`, `after`, or a title search `q`), with the next page's address in a
 /// `Link: <…>; rel="next"` header while there is one. The body is the same array either way.
-async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> ApiResult<Response> {
-    let Some(page) = Page::from_query(query.as_deref().unwrap_or_default())? else {
-        let tickets = state.store.list_available(None, None, None).await?;
-        let views: Vec<TicketView> = tickets.iter().map(Ticket::view).collect();
-        return Ok(Json(views).into_response());
+///
+/// With `mine=true` (an addition): the signed-in user's own tickets instead, free or held by an
+/// order, always a page at a time by the same rules (401 when signed out).
+async fn list(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let query = query.as_deref().unwrap_or_default();
+    // Who asks comes first: a signed-out `mine=true` learns nothing about its other parameters.
+    let owner = match mine(query) {
+        Ok(false) => None,
+        Ok(true) => Some(user.ok_or(ApiError::NotAuthorized)?.id),
+        Err(entry) => {
+            let mut errors = vec![entry];
+            if let Err(ApiError::Validation(more)) = Page::from_query(query) {
+                errors.extend(more);
+            }
+            return Err(ApiError::Validation(errors));
+        }
     };
-    let mut tickets = state
-        .store
-        .list_available(
-            page.after,
-            page.title.as_deref(),
-            Some(i64::from(page.limit) + 1),
-        )
-        .await?;
+    let page = match (Page::from_query(query)?, &owner) {
+        (Some(page), _) => page,
+        (None, Some(_)) => Page::first(),
+        (None, None) => {
+            let tickets = state.store.list_available(None, None, None).await?;
+            let views: Vec<TicketView> = tickets.iter().map(Ticket::view).collect();
+            return Ok(Json(views).into_response());
+        }
+    };
+    let fetch = Some(i64::from(page.limit) + 1);
+    let title = page.title.as_deref();
+    let mut tickets = match &owner {
+        Some(owner) => {
+            state
+                .store
+                .list_owned(owner, page.after, title, fetch)
+                .await?
+        }
+        None => state.store.list_available(page.after, title, fetch).await?,
+    };
     let more = tickets.len() > usize::from(page.limit);
     tickets.truncate(usize::from(page.limit));
     let views: Vec<TicketView> = tickets.iter().map(Ticket::view).collect();
     let next = tickets.last().filter(|_| more).map(|last| {
         let mut query = url::form_urlencoded::Serializer::new(String::new());
+        if owner.is_some() {
+            query.append_pair("mine", "true");
+        }
         query.append_pair("limit", &page.limit.to_string());
         query.append_pair("after", &last.id.to_hex());
         if let Some(title) = &page.title {
@@ -167,10 +197,36 @@ async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> ApiRe
         }
         format!("</api/tickets?{}>; rel=\"next\"", query.finish())
     });
-    Ok(match next {
+    let mut response = match next {
         Some(link) => ([(header::LINK, link)], Json(views)).into_response(),
         None => Json(views).into_response(),
-    })
+    };
+    if owner.is_some() {
+        // One user's answer: no shared cache may keep it.
+        response.headers_mut().insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("private, no-store"),
+        );
+    }
+    Ok(response)
+}
+
+pub const MINE_INVALID: &str = "Mine must be true or false.";
+
+/// Whether the query asks for the caller's own tickets: `mine=true`; `false`, blank or absent is
+/// the public listing; anything else is refused.
+fn mine(query: &str) -> Result<bool, ErrorEntry> {
+    let mut mine = false;
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        if key == "mine" {
+            mine = match value.trim() {
+                "true" => true,
+                "false" | "" => false,
+                _ => return Err(ErrorEntry::for_field("mine", MINE_INVALID)),
+            };
+        }
+    }
+    Ok(mine)
 }
 
 /// The largest page `GET /api/tickets` answers.
@@ -191,6 +247,15 @@ pub struct Page {
 }
 
 impl Page {
+    /// The first page of the default size, of every title.
+    pub fn first() -> Self {
+        Self {
+            limit: DEFAULT_PAGE,
+            after: None,
+            title: None,
+        }
+    }
+
     /// `None` when the query asks for no page (no `limit`, `after` or non-blank `q`): the whole
     /// listing. Other parameters are ignored, as before paging existed.
     pub fn from_query(query: &str) -> Result<Option<Self>, ApiError> {

@@ -4,7 +4,7 @@ use mongodb::bson::Bson;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use common::testing::not_authorized;
+use common::testing::{id_of, not_authorized};
 
 use crate::helpers::{
     Reply, errors, new_order_id, order_cancelled, order_created, sentinel_created,
@@ -530,4 +530,163 @@ async fn a_title_search_finds_free_tickets_in_any_case_and_matches_its_text_lite
             .map(Vec::len),
         Some(4)
     );
+}
+
+/// The ids of a listing's tickets, in order.
+fn ids_of(reply: &Reply) -> Vec<String> {
+    reply
+        .body
+        .as_array()
+        .unwrap_or_else(|| panic!("an array body, got {}", reply.body))
+        .iter()
+        .map(|t| t["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn mine_lists_the_sellers_own_tickets_free_or_reserved_a_page_at_a_time() {
+    let app = spawn_app().await;
+    let (seller, someone) = (user(), user());
+    let mut ids = Vec::new();
+    for title in ["Rock night", "Jazz", "Rock opera"] {
+        ids.push(id_of(&app.create_ticket(&seller, title, 10.0).await));
+    }
+    let other = id_of(&app.create_ticket(&someone, "Rock elsewhere", 5.0).await);
+    let order_id = new_order_id();
+    app.infra.reserve(&ids[1], order_id).await;
+    let mine = async |path: &str| {
+        app.request(Method::GET, path, Some(&seller.cookie), None)
+            .await
+    };
+
+    // Every page by the listing's rules; `mine=true` alone is the first page of 20.
+    let all = mine("/api/tickets?mine=true").await;
+    assert_eq!(all.status, StatusCode::OK, "{}", all.body);
+    assert_eq!(ids_of(&all), ids, "the seller's tickets only, oldest first");
+    assert_eq!(all.header("link"), None);
+    assert_eq!(all.header("cache-control"), Some("private, no-store"));
+    assert_eq!(
+        all.body[1]["orderId"],
+        json!(order_id.to_string()),
+        "reserved ones too"
+    );
+    assert_eq!(all.body[1]["userId"], json!(seller.id));
+    assert!(all.body[0].get("orderId").is_none(), "{}", all.body);
+
+    let first = mine("/api/tickets?mine=true&limit=2").await;
+    assert_eq!(ids_of(&first), ids[..2]);
+    let link = first.header("link").expect("a next page");
+    assert_eq!(
+        link,
+        format!(
+            "</api/tickets?mine=true&limit=2&after={}>; rel=\"next\"",
+            ids[1]
+        )
+    );
+    let target = link
+        .trim_start_matches('<')
+        .split_once(">; ")
+        .expect("a target")
+        .0;
+    let second = mine(target).await;
+    assert_eq!(ids_of(&second), ids[2..]);
+    assert_eq!(second.header("link"), None);
+
+    // The title search applies to the seller's own tickets.
+    let rock = mine("/api/tickets?mine=true&q=ROCK").await;
+    assert_eq!(ids_of(&rock), [ids[0].clone(), ids[2].clone()]);
+    assert!(!ids_of(&rock).contains(&other));
+
+    // Someone else sees only their own.
+    let theirs = app
+        .request(
+            Method::GET,
+            "/api/tickets?mine=true",
+            Some(&someone.cookie),
+            None,
+        )
+        .await;
+    assert_eq!(ids_of(&theirs), [other]);
+}
+
+#[tokio::test]
+async fn mine_signed_out_is_a_401_in_the_error_shape_whatever_else_is_asked() {
+    let app = spawn_app().await;
+    app.create_ticket(&user(), "Gig", 10.0).await;
+    for (query, cookie) in [
+        ("mine=true", None),
+        ("mine=true", Some("express:sess=garbage")),
+        ("mine=true&limit=0&after=nope", None),
+    ] {
+        let reply = app
+            .request(Method::GET, &format!("/api/tickets?{query}"), cookie, None)
+            .await;
+        assert_eq!(
+            (reply.status, reply.body),
+            (StatusCode::UNAUTHORIZED, not_authorized()),
+            "{query} {cookie:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_bad_mine_is_refused_naming_it_beside_the_other_bad_parameters() {
+    let app = spawn_app().await;
+    let seller = user();
+    for (query, fields) in [
+        ("mine=yes", vec!["mine"]),
+        ("mine=1", vec!["mine"]),
+        ("mine=yes&limit=0", vec!["mine", "limit"]),
+        ("mine=true&limit=101", vec!["limit"]),
+        ("mine=true&after=nope", vec!["after"]),
+    ] {
+        let reply = app
+            .request(
+                Method::GET,
+                &format!("/api/tickets?{query}"),
+                Some(&seller.cookie),
+                None,
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{query}");
+        let named: Vec<&str> = reply.body["errors"]
+            .as_array()
+            .expect("errors")
+            .iter()
+            .filter_map(|e| e["field"].as_str())
+            .collect();
+        assert_eq!(named, fields, "{query}: {}", reply.body);
+        assert!(
+            reply.body["errors"]
+                .as_array()
+                .expect("errors")
+                .iter()
+                .all(|e| e["message"].is_string()),
+            "{}",
+            reply.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_plain_listing_is_the_same_bytes_signed_in_or_with_mine_false() {
+    let app = spawn_app().await;
+    let seller = user();
+    let free = id_of(&app.create_ticket(&seller, "Free", 10.0).await);
+    let held = id_of(&app.create_ticket(&seller, "Held", 10.0).await);
+    app.infra.reserve(&held, new_order_id()).await;
+
+    let plain = app.get("/api/tickets").await;
+    assert_eq!(ids_of(&plain), [free]);
+    for (path, cookie) in [
+        ("/api/tickets", Some(seller.cookie.as_str())),
+        ("/api/tickets?mine=false", Some(seller.cookie.as_str())),
+        ("/api/tickets?mine=", None),
+    ] {
+        let reply = app.request(Method::GET, path, cookie, None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}");
+        assert_eq!(reply.text, plain.text, "{path}");
+        assert_eq!(reply.header("link"), None, "{path}");
+        assert_eq!(reply.header("cache-control"), None, "{path}");
+    }
 }

@@ -117,22 +117,15 @@ impl TicketStore {
 
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         self.tickets.ensure_indexes().await?;
-        // The public list: free tickets, oldest first.
-        ensure_index(
-            self.tickets.records(),
-            "available",
-            doc! { "orderId": 1, "_id": 1 },
-            IndexKind::Plain,
-        )
-        .await?;
-        // A seller's own tickets, oldest first.
-        ensure_index(
-            self.tickets.records(),
-            "owned",
-            doc! { "userId": 1, "_id": 1 },
-            IndexKind::Plain,
-        )
-        .await?;
+        let listings = [
+            // The public list: free tickets, oldest first.
+            ("available", doc! { "orderId": 1, "_id": 1 }),
+            // A seller's own tickets, oldest first.
+            ("owned", doc! { "userId": 1, "_id": 1 }),
+        ];
+        for (name, keys) in listings {
+            ensure_index(self.tickets.records(), name, keys, IndexKind::Plain).await?;
+        }
         Ok(())
     }
 

@@ -445,6 +445,21 @@ impl TestApp {
             .filter(|r| r.url.path() == api_path)
             .collect()
     }
+
+    /// The page called `api_path` once, passing on the browser's session cookie (`why` says what
+    /// the API needs it for).
+    pub async fn assert_called_once_with_the_session(&self, api_path: &str, why: &str) {
+        let requests = self.requests_to(api_path).await;
+        assert_eq!(requests.len(), 1, "{api_path}");
+        assert_eq!(
+            requests[0]
+                .headers
+                .get("cookie")
+                .and_then(|v| v.to_str().ok()),
+            Some(COOKIE_VALUE),
+            "{api_path}: {why}"
+        );
+    }
 }
 
 pub const USER_ID: &str = "64b7f0c2a1b2c3d4e5f60001";

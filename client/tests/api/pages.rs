@@ -119,16 +119,8 @@ async fn a_signed_in_visitor_gets_the_account_links_because_the_browser_cookie_r
     page.assert_signed_in_header();
     page.assert_contains(&["buyer@test.com"]);
     for api_path in ["/api/users/currentuser", "/api/tickets"] {
-        let requests = app.requests_to(api_path).await;
-        assert_eq!(requests.len(), 1, "{api_path}");
-        assert_eq!(
-            requests[0]
-                .headers
-                .get("cookie")
-                .and_then(|v| v.to_str().ok()),
-            Some(COOKIE_VALUE),
-            "{api_path} must see the browser's cookie"
-        );
+        app.assert_called_once_with_the_session(api_path, "must see the browser's cookie")
+            .await;
     }
 }
 
@@ -733,16 +725,11 @@ async fn my_tickets_lists_the_sellers_tickets_with_price_and_whether_each_is_for
         &format!(r#"<a href="/tickets/mine?after={TICKET_B}" id="next-page" rel="next">"#),
     ]);
     page.assert_lacks(&["first-page", "no-tickets"]);
-    let requests = app.requests_to("/api/tickets").await;
-    assert_eq!(requests.len(), 1);
-    assert_eq!(
-        requests[0]
-            .headers
-            .get("cookie")
-            .and_then(|v| v.to_str().ok()),
-        Some(COOKIE_VALUE),
-        "the API must see whose tickets to list"
-    );
+    app.assert_called_once_with_the_session(
+        "/api/tickets",
+        "the API must see whose tickets to list",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -80,6 +80,20 @@ impl Reply {
         }
     }
 
+    /// Checks for a 400 whose error entries name exactly `fields`, in order.
+    pub fn expect_bad_fields(&self, fields: &[&str], what: &str) {
+        let named: Vec<&str> = self.body["errors"]
+            .as_array()
+            .map(|errors| errors.iter().filter_map(|e| e["field"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            (self.status, named.as_slice()),
+            (StatusCode::BAD_REQUEST, fields),
+            "{what}: {}",
+            self.body
+        );
+    }
+
     /// Checks for `status` with the error body of exactly one `message`.
     pub fn expect_error(&self, status: StatusCode, message: &str, what: &str) {
         assert_eq!(

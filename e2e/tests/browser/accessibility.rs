@@ -250,32 +250,21 @@ async fn every_page_is_accessible_and_fits_a_phone_and_a_desktop() {
     .await;
     sign_out(&browser).await;
 
-    // Signed out.
-    findings
-        .check(&browser, "home", Visit::Path("/"), None)
-        .await;
-    findings
-        .check(&browser, "signup", Visit::Path("/auth/signup"), None)
-        .await;
-    findings
-        .check(
-            &browser,
-            "signup-errors",
-            Visit::SignUpErrors,
-            Some("/auth/signup"),
-        )
-        .await;
-    findings
-        .check(&browser, "signin", Visit::Path("/auth/signin"), None)
-        .await;
-    findings
-        .check(
-            &browser,
+    // Signed out: (screenshot name, how to get there, the path to expect when not the visited one).
+    let signed_out = [
+        ("home", Visit::Path("/"), None),
+        ("signup", Visit::Path("/auth/signup"), None),
+        ("signup-errors", Visit::SignUpErrors, Some("/auth/signup")),
+        ("signin", Visit::Path("/auth/signin"), None),
+        (
             "not-found",
             Visit::Path("/no/such/page"),
             Some("/no/such/page"),
-        )
-        .await;
+        ),
+    ];
+    for (name, visit, path) in signed_out {
+        findings.check(&browser, name, visit, path).await;
+    }
 
     // A buyer reserves one ticket: the order page (while payable), my orders, both ticket pages.
     sign_up(&browser, &buyer).await;

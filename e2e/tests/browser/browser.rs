@@ -34,54 +34,29 @@ pub fn expiration_window() -> Duration {
     )
 }
 
-/// ChromeDriver's log endpoint (not in the W3C protocol, but ChromeDriver serves it).
+/// A ChromeDriver command outside the W3C protocol: a POST of `body` to `session/<id>/<path>`
+/// (`se/log`: the browser's console log; `goog/cdp/execute`: one DevTools Protocol command).
 #[derive(Debug)]
-struct BrowserLog;
+struct ChromeDriverCommand {
+    path: &'static str,
+    body: Value,
+}
 
-impl WebDriverCompatibleCommand for BrowserLog {
+impl WebDriverCompatibleCommand for ChromeDriverCommand {
     fn endpoint(
         &self,
         base_url: &url::Url,
         session_id: Option<&str>,
     ) -> Result<url::Url, url::ParseError> {
         base_url.join(&format!(
-            "session/{}/se/log",
-            session_id.unwrap_or_default()
+            "session/{}/{}",
+            session_id.unwrap_or_default(),
+            self.path
         ))
     }
 
     fn method_and_body(&self, _request_url: &url::Url) -> (http::Method, Option<String>) {
-        (
-            http::Method::POST,
-            Some(json!({ "type": "browser" }).to_string()),
-        )
-    }
-}
-
-/// ChromeDriver's DevTools endpoint (`goog/cdp/execute`): one CDP command on the page's target.
-#[derive(Debug)]
-struct DevTools {
-    cmd: String,
-    params: Value,
-}
-
-impl WebDriverCompatibleCommand for DevTools {
-    fn endpoint(
-        &self,
-        base_url: &url::Url,
-        session_id: Option<&str>,
-    ) -> Result<url::Url, url::ParseError> {
-        base_url.join(&format!(
-            "session/{}/goog/cdp/execute",
-            session_id.unwrap_or_default()
-        ))
-    }
-
-    fn method_and_body(&self, _request_url: &url::Url) -> (http::Method, Option<String>) {
-        (
-            http::Method::POST,
-            Some(json!({ "cmd": self.cmd, "params": self.params }).to_string()),
-        )
+        (http::Method::POST, Some(self.body.to_string()))
     }
 }
 
@@ -224,29 +199,33 @@ impl Browser {
 
     /// Reloads until the page contains `text` (for states that arrive through events).
     pub async fn reload_until_text(&self, text: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if self.body_text().await.contains(text) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the page never showed {text:?}:\n{}",
-                self.body_text().await
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            self.client.refresh().await.expect("reload");
-        }
+        self.reload_until(&format!("{text:?}"), limit, async |browser| {
+            browser.body_text().await.contains(text)
+        })
+        .await;
     }
 
     /// Reloads until the page has an element matching the CSS `selector` (for states that arrive
     /// through events).
     pub async fn reload_until_present(&self, selector: &str, limit: Duration) {
+        self.reload_until(selector, limit, async |browser| {
+            browser.client.find(Locator::Css(selector)).await.is_ok()
+        })
+        .await;
+    }
+
+    /// Reloads every half second until `shows` says the page has `what`; fails after `limit`.
+    async fn reload_until(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut shows: impl AsyncFnMut(&Self) -> bool,
+    ) {
         let deadline = Instant::now() + limit;
-        while self.client.find(Locator::Css(selector)).await.is_err() {
+        while !shows(self).await {
             assert!(
                 Instant::now() < deadline,
-                "the page never had {selector}:\n{}",
+                "the page never showed {what}:\n{}",
                 self.body_text().await
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -280,7 +259,10 @@ impl Browser {
     pub async fn console_errors(&self) -> Vec<String> {
         let log = self
             .client
-            .issue_cmd(BrowserLog)
+            .issue_cmd(ChromeDriverCommand {
+                path: "se/log",
+                body: json!({ "type": "browser" }),
+            })
             .await
             .expect("the browser log");
         log.as_array()
@@ -304,9 +286,9 @@ impl Browser {
     /// A Chrome DevTools Protocol command, through ChromeDriver.
     pub async fn devtools(&self, cmd: &str, params: Value) -> Value {
         self.client
-            .issue_cmd(DevTools {
-                cmd: cmd.to_owned(),
-                params,
+            .issue_cmd(ChromeDriverCommand {
+                path: "goog/cdp/execute",
+                body: json!({ "cmd": cmd, "params": params }),
             })
             .await
             .unwrap_or_else(|err| panic!("DevTools {cmd}: {err}"))

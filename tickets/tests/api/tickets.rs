@@ -458,14 +458,7 @@ async fn a_page_asked_for_badly_is_refused_naming_the_parameter() {
         ),
     ] {
         let reply = app.get(&format!("/api/tickets?{query}")).await;
-        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{query}");
-        let named: Vec<&str> = reply.body["errors"]
-            .as_array()
-            .expect("errors")
-            .iter()
-            .filter_map(|e| e["field"].as_str())
-            .collect();
-        assert_eq!(named, fields, "{query}: {}", reply.body);
+        reply.expect_bad_fields(&fields, query);
     }
     // Unknown parameters are ignored, as before paging existed.
     let reply = app.get("/api/tickets?page=2&sort=desc").await;
@@ -648,14 +641,7 @@ async fn a_bad_mine_is_refused_naming_it_beside_the_other_bad_parameters() {
                 None,
             )
             .await;
-        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{query}");
-        let named: Vec<&str> = reply.body["errors"]
-            .as_array()
-            .expect("errors")
-            .iter()
-            .filter_map(|e| e["field"].as_str())
-            .collect();
-        assert_eq!(named, fields, "{query}: {}", reply.body);
+        reply.expect_bad_fields(&fields, query);
         assert!(
             reply.body["errors"]
                 .as_array()

@@ -86,7 +86,7 @@ pub async fn outage(
 /// read that did not answer 503 within the database operation timeout (long pauses only).
 pub async fn pause_ferretdb(stack: &Stack, length: Duration) -> anyhow::Result<Vec<String>> {
     let pid = stack.infra_pid("ferretdb").await?;
-    stack.signal(pid, "STOP").await?;
+    crate::stack::signal(pid, "STOP").await?;
     let resume_at = tokio::time::Instant::now() + length;
     // Long enough a pause to see a request time out inside it: check that it does, in time.
     let mut problems = Vec::new();
@@ -97,7 +97,7 @@ pub async fn pause_ferretdb(stack: &Stack, length: Duration) -> anyhow::Result<V
     // Resumed whatever happens: a few tries, in case `kill` itself fails once.
     let mut last = None;
     for _ in 0..5 {
-        match stack.signal(pid, "CONT").await {
+        match crate::stack::signal(pid, "CONT").await {
             Ok(()) => return Ok(problems),
             Err(err) => last = Some(err),
         }

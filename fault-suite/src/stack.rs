@@ -63,7 +63,6 @@ pub fn replicas_wanted() -> anyhow::Result<usize> {
 /// A service: its replicas, and the round-robin balancer in front of them that stands for the
 /// ingress and Kubernetes' endpoints (only replicas in rotation get requests).
 pub struct Service {
-    pub name: &'static str,
     pub replicas: Vec<ServiceProcess>,
     next: AtomicUsize,
 }
@@ -135,14 +134,9 @@ impl ServiceProcess {
             return Ok(Duration::ZERO);
         };
         if let Some(pid) = child.id() {
-            let status = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()
+            signal(pid, "TERM")
                 .await
-                .context("running kill -TERM")?;
-            if !status.success() {
-                bail!("kill -TERM {pid} ({}) failed: {status}", self.name);
-            }
+                .with_context(|| format!("stopping {}", self.name))?;
         }
         match tokio::time::timeout(grace, child.wait()).await {
             Ok(exited) => {
@@ -288,6 +282,20 @@ fn free_port() -> anyhow::Result<u16> {
     anyhow::bail!("no free loopback port in {SERVICE_PORTS:?}")
 }
 
+/// Sends `signal` (`TERM`, `STOP`, `CONT`, ...) to a process, with kill(1).
+pub async fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .await
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -{signal} {pid} failed: {status}");
+    }
+    Ok(())
+}
+
 fn infra(name: &str) -> anyhow::Result<String> {
     std::env::var(name).with_context(|| format!("{name} is not set: run through scripts/faults.sh"))
 }
@@ -400,7 +408,6 @@ impl Stack {
             services.insert(
                 name,
                 Service {
-                    name,
                     replicas: processes,
                     next: AtomicUsize::new(0),
                 },
@@ -483,20 +490,6 @@ impl Stack {
         text.trim()
             .parse()
             .with_context(|| format!("scripts/infra.sh pid {component} printed {text:?}"))
-    }
-
-    /// Sends `signal` (`STOP`, `CONT`, ...) to a process, with kill(1).
-    pub async fn signal(&self, pid: u32, signal: &str) -> anyhow::Result<()> {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .await
-            .context("running kill")?;
-        if !status.success() {
-            bail!("kill -{signal} {pid} failed: {status}");
-        }
-        Ok(())
     }
 
     /// `redis-cli -u <REDIS_URL> <args>` on the suite's private Redis; its output.

@@ -276,9 +276,8 @@ launch_id() {
 }
 
 start_service() {
-  local s="$1" bin logfile pid idfile want have
+  local s="$1" bin pid idfile want have
   bin="$(service_bin "$s")"
-  logfile="$LOG_DIR/$s.log"
   idfile="$RUN_DIR/$s.launch"
   [[ -x "$bin" ]] || die "service $s: binary $bin not found after cargo build (is the [[bin]] named after the package?)"
   want="$(launch_id "$s" "$bin")"
@@ -314,9 +313,14 @@ $owner}"
       printf 'export %s=%q\n' "$name" "$value"
     done < <(service_env "$s") >"$envfile"
   )
-  # shellcheck disable=SC2016 # expanded by the inner shell
-  start_daemon "$s" "$logfile" env -i /bin/bash -c 'source "$1" && exec "$2"' "$s" "$envfile" "$bin"
+  launch "$s" "$envfile" "$bin"
   printf '%s\n' "$want" >"$idfile"
+}
+
+# launch NAME ENVFILE BIN: BIN as daemon NAME with exactly the environment in ENVFILE.
+launch() {
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  start_daemon "$1" "$LOG_DIR/$1.log" env -i /bin/bash -c 'source "$1" && exec "$2"' "$1" "$2" "$3"
 }
 
 # build_services SERVICE...: cargo build them for $PROFILE (APP_SKIP_BUILD=1: only those
@@ -485,10 +489,6 @@ cmd_restart() {
     [[ " ${SERVICES[*]} " == *" $s "* ]] || die "restart: unknown service '$s' (services: ${SERVICES[*]})"
     daemon_running "$s" || die "restart: $s is not running (scripts/app.sh up first)"
   done
-  eval "$("${INFRA[@]}" env)"
-  APP_JWT_KEY="$(kept_key JWT_KEY jwt_key "a JWT key")"
-  APP_CLIENT_ADDRESS_KEY="$(kept_key CLIENT_ADDRESS_KEY client_address_key "the key with which the client vouches for browser addresses to auth")"
-  APP_CSRF_KEY="$(kept_key CSRF_KEY csrf_key "the key behind the client's CSRF form tokens")"
   replicas_from_pidfiles
   for s in "${targets[@]}"; do
     while IFS= read -r r; do
@@ -500,27 +500,16 @@ cmd_restart() {
   log "rolling restart of ${targets[*]} done in $((SECONDS - start))s"
 }
 
-# restart_replica NAME: with the settings it runs with now (read back from its env file).
+# restart_replica NAME: the same binary with the same environment file it was started with.
 restart_replica() {
-  local r="$1" envfile="$RUN_DIR/$1.env" line bin
+  local r="$1" envfile="$RUN_DIR/$1.env" bin
   [[ -f "$envfile" ]] || die "restart: no $envfile (was $r started by scripts/app.sh up?)"
-  # The same binary: target/<profile>/<name> from its launch file.
   bin="$(awk '$1 == "binary" { print $2 }' "$RUN_DIR/$r.launch" 2>/dev/null || true)"
   [[ -n "$bin" ]] || die "restart: no binary recorded in $RUN_DIR/$r.launch"
-  PROFILE="$(basename "$(dirname "$bin")")"
-  TARGET_DIR="$(dirname "$(dirname "$bin")")"
-  # The settings the replica was started with (e.g. EXPIRATION_WINDOW_SECONDS, STRIPE_KEY) stay.
-  while IFS= read -r line; do
-    case "$line" in
-      "export EXPIRATION_WINDOW_SECONDS="* | "export AUTH_RATE_LIMIT_PER_MINUTE="* | \
-        "export STRIPE_KEY="* | "export STRIPE_API_BASE="* | "export STRIPE_PUBLISHABLE_KEY="* | \
-        "export RUST_LOG="* | "export OTEL_EXPORTER_OTLP_ENDPOINT="*) eval "$line" ;;
-    esac
-  done <"$envfile"
   write_upstreams "$r"
   "${INFRA[@]}" up nginx >/dev/null
-  stop_replica "$r"
-  start_service "$r"
+  stop_daemon "$r"
+  launch "$r" "$envfile" "$bin"
   wait_ready "$r"
 }
 

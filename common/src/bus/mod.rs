@@ -56,51 +56,32 @@ impl EventBus {
 
     async fn ensure_stream(&self, replicas: usize) -> anyhow::Result<()> {
         let subjects: Vec<String> = Subject::ALL.iter().map(|s| self.subject(*s)).collect();
-        let mut existing = self
-            .get_or_create_stream(stream::Config {
-                name: self.stream.clone(),
-                subjects: subjects.clone(),
-                retention: stream::RetentionPolicy::Limits,
-                storage: stream::StorageType::File,
-                max_age: Duration::from_secs(7 * 24 * 3600),
-                duplicate_window: DUPLICATE_WINDOW,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await?;
-        // A stream made by an older release lacks subjects added since (`payment:updated`):
-        // publishing those would find no stream, so they are added to it, keeping its messages.
-        let mut config = existing
-            .info()
-            .await
-            .with_context(|| format!("reading JetStream stream {}", self.stream))?
-            .config
-            .clone();
-        let missing: Vec<String> = subjects
-            .into_iter()
-            .filter(|s| !config.subjects.contains(s))
-            .collect();
-        if !missing.is_empty() {
-            tracing::info!(stream = %self.stream, ?missing, "adding new subjects to the stream");
-            config.subjects.extend(missing);
-            self.js
-                .update_stream(config)
-                .await
-                .with_context(|| format!("adding subjects to JetStream stream {}", self.stream))?;
-        }
+        self.get_or_create_stream(stream::Config {
+            name: self.stream.clone(),
+            subjects,
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await?;
         Ok(())
     }
 
     /// Gets a stream, creating it if it does not exist. Services starting together all try to
     /// create it; whoever loses that race (the server then answers "already in use" or "subjects
-    /// overlap") finds it made by another.
+    /// overlap") finds it made by another. An existing stream is brought up to `config` where an
+    /// older release or setting left it short, keeping its messages: subjects added since
+    /// (`payment:updated`; publishing those would find no stream) and more replicas (after
+    /// NATS_STREAM_REPLICAS was raised; never fewer, which would drop copies).
     pub(crate) async fn get_or_create_stream(
         &self,
         config: stream::Config,
     ) -> anyhow::Result<jetstream::stream::Stream> {
         let name = config.name.clone();
-        let replicas = config.num_replicas;
-        let mut stream = match self.js.get_or_create_stream(config).await {
+        let mut stream = match self.js.get_or_create_stream(config.clone()).await {
             Ok(stream) => stream,
             Err(create) => self
                 .js
@@ -109,22 +90,28 @@ impl EventBus {
                 .map_err(|_| create)
                 .with_context(|| format!("creating JetStream stream {name}"))?,
         };
-        // A stream made with fewer replicas (before NATS_STREAM_REPLICAS was raised, or by the
-        // first service of a new cluster) is raised; never lowered, which would drop copies.
         let mut existing = stream
             .info()
             .await
             .with_context(|| format!("reading JetStream stream {name}"))?
             .config
             .clone();
-        if existing.num_replicas < replicas {
-            tracing::info!(stream = %name, from = existing.num_replicas, to = replicas, "raising the stream's replicas");
-            existing.num_replicas = replicas;
-            self.js
-                .update_stream(existing)
-                .await
-                .with_context(|| format!("raising the replicas of JetStream stream {name}"))?;
+        let missing: Vec<String> = config
+            .subjects
+            .into_iter()
+            .filter(|s| !existing.subjects.contains(s))
+            .collect();
+        let raise = existing.num_replicas < config.num_replicas;
+        if missing.is_empty() && !raise {
+            return Ok(stream);
         }
+        tracing::info!(stream = %name, ?missing, from = existing.num_replicas, to = config.num_replicas.max(existing.num_replicas), "bringing the stream up to date");
+        existing.subjects.extend(missing);
+        existing.num_replicas = existing.num_replicas.max(config.num_replicas);
+        self.js
+            .update_stream(existing)
+            .await
+            .with_context(|| format!("updating JetStream stream {name}"))?;
         Ok(stream)
     }
 

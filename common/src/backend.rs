@@ -2,12 +2,14 @@
 //! when they start: connect to both, relay their outbox, and serve their API beside health,
 //! readiness (database and bus) and the dead letters of their queue group.
 
+use std::sync::Arc;
+
 use axum::Router;
 use mongodb::Database;
 
 use crate::bus::EventBus;
 use crate::server::{
-    App, Background, Server, database_and_bus_readiness, dead_letter_details,
+    App, Background, ReadinessDetails, Server, database_and_bus_readiness, dead_letter_details,
     finish_router_with_details,
 };
 use crate::settings::BackendSettings;
@@ -41,11 +43,29 @@ pub async fn serve(
     queue_group: &'static str,
     background: Background,
 ) -> anyhow::Result<App> {
-    let router = finish_router_with_details(
-        api,
-        database_and_bus_readiness(db, bus.clone()),
-        dead_letter_details(bus, queue_group),
-    );
+    let none: ReadinessDetails = Arc::new(|| Box::pin(async { serde_json::Map::new() }));
+    serve_with_details(settings, api, (db, bus), queue_group, background, none).await
+}
+
+/// [`serve`], with `details` of the service's own added to `/readyz`'s ready answer.
+pub async fn serve_with_details(
+    settings: &BackendSettings,
+    api: Router,
+    (db, bus): (Database, EventBus),
+    queue_group: &'static str,
+    background: Background,
+    details: ReadinessDetails,
+) -> anyhow::Result<App> {
+    let dead_letters = dead_letter_details(bus.clone(), queue_group);
+    let all: ReadinessDetails = Arc::new(move || {
+        let (dead_letters, details) = (dead_letters.clone(), details.clone());
+        Box::pin(async move {
+            let mut all = dead_letters().await;
+            all.extend(details().await);
+            all
+        })
+    });
+    let router = finish_router_with_details(api, database_and_bus_readiness(db, bus), all);
     let server = Server::bind(&settings.http).await?;
     Ok(App::new(server, router, background))
 }

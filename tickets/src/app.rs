@@ -1,4 +1,5 @@
-//! Builds the tickets application: database, indexes, event bus, listeners, outbox relay, router.
+//! Builds the tickets application: database, indexes, event bus, listeners, outbox relay, read
+//! model, router.
 
 use anyhow::Context as _;
 use axum::extract::FromRef;
@@ -35,11 +36,23 @@ pub async fn build(settings: Settings) -> anyhow::Result<App> {
     let mut background = Background::new();
     listeners::subscribe(&mut background, &bus, &store).await?;
     backend::relay(&mut background, store.tickets(), &bus);
+    store
+        .catalog()
+        .spawn(&mut background, &bus, store.tickets());
+    let read_model = store.catalog().details();
     let state = AppState {
         store,
         bus: bus.clone(),
         keys: SessionKeys::new(&settings.jwt.key),
     };
     let api = routes::router().with_state(state);
-    backend::serve(&settings, api, (db, bus), QUEUE_GROUP, background).await
+    backend::serve_with_details(
+        &settings,
+        api,
+        (db, bus),
+        QUEUE_GROUP,
+        background,
+        read_model,
+    )
+    .await
 }

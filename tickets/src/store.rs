@@ -1,17 +1,21 @@
 //! Tickets: `{_id, title, priceCents, userId, version, orderId}` kept by a `VersionedStore` (every
 //! version claimed by an insert, events stored with the change), plus the tombstones of cancelled
-//! orders that let the listeners cope with `order:cancelled` overtaking `order:created`.
+//! orders that let the listeners cope with `order:cancelled` overtaking `order:created`, and the
+//! in-memory read model that answers the reads (`catalog.rs`).
 
+use common::bus::EventBus;
 use common::events::{Id, TicketCreated, TicketUpdated};
 use common::money::Price;
 use common::store::{
-    Bounded as _, IndexKind, PendingEvent, StoreError, VersionedStore, ensure_index, has_id,
-    is_duplicate_key,
+    Bounded as _, Committed, Decision, IndexKind, PendingEvent, StoreError, VersionedStore,
+    ensure_index, has_id, is_duplicate_key,
 };
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
+
+use crate::catalog::TicketCatalog;
 
 /// A ticket as stored. `orderId` is always written (null when free): FerretDB's indexes and
 /// filters behave best with present fields.
@@ -95,10 +99,11 @@ impl Ticket {
     }
 }
 
-/// The tickets collection and the cancelled-order tombstones. Cheap to clone.
+/// The tickets collection, its read model and the cancelled-order tombstones. Cheap to clone.
 #[derive(Clone)]
 pub struct TicketStore {
     tickets: VersionedStore<Ticket>,
+    catalog: TicketCatalog,
     cancelled_orders: Collection<Document>,
 }
 
@@ -106,13 +111,55 @@ impl TicketStore {
     pub fn new(db: &Database) -> Self {
         Self {
             tickets: VersionedStore::new(db, "tickets"),
+            catalog: TicketCatalog::new(db),
             cancelled_orders: db.collection("cancelled_orders"),
         }
     }
 
-    /// The tickets' versioned store: reads, commits, the outbox relay.
+    /// The tickets' versioned store: the outbox relay, raw reads.
     pub fn tickets(&self) -> &VersionedStore<Ticket> {
         &self.tickets
+    }
+
+    /// The read model: fill it and keep it following the events (see `catalog.rs`).
+    pub fn catalog(&self) -> &TicketCatalog {
+        &self.catalog
+    }
+
+    /// Lists a new ticket for `seller` (see `VersionedStore::create`), visible at once to the
+    /// seller on every replica.
+    pub async fn create(
+        &self,
+        bus: &EventBus,
+        ticket: &Ticket,
+        events: Vec<PendingEvent>,
+    ) -> Result<Committed, StoreError> {
+        let committed = self.tickets.create(bus, ticket, events).await?;
+        self.catalog.apply(ticket);
+        self.catalog.remember_write(&ticket.user_id, ticket).await;
+        Ok(committed)
+    }
+
+    /// Read, decide, commit (see `VersionedStore::modify`); the read model takes the outcome at once.
+    /// `author` is the user making the change, if any (not a listener), whose next reads must see it
+    /// on every replica.
+    pub async fn modify<E, F>(
+        &self,
+        bus: &EventBus,
+        id: ObjectId,
+        author: Option<&str>,
+        decide: F,
+    ) -> Result<(Ticket, Option<Committed>), E>
+    where
+        E: From<StoreError>,
+        F: FnMut(&Ticket) -> Result<Decision<Ticket>, E>,
+    {
+        let (ticket, committed) = self.tickets.modify(bus, Bson::ObjectId(id), decide).await?;
+        self.catalog.apply(&ticket);
+        if let (Some(author), Some(_)) = (author, committed) {
+            self.catalog.remember_write(author, &ticket).await;
+        }
+        Ok((ticket, committed))
     }
 
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
@@ -129,8 +176,36 @@ impl TicketStore {
         Ok(())
     }
 
-    pub async fn get(&self, id: ObjectId) -> Result<Option<Ticket>, StoreError> {
-        self.tickets.get(Bson::ObjectId(id)).await
+    /// One ticket, as `reader` (the signed-in user, if any) last saw it at least. From the read
+    /// model once it is live; from the database before, and for a ticket it does not know yet
+    /// (created on another replica a moment ago).
+    pub async fn get(
+        &self,
+        id: ObjectId,
+        reader: Option<&str>,
+    ) -> Result<Option<Ticket>, StoreError> {
+        if self.catalog_answers(reader).await?
+            && let Some(ticket) = self.catalog.get(id)
+        {
+            return Ok(Some(ticket));
+        }
+        let ticket = self.tickets.get(Bson::ObjectId(id)).await?;
+        if let Some(ticket) = &ticket {
+            self.catalog.apply(ticket);
+        }
+        Ok(ticket)
+    }
+
+    /// Whether the read model may answer `reader`: it is live, and has caught up with the reader's
+    /// own latest writes.
+    async fn catalog_answers(&self, reader: Option<&str>) -> Result<bool, StoreError> {
+        if !self.catalog.is_live() {
+            return Ok(false);
+        }
+        if let Some(reader) = reader {
+            self.catalog.catch_up_with(reader, &self.tickets).await?;
+        }
+        Ok(true)
     }
 
     /// Tickets not reserved by any order, oldest first: those whose id comes after `after` and
@@ -139,10 +214,14 @@ impl TicketStore {
     /// stays free.
     pub async fn list_available(
         &self,
+        reader: Option<&str>,
         after: Option<ObjectId>,
         title: Option<&str>,
         limit: Option<i64>,
     ) -> Result<Vec<Ticket>, StoreError> {
+        if self.catalog_answers(reader).await? {
+            return Ok(self.catalog.list_free(after, title, limit));
+        }
         self.list(doc! { "orderId": Bson::Null }, after, title, limit)
             .await
     }
@@ -156,6 +235,9 @@ impl TicketStore {
         title: Option<&str>,
         limit: Option<i64>,
     ) -> Result<Vec<Ticket>, StoreError> {
+        if self.catalog_answers(Some(user_id)).await? {
+            return Ok(self.catalog.list_owned(user_id, after, title, limit));
+        }
         self.list(doc! { "userId": user_id }, after, title, limit)
             .await
     }

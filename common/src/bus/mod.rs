@@ -13,6 +13,7 @@ use crate::telemetry::TraceContext;
 
 mod backlog;
 mod dead_letter;
+mod follow;
 mod listener;
 
 pub use dead_letter::{DeadLetter, count_by_consumer};

@@ -6,7 +6,6 @@ use common::bus::EventBus;
 use common::events::{Id, OrderCancelled, OrderCreated};
 use common::server::Background;
 use common::store::{Decision, StoreError};
-use mongodb::bson::Bson;
 use mongodb::bson::oid::ObjectId;
 
 use crate::store::TicketStore;
@@ -69,8 +68,7 @@ pub async fn release(
     order_id: Id,
 ) -> Result<Release, StoreError> {
     let result = store
-        .tickets()
-        .modify(bus, Bson::ObjectId(ticket_id), |ticket| {
+        .modify(bus, ticket_id, None, |ticket| {
             if ticket.order_id != Some(order_id) {
                 return Ok(Decision::Unchanged);
             }

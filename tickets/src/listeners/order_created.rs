@@ -3,7 +3,6 @@
 use common::bus::{EventBus, Outcome};
 use common::events::{Id, OrderCreated};
 use common::store::{Decision, StoreError};
-use mongodb::bson::Bson;
 
 use super::{RETRY_DELAY, Release, release};
 use crate::store::TicketStore;
@@ -24,8 +23,7 @@ pub async fn handle(
 
     let mut holder: Option<Id> = None;
     let result = store
-        .tickets()
-        .modify(bus, Bson::ObjectId(ticket_id), |ticket| {
+        .modify(bus, ticket_id, None, |ticket| {
             holder = ticket.order_id;
             if ticket.order_id.is_some() {
                 return Ok(Decision::Unchanged);

@@ -11,7 +11,6 @@ use common::extract::{CurrentUser, FromBody, JsonBody, RequireAuth, number, trim
 use common::money::{MAX_PRICE_CENTS, Price};
 use common::store::parse_object_id;
 use common::store::{Decision, PendingEvent};
-use mongodb::bson::Bson;
 use mongodb::bson::oid::ObjectId;
 use serde::Deserialize;
 use serde_json::Value;
@@ -129,11 +128,7 @@ async fn create(
         order_id: None,
     };
     let events = vec![PendingEvent::of(&ticket.created_event())?];
-    state
-        .store
-        .tickets()
-        .create(&state.bus, &ticket, events)
-        .await?;
+    state.store.create(&state.bus, &ticket, events).await?;
     tracing::info!(ticket_id = %ticket.id, "ticket created");
     Ok((StatusCode::CREATED, Json(ticket.view())))
 }
@@ -150,10 +145,11 @@ async fn list(
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
     let query = query.as_deref().unwrap_or_default();
+    let reader = user.as_ref().map(|user| user.id.as_str());
     // Who asks comes first: a signed-out `mine=true` learns nothing about its other parameters.
     let owner = match mine(query) {
         Ok(false) => None,
-        Ok(true) => Some(user.ok_or(ApiError::NotAuthorized)?.id),
+        Ok(true) => Some(reader.ok_or(ApiError::NotAuthorized)?),
         Err(entry) => {
             let mut errors = vec![entry];
             if let Err(ApiError::Validation(more)) = Page::from_query(query) {
@@ -166,7 +162,7 @@ async fn list(
         (Some(page), _) => page,
         (None, Some(_)) => Page::first(),
         (None, None) => {
-            let tickets = state.store.list_available(None, None, None).await?;
+            let tickets = state.store.list_available(reader, None, None, None).await?;
             let views: Vec<TicketView> = tickets.iter().map(Ticket::view).collect();
             return Ok(Json(views).into_response());
         }
@@ -180,7 +176,12 @@ async fn list(
                 .list_owned(owner, page.after, title, fetch)
                 .await?
         }
-        None => state.store.list_available(page.after, title, fetch).await?,
+        None => {
+            state
+                .store
+                .list_available(reader, page.after, title, fetch)
+                .await?
+        }
     };
     let more = tickets.len() > usize::from(page.limit);
     tickets.truncate(usize::from(page.limit));
@@ -304,11 +305,13 @@ impl Page {
 
 async fn show(
     State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<TicketView>> {
+    let reader = user.as_ref().map(|user| user.id.as_str());
     let ticket = state
         .store
-        .get(parse_id(&id)?)
+        .get(parse_id(&id)?, reader)
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(Json(ticket.view()))
@@ -321,13 +324,12 @@ async fn update(
     Path(id): Path<String>,
     JsonBody(input): JsonBody<TicketInput>,
 ) -> ApiResult<Json<TicketView>> {
-    let key = Bson::ObjectId(parse_id(&id)?);
+    let id = parse_id(&id)?;
     // The checks run on the latest state inside the commit loop: a reservation can land between a
     // first read and our write, and must win over the edit.
     let (ticket, _) = state
         .store
-        .tickets()
-        .modify(&state.bus, key, |ticket| {
+        .modify(&state.bus, id, Some(&user.id), |ticket| {
             if ticket.order_id.is_some() {
                 return Err(ApiError::bad_request(TICKET_RESERVED));
             }

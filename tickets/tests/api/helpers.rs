@@ -61,15 +61,46 @@ pub struct TestApp {
 /// Starts the tickets service (routes, listeners, relay) on a random port with a fresh database
 /// and stream.
 pub async fn spawn_app() -> TestApp {
-    let infra = infra().await;
+    spawn_app_with(infra().await).await
+}
+
+/// [`spawn_app`] on infrastructure the test prepared (e.g. with tickets already stored).
+pub async fn spawn_app_with(infra: Infra) -> TestApp {
     let app = start("tickets", tickets::app::build(infra.settings.clone())).await;
-    TestApp {
+    let app = TestApp {
         addr: app.addr,
         metrics_addr: app.metrics_addr,
         client: reqwest::Client::new(),
         infra,
         _running: app.running,
-    }
+    };
+    app.wait_for_read_model().await;
+    app
+}
+
+/// A second replica of `app`'s service: same database and stream, its own read model.
+pub async fn spawn_replica(app: &TestApp) -> TestApp {
+    let settings = app.infra.settings.clone();
+    let (db, bus) = common::backend::connect(&settings.backend, "tickets-test")
+        .await
+        .expect("the test connects to the database and NATS");
+    let store = TicketStore::new(&db);
+    let running = start("tickets", tickets::app::build(settings.clone())).await;
+    let replica = TestApp {
+        addr: running.addr,
+        metrics_addr: running.metrics_addr,
+        client: reqwest::Client::new(),
+        infra: Infra {
+            settings,
+            db,
+            store,
+            bus,
+            observers: Running::new(),
+        },
+        _running: running.running,
+    };
+    replica.wait_for_read_model().await;
+    replica
 }
 
 pub fn user() -> User {
@@ -108,6 +139,15 @@ impl TestApp {
 
     pub async fn get(&self, path: &str) -> Reply {
         self.request(Method::GET, path, None, None).await
+    }
+
+    /// Waits until reads are answered from the read model (it fills at start).
+    pub async fn wait_for_read_model(&self) {
+        eventually("the ticket read model to be live", || async {
+            let ready = self.get("/readyz").await;
+            (ready.body["readModel"]["state"] == "live").then_some(())
+        })
+        .await;
     }
 
     pub async fn get_ticket(&self, id: &str) -> Reply {
@@ -155,7 +195,7 @@ impl Infra {
     pub async fn ticket(&self, id: &str) -> Ticket {
         let id = ObjectId::parse_str(id).expect("an ObjectId");
         self.store
-            .get(id)
+            .get(id, None)
             .await
             .expect("reading the ticket")
             .expect("the ticket exists")
@@ -312,4 +352,26 @@ pub fn inserted_ticket_updated(id: &str, version: i64, order_id: Option<Id>) -> 
         user_id: OWNER.into(),
         order_id,
     }
+}
+
+/// Waits until an anonymous listing on `app` (or `cookie`'s) includes ticket `id`.
+pub async fn eventually_listed(app: &TestApp, cookie: Option<&str>, id: &str) {
+    eventually("the ticket in the listing", || async {
+        let listed = app.request(Method::GET, "/api/tickets", cookie, None).await;
+        listed
+            .body
+            .as_array()?
+            .iter()
+            .any(|t| t["id"] == id)
+            .then_some(())
+    })
+    .await;
+}
+
+/// Waits until an anonymous read of ticket `id` on `app` shows `title`.
+pub async fn eventually_titled(app: &TestApp, id: &str, title: &str) {
+    eventually("the edited title", || async {
+        (app.get_ticket(id).await.body["title"] == title).then_some(())
+    })
+    .await;
 }

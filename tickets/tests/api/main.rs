@@ -8,4 +8,5 @@ mod metrics;
 mod order_cancelled;
 mod order_created;
 mod outbox;
+mod read_model;
 mod tickets;

@@ -389,7 +389,11 @@ async fn health_and_readiness_answer_when_the_database_and_bus_are_up() {
         (reply.status, reply.body),
         (
             StatusCode::OK,
-            json!({ "status": "ready", "deadLetters": 0 })
+            json!({
+                "status": "ready",
+                "deadLetters": 0,
+                "readModel": { "state": "live", "tickets": 0 },
+            })
         )
     );
 }

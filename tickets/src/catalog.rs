@@ -314,6 +314,11 @@ impl TicketCatalog {
         store: &VersionedStore<Ticket>,
         stop: &CancellationToken,
     ) -> anyhow::Result<()> {
+        // A lost connection may have lost the ordered consumers with it (the server keeps them in
+        // memory), and noticing that takes them seconds: from the loss on, reads go to the
+        // database until the model is filled again.
+        let mut disconnections = bus.disconnections();
+        disconnections.mark_unchanged();
         // Following first, scanning second: whatever is committed during the scan arrives as an event.
         let created = bus.follow::<TicketCreated>().await?.map(|event| {
             event.map(|e| Ticket {
@@ -347,6 +352,7 @@ impl TicketCatalog {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return Ok(()),
+                _ = disconnections.changed() => anyhow::bail!("the connection to NATS was lost"),
                 result = &mut scanned, if !filled => {
                     let all = result.map_err(|_| anyhow::anyhow!("reading every ticket took over {SCAN_TIMEOUT:?}"))??;
                     let count = all.len();

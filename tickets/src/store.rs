@@ -184,7 +184,7 @@ impl TicketStore {
         id: ObjectId,
         reader: Option<&str>,
     ) -> Result<Option<Ticket>, StoreError> {
-        if self.catalog_answers(reader).await?
+        if self.catalog_answers(reader).await
             && let Some(ticket) = self.catalog.get(id)
         {
             return Ok(Some(ticket));
@@ -197,15 +197,18 @@ impl TicketStore {
     }
 
     /// Whether the read model may answer `reader`: it is live, and has caught up with the reader's
-    /// own latest writes.
-    async fn catalog_answers(&self, reader: Option<&str>) -> Result<bool, StoreError> {
+    /// own latest writes. With the database out of reach it still answers (reads keep working
+    /// through an outage): a write the reader made just before it may then show a moment late.
+    async fn catalog_answers(&self, reader: Option<&str>) -> bool {
         if !self.catalog.is_live() {
-            return Ok(false);
+            return false;
         }
-        if let Some(reader) = reader {
-            self.catalog.catch_up_with(reader, &self.tickets).await?;
+        if let Some(reader) = reader
+            && let Err(err) = self.catalog.catch_up_with(reader, &self.tickets).await
+        {
+            tracing::debug!(error = %err, "answering from the read model without the reader's latest writes");
         }
-        Ok(true)
+        true
     }
 
     /// Tickets not reserved by any order, oldest first: those whose id comes after `after` and
@@ -219,7 +222,7 @@ impl TicketStore {
         title: Option<&str>,
         limit: Option<i64>,
     ) -> Result<Vec<Ticket>, StoreError> {
-        if self.catalog_answers(reader).await? {
+        if self.catalog_answers(reader).await {
             return Ok(self.catalog.list_free(after, title, limit));
         }
         self.list(doc! { "orderId": Bson::Null }, after, title, limit)
@@ -235,7 +238,7 @@ impl TicketStore {
         title: Option<&str>,
         limit: Option<i64>,
     ) -> Result<Vec<Ticket>, StoreError> {
-        if self.catalog_answers(Some(user_id)).await? {
+        if self.catalog_answers(Some(user_id)).await {
             return Ok(self.catalog.list_owned(user_id, after, title, limit));
         }
         self.list(doc! { "userId": user_id }, after, title, limit)

@@ -31,14 +31,23 @@ pub struct EventBus {
     js: jetstream::Context,
     stream: String,
     prefix: String,
+    /// How many times the connection was lost so far (see [`Self::disconnections`]).
+    disconnections: tokio::sync::watch::Receiver<u64>,
 }
 
 impl EventBus {
     /// Connects and makes sure the stream exists (every service may create it; the config is the same).
     pub async fn connect(settings: &NatsSettings, client_name: &str) -> anyhow::Result<Self> {
+        let (lost, disconnections) = tokio::sync::watch::channel(0_u64);
         let client = async_nats::ConnectOptions::new()
             .name(client_name)
             .connection_timeout(Duration::from_secs(5))
+            .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Disconnected) {
+                    lost.send_modify(|count| *count += 1);
+                }
+                async {}
+            })
             .connect(settings.url.as_str())
             .await
             .with_context(|| format!("connecting to NATS at {}", settings.url))?;
@@ -48,6 +57,7 @@ impl EventBus {
             js,
             stream: settings.stream.clone(),
             prefix: settings.subject_prefix.clone(),
+            disconnections,
         };
         bus.ensure_stream(settings.stream_replicas).await?;
         bus.ensure_dead_letter_stream(settings.stream_replicas)
@@ -127,6 +137,13 @@ impl EventBus {
 
     pub(crate) fn jetstream(&self) -> &jetstream::Context {
         &self.js
+    }
+
+    /// A count of the connection's losses that changes on each: a follower of the bus that keeps
+    /// state from what it saw (a read model) stops trusting that state when it changes, since an
+    /// ordered consumer can take several seconds to notice that the server lost it.
+    pub fn disconnections(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.disconnections.clone()
     }
 
     /// Whether the connection to the server is up (for `/readyz`).

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::bus::EventBus;
 use common::events::{Event, TicketCreated, TicketUpdated};
 use common::server::{Background, ReadinessDetails};
@@ -35,7 +36,7 @@ use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Ticket;
+use crate::store::{Ticket, TicketView};
 
 /// How many of a writer's latest tickets a reader brings up to date.
 const RECENT_WRITES: usize = 10;
@@ -50,6 +51,9 @@ struct Tickets {
     by_id: BTreeMap<ObjectId, Ticket>,
     free: BTreeSet<ObjectId>,
     by_seller: HashMap<String, BTreeSet<ObjectId>>,
+    /// The whole public listing as sent (the SPEC's array), rendered once per change: most reads
+    /// are of it, and rendering a long listing costs more than the rest of the request.
+    free_json: Option<Bytes>,
 }
 
 impl Tickets {
@@ -71,7 +75,24 @@ impl Tickets {
             .or_default()
             .insert(ticket.id);
         self.by_id.insert(ticket.id, ticket);
+        self.free_json = None;
         true
+    }
+
+    /// The public listing as JSON, rendered if a change made the last rendering stale.
+    fn free_json(&mut self) -> Result<Bytes, serde_json::Error> {
+        if let Some(json) = &self.free_json {
+            return Ok(json.clone());
+        }
+        let views: Vec<TicketView> = self
+            .free
+            .iter()
+            .filter_map(|id| self.by_id.get(id))
+            .map(Ticket::view)
+            .collect();
+        let json = Bytes::from(serde_json::to_vec(&views)?);
+        self.free_json = Some(json.clone());
+        Ok(json)
     }
 
     /// Up to `limit` tickets of `ids` after `after` whose title contains `title` (any case), in id
@@ -179,6 +200,14 @@ impl TicketCatalog {
     /// Takes in a ticket read from the database or just written: kept if newer than the model's.
     pub fn apply(&self, ticket: &Ticket) {
         self.write().apply(ticket.clone());
+    }
+
+    /// The whole public listing, as JSON: the body `GET /api/tickets` answers without paging.
+    pub fn free_json(&self) -> Result<Bytes, serde_json::Error> {
+        if let Some(json) = &self.read().free_json {
+            return Ok(json.clone());
+        }
+        self.write().free_json()
     }
 
     pub fn get(&self, id: ObjectId) -> Option<Ticket> {
@@ -448,5 +477,24 @@ mod tests {
             None,
         );
         assert_eq!(titles(owned), ["Opera", "rock"]);
+    }
+
+    #[test]
+    fn the_rendered_listing_is_the_free_tickets_as_the_api_sends_them_and_follows_changes() {
+        let mut tickets = Tickets::default();
+        let free = ticket("Gig", "u1", 0, false);
+        tickets.apply(free.clone());
+        tickets.apply(ticket("Show", "u2", 1, true));
+        let json = |tickets: &mut Tickets| -> serde_json::Value {
+            serde_json::from_slice(&tickets.free_json().expect("rendered")).expect("JSON")
+        };
+        assert_eq!(json(&mut tickets), serde_json::json!([free.view()]));
+
+        tickets.apply(Ticket {
+            version: 1,
+            order_id: Some(common::events::Id::new()),
+            ..free
+        });
+        assert_eq!(json(&mut tickets), serde_json::json!([]));
     }
 }

@@ -229,6 +229,22 @@ impl TicketStore {
             .await
     }
 
+    /// The whole public listing rendered as JSON by the read model, when it is live (`None`
+    /// before: the caller lists from the database).
+    pub async fn free_listing_json(
+        &self,
+        reader: Option<&str>,
+    ) -> Result<Option<bytes::Bytes>, StoreError> {
+        if !self.catalog_answers(reader).await {
+            return Ok(None);
+        }
+        let json = self
+            .catalog
+            .free_json()
+            .map_err(|e| StoreError::Other(e.into()))?;
+        Ok(Some(json))
+    }
+
     /// The tickets `user_id` listed, free or held by an order, by the same rules as
     /// [`Self::list_available`].
     pub async fn list_owned(

@@ -162,6 +162,10 @@ async fn list(
         (Some(page), _) => page,
         (None, Some(_)) => Page::first(),
         (None, None) => {
+            if let Some(json) = state.store.free_listing_json(reader).await? {
+                let json_type = header::HeaderValue::from_static("application/json");
+                return Ok(([(header::CONTENT_TYPE, json_type)], json).into_response());
+            }
             let tickets = state.store.list_available(reader, None, None, None).await?;
             let views: Vec<TicketView> = tickets.iter().map(Ticket::view).collect();
             return Ok(Json(views).into_response());

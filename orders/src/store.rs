@@ -311,9 +311,22 @@ impl OrderStore {
             by_user.entry(order.user_id).or_default().push(order.id);
             entered += 1;
         }
-        for (user_id, ids) in by_user {
-            self.add_to_user(bus, &user_id, &ids).await?;
-        }
+        // Most users have no entry yet: one insert each, a few at once.
+        futures::stream::iter(by_user)
+            .map(|(user_id, ids)| async move {
+                let first = UserOrders {
+                    user_id: user_id.clone(),
+                    order_ids: ids.clone(),
+                    version: 0,
+                };
+                if self.user_orders.create_replica(&first).await? {
+                    return Ok(());
+                }
+                self.add_to_user(bus, &user_id, &ids).await
+            })
+            .buffer_unordered(LISTING_CONCURRENCY)
+            .try_collect::<()>()
+            .await?;
         let done = Migration {
             name: INDEXES_BACKFILL.to_owned(),
             at: mongodb::bson::DateTime::now(),

@@ -38,6 +38,14 @@ pub async fn build(settings: Settings) -> anyhow::Result<App> {
         .ensure_indexes()
         .await
         .context("creating the users indexes")?;
+    // Before serving: a user signed up before `emails` existed must be able to sign in at once.
+    let copied = users
+        .backfill_emails()
+        .await
+        .context("copying users into emails")?;
+    if copied > 0 {
+        tracing::info!(copied, "copied users written before the emails collection");
+    }
     let state = AppState {
         users,
         keys: SessionKeys::new(&settings.jwt.key),

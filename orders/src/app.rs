@@ -33,6 +33,15 @@ pub async fn build(settings: Settings) -> anyhow::Result<App> {
         .ensure_indexes()
         .await
         .context("creating the orders indexes")?;
+    // Before serving: orders written before `user_orders` and `order_expiries` existed must be
+    // listed and swept from the first request on.
+    let entered = store
+        .backfill(&bus)
+        .await
+        .context("entering existing orders into user_orders and order_expiries")?;
+    if entered > 0 {
+        tracing::info!(entered, "entered orders written before their indexes");
+    }
 
     let clock = OutageClock::new();
     // Dropped on an early return, which stops whatever already started.

@@ -5,8 +5,15 @@
 //! ticket id while the order is live and `released:<order id>` once it is cancelled
 //! (`shared/CONSISTENCY.md`, pattern 1). Creating an order is therefore a single insert that either
 //! wins the ticket or fails with a duplicate key; nothing checks first and inserts later.
+//!
+//! FerretDB's SQLite backend looks documents up by index only for a filter of `_id` alone; any
+//! other filter decodes the whole collection. So what a hot path needs is kept under `_id` keys,
+//! written before the order so that a crash leaves at most an entry without its order, which
+//! readers skip: a user's order ids ([`UserOrders`], `user_orders`), and a marker per order that can
+//! still expire (`order_expiries`, what the expiry sweeper reads).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::bus::EventBus;
@@ -15,9 +22,10 @@ use common::events::{
 };
 use common::money::Price;
 use common::store::{
-    Bounded as _, Committed, Decision, IndexKind, PendingEvent, StoreError, VersionedStore,
-    ensure_index, is_duplicate_key,
+    Bounded as _, Committed, Decision, IndexKind, MIGRATIONS_COLLECTION, PendingEvent, StoreError,
+    VersionedRecord, VersionedStore, ensure_index, is_duplicate_key,
 };
+use futures::{StreamExt as _, TryStreamExt as _};
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{Bson, doc};
 use mongodb::{Collection, Database};
@@ -29,9 +37,19 @@ pub const TICKETS_COLLECTION: &str = "tickets";
 pub const HOLDERS_COLLECTION: &str = "reservation_holders";
 /// The unique index that makes a ticket's reservation exclusive.
 pub const RESERVATION_INDEX: &str = "reservation_unique";
-pub const USER_INDEX: &str = "user_id";
-/// The expiry sweeper's index: orders by status, oldest expiry first.
-pub const EXPIRY_INDEX: &str = "status_expires_at";
+/// Each user's order ids, under the user id (`GET /api/orders`).
+pub const USER_ORDERS_COLLECTION: &str = "user_orders";
+/// A marker per order that may still expire, under the order id (the expiry sweeper's work list).
+pub const EXPIRIES_COLLECTION: &str = "order_expiries";
+/// The expiry markers by expiry (MongoDB; FerretDB reads the whole, small, collection).
+pub const EXPIRY_INDEX: &str = "expires_at";
+/// The one-time copy of orders written before `user_orders` and `order_expiries` existed.
+const INDEXES_BACKFILL: &str = "user_orders-and-order_expiries-from-orders";
+/// How many orders or tickets one listing reads at once.
+const LISTING_CONCURRENCY: usize = 8;
+/// How long past its expiry a marker whose order is missing is kept: the order's insert, made right
+/// after the marker, may be stalled (a paused database) and land late.
+const DANGLING_EXPIRY_AGE: Duration = Duration::from_secs(600);
 
 /// How many times creating an order is attempted when the holder of the ticket turns out to have
 /// been released already (see [`OrderStore::create_order`]).
@@ -166,6 +184,50 @@ struct ReservationHolder {
     order_id: ObjectId,
 }
 
+/// A user's order ids, oldest first: the `_id`-keyed index of `GET /api/orders`. Versioned, so two
+/// orders a user places at once cannot overwrite each other's entry. An id whose order does not
+/// exist (its create lost the ticket, or crashed before the order was written) is skipped by readers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserOrders {
+    #[serde(rename = "_id")]
+    pub user_id: String,
+    pub order_ids: Vec<ObjectId>,
+    pub version: i64,
+}
+
+impl VersionedRecord for UserOrders {
+    fn key(&self) -> Bson {
+        Bson::String(self.user_id.clone())
+    }
+
+    fn record_id(&self) -> String {
+        self.user_id.clone()
+    }
+
+    fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+/// An order that may still expire: written before the order, deleted by the sweeper once the order
+/// is no longer `created`. Only a work list: the order itself, read through the store, decides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExpiryMarker {
+    #[serde(rename = "_id")]
+    pub order_id: ObjectId,
+    #[serde(with = "bson_datetime")]
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Migration {
+    #[serde(rename = "_id")]
+    name: String,
+    at: mongodb::bson::DateTime,
+}
+
 /// Orders and the ticket replica. Cheap to clone.
 #[derive(Clone)]
 pub struct OrderStore {
@@ -174,6 +236,9 @@ pub struct OrderStore {
     /// cannot roll it back (CONSISTENCY.md pattern 5).
     tickets: VersionedStore<Ticket>,
     holders: Collection<ReservationHolder>,
+    user_orders: VersionedStore<UserOrders>,
+    expiries: Collection<ExpiryMarker>,
+    migrations: Collection<Migration>,
 }
 
 impl OrderStore {
@@ -182,7 +247,15 @@ impl OrderStore {
             orders: VersionedStore::new(db, ORDERS_COLLECTION),
             tickets: VersionedStore::new(db, TICKETS_COLLECTION),
             holders: db.collection(HOLDERS_COLLECTION),
+            user_orders: VersionedStore::new(db, USER_ORDERS_COLLECTION),
+            expiries: db.collection(EXPIRIES_COLLECTION),
+            migrations: db.collection(MIGRATIONS_COLLECTION),
         }
+    }
+
+    /// The index of users' orders (for tests).
+    pub fn user_orders(&self) -> &VersionedStore<UserOrders> {
+        &self.user_orders
     }
 
     pub fn orders(&self) -> &VersionedStore<Order> {
@@ -194,47 +267,197 @@ impl OrderStore {
         &self.tickets
     }
 
-    /// The unique reservation index (the whole point of this service), the per-user index of
-    /// `GET /api/orders`, and the outbox index. The replica needs none: it is looked up by `_id`.
+    /// The unique reservation index (the whole point of this service), the expiry markers' index
+    /// and the outbox's. Everything else is looked up by `_id`.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
-        let records = self.orders.records();
-        for (name, keys, kind) in [
-            (
-                RESERVATION_INDEX,
-                doc! { "reservation": 1 },
-                IndexKind::Unique,
-            ),
-            (USER_INDEX, doc! { "userId": 1 }, IndexKind::Plain),
-            (
-                EXPIRY_INDEX,
-                doc! { "status": 1, "expiresAt": 1 },
-                IndexKind::Plain,
-            ),
-        ] {
-            ensure_index(records, name, keys, kind).await?;
-        }
+        ensure_index(
+            self.orders.records(),
+            RESERVATION_INDEX,
+            doc! { "reservation": 1 },
+            IndexKind::Unique,
+        )
+        .await?;
+        ensure_index(
+            &self.expiries,
+            EXPIRY_INDEX,
+            doc! { "expiresAt": 1 },
+            IndexKind::Plain,
+        )
+        .await?;
         self.orders.ensure_indexes().await
     }
 
-    /// Orders still `created` whose window closed before `before`, oldest first, at most `limit`
-    /// (the expiry sweeper's query).
+    /// Enters every order written before `user_orders` and `order_expiries` existed into them,
+    /// once per database. Reads all orders (run at start, never per request); idempotent, and
+    /// marked done only once complete, so a start cut short runs it again.
+    pub async fn backfill(&self, bus: &EventBus) -> Result<usize, StoreError> {
+        if self
+            .migrations
+            .find_one(doc! { "_id": INDEXES_BACKFILL })
+            .bounded()
+            .await?
+            .is_some()
+        {
+            return Ok(0);
+        }
+        let mut by_user: BTreeMap<String, Vec<ObjectId>> = BTreeMap::new();
+        // Not bounded as a whole: a long history may take more than one operation timeout.
+        let mut orders = self.orders.records().find(doc! {}).await?;
+        let mut entered = 0;
+        while let Some(order) = orders.try_next().await? {
+            if order.status == OrderStatus::Created {
+                self.mark_expiry(&order).await?;
+            }
+            by_user.entry(order.user_id).or_default().push(order.id);
+            entered += 1;
+        }
+        // Most users have no entry yet: one insert each, a few at once.
+        futures::stream::iter(by_user)
+            .map(|(user_id, ids)| async move {
+                let first = UserOrders {
+                    user_id: user_id.clone(),
+                    order_ids: ids.clone(),
+                    version: 0,
+                };
+                if self.user_orders.create_replica(&first).await? {
+                    return Ok(());
+                }
+                self.add_to_user(bus, &user_id, &ids).await
+            })
+            .buffer_unordered(LISTING_CONCURRENCY)
+            .try_collect::<()>()
+            .await?;
+        let done = Migration {
+            name: INDEXES_BACKFILL.to_owned(),
+            at: mongodb::bson::DateTime::now(),
+        };
+        match self.migrations.insert_one(&done).bounded().await {
+            Ok(_) => {}
+            // Another replica finished it at the same moment.
+            Err(e) if is_duplicate_key(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(entered)
+    }
+
+    /// Adds `ids` to the user's order ids (those not there yet), creating the entry on the first.
+    async fn add_to_user(
+        &self,
+        bus: &EventBus,
+        user_id: &str,
+        ids: &[ObjectId],
+    ) -> Result<(), StoreError> {
+        let key = Bson::String(user_id.to_owned());
+        for _ in 0..CREATE_ATTEMPTS {
+            let added = self
+                .user_orders
+                .modify(bus, key.clone(), |current: &UserOrders| {
+                    let missing: Vec<ObjectId> = ids
+                        .iter()
+                        .filter(|id| !current.order_ids.contains(id))
+                        .copied()
+                        .collect();
+                    if missing.is_empty() {
+                        return Ok(Decision::Unchanged);
+                    }
+                    let mut next = current.clone();
+                    next.order_ids.extend(missing);
+                    next.version += 1;
+                    Ok(Decision::Commit {
+                        next,
+                        events: Vec::new(),
+                    })
+                })
+                .await;
+            match added {
+                Ok(_) => return Ok(()),
+                Err(StoreError::NotFound) => {
+                    let first = UserOrders {
+                        user_id: user_id.to_owned(),
+                        order_ids: ids.to_vec(),
+                        version: 0,
+                    };
+                    // `false`: another order of the user created the entry first; add to it.
+                    if self.user_orders.create_replica(&first).await? {
+                        return Ok(());
+                    }
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Err(StoreError::Conflict)
+    }
+
+    /// Takes `id` out of the user's order ids (an order that lost its ticket). Best effort: readers
+    /// skip an id without an order anyway.
+    async fn remove_from_user(&self, bus: &EventBus, user_id: &str, id: ObjectId) {
+        let removed = self
+            .user_orders
+            .modify(
+                bus,
+                Bson::String(user_id.to_owned()),
+                |current: &UserOrders| {
+                    if !current.order_ids.contains(&id) {
+                        return Ok::<_, StoreError>(Decision::Unchanged);
+                    }
+                    let mut next = current.clone();
+                    next.order_ids.retain(|other| *other != id);
+                    next.version += 1;
+                    Ok(Decision::Commit {
+                        next,
+                        events: Vec::new(),
+                    })
+                },
+            )
+            .await;
+        if let Err(err) = removed {
+            tracing::warn!(order_id = %id, error = %err, "could not drop a lost order from its user's list");
+        }
+    }
+
+    /// Records that `order` may expire (before the order is written).
+    async fn mark_expiry(&self, order: &Order) -> Result<(), StoreError> {
+        let marker = ExpiryMarker {
+            order_id: order.id,
+            expires_at: order.expires_at,
+        };
+        match self.expiries.insert_one(&marker).bounded().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes the expiry marker of an order that can no longer expire (or does not exist).
+    pub async fn forget_expiry(&self, order_id: ObjectId) -> Result<(), StoreError> {
+        self.expiries
+            .delete_one(doc! { "_id": order_id })
+            .bounded()
+            .await?;
+        Ok(())
+    }
+
+    /// Expiry markers whose order's window closed before `before`, oldest first, at most `limit`
+    /// (the expiry sweeper's work list: O(orders that may still expire), not O(all orders)).
     pub async fn overdue(
         &self,
         before: DateTime<Utc>,
         limit: i64,
-    ) -> Result<Vec<Order>, StoreError> {
+    ) -> Result<Vec<ExpiryMarker>, StoreError> {
         let before = mongodb::bson::DateTime::from_millis(before.timestamp_millis());
         Ok(common::store::find_all(
-            self.orders
-                .records()
-                .find(doc! {
-                    "status": OrderStatus::Created.as_str(),
-                    "expiresAt": { "$lt": before },
-                })
+            self.expiries
+                .find(doc! { "expiresAt": { "$lt": before } })
                 .sort(doc! { "expiresAt": 1 })
                 .limit(limit),
         )
         .await?)
+    }
+
+    /// Whether a marker whose order is missing is old enough to drop (see [`DANGLING_EXPIRY_AGE`]).
+    pub fn is_dangling(marker: &ExpiryMarker, now: DateTime<Utc>) -> bool {
+        let age = chrono::Duration::from_std(DANGLING_EXPIRY_AGE).unwrap_or(chrono::Duration::MAX);
+        marker.expires_at < now - age
     }
 
     /// The replica of a ticket, with any version a crash left half-applied finished first.
@@ -242,7 +465,7 @@ impl OrderStore {
         self.tickets.get(Bson::ObjectId(id)).await
     }
 
-    /// The replica tickets of `orders`, by id, in one query.
+    /// The replica tickets of `orders`, each looked up by `_id` (a few at once).
     pub async fn tickets_of(
         &self,
         orders: &[Order],
@@ -250,27 +473,46 @@ impl OrderStore {
         let mut ids: Vec<ObjectId> = orders.iter().map(|order| order.ticket_id.oid()).collect();
         ids.sort_unstable();
         ids.dedup();
-        if ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let tickets: Vec<Ticket> =
-            common::store::find_all(self.tickets.records().find(doc! { "_id": { "$in": ids } }))
-                .await?;
+        let tickets: Vec<Option<Ticket>> = futures::stream::iter(ids)
+            .map(|id| {
+                self.tickets
+                    .records()
+                    .find_one(doc! { "_id": id })
+                    .bounded()
+            })
+            .buffer_unordered(LISTING_CONCURRENCY)
+            .try_collect()
+            .await?;
         Ok(tickets
             .into_iter()
+            .flatten()
             .map(|ticket| (ticket.id.into(), ticket))
             .collect())
     }
 
-    /// A user's orders, oldest first (ObjectIds start with their creation time).
-    pub async fn orders_of_user(&self, user_id: &str) -> mongodb::error::Result<Vec<Order>> {
-        common::store::find_all(
-            self.orders
-                .records()
-                .find(doc! { "userId": user_id })
-                .sort(doc! { "_id": 1 }),
-        )
-        .await
+    /// A user's orders, oldest first (ObjectIds start with their creation time): the user's order
+    /// ids, then each order by `_id` (a few at once).
+    pub async fn orders_of_user(&self, user_id: &str) -> Result<Vec<Order>, StoreError> {
+        let Some(index) = self
+            .user_orders
+            .get(Bson::String(user_id.to_owned()))
+            .await?
+        else {
+            return Ok(Vec::new());
+        };
+        let found: Vec<Option<Order>> = futures::stream::iter(index.order_ids)
+            .map(|id| self.orders.records().find_one(doc! { "_id": id }).bounded())
+            .buffer_unordered(LISTING_CONCURRENCY)
+            .try_collect()
+            .await?;
+        // Missing: an order that lost its ticket or whose insert a crash cut short.
+        let mut orders: Vec<Order> = found
+            .into_iter()
+            .flatten()
+            .filter(|order| order.user_id == user_id)
+            .collect();
+        orders.sort_unstable_by_key(|order| order.id);
+        Ok(orders)
     }
 
     /// Inserts `order` (version 0) with its events. [`StoreError::Duplicate`] means another live
@@ -281,6 +523,30 @@ impl OrderStore {
     /// reading it through the store completes the release, and the insert is tried again.
     /// The winner records itself as the holder, so that losers need not search for it.
     pub async fn create_order(
+        &self,
+        bus: &EventBus,
+        order: &Order,
+        events: Vec<PendingEvent>,
+    ) -> Result<Committed, StoreError> {
+        // A shortcut for a flash sale's many losers, by `_id` alone: the insert below still
+        // decides, this only spares writing what would be taken back.
+        if self.held_by_recorded_holder(&order.reservation).await? {
+            return Err(StoreError::Duplicate);
+        }
+        // Written first, so that a crash leaves at most an entry without its order.
+        self.add_to_user(bus, &order.user_id, &[order.id]).await?;
+        self.mark_expiry(order).await?;
+        let created = self.insert_order(bus, order, events).await;
+        if matches!(created, Err(StoreError::Duplicate)) {
+            self.remove_from_user(bus, &order.user_id, order.id).await;
+            if let Err(err) = self.forget_expiry(order.id).await {
+                tracing::warn!(order_id = %order.id, error = %err, "could not drop the expiry marker of a lost order; the sweeper will");
+            }
+        }
+        created
+    }
+
+    async fn insert_order(
         &self,
         bus: &EventBus,
         order: &Order,
@@ -303,17 +569,26 @@ impl OrderStore {
         Err(StoreError::Duplicate)
     }
 
-    /// Whether a live order holds `reservation`, after bringing its holder up to date.
-    async fn still_reserved(&self, reservation: &str) -> Result<bool, StoreError> {
-        if let Some(hint) = self
+    /// Whether the holder recorded for `reservation` (if any), brought up to date, still holds it.
+    async fn held_by_recorded_holder(&self, reservation: &str) -> Result<bool, StoreError> {
+        match self
             .holders
             .find_one(doc! { "_id": reservation })
             .bounded()
             .await?
-            && self.holds(hint.order_id, reservation).await?
         {
+            Some(hint) => self.holds(hint.order_id, reservation).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Whether a live order holds `reservation`, after bringing its holder up to date.
+    async fn still_reserved(&self, reservation: &str) -> Result<bool, StoreError> {
+        if self.held_by_recorded_holder(reservation).await? {
             return Ok(true);
         }
+        // Only when the hint is missing or stale (a crash or a failed write after a win): a search
+        // of every order, after which the hint is recorded again.
         let Some(holder) = self
             .orders
             .records()

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::bus::EventBus;
+use common::events::OrderStatus;
+use mongodb::bson::Bson;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -90,22 +92,44 @@ pub struct SweepTiming {
 }
 
 /// One pass: cancels every order overdue by more than the grace. Returns how many it cancelled.
+///
+/// Reads the expiry markers (`OrderStore::overdue`), not the orders: each marker's order, read
+/// through the store, decides, and a marker whose order is no longer `created` (paid, cancelled) or
+/// long missing (its create lost the ticket or crashed) is deleted on the way.
 pub async fn sweep_once(
     store: &OrderStore,
     bus: &EventBus,
     grace: Duration,
 ) -> Result<usize, common::store::StoreError> {
-    let before = Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    let now = Utc::now();
+    let before = now - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     let mut cancelled = 0;
-    for order in store.overdue(before, SWEEP_BATCH).await? {
-        match expire(store, bus, order.id, None).await? {
+    for marker in store.overdue(before, SWEEP_BATCH).await? {
+        let id = marker.order_id;
+        match store.orders().get(Bson::ObjectId(id)).await? {
+            None => {
+                if OrderStore::is_dangling(&marker, now) {
+                    store.forget_expiry(id).await?;
+                }
+                continue;
+            }
+            Some(order) if order.status != OrderStatus::Created => {
+                store.forget_expiry(id).await?;
+                continue;
+            }
+            Some(_) => {}
+        }
+        match expire(store, bus, id, None).await? {
             Expiry::Cancelled(_) => {
-                tracing::warn!(order_id = %order.id, expires_at = %order.expires_at,
+                tracing::warn!(order_id = %id, expires_at = %marker.expires_at,
                     "the sweeper cancelled an order its expiration never reached");
                 cancelled += 1;
+                store.forget_expiry(id).await?;
             }
+            // Paid or cancelled meanwhile.
+            Expiry::Unchanged => store.forget_expiry(id).await?,
             // A payment still on its way goes first; the next pass looks again.
-            Expiry::PaymentWaiting | Expiry::Unchanged => {}
+            Expiry::PaymentWaiting => {}
         }
     }
     Ok(cancelled)

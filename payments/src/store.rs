@@ -19,14 +19,26 @@
 //! the attempt is never released on it; the reconciler repeats the keyed request until Stripe
 //! gives a definite answer. `refunding` is a charge that must go back because its order was
 //! cancelled; the refund is repeated (keyed by the charge) until Stripe confirms it.
+//!
+//! * `unsettled_payments`: the reconciler's work list, so that it reads O(payments waiting for
+//!   Stripe) rather than every payment ever made (FerretDB filters anything but `_id` alone by
+//!   decoding the whole collection). A marker `<order id>:<version>` is written before any commit
+//!   that moves a payment into an unsettled state from a settled one (or from nothing), and deleted
+//!   by the reconciler once it reads the payment settled at that version or later. A later entry
+//!   into an unsettled state has a higher version and so its own marker, which that deletion cannot
+//!   touch; a marker whose commit never happened (a crash, a lost race) is dropped once old.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::bus::EventBus;
 use common::events::{OrderStatus, PaymentCreated, PaymentUpdated};
 use common::store::{
-    Committed, Decision, IndexKind, PendingEvent, ReplicaUpdate, StoreError, VersionedStore,
-    ensure_index,
+    Bounded as _, Committed, MIGRATIONS_COLLECTION, PendingEvent, ReplicaUpdate, StoreError,
+    VersionedStore, is_duplicate_key,
 };
+use futures::TryStreamExt as _;
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{self, Bson, doc};
 use mongodb::{Collection, Database};
@@ -268,18 +280,51 @@ pub enum Begin {
     Busy(Option<Payment>),
 }
 
+/// That the payment of `orderId` entered an unsettled state at `version` (see the module's doc).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnsettledMarker {
+    /// `<order id>:<version>`.
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub order_id: ObjectId,
+    pub version: i64,
+    pub at: bson::DateTime,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Migration {
+    #[serde(rename = "_id")]
+    name: String,
+    at: bson::DateTime,
+}
+
+/// The one-time marking of payments left unsettled before `unsettled_payments` existed.
+const UNSETTLED_BACKFILL: &str = "unsettled_payments-from-payments";
+
+/// How many times a transition is tried again after another writer took the version.
+const TRANSITION_ATTEMPTS: usize = 20;
+
+/// How old a marker whose version was never committed must be before the reconciler drops it: its
+/// writer may be stalled between the marker and the commit (a paused database).
+const DANGLING_MARKER_AGE: Duration = Duration::from_secs(600);
+
 #[derive(Clone)]
 pub struct PaymentStore {
     payments: VersionedStore<Payment>,
+    unsettled: Collection<UnsettledMarker>,
+    migrations: Collection<Migration>,
 }
 
 impl PaymentStore {
     pub const COLLECTION: &'static str = "payments";
-    pub const STATUS_INDEX: &'static str = "status_updated";
+    pub const UNSETTLED_COLLECTION: &'static str = "unsettled_payments";
 
     pub fn new(db: &Database) -> Self {
         Self {
             payments: VersionedStore::new(db, Self::COLLECTION),
+            unsettled: db.collection(Self::UNSETTLED_COLLECTION),
+            migrations: db.collection(MIGRATIONS_COLLECTION),
         }
     }
 
@@ -292,17 +337,68 @@ impl PaymentStore {
         self.payments.records()
     }
 
-    /// The outbox's index and the reconciler's (payments by status, oldest change first).
+    /// The outbox's index, and markers for payments left unsettled before markers existed.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         self.payments.ensure_indexes().await?;
-        ensure_index(
-            self.records(),
-            Self::STATUS_INDEX,
-            doc! { "status": 1, "updatedAt": 1 },
-            IndexKind::Plain,
-        )
-        .await?;
+        self.backfill_unsettled().await?;
         Ok(())
+    }
+
+    /// Marks every unsettled payment written before `unsettled_payments` existed, once per
+    /// database. Reads every payment (run at start, never per request); idempotent, and marked
+    /// done only once complete, so a start cut short runs it again.
+    pub async fn backfill_unsettled(&self) -> Result<usize, StoreError> {
+        if self
+            .migrations
+            .find_one(doc! { "_id": UNSETTLED_BACKFILL })
+            .bounded()
+            .await?
+            .is_some()
+        {
+            return Ok(0);
+        }
+        // Not bounded as a whole: a long history may take more than one operation timeout.
+        let mut payments = self.records().find(doc! {}).await?;
+        let mut marked = 0;
+        while let Some(payment) = payments.try_next().await? {
+            if PaymentStatus::UNSETTLED.contains(&payment.status) {
+                self.mark_unsettled(payment.order_id, payment.version)
+                    .await?;
+                marked += 1;
+            }
+        }
+        let done = Migration {
+            name: UNSETTLED_BACKFILL.to_owned(),
+            at: bson::DateTime::now(),
+        };
+        match self.migrations.insert_one(&done).bounded().await {
+            Ok(_) => {}
+            // Another replica finished it at the same moment.
+            Err(e) if is_duplicate_key(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(marked)
+    }
+
+    /// Writes the marker of a payment entering an unsettled state at `version` (before the commit).
+    async fn mark_unsettled(&self, order_id: ObjectId, version: i64) -> Result<(), StoreError> {
+        let marker = UnsettledMarker {
+            id: format!("{}:{version}", order_id.to_hex()),
+            order_id,
+            version,
+            at: bson::DateTime::now(),
+        };
+        match self.unsettled.insert_one(&marker).bounded().await {
+            Ok(_) => Ok(()),
+            // Written by an earlier try of the same transition, or a writer racing for it.
+            Err(e) if is_duplicate_key(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The unsettled markers (for tests).
+    pub async fn unsettled_markers(&self) -> Result<Vec<UnsettledMarker>, StoreError> {
+        Ok(common::store::find_all(self.unsettled.find(doc! {})).await?)
     }
 
     pub async fn get(&self, order_id: ObjectId) -> Result<Option<Payment>, StoreError> {
@@ -311,7 +407,8 @@ impl PaymentStore {
 
     /// One versioned transition of the order's payment: `next` sees the latest state (again after
     /// losing a race to another writer) and returns the next state, or `None` to leave it; the
-    /// commit carries that state's events.
+    /// commit carries that state's events. A transition into an unsettled state from a settled one
+    /// is marked for the reconciler first.
     async fn transition<F>(
         &self,
         bus: &EventBus,
@@ -321,17 +418,26 @@ impl PaymentStore {
     where
         F: FnMut(&Payment) -> Option<Payment>,
     {
-        self.payments
-            .modify(bus, Bson::ObjectId(order_id), |current: &Payment| {
-                Ok::<_, StoreError>(match next(current) {
-                    Some(next) => Decision::Commit {
-                        events: next.events()?,
-                        next,
-                    },
-                    None => Decision::Unchanged,
-                })
-            })
-            .await
+        for _ in 0..TRANSITION_ATTEMPTS {
+            let current = self.get(order_id).await?.ok_or(StoreError::NotFound)?;
+            let Some(next) = next(&current) else {
+                return Ok((current, None));
+            };
+            let unsettled = |status| PaymentStatus::UNSETTLED.contains(&status);
+            if unsettled(next.status) && !unsettled(current.status) {
+                self.mark_unsettled(order_id, next.version).await?;
+            }
+            match self
+                .payments
+                .commit(bus, &current, &next, next.events()?)
+                .await
+            {
+                Ok(committed) => return Ok((next, Some(committed))),
+                Err(StoreError::Conflict) => continue,
+                Err(other) => return Err(other),
+            }
+        }
+        Err(StoreError::Conflict)
     }
 
     /// Records a new `pending` attempt to pay `order` with `token`, unless the order's payment is
@@ -366,6 +472,7 @@ impl PaymentStore {
             }
         };
         let first = attempt(1);
+        self.mark_unsettled(order.id, first.version).await?;
         match self.payments.create(bus, &first, first.events()?).await {
             Ok(_) => return Ok(Begin::Started(first)),
             Err(StoreError::Duplicate) => {}
@@ -490,25 +597,56 @@ impl PaymentStore {
     }
 
     /// Payments waiting for Stripe (open charges, refunds to make) whose last change is older than
-    /// `before`, oldest first, at most `limit`. One indexed query per state: on MongoDB an index
-    /// range; FerretDB's PostgreSQL backend pushes the equality down.
+    /// `before`, oldest first, at most `limit` markers' worth. Reads the markers and each payment by
+    /// `_id`, and drops the markers that are done with (their payment settled at their version or
+    /// later, or their commit long missing).
     pub async fn unsettled(
         &self,
         before: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<Payment>, StoreError> {
-        let before = bson::DateTime::from_millis(before.timestamp_millis());
-        let mut found = Vec::new();
-        for status in PaymentStatus::UNSETTLED {
-            let mut batch: Vec<Payment> = common::store::find_all(
-                self.records()
-                    .find(doc! { "status": status.as_str(), "updatedAt": { "$lt": before } })
-                    .sort(doc! { "updatedAt": 1 })
-                    .limit(limit),
-            )
-            .await?;
-            found.append(&mut batch);
+        let markers: Vec<UnsettledMarker> = common::store::find_all(
+            self.unsettled
+                .find(doc! {})
+                .sort(doc! { "at": 1 })
+                .limit(limit),
+        )
+        .await?;
+        let mut by_order: BTreeMap<ObjectId, Vec<UnsettledMarker>> = BTreeMap::new();
+        for marker in markers {
+            by_order.entry(marker.order_id).or_default().push(marker);
         }
+        let now_ms = bson::DateTime::now().timestamp_millis();
+        let dangling_ms = now_ms - i64::try_from(DANGLING_MARKER_AGE.as_millis()).unwrap_or(0);
+        let before_ms = before.timestamp_millis();
+        let mut found = Vec::new();
+        for (order_id, markers) in by_order {
+            let payment = self.get(order_id).await?;
+            for marker in &markers {
+                let done = match &payment {
+                    // Settled at or after the version the marker announced: a later entry into an
+                    // unsettled state has a later version and a marker of its own.
+                    Some(payment) if payment.version >= marker.version => {
+                        !PaymentStatus::UNSETTLED.contains(&payment.status)
+                    }
+                    // The marked commit has not happened: in flight, or never will.
+                    _ => marker.at.timestamp_millis() <= dangling_ms,
+                };
+                if done {
+                    self.unsettled
+                        .delete_one(doc! { "_id": &marker.id })
+                        .bounded()
+                        .await?;
+                }
+            }
+            if let Some(payment) = payment
+                && PaymentStatus::UNSETTLED.contains(&payment.status)
+                && payment.updated_at.timestamp_millis() < before_ms
+            {
+                found.push(payment);
+            }
+        }
+        found.sort_by_key(|payment| payment.updated_at);
         Ok(found)
     }
 }

@@ -10,6 +10,8 @@ pub use common::testing::Reply;
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
+    /// The test's own database.
+    pub database: String,
     _running: Running,
 }
 
@@ -22,15 +24,42 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     require_infra(&["MONGO_URL"]);
     common::testing::init_test_log("auth-test");
     let settings = Settings::from_env(&test_env("auth", extra)).expect("test settings");
+    spawn_app_on(settings).await
+}
+
+/// Starts the auth service on the database `settings` name (to start it over data written before).
+pub async fn spawn_app_on(settings: Settings) -> TestApp {
+    common::store::query_log::enable();
+    let database = settings.mongo.database.clone();
     let app = start("auth", auth::app::build(settings)).await;
     TestApp {
         addr: app.addr,
         client: reqwest::Client::new(),
+        database,
         _running: app.running,
     }
 }
 
+/// Settings for a fresh database, without starting anything.
+pub fn fresh_settings() -> Settings {
+    require_infra(&["MONGO_URL"]);
+    common::testing::init_test_log("auth-test");
+    Settings::from_env(&test_env("auth", &[])).expect("test settings")
+}
+
+/// The database of `settings`, through a client of the test's own.
+pub async fn database(settings: &Settings) -> mongodb::Database {
+    common::store::connect(&settings.mongo, "auth-test")
+        .await
+        .expect("connecting to the test database")
+}
+
 impl TestApp {
+    /// The filters sent to this app's database so far.
+    pub fn queries(&self) -> Vec<common::store::query_log::Query> {
+        common::store::query_log::queries_in(&self.database)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

@@ -17,12 +17,17 @@ use secrecy::ExposeSecret;
 use crate::settings::MongoSettings;
 
 mod outbox;
+#[cfg(feature = "testing")]
+pub mod query_log;
 mod versioned;
 
 pub use outbox::{RelayPass, RelayTiming};
 pub use versioned::{
     Committed, Decision, PendingEvent, ReplicaUpdate, StoreError, VersionedRecord, VersionedStore,
 };
+
+/// One document per finished one-time data migration of a database (`{_id: <name>, at}`).
+pub const MIGRATIONS_COLLECTION: &str = "migrations";
 
 /// MongoDB's duplicate key error code.
 pub const DUPLICATE_KEY: i32 = 11000;
@@ -104,6 +109,10 @@ pub async fn connect(settings: &MongoSettings, app_name: &str) -> anyhow::Result
     options.server_selection_timeout = Some(Duration::from_secs(3));
     options.connect_timeout = Some(Duration::from_secs(3));
     options.max_pool_size = Some(32);
+    #[cfg(feature = "testing")]
+    {
+        options.command_event_handler = query_log::handler();
+    }
     let client = Client::with_options(options).context("creating the MongoDB client")?;
     Ok(client.database(&settings.database))
 }

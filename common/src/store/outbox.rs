@@ -11,7 +11,7 @@ use mongodb::bson::{self, Bson, doc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::versioned::{ChangeDoc, Unpublished};
+use super::versioned::{ChangeDoc, PendingMarker, Unpublished};
 use super::{
     Bounded as _, Committed, PendingEvent, StoreError, VersionedRecord, VersionedStore,
     is_duplicate_key,
@@ -19,8 +19,11 @@ use super::{
 use crate::bus::EventBus;
 use crate::events::Subject;
 
-/// How many unpublished changes one relay pass takes at most.
+/// How many pending markers one relay pass takes at most.
 const RELAY_BATCH: i64 = 500;
+
+/// How old a pending marker without its change must be before the relay deletes it.
+const DANGLING_MARKER_AGE: Duration = Duration::from_secs(600);
 
 /// What one pass of the outbox relay did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -128,44 +131,65 @@ impl<T: VersionedRecord> VersionedStore<T> {
             .await
             .context("marking a change published")
             .map_err(PublishError::Sent)?;
+        self.unmark_pending(change_id)
+            .await
+            .context("deleting the pending marker of a published change")
+            .map_err(PublishError::Sent)?;
         Ok(())
     }
 
-    /// One pass of the outbox relay: every change older than `min_age` that is still unpublished is
-    /// applied to its record if needed, then published; younger ones are counted as waiting.
+    /// One pass of the outbox relay: every pending marker older than `min_age` whose change is still
+    /// unpublished has its change applied to its record if needed, then published; younger ones are
+    /// counted as waiting. Reads the markers (O(pending)), then each change by `_id`.
     pub async fn relay_once(
         &self,
         bus: &EventBus,
         min_age: Duration,
     ) -> Result<RelayPass, StoreError> {
-        let cutoff_ms = bson::DateTime::now().timestamp_millis()
-            - i64::try_from(min_age.as_millis()).unwrap_or(i64::MAX);
-        let pending: Vec<ChangeDoc> = super::find_all(
-            self.changes
-                .find(doc! { "published": false })
+        let now_ms = bson::DateTime::now().timestamp_millis();
+        let cutoff_ms = now_ms - i64::try_from(min_age.as_millis()).unwrap_or(i64::MAX);
+        let dangling_ms = now_ms - i64::try_from(DANGLING_MARKER_AGE.as_millis()).unwrap_or(0);
+        let markers: Vec<PendingMarker> = super::find_all(
+            self.pending
+                .find(doc! {})
                 .sort(doc! { "at": 1 })
                 .limit(RELAY_BATCH),
         )
         .await?;
-        let mut pass = RelayPass {
-            published: 0,
-            waiting: pending.len(),
-        };
-        for change in pending {
-            if change.at.timestamp_millis() > cutoff_ms {
+        let mut pass = RelayPass::default();
+        let taken = markers.len();
+        for (done, marker) in markers.into_iter().enumerate() {
+            if marker.at.timestamp_millis() > cutoff_ms {
+                pass.waiting += 1;
+                continue;
+            }
+            let Some(change) = self
+                .changes
+                .find_one(doc! { "_id": &marker.change_id })
+                .bounded()
+                .await?
+            else {
+                // Its writer crashed between the two inserts, or lost its claim and could not tidy
+                // up. Left alone for a long while first: a writer stalled between the marker and
+                // the change (a paused database) may still insert the change.
+                if marker.at.timestamp_millis() <= dangling_ms {
+                    self.unmark_pending(&marker.change_id).await?;
+                }
+                continue;
+            };
+            if change.published {
+                // Published by its writer, who could not delete the marker.
+                self.unmark_pending(&change.id).await?;
                 continue;
             }
             if !self.materialise(&change).await? {
-                pass.waiting -= 1;
                 continue;
             }
             match self.try_publish(bus, &change.id, &change.events).await {
-                Ok(()) => {
-                    pass.published += 1;
-                    pass.waiting -= 1;
-                }
+                Ok(()) => pass.published += 1,
                 Err(err) => {
                     tracing::warn!(change = %change.id, error = %format!("{:#}", err.cause()), "relay could not publish");
+                    pass.waiting += taken - done;
                     break;
                 }
             }
@@ -198,6 +222,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
                             .delete_one(doc! { "_id": &change.id })
                             .bounded()
                             .await?;
+                        self.unmark_pending(&change.id).await?;
                         Ok(false)
                     }
                 }
@@ -214,11 +239,10 @@ impl<T: VersionedRecord> VersionedStore<T> {
 
     /// Runs the outbox relay until `shutdown`.
     ///
-    /// Looking for unpublished changes means reading every change document on FerretDB (the
-    /// `published` filter is not indexed there), so it is done every `interval` only while this
-    /// process may have left one behind (at start, and after a change that was not published,
-    /// until a pass finds nothing waiting), and otherwise every `sweep`, for what other replicas
-    /// that crashed left behind.
+    /// A pass reads the pending markers (O(pending)). It runs every `interval` while this process
+    /// may have left a change behind (at start, and after a change that was not published, until a
+    /// pass finds nothing waiting), and otherwise every `sweep`, for what other replicas that
+    /// crashed left behind.
     pub fn spawn_relay(
         &self,
         bus: EventBus,

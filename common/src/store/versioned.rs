@@ -7,6 +7,10 @@
 //! (FerretDB). The record itself is then brought to the new state. Anyone who finds a change newer
 //! than the record applies it (read repair), and a relay publishes change events left unpublished,
 //! so a crash between any two steps loses nothing. Publishing and the relay are in `outbox.rs`.
+//!
+//! A change with events is announced first by a *pending marker* `{_id: <change id>, at}` in
+//! `<name>_pending`, deleted once its events are published: the relay reads the markers, not the
+//! ever-growing changes (FerretDB filters anything but `_id` alone by decoding every document).
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -167,11 +171,32 @@ pub(super) struct ChangeDoc {
     pub(super) at: bson::DateTime,
 }
 
-/// A collection of versioned records plus its `<name>_changes` collection.
+/// That a change with events may be unpublished: written before the change, deleted after its
+/// events are published, so the relay's work is O(pending) and a crash between any two writes
+/// leaves a marker for every unpublished change (at worst a marker without a change, which the
+/// relay drops).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct PendingMarker {
+    #[serde(rename = "_id")]
+    pub(super) change_id: String,
+    pub(super) at: bson::DateTime,
+}
+
+/// A finished one-time data migration (`migrations`, one per database).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Migration {
+    #[serde(rename = "_id")]
+    pub(super) name: String,
+    pub(super) at: bson::DateTime,
+}
+
+/// A collection of versioned records plus its `<name>_changes` and `<name>_pending` collections.
 pub struct VersionedStore<T: Send + Sync> {
     records: Collection<T>,
     pub(super) raw_records: Collection<Document>,
     pub(super) changes: Collection<ChangeDoc>,
+    pub(super) pending: Collection<PendingMarker>,
+    pub(super) migrations: Collection<Migration>,
     /// Set when a change of this process may be left unpublished: the relay then looks for
     /// unpublished changes every interval instead of only every sweep (see `spawn_relay`).
     pub(super) relay_wanted: Arc<AtomicBool>,
@@ -184,6 +209,8 @@ impl<T: Send + Sync> Clone for VersionedStore<T> {
             records: self.records.clone(),
             raw_records: self.raw_records.clone(),
             changes: self.changes.clone(),
+            pending: self.pending.clone(),
+            migrations: self.migrations.clone(),
             relay_wanted: Arc::clone(&self.relay_wanted),
             _record: PhantomData,
         }
@@ -200,6 +227,8 @@ impl<T: VersionedRecord> VersionedStore<T> {
             records: db.collection(collection),
             raw_records: db.collection(collection),
             changes: db.collection(&format!("{collection}_changes")),
+            pending: db.collection(&format!("{collection}_pending")),
+            migrations: db.collection(super::MIGRATIONS_COLLECTION),
             // A new process first looks for what an earlier one may have left unpublished.
             relay_wanted: Arc::new(AtomicBool::new(true)),
             _record: PhantomData,
@@ -211,7 +240,8 @@ impl<T: VersionedRecord> VersionedStore<T> {
         &self.records
     }
 
-    /// Index the relay's query of unpublished changes.
+    /// Indexes the one-time query of unpublished changes written before pending markers existed,
+    /// and gives those changes their markers (see [`Self::adopt_unmarked_changes`]).
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         super::ensure_index(
             &self.changes,
@@ -220,7 +250,81 @@ impl<T: VersionedRecord> VersionedStore<T> {
             IndexKind::Plain,
         )
         .await?;
+        self.adopt_unmarked_changes().await?;
         Ok(())
+    }
+
+    /// Writes a pending marker for every unpublished change with events, once per collection:
+    /// changes written before markers existed. Reads every change (run at start, never per
+    /// request); idempotent, and marked done only once complete, so a start cut short runs it again.
+    pub async fn adopt_unmarked_changes(&self) -> Result<usize, StoreError> {
+        let name = format!("{}_pending", self.raw_records.name());
+        if self
+            .migrations
+            .find_one(doc! { "_id": &name })
+            .bounded()
+            .await?
+            .is_some()
+        {
+            return Ok(0);
+        }
+        // Not bounded as a whole: a long history may take more than one operation timeout.
+        let mut unpublished = self.changes.find(doc! { "published": false }).await?;
+        let mut adopted = 0;
+        while let Some(change) = futures::TryStreamExt::try_next(&mut unpublished).await? {
+            if !change.events.is_empty() {
+                self.mark_pending(&change.id, change.at).await?;
+                adopted += 1;
+            }
+        }
+        let done = Migration {
+            name,
+            at: bson::DateTime::now(),
+        };
+        match self.migrations.insert_one(&done).bounded().await {
+            Ok(_) => {}
+            // Another replica finished it at the same moment.
+            Err(e) if is_duplicate_key(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(adopted)
+    }
+
+    /// Writes the pending marker of a change (before the change itself). Already there is fine:
+    /// a writer racing for the same version, or an earlier try, wrote it for the same change id.
+    async fn mark_pending(
+        &self,
+        change_id: &str,
+        at: bson::DateTime,
+    ) -> mongodb::error::Result<()> {
+        let marker = PendingMarker {
+            change_id: change_id.to_owned(),
+            at,
+        };
+        match self.pending.insert_one(&marker).bounded().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Inserts a change document, announced first by its pending marker if it has events. A
+    /// change without events needs no relay: a later version is applied by the next read (`get`),
+    /// and a replica's first version by the redelivery of the event that creates it.
+    async fn insert_change(&self, change: &ChangeDoc) -> mongodb::error::Result<()> {
+        if !change.events.is_empty() {
+            self.mark_pending(&change.id, change.at).await?;
+        }
+        self.changes.insert_one(change).bounded().await.map(drop)
+    }
+
+    /// Deletes a pending marker whose change is published or gone.
+    pub(super) async fn unmark_pending(&self, change_id: &str) -> mongodb::error::Result<()> {
+        self.pending
+            .delete_one(doc! { "_id": change_id })
+            .bounded()
+            .await
+            .map(drop)
     }
 
     fn change_doc(&self, record: &T, events: Vec<PendingEvent>) -> Result<ChangeDoc, StoreError> {
@@ -267,17 +371,13 @@ impl<T: VersionedRecord> VersionedStore<T> {
         events: Vec<PendingEvent>,
     ) -> Result<Unpublished, StoreError> {
         let change = self.change_doc(record, events)?;
-        self.changes
-            .insert_one(&change)
-            .bounded()
-            .await
-            .map_err(|e| {
-                if is_duplicate_key(&e) {
-                    StoreError::Duplicate
-                } else {
-                    StoreError::Db(e)
-                }
-            })?;
+        self.insert_change(&change).await.map_err(|e| {
+            if is_duplicate_key(&e) {
+                StoreError::Duplicate
+            } else {
+                StoreError::Db(e)
+            }
+        })?;
         match self.records.insert_one(record).bounded().await {
             Ok(_) => Ok(Unpublished::new(change, &self.relay_wanted)),
             Err(e) if is_duplicate_key(&e) => {
@@ -302,6 +402,8 @@ impl<T: VersionedRecord> VersionedStore<T> {
                     .await
                 {
                     tracing::warn!(change = %change.id, error = %err, "could not drop a lost claim; the relay will");
+                } else if let Err(err) = self.unmark_pending(&change.id).await {
+                    tracing::warn!(change = %change.id, error = %err, "could not drop the marker of a lost claim; the relay will");
                 }
                 Err(StoreError::Duplicate)
             }
@@ -386,7 +488,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
             )));
         }
         let change = self.change_doc(next, events)?;
-        match self.changes.insert_one(&change).bounded().await {
+        match self.insert_change(&change).await {
             Ok(_) => {}
             Err(e) if is_duplicate_key(&e) => return Err(StoreError::Conflict),
             Err(e) => return Err(e.into()),

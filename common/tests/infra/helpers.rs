@@ -21,6 +21,8 @@ fn infra(name: &str) -> String {
 }
 
 pub async fn fresh_database() -> Database {
+    // Every test's client records its filters (`common::store::query_log`), per database.
+    common::store::query_log::enable();
     let settings = MongoSettings {
         url: SecretString::from(infra("MONGO_URL")),
         database: format!("common_{}", unique_suffix()),

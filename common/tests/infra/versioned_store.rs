@@ -261,8 +261,9 @@ async fn publishing_twice_after_a_crash_delivers_once() {
     let bus = bus(&settings).await;
     let shutdown = CancellationToken::new();
     let mut seen = observe::<ExpirationComplete>(&bus, "observer", &shutdown).await;
-    // The writer published, then crashed before marking the change published: the relay publishes
-    // it again, and JetStream drops the duplicate by its message id.
+    // The writer published, then crashed before marking the change published (which also leaves
+    // its pending marker): the relay publishes it again, and JetStream drops the duplicate by its
+    // message id.
     let committed = store
         .create(&bus, &counter("c1", "c1"), vec![event_for("c1", 0)])
         .await
@@ -275,6 +276,10 @@ async fn publishing_twice_after_a_crash_delivers_once() {
         )
         .await
         .expect("unmark");
+    db.collection::<Document>("counters_pending")
+        .insert_one(doc! { "_id": "c1:0", "at": mongodb::bson::DateTime::now() })
+        .await
+        .expect("marker");
     assert_eq!(
         store
             .relay_once(&bus, Duration::ZERO)
@@ -485,4 +490,171 @@ async fn each_relay_pass_sets_the_waiting_gauge_and_counts_what_it_published() {
         "{}",
         handle.render()
     );
+}
+
+/// How many pending markers the `counters` store holds.
+async fn markers(db: &mongodb::Database) -> u64 {
+    db.collection::<Document>("counters_pending")
+        .count_documents(doc! {})
+        .await
+        .expect("count")
+}
+
+#[tokio::test]
+async fn a_change_published_by_its_writer_leaves_no_pending_marker() {
+    let (store, db) = store_with_unique_claim().await;
+    let bus = bus(&fresh_nats_settings()).await;
+    let committed = store
+        .create(&bus, &counter("c1", "c1"), vec![event_for("c1", 0)])
+        .await
+        .expect("create");
+    assert!(committed.in_stream);
+    assert_eq!(markers(&db).await, 0);
+    // A change without events needs no relay, so it is never marked.
+    store
+        .create_unpublished(&counter("c2", "c2"), vec![])
+        .await
+        .expect("create");
+    assert_eq!(markers(&db).await, 0);
+}
+
+#[tokio::test]
+async fn concurrent_writers_of_one_version_leave_no_marker_the_relay_cannot_clear() {
+    let (store, db) = store_with_unique_claim().await;
+    let bus = bus(&fresh_nats_settings()).await;
+    store
+        .create(&bus, &counter("c1", "c1"), vec![])
+        .await
+        .expect("create");
+    join_all((0..8).map(|w| {
+        let (store, bus) = (store.clone(), bus.clone());
+        async move {
+            store
+                .modify::<StoreError, _>(&bus, Bson::String("c1".into()), |current| {
+                    let mut next = current.clone();
+                    next.version += 1;
+                    next.writers.push(format!("w{w}"));
+                    Ok(Decision::Commit {
+                        events: vec![event_for("c1", next.version)],
+                        next,
+                    })
+                })
+                .await
+                .expect("commit")
+        }
+    }))
+    .await;
+    // A loser may mark a version after its winner published it: the relay drops such markers and
+    // publishes nothing again.
+    let pass = store.relay_once(&bus, Duration::ZERO).await.expect("relay");
+    assert_eq!(pass, RelayPass::default());
+    assert_eq!(markers(&db).await, 0);
+}
+
+#[tokio::test]
+async fn a_marker_whose_change_a_crash_never_wrote_is_kept_a_while_then_dropped() {
+    let (store, db) = store_with_unique_claim().await;
+    let bus = bus(&fresh_nats_settings()).await;
+    let pending = db.collection::<Document>("counters_pending");
+    let long_ago = mongodb::bson::DateTime::from_millis(
+        mongodb::bson::DateTime::now().timestamp_millis() - 3_600_000,
+    );
+    pending
+        .insert_one(doc! { "_id": "fresh:1", "at": mongodb::bson::DateTime::now() })
+        .await
+        .expect("marker");
+    pending
+        .insert_one(doc! { "_id": "old:1", "at": long_ago })
+        .await
+        .expect("marker");
+
+    let pass = store.relay_once(&bus, Duration::ZERO).await.expect("relay");
+
+    assert_eq!(
+        pass,
+        RelayPass::default(),
+        "nothing to publish, nothing waiting"
+    );
+    let left: Vec<Document> = pending
+        .find(doc! {})
+        .await
+        .expect("find")
+        .try_collect()
+        .await
+        .expect("read");
+    let ids: Vec<&str> = left.iter().filter_map(|d| d.get_str("_id").ok()).collect();
+    assert_eq!(ids, vec!["fresh:1"], "a stalled writer may still write it");
+}
+
+#[tokio::test]
+async fn unpublished_changes_written_before_markers_existed_are_adopted_once_and_published() {
+    let db = fresh_database().await;
+    let settings = fresh_nats_settings();
+    let bus = bus(&settings).await;
+    let shutdown = CancellationToken::new();
+    let mut seen = observe::<ExpirationComplete>(&bus, "observer", &shutdown).await;
+    let state = counter("c1", "c1");
+    let payload = serde_json::to_string(&expiry_of("c1", 0)).expect("json");
+    // As the previous version left them: one unpublished change with an event, one published.
+    let changes = db.collection::<Document>("counters_changes");
+    for (id, published) in [("c1:0", false), ("c2:0", true)] {
+        changes
+            .insert_one(doc! {
+                "_id": id, "record_id": &id[..2], "record_key": &id[..2], "version": 0_i64,
+                "state": mongodb::bson::to_document(&state).expect("bson"),
+                "events": [{ "subject": "expiration:complete",
+                    "msg_id": expiry_of("c1", 0).message_id(), "payload": &payload }],
+                "published": published, "at": mongodb::bson::DateTime::now(),
+            })
+            .await
+            .expect("old change");
+    }
+    let store = VersionedStore::<Counter>::new(&db, "counters");
+
+    store.ensure_indexes().await.expect("indexes");
+    assert_eq!(
+        store.adopt_unmarked_changes().await.expect("again"),
+        0,
+        "once"
+    );
+    assert_eq!(markers(&db).await, 1);
+    let pass = store.relay_once(&bus, Duration::ZERO).await.expect("relay");
+
+    assert_eq!(pass.published, 1);
+    let events = drain(&mut seen, Duration::from_millis(800)).await;
+    assert_eq!(events.len(), 1);
+    assert!(
+        store
+            .get(Bson::String("c1".into()))
+            .await
+            .expect("get")
+            .is_some(),
+        "the record a crash never wrote is materialised"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn the_relay_reads_its_markers_and_looks_changes_up_by_id_alone() {
+    let (store, db) = store_with_unique_claim().await;
+    let bus = bus(&fresh_nats_settings()).await;
+    for i in 0..5 {
+        let id = format!("p{i}");
+        store
+            .create(&bus, &counter(&id, &id), vec![event_for(&id, 0)])
+            .await
+            .expect("create");
+    }
+    create_c1_unpublished(&store).await;
+    common::store::query_log::clear(db.name());
+
+    let pass = store.relay_once(&bus, Duration::ZERO).await.expect("relay");
+
+    assert_eq!(pass.published, 1);
+    for query in common::store::query_log::queries_in(db.name()) {
+        assert!(
+            query.is_id_lookup() || query.collection == "counters_pending",
+            "{query:?}"
+        );
+    }
 }

@@ -58,6 +58,7 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
 pub async fn spawn_app_in(env: Env) -> TestApp {
     require_infra(&["MONGO_URL", "NATS_URL"]);
     common::testing::init_test_log("orders-test");
+    common::store::query_log::enable();
     let settings = Settings::from_env(&env).expect("test settings");
     let (db, bus) = common::backend::connect(&settings.backend, "orders-test")
         .await
@@ -237,6 +238,15 @@ impl TestApp {
             .count_documents(doc! { "reservation": reservation })
             .await
             .expect("count")
+    }
+
+    /// The filters sent to the app's database since the last [`Self::forget_queries`].
+    pub fn queries(&self) -> Vec<common::store::query_log::Query> {
+        common::store::query_log::queries_in(self.db.name())
+    }
+
+    pub fn forget_queries(&self) {
+        common::store::query_log::clear(self.db.name());
     }
 
     pub async fn count(&self, collection: &str, filter: Document) -> u64 {

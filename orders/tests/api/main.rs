@@ -5,6 +5,7 @@
 
 mod expiration_complete;
 mod helpers;
+mod history;
 mod orders;
 mod payment_created;
 mod payment_updated;

@@ -52,6 +52,7 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     require_infra(&["MONGO_URL", "NATS_URL"]);
     common::testing::init_test_log("payments-test");
+    common::store::query_log::enable();
     let stripe = MockServer::start().await;
     let env = test_env(
         "payments",

@@ -10,3 +10,4 @@ mod order_cancelled;
 mod order_created;
 mod payments;
 mod saga;
+mod unsettled;

@@ -1,0 +1,99 @@
+//! The filters this process sent to the database, per database (feature `testing`): lets a test
+//! show that a path is O(its result) without timing it. FerretDB's SQLite backend turns only a
+//! filter of `_id` alone into an indexed lookup; any other filter decodes the whole collection.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use mongodb::bson::{Bson, Document};
+use mongodb::event::EventHandler;
+use mongodb::event::command::CommandEvent;
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+static LOG: Mutex<Vec<Query>> = Mutex::new(Vec::new());
+
+/// One filtering command: a read (`find`, `count`, `aggregate`) or a write's selector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    pub database: String,
+    pub collection: String,
+    pub command: String,
+    /// The filter, selector or first `$match` (`{}` when the command has none).
+    pub filter: Document,
+}
+
+impl Query {
+    /// Whether the filter is `_id` alone, compared for equality (what FerretDB looks up by index).
+    pub fn is_id_lookup(&self) -> bool {
+        let mut keys = self.filter.iter();
+        match (keys.next(), keys.next()) {
+            (Some((key, value)), None) => key == "_id" && !matches!(value, Bson::Document(_)),
+            _ => false,
+        }
+    }
+}
+
+/// Starts recording (every client connected from now on records; recording costs nothing before).
+pub fn enable() {
+    ENABLED.store(true, Ordering::Release);
+}
+
+/// The commands sent to `database` so far that select documents by a filter.
+pub fn queries_in(database: &str) -> Vec<Query> {
+    lock()
+        .iter()
+        .filter(|query| query.database == database)
+        .cloned()
+        .collect()
+}
+
+/// Forgets what was sent to `database` (to look at one request's queries alone).
+pub fn clear(database: &str) {
+    lock().retain(|query| query.database != database);
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Vec<Query>> {
+    // A Vec of plain values is never left half-written: a poisoned lock still holds a valid one.
+    LOG.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub(super) fn handler() -> Option<EventHandler<CommandEvent>> {
+    if !ENABLED.load(Ordering::Acquire) {
+        return None;
+    }
+    Some(EventHandler::callback(|event: CommandEvent| {
+        let CommandEvent::Started(started) = event else {
+            return;
+        };
+        let command = &started.command;
+        let field = |name: &str| command.get_document(name).ok().cloned();
+        let first = |list: &str, name: &str| {
+            command
+                .get_array(list)
+                .ok()
+                .and_then(|items| items.first())
+                .and_then(Bson::as_document)
+                .and_then(|item| item.get_document(name).ok().cloned())
+        };
+        let filter = match started.command_name.as_str() {
+            "find" => field("filter"),
+            "count" => field("query"),
+            "findAndModify" => field("query"),
+            "update" => first("updates", "q"),
+            "delete" => first("deletes", "q"),
+            "aggregate" => first("pipeline", "$match"),
+            _ => return,
+        };
+        let collection = command
+            .get_str(&started.command_name)
+            .unwrap_or_default()
+            .to_owned();
+        lock().push(Query {
+            database: started.db.clone(),
+            collection,
+            command: started.command_name.clone(),
+            filter: filter.unwrap_or_default(),
+        });
+    }))
+}

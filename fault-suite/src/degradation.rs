@@ -54,14 +54,21 @@ pub async fn while_down(stack: &Stack, affected: &[&str], database: bool) -> Vec
 /// While FerretDB is frozen (its connections open, nothing answered), API reads must still
 /// answer within the services' database operation timeout, not hang.
 pub async fn while_frozen(stack: &Stack) -> Vec<String> {
-    database_reads(stack, common::store::operation_timeout() + Duration::from_secs(2)).await
+    database_reads(
+        stack,
+        common::store::operation_timeout() + Duration::from_secs(2),
+    )
+    .await
 }
 
 /// With the database unusable, within `within`: a read that needs it (a ticket the tickets
 /// service's read model does not know) answers 503 `Error connecting to database`, and the
 /// listing answers either from the read model (200) or with that 503.
 async fn database_reads(stack: &Stack, within: Duration) -> Vec<String> {
-    let unknown = format!("/api/tickets/{}", mongodb::bson::oid::ObjectId::new().to_hex());
+    let unknown = format!(
+        "/api/tickets/{}",
+        mongodb::bson::oid::ObjectId::new().to_hex()
+    );
     let mut problems = Vec::new();
     for (path, from_memory_allowed) in [(unknown.as_str(), false), ("/api/tickets", true)] {
         let url = match stack.url("tickets", path) {

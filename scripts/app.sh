@@ -40,7 +40,7 @@
 #   payments     + STRIPE_KEY, STRIPE_API_BASE (stripe-mock: sk_test_123, http://127.0.0.1:12111)
 #   expiration   NATS_URL, REDIS_URL
 #   client       API_BASE_URL=http://127.0.0.1:8080, CLIENT_ADDRESS_KEY, CSRF_KEY,
-#                STRIPE_PUBLISHABLE_KEY (when set)
+#                STRIPE_PUBLISHABLE_KEY, STRIPE_JS_URL (when set)
 # JWT_KEY, CLIENT_ADDRESS_KEY (auth and client), CSRF_KEY (client): taken from the environment,
 # else generated once into .data/jwt_key, .data/client_address_key, .data/csrf_key (mode 0600).
 # Environment:
@@ -246,6 +246,7 @@ service_settings() {
       echo "CLIENT_ADDRESS_KEY=$APP_CLIENT_ADDRESS_KEY"
       echo "CSRF_KEY=$APP_CSRF_KEY"
       if [[ -n "${STRIPE_PUBLISHABLE_KEY:-}" ]]; then echo "STRIPE_PUBLISHABLE_KEY=$STRIPE_PUBLISHABLE_KEY"; fi
+      if [[ -n "${STRIPE_JS_URL:-}" ]]; then echo "STRIPE_JS_URL=$STRIPE_JS_URL"; fi
       ;;
   esac
 }

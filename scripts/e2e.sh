@@ -3,12 +3,16 @@
 #
 #   scripts/e2e.sh [CARGO TEST ARGS...] [-- TEST ARGS...]     e.g. scripts/e2e.sh -- --nocapture
 #
-# 1. scripts/infra.sh up ferretdb nats redis stripe-mock chromedriver;
+# 1. scripts/infra.sh up ferretdb nats redis chromedriver, and the Stripe double
+#    (`cargo build -p e2e --bin stripe-double`, on 127.0.0.1:12199 + the port offset, log
+#    .data/logs/stripe-double.log): Stripe's charges, PaymentIntents and refunds with a ledger, and
+#    the stub of Stripe.js (`e2e/static/stripe-stub.js`) the order page loads, so the page's
+#    checkout (card field, PaymentIntent, 3-D Secure) runs end to end without a Stripe account;
 # 2. scripts/app.sh up with APP_PROFILE=${APP_PROFILE:-debug} and
 #    EXPIRATION_WINDOW_SECONDS=${E2E_EXPIRATION_WINDOW_SECONDS:-20}; app.sh restarts services that
-#    already run with another binary or other settings.  Payments always uses stripe-mock and the
-#    client pays with the test token (the caller's STRIPE_KEY, STRIPE_API_BASE and
-#    STRIPE_PUBLISHABLE_KEY are ignored);
+#    already run with another binary or other settings.  Payments always uses the Stripe double
+#    and the client the stub of Stripe.js with a test publishable key (the caller's STRIPE_KEY,
+#    STRIPE_API_BASE, STRIPE_PUBLISHABLE_KEY and STRIPE_JS_URL are ignored);
 # 3. cargo test -p e2e [--locked] ARGS -- --test-threads=1 TEST ARGS, with exported
 #      APP_URL=http://localhost:8280         the app, through nginx (INFRA_INSTANCE=e2e: ports +200)
 #      WEBDRIVER_URL=http://127.0.0.1:29715  ChromeDriver (as root, Chromium needs --no-sandbox)
@@ -20,7 +24,8 @@
 #                                            once with `npm pack` at a pinned version and checked
 #                                            against the registry's pinned sha512 integrity
 # 4. on failure: the last lines of every service's log, of nginx's logs and of chromedriver's;
-# 5. always: scripts/app.sh down and scripts/infra.sh down of the e2e instance.
+# 5. always: scripts/app.sh down, the Stripe double stopped, and scripts/infra.sh down of the e2e
+#    instance.
 # Environment: APP_SKIP_BUILD=1 (scripts/test.sh: reuse the debug binaries cargo test built; a
 # missing one is built), AUTH_RATE_LIMIT_PER_MINUTE (passed to auth when set), LOG_TAIL_LINES.
 set -euo pipefail
@@ -90,7 +95,8 @@ with_lock e2e
 
 export APP_PROFILE="${APP_PROFILE:-debug}"
 export EXPIRATION_WINDOW_SECONDS="${E2E_EXPIRATION_WINDOW_SECONDS:-20}"
-unset STRIPE_KEY STRIPE_API_BASE STRIPE_PUBLISHABLE_KEY
+unset STRIPE_KEY STRIPE_API_BASE STRIPE_PUBLISHABLE_KEY STRIPE_JS_URL
+STRIPE_DOUBLE_PORT=$((12199 + INFRA_PORT_OFFSET))
 
 started=$SECONDS
 t=$SECONDS # start of the current phase
@@ -106,6 +112,7 @@ print_logs() {
   show_log_tail "$LOG_DIR/nginx.log"
   show_log_tail "$LOG_DIR/nginx-access.log"
   show_log_tail "$LOG_DIR/chromedriver.log"
+  show_log_tail "$LOG_DIR/stripe-double.log"
 }
 
 on_exit() {
@@ -119,6 +126,7 @@ on_exit() {
     log "stopping the app: scripts/app.sh down (its EXPIRATION_WINDOW_SECONDS=$EXPIRATION_WINDOW_SECONDS must not outlive the run)"
     bash "$ROOT/scripts/app.sh" down || warn "scripts/app.sh down failed"
   fi
+  stop_daemon stripe-double || warn "stopping the Stripe double failed"
   log "stopping the e2e infrastructure instance"
   bash "$ROOT/scripts/infra.sh" down >/dev/null 2>&1 || warn "scripts/infra.sh down failed"
   local result=PASS
@@ -134,8 +142,16 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ------------------------------------------------------------------ 1. infrastructure
-bash "$ROOT/scripts/infra.sh" up ferretdb nats redis stripe-mock chromedriver
+bash "$ROOT/scripts/infra.sh" up ferretdb nats redis chromedriver
 install_axe_core
+build_args=(build -p e2e --bin stripe-double)
+[[ -f Cargo.lock ]] && build_args+=(--locked)
+cargo "${build_args[@]}"
+start_daemon stripe-double "$LOG_DIR/stripe-double.log" \
+  env STRIPE_DOUBLE_ADDR="127.0.0.1:$STRIPE_DOUBLE_PORT" "${CARGO_TARGET_DIR:-$ROOT/target}/debug/stripe-double"
+wait_for_port 127.0.0.1 "$STRIPE_DOUBLE_PORT" stripe-double "$LOG_DIR/stripe-double.log" 30
+export STRIPE_KEY=sk_test_123 STRIPE_API_BASE="http://127.0.0.1:$STRIPE_DOUBLE_PORT"
+export STRIPE_PUBLISHABLE_KEY=pk_test_e2e_stub STRIPE_JS_URL="http://127.0.0.1:$STRIPE_DOUBLE_PORT/stripe-stub.js"
 export AXE_CORE_JS="$AXE_CORE_DIR/axe.min.js"
 eval "$(bash "$ROOT/scripts/infra.sh" env)"
 [[ -n "${WEBDRIVER_URL:-}" ]] || die "chromedriver is not running after scripts/infra.sh up (no WEBDRIVER_URL)"

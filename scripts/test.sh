@@ -4,7 +4,8 @@
 #   scripts/test.sh [CARGO TEST ARGS...]      e.g. scripts/test.sh -p auth
 #                                                  scripts/test.sh -p auth -- --nocapture
 #
-# 1. scripts/infra.sh up ferretdb nats redis, and its env (MONGO_URL, NATS_URL, REDIS_URL);
+# 1. scripts/infra.sh up ferretdb nats redis stripe-mock, and its env (MONGO_URL, NATS_URL,
+#    REDIS_URL, and STRIPE_MOCK_URL for payments' PaymentIntent requests);
 # 2. cargo test --workspace [--exclude e2e] [--locked] ARGS (RUST_LOG unset, RUST_BACKTRACE=1);
 #    --workspace is left out when ARGS already select packages (-p/--package/--exclude/...);
 #    --exclude e2e is added when e2e/Cargo.toml exists (the browser tests need the app: step 4);
@@ -45,13 +46,16 @@ if [[ -n "$free_gib" ]] && ((free_gib < MIN_FREE_GIB)); then
 fi
 
 started=$SECONDS
-if ! bash "$ROOT/scripts/infra.sh" up ferretdb nats redis; then
+if ! bash "$ROOT/scripts/infra.sh" up ferretdb nats redis stripe-mock; then
   echo "SUMMARY: FAIL | infrastructure did not come up (see the error above) | total $((SECONDS - started))s"
   exit 1
 fi
 infra_summary="infra: up ($((SECONDS - started))s)"
 eval "$(bash "$ROOT/scripts/infra.sh" env)"
 export MONGO_URL NATS_URL REDIS_URL
+# Named for the tests alone: STRIPE_API_BASE would follow into the scripts started below.
+export STRIPE_MOCK_URL="http://$INFRA_HOST:$STRIPE_MOCK_PORT"
+unset STRIPE_API_BASE
 
 unset RUST_LOG
 export RUST_BACKTRACE=1

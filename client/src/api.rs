@@ -166,6 +166,26 @@ impl FormErrors {
         self.messages.is_empty()
     }
 
+    /// Back in the APIs' shape, `{"errors": [{"message", "field"?}]}`, for a page's script.
+    pub fn to_json(&self) -> serde_json::Value {
+        let entries: Vec<serde_json::Value> = self
+            .messages
+            .iter()
+            .map(|message| {
+                let field = self
+                    .fields
+                    .iter()
+                    .find(|(_, messages)| messages.contains(message))
+                    .map(|(field, _)| field);
+                match field {
+                    Some(field) => json!({ "message": message, "field": field }),
+                    None => json!({ "message": message }),
+                }
+            })
+            .collect();
+        json!({ "errors": entries })
+    }
+
     /// The messages about one form field.
     pub fn field(&self, name: &str) -> &[String] {
         self.fields
@@ -250,6 +270,16 @@ struct CurrentUserBody {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Payment {
     pub id: String,
+}
+
+/// The payments API's answer to a PaymentIntent: paid (`{"success": true, "id"}`), or waiting for
+/// the buyer's 3-D Secure (`{"status": "requires_action", "clientSecret"}`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct IntentReply {
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default, rename = "clientSecret")]
+    pub client_secret: Option<String>,
 }
 
 /// The payments API's `GET /api/payments/{orderId}`: the state of the order's latest attempt.
@@ -418,6 +448,36 @@ impl Api {
             PAYMENT_TIMEOUT,
         )
         .await
+    }
+
+    /// `POST /api/payments/intents`: pays with the PaymentMethod Stripe.js made in the page.
+    pub async fn pay_intent(
+        &self,
+        fwd: &Forwarded,
+        order_id: &str,
+        payment_method: &str,
+    ) -> Result<Reply<IntentReply>, ApiError> {
+        let body = json!({ "orderId": order_id, "paymentMethod": payment_method });
+        self.send(
+            Method::POST,
+            "/api/payments/intents",
+            fwd,
+            Some(body),
+            PAYMENT_TIMEOUT,
+        )
+        .await
+    }
+
+    /// `POST /api/payments/intents/{orderId}/check`: after the buyer's 3-D Secure in the page.
+    pub async fn check_intent(
+        &self,
+        fwd: &Forwarded,
+        order_id: &str,
+    ) -> Result<Reply<IntentReply>, ApiError> {
+        // Callers pass a checked id (`is_id`), so it needs no escaping.
+        let path = format!("/api/payments/intents/{order_id}/check");
+        self.send(Method::POST, &path, fwd, None, PAYMENT_TIMEOUT)
+            .await
     }
 
     /// Whether anything answers at the API base: any HTTP status counts (the ingress answering 503

@@ -26,6 +26,8 @@ use crate::views::internal_error_page;
 pub struct AppState {
     pub api: Api,
     pub stripe_publishable_key: Option<Arc<str>>,
+    /// Where the order page loads Stripe.js from (with a publishable key only).
+    pub stripe_js_url: Arc<str>,
     /// How forms' CSRF tokens are made and checked (see `csrf`).
     pub csrf: CsrfConfig,
 }
@@ -36,35 +38,54 @@ pub async fn build(settings: Settings) -> anyhow::Result<App> {
         api: Api::new(&settings.api_base_url, settings.client_address_key)
             .context("building the HTTP client")?,
         stripe_publishable_key: settings.stripe_publishable_key.map(Arc::from),
+        stripe_js_url: Arc::from(settings.stripe_js_url.as_str()),
         csrf: csrf::config(&settings.csrf_key, settings.cookie_secure),
     };
-    let router = with_layers(routes::router(state));
+    let csp = content_security_policy(&settings.stripe_js_url)?;
+    let router = with_layers(routes::router(state), csp);
     let server = Server::bind(&settings.http).await?;
     Ok(App::new(server, router, Background::new()))
 }
 
 /// The standard layers (body limit, panics caught, request ids and spans), with failures as HTML
 /// pages, plus the headers a browser-facing site needs.
-fn with_layers(router: Router) -> Router {
+fn with_layers(router: Router, csp: HeaderValue) -> Router {
     let router = router
         .layer(from_fn(refuse_cross_site_posts))
-        .layer(map_response(security_headers));
+        .layer(map_response(move |response| {
+            let csp = csp.clone();
+            async move { security_headers(response, csp) }
+        }));
     with_standard_layers(router, || {
         tracing::error!("a request handler panicked");
         internal_error_page()
     })
 }
 
-/// Scripts only from ourselves and Stripe Checkout (whose iframe and images come from Stripe);
-/// forms only post to ourselves; nobody frames us.
-const CSP: &str = "default-src 'self'; script-src 'self' https://checkout.stripe.com; \
-     frame-src https://checkout.stripe.com; connect-src 'self' https://checkout.stripe.com; \
-     img-src 'self' data: https://*.stripe.com; style-src 'self' 'unsafe-inline'; \
-     form-action 'self'; base-uri 'none'; object-src 'none'; frame-ancestors 'none'";
+/// Scripts only from ourselves and Stripe.js (`STRIPE_JS_URL`'s origin; Stripe's card fields and
+/// 3-D Secure are iframes of js.stripe.com and hooks.stripe.com, and Stripe.js talks to
+/// api.stripe.com, as Stripe's CSP guide lists); forms only post to ourselves; nobody frames us.
+pub fn content_security_policy(stripe_js: &reqwest::Url) -> anyhow::Result<HeaderValue> {
+    let origin = stripe_js.origin().ascii_serialization();
+    // Another origin (the browser tests' stub) is allowed beside Stripe's own.
+    let other = if origin == "https://js.stripe.com" {
+        String::new()
+    } else {
+        format!(" {origin}")
+    };
+    let policy = format!(
+        "default-src 'self'; script-src 'self' https://js.stripe.com{other}; \
+         frame-src https://js.stripe.com https://hooks.stripe.com{other}; \
+         connect-src 'self' https://api.stripe.com{other}; \
+         img-src 'self' data: https://*.stripe.com; style-src 'self' 'unsafe-inline'; \
+         form-action 'self'; base-uri 'none'; object-src 'none'; frame-ancestors 'none'"
+    );
+    HeaderValue::from_str(&policy).context("the Content-Security-Policy header")
+}
 
-async fn security_headers(mut response: Response) -> Response {
+fn security_headers(mut response: Response, csp: HeaderValue) -> Response {
     let headers = response.headers_mut();
-    headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    headers.insert(CONTENT_SECURITY_POLICY, csp);
     headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(REFERRER_POLICY, HeaderValue::from_static("same-origin"));

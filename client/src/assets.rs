@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 pub const STYLESHEET: &str = include_str!("../static/app.css");
 /// Forms: price reformatting, buttons disabled while a form is in flight, the sign-out auto-submit.
 pub const FORMS_SCRIPT: &str = include_str!("../static/forms.js");
-/// The order page: the countdown and Stripe Checkout.
+/// The order page: the countdown and the Stripe.js checkout.
 pub const ORDER_SCRIPT: &str = include_str!("../static/order.js");
 
 /// A short cache: the assets change only with a new deployment.

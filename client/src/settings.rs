@@ -12,8 +12,12 @@ pub struct Settings {
     /// Origin of the APIs as a browser sees them (the ingress in the cluster, the local proxy on a
     /// laptop), without a trailing slash: `/api/...` paths are appended to it.
     pub api_base_url: String,
-    /// Stripe's publishable key for Checkout; without it the pay form sends Stripe's test token.
+    /// Stripe's publishable key for the card form (Stripe.js); without it the pay form sends
+    /// Stripe's test token.
     pub stripe_publishable_key: Option<String>,
+    /// Where the order page loads Stripe.js from (`STRIPE_JS_URL`): Stripe's own URL, or a stub
+    /// in the browser tests. Allowed by the Content-Security-Policy, with its origin.
+    pub stripe_js_url: Url,
     /// The key with which calls to auth vouch for the browser's address (`CLIENT_ADDRESS_KEY`).
     pub client_address_key: Option<SecretString>,
     /// The secret behind the forms' CSRF tokens (`CSRF_KEY`), the same on every replica.
@@ -28,11 +32,30 @@ impl Settings {
             http: HttpSettings::from_env(env)?,
             api_base_url: api_base_url(&env.require("API_BASE_URL")?)?,
             stripe_publishable_key: publishable_key(env.optional("STRIPE_PUBLISHABLE_KEY"))?,
+            stripe_js_url: stripe_js_url(&env.or("STRIPE_JS_URL", DEFAULT_STRIPE_JS_URL))?,
             client_address_key: common::settings::client_address_key(env)?,
             csrf_key: CsrfKey::new(env.require("CSRF_KEY")?)?,
             cookie_secure: env.flag_or("COOKIE_SECURE", false)?,
         })
     }
+}
+
+/// Stripe.js, which Stripe asks sites to load from its own address (never bundled).
+pub const DEFAULT_STRIPE_JS_URL: &str = "https://js.stripe.com/v3/";
+
+fn stripe_js_url(text: &str) -> Result<Url, SettingsError> {
+    let url = Url::parse(text).map_err(|err| SettingsError::Invalid {
+        name: "STRIPE_JS_URL",
+        reason: format!("{text:?}: {err}"),
+    })?;
+    // Its origin goes into the Content-Security-Policy header: nothing but an http(s) origin fits.
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(SettingsError::Invalid {
+            name: "STRIPE_JS_URL",
+            reason: format!("{text:?} must be an http(s) URL"),
+        });
+    }
+    Ok(url)
 }
 
 fn api_base_url(text: &str) -> Result<String, SettingsError> {
@@ -135,6 +158,37 @@ mod tests {
                 ..
             })
         ));
+        Ok(())
+    }
+
+    #[test]
+    fn stripe_js_comes_from_stripe_unless_an_http_url_is_given() -> Result<(), SettingsError> {
+        let s = settings(&[("API_BASE_URL", "http://x")])?;
+        assert_eq!(s.stripe_js_url.as_str(), "https://js.stripe.com/v3/");
+        let s = settings(&[
+            ("API_BASE_URL", "http://x"),
+            ("STRIPE_JS_URL", "http://127.0.0.1:8299/stripe-stub.js"),
+        ])?;
+        assert_eq!(
+            s.stripe_js_url.as_str(),
+            "http://127.0.0.1:8299/stripe-stub.js"
+        );
+        for bad in [
+            "js.stripe.com/v3",
+            "javascript:alert(1)",
+            "data:text/javascript,1",
+        ] {
+            assert!(
+                matches!(
+                    settings(&[("API_BASE_URL", "http://x"), ("STRIPE_JS_URL", bad)]),
+                    Err(SettingsError::Invalid {
+                        name: "STRIPE_JS_URL",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
         Ok(())
     }
 

@@ -360,12 +360,14 @@ impl OrderState {
     }
 }
 
-/// How the pay form obtains its card token.
+/// The card form through Stripe.js, when a publishable key is configured (without one the pay
+/// form posts Stripe's test token).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkout {
-    /// Stripe Checkout's publishable key; `None` means the form posts Stripe's test token.
-    pub stripe_key: Option<String>,
-    pub email: String,
-    pub amount_cents: i64,
+    /// Stripe's publishable key.
+    pub key: String,
+    /// Where Stripe.js is loaded from.
+    pub script_url: String,
 }
 
 #[derive(Template)]
@@ -379,7 +381,7 @@ pub struct OrderPage {
     pub state: OrderState,
     /// What the order's payment adds to the state, if anything.
     pub payment: PaymentNote,
-    pub checkout: Checkout,
+    pub checkout: Option<Checkout>,
     pub errors: FormErrors,
     /// The hidden field's CSRF token (`csrf::FormToken`).
     pub csrf_token: String,
@@ -391,21 +393,16 @@ impl OrderPage {
         order: Order,
         payment: Option<PaymentNote>,
         now: DateTime<Utc>,
-        stripe_key: Option<String>,
+        checkout: Option<Checkout>,
         errors: FormErrors,
         csrf_token: String,
     ) -> Self {
-        let email = viewer.user().map(|u| u.email.clone()).unwrap_or_default();
         Self {
             state: OrderState::of(&order, now),
             payment: payment.unwrap_or(PaymentNote::Nothing),
             status: order.status.as_str(),
             price: euros(order.ticket.price),
-            checkout: Checkout {
-                stripe_key,
-                email,
-                amount_cents: order.ticket.price.cents(),
-            },
+            checkout,
             id: order.id,
             title: order.ticket.title,
             viewer,

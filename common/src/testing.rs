@@ -48,7 +48,7 @@ fn infra_var(name: &str) -> String {
     match std::env::var(name) {
         Ok(value) if !value.trim().is_empty() => value,
         _ => panic!(
-            "{name} is not set: run the tests through `scripts/test.sh`, which starts FerretDB, NATS and Redis \
+            "{name} is not set: run the tests through `scripts/test.sh`, which starts FerretDB, NATS, Redis and stripe-mock \
              and exports their URLs"
         ),
     }
@@ -128,6 +128,47 @@ pub fn stripe_charge_json(id: &str, amount: i64, source: &str) -> serde_json::Va
     charge["payment_method"] = serde_json::json!(format!("card_{source}"));
     charge
 }
+
+/// A PaymentIntent as Stripe answers `/v1/payment_intents`: trimmed from a stripe-mock answer (every
+/// field async-stripe requires), with `id`, `amount`, `status`, `payment_method`, `client_secret`
+/// and `metadata` filled in; `next_action` and `last_payment_error` are the caller's.
+pub fn stripe_intent_json(
+    id: &str,
+    amount: i64,
+    status: &str,
+    payment_method: &str,
+    metadata: serde_json::Value,
+) -> serde_json::Value {
+    let mut intent: serde_json::Value = serde_json::from_str(INTENT_TEMPLATE)
+        .unwrap_or_else(|err| panic!("intent template: {err}"));
+    intent["id"] = serde_json::json!(id);
+    intent["amount"] = serde_json::json!(amount);
+    intent["status"] = serde_json::json!(status);
+    intent["payment_method"] = serde_json::json!(payment_method);
+    intent["client_secret"] = serde_json::json!(format!("{id}_secret_double"));
+    intent["created"] = serde_json::json!(chrono::Utc::now().timestamp());
+    intent["metadata"] = metadata;
+    if status == "succeeded" {
+        intent["amount_received"] = serde_json::json!(amount);
+    }
+    intent
+}
+
+const INTENT_TEMPLATE: &str = r#"{
+  "allowed_payment_method_types": null, "amount": 0, "amount_capturable": 0,
+  "amount_details": null, "amount_received": 0, "application": null,
+  "application_fee_amount": null, "automatic_payment_methods": {"enabled": true, "allow_redirects": "never"},
+  "canceled_at": null, "cancellation_reason": null, "capture_method": "automatic",
+  "client_secret": "", "confirmation_method": "automatic", "created": 0, "currency": "eur",
+  "customer": null, "customer_account": null, "description": null,
+  "excluded_payment_method_types": null, "id": "", "last_payment_error": null,
+  "latest_charge": null, "livemode": false, "managed_payments": null, "metadata": {},
+  "next_action": null, "object": "payment_intent", "on_behalf_of": null, "payment_method": null,
+  "payment_method_configuration_details": null, "payment_method_options": {},
+  "payment_method_types": ["card"], "processing": null, "receipt_email": null, "review": null,
+  "setup_future_usage": null, "shipping": null, "statement_descriptor": null,
+  "statement_descriptor_suffix": null, "status": "", "transfer_data": null, "transfer_group": null
+}"#;
 
 const CHARGE_TEMPLATE: &str = r#"{
   "id": "", "object": "charge", "amount": 0, "amount_captured": 0, "amount_refunded": 0,

@@ -17,6 +17,12 @@
 //!   settlement goes straight to `refunding` (both versioned commits: one sees the other); an
 //!   attempt re-reads the replica after it is recorded and before charging, so a cancellation that
 //!   came before the attempt existed is seen too.
+//!
+//! An attempt paid through the page's checkout is a PaymentIntent, created and confirmed by one
+//! keyed request; the same guarantees hold. One that needs the buyer's 3-D Secure waits as
+//! `requires_action` until the page asks again ([`PaymentSaga::check_intent`]) or the reconciler
+//! retrieves it; once the order's window has closed (or the order is cancelled) the reconciler
+//! cancels it at Stripe, and one that succeeded anyway is refunded like a late charge.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,8 +40,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::store::{Begin, Order, OrderStore, Payment, PaymentStatus, PaymentStore, Settlement};
-use crate::stripe::{ChargeRequest, StripeGateway, StripeOutcome, Unprocessed};
+use crate::store::{
+    Begin, Order, OrderStore, Payment, PaymentStatus, PaymentStore, Settlement, Via,
+};
+use crate::stripe::{
+    ChargeRequest, IntentOutcome, IntentRequest, IntentState, Refundable, StripeGateway,
+    StripeOutcome, Unprocessed,
+};
 
 /// What the failure of an attempt cancelled before its charge is recorded as.
 pub const CANCELLED_BEFORE_CHARGE: &str = "The order was cancelled before it was charged.";
@@ -43,6 +54,9 @@ pub const CANCELLED_BEFORE_CHARGE: &str = "The order was cancelled before it was
 pub const EXPIRED_BEFORE_CHARGE: &str = "The order's window closed before it was charged.";
 /// What the failure of an attempt that never reached Stripe is recorded as.
 pub const NEVER_SENT: &str = "The charge was never sent to Stripe.";
+/// What the failure of a PaymentIntent cancelled while it waited for the buyer is recorded as.
+pub const NOT_AUTHENTICATED_IN_TIME: &str =
+    "The buyer did not authenticate the payment before the order's window closed.";
 
 /// How often recording a settlement is tried before it is left to the reconciler.
 const SETTLE_ATTEMPTS: u32 = 3;
@@ -118,6 +132,9 @@ pub enum PayOutcome {
     Confirming,
     /// The order's payment is not open for a new attempt: its current state, if visible yet.
     Busy(Option<Payment>),
+    /// The PaymentIntent waits for the buyer's 3-D Secure, which the page does with Stripe.js and
+    /// this secret.
+    ActionRequired { client_secret: String },
 }
 
 /// The payments saga: cheap to clone, shared by the route, the listener and the reconciler.
@@ -156,14 +173,19 @@ impl PaymentSaga {
         &self.payments
     }
 
-    /// Starts an attempt to pay `order` with `token` and waits for it. The attempt runs on its own
-    /// task: if the caller is dropped (the client went away) the charge still completes and is
-    /// recorded.
-    pub async fn pay(&self, order: &Order, token: &str) -> Result<PayOutcome, StoreError> {
+    /// Starts an attempt to pay `order` with `token` (a card token to charge, or for
+    /// [`Via::Intent`] a PaymentMethod) and waits for it. The attempt runs on its own task: if the
+    /// caller is dropped (the client went away) the charge still completes and is recorded.
+    pub async fn pay(
+        &self,
+        order: &Order,
+        via: Via,
+        token: &str,
+    ) -> Result<PayOutcome, StoreError> {
         let token_hash = crate::stripe::token_hash(token);
         let attempt = match self
             .payments
-            .begin(&self.bus, order, token, token_hash)
+            .begin(&self.bus, order, via, token, token_hash)
             .await?
         {
             Begin::Started(attempt) => attempt,
@@ -229,38 +251,76 @@ impl PaymentSaga {
             self.fail(&attempt, EXPIRED_BEFORE_CHARGE).await?;
             return Ok(PayOutcome::Expired);
         }
-        let outcome = self.stripe.charge(&charge_request(&attempt)).await;
-        let (settlement, answer) = match outcome {
-            StripeOutcome::Done(stripe_id) => (Settlement::Charged { stripe_id }, None),
-            StripeOutcome::Refused { customer, detail } => {
-                tracing::info!(order_id = %attempt.order_id, %detail, "Stripe refused the charge");
-                (
-                    Settlement::Failed { reason: detail },
-                    Some(PayOutcome::Declined(customer)),
-                )
-            }
-            StripeOutcome::NotDone(Unprocessed::Unavailable(cause)) => {
-                tracing::warn!(order_id = %attempt.order_id, %cause, "Stripe unavailable; nothing charged");
-                (
-                    Settlement::Failed { reason: cause },
-                    Some(PayOutcome::Unavailable),
-                )
-            }
-            StripeOutcome::NotDone(Unprocessed::Misconfigured(cause)) => (
-                Settlement::Failed {
-                    reason: cause.clone(),
-                },
-                Some(PayOutcome::Misconfigured(cause)),
+        let (settlement, answer) = match attempt.via {
+            Via::Charge => charge_settlement(
+                &attempt,
+                self.stripe.charge(&charge_request(&attempt)).await,
             ),
-            StripeOutcome::Uncertain(cause) => {
-                tracing::warn!(order_id = %attempt.order_id, attempt = %attempt.payment_id, %cause,
-                    "the charge's outcome is unknown; the reconciler will ask Stripe again");
-                (Settlement::Unknown, Some(PayOutcome::Confirming))
-            }
+            Via::Intent => intent_settlement(
+                &attempt,
+                self.stripe.create_intent(&intent_request(&attempt)).await,
+            ),
         };
-        let Some((settled, announced)) = self.record_or_leave(&attempt, settlement).await else {
+        self.conclude(&attempt, settlement, answer, window_closed())
+            .await
+    }
+
+    /// Asks Stripe again about the order's PaymentIntent once the buyer has done its 3-D Secure in
+    /// the page (or gave up), and records the answer. Anything but an intent still open is
+    /// answered as it stands.
+    pub async fn check_intent(&self, order: &Order) -> Result<PayOutcome, StoreError> {
+        let Some(payment) = self.payments.get(order.id).await? else {
+            return Ok(PayOutcome::Busy(None));
+        };
+        let intent_id = match (&payment.intent_id, payment.status) {
+            (Some(id), PaymentStatus::RequiresAction | PaymentStatus::Unknown) => id.clone(),
+            (_, PaymentStatus::Succeeded) => return Ok(PayOutcome::Paid(payment)),
+            _ => return Ok(PayOutcome::Busy(Some(payment))),
+        };
+        let saga = self.clone();
+        let expires_at = order.expires_at_utc();
+        // Detached like a charge: a success read here is recorded even if the page goes away.
+        let task = self.charges.spawn(
+            async move {
+                let outcome = match saga.stripe.retrieve_intent(&intent_id).await {
+                    // Not reading an intent says nothing about it: it stays open, never failed.
+                    IntentOutcome::Other(other) => {
+                        tracing::warn!(order_id = %payment.order_id, intent = %intent_id, answer = ?other,
+                            "could not read the payment intent; the reconciler will");
+                        IntentOutcome::Other(StripeOutcome::Uncertain(format!("{other:?}")))
+                    }
+                    intent => intent,
+                };
+                let (settlement, answer) = intent_settlement(&payment, outcome);
+                saga.conclude(&payment, settlement, answer, expires_at <= Utc::now())
+                    .await
+            }
+            .instrument(tracing::Span::current()),
+        );
+        match task.await {
+            Ok(outcome) => outcome,
+            Err(join) => Err(StoreError::Other(anyhow::anyhow!(
+                "the intent check failed: {join}"
+            ))),
+        }
+    }
+
+    /// Records what Stripe said about an attempt and tells the buyer: `answer` when Stripe's
+    /// answer decides it, else what the recorded state means.
+    async fn conclude(
+        &self,
+        attempt: &Payment,
+        settlement: Settlement,
+        answer: Option<PayOutcome>,
+        window_closed: bool,
+    ) -> Result<PayOutcome, StoreError> {
+        let Some((settled, announced)) = self.record_or_leave(attempt, settlement).await else {
             return Ok(PayOutcome::Confirming);
         };
+        if settled.status == PaymentStatus::RequiresAction && settled.order_cancelled {
+            // The reconciler cancels the intent: no point asking the buyer to authenticate.
+            return Ok(PayOutcome::OrderCancelled);
+        }
         if let Some(answer) = answer {
             return Ok(answer);
         }
@@ -270,7 +330,7 @@ impl PaymentSaga {
             // the relay will): the expiry may be first, and a cancelled order's charge is refunded.
             // "Paid" could be untrue, so the buyer is told the payment is being confirmed.
             PaymentStatus::Succeeded
-                if settled.payment_id == attempt.payment_id && (!announced || window_closed()) =>
+                if settled.payment_id == attempt.payment_id && (!announced || window_closed) =>
             {
                 tracing::warn!(order_id = %attempt.order_id, announced,
                     "charged, but not announced before the order's window closed; the orders service decides");
@@ -344,7 +404,7 @@ impl PaymentSaga {
         attempt: &Payment,
         settlement: Settlement,
     ) -> Result<(Payment, bool), StoreError> {
-        if settlement == Settlement::Unknown {
+        if matches!(settlement, Settlement::Unknown | Settlement::Waiting { .. }) {
             self.reconcile_wanted.store(true, Ordering::Release);
         }
         let (payment, committed) = self.payments.settle(&self.bus, attempt, settlement).await?;
@@ -366,7 +426,11 @@ impl PaymentSaga {
             )));
         };
         let order_id = payment.order_id;
-        match self.stripe.refund(stripe_id, &order_id.to_hex()).await {
+        let of = match payment.via {
+            Via::Charge => Refundable::Charge(stripe_id),
+            Via::Intent => Refundable::PaymentIntent(stripe_id),
+        };
+        match self.stripe.refund(of, &order_id.to_hex()).await {
             StripeOutcome::Done(refund_id) => {
                 let refund_id = Some(refund_id).filter(|id| !id.is_empty());
                 let (refunded, committed) = self
@@ -426,7 +490,8 @@ impl PaymentSaga {
         let mut due = Vec::new();
         for payment in unsettled {
             let wait = match payment.status {
-                PaymentStatus::Pending => timing.horizon,
+                // Its own request may still be running; a buyer may still be authenticating.
+                PaymentStatus::Pending | PaymentStatus::RequiresAction => timing.horizon,
                 _ => timing.retry_after,
             };
             let age_ms = now.timestamp_millis() - payment.updated_at.timestamp_millis();
@@ -468,6 +533,9 @@ impl PaymentSaga {
                 "failed an attempt that was never sent to Stripe");
             return Ok(failed.status);
         }
+        if attempt.via == Via::Intent {
+            return self.reconcile_intent(attempt).await;
+        }
         if attempt.source.is_none() {
             tracing::error!(order_id = %attempt.order_id, attempt = %attempt.payment_id,
                 "an open attempt without its card token cannot be repeated; it needs a person");
@@ -490,6 +558,88 @@ impl PaymentSaga {
             return Ok(self.finish_refund(&settled).await?.status);
         }
         Ok(settled.status)
+    }
+
+    /// Settles an open PaymentIntent attempt: an intent not named yet is asked for again by
+    /// repeating its keyed creation, a named one is retrieved (a repeat would only get the first
+    /// answer back). One still waiting for the buyer once its order's window has closed, or its
+    /// order is cancelled, is cancelled at Stripe.
+    async fn reconcile_intent(&self, attempt: &Payment) -> Result<PaymentStatus, StoreError> {
+        let outcome = match &attempt.intent_id {
+            Some(intent_id) => self.stripe.retrieve_intent(intent_id).await,
+            None if attempt.source.is_some() => {
+                self.stripe.create_intent(&intent_request(attempt)).await
+            }
+            None => {
+                tracing::error!(order_id = %attempt.order_id, attempt = %attempt.payment_id,
+                    "an open attempt without its PaymentMethod cannot be repeated; it needs a person");
+                return Ok(attempt.status);
+            }
+        };
+        let named = attempt.intent_id.is_some();
+        let outcome = match outcome {
+            IntentOutcome::Intent {
+                id,
+                state: IntentState::RequiresAction { .. },
+            } if attempt.order_cancelled || self.window_closed(attempt).await? => {
+                tracing::info!(order_id = %attempt.order_id, intent = %id,
+                    "the buyer did not authenticate in time; cancelling the payment intent");
+                match self.stripe.cancel_intent(&id).await {
+                    IntentOutcome::Intent {
+                        id,
+                        state: IntentState::Failed { .. },
+                    } => IntentOutcome::Intent {
+                        id,
+                        state: IntentState::Failed {
+                            customer: String::new(),
+                            detail: NOT_AUTHENTICATED_IN_TIME.to_owned(),
+                        },
+                    },
+                    // Refused (it succeeded meanwhile) or not confirmed: the next pass retrieves it.
+                    _ => IntentOutcome::Other(StripeOutcome::Uncertain("cancel refused".into())),
+                }
+            }
+            other => other,
+        };
+        let settlement = match outcome {
+            IntentOutcome::Intent { id, state } => match state {
+                IntentState::Succeeded => Settlement::Charged { stripe_id: id },
+                IntentState::RequiresAction { .. } => Settlement::Waiting {
+                    intent_id: id,
+                    action: true,
+                },
+                IntentState::Processing => Settlement::Waiting {
+                    intent_id: id,
+                    action: false,
+                },
+                IntentState::Failed { detail, .. } => Settlement::Failed { reason: detail },
+            },
+            // A refused creation is a decline; a refused read of an intent we named says nothing.
+            IntentOutcome::Other(StripeOutcome::Refused { detail, .. }) if !named => {
+                Settlement::Failed { reason: detail }
+            }
+            IntentOutcome::Other(other) => {
+                tracing::info!(order_id = %attempt.order_id, attempt = %attempt.payment_id, answer = ?other,
+                    "an open payment intent is still not confirmed");
+                Settlement::Unknown
+            }
+        };
+        let settled = self.record(attempt, settlement).await?;
+        tracing::info!(order_id = %attempt.order_id, attempt = %attempt.payment_id, status = settled.status.as_str(),
+            "reconciled a payment intent");
+        if settled.status == PaymentStatus::Refunding {
+            return Ok(self.finish_refund(&settled).await?.status);
+        }
+        Ok(settled.status)
+    }
+
+    /// Whether the window of the attempt's order has closed (a missing replica counts as closed).
+    async fn window_closed(&self, attempt: &Payment) -> Result<bool, StoreError> {
+        Ok(self
+            .orders
+            .get(attempt.order_id)
+            .await?
+            .is_none_or(|order| order.expires_at_utc() <= Utc::now()))
     }
 
     /// Runs the reconciler until `shutdown`: every `interval` while this process may have left a
@@ -610,6 +760,89 @@ impl ReconcileSchedule {
         }
         self.wait = timing.interval;
         false
+    }
+}
+
+/// What a charge's answer settles, and what the buyer is told if the answer decides it.
+fn charge_settlement(
+    attempt: &Payment,
+    outcome: StripeOutcome,
+) -> (Settlement, Option<PayOutcome>) {
+    match outcome {
+        StripeOutcome::Done(stripe_id) => (Settlement::Charged { stripe_id }, None),
+        StripeOutcome::Refused { customer, detail } => {
+            tracing::info!(order_id = %attempt.order_id, %detail, "Stripe refused the charge");
+            (
+                Settlement::Failed { reason: detail },
+                Some(PayOutcome::Declined(customer)),
+            )
+        }
+        StripeOutcome::NotDone(Unprocessed::Unavailable(cause)) => {
+            tracing::warn!(order_id = %attempt.order_id, %cause, "Stripe unavailable; nothing charged");
+            (
+                Settlement::Failed { reason: cause },
+                Some(PayOutcome::Unavailable),
+            )
+        }
+        StripeOutcome::NotDone(Unprocessed::Misconfigured(cause)) => (
+            Settlement::Failed {
+                reason: cause.clone(),
+            },
+            Some(PayOutcome::Misconfigured(cause)),
+        ),
+        StripeOutcome::Uncertain(cause) => {
+            tracing::warn!(order_id = %attempt.order_id, attempt = %attempt.payment_id, %cause,
+                "the charge's outcome is unknown; the reconciler will ask Stripe again");
+            (Settlement::Unknown, Some(PayOutcome::Confirming))
+        }
+    }
+}
+
+/// What a PaymentIntent's answer settles, and what the buyer is told if the answer decides it.
+fn intent_settlement(
+    attempt: &Payment,
+    outcome: IntentOutcome,
+) -> (Settlement, Option<PayOutcome>) {
+    let (id, state) = match outcome {
+        IntentOutcome::Intent { id, state } => (id, state),
+        IntentOutcome::Other(other) => return charge_settlement(attempt, other),
+    };
+    match state {
+        IntentState::Succeeded => (Settlement::Charged { stripe_id: id }, None),
+        IntentState::RequiresAction { client_secret } => (
+            Settlement::Waiting {
+                intent_id: id,
+                action: true,
+            },
+            Some(PayOutcome::ActionRequired { client_secret }),
+        ),
+        IntentState::Processing => {
+            tracing::warn!(order_id = %attempt.order_id, intent = %id,
+                "the payment intent is still processing; the reconciler will ask Stripe again");
+            (
+                Settlement::Waiting {
+                    intent_id: id,
+                    action: false,
+                },
+                Some(PayOutcome::Confirming),
+            )
+        }
+        IntentState::Failed { customer, detail } => {
+            tracing::info!(order_id = %attempt.order_id, %detail, "the payment intent failed");
+            (
+                Settlement::Failed { reason: detail },
+                Some(PayOutcome::Declined(customer)),
+            )
+        }
+    }
+}
+
+fn intent_request(attempt: &Payment) -> IntentRequest<'_> {
+    IntentRequest {
+        amount_cents: attempt.amount_cents,
+        payment_method: attempt.source.as_deref().unwrap_or_default(),
+        order_id: attempt.order_id.to_hex(),
+        attempt_id: &attempt.payment_id,
     }
 }
 

@@ -15,6 +15,10 @@
 //!               failed  (a new attempt may start from here; unknown may end here too)
 //! ```
 //!
+//! An attempt paid with a PaymentMethod (the page's checkout) is a PaymentIntent: it can also wait
+//! for the buyer's 3-D Secure, as `requires_action`, which ends like `unknown` does (`succeeded`,
+//! `refunding` or `failed`); Stripe still working on it is `unknown` with the intent's id.
+//!
 //! `unknown` is an answer from Stripe that was late, lost or unreadable: the charge may exist, so
 //! the attempt is never released on it; the reconciler repeats the keyed request until Stripe
 //! gives a definite answer. `refunding` is a charge that must go back because its order was
@@ -135,6 +139,9 @@ pub enum PaymentStatus {
     Refunding,
     /// The charge was refunded; `refundId` names the refund.
     Refunded,
+    /// A PaymentIntent waits for the buyer's 3-D Secure (`intentId` names it).
+    #[serde(rename = "requires_action")]
+    RequiresAction,
 }
 
 impl PaymentStatus {
@@ -146,20 +153,37 @@ impl PaymentStatus {
             PaymentStatus::Succeeded => "succeeded",
             PaymentStatus::Refunding => "refunding",
             PaymentStatus::Refunded => "refunded",
+            PaymentStatus::RequiresAction => "requires_action",
         }
     }
 
-    /// Whether the attempt still waits for Stripe's answer to its charge.
+    /// Whether the attempt still waits for Stripe's (or the buyer's) answer to its charge.
     pub const fn is_open(self) -> bool {
-        matches!(self, PaymentStatus::Pending | PaymentStatus::Unknown)
+        matches!(
+            self,
+            PaymentStatus::Pending | PaymentStatus::Unknown | PaymentStatus::RequiresAction
+        )
     }
 
     /// The states the reconciler looks after.
-    pub const UNSETTLED: [PaymentStatus; 3] = [
+    pub const UNSETTLED: [PaymentStatus; 4] = [
         PaymentStatus::Pending,
         PaymentStatus::Unknown,
         PaymentStatus::Refunding,
+        PaymentStatus::RequiresAction,
     ];
+}
+
+/// How an attempt asks Stripe for the money.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// A Charge of a card token (the SPEC's `POST /api/payments`). Records from before intents
+    /// have no `via`: they are charges.
+    #[default]
+    Charge,
+    /// A PaymentIntent confirmed with a PaymentMethod (the page's checkout).
+    Intent,
 }
 
 /// An order's payment: at most one per order, because its `_id` is the order id. Its current attempt
@@ -177,14 +201,21 @@ pub struct Payment {
     /// What the attempt charges, in euro cents.
     #[serde(default)]
     pub amount_cents: i64,
-    /// SHA-256 of the card token, hex.
+    /// SHA-256 of the card token (or PaymentMethod id), hex.
     pub token_hash: String,
-    /// The card token, only while the charge's outcome is open: repeating a keyed request needs the
-    /// same parameters. Tokens are single-use; it is removed with the first definite answer.
+    /// A charge or a PaymentIntent.
+    #[serde(default)]
+    pub via: Via,
+    /// The card token (or PaymentMethod id), only while the charge's outcome is open: repeating a
+    /// keyed request needs the same parameters. It is removed with the first definite answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The charge, or the PaymentIntent that succeeded: set only once paid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stripe_id: Option<String>,
+    /// The PaymentIntent, once Stripe has named it (it may still wait for the buyer or for Stripe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refund_id: Option<String>,
     /// Why the attempt failed, for the logs and the order page (a decline message is the customer's).
@@ -266,9 +297,19 @@ impl Payment {
 /// How an attempt's charge ended, as far as Stripe said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
-    Charged { stripe_id: String },
-    Failed { reason: String },
+    Charged {
+        stripe_id: String,
+    },
+    Failed {
+        reason: String,
+    },
     Unknown,
+    /// A PaymentIntent that is neither paid nor failed yet: waiting for the buyer's 3-D Secure
+    /// (`action`) or for Stripe.
+    Waiting {
+        intent_id: String,
+        action: bool,
+    },
 }
 
 /// The outcome of trying to start an attempt.
@@ -440,13 +481,15 @@ impl PaymentStore {
         Err(StoreError::Conflict)
     }
 
-    /// Records a new `pending` attempt to pay `order` with `token`, unless the order's payment is
-    /// open, paid or refunded. Exclusive on any database: the first attempt is an insert of the
-    /// order's id, a later one (after `failed`) a claim of the next version.
+    /// Records a new `pending` attempt to pay `order` with `token` (a card token, or a
+    /// PaymentMethod for [`Via::Intent`]), unless the order's payment is open, paid or refunded.
+    /// Exclusive on any database: the first attempt is an insert of the order's id, a later one
+    /// (after `failed`) a claim of the next version.
     pub async fn begin(
         &self,
         bus: &EventBus,
         order: &Order,
+        via: Via,
         token: &str,
         token_hash: String,
     ) -> Result<Begin, StoreError> {
@@ -460,8 +503,10 @@ impl PaymentStore {
                 status: PaymentStatus::Pending,
                 amount_cents: order.price_cents,
                 token_hash: token_hash.clone(),
+                via,
                 source: Some(token.to_owned()),
                 stripe_id: None,
+                intent_id: None,
                 refund_id: None,
                 failure: None,
                 attempts,
@@ -530,8 +575,25 @@ impl PaymentStore {
             let open = current.payment_id == attempt.payment_id && current.status.is_open();
             Some(match (&settlement, current.status) {
                 _ if !open => return None,
-                (Settlement::Unknown, PaymentStatus::Unknown) => return None,
+                // A buyer's 3-D Secure is still awaited whatever a lost answer would have said.
+                (Settlement::Unknown, PaymentStatus::Unknown | PaymentStatus::RequiresAction) => {
+                    return None;
+                }
                 (Settlement::Unknown, _) => current.next(PaymentStatus::Unknown),
+                (Settlement::Waiting { intent_id, action }, status) => {
+                    let waiting = if *action {
+                        PaymentStatus::RequiresAction
+                    } else {
+                        PaymentStatus::Unknown
+                    };
+                    if status == waiting && current.intent_id.as_ref() == Some(intent_id) {
+                        return None;
+                    }
+                    Payment {
+                        intent_id: Some(intent_id.clone()),
+                        ..current.next(waiting)
+                    }
+                }
                 // Charged for an order cancelled meanwhile: the charge must go back.
                 (Settlement::Charged { stripe_id }, _) if current.order_cancelled => Payment {
                     stripe_id: Some(stripe_id.clone()),

@@ -1,8 +1,9 @@
-//! Charges and refunds through Stripe (async-stripe 1.0 RC: hyper 1 + rustls, like the rest of the
-//! workspace).
+//! Charges, PaymentIntents and refunds through Stripe (async-stripe 1.0 RC: hyper 1 + rustls, like
+//! the rest of the workspace).
 //!
 //! Every request carries an `Idempotency-Key` derived from what it is about, never from what the
-//! buyer sends: a charge from its payment attempt's id, a refund from the charge's id. Repeating a
+//! buyer sends: a charge or a PaymentIntent from its payment attempt's id, a refund from the id of
+//! what it refunds. Repeating a
 //! request with its key gets Stripe's saved answer (for 24 h) instead of a second charge or refund,
 //! which is how an answer that was late, lost or unreadable is resolved (see `crate::saga`).
 
@@ -13,7 +14,12 @@ use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use stripe::{ApiErrorsType, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
 use stripe_core::charge::CreateCharge;
+use stripe_core::payment_intent::{
+    CancelPaymentIntent, CreatePaymentIntent, CreatePaymentIntentAutomaticPaymentMethods,
+    CreatePaymentIntentAutomaticPaymentMethodsAllowRedirects, RetrievePaymentIntent,
+};
 use stripe_core::refund::CreateRefund;
+use stripe_core::{PaymentIntent, PaymentIntentStatus};
 use stripe_types::Currency;
 
 use crate::settings::StripeSettings;
@@ -72,6 +78,58 @@ pub struct ChargeRequest<'a> {
     pub attempt_id: &'a str,
 }
 
+/// One PaymentIntent to create and confirm (or to repeat, with the same key and parameters).
+#[derive(Debug, Clone)]
+pub struct IntentRequest<'a> {
+    /// Integer cents, as for a charge.
+    pub amount_cents: i64,
+    /// The PaymentMethod Stripe.js made from the card form (`pm_...`).
+    pub payment_method: &'a str,
+    /// The order paid for, in the intent's metadata.
+    pub order_id: String,
+    /// The payment attempt: the idempotency key and the metadata derive from it.
+    pub attempt_id: &'a str,
+}
+
+/// Where a PaymentIntent stands, as Stripe answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntentState {
+    /// Paid.
+    Succeeded,
+    /// The buyer must act (3-D Secure) in the page, through Stripe.js with this secret.
+    RequiresAction { client_secret: String },
+    /// Stripe is still working on it (or it waits for something we never ask for, such as a
+    /// capture): only asking again later can tell.
+    Processing,
+    /// Definitely not paid (cancelled, or the card failed after confirmation, e.g. 3-D Secure
+    /// refused); for the buyer, and for the logs, as in [`StripeOutcome::Refused`].
+    Failed { customer: String, detail: String },
+}
+
+/// What Stripe said about a PaymentIntent request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntentOutcome {
+    /// The intent (its id) and where it stands.
+    Intent { id: String, state: IntentState },
+    /// No intent to speak of: refused, not processed or uncertain, as for a charge.
+    Other(StripeOutcome),
+}
+
+/// What a refund takes back.
+#[derive(Debug, Clone, Copy)]
+pub enum Refundable<'a> {
+    Charge(&'a str),
+    PaymentIntent(&'a str),
+}
+
+impl Refundable<'_> {
+    fn id(&self) -> &str {
+        match self {
+            Refundable::Charge(id) | Refundable::PaymentIntent(id) => id,
+        }
+    }
+}
+
 impl StripeGateway {
     pub fn new(settings: &StripeSettings) -> anyhow::Result<Self> {
         let client = stripe::ClientBuilder::new(settings.key.expose_secret())
@@ -110,15 +168,18 @@ impl StripeGateway {
         }
     }
 
-    /// Refunds the whole charge, keyed by the charge: asking twice refunds once.
-    pub async fn refund(&self, charge_id: &str, order_id: &str) -> StripeOutcome {
-        let key = match idempotency(refund_idempotency_key(charge_id)) {
+    /// Refunds the whole charge or PaymentIntent, keyed by it: asking twice refunds once.
+    pub async fn refund(&self, of: Refundable<'_>, order_id: &str) -> StripeOutcome {
+        let key = match idempotency(refund_idempotency_key(of.id())) {
             Ok(key) => key,
             Err(refused) => return refused,
         };
         let metadata = HashMap::from([("order_id".to_owned(), order_id.to_owned())]);
-        let sent = CreateRefund::new()
-            .charge(charge_id)
+        let refund = match of {
+            Refundable::Charge(id) => CreateRefund::new().charge(id),
+            Refundable::PaymentIntent(id) => CreateRefund::new().payment_intent(id),
+        };
+        let sent = refund
             .metadata(metadata)
             .customize()
             .request_strategy(RequestStrategy::Idempotent(key))
@@ -134,6 +195,104 @@ impl StripeGateway {
             }
             Err(err) => classify(err),
         }
+    }
+
+    /// Creates and confirms a PaymentIntent of `amount_cents` euro cents with the buyer's
+    /// PaymentMethod, keyed by the attempt. Cards only, without redirects: 3-D Secure is done in
+    /// the page by Stripe.js (`handleNextAction`), so no `return_url` is needed.
+    pub async fn create_intent(&self, request: &IntentRequest<'_>) -> IntentOutcome {
+        let key = match idempotency(intent_idempotency_key(request.attempt_id)) {
+            Ok(key) => key,
+            Err(refused) => return IntentOutcome::Other(refused),
+        };
+        let metadata = HashMap::from([
+            ("order_id".to_owned(), request.order_id.clone()),
+            ("attempt_id".to_owned(), request.attempt_id.to_owned()),
+        ]);
+        let mut methods = CreatePaymentIntentAutomaticPaymentMethods::new(true);
+        methods.allow_redirects =
+            Some(CreatePaymentIntentAutomaticPaymentMethodsAllowRedirects::Never);
+        let sent = CreatePaymentIntent::new(request.amount_cents, Currency::EUR)
+            .payment_method(request.payment_method)
+            .confirm(true)
+            .automatic_payment_methods(methods)
+            .metadata(metadata)
+            .customize()
+            .request_strategy(RequestStrategy::Idempotent(key))
+            .send(&self.client)
+            .await;
+        intent_outcome(sent)
+    }
+
+    /// Where an intent stands now (after the buyer's 3-D Secure, or for the reconciler).
+    pub async fn retrieve_intent(&self, intent_id: &str) -> IntentOutcome {
+        let sent = RetrievePaymentIntent::new(intent_id)
+            .customize()
+            // A read: repeating it is harmless, so no key.
+            .send(&self.client)
+            .await;
+        intent_outcome(sent)
+    }
+
+    /// Cancels an intent still waiting for the buyer (its order's window closed). Stripe refuses
+    /// to cancel one that succeeded meanwhile: that answer is a refusal, and the next retrieval
+    /// finds the payment.
+    pub async fn cancel_intent(&self, intent_id: &str) -> IntentOutcome {
+        let key = match idempotency(format!("cancel-{intent_id}")) {
+            Ok(key) => key,
+            Err(refused) => return IntentOutcome::Other(refused),
+        };
+        let sent = CancelPaymentIntent::new(intent_id)
+            .customize()
+            .request_strategy(RequestStrategy::Idempotent(key))
+            .send(&self.client)
+            .await;
+        intent_outcome(sent)
+    }
+}
+
+/// Reads Stripe's answer about an intent.
+fn intent_outcome(sent: Result<PaymentIntent, StripeError>) -> IntentOutcome {
+    match sent {
+        Ok(intent) => IntentOutcome::Intent {
+            id: intent.id.as_str().to_owned(),
+            state: intent_state(&intent),
+        },
+        Err(err) => IntentOutcome::Other(classify(err)),
+    }
+}
+
+/// Sorts an intent's status by what the saga does with it.
+fn intent_state(intent: &PaymentIntent) -> IntentState {
+    match &intent.status {
+        PaymentIntentStatus::Succeeded => IntentState::Succeeded,
+        PaymentIntentStatus::RequiresAction => match &intent.client_secret {
+            Some(secret) => IntentState::RequiresAction {
+                client_secret: secret.clone(),
+            },
+            // Stripe always sends it to the secret key; without it the page cannot act.
+            None => IntentState::Processing,
+        },
+        PaymentIntentStatus::RequiresPaymentMethod | PaymentIntentStatus::Canceled => {
+            let error = intent.last_payment_error.as_deref();
+            let message = error
+                .and_then(|e| e.message.clone())
+                .filter(|m| !m.trim().is_empty());
+            let card_error = error.is_some_and(|e| e.type_ == ApiErrorsType::CardError);
+            IntentState::Failed {
+                customer: match (card_error, &message) {
+                    (true, Some(message)) => message.clone(),
+                    _ => GENERIC_DECLINE.to_owned(),
+                },
+                detail: format!(
+                    "payment intent {} is {}: {}",
+                    intent.id.as_str(),
+                    intent.status.as_str(),
+                    message.unwrap_or_default()
+                ),
+            }
+        }
+        _ => IntentState::Processing,
     }
 }
 
@@ -205,7 +364,12 @@ pub fn charge_idempotency_key(attempt_id: &str) -> String {
     format!("charge-{attempt_id}")
 }
 
-/// One charge is refunded at most once.
+/// One payment attempt is one PaymentIntent.
+pub fn intent_idempotency_key(attempt_id: &str) -> String {
+    format!("intent-{attempt_id}")
+}
+
+/// One charge (or PaymentIntent) is refunded at most once.
 pub fn refund_idempotency_key(charge_id: &str) -> String {
     format!("refund-{charge_id}")
 }

@@ -1,20 +1,28 @@
 //! `/orders` (my orders) and `/orders/{id}` (an order: time left, and paying for it).
+//!
+//! With a Stripe publishable key the order page pays through Stripe.js: its script posts the
+//! PaymentMethod to `POST /orders/{id}/intent` (CSRF-checked like every form) and, after a 3-D
+//! Secure, `POST /orders/{id}/intent/check`; both answer JSON for that script: `{"status":
+//! "paid"}`, `{"status": "requires_action", "clientSecret"}`, or the API's `{"errors": [...]}`
+//! with its status.
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Deserialize;
+use serde_json::{Value, json};
 
-use crate::api::{ApiError, Forwarded, is_id};
+use crate::api::{ApiError, FormErrors, Forwarded, IntentReply, Reply, is_id};
 use crate::app::AppState;
 use crate::page::{
     FormAnswer, FormVisit, HtmlForm, PageError, PageResult, not_found, signed_in_viewer,
 };
-use crate::views::{OrderPage, OrdersPage, PaymentNote, render};
+use crate::views::{Checkout, OrderPage, OrdersPage, PaymentNote, render};
 
 /// The payments service learns about an order from an event, so right after the order is created
 /// it may not know it yet (404). Paying is retried for about this long before the 404 is shown.
@@ -25,6 +33,93 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/orders", get(index))
         .route("/orders/{id}", get(show).post(pay))
+        .route("/orders/{id}/intent", post(pay_intent))
+        .route("/orders/{id}/intent/check", post(check_intent))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct IntentForm {
+    pub payment_method: String,
+}
+
+/// What the page's script is told.
+type ScriptAnswer = (StatusCode, Json<Value>);
+
+async fn pay_intent(
+    State(state): State<AppState>,
+    fwd: Forwarded,
+    Path(id): Path<String>,
+    HtmlForm(form): HtmlForm<IntentForm>,
+) -> ScriptAnswer {
+    if !is_id(&id) {
+        return not_an_order();
+    }
+    let payment_method = form.payment_method.trim();
+    let deadline = tokio::time::Instant::now() + PAYMENT_REPLICA_WAIT;
+    let result = loop {
+        match state.api.pay_intent(&fwd, &id, payment_method).await {
+            Err(ApiError::Rejected {
+                status: StatusCode::NOT_FOUND,
+                ..
+            }) if tokio::time::Instant::now() + PAYMENT_RETRY_INTERVAL < deadline => {
+                tokio::time::sleep(PAYMENT_RETRY_INTERVAL).await;
+            }
+            other => break other,
+        }
+    };
+    script_answer(result)
+}
+
+async fn check_intent(
+    State(state): State<AppState>,
+    fwd: Forwarded,
+    Path(id): Path<String>,
+) -> ScriptAnswer {
+    if !is_id(&id) {
+        return not_an_order();
+    }
+    script_answer(state.api.check_intent(&fwd, &id).await)
+}
+
+fn not_an_order() -> ScriptAnswer {
+    errors_answer(StatusCode::NOT_FOUND, &FormErrors::general("Not Found"))
+}
+
+/// The payments API's answer in the shape the order page's script reads.
+fn script_answer(result: Result<Reply<IntentReply>, ApiError>) -> ScriptAnswer {
+    match result {
+        Ok(Reply { body, .. }) => match (body.status.as_deref(), body.client_secret) {
+            (Some("requires_action"), Some(secret)) => (
+                StatusCode::OK,
+                Json(json!({ "status": "requires_action", "clientSecret": secret })),
+            ),
+            _ => (StatusCode::OK, Json(json!({ "status": "paid" }))),
+        },
+        Err(ApiError::Rejected { status, errors, .. }) => errors_answer(status, &errors),
+        Err(ApiError::Unavailable(cause)) => {
+            tracing::warn!(%cause, "payments unavailable for the page's checkout");
+            errors_answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &FormErrors::general(
+                    "The ticketing service is not answering right now. Please try again in a moment.",
+                ),
+            )
+        }
+        Err(ApiError::BadGateway(cause)) => {
+            tracing::error!(%cause, "payments failed for the page's checkout");
+            errors_answer(
+                StatusCode::BAD_GATEWAY,
+                &FormErrors::general(
+                    "The ticketing service had a problem with this request. Please try again in a moment.",
+                ),
+            )
+        }
+    }
+}
+
+fn errors_answer(status: StatusCode, errors: &FormErrors) -> ScriptAnswer {
+    (status, Json(errors.to_json()))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,13 +203,16 @@ async fn order_page(visit: FormVisit, id: &str, mut answer: FormAnswer) -> PageR
         tracing::warn!(order_id = %id, error = ?err, "payment state unavailable; the order page shows the order alone");
         None
     });
-    let stripe_key = state.stripe_publishable_key.as_deref().map(str::to_owned);
+    let checkout = state.stripe_publishable_key.as_deref().map(|key| Checkout {
+        key: key.to_owned(),
+        script_url: state.stripe_js_url.to_string(),
+    });
     let page = OrderPage::new(
         viewer,
         order.body,
         payment.map(|p| PaymentNote::of(&p.status)),
         chrono::Utc::now(),
-        stripe_key,
+        checkout,
         answer.errors,
         visit.csrf.field().to_owned(),
     );

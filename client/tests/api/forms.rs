@@ -397,6 +397,135 @@ async fn a_payment_being_confirmed_is_said_on_the_order_page() {
     );
 }
 
+#[tokio::test]
+async fn paying_with_stripe_js_sends_the_payment_method_and_tells_the_script_the_order_is_paid() {
+    let app = spawn_app().await;
+    api_post_with_session("/api/payments/intents")
+        .and(body_json(
+            json!({ "orderId": ORDER_ID, "paymentMethod": "pm_card_visa" }),
+        ))
+        .respond_with(payment_created())
+        .expect(1)
+        .mount(&app.api)
+        .await;
+
+    let answer = post_intent(&app, "/intent", &[("payment_method", " pm_card_visa ")]).await;
+
+    assert_eq!(
+        (answer.status, answer.json()),
+        (StatusCode::OK, json!({ "status": "paid" }))
+    );
+    app.api.verify().await;
+}
+
+#[tokio::test]
+async fn a_card_asking_for_3d_secure_hands_its_client_secret_to_the_script() {
+    let app = spawn_app().await;
+    let action = json!({ "status": "requires_action", "clientSecret": "pi_1_secret_2" });
+    app.given_post("/api/payments/intents", 200, action.clone())
+        .await;
+
+    let answer = post_intent(&app, "/intent", &[("payment_method", "pm_3ds")]).await;
+
+    assert_eq!((answer.status, answer.json()), (StatusCode::OK, action));
+}
+
+#[tokio::test]
+async fn after_3d_secure_the_script_has_payments_check_the_orders_intent() {
+    let app = spawn_app().await;
+    api_post_with_session(&format!("/api/payments/intents/{ORDER_ID}/check"))
+        .respond_with(payment_created())
+        .expect(1)
+        .mount(&app.api)
+        .await;
+
+    let answer = post_intent(&app, "/intent/check", &[]).await;
+
+    assert_eq!(
+        (answer.status, answer.json()),
+        (StatusCode::OK, json!({ "status": "paid" }))
+    );
+    app.api.verify().await;
+}
+
+#[tokio::test]
+async fn a_refused_payment_method_is_told_to_the_script_with_the_apis_status_and_errors() {
+    for (status, message) in [
+        (400, "Your card was declined."),
+        (409, "A payment for this order is already in progress."),
+        (
+            202,
+            "Your payment is being confirmed. You will not be charged twice; check the order again in a moment.",
+        ),
+    ] {
+        let app = spawn_app().await;
+        app.given_post("/api/payments/intents", status, errors(&[(message, None)]))
+            .await;
+
+        let answer = post_intent(&app, "/intent", &[("payment_method", "pm_card_visa")]).await;
+
+        assert_eq!(answer.status.as_u16(), status);
+        assert_eq!(answer.json(), errors(&[(message, None)]));
+    }
+    let app = spawn_app().await;
+    app.given_post(
+        "/api/payments/intents",
+        400,
+        errors(&[("Invalid value", Some("paymentMethod"))]),
+    )
+    .await;
+    let answer = post_intent(&app, "/intent", &[]).await;
+    assert_eq!(
+        answer.json(),
+        errors(&[("Invalid value", Some("paymentMethod"))]),
+        "the field stays named"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_payments_service_is_a_generic_error_for_the_script_and_no_order_id_no_call() {
+    let app = spawn_app().await;
+    app.given_post(
+        "/api/payments/intents",
+        500,
+        errors(&[("Something went wrong", None)]),
+    )
+    .await;
+
+    let answer = post_intent(&app, "/intent", &[("payment_method", "pm_card_visa")]).await;
+
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        answer.json(),
+        errors(&[(
+            "The ticketing service had a problem with this request. Please try again in a moment.",
+            None
+        )])
+    );
+    let page = app
+        .post_form(
+            "/orders/not-an-id/intent",
+            &[("payment_method", "pm")],
+            Some(COOKIE_VALUE),
+        )
+        .await;
+    assert_eq!(
+        (page.status, page.json()),
+        (StatusCode::NOT_FOUND, errors(&[("Not Found", None)]))
+    );
+    assert_eq!(app.requests_to("/api/payments/intents").await.len(), 1);
+}
+
+/// Posts to the order page's checkout route `/orders/{ORDER_ID}{route}` as its script does.
+async fn post_intent(app: &TestApp, route: &str, fields: &[(&str, &str)]) -> Page {
+    app.post_form(
+        &format!("/orders/{ORDER_ID}{route}"),
+        fields,
+        Some(COOKIE_VALUE),
+    )
+    .await
+}
+
 /// Submits the pay form of order [`ORDER_ID`] with `token`, as the signed-in buyer.
 async fn pay(app: &TestApp, token: &str) -> Page {
     let order_page = format!("/orders/{ORDER_ID}");
@@ -462,7 +591,7 @@ async fn every_form_posted_from_another_site_is_refused_before_reaching_the_apis
         &[("origin", "null")],
     ];
     // Even with a valid CSRF token (an attacker cannot get one; this checks the other defence).
-    for (path, fields) in every_form() {
+    for (path, fields) in every_post() {
         for headers in cross_site {
             let page = app
                 .post_form_with(&path, &fields, Some(COOKIE_VALUE), headers)
@@ -561,6 +690,17 @@ fn every_form() -> Vec<(String, Vec<(&'static str, &'static str)>)> {
     ]
 }
 
+/// Every POST of the client: its forms, and the order page's checkout routes its script posts to.
+fn every_post() -> Vec<(String, Vec<(&'static str, &'static str)>)> {
+    let mut posts = every_form();
+    posts.push((
+        format!("/orders/{ORDER_ID}/intent"),
+        vec![("payment_method", "pm_card_visa")],
+    ));
+    posts.push((format!("/orders/{ORDER_ID}/intent/check"), vec![]));
+    posts
+}
+
 #[tokio::test]
 async fn every_form_without_its_own_csrf_token_is_refused_before_reaching_the_apis() {
     let app = spawn_app().await;
@@ -586,7 +726,7 @@ async fn every_form_without_its_own_csrf_token_is_refused_before_reaching_the_ap
         &[("origin", &origin), ("sec-fetch-site", "same-origin")],
         &[],
     ];
-    for (path, fields) in every_form() {
+    for (path, fields) in every_post() {
         for (case, token, cookie) in cases {
             for headers in senders {
                 let mut fields = fields.clone();

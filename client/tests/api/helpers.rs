@@ -60,7 +60,20 @@ pub async fn spawn_app_with_csrf_key(csrf_key: &str) -> TestApp {
 pub async fn spawn_app_with_stripe(publishable_key: &str) -> TestApp {
     let api = MockServer::start().await;
     let base = api.uri();
-    spawn(api, &base, Some(publishable_key), CSRF_KEY).await
+    spawn(api, &base, Some((publishable_key, None)), CSRF_KEY).await
+}
+
+/// The client with a publishable key and Stripe.js loaded from `script_url`.
+pub async fn spawn_app_with_stripe_js(publishable_key: &str, script_url: &str) -> TestApp {
+    let api = MockServer::start().await;
+    let base = api.uri();
+    spawn(
+        api,
+        &base,
+        Some((publishable_key, Some(script_url))),
+        CSRF_KEY,
+    )
+    .await
 }
 
 /// The client configured with an API base where nothing listens.
@@ -71,7 +84,13 @@ pub async fn spawn_app_without_api() -> TestApp {
     spawn(MockServer::start().await, &base, None, CSRF_KEY).await
 }
 
-async fn spawn(api: MockServer, base: &str, stripe_key: Option<&str>, csrf_key: &str) -> TestApp {
+/// `stripe`: the publishable key, and where Stripe.js comes from unless Stripe's own address.
+async fn spawn(
+    api: MockServer,
+    base: &str,
+    stripe: Option<(&str, Option<&str>)>,
+    csrf_key: &str,
+) -> TestApp {
     common::testing::init_test_log("client-test");
     let mut pairs = vec![
         ("HOST", "127.0.0.1"),
@@ -81,8 +100,11 @@ async fn spawn(api: MockServer, base: &str, stripe_key: Option<&str>, csrf_key: 
         ("CLIENT_ADDRESS_KEY", CLIENT_ADDRESS_KEY),
         ("CSRF_KEY", csrf_key),
     ];
-    if let Some(key) = stripe_key {
+    if let Some((key, script_url)) = stripe {
         pairs.push(("STRIPE_PUBLISHABLE_KEY", key));
+        if let Some(url) = script_url {
+            pairs.push(("STRIPE_JS_URL", url));
+        }
     }
     let settings = Settings::from_env(&Env::from_pairs(pairs)).expect("test settings");
     let csrf = client::csrf::config(
@@ -128,6 +150,11 @@ impl Page {
             headers: response.headers().clone(),
             html: response.text().await.expect("response body"),
         }
+    }
+
+    /// The body as JSON (what the order page's checkout routes answer its script).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.html).unwrap_or_else(|err| panic!("{err}: {}", self.html))
     }
 
     pub fn location(&self) -> Option<&str> {

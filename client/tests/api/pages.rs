@@ -8,8 +8,8 @@ use common::testing::{not_authorized, not_found};
 
 use crate::helpers::{
     COOKIE_VALUE, ORDER_ID, Page, api_get, concert_order, errors, order, spawn_app,
-    spawn_app_signed_in, spawn_app_signed_out, spawn_app_with_stripe, spawn_app_without_api,
-    ticket,
+    spawn_app_signed_in, spawn_app_signed_out, spawn_app_with_stripe, spawn_app_with_stripe_js,
+    spawn_app_without_api, ticket,
 };
 
 const TICKET_A: &str = "64b7f0c2a1b2c3d4e5f6a001";
@@ -379,25 +379,45 @@ async fn a_pending_order_counts_down_and_pays_with_the_test_token_without_a_stri
         r#"<button type="submit" class="button" id="pay-button">Pay €12.50</button>"#,
         r#"<script src="/static/order.js" defer></script>"#,
     ]);
-    page.assert_lacks(&["checkout.stripe.com", "Order expired."]);
+    page.assert_lacks(&["js.stripe.com", "card-element", "Order expired."]);
 }
 
 #[tokio::test]
-async fn with_a_publishable_key_the_order_page_pays_through_stripe_checkout_in_euro_cents() {
+async fn with_a_publishable_key_the_order_page_pays_with_stripe_js_and_its_card_element() {
     let app = spawn_app_with_stripe("pk_test_publishable").await;
 
     let page = app.order_page(concert_order("created", 50)).await;
 
     assert_eq!(page.status, StatusCode::OK);
     page.assert_contains(&[
-        r#"<script src="https://checkout.stripe.com/checkout.js" defer></script>"#,
+        r#"<script src="https://js.stripe.com/v3/" defer></script>"#,
+        r#"<script src="/static/order.js" defer></script>"#,
         r#"data-stripe-key="pk_test_publishable""#,
-        r#"data-amount="1250""#,
-        r#"data-currency="eur""#,
-        r#"data-email="buyer@test.com""#,
-        r#"<input type="hidden" name="token" id="pay-token" value="">"#,
+        &format!(r#"data-intent-url="/orders/{ORDER_ID}/intent""#),
+        r#"<div class="field" role="group" aria-labelledby="card-label">"#,
+        r#"<div id="card-element" class="card-input"></div>"#,
+        r#"name="csrf_token""#,
     ]);
-    page.assert_lacks(&["tok_visa"]);
+    page.assert_lacks(&["tok_visa", "checkout.stripe.com", r#"name="token""#]);
+}
+
+#[tokio::test]
+async fn the_order_page_loads_stripe_js_from_the_configured_address_which_the_policy_allows() {
+    let app =
+        spawn_app_with_stripe_js("pk_test_publishable", "http://127.0.0.1:9/stripe-stub.js").await;
+
+    let page = app.order_page(concert_order("created", 50)).await;
+
+    page.assert_contains(&[r#"<script src="http://127.0.0.1:9/stripe-stub.js" defer></script>"#]);
+    let csp = page
+        .headers
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        csp.contains("script-src 'self' https://js.stripe.com http://127.0.0.1:9;"),
+        "{csp}"
+    );
 }
 
 #[tokio::test]
@@ -583,7 +603,11 @@ async fn pages_forbid_framing_and_foreign_scripts() {
     assert_eq!(header("x-content-type-options"), "nosniff");
     let csp = header("content-security-policy");
     assert!(
-        csp.contains("script-src 'self' https://checkout.stripe.com"),
+        csp.contains("script-src 'self' https://js.stripe.com;"),
+        "{csp}"
+    );
+    assert!(
+        csp.contains("frame-src https://js.stripe.com https://hooks.stripe.com;"),
         "{csp}"
     );
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");

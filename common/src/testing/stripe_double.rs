@@ -1,5 +1,6 @@
 //! A Stripe double that behaves like Stripe where money is concerned, behind the real async-stripe
-//! client: it keeps a ledger of the charges and refunds it made, answers a repeated
+//! client: it keeps a ledger of the charges, PaymentIntents and refunds it made (an intent that
+//! succeeds is a charge of the ledger, under the intent's id), answers a repeated
 //! `Idempotency-Key` with the saved result instead of charging again, and can be told to be slow,
 //! down, or to fail after charging. The ledger is what the money invariant is checked against
 //! ([`super::invariants`]).
@@ -9,12 +10,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use wiremock::matchers::{method, path};
+use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 /// The card token Stripe's test mode declines.
 pub const DECLINED_TOKEN: &str = "tok_chargeDeclined";
 pub const DECLINE_MESSAGE: &str = "Your card was declined.";
+/// The PaymentMethods Stripe's test mode declines, and asks 3-D Secure for; any other succeeds.
+pub const DECLINED_PAYMENT_METHOD: &str = "pm_card_chargeDeclined";
+pub const THREE_D_SECURE_PAYMENT_METHOD: &str = "pm_card_threeDSecure2Required";
+/// What Stripe says of a failed 3-D Secure.
+pub const AUTHENTICATION_FAILED: &str = "We are unable to authenticate your payment method. Please choose a different payment method and try again.";
 
 /// How the double answers new requests (a repeated idempotency key always gets its saved answer,
 /// after the current delay).
@@ -43,6 +49,21 @@ pub struct ChargeRecord {
     pub refund_id: Option<String>,
 }
 
+/// One PaymentIntent the double made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntentRecord {
+    pub id: String,
+    pub idempotency_key: Option<String>,
+    pub amount: i64,
+    pub payment_method: String,
+    pub order_id: Option<String>,
+    pub attempt_id: Option<String>,
+    /// Stripe's status: `requires_action`, `succeeded`, `requires_payment_method`, `canceled`.
+    pub status: String,
+    /// Whether its last 3-D Secure failed.
+    pub authentication_failed: bool,
+}
+
 /// One refund the double made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefundRecord {
@@ -61,6 +82,7 @@ struct Saved {
 struct Ledger {
     behaviour: Behaviour,
     charges: Vec<ChargeRecord>,
+    intents: Vec<IntentRecord>,
     refunds: Vec<RefundRecord>,
     /// Saved answers by idempotency key, as Stripe keeps them for 24 h.
     saved: HashMap<String, Saved>,
@@ -82,12 +104,17 @@ impl StripeDouble {
                     delay: Duration::ZERO,
                 },
                 charges: Vec::new(),
+                intents: Vec::new(),
                 refunds: Vec::new(),
                 saved: HashMap::new(),
                 requests: 0,
             })),
         };
-        for (route, kind) in [("/v1/charges", Kind::Charge), ("/v1/refunds", Kind::Refund)] {
+        for (route, kind) in [
+            ("/v1/charges", Kind::Charge),
+            ("/v1/refunds", Kind::Refund),
+            ("/v1/payment_intents", Kind::CreateIntent),
+        ] {
             Mock::given(method("POST"))
                 .and(path(route))
                 .respond_with(Responder {
@@ -97,7 +124,57 @@ impl StripeDouble {
                 .mount(server)
                 .await;
         }
+        for (verb, route, kind) in [
+            ("GET", r"^/v1/payment_intents/[^/]+$", Kind::RetrieveIntent),
+            (
+                "POST",
+                r"^/v1/payment_intents/[^/]+/cancel$",
+                Kind::CancelIntent,
+            ),
+        ] {
+            Mock::given(method(verb))
+                .and(path_regex(route))
+                .respond_with(Responder {
+                    double: double.clone(),
+                    kind,
+                })
+                .mount(server)
+                .await;
+        }
         double
+    }
+
+    /// What the buyer's 3-D Secure does in Stripe.js: the intent succeeds (a charge of the
+    /// ledger), or fails and waits for another payment method. `false` if no such intent waits.
+    pub fn authenticate(&self, intent_id: &str, passes: bool) -> bool {
+        let mut ledger = self.ledger();
+        let Some(position) = ledger
+            .intents
+            .iter()
+            .position(|i| i.id == intent_id && i.status == "requires_action")
+        else {
+            return false;
+        };
+        if passes {
+            ledger.intent_succeeded(position);
+        } else {
+            let intent = &mut ledger.intents[position];
+            intent.status = "requires_payment_method".to_owned();
+            intent.authentication_failed = true;
+        }
+        true
+    }
+
+    pub fn intents(&self) -> Vec<IntentRecord> {
+        self.ledger().intents.clone()
+    }
+
+    /// PaymentIntents of an order (by metadata).
+    pub fn intents_of(&self, order_id: &str) -> Vec<IntentRecord> {
+        self.intents()
+            .into_iter()
+            .filter(|i| i.order_id.as_deref() == Some(order_id))
+            .collect()
     }
 
     fn ledger(&self) -> MutexGuard<'_, Ledger> {
@@ -138,6 +215,9 @@ impl StripeDouble {
 enum Kind {
     Charge,
     Refund,
+    CreateIntent,
+    RetrieveIntent,
+    CancelIntent,
 }
 
 struct Responder {
@@ -166,9 +246,18 @@ impl Respond for Responder {
         if let Some(saved) = key.as_ref().and_then(|k| ledger.saved.get(k)) {
             return answer(saved.status, saved.body.clone(), delay, behaviour);
         }
+        let intent_id = request
+            .url
+            .path_segments()
+            .and_then(|mut segments| segments.nth(2))
+            .unwrap_or_default()
+            .to_owned();
         let (status, body) = match self.kind {
             Kind::Charge => ledger.charge(&form, key.clone()),
             Kind::Refund => ledger.refund(&form, key.clone()),
+            Kind::CreateIntent => ledger.create_intent(&form, key.clone()),
+            Kind::RetrieveIntent => ledger.intent_answer(&intent_id),
+            Kind::CancelIntent => ledger.cancel_intent(&intent_id),
         };
         if let Some(key) = key {
             ledger.saved.insert(
@@ -223,9 +312,117 @@ impl Ledger {
         (200, super::stripe_charge_json(&id, amount, &source))
     }
 
-    /// A refund of a whole charge, which must exist and not be refunded yet.
+    /// A PaymentIntent created and confirmed: declined for [`DECLINED_PAYMENT_METHOD`], waiting for
+    /// 3-D Secure for [`THREE_D_SECURE_PAYMENT_METHOD`], otherwise paid.
+    fn create_intent(
+        &mut self,
+        form: &HashMap<String, String>,
+        key: Option<String>,
+    ) -> (u16, Value) {
+        let payment_method = form.get("payment_method").cloned().unwrap_or_default();
+        if payment_method == DECLINED_PAYMENT_METHOD {
+            return (
+                402,
+                json!({"error": {"type": "card_error", "code": "card_declined",
+                                 "decline_code": "generic_decline", "message": DECLINE_MESSAGE}}),
+            );
+        }
+        let id = format!("pi_double_{}", self.intents.len() + 1);
+        self.intents.push(IntentRecord {
+            id: id.clone(),
+            idempotency_key: key,
+            amount: form
+                .get("amount")
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_default(),
+            payment_method: payment_method.clone(),
+            order_id: form.get("metadata[order_id]").cloned(),
+            attempt_id: form.get("metadata[attempt_id]").cloned(),
+            status: "requires_action".to_owned(),
+            authentication_failed: false,
+        });
+        if payment_method != THREE_D_SECURE_PAYMENT_METHOD {
+            self.intent_succeeded(self.intents.len() - 1);
+        }
+        self.intent_answer(&id)
+    }
+
+    /// The intent at `position` is paid: a charge of the ledger under its id.
+    fn intent_succeeded(&mut self, position: usize) {
+        let intent = &mut self.intents[position];
+        intent.status = "succeeded".to_owned();
+        let charge = ChargeRecord {
+            id: intent.id.clone(),
+            idempotency_key: intent.idempotency_key.clone(),
+            amount: intent.amount,
+            currency: "eur".to_owned(),
+            source: intent.payment_method.clone(),
+            order_id: intent.order_id.clone(),
+            attempt_id: intent.attempt_id.clone(),
+            refund_id: None,
+        };
+        self.charges.push(charge);
+    }
+
+    /// An intent as it stands.
+    fn intent_answer(&self, id: &str) -> (u16, Value) {
+        let Some(intent) = self.intents.iter().find(|i| i.id == id) else {
+            return (
+                404,
+                json!({"error": {"type": "invalid_request_error", "code": "resource_missing",
+                                 "message": format!("No such payment_intent: '{id}'")}}),
+            );
+        };
+        let mut metadata = serde_json::Map::new();
+        for (name, value) in [
+            ("order_id", &intent.order_id),
+            ("attempt_id", &intent.attempt_id),
+        ] {
+            if let Some(value) = value {
+                metadata.insert(name.to_owned(), json!(value));
+            }
+        }
+        let mut body = super::stripe_intent_json(
+            &intent.id,
+            intent.amount,
+            &intent.status,
+            &intent.payment_method,
+            Value::Object(metadata),
+        );
+        if intent.status == "requires_action" {
+            body["next_action"] = json!({"type": "use_stripe_sdk",
+                                         "use_stripe_sdk": {"type": "three_d_secure_redirect"}});
+        }
+        if intent.authentication_failed {
+            body["last_payment_error"] = json!({"type": "card_error",
+                "code": "payment_intent_authentication_failure", "message": AUTHENTICATION_FAILED});
+        }
+        (200, body)
+    }
+
+    /// Cancels an intent not paid yet; a paid one cannot be.
+    fn cancel_intent(&mut self, id: &str) -> (u16, Value) {
+        let Some(intent) = self.intents.iter_mut().find(|i| i.id == id) else {
+            return self.intent_answer(id);
+        };
+        if intent.status == "succeeded" {
+            return (
+                400,
+                json!({"error": {"type": "invalid_request_error", "code": "payment_intent_unexpected_state",
+                                 "message": "You cannot cancel this PaymentIntent because it has a status of succeeded."}}),
+            );
+        }
+        intent.status = "canceled".to_owned();
+        self.intent_answer(id)
+    }
+
+    /// A refund of a whole charge (or paid PaymentIntent), which must exist and not be refunded yet.
     fn refund(&mut self, form: &HashMap<String, String>, key: Option<String>) -> (u16, Value) {
-        let charge_id = form.get("charge").cloned().unwrap_or_default();
+        let charge_id = form
+            .get("charge")
+            .or_else(|| form.get("payment_intent"))
+            .cloned()
+            .unwrap_or_default();
         let Some(position) = self.charges.iter().position(|c| c.id == charge_id) else {
             return (
                 404,

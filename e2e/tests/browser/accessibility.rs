@@ -16,7 +16,7 @@ use crate::purchase::{sign_in, sign_out, sign_up};
 const SCREENS: [(&str, u32, u32, bool); 2] = [("1280", 1280, 800, false), ("375", 375, 812, true)];
 
 /// How a checked page is reached.
-enum Visit<'a> {
+pub(crate) enum Visit<'a> {
     /// Navigating to this path.
     Path(&'a str),
     /// The sign-up form sent with a bad email and password (the page with the form's errors).
@@ -25,12 +25,12 @@ enum Visit<'a> {
 
 /// Everything found wrong so far, one paragraph per page and width, so that one run shows all.
 #[derive(Default)]
-struct Findings(Vec<String>);
+pub(crate) struct Findings(Vec<String>);
 
 impl Findings {
     /// Visits `page` at every width in [`SCREENS`], saves its screenshots and notes what is wrong.
     /// `own_status` is a path whose answer is a deliberate 4xx (the browser logs it as an error).
-    async fn check(
+    pub(crate) async fn check(
         &mut self,
         browser: &Browser,
         name: &str,
@@ -99,7 +99,7 @@ impl Findings {
         }
     }
 
-    fn assert_none(&self) {
+    pub(crate) fn assert_none(&self) {
         assert!(
             self.0.is_empty(),
             "{} problem(s):\n\n{}",
@@ -217,7 +217,7 @@ fn describe(violations: &[Value]) -> String {
 }
 
 /// Lists a ticket through the API from the signed-in page; returns its id.
-async fn list_ticket(browser: &Browser, title: &str, price: f64) -> String {
+pub(crate) async fn list_ticket(browser: &Browser, title: &str, price: f64) -> String {
     let (status, body) = browser
         .fetch(
             "POST",

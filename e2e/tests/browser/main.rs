@@ -6,6 +6,8 @@
 
 mod accessibility;
 mod browser;
+mod checkout;
 mod one_trace;
 mod purchase;
 mod security;
+mod states;

@@ -33,6 +33,15 @@ pub(crate) async fn sign_out(browser: &Browser) {
     assert!(browser.text("nav-signin").await.contains("Sign In"));
 }
 
+/// Stripe's test cards, typed into the card field of the stub of Stripe.js (`scripts/e2e.sh`).
+pub(crate) const VISA: &str = "4242 4242 4242 4242";
+
+/// Types `card` into the order page's card field and presses Pay.
+pub(crate) async fn pay_with_card(browser: &Browser, card: &str) {
+    browser.fill("stub-card-number", card).await;
+    browser.click("pay-button").await;
+}
+
 /// The XPath of the landing page's table row of the ticket titled `title`.
 fn row_of(title: &str) -> String {
     format!("//tr[td[normalize-space()='{title}']]")
@@ -63,7 +72,7 @@ async fn sell(browser: &Browser, title: &str, price: &str) -> String {
 }
 
 /// Opens the ticket from the landing page and purchases it; returns the order id.
-async fn purchase(browser: &Browser, title: &str) -> String {
+pub(crate) async fn purchase(browser: &Browser, title: &str) -> String {
     browser.visit("/").await;
     let view_link = format!("{}//a[normalize-space()='View']", row_of(title));
     let view = browser
@@ -108,7 +117,7 @@ async fn a_ticket_is_sold_bought_paid_and_then_locked_for_its_seller() {
         buyer.body_text().await
     );
     buyer.screenshot("order-before-paying").await;
-    buyer.click("pay-button").await;
+    pay_with_card(&buyer, VISA).await;
     buyer
         .wait_for_path("after paying", |p| p == "/orders")
         .await;

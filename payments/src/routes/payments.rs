@@ -1,5 +1,8 @@
 //! `POST /api/payments`: pay an order with a card token, at most once per order (see `crate::saga`).
 //! `GET /api/payments/{orderId}` (an addition): where the order's payment stands, for its owner.
+//! `POST /api/payments/intents` (an addition): pay an order with a PaymentMethod from Stripe.js,
+//! as a PaymentIntent created and confirmed here; `POST /api/payments/intents/{orderId}/check`
+//! asks Stripe again once the page has done the buyer's 3-D Secure.
 //!
 //! Answers beyond the SPEC's: 202 with [`BEING_CONFIRMED`] in the error shape when Stripe's answer
 //! is uncertain (the reconciler settles it), 409 while an attempt is open, 400 [`REFUNDED`] when the
@@ -21,12 +24,15 @@ use validator::Validate;
 
 use crate::app::AppState;
 use crate::saga::PayOutcome;
-use crate::store::{Order, Payment, PaymentStatus};
+use crate::store::{Order, Payment, PaymentStatus, Via};
+use crate::stripe::GENERIC_DECLINE;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/payments", post(create_payment))
         .route("/api/payments/{order_id}", get(payment_of_order))
+        .route("/api/payments/intents", post(create_intent))
+        .route("/api/payments/intents/{order_id}/check", post(check_intent))
 }
 
 pub const INVALID_VALUE: &str = common::extract::INVALID_VALUE;
@@ -38,6 +44,9 @@ pub const IN_PROGRESS: &str = "A payment for this order is already in progress."
 pub const PROVIDER_UNAVAILABLE: &str = "Payment provider unavailable, please try again.";
 /// Stripe's answer is late or was lost: the charge may exist, and is being confirmed with Stripe.
 pub const BEING_CONFIRMED: &str = "Your payment is being confirmed. You will not be charged twice; check the order again in a moment.";
+/// A PaymentIntent of the order waits for the buyer's 3-D Secure (in another tab, or a page left).
+pub const AWAITING_AUTHENTICATION: &str =
+    "A payment for this order is waiting for your card's authentication.";
 /// The order was cancelled (or expired) while it was being charged.
 pub const REFUNDED: &str =
     "The order was cancelled while it was being paid; your payment is refunded.";
@@ -59,6 +68,38 @@ pub struct NewPaymentRequest {
     #[serde(rename = "orderId", deserialize_with = "trimmed_string")]
     #[validate(length(min = 1, message = "Invalid value"))]
     order_id: String,
+}
+
+/// A payment through the page's checkout: the PaymentMethod Stripe.js made (`pm_...`).
+#[derive(Debug)]
+pub struct NewIntent {
+    pub payment_method: String,
+    pub order_id: String,
+}
+
+/// The body as sent, checked like the SPEC's: both fields trimmed and required.
+#[derive(Debug, Default, Deserialize, Validate)]
+#[serde(default)]
+pub struct NewIntentRequest {
+    #[serde(rename = "paymentMethod", deserialize_with = "trimmed_string")]
+    #[validate(length(min = 1, message = "Invalid value"))]
+    payment_method: String,
+    #[serde(rename = "orderId", deserialize_with = "trimmed_string")]
+    #[validate(length(min = 1, message = "Invalid value"))]
+    order_id: String,
+}
+
+impl FromBody for NewIntent {
+    type Raw = NewIntentRequest;
+    const FIELDS: &'static [(&'static str, &'static str)] =
+        &[("payment_method", "paymentMethod"), ("order_id", "orderId")];
+
+    fn from_raw(raw: NewIntentRequest) -> Option<Self> {
+        Some(NewIntent {
+            payment_method: raw.payment_method,
+            order_id: raw.order_id,
+        })
+    }
 }
 
 impl FromBody for NewPayment {
@@ -116,9 +157,58 @@ async fn create_payment(
     RequireAuth(user): RequireAuth,
     JsonBody(body): JsonBody<NewPayment>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let order_id = parse_id(&body.order_id)?;
+    pay(&state, &user, &body.order_id, Via::Charge, &body.token).await
+}
+
+/// Like `POST /api/payments`, with a PaymentIntent; besides its answers, 200
+/// `{"status": "requires_action", "clientSecret"}` when the buyer must authenticate (3-D Secure).
+#[tracing::instrument(name = "create_intent", skip_all, fields(order_id))]
+async fn create_intent(
+    State(state): State<AppState>,
+    RequireAuth(user): RequireAuth,
+    JsonBody(body): JsonBody<NewIntent>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    pay(
+        &state,
+        &user,
+        &body.order_id,
+        Via::Intent,
+        &body.payment_method,
+    )
+    .await
+}
+
+/// After the page's 3-D Secure: where the order's PaymentIntent stands now, answered as
+/// `POST /api/payments/intents` answers (201 paid, 200 still `requires_action`, 400 declined ...).
+/// 404 before any attempt.
+#[tracing::instrument(name = "check_intent", skip_all, fields(%order_id))]
+async fn check_intent(
+    State(state): State<AppState>,
+    RequireAuth(user): RequireAuth,
+    Path(order_id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let id = parse_id(&order_id)?;
+    let order = owned_order(&state, &user, id).await?;
+    match state.saga.check_intent(&order).await? {
+        PayOutcome::Busy(None) => Err(ApiError::NotFound),
+        PayOutcome::Busy(Some(payment)) if payment.status == PaymentStatus::Failed => {
+            Err(ApiError::bad_request(GENERIC_DECLINE))
+        }
+        outcome => answer(outcome),
+    }
+}
+
+/// Starts an attempt to pay the order `order_id` of `user`, by `via`, and answers its outcome.
+async fn pay(
+    state: &AppState,
+    user: &UserClaims,
+    order_id: &str,
+    via: Via,
+    token: &str,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let order_id = parse_id(order_id)?;
     tracing::Span::current().record("order_id", tracing::field::display(order_id));
-    let order = owned_order(&state, &user, order_id).await?;
+    let order = owned_order(state, user, order_id).await?;
     match order.status {
         OrderStatus::Cancelled => {
             // A buyer whose payment was being confirmed when the order expired learns of the refund.
@@ -139,6 +229,14 @@ async fn create_payment(
     if let Some(existing) = state.saga.payments().get(order_id).await?
         && existing.status != PaymentStatus::Failed
     {
+        // The buyer closed the card's authentication and pays again: the same intent is
+        // authenticated again, never a second one made.
+        if via == Via::Intent
+            && existing.via == Via::Intent
+            && existing.status == PaymentStatus::RequiresAction
+        {
+            return answer(state.saga.check_intent(&order).await?);
+        }
         return Err(busy(Some(existing)));
     }
     // The expiration service may not have cancelled it yet, but the buyer's window is over: charging
@@ -147,7 +245,12 @@ async fn create_payment(
         return Err(ApiError::bad_request(EXPIRED_ORDER));
     }
 
-    match state.saga.pay(&order, &body.token).await? {
+    answer(state.saga.pay(&order, via, token).await?)
+}
+
+/// The HTTP answer to how an attempt ended.
+fn answer(outcome: PayOutcome) -> ApiResult<(StatusCode, Json<Value>)> {
+    match outcome {
         PayOutcome::Paid(payment) => {
             tracing::info!(payment_id = %payment.payment_id, stripe_id = ?payment.stripe_id, "order paid");
             Ok((
@@ -171,6 +274,10 @@ async fn create_payment(
         PayOutcome::Expired => Err(ApiError::bad_request(EXPIRED_ORDER)),
         PayOutcome::Refunded => Err(ApiError::bad_request(REFUNDED)),
         PayOutcome::Busy(current) => Err(busy(current)),
+        PayOutcome::ActionRequired { client_secret } => Ok((
+            StatusCode::OK,
+            Json(json!({ "status": "requires_action", "clientSecret": client_secret })),
+        )),
     }
 }
 
@@ -180,6 +287,9 @@ fn busy(existing: Option<Payment>) -> ApiError {
         Some(PaymentStatus::Succeeded) => ApiError::bad_request(ALREADY_PAID),
         Some(PaymentStatus::Refunding | PaymentStatus::Refunded) => ApiError::bad_request(REFUNDED),
         Some(PaymentStatus::Unknown) => ApiError::Conflict(BEING_CONFIRMED.to_owned()),
+        Some(PaymentStatus::RequiresAction) => {
+            ApiError::Conflict(AWAITING_AUTHENTICATION.to_owned())
+        }
         // Pending, or an attempt whose record is being written right now. (`Failed` never gets
         // here: a new attempt starts from it.)
         Some(PaymentStatus::Pending | PaymentStatus::Failed) | None => {

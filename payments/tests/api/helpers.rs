@@ -183,6 +183,41 @@ impl TestApp {
         .await
     }
 
+    /// `POST /api/payments/intents`: pays with a PaymentMethod, as the page's checkout does.
+    pub async fn pay_intent(
+        &self,
+        user: &User,
+        order_id: impl Display,
+        payment_method: &str,
+    ) -> Reply {
+        self.pay_intent_at(self.addr, user, order_id, payment_method)
+            .await
+    }
+
+    /// [`Self::pay_intent`] through the instance at `addr`.
+    pub async fn pay_intent_at(
+        &self,
+        addr: SocketAddr,
+        user: &User,
+        order_id: impl Display,
+        payment_method: &str,
+    ) -> Reply {
+        send(
+            &self.client,
+            Method::POST,
+            &format!("http://{addr}/api/payments/intents"),
+            Some(&user.cookie),
+            Some(&json!({ "orderId": order_id.to_string(), "paymentMethod": payment_method })),
+        )
+        .await
+    }
+
+    /// `POST /api/payments/intents/{orderId}/check`, as the page does after 3-D Secure.
+    pub async fn check_intent(&self, user: &User, order_id: impl Display) -> Reply {
+        let url = self.url(&format!("/api/payments/intents/{order_id}/check"));
+        send(&self.client, Method::POST, &url, Some(&user.cookie), None).await
+    }
+
     pub async fn pay(&self, user: &User, order_id: impl Display, token: &str) -> Reply {
         self.post_payment(
             Some(&user.cookie),

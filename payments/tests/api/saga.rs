@@ -302,6 +302,7 @@ async fn an_attempt_that_never_reached_stripe_is_failed_by_the_reconciler_withou
         .begin(
             &app.bus().await,
             &replica,
+            payments::store::Via::Charge,
             "tok_visa",
             payments::stripe::token_hash("tok_visa"),
         )
@@ -328,7 +329,11 @@ async fn an_order_whose_window_closes_while_its_attempt_is_recorded_is_not_charg
     // The route checked the window a moment ago; it has closed since.
     let replica = window_closing_in(&app, &order, -1).await;
 
-    let outcome = app.saga.pay(&replica, "tok_visa").await.expect("paid");
+    let outcome = app
+        .saga
+        .pay(&replica, payments::store::Via::Charge, "tok_visa")
+        .await
+        .expect("paid");
 
     assert!(
         matches!(outcome, payments::saga::PayOutcome::Expired),
@@ -345,7 +350,11 @@ async fn a_charge_that_settles_after_the_window_closed_is_answered_as_being_conf
     // The window closes while Stripe is still answering: the order's expiry may win in orders.
     let replica = window_closing_in(&app, &order, 700).await;
 
-    let outcome = app.saga.pay(&replica, "tok_visa").await.expect("charged");
+    let outcome = app
+        .saga
+        .pay(&replica, payments::store::Via::Charge, "tok_visa")
+        .await
+        .expect("charged");
 
     assert!(
         matches!(outcome, payments::saga::PayOutcome::Confirming),

@@ -30,7 +30,7 @@
 #   INFRA_DB_BACKEND    sqlite or postgresql: FerretDB's backend (scripts/infra.sh)
 #   BENCH_PROFILE=1     also record `perf record -g` of every process during the top browse levels
 #                       and the flash sale (perf summaries in the report, data in profile/)
-#   BENCH_TIMEOUT       seconds the benchmark itself may take (default 600)
+#   BENCH_TIMEOUT       seconds the benchmark itself may take (default 1200)
 #   BENCH_REPLICAS      replicas of the services (scripts/app.sh --replicas SPEC; default 1),
 #                       e.g. 2: two of each behind nginx
 #   BENCH_APP_PROFILE   release (default) or debug: the services and the benchmark as debug builds
@@ -44,7 +44,7 @@ cd "$ROOT"
 
 APP=(bash "$ROOT/scripts/app.sh")
 INFRA=(bash "$ROOT/scripts/infra.sh")
-TIMEOUT="${BENCH_TIMEOUT:-600}"
+TIMEOUT="${BENCH_TIMEOUT:-1200}"
 BENCH_LOG="$LOG_DIR/bench.log"
 BUILD_LOG="$LOG_DIR/bench-build.log"
 

@@ -569,6 +569,9 @@ async fn insert_sales(
                 add(stored, &mapping);
             }
         }
+        if to - from > BATCH {
+            eprintln!("    inserting sales {start}..{end} of {from}..{to}");
+        }
         for ((database, collection), documents) in by_collection {
             let n = documents.len() as u64;
             mongo

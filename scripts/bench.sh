@@ -10,7 +10,12 @@
 #                       again, also on failure or timeout. The benchmark adds a seller, 100 sold
 #                       tickets and their orders and payments to the app's data, and removes the
 #                       1,000 users it signs up (…@bench.test) when it ends.
-#                       A run takes about 3 minutes (plus builds). Results, in the ignored
+#                       First the history dimension (issue 13): the app's databases are
+#                       EMPTIED (documents only), then the read workloads run with 0, 1,000 and
+#                       10,000 sold tickets seeded in bulk (copies of one real purchase) and a
+#                       DB-free ceiling, and the databases are emptied again, so that the
+#                       phases after it start from empty databases.
+#                       A run takes about 5 minutes (plus builds). Results, in the ignored
 #                       bench-results/<run>/: results.json, report.md with SVG charts, summary.md
 #                       (the README's table); bench-results/latest points at the newest run.
 #                       Exits non-zero when the flash sale did not sell every ticket exactly once.
@@ -18,9 +23,14 @@
 #   BENCH_USERS (1000)  BENCH_TICKETS (100)  BENCH_SIGNIN_USERS (200)  BENCH_AUTH_CONCURRENCY (16)
 #   BENCH_SALE_IN_FLIGHT (256)  BENCH_BROWSE_LEVELS (1,4,16,64,256)  BENCH_BROWSE_SECONDS (4)
 #   BENCH_STARTUP_RUNS (3)
+#   BENCH_HISTORY (0,1000,10000)  sold tickets seeded before each step of the history dimension;
+#                       `none`: no history dimension (and the app's data is left alone)
+#   BENCH_HISTORY_LEVELS (64)  concurrent clients of its workloads   BENCH_HISTORY_SECONDS (4)
+#   INFRA_INSTANCE, INFRA_PORT_OFFSET  run the app on another instance (scripts/lib.sh)
+#   INFRA_DB_BACKEND    sqlite or postgresql: FerretDB's backend (scripts/infra.sh)
 #   BENCH_PROFILE=1     also record `perf record -g` of every process during the top browse levels
 #                       and the flash sale (perf summaries in the report, data in profile/)
-#   BENCH_TIMEOUT       seconds the benchmark itself may take (default 600)
+#   BENCH_TIMEOUT       seconds the benchmark itself may take (default 1200)
 #   BENCH_REPLICAS      replicas of the services (scripts/app.sh --replicas SPEC; default 1),
 #                       e.g. 2: two of each behind nginx
 #   BENCH_APP_PROFILE   release (default) or debug: the services and the benchmark as debug builds
@@ -34,7 +44,7 @@ cd "$ROOT"
 
 APP=(bash "$ROOT/scripts/app.sh")
 INFRA=(bash "$ROOT/scripts/infra.sh")
-TIMEOUT="${BENCH_TIMEOUT:-600}"
+TIMEOUT="${BENCH_TIMEOUT:-1200}"
 BENCH_LOG="$LOG_DIR/bench.log"
 BUILD_LOG="$LOG_DIR/bench-build.log"
 
@@ -101,7 +111,7 @@ main() {
   : >"$BENCH_LOG"
   BENCH_REPO="$ROOT" BENCH_RUN_DIR="$RUN_DIR" BENCH_OUT_DIR="$ROOT/bench-results" \
     BENCH_BASE_URL="http://127.0.0.1:$NGINX_PORT" MONGO_URL="$MONGO_URL" NATS_URL="$NATS_URL" \
-    BENCH_REPLICAS="$replicas" \
+    BENCH_REPLICAS="$replicas" BENCH_DB_BACKEND="$(cat "$DATA_DIR/ferretdb.backend" 2>/dev/null || echo sqlite)" \
     timeout --signal=INT --kill-after=30 "$TIMEOUT" cargo run "${cargo_profile[@]}" -q -p bench 2>&1 |
     tee "$BENCH_LOG" || rc=$?
   if ((rc == 124)); then

@@ -12,14 +12,22 @@
 #   scripts/infra.sh pid     COMPONENT        print the pid of a running component
 #
 # Components and loopback ports:
-#   ferretdb     127.0.0.1:27117  MongoDB wire protocol (FerretDB v1.24.2, SQLite backend, .data/ferretdb/)
+#   ferretdb     127.0.0.1:27117  MongoDB wire protocol (FerretDB v1.24.2; SQLite backend in .data/ferretdb/,
+#                                 or PostgreSQL, see INFRA_DB_BACKEND)
+#   postgresql   127.0.0.1:25432  PostgreSQL 15 (Debian), FerretDB's store with INFRA_DB_BACKEND=postgresql
+#                                 (data .data/postgresql/data/, run as the unprivileged user
+#                                 INFRA_PG_USER, default ticketing-pg, created if missing); started by
+#                                 `up ferretdb` when needed
 #   nats         127.0.0.1:24222  NATS with JetStream (store .data/nats/), monitoring 127.0.0.1:28222
 #   redis        127.0.0.1:26379  Redis with AOF persistence (.data/redis/)
 #   stripe-mock  127.0.0.1:12111  Stripe API mock over HTTP (HTTPS on 12112); only when asked for
 #   nginx        127.0.0.1:8080   reverse proxy of the local app (normally started by scripts/app.sh)
 #   chromedriver 127.0.0.1:29515  WebDriver for the browser tests (Debian chromium + chromium-driver);
 #                                 only when asked for (scripts/e2e.sh); `env` then exports WEBDRIVER_URL
-# Logs: .data/logs/<component>.log.  Environment: INFRA_READY_TIMEOUT (seconds, default 60).
+# Logs: .data/logs/<component>.log.  Environment: INFRA_READY_TIMEOUT (seconds, default 60);
+# INFRA_DB_BACKEND=sqlite|postgresql: FerretDB's backend. Unset, an instance keeps the backend it was
+# last started with (.data/ferretdb.backend), else sqlite; every instance (INFRA_INSTANCE) has its own
+# database either way.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -30,7 +38,8 @@ FERRETDB_VERSION=v1.24.2
 FERRETDB_BUILD="$FERRETDB_VERSION+id-index-lookup"
 STRIPE_MOCK_VERSION=v0.203.0 # newest in `go list -m -versions github.com/stripe/stripe-mock`
 
-ALL_COMPONENTS=(ferretdb nats redis stripe-mock nginx chromedriver)
+# postgresql last: `down` stops FerretDB, its client, before it.
+ALL_COMPONENTS=(ferretdb nats redis stripe-mock nginx chromedriver postgresql)
 DEFAULT_COMPONENTS=(ferretdb nats redis)
 READY_TIMEOUT="${INFRA_READY_TIMEOUT:-60}"
 NGINX_TEMPLATE="$ROOT/infra/local/nginx.conf"
@@ -38,6 +47,30 @@ NGINX_DIR="$DATA_DIR/nginx"
 NGINX_CONF="$NGINX_DIR/nginx.conf"
 
 logfile_of() { printf '%s/%s.log' "$LOG_DIR" "$1"; }
+
+# ============================================================ FerretDB's backend
+BACKEND_FILE="$DATA_DIR/ferretdb.backend"
+PG_BIN="${INFRA_PG_BIN:-/usr/lib/postgresql/15/bin}"
+PG_USER="${INFRA_PG_USER:-ticketing-pg}"
+PG_DIR="$DATA_DIR/postgresql"
+# The role initdb creates (trust on loopback only, like the other components: no secrets) and the
+# database FerretDB keeps its MongoDB databases in (as PostgreSQL schemas).
+PG_ROLE=ferretdb
+PG_DATABASE=ferretdb
+
+# db_backend: the backend FerretDB runs (or is to run) on: INFRA_DB_BACKEND, else the one this
+# instance last started with, else sqlite.
+db_backend() {
+  local backend="${INFRA_DB_BACKEND:-}"
+  if [[ -z "$backend" && -s "$BACKEND_FILE" ]]; then backend="$(<"$BACKEND_FILE")"; fi
+  backend="${backend:-sqlite}"
+  case "$backend" in
+    sqlite | postgresql) printf '%s\n' "$backend" ;;
+    *) die "INFRA_DB_BACKEND must be sqlite or postgresql (got '$backend')" ;;
+  esac
+}
+
+postgresql_url() { printf 'postgres://%s@%s:%s/%s' "$PG_ROLE" "$INFRA_HOST" "$POSTGRES_PORT" "$PG_DATABASE"; }
 
 # ============================================================ installation
 ensure_curl() { ensure_apt_packages curl curl; }
@@ -114,6 +147,31 @@ install_stripe_mock() {
 }
 
 install_nats() { ensure_apt_packages nats-server nats-server; }
+
+# PostgreSQL 15 from Debian (its binaries live in /usr/lib/postgresql/15/bin, not on PATH).
+install_postgresql() {
+  [[ -x "$PG_BIN/postgres" && -x "$PG_BIN/initdb" && -x "$PG_BIN/pg_isready" ]] && return 0
+  log "PostgreSQL not found in $PG_BIN: installing the Debian package postgresql-15"
+  PATH="$PG_BIN:$PATH" ensure_apt_packages pg_isready postgresql-15
+  [[ -x "$PG_BIN/postgres" ]] || die "installed postgresql-15 but $PG_BIN/postgres is missing (set INFRA_PG_BIN)"
+}
+
+# The unprivileged system user PostgreSQL runs as (it refuses to run as root).
+ensure_postgresql_user() {
+  [[ "$(id -u)" -eq 0 ]] || return 0
+  if ! id -u "$PG_USER" >/dev/null 2>&1; then
+    log "creating the system user $PG_USER for PostgreSQL (it refuses to run as root)"
+    useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$PG_USER" ||
+      die "could not create the system user $PG_USER (useradd failed; create it by hand or set INFRA_PG_USER)"
+  fi
+  PG_AS=(setpriv "--reuid=$(id -u "$PG_USER")" "--regid=$(id -g "$PG_USER")" --init-groups --reset-env --)
+}
+
+# The prefix that runs a command as $PG_USER: setpriv execs it in place (no fork, unlike runuser),
+# so a daemon started through it keeps the pid start_daemon records. Not root: as the caller.
+# Set by ensure_postgresql_user.
+PG_AS=()
+as_pg_user() { "${PG_AS[@]}" "$@"; }
 install_redis() {
   ensure_apt_packages redis-server redis-server
   ensure_apt_packages redis-cli redis-tools
@@ -127,6 +185,7 @@ install_chromedriver() {
 
 # ============================================================ readiness probes
 ready_ferretdb() { mongo_ping "$INFRA_HOST" "$FERRETDB_PORT"; }
+ready_postgresql() { "$PG_BIN/pg_isready" -q -h "$INFRA_HOST" -p "$POSTGRES_PORT" -U "$PG_ROLE" -d postgres; }
 ready_nats() {
   # JetStream must be up too, not only the client port.
   local body
@@ -153,12 +212,20 @@ port_of() {
     stripe-mock) echo "$STRIPE_MOCK_PORT" ;;
     nginx) echo "$NGINX_PORT" ;;
     chromedriver) echo "$CHROMEDRIVER_PORT" ;;
+    postgresql) echo "$POSTGRES_PORT" ;;
   esac
 }
 
 describe() {
   case "$1" in
-    ferretdb) echo "mongodb://$INFRA_HOST:$FERRETDB_PORT (FerretDB $FERRETDB_VERSION, SQLite in .data/ferretdb)" ;;
+    ferretdb)
+      if [[ "$(db_backend)" == postgresql ]]; then
+        echo "mongodb://$INFRA_HOST:$FERRETDB_PORT (FerretDB $FERRETDB_VERSION, PostgreSQL $(postgresql_url))"
+      else
+        echo "mongodb://$INFRA_HOST:$FERRETDB_PORT (FerretDB $FERRETDB_VERSION, SQLite in ${DATA_DIR#"$ROOT"/}/ferretdb)"
+      fi
+      ;;
+    postgresql) echo "postgres://$INFRA_HOST:$POSTGRES_PORT (PostgreSQL $("$PG_BIN/postgres" --version 2>/dev/null | awk '{ print $3 }') as user $PG_USER, data in ${PG_DIR#"$ROOT"/}/data)" ;;
     nats) echo "nats://$INFRA_HOST:$NATS_PORT (JetStream, monitoring http://$INFRA_HOST:$NATS_MONITOR_PORT)" ;;
     redis) echo "redis://$INFRA_HOST:$REDIS_PORT (AOF in .data/redis)" ;;
     stripe-mock) echo "http://$INFRA_HOST:$STRIPE_MOCK_PORT (stripe-mock $STRIPE_MOCK_VERSION)" ;;
@@ -182,13 +249,27 @@ $owner}
 # ============================================================ start functions
 start_ferretdb() {
   install_ferretdb
-  local logfile
+  local logfile backend running
   logfile="$(logfile_of ferretdb)"
+  backend="$(db_backend)"
+  local -a store=(--handler=sqlite "--sqlite-url=file:$DATA_DIR/ferretdb/")
+  if [[ "$backend" == postgresql ]]; then
+    store=(--handler=postgresql "--postgresql-url=$(postgresql_url)")
+    log "FerretDB's backend is PostgreSQL (INFRA_DB_BACKEND, or this instance's last start): starting postgresql first"
+    start_postgresql
+    log "postgresql ready: $(describe postgresql)"
+  fi
   mkdir -p "$DATA_DIR/ferretdb/state"
-  daemon_running ferretdb || check_port_free ferretdb "$FERRETDB_PORT"
+  if daemon_running ferretdb; then
+    running="$(cat "$BACKEND_FILE" 2>/dev/null || echo sqlite)"
+    [[ "$running" == "$backend" ]] ||
+      die "ferretdb is running on $running, not $backend: scripts/infra.sh down ferretdb first"
+  else
+    check_port_free ferretdb "$FERRETDB_PORT"
+  fi
+  printf '%s\n' "$backend" >"$BACKEND_FILE"
   start_daemon ferretdb "$logfile" "$BIN_DIR/ferretdb" \
-    --handler=sqlite \
-    "--sqlite-url=file:$DATA_DIR/ferretdb/" \
+    "${store[@]}" \
     "--listen-addr=$INFRA_HOST:$FERRETDB_PORT" \
     "--state-dir=$DATA_DIR/ferretdb/state" \
     --telemetry=disable \
@@ -196,6 +277,57 @@ start_ferretdb() {
     --log-level=warn
   wait_for_port "$INFRA_HOST" "$FERRETDB_PORT" ferretdb "$logfile" "$READY_TIMEOUT"
   wait_until ferretdb "$logfile" "$READY_TIMEOUT" "MongoDB ping on $INFRA_HOST:$FERRETDB_PORT" ready_ferretdb
+}
+
+# PostgreSQL for FerretDB: initdb on first use, then `postgres` as $PG_USER on loopback only
+# (TCP; no Unix socket), and the database FerretDB uses.
+start_postgresql() {
+  install_postgresql
+  ensure_postgresql_user
+  local logfile data="$PG_DIR/data"
+  logfile="$(logfile_of postgresql)"
+  mkdir -p "$PG_DIR"
+  if [[ "$(id -u)" -eq 0 ]]; then
+    chown "$PG_USER:" "$PG_DIR"
+    # The user must be able to reach its data directory through every parent.
+    as_pg_user test -x "$PG_DIR" ||
+      die "the PostgreSQL user $PG_USER cannot reach $PG_DIR: a parent directory is not searchable by others (chmod o+x it, or set INFRA_PG_USER)"
+  fi
+  if [[ ! -s "$data/PG_VERSION" ]]; then
+    log "creating the PostgreSQL cluster in ${data#"$ROOT"/} (initdb as $PG_USER, first time only; log ${logfile#"$ROOT"/})"
+    rm -rf "$data"
+    printf '\n===== %s initdb %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$data" >>"$logfile"
+    if ! as_pg_user "$PG_BIN/initdb" -D "$data" -U "$PG_ROLE" --auth=trust --encoding=UTF8 --locale=C.UTF-8 >>"$logfile" 2>&1; then
+      fail_with_log "$logfile" "initdb of $data failed"
+    fi
+  fi
+  daemon_running postgresql || check_port_free postgresql "$POSTGRES_PORT"
+  # fsync stays on: the figures must be those of a durable store, like SQLite's.
+  start_daemon postgresql "$logfile" "${PG_AS[@]}" "$PG_BIN/postgres" -D "$data" \
+    -c listen_addresses="$INFRA_HOST" -p "$POSTGRES_PORT" -c unix_socket_directories= \
+    -c max_connections=200
+  wait_for_port "$INFRA_HOST" "$POSTGRES_PORT" postgresql "$logfile" "$READY_TIMEOUT"
+  wait_until postgresql "$logfile" "$READY_TIMEOUT" "pg_isready -h $INFRA_HOST -p $POSTGRES_PORT" ready_postgresql
+  local exists
+  exists="$("$PG_BIN/psql" -h "$INFRA_HOST" -p "$POSTGRES_PORT" -U "$PG_ROLE" -d postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname = '$PG_DATABASE'" 2>>"$logfile")" ||
+    fail_with_log "$logfile" "could not query PostgreSQL's databases on $INFRA_HOST:$POSTGRES_PORT"
+  if [[ "$exists" != 1 ]]; then
+    log "creating the PostgreSQL database $PG_DATABASE for FerretDB"
+    "$PG_BIN/createdb" -h "$INFRA_HOST" -p "$POSTGRES_PORT" -U "$PG_ROLE" "$PG_DATABASE" >>"$logfile" 2>&1 ||
+      fail_with_log "$logfile" "createdb $PG_DATABASE failed"
+  fi
+}
+
+# postgres in fast shutdown (SIGINT: clients disconnected, no waiting for them), then the usual stop.
+stop_postgresql() {
+  local pid
+  if pid="$(daemon_pid postgresql)"; then
+    log "stopping postgresql (pid $pid, fast shutdown)"
+    kill -INT "$pid" 2>/dev/null || true
+    wait_gone "$pid" 150
+  fi
+  stop_daemon postgresql
 }
 
 start_nats() {
@@ -382,16 +514,20 @@ cmd_up() {
   log "infrastructure up in $((SECONDS - start))s ($*); env in ${DATA_DIR#"$ROOT"/}/infra.env"
 }
 
+stop_component() {
+  if [[ "$1" == postgresql ]]; then stop_postgresql; else stop_daemon "$1"; fi
+}
+
 cmd_down() {
   local c
-  for c in "$@"; do stop_daemon "$c"; done
+  for c in "$@"; do stop_component "$c"; done
   write_env_file
 }
 
 cmd_restart() {
   local c
   for c in "$@"; do
-    stop_daemon "$c"
+    stop_component "$c"
     log "starting $c"
     "start_${c//-/_}"
     log "$c ready: $(describe "$c")"
@@ -414,6 +550,14 @@ cmd_status() {
     check=("${DEFAULT_COMPONENTS[@]}")
   fi
   for c in "${show[@]}"; do
+    # PostgreSQL only matters (and is only listed) when it runs or FerretDB is to use it.
+    if [[ "$c" == postgresql ]] && ((explicit == 0)) && [[ "$(db_backend)" != postgresql ]] &&
+      ! daemon_running postgresql; then
+      continue
+    fi
+    if [[ "$c" == postgresql && " ${check[*]} " == *" ferretdb "* && "$(db_backend)" == postgresql ]]; then
+      check+=(postgresql)
+    fi
     if pid="$(daemon_pid "$c")"; then
       if "ready_${c//-/_}" >/dev/null 2>&1; then state="up"; else state="up (not ready)"; fi
       printf '%-12s %-15s pid %-8s %s\n' "$c" "$state" "$pid" "$(describe "$c")"

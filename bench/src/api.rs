@@ -80,6 +80,21 @@ impl Api {
         Ok(status)
     }
 
+    /// A request whose answer is read in full and dropped: the status, or the transport error.
+    pub async fn status_of(
+        &self,
+        method: Method,
+        path: &str,
+        cookie: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<u16, String> {
+        let request = with_cookie_and_json(self.http.request(method, self.url(path)), cookie, body);
+        let response = request.send().await.map_err(|e| format!("{e:#}"))?;
+        let status = response.status().as_u16();
+        response.bytes().await.map_err(|e| format!("{e:#}"))?;
+        Ok(status)
+    }
+
     /// The body of a GET that must answer 200.
     pub async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
         let response = self.http.get(self.url(path)).send().await?;

@@ -3,6 +3,7 @@ pub mod auth;
 pub mod browse;
 pub mod database;
 pub mod flash_sale;
+pub mod history;
 pub mod load;
 pub mod machine;
 pub mod monitor;

@@ -8,6 +8,7 @@ use anyhow::{Context as _, bail};
 use crate::api::Api;
 use crate::browse::{self, BrowseOptions};
 use crate::flash_sale::{self, FlashSale, Payments, SaleSetup};
+use crate::history::{self, History, HistoryOptions};
 use crate::monitor::{Monitor, PhaseUsage, Resident};
 use crate::profile::Profiler;
 use crate::report::{self, Results, SeedFigures, Settings};
@@ -36,6 +37,31 @@ fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// A list of whole numbers separated by commas; `allow_zero` for the history sizes.
+fn numbers(name: &str, default: &[usize], allow_zero: bool) -> anyhow::Result<Vec<usize>> {
+    match var(name) {
+        None => Ok(default.to_vec()),
+        Some(v) if allow_zero && v.trim() == "none" => Ok(Vec::new()),
+        Some(v) => v
+            .split(',')
+            .map(|l| {
+                l.trim()
+                    .replace('_', "")
+                    .parse()
+                    .ok()
+                    .filter(|n: &usize| allow_zero || *n > 0)
+            })
+            .collect::<Option<Vec<usize>>>()
+            .filter(|l| !l.is_empty())
+            .with_context(|| {
+                format!(
+                    "{name} must be {} whole numbers separated by commas (got {v:?})",
+                    if allow_zero { "" } else { "positive" }
+                )
+            }),
+    }
+}
+
 fn number(name: &str, default: usize) -> anyhow::Result<usize> {
     match var(name) {
         None => Ok(default),
@@ -53,17 +79,10 @@ impl Config {
         let repo = var("BENCH_REPO")
             .map(PathBuf::from)
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
-        let browse_levels = match var("BENCH_BROWSE_LEVELS") {
-            None => vec![1, 4, 16, 64, 256],
-            Some(v) => v
-                .split(',')
-                .map(|l| l.trim().parse().ok().filter(|n: &usize| *n > 0))
-                .collect::<Option<Vec<usize>>>()
-                .filter(|l| !l.is_empty())
-                .with_context(|| {
-                    format!("BENCH_BROWSE_LEVELS must be positive numbers separated by commas (got {v:?})")
-                })?,
-        };
+        let browse_levels = numbers("BENCH_BROWSE_LEVELS", &[1, 4, 16, 64, 256], false)?;
+        let mut history_sizes = numbers("BENCH_HISTORY", &[0, 1_000, 10_000], true)?;
+        history_sizes.sort_unstable();
+        history_sizes.dedup();
         let mut config = Self {
             run_dir: var("BENCH_RUN_DIR")
                 .map(PathBuf::from)
@@ -93,6 +112,10 @@ impl Config {
                 profile: var("BENCH_PROFILE").is_some_and(|v| v != "0"),
                 replicas: var("BENCH_REPLICAS").unwrap_or_else(|| "1".into()),
                 build: var("BENCH_APP_PROFILE").unwrap_or_else(|| "release".into()),
+                history_sizes,
+                history_levels: numbers("BENCH_HISTORY_LEVELS", &[64], false)?,
+                history_seconds: number("BENCH_HISTORY_SECONDS", 4)? as f64,
+                db_backend: var("BENCH_DB_BACKEND").unwrap_or_else(|| "sqlite".into()),
             },
             repo,
         };
@@ -128,6 +151,8 @@ pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
     let (idle_usage, idle) = idle(&monitor).await;
     let startup = startup(config, &stack, &out).await?;
     let profiler = profiler(config, &stack, &out).await;
+
+    let history = history(&api, &mongo, &monitor, config, &run).await?;
 
     let orders_db = mongo.database(&config.orders_db);
     let seed = flash_sale::seed(&api, &orders_db, &run, config.settings.tickets).await?;
@@ -176,6 +201,7 @@ pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
             replica_ms: seed.replica_ms,
         },
         browse,
+        history,
         auth,
         flash_sale,
         payments,
@@ -248,6 +274,33 @@ async fn profiler(config: &Config, stack: &Stack, out: &Path) -> Option<Profiler
         .map(|p| (p.name.clone(), crate::procfs::process_tree(p.pid)))
         .collect();
     Profiler::new(targets, &out.join("profile")).await
+}
+
+/// The read workloads at each history size (none without sizes); the databases empty afterwards.
+async fn history(
+    api: &Api,
+    mongo: &mongodb::Client,
+    monitor: &Monitor,
+    config: &Config,
+    run: &str,
+) -> anyhow::Result<History> {
+    let settings = &config.settings;
+    if settings.history_sizes.is_empty() {
+        return Ok(History::default());
+    }
+    history::run(
+        api,
+        mongo,
+        monitor,
+        &HistoryOptions {
+            sizes: &settings.history_sizes,
+            levels: &settings.history_levels,
+            duration: Duration::from_secs_f64(settings.history_seconds),
+            free_tickets: settings.tickets,
+            run,
+        },
+    )
+    .await
 }
 
 /// argon2 alone, then signups and signins through the app; the users signed up take part in the

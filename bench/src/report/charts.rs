@@ -10,15 +10,19 @@ use crate::monitor::Resident;
 
 pub fn charts(r: &Results) -> Vec<(&'static str, String)> {
     let (throughput, latency) = browse_charts(r);
-    vec![
+    let mut charts = vec![
         ("browse-throughput.svg", throughput),
         ("browse-latency.svg", latency),
+    ];
+    charts.extend(super::history::charts(r));
+    charts.extend([
         ("flash-sale.svg", flash_sale_chart(r)),
         ("propagation.svg", propagation_chart(r)),
         ("memory.svg", memory_chart(r)),
         ("startup.svg", startup_chart(r)),
         ("cpu.svg", cpu_chart(r)),
-    ]
+    ]);
+    charts
 }
 
 /// Throughput, then latency, by concurrency. The concurrency levels are evenly spaced on the x

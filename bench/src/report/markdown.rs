@@ -14,6 +14,7 @@ pub fn markdown(r: &Results) -> String {
     let mut md = String::new();
     introduction(&mut md, r);
     browse(&mut md, r);
+    super::history::section(&mut md, r);
     flash_sale(&mut md, &r.flash_sale);
     propagation(&mut md, r);
     footprint(&mut md, r);
@@ -63,9 +64,10 @@ fn introduction(md: &mut String, r: &Results) {
     let _ = writeln!(md, "Machine: {}.\n", machine_line(&r.machine));
     let _ = writeln!(
         md,
-        "Everything ran on this one machine: the services ({} builds, {}), FerretDB (SQLite), NATS, Redis, stripe-mock, nginx, and this load generator, which talks to the app through nginx on loopback only. The machine may be shared: every phase below says how much CPU other programs used meanwhile. Run time {:.0} s.\n",
+        "Everything ran on this one machine: the services ({} builds, {}), FerretDB ({}), NATS, Redis, stripe-mock, nginx, and this load generator, which talks to the app through nginx on loopback only. The machine may be shared: every phase below says how much CPU other programs used meanwhile. Run time {:.0} s.\n",
         r.settings.build,
         replicas_phrase(&r.settings.replicas),
+        r.settings.store(),
         r.duration_seconds
     );
     let _ = writeln!(md, "## Goals\n");

@@ -4,6 +4,7 @@
 
 mod charts;
 mod goals;
+mod history;
 mod markdown;
 mod summary;
 mod svg;
@@ -18,6 +19,7 @@ use crate::auth::Auth;
 use crate::browse::{Browse, BrowseLevel, Endpoint};
 use crate::database::CollectionSize;
 use crate::flash_sale::{FlashSale, Payments};
+use crate::history::History;
 use crate::load::LatencySummary;
 use crate::machine::Machine;
 use crate::monitor::{PhaseUsage, Resident};
@@ -50,6 +52,25 @@ pub struct Settings {
     pub replicas: String,
     /// How the services were built (`BENCH_APP_PROFILE`): `release` or `debug`.
     pub build: String,
+    /// Sold tickets already in the databases at each step of the history dimension
+    /// (`BENCH_HISTORY`); empty: no history dimension.
+    pub history_sizes: Vec<usize>,
+    /// Concurrent clients of the history workloads (`BENCH_HISTORY_LEVELS`).
+    pub history_levels: Vec<usize>,
+    pub history_seconds: f64,
+    /// FerretDB's backend (`INFRA_DB_BACKEND`): `sqlite` or `postgresql`.
+    pub db_backend: String,
+}
+
+impl Settings {
+    /// FerretDB's store, as the report names it.
+    pub fn store(&self) -> &'static str {
+        if self.db_backend == "postgresql" {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -81,6 +102,8 @@ pub struct Results {
     pub startup: Vec<ServiceStartup>,
     pub seed: SeedFigures,
     pub browse: Browse,
+    /// The read workloads at rising history sizes, with the DB-free ceiling.
+    pub history: History,
     pub auth: Auth,
     pub flash_sale: FlashSale,
     pub payments: Payments,

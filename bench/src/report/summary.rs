@@ -11,9 +11,10 @@ pub fn summary(r: &Results) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Measured {} on {}. `scripts/bench.sh`, {:.0} s in all.\n",
+        "Measured {} on {}. `scripts/bench.sh`, FerretDB on {}, {:.0} s in all.\n",
         r.machine.started_at,
         machine_line(&r.machine),
+        r.settings.store(),
         r.duration_seconds
     );
     let _ = writeln!(
@@ -26,6 +27,7 @@ pub fn summary(r: &Results) -> String {
     browse_rows(&mut md, r);
     sale_rows(&mut md, r);
     auth_row(&mut md, r);
+    super::history::summary_table(&mut md, r);
     service_table(&mut md, r);
     md
 }

@@ -2,6 +2,7 @@ use super::*;
 use crate::auth::{Argon2Figures, AuthRun};
 use crate::browse::BrowseLevel;
 use crate::flash_sale::Propagation;
+use crate::history::{History, HistoryRun, HistorySize, Workload};
 use crate::load::LoadResult;
 use crate::monitor::ProcessUsage;
 use crate::profile::{ProcessProfile, Share};
@@ -233,6 +234,10 @@ fn settings() -> Settings {
         sale_in_flight: 256,
         browse_levels: vec![1, 16],
         browse_seconds: 4.0,
+        history_sizes: vec![0, 1_000, 10_000],
+        history_levels: vec![64],
+        history_seconds: 4.0,
+        db_backend: "sqlite".into(),
         startup_runs: 5,
         profile: true,
         replicas: "2".into(),
@@ -369,8 +374,82 @@ fn full_fixture() -> Results {
     add_payment_details(&mut r.payments);
     add_auth_details(&mut r.auth);
     add_profiles(&mut r.profiles);
+    r.history = history();
     r.duration_seconds = 321.5;
     r
+}
+
+/// Three sizes at 64 clients; the listing slows down with history, the ceiling does not, and the
+/// largest size misses a workload (its cells read "–").
+fn history() -> History {
+    let run = |workload: Workload, rps: f64, p99_ms: f64, errors: u64| HistoryRun {
+        workload,
+        result: LoadResult {
+            concurrency: 64,
+            seconds: 4.0,
+            requests: (rps * 4.0) as u64,
+            errors,
+            throughput_rps: rps,
+            latency: latency(p99_ms),
+            ..LoadResult::default()
+        },
+        usage: usage(&format!("history {}", workload.label())),
+    };
+    let size = |sold: usize, list: f64, runs: Vec<HistoryRun>| HistorySize {
+        sold,
+        documents_inserted: sold as u64 * 17,
+        seed_seconds: sold as f64 / 2000.0,
+        documents: 140 + sold as u64 * 17,
+        runs: [
+            vec![
+                run(Workload::List, list, 6400.0 / list, 0),
+                run(Workload::Show, 2000.0, 40.0, 0),
+            ],
+            runs,
+        ]
+        .concat(),
+    };
+    History {
+        levels: vec![64],
+        seconds_per_level: 4.0,
+        documents_per_sale: [
+            ("auth.users", 1),
+            ("tickets.tickets", 1),
+            ("orders.orders", 1),
+        ]
+        .map(|(k, v)| (k.to_owned(), v))
+        .into(),
+        free_tickets: 100,
+        user_orders: 3,
+        sizes: vec![
+            size(
+                0,
+                400.0,
+                vec![
+                    run(Workload::Orders, 900.0, 90.0, 0),
+                    run(Workload::Signin, 70.0, 1200.0, 0),
+                    run(Workload::Ceiling, 4000.0, 30.0, 0),
+                ],
+            ),
+            size(
+                1_000,
+                200.0,
+                vec![
+                    run(Workload::Orders, 800.0, 100.0, 0),
+                    run(Workload::Signin, 68.0, 1250.0, 0),
+                    run(Workload::Ceiling, 4100.0, 29.0, 0),
+                ],
+            ),
+            size(
+                10_000,
+                25.0,
+                vec![
+                    run(Workload::Orders, 300.0, 300.0, 12),
+                    run(Workload::Ceiling, 3900.0, 31.0, 0),
+                ],
+            ),
+        ],
+    }
 }
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");

@@ -137,6 +137,8 @@ pub struct HistoryOptions<'a> {
     pub duration: Duration,
     pub free_tickets: usize,
     pub run: &'a str,
+    /// Where `scripts/app.sh` keeps the running app's files (`<run_dir>/tickets*.env`).
+    pub app: &'a crate::stack::AppFiles,
 }
 
 /// A document of the template, where it lives.
@@ -224,6 +226,11 @@ pub async fn empty_databases(mongo: &mongodb::Client) -> anyhow::Result<u64> {
     for database in DATABASES {
         let db = mongo.database(database);
         for name in db.list_collection_names().await? {
+            // What the services' one-time copies at first start have done stays done: with the
+            // data gone there is nothing left to copy, and a restart must not copy it again.
+            if name == "migrations" {
+                continue;
+            }
             removed += db
                 .collection::<Document>(&name)
                 .delete_many(doc! {})
@@ -598,6 +605,7 @@ pub async fn run(
     let run = options.run.to_lowercase();
     let removed = empty_databases(mongo).await?;
     eprintln!("==> history: emptied the app's databases ({removed} documents)");
+    options.app.refill_ticket_read_models().await?;
     let (template, parties) = template(api, mongo, &run).await?;
     let mut documents_per_sale = BTreeMap::new();
     for stored in template.per_sale.iter().chain(&template.per_buyer) {
@@ -660,6 +668,8 @@ pub async fn run(
             insert_sales(mongo, &template, seeded, sold, &Buyers::New { run: &run }).await?;
         let seed_seconds = started.elapsed().as_secs_f64();
         seeded = seeded.max(sold);
+        // The tickets service reads from memory: it must see what was written behind its back.
+        options.app.refill_ticket_read_models().await?;
         let documents = count_documents(mongo).await?;
         eprintln!(
             "==> history: {sold} sold tickets: {documents_inserted} documents inserted in {seed_seconds:.1} s ({documents} in the databases)"
@@ -697,6 +707,7 @@ pub async fn run(
     }
     let removed = empty_databases(mongo).await?;
     eprintln!("==> history: emptied the app's databases again ({removed} documents)");
+    options.app.refill_ticket_read_models().await?;
     Ok(History {
         levels: options.levels.to_vec(),
         seconds_per_level: options.duration.as_secs_f64(),

@@ -153,6 +153,13 @@ pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
     let profiler = profiler(config, &stack, &out).await;
 
     let history = history(&api, &mongo, &monitor, config, &run).await?;
+    // The history phase restarts the tickets service: follow its new processes from here on.
+    let monitor = if config.settings.history_sizes.is_empty() {
+        monitor
+    } else {
+        drop(monitor);
+        Monitor::start(&Stack::discover(&config.run_dir)?)
+    };
 
     let orders_db = mongo.database(&config.orders_db);
     let seed = flash_sale::seed(&api, &orders_db, &run, config.settings.tickets).await?;
@@ -298,6 +305,10 @@ async fn history(
             duration: Duration::from_secs_f64(settings.history_seconds),
             free_tickets: settings.tickets,
             run,
+            app: &crate::stack::AppFiles {
+                repo: config.repo.clone(),
+                run_dir: config.run_dir.clone(),
+            },
         },
     )
     .await

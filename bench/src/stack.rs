@@ -129,3 +129,65 @@ mod tests {
         assert_eq!(parse_launch_binary("settings abc\n"), None);
     }
 }
+
+/// The running app's files and the script that runs it, for the phases that restart a service.
+#[derive(Debug, Clone)]
+pub struct AppFiles {
+    pub repo: PathBuf,
+    pub run_dir: PathBuf,
+}
+
+impl AppFiles {
+    /// Restarts the tickets service (every replica, `scripts/app.sh restart tickets`) and waits
+    /// until each replica's read model is filled from the database (`/readyz` says `live`): for
+    /// phases that change the databases behind the services' back.
+    pub async fn refill_ticket_read_models(&self) -> anyhow::Result<()> {
+        let script = self.repo.join("scripts/app.sh");
+        let status = tokio::process::Command::new("bash")
+            .arg(&script)
+            .args(["restart", "tickets"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await
+            .with_context(|| format!("running {} restart tickets", script.display()))?;
+        if !status.success() {
+            bail!("{} restart tickets failed ({status})", script.display());
+        }
+        let client = reqwest::Client::new();
+        for name in
+            std::iter::once("tickets".to_owned()).chain((2..=9).map(|k| format!("tickets-{k}")))
+        {
+            let Ok(env) = std::fs::read_to_string(self.run_dir.join(format!("{name}.env"))) else {
+                continue;
+            };
+            if read_pid(&self.run_dir, &name).is_none() {
+                continue;
+            }
+            let port = env
+                .lines()
+                .find_map(|line| line.strip_prefix("export PORT="))
+                .with_context(|| format!("no PORT in {name}.env"))?
+                .trim()
+                .to_owned();
+            let url = format!("http://127.0.0.1:{port}/readyz");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+            loop {
+                let live = match client.get(&url).send().await {
+                    Ok(reply) => reply
+                        .json::<serde_json::Value>()
+                        .await
+                        .is_ok_and(|body| body["readModel"]["state"] == "live"),
+                    Err(_) => false,
+                };
+                if live {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!("{name}'s read model was not filled within 300 s of its restart ({url})");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+}

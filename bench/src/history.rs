@@ -301,6 +301,26 @@ async fn create_ticket(api: &Api, seller: &str, title: String) -> anyhow::Result
     }
 }
 
+/// `POST /api/orders` for `ticket`, once the orders service has heard of the ticket.
+async fn place_order(api: &Api, buyer: &str, ticket: &str) -> anyhow::Result<()> {
+    let body = json!({ "ticketId": ticket });
+    until(
+        "the orders service to accept an order",
+        Duration::from_secs(30),
+        || async {
+            let reply = api
+                .send(Method::POST, "/api/orders", Some(buyer), Some(&body))
+                .await?;
+            match reply.status {
+                201 => Ok(Some(())),
+                404 => Ok(None),
+                _ => bail!("POST /api/orders: {} {}", reply.status, reply.body),
+            }
+        },
+    )
+    .await
+}
+
 /// Retries `attempt` every 50 ms until it gives `Some`, at most `limit`.
 async fn until<T, F, Fut>(what: &str, limit: Duration, mut attempt: F) -> anyhow::Result<T>
 where
@@ -513,21 +533,13 @@ fn sort_template(
     })
 }
 
-/// Who buys the seeded sales.
-enum Buyers<'a> {
-    /// A new user for every sale, signing in with the benchmark's password.
-    New { run: &'a str },
-    /// The template's buyer (the user whose orders are listed).
-    TemplateBuyer,
-}
-
 /// Inserts sales `from..to` (numbers only make ids and emails distinct); the documents inserted.
 async fn insert_sales(
     mongo: &mongodb::Client,
     template: &Template,
     from: usize,
     to: usize,
-    buyers: &Buyers<'_>,
+    run: &str,
 ) -> anyhow::Result<u64> {
     let mut inserted = 0;
     let mut start = from;
@@ -560,15 +572,14 @@ async fn insert_sales(
                 Ok(id) => mapping.id(id, payment),
                 Err(_) => mapping.text(&template.payment, payment.to_hex()),
             }
-            if let Buyers::New { run } = buyers {
-                mapping.id(template.buyer, ObjectId::new());
-                mapping.text(
-                    &template.buyer_email,
-                    format!("history-buyer{sale}-{run}@bench.test"),
-                );
-                for stored in &template.per_buyer {
-                    add(stored, &mapping);
-                }
+            // A new buyer for every sale, signing in with the benchmark's password.
+            mapping.id(template.buyer, ObjectId::new());
+            mapping.text(
+                &template.buyer_email,
+                format!("history-buyer{sale}-{run}@bench.test"),
+            );
+            for stored in &template.per_buyer {
+                add(stored, &mapping);
             }
             mapping.ids.extend(seller.ids.iter().copied());
             mapping.strings.extend(seller.strings.iter().cloned());
@@ -625,7 +636,16 @@ pub async fn run(
 
     // Fixtures: the same at every size.
     let user_orders = 3;
-    insert_sales(mongo, &template, 0, user_orders - 1, &Buyers::TemplateBuyer).await?;
+    // Through the API: a user's orders are one record per user, which copying sales cannot extend.
+    for i in 1..user_orders {
+        let ticket = create_ticket(
+            api,
+            &parties.seller_cookie,
+            format!("History {run} order {i}"),
+        )
+        .await?;
+        place_order(api, &parties.buyer_cookie, &ticket).await?;
+    }
     let free = run_all((0..options.free_tickets).collect(), 8, {
         let (api, seller, run) = (api.clone(), parties.seller_cookie.clone(), run.clone());
         move |i: usize| {
@@ -664,8 +684,7 @@ pub async fn run(
     let mut seeded = 0;
     for &sold in options.sizes {
         let started = Instant::now();
-        let documents_inserted =
-            insert_sales(mongo, &template, seeded, sold, &Buyers::New { run: &run }).await?;
+        let documents_inserted = insert_sales(mongo, &template, seeded, sold, &run).await?;
         let seed_seconds = started.elapsed().as_secs_f64();
         seeded = seeded.max(sold);
         // The tickets service reads from memory: it must see what was written behind its back.

@@ -505,8 +505,17 @@ fn sort_template(
     let seller_needles = [seller.to_hex(), seller_email.to_owned()];
     let seller_needles: Vec<&str> = seller_needles.iter().map(String::as_str).collect();
     let (mut per_sale, mut per_buyer, mut per_seller) = (Vec::new(), Vec::new(), Vec::new());
+    // A document keyed by a party (e.g. the seller's recent writes) is that party's, once, even
+    // when it names the sale: copied per sale it would repeat its key.
+    let keyed_by = |d: &Document, party: ObjectId| match d.get("_id") {
+        Some(Bson::ObjectId(id)) => *id == party,
+        Some(Bson::String(id)) => *id == party.to_hex(),
+        _ => false,
+    };
     for stored in documents {
-        if mentions(&stored.document, &sale_needles) {
+        if keyed_by(&stored.document, seller) {
+            per_seller.push(stored);
+        } else if mentions(&stored.document, &sale_needles) {
             per_sale.push(stored);
         } else if mentions(&stored.document, &buyer_needles) {
             per_buyer.push(stored);

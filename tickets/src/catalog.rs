@@ -349,17 +349,19 @@ impl TicketCatalog {
         let mut disconnections = bus.disconnections();
         disconnections.mark_unchanged();
         // Following first, scanning second: whatever is committed during the scan arrives as an event.
+        // A creation is the ticket's first state, free: read both subjects as that state.
         let created = bus.follow::<TicketCreated>().await?.map(|event| {
-            event.map(|e| Ticket {
-                id: e.id.oid(),
-                title: e.title,
-                price_cents: e.price.cents(),
-                user_id: e.user_id,
+            event.map(|e| TicketUpdated {
+                id: e.id,
                 version: e.version,
+                title: e.title,
+                price: e.price,
+                user_id: e.user_id,
                 order_id: None,
             })
         });
-        let updated = bus.follow::<TicketUpdated>().await?.map(|event| {
+        let updated = bus.follow::<TicketUpdated>().await?;
+        let mut events = futures::stream::select(created, updated).map(|event| {
             event.map(|e| Ticket {
                 id: e.id.oid(),
                 title: e.title,
@@ -369,7 +371,6 @@ impl TicketCatalog {
                 order_id: e.order_id,
             })
         });
-        let mut events = futures::stream::select(created, updated);
         // Every ticket: the one read that costs O(history), once per start (so not bounded by the
         // operation timeout, which is sized for reads of one result).
         let scan = async {

@@ -6,7 +6,6 @@ use std::fmt::Write as _;
 use super::Results;
 use super::svg::{self, LineChart, Series};
 use crate::history::{History, HistoryRun, HistorySize, Workload};
-use crate::monitor::PhaseUsage;
 
 /// Throughput with the most history against none: at least this share (issue 13).
 pub const HISTORY_GOAL: f64 = 0.8;
@@ -61,25 +60,6 @@ fn ratio(part: Option<f64>, whole: Option<f64>) -> Option<f64> {
         (Some(p), Some(w)) if w > 0.0 => Some(p / w),
         _ => None,
     }
-}
-
-fn cpu_top(usage: &PhaseUsage) -> String {
-    let mut by_cpu: Vec<_> = usage
-        .processes
-        .iter()
-        .filter(|p| p.cpu_percent >= 1.0)
-        .collect();
-    by_cpu.sort_by(|a, b| b.cpu_percent.total_cmp(&a.cpu_percent));
-    let mut parts: Vec<String> = by_cpu
-        .iter()
-        .take(3)
-        .map(|p| format!("{} {:.0}%", p.name, p.cpu_percent))
-        .collect();
-    parts.push(format!(
-        "other programs {:.0}%",
-        usage.other_programs_cpu_percent
-    ));
-    parts.join(", ")
 }
 
 fn sizes_label(h: &History) -> String {
@@ -145,7 +125,7 @@ pub fn section(md: &mut String, r: &Results) {
                     Some(ok_rps(run)),
                     throughput(size, Workload::Ceiling, clients)
                 ),
-                cpu_top(&run.usage)
+                super::markdown::cpu_line(&run.usage, 3)
             );
         }
         let _ = writeln!(md);

@@ -40,7 +40,8 @@ fn latency_line(l: &LatencySummary) -> String {
     )
 }
 
-fn cpu_line(usage: &PhaseUsage) -> String {
+/// The processes that used the most CPU in a phase (at most `top`, each ≥ 1%), then the rest.
+pub(super) fn cpu_line(usage: &PhaseUsage, top: usize) -> String {
     let mut by_cpu: Vec<_> = usage
         .processes
         .iter()
@@ -49,7 +50,7 @@ fn cpu_line(usage: &PhaseUsage) -> String {
     by_cpu.sort_by(|a, b| b.cpu_percent.total_cmp(&a.cpu_percent));
     let mut parts: Vec<String> = by_cpu
         .iter()
-        .take(5)
+        .take(top)
         .map(|p| format!("{} {:.0}%", p.name, p.cpu_percent))
         .collect();
     parts.push(format!(
@@ -102,7 +103,7 @@ fn browse(md: &mut String, r: &Results) {
             level.result.throughput_rps,
             latency_cells(&level.result.latency),
             level.result.errors,
-            cpu_line(&level.usage)
+            cpu_line(&level.usage, 5)
         );
     }
     let _ = writeln!(
@@ -188,7 +189,7 @@ fn flash_sale_rows(s: &FlashSale) -> Vec<(&'static str, String)> {
             latency_line(&s.order_latency),
         ),
         ("… of the 201s only", latency_line(&s.winning_order_latency)),
-        ("CPU during the sale", cpu_line(&s.usage)),
+        ("CPU during the sale", cpu_line(&s.usage, 5)),
     ]
 }
 
@@ -236,7 +237,7 @@ fn propagation(md: &mut String, r: &Results) {
         p.retried_conflict,
         p.completed_in_database,
         p.polls,
-        cpu_line(&p.usage)
+        cpu_line(&p.usage, 5)
     );
     let _ = writeln!(
         md,
@@ -322,7 +323,7 @@ fn auth_row(md: &mut String, run: &AuthRun) {
         latency_cells(&run.latency),
         run.failures,
         auth_peak,
-        cpu_line(&run.usage)
+        cpu_line(&run.usage, 5)
     );
 }
 

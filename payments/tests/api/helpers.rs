@@ -5,6 +5,7 @@ use std::time::Duration;
 use common::bus::{EventBus, Outcome};
 use common::events::{OrderCancelled, OrderCreated, PaymentCreated};
 use common::money::Price;
+use common::testing::invariants::check_money;
 use common::testing::stripe_double::StripeDouble;
 use common::testing::{
     Observer, Running, Started, new_order_id, observe, order_cancelled, order_created,
@@ -14,6 +15,7 @@ use mongodb::Database;
 use mongodb::bson::doc;
 use mongodb::bson::oid::ObjectId;
 use payments::listeners::{order_cancelled, order_created};
+use payments::routes::payments::{ALREADY_PAID, IN_PROGRESS};
 use payments::saga::{PaymentSaga, ReconcileTiming};
 use payments::settings::Settings;
 use payments::store::{Order, OrderStore, Payment, PaymentStatus, PaymentStore};
@@ -406,4 +408,43 @@ pub fn the_one_created(replies: &[Reply]) -> &Reply {
         .collect();
     assert_eq!(created.len(), 1, "{replies:?}");
     created[0]
+}
+
+/// Whether an attempt in `status` has its final answer (the reconciler no longer looks after it).
+pub fn settled(status: PaymentStatus) -> bool {
+    !PaymentStatus::UNSETTLED.contains(&status)
+}
+
+/// The money invariant over the double's ledger (paid intents count as its charges). The payments
+/// service's replica stands in for the orders service's orders (`complete` never reaches it, so
+/// only refunds are checked here): a charge kept for a `created` replica is what a paid order looks
+/// like from here.
+pub async fn money_holds(app: &TestApp, double: &StripeDouble) {
+    let report = check_money(
+        &double.charges(),
+        &app.db,
+        &app.db,
+        app.settings.reconcile.horizon,
+    )
+    .await
+    .expect("reading the databases");
+    let real: Vec<&String> = report
+        .violations
+        .iter()
+        .filter(|v| !v.contains("which is created"))
+        .collect();
+    assert!(real.is_empty(), "{real:#?}");
+}
+
+/// Every reply of concurrent payments but the one 201: a 409 (another attempt in progress) or a
+/// 400 (already paid), in the error shape.
+pub fn the_others_were_refused(replies: &[Reply]) {
+    for refused in replies.iter().filter(|r| r.status != StatusCode::CREATED) {
+        let expected = match refused.status {
+            StatusCode::CONFLICT => errors(&[(IN_PROGRESS, None)]),
+            StatusCode::BAD_REQUEST => errors(&[(ALREADY_PAID, None)]),
+            other => panic!("unexpected {other}: {:?}", refused.body),
+        };
+        assert_eq!(refused.body, expected);
+    }
 }

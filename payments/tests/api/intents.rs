@@ -5,21 +5,19 @@
 use std::time::Duration;
 
 use common::events::OrderCreated;
-use common::testing::invariants::check_money;
 use common::testing::stripe_double::{
     AUTHENTICATION_FAILED, Behaviour, DECLINE_MESSAGE, DECLINED_PAYMENT_METHOD, StripeDouble,
     THREE_D_SECURE_PAYMENT_METHOD,
 };
 use common::testing::{not_authorized, send};
-use payments::routes::payments::{
-    ALREADY_PAID, AWAITING_AUTHENTICATION, BEING_CONFIRMED, IN_PROGRESS, INVALID_VALUE,
-};
+use payments::routes::payments::{AWAITING_AUTHENTICATION, BEING_CONFIRMED, INVALID_VALUE};
 use payments::store::{PaymentStatus, Via};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use crate::helpers::{
-    TestApp, User, errors, spawn_app, spawn_app_with_stripe_timeout, the_one_created,
+    TestApp, User, errors, money_holds, settled, spawn_app, spawn_app_with_stripe_timeout,
+    the_one_created, the_others_were_refused,
 };
 
 const VISA: &str = "pm_card_visa";
@@ -30,29 +28,6 @@ async fn app_with_order(cents: i64) -> (TestApp, StripeDouble, User, OrderCreate
     let double = app.stripe_double().await;
     let (user, order) = app.order_of_new_buyer(cents).await;
     (app, double, user, order)
-}
-
-fn settled(status: PaymentStatus) -> bool {
-    !PaymentStatus::UNSETTLED.contains(&status)
-}
-
-/// The money invariant over the double's ledger (paid intents are its charges); as in the saga
-/// tests, a charge kept for a `created` replica is what a paid order looks like from here.
-async fn money_holds(app: &TestApp, double: &StripeDouble) {
-    let report = check_money(
-        &double.charges(),
-        &app.db,
-        &app.db,
-        app.settings.reconcile.horizon,
-    )
-    .await
-    .expect("reading the databases");
-    let real: Vec<&String> = report
-        .violations
-        .iter()
-        .filter(|v| !v.contains("which is created"))
-        .collect();
-    assert!(real.is_empty(), "{real:#?}");
 }
 
 /// Pays with the 3-D Secure card and checks the `requires_action` answer: the intent's id.
@@ -257,14 +232,7 @@ async fn ten_concurrent_payments_with_payment_methods_make_one_intent() {
 
     assert_eq!(double.intents().len(), 1, "{:?}", double.intents());
     the_one_created(&replies);
-    for refused in replies.iter().filter(|r| r.status != StatusCode::CREATED) {
-        let expected = match refused.status {
-            StatusCode::CONFLICT => errors(&[(IN_PROGRESS, None)]),
-            StatusCode::BAD_REQUEST => errors(&[(ALREADY_PAID, None)]),
-            other => panic!("unexpected {other}: {:?}", refused.body),
-        };
-        assert_eq!(refused.body, expected);
-    }
+    the_others_were_refused(&replies);
     assert_eq!(
         app.the_one_payment(&order.id).await.status,
         PaymentStatus::Succeeded

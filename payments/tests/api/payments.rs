@@ -3,7 +3,7 @@ use std::time::Duration;
 use common::money::Price;
 use mongodb::bson::oid::ObjectId;
 use payments::routes::payments::{
-    ALREADY_PAID, BEING_CONFIRMED, CANCELLED_ORDER, EXPIRED_ORDER, IN_PROGRESS, INVALID_VALUE,
+    ALREADY_PAID, BEING_CONFIRMED, CANCELLED_ORDER, EXPIRED_ORDER, INVALID_VALUE,
     PROVIDER_UNAVAILABLE,
 };
 use payments::store::PaymentStatus;
@@ -17,7 +17,7 @@ use common::testing::{not_authorized, not_found, send};
 
 use crate::helpers::{
     Reply, STRIPE_TEST_KEY, TestApp, User, errors, form, spawn_app, spawn_app_with, stripe_answers,
-    stripe_charge_answer, stripe_charges_succeed, the_one_created,
+    stripe_charge_answer, stripe_charges_succeed, the_one_created, the_others_were_refused,
 };
 
 const DECLINED: &str = "Your card was declined.";
@@ -154,14 +154,7 @@ async fn ten_concurrent_payments_for_one_order_charge_once() {
         "one charge reached Stripe"
     );
     let created = the_one_created(&replies);
-    for refused in replies.iter().filter(|r| r.status != StatusCode::CREATED) {
-        let expected = match refused.status {
-            StatusCode::CONFLICT => errors(&[(IN_PROGRESS, None)]),
-            StatusCode::BAD_REQUEST => errors(&[(ALREADY_PAID, None)]),
-            other => panic!("unexpected {other}: {:?}", refused.body),
-        };
-        assert_eq!(refused.body, expected);
-    }
+    the_others_were_refused(&replies);
     let payment = app.the_one_payment(&order.id).await;
     assert_eq!(payment.status, PaymentStatus::Succeeded);
     assert_eq!(

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use common::testing::invariants::check_money;
 use common::testing::stripe_double::{Behaviour, StripeDouble};
 use payments::routes::payments::{ALREADY_PAID, BEING_CONFIRMED, IN_PROGRESS, REFUNDED};
 use payments::saga::ReconcileTiming;
@@ -15,7 +14,8 @@ use serde_json::json;
 use common::events::OrderCreated;
 
 use crate::helpers::{
-    TestApp, User, errors, spawn_app, spawn_app_with_stripe_timeout, the_one_created,
+    TestApp, User, errors, money_holds, settled, spawn_app, spawn_app_with_stripe_timeout,
+    the_one_created,
 };
 
 /// Moves the replica's window to close `millis` from now (already closed when negative), and
@@ -75,30 +75,6 @@ async fn pay_and_walk_away(app: &TestApp, user: &User, order: &OrderCreated) {
     );
 }
 
-fn settled(status: PaymentStatus) -> bool {
-    !PaymentStatus::UNSETTLED.contains(&status)
-}
-
-/// The money invariant over the double's ledger. The payments service's replica stands in for the
-/// orders service's orders (`complete` never reaches it, so only refunds are checked here), so
-/// charges kept for a `created` replica are what a paid order looks like from here.
-async fn refunds_hold(app: &TestApp, double: &StripeDouble) {
-    let report = check_money(
-        &double.charges(),
-        &app.db,
-        &app.db,
-        app.settings.reconcile.horizon,
-    )
-    .await
-    .expect("reading the databases");
-    let real: Vec<&String> = report
-        .violations
-        .iter()
-        .filter(|v| !v.contains("which is created"))
-        .collect();
-    assert!(real.is_empty(), "{real:#?}");
-}
-
 #[tokio::test]
 async fn a_charge_answered_after_the_timeout_is_confirmed_by_the_reconciler_and_a_retry_with_a_new_token_is_not_charged()
  {
@@ -131,7 +107,7 @@ async fn a_charge_answered_after_the_timeout_is_confirmed_by_the_reconciler_and_
     assert!(double.requests() >= 2, "the reconciler asked again");
     let again = app.pay(&user, &order.id, "tok_visa_third_try").await;
     assert_eq!(again.body, errors(&[(ALREADY_PAID, None)]));
-    refunds_hold(&app, &double).await;
+    money_holds(&app, &double).await;
 }
 
 #[tokio::test]
@@ -155,7 +131,7 @@ async fn stripe_failing_after_charging_then_recovering_settles_the_attempt_once(
     assert_eq!(payment.status, PaymentStatus::Succeeded);
     assert_eq!(double.charges().len(), 1);
     assert_eq!(double.charges_of(&order.id.to_string()).len(), 1);
-    refunds_hold(&app, &double).await;
+    money_holds(&app, &double).await;
 }
 
 #[tokio::test]
@@ -208,7 +184,7 @@ async fn an_order_cancelled_during_a_slow_charge_is_refunded_once() {
     assert_eq!(double.refunds().len(), 1);
     let again = app.pay(&user, &order.id, "tok_visa").await;
     assert_eq!(again.body, errors(&[(REFUNDED, None)]));
-    refunds_hold(&app, &double).await;
+    money_holds(&app, &double).await;
 }
 
 #[tokio::test]
@@ -228,7 +204,7 @@ async fn a_paid_order_cancelled_afterwards_is_refunded_once_even_when_the_cancel
         double.refunds()[0].idempotency_key.as_deref(),
         Some(format!("refund-{}", double.charges()[0].id).as_str())
     );
-    refunds_hold(&app, &double).await;
+    money_holds(&app, &double).await;
 }
 
 #[tokio::test]
@@ -251,7 +227,7 @@ async fn a_refund_stripe_cannot_make_now_is_made_by_the_reconciler() {
     let payment = app.payment_when(&order.id, settled).await;
     assert_eq!(payment.status, PaymentStatus::Refunded);
     assert_eq!(double.refunds().len(), 1);
-    refunds_hold(&app, &double).await;
+    money_holds(&app, &double).await;
 }
 
 #[tokio::test]
@@ -270,7 +246,7 @@ async fn twenty_concurrent_payments_with_twenty_tokens_charge_once() {
         );
     }
     assert_eq!(double.charges().len(), 1);
-    refunds_hold(&app, &double).await;
+    money_holds(&app, &double).await;
 }
 
 #[tokio::test]

@@ -142,6 +142,7 @@ pub struct Snapshot {
     pub payments_replica: HashMap<String, String>,
     /// Payment records by order id: their status.
     pub payments: HashMap<String, String>,
+    /// Accounts by normalised email: the claims in `emails`.
     pub users: HashSet<String>,
 }
 
@@ -228,8 +229,10 @@ impl Snapshot {
                 snapshot.payments.insert(id, status);
             }
         }
-        for user in all(&auth_db, "users").await? {
-            if let Ok(email) = user.get_str("email") {
+        // The claim in `emails` is the account (auth/src/store.rs); `users` is written after it and
+        // may be missing when the signup's request failed between the two writes.
+        for claim in all(&auth_db, "emails").await? {
+            if let Ok(email) = claim.get_str("_id") {
                 snapshot.users.insert(email.to_owned());
             }
         }

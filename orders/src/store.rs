@@ -13,7 +13,9 @@
 //! still expire (`order_expiries`, what the expiry sweeper reads).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::hash::{BuildHasher as _, RandomState};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::bus::EventBus;
@@ -54,6 +56,57 @@ const DANGLING_EXPIRY_AGE: Duration = Duration::from_secs(600);
 /// How many times creating an order is attempted when the holder of the ticket turns out to have
 /// been released already (see [`OrderStore::create_order`]).
 const CREATE_ATTEMPTS: usize = 3;
+
+/// How many locks buyers of the same ticket queue on in one process (see [`ClaimQueue`]).
+const CLAIM_QUEUE_STRIPES: usize = 1024;
+
+/// Buyers of one ticket take turns within a process, so that in a flash sale the first writes its
+/// order and the others, behind it, are refused without writing (and taking back) a user entry, an
+/// expiry marker and an order each. Only a shortcut: the unique reservation index still decides,
+/// across processes and replicas. Striped (tickets sharing a stripe share a turn) so that it needs
+/// no clean-up; each stripe remembers the last claim won in it.
+#[derive(Clone)]
+struct ClaimQueue {
+    stripes: Arc<[tokio::sync::Mutex<Option<WonClaim>>]>,
+    hasher: RandomState,
+}
+
+/// A reservation this process won: which order, and when its insert was sent.
+struct WonClaim {
+    reservation: String,
+    order_id: ObjectId,
+    sent: Instant,
+}
+
+impl ClaimQueue {
+    fn new() -> Self {
+        Self {
+            stripes: (0..CLAIM_QUEUE_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// Waits for the turn on `reservation`; held until the guard is dropped (also when the request
+    /// is dropped half-way).
+    async fn turn(&self, reservation: &str) -> tokio::sync::MutexGuard<'_, Option<WonClaim>> {
+        let stripe = self.hasher.hash_one(reservation) as usize % self.stripes.len();
+        // In range: a remainder of the length.
+        self.stripes[stripe].lock().await
+    }
+}
+
+/// What [`OrderStore::reserve_ticket`] did.
+#[derive(Debug)]
+pub enum Reservation {
+    /// The order was written and holds the ticket.
+    Created { order: Order, ticket: Ticket },
+    /// A live order holds the ticket.
+    Taken,
+    /// No such ticket in the replica.
+    UnknownTicket,
+}
 
 /// The orders service's copy of a ticket, under the ticket's own id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,6 +292,7 @@ pub struct OrderStore {
     user_orders: VersionedStore<UserOrders>,
     expiries: Collection<ExpiryMarker>,
     migrations: Collection<Migration>,
+    claims: ClaimQueue,
 }
 
 impl OrderStore {
@@ -250,6 +304,7 @@ impl OrderStore {
             user_orders: VersionedStore::new(db, USER_ORDERS_COLLECTION),
             expiries: db.collection(EXPIRIES_COLLECTION),
             migrations: db.collection(MIGRATIONS_COLLECTION),
+            claims: ClaimQueue::new(),
         }
     }
 
@@ -515,37 +570,80 @@ impl OrderStore {
         Ok(orders)
     }
 
-    /// Inserts `order` (version 0) with its events. [`StoreError::Duplicate`] means another live
-    /// order holds the ticket.
+    /// Creates an order of `user_id` for ticket `ticket_id`, reserving the ticket for `window`.
     ///
-    /// The insert alone decides. Only after it failed do we look at the holder: if its release was
-    /// committed but not yet written to its record (a crash between the two writes of a commit),
-    /// reading it through the store completes the release, and the insert is tried again.
-    /// The winner records itself as the holder, so that losers need not search for it.
-    pub async fn create_order(
+    /// The order's insert alone decides (the unique reservation index). Before it, within one
+    /// process, buyers of the ticket take turns ([`ClaimQueue`]) and a buyer is refused without a
+    /// write when:
+    /// - a claim of this process won the ticket after the buyer arrived: the ticket was held at a
+    ///   moment within the buyer's request, so the refusal is an answer the buyer could have had
+    ///   (how a flash sale's losers are answered without touching the database);
+    /// - the last known holder, read through the store by `_id`, still holds it.
+    ///
+    /// The user entry and the expiry marker are written before the order, so that a crash leaves at
+    /// most an entry without its order (which readers skip); a lost insert takes them back.
+    pub async fn reserve_ticket(
         &self,
         bus: &EventBus,
-        order: &Order,
-        events: Vec<PendingEvent>,
-    ) -> Result<Committed, StoreError> {
-        // A shortcut for a flash sale's many losers, by `_id` alone: the insert below still
-        // decides, this only spares writing what would be taken back.
-        if self.held_by_recorded_holder(&order.reservation).await? {
-            return Err(StoreError::Duplicate);
-        }
-        // Written first, so that a crash leaves at most an entry without its order.
-        self.add_to_user(bus, &order.user_id, &[order.id]).await?;
-        self.mark_expiry(order).await?;
-        let created = self.insert_order(bus, order, events).await;
-        if matches!(created, Err(StoreError::Duplicate)) {
-            self.remove_from_user(bus, &order.user_id, order.id).await;
-            if let Err(err) = self.forget_expiry(order.id).await {
-                tracing::warn!(order_id = %order.id, error = %err, "could not drop the expiry marker of a lost order; the sweeper will");
+        user_id: &str,
+        ticket_id: ObjectId,
+        window: chrono::TimeDelta,
+    ) -> Result<Reservation, StoreError> {
+        let arrived = Instant::now();
+        let reservation = Id::from(ticket_id).to_string();
+        let mut turn = self.claims.turn(&reservation).await;
+        let known_holder = match turn.as_ref() {
+            Some(won) if won.reservation == reservation && won.sent > arrived => {
+                return Ok(Reservation::Taken);
             }
+            Some(won) if won.reservation == reservation => Some(won.order_id),
+            _ => None,
+        };
+        if let Some(order_id) = known_holder {
+            if self.holds(order_id, &reservation).await? {
+                return Ok(Reservation::Taken);
+            }
+            *turn = None;
         }
-        created
+        if self.held_by_recorded_holder(&reservation).await? {
+            return Ok(Reservation::Taken);
+        }
+        let Some(ticket) = self.find_ticket(ticket_id).await? else {
+            return Ok(Reservation::UnknownTicket);
+        };
+        let expires_at = Utc::now()
+            .checked_add_signed(window)
+            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("expiration date out of range")))?;
+        let order = Order::new(user_id, &ticket, expires_at);
+        let events = vec![PendingEvent::of(&order.created_event(ticket.price()))?];
+        self.add_to_user(bus, &order.user_id, &[order.id]).await?;
+        self.mark_expiry(&order).await?;
+        let sent = Instant::now();
+        match self.insert_order(bus, &order, events).await {
+            Ok(_) => {
+                *turn = Some(WonClaim {
+                    reservation,
+                    order_id: order.id,
+                    sent,
+                });
+                Ok(Reservation::Created { order, ticket })
+            }
+            Err(StoreError::Duplicate) => {
+                self.remove_from_user(bus, &order.user_id, order.id).await;
+                if let Err(err) = self.forget_expiry(order.id).await {
+                    tracing::warn!(order_id = %order.id, error = %err, "could not drop the expiry marker of a lost order; the sweeper will");
+                }
+                Ok(Reservation::Taken)
+            }
+            Err(other) => Err(other),
+        }
     }
 
+    /// Inserts `order`; [`StoreError::Duplicate`] means another live order holds the ticket.
+    /// Only after a failed insert do we look at the holder: if its release was committed but not
+    /// yet written to its record (a crash between the two writes of a commit), reading it through
+    /// the store completes the release, and the insert is tried again. The winner records itself
+    /// as the holder, so that losers need not search for it.
     async fn insert_order(
         &self,
         bus: &EventBus,

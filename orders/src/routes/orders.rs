@@ -11,7 +11,7 @@ use common::error::{ApiError, ApiResult};
 use common::events::OrderStatus;
 use common::extract::{FromBody, JsonBody, RequireAuth};
 use common::money::Price;
-use common::store::{Decision, PendingEvent, StoreError, VersionedRecord, parse_object_id};
+use common::store::{Decision, VersionedRecord, parse_object_id};
 use mongodb::bson::Bson;
 use mongodb::bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
@@ -19,7 +19,7 @@ use serde_json::Value;
 use validator::{Validate, ValidationError};
 
 use crate::app::AppState;
-use crate::store::{Order, Ticket, cancellation};
+use crate::store::{Order, Reservation, Ticket, cancellation};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -142,22 +142,20 @@ async fn create(
     RequireAuth(user): RequireAuth,
     JsonBody(body): JsonBody<NewOrder>,
 ) -> ApiResult<Response> {
-    let ticket = state
+    let reserved = state
         .store
-        .find_ticket(body.ticket_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let expires_at = Utc::now()
-        .checked_add_signed(state.expiration_window)
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("expiration date out of range")))?;
-    let order = Order::new(&user.id, &ticket, expires_at);
-    let events = vec![PendingEvent::of(&order.created_event(ticket.price()))?];
-    // One insert decides who gets the ticket: the unique reservation index refuses the others.
-    match state.store.create_order(&state.bus, &order, events).await {
-        Ok(_) => {}
-        Err(StoreError::Duplicate) => return Err(ApiError::bad_request(TICKET_RESERVED)),
-        Err(other) => return Err(other.into()),
-    }
+        .reserve_ticket(
+            &state.bus,
+            &user.id,
+            body.ticket_id,
+            state.expiration_window,
+        )
+        .await?;
+    let (order, ticket) = match reserved {
+        Reservation::Created { order, ticket } => (order, ticket),
+        Reservation::Taken => return Err(ApiError::bad_request(TICKET_RESERVED)),
+        Reservation::UnknownTicket => return Err(ApiError::NotFound),
+    };
     tracing::info!(order_id = %order.id, ticket_id = %order.ticket_id, "order created");
     Ok((
         StatusCode::CREATED,

@@ -70,6 +70,7 @@ async fn fifty_concurrent_orders_for_one_ticket_reserve_it_exactly_once() {
     let app = spawn_app().await;
     let ticket_id = app.ticket("Hot", 5000).await.id.to_hex();
     let users: Vec<User> = (0..50).map(|_| User::new()).collect();
+    app.forget_queries();
 
     let replies = timed_race(
         "one instance",
@@ -77,7 +78,21 @@ async fn fifty_concurrent_orders_for_one_ticket_reserve_it_exactly_once() {
     )
     .await;
 
+    let holder_reads = app
+        .queries()
+        .iter()
+        .filter(|query| query.collection == "reservation_holders" && query.command == "find")
+        .count();
     assert_one_winner(&app, &users, &replies, &ticket_id).await;
+    // Within one process the buyers of a ticket take turns: the losers wrote neither a user entry
+    // nor an expiry marker (nor took one back), and those who arrived before the winner's insert
+    // was sent were refused without reading anything.
+    assert_eq!(app.count("user_orders", doc! {}).await, 1);
+    assert_eq!(app.count("order_expiries", doc! {}).await, 1);
+    assert!(
+        holder_reads < 25,
+        "{holder_reads} of 50 buyers read the recorded holder"
+    );
 }
 
 #[tokio::test]

@@ -531,28 +531,16 @@ impl<T: VersionedRecord> VersionedStore<T> {
     }
 
     /// Inserts version 0 of a replicated record (a copy of another service's record, announced by
-    /// an event), or recognises it as inserted before, finishing an insert that a crash cut after
-    /// its change document. `true` if this call inserted it.
+    /// an event, or a record written without events); `false` if it is there already (a
+    /// redelivery). One insert: the record's `_id` claims version 0 and there is nothing to
+    /// publish, so no change document is needed (reads only look for the versions after a
+    /// record's). A version 0 change document that an earlier release wrote before a crash cut its
+    /// record's insert stays harmless; the redelivery inserts the record.
     pub async fn create_replica(&self, record: &T) -> Result<bool, StoreError> {
-        match self.create_change(record, Vec::new()).await {
-            Ok(change) => {
-                // Nothing to publish: a replica announces nothing.
-                change.published.store(true, Ordering::Release);
-                Ok(true)
-            }
-            Err(StoreError::Duplicate) => {
-                let first = change_id(&record.record_id(), 0);
-                if let Some(change) = self
-                    .changes
-                    .find_one(doc! { "_id": first })
-                    .bounded()
-                    .await?
-                {
-                    self.materialise(&change).await?;
-                }
-                Ok(false)
-            }
-            Err(other) => Err(other),
+        match self.records.insert_one(record).bounded().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_duplicate_key(&e) => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -64,18 +64,20 @@ const CLAIM_QUEUE_STRIPES: usize = 1024;
 /// order and the others, behind it, are refused without writing (and taking back) a user entry, an
 /// expiry marker and an order each. Only a shortcut: the unique reservation index still decides,
 /// across processes and replicas. Striped (tickets sharing a stripe share a turn) so that it needs
-/// no clean-up; each stripe remembers the last claim won in it.
+/// no clean-up; each stripe remembers the last holder seen in it.
 #[derive(Clone)]
 struct ClaimQueue {
-    stripes: Arc<[tokio::sync::Mutex<Option<WonClaim>>]>,
+    stripes: Arc<[tokio::sync::Mutex<Option<SeenHolder>>]>,
     hasher: RandomState,
 }
 
-/// A reservation this process won: which order, and when its insert was sent.
-struct WonClaim {
+/// An order seen holding a reservation: by this process's winning insert, or by a read of the
+/// order through the store. `seen_at` is when that insert or read was sent: the order held the
+/// reservation at some moment after it.
+struct SeenHolder {
     reservation: String,
     order_id: ObjectId,
-    sent: Instant,
+    seen_at: Instant,
 }
 
 impl ClaimQueue {
@@ -90,7 +92,7 @@ impl ClaimQueue {
 
     /// Waits for the turn on `reservation`; held until the guard is dropped (also when the request
     /// is dropped half-way).
-    async fn turn(&self, reservation: &str) -> tokio::sync::MutexGuard<'_, Option<WonClaim>> {
+    async fn turn(&self, reservation: &str) -> tokio::sync::MutexGuard<'_, Option<SeenHolder>> {
         let stripe = self.hasher.hash_one(reservation) as usize % self.stripes.len();
         // In range: a remainder of the length.
         self.stripes[stripe].lock().await
@@ -575,10 +577,12 @@ impl OrderStore {
     /// The order's insert alone decides (the unique reservation index). Before it, within one
     /// process, buyers of the ticket take turns ([`ClaimQueue`]) and a buyer is refused without a
     /// write when:
-    /// - a claim of this process won the ticket after the buyer arrived: the ticket was held at a
-    ///   moment within the buyer's request, so the refusal is an answer the buyer could have had
-    ///   (how a flash sale's losers are answered without touching the database);
-    /// - the last known holder, read through the store by `_id`, still holds it.
+    /// - this process saw a live order holding the ticket after the buyer arrived (its winning
+    ///   insert, or another buyer's read): the ticket was held at a moment within the buyer's
+    ///   request, so the refusal is an answer the buyer could have had. This is how most of a flash
+    ///   sale's losers are answered without touching the database;
+    /// - the last holder seen, or else the recorded one, read through the store by `_id`, still
+    ///   holds it.
     ///
     /// The user entry and the expiry marker are written before the order, so that a crash leaves at
     /// most an entry without its order (which readers skip); a lost insert takes them back.
@@ -592,20 +596,24 @@ impl OrderStore {
         let arrived = Instant::now();
         let reservation = Id::from(ticket_id).to_string();
         let mut turn = self.claims.turn(&reservation).await;
-        let known_holder = match turn.as_ref() {
-            Some(won) if won.reservation == reservation && won.sent > arrived => {
+        if let Some(seen) = turn.as_mut().filter(|seen| seen.reservation == reservation) {
+            if seen.seen_at > arrived {
                 return Ok(Reservation::Taken);
             }
-            Some(won) if won.reservation == reservation => Some(won.order_id),
-            _ => None,
-        };
-        if let Some(order_id) = known_holder {
-            if self.holds(order_id, &reservation).await? {
+            let reading = Instant::now();
+            if self.holds(seen.order_id, &reservation).await? {
+                seen.seen_at = reading;
                 return Ok(Reservation::Taken);
             }
             *turn = None;
         }
-        if self.held_by_recorded_holder(&reservation).await? {
+        let reading = Instant::now();
+        if let Some(order_id) = self.recorded_holder(&reservation).await? {
+            *turn = Some(SeenHolder {
+                reservation,
+                order_id,
+                seen_at: reading,
+            });
             return Ok(Reservation::Taken);
         }
         let Some(ticket) = self.find_ticket(ticket_id).await? else {
@@ -621,10 +629,10 @@ impl OrderStore {
         let sent = Instant::now();
         match self.insert_order(bus, &order, events).await {
             Ok(_) => {
-                *turn = Some(WonClaim {
+                *turn = Some(SeenHolder {
                     reservation,
                     order_id: order.id,
-                    sent,
+                    seen_at: sent,
                 });
                 Ok(Reservation::Created { order, ticket })
             }
@@ -667,22 +675,22 @@ impl OrderStore {
         Err(StoreError::Duplicate)
     }
 
-    /// Whether the holder recorded for `reservation` (if any), brought up to date, still holds it.
-    async fn held_by_recorded_holder(&self, reservation: &str) -> Result<bool, StoreError> {
+    /// The holder recorded for `reservation`, if it (brought up to date) still holds it.
+    async fn recorded_holder(&self, reservation: &str) -> Result<Option<ObjectId>, StoreError> {
         match self
             .holders
             .find_one(doc! { "_id": reservation })
             .bounded()
             .await?
         {
-            Some(hint) => self.holds(hint.order_id, reservation).await,
-            None => Ok(false),
+            Some(hint) if self.holds(hint.order_id, reservation).await? => Ok(Some(hint.order_id)),
+            _ => Ok(None),
         }
     }
 
     /// Whether a live order holds `reservation`, after bringing its holder up to date.
     async fn still_reserved(&self, reservation: &str) -> Result<bool, StoreError> {
-        if self.held_by_recorded_holder(reservation).await? {
+        if self.recorded_holder(reservation).await?.is_some() {
             return Ok(true);
         }
         // Only when the hint is missing or stale (a crash or a failed write after a win): a search

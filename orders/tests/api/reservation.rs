@@ -96,6 +96,36 @@ async fn fifty_concurrent_orders_for_one_ticket_reserve_it_exactly_once() {
 }
 
 #[tokio::test]
+async fn buyers_queued_behind_a_read_that_found_the_ticket_held_are_refused_by_that_read() {
+    let app = spawn_app().await;
+    let ticket_id = app.ticket("Hot", 5000).await.id.to_hex();
+    let first = app.order(&User::new(), &ticket_id).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let later: Vec<User> = (0..30).map(|_| User::new()).collect();
+    app.forget_queries();
+
+    let replies = join_all(later.iter().map(|user| app.order(user, &ticket_id))).await;
+
+    for reply in &replies {
+        assert_eq!(
+            (reply.status, &reply.body),
+            (StatusCode::BAD_REQUEST, &already_reserved())
+        );
+    }
+    // Every one of them arrived after the win, so the holder must be read again; but one read
+    // answers all who were waiting when it was sent.
+    let order_reads = app
+        .queries()
+        .iter()
+        .filter(|query| query.collection == "orders" && query.command == "find")
+        .count();
+    assert!(
+        order_reads < 15,
+        "{order_reads} reads of the holder for 30 buyers"
+    );
+}
+
+#[tokio::test]
 async fn fifty_concurrent_orders_across_two_instances_sharing_a_database_reserve_it_exactly_once() {
     let first = spawn_app().await;
     let second = spawn_app_in(first.env.clone()).await;

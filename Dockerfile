@@ -30,6 +30,8 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /build/recipe.json recipe.json
+# The linker flags (.cargo/config.toml) before the cook, so the dependency layer is built with them.
+COPY .cargo .cargo
 RUN cargo chef cook --release --locked --recipe-path recipe.json
 COPY . .
 ARG SERVICE

@@ -86,6 +86,16 @@ def test_the_service_argument_comes_after_the_dependency_cook_so_all_images_shar
     assert all("SERVICE" not in rest for _, rest in steps[:arg]), "nothing before the cook may depend on SERVICE"
 
 
+def test_the_cargo_configuration_reaches_the_dependency_cook_so_its_flags_do_not_rebuild_that_layer():
+    steps = STAGES["builder"]
+    cook = next(i for i, (k, r) in enumerate(steps) if k == "RUN" and "cargo chef cook" in r)
+    copy = next(i for i, (k, r) in enumerate(steps) if k == "COPY" and r == ".cargo .cargo")
+    assert copy < cook
+    config = tomllib.loads((m.ROOT / ".cargo" / "config.toml").read_text())
+    flags = [f for section in config["target"].values() for f in section.get("rustflags", [])]
+    assert "link-arg=-Wl,-z,pack-relative-relocs" in flags
+
+
 def test_the_builder_compiles_only_the_chosen_binary_in_release_mode_and_stages_it():
     (run,) = [r for k, r in STAGES["builder"] if k == "RUN" and "cargo build" in r]
     assert 'cargo build --release --locked -p "${SERVICE}" --bin "${SERVICE}"' in run

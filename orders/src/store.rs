@@ -54,7 +54,7 @@ const LISTING_CONCURRENCY: usize = 8;
 const DANGLING_EXPIRY_AGE: Duration = Duration::from_secs(600);
 
 /// How many times creating an order is attempted when the holder of the ticket turns out to have
-/// been released already (see [`OrderStore::create_order`]).
+/// been released already (see [`OrderStore::reserve_ticket`]).
 const CREATE_ATTEMPTS: usize = 3;
 
 /// How many locks buyers of the same ticket queue on in one process (see [`ClaimQueue`]).

@@ -202,6 +202,7 @@ mod tests {
     use secrecy::SecretString;
 
     use super::*;
+    use crate::error::ApiError;
     use crate::settings::MongoSettings;
 
     fn mongo(url: &str) -> MongoSettings {
@@ -222,7 +223,6 @@ mod tests {
         assert_eq!(set.app_name.as_deref(), Some("orders"));
         Ok(())
     }
-    use crate::error::ApiError;
 
     #[tokio::test(start_paused = true)]
     async fn an_operation_that_outlives_the_timeout_fails_as_a_database_outage() {

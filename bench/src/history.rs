@@ -614,6 +614,17 @@ async fn insert_sales(
     Ok(inserted)
 }
 
+/// Restarts the tickets service so that its read model sees what was written behind its back, and
+/// follows its new processes (their CPU must not count as other programs').
+async fn refill_ticket_read_models(
+    options: &HistoryOptions<'_>,
+    monitor: &Monitor,
+) -> anyhow::Result<()> {
+    options.app.refill_ticket_read_models().await?;
+    monitor.follow(&crate::stack::Stack::discover(&options.app.run_dir)?);
+    Ok(())
+}
+
 /// Empties the databases, makes the template and the fixtures, then measures every workload at
 /// every size, seeding the difference in between; empties the databases again at the end.
 pub async fn run(
@@ -625,7 +636,7 @@ pub async fn run(
     let run = options.run.to_lowercase();
     let removed = empty_databases(mongo).await?;
     eprintln!("==> history: emptied the app's databases ({removed} documents)");
-    options.app.refill_ticket_read_models().await?;
+    refill_ticket_read_models(options, monitor).await?;
     let (template, parties) = template(api, mongo, &run).await?;
     let mut documents_per_sale = BTreeMap::new();
     for stored in template.per_sale.iter().chain(&template.per_buyer) {
@@ -696,8 +707,7 @@ pub async fn run(
         let documents_inserted = insert_sales(mongo, &template, seeded, sold, &run).await?;
         let seed_seconds = started.elapsed().as_secs_f64();
         seeded = seeded.max(sold);
-        // The tickets service reads from memory: it must see what was written behind its back.
-        options.app.refill_ticket_read_models().await?;
+        refill_ticket_read_models(options, monitor).await?;
         let documents = count_documents(mongo).await?;
         eprintln!(
             "==> history: {sold} sold tickets: {documents_inserted} documents inserted in {seed_seconds:.1} s ({documents} in the databases)"
@@ -735,7 +745,7 @@ pub async fn run(
     }
     let removed = empty_databases(mongo).await?;
     eprintln!("==> history: emptied the app's databases again ({removed} documents)");
-    options.app.refill_ticket_read_models().await?;
+    refill_ticket_read_models(options, monitor).await?;
     Ok(History {
         levels: options.levels.to_vec(),
         seconds_per_level: options.duration.as_secs_f64(),

@@ -31,7 +31,8 @@ struct Peaks {
 }
 
 pub struct Monitor {
-    watched: Vec<Watched>,
+    /// Replaced by [`Monitor::follow`] when services are restarted.
+    watched: Arc<Mutex<Vec<Watched>>>,
     peaks: Arc<Mutex<Peaks>>,
     ticks_per_second: u64,
     sampler: JoinHandle<()>,
@@ -82,20 +83,7 @@ pub struct Resident {
 
 impl Monitor {
     pub fn start(stack: &Stack) -> Self {
-        let mut watched: Vec<Watched> = stack
-            .processes
-            .iter()
-            .map(|p| Watched {
-                name: p.name.clone(),
-                pids: procfs::process_tree(p.pid),
-                service: p.service,
-            })
-            .collect();
-        watched.push(Watched {
-            name: LOAD_GENERATOR.to_owned(),
-            pids: vec![std::process::id()],
-            service: false,
-        });
+        let watched = Arc::new(Mutex::new(watched_processes(stack)));
         let peaks = Arc::new(Mutex::new(Peaks::default()));
         let sampler = {
             let (watched, peaks) = (watched.clone(), peaks.clone());
@@ -103,7 +91,7 @@ impl Monitor {
                 let mut tick = tokio::time::interval(SAMPLE_EVERY);
                 loop {
                     tick.tick().await;
-                    sample(&watched, &peaks);
+                    sample(&current(&watched), &peaks);
                 }
             })
         };
@@ -115,12 +103,25 @@ impl Monitor {
         }
     }
 
+    /// Watches the processes of `stack` from now on (after a restart gave a service new pids), so
+    /// that their CPU is not counted as other programs'. Between phases only: a phase begun before
+    /// would compare the new processes' CPU time with the old ones'.
+    pub fn follow(&self, stack: &Stack) {
+        if let Ok(mut watched) = self.watched.lock() {
+            *watched = watched_processes(stack);
+        }
+    }
+
+    fn watched(&self) -> Vec<Watched> {
+        current(&self.watched)
+    }
+
     pub fn begin(&self, name: impl Into<String>) -> PhaseMark {
-        sample(&self.watched, &self.peaks);
+        sample(&self.watched(), &self.peaks);
         if let Ok(mut peaks) = self.peaks.lock() {
             peaks.phase.clear();
         }
-        sample(&self.watched, &self.peaks);
+        sample(&self.watched(), &self.peaks);
         PhaseMark {
             name: name.into(),
             started: Instant::now(),
@@ -130,7 +131,7 @@ impl Monitor {
     }
 
     pub fn end(&self, mark: PhaseMark) -> PhaseUsage {
-        sample(&self.watched, &self.peaks);
+        sample(&self.watched(), &self.peaks);
         let wall = mark.started.elapsed().as_secs_f64();
         let now = self.cpu_ticks();
         let machine_ticks = procfs::machine_busy_ticks()
@@ -149,7 +150,7 @@ impl Monitor {
             }
         };
         let processes: Vec<ProcessUsage> = self
-            .watched
+            .watched()
             .iter()
             .map(|w| {
                 let ticks = now
@@ -179,7 +180,7 @@ impl Monitor {
 
     /// Resident memory of every watched process now.
     pub fn resident(&self) -> Vec<Resident> {
-        self.watched
+        self.watched()
             .iter()
             .map(|w| Resident {
                 name: w.name.clone(),
@@ -191,13 +192,13 @@ impl Monitor {
 
     /// The highest resident memory sampled since the monitor started.
     pub fn overall_peaks(&self) -> Vec<Resident> {
-        sample(&self.watched, &self.peaks);
+        sample(&self.watched(), &self.peaks);
         let overall = self
             .peaks
             .lock()
             .map(|p| p.overall.clone())
             .unwrap_or_default();
-        self.watched
+        self.watched()
             .iter()
             .map(|w| Resident {
                 name: w.name.clone(),
@@ -210,7 +211,7 @@ impl Monitor {
     /// The kernel's own peak (VmHWM: highest resident set since the process started), which also
     /// catches spikes between two samples.
     pub fn high_water_marks(&self) -> Vec<Resident> {
-        self.watched
+        self.watched()
             .iter()
             .map(|w| Resident {
                 name: w.name.clone(),
@@ -225,7 +226,7 @@ impl Monitor {
     }
 
     fn cpu_ticks(&self) -> BTreeMap<String, u64> {
-        self.watched
+        self.watched()
             .iter()
             .map(|w| {
                 let ticks = w
@@ -243,6 +244,31 @@ impl Drop for Monitor {
     fn drop(&mut self) {
         self.sampler.abort();
     }
+}
+
+/// Every process of the stack and this load generator.
+fn watched_processes(stack: &Stack) -> Vec<Watched> {
+    stack
+        .processes
+        .iter()
+        .map(|p| Watched {
+            name: p.name.clone(),
+            pids: procfs::process_tree(p.pid),
+            service: p.service,
+        })
+        .chain(std::iter::once(Watched {
+            name: LOAD_GENERATOR.to_owned(),
+            pids: vec![std::process::id()],
+            service: false,
+        }))
+        .collect()
+}
+
+fn current(watched: &Mutex<Vec<Watched>>) -> Vec<Watched> {
+    // A Vec of plain values is never left half-written: a poisoned lock still holds a valid one.
+    watched
+        .lock()
+        .map_or_else(|poisoned| poisoned.into_inner().clone(), |w| w.clone())
 }
 
 fn rss_kib(pids: &[u32]) -> u64 {
@@ -268,4 +294,46 @@ fn sample(watched: &[Watched], peaks: &Mutex<Peaks>) {
 
 pub fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::StackProcess;
+
+    fn tickets(pid: u32) -> Stack {
+        Stack::of(vec![StackProcess {
+            name: "tickets".to_owned(),
+            pid,
+            service: true,
+        }])
+    }
+
+    fn resident_tickets(monitor: &Monitor) -> f64 {
+        monitor
+            .resident()
+            .iter()
+            .find(|r| r.name == "tickets")
+            .map_or(0.0, |r| r.rss_mib)
+    }
+
+    #[tokio::test]
+    async fn after_a_restart_the_monitor_follows_the_new_process() -> anyhow::Result<()> {
+        let mut first = tokio::process::Command::new("sleep").arg("30").spawn()?;
+        let mut second = tokio::process::Command::new("sleep").arg("30").spawn()?;
+        let (Some(first_pid), Some(second_pid)) = (first.id(), second.id()) else {
+            anyhow::bail!("a child exited at once");
+        };
+        let monitor = Monitor::start(&tickets(first_pid));
+        assert!(resident_tickets(&monitor) > 0.0);
+
+        first.kill().await?;
+        assert_eq!(resident_tickets(&monitor), 0.0, "the old process is gone");
+        monitor.follow(&tickets(second_pid));
+
+        assert!(resident_tickets(&monitor) > 0.0);
+        assert!(monitor.resident().iter().any(|r| r.name == LOAD_GENERATOR));
+        second.kill().await?;
+        Ok(())
+    }
 }

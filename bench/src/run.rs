@@ -153,7 +153,8 @@ pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
     let profiler = profiler(config, &stack, &out).await;
 
     let history = history(&api, &mongo, &monitor, config, &run).await?;
-    // The history phase restarts the tickets service: follow its new processes from here on.
+    // A fresh monitor after the history phase (which follows the tickets service it restarts): the
+    // peaks of the run's other phases must not include the history's (10,000 tickets in memory).
     let monitor = if config.settings.history_sizes.is_empty() {
         monitor
     } else {

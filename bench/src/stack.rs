@@ -36,6 +36,15 @@ pub struct Stack {
 }
 
 impl Stack {
+    /// A stack of these processes (for tests).
+    #[cfg(test)]
+    pub(crate) fn of(processes: Vec<StackProcess>) -> Self {
+        Self {
+            run_dir: PathBuf::new(),
+            processes,
+        }
+    }
+
     /// Every service must be running; infrastructure that is not is left out of the figures.
     pub fn discover(run_dir: &Path) -> anyhow::Result<Self> {
         let mut processes = Vec::new();

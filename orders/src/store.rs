@@ -722,6 +722,7 @@ impl OrderStore {
             .holders
             .replace_one(doc! { "_id": reservation }, &hint)
             .upsert(true)
+            .bounded()
             .await
         {
             Ok(_) => {}

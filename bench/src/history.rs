@@ -207,15 +207,12 @@ impl Mapping {
         }
     }
 
-    /// The copy of a template document. A change document is copied as published: the
-    /// template's are, or have no events (their relay marks them later).
+    /// The copy of a template document (the template is settled: every change's events are
+    /// out, so its copies need no pending marker).
     fn apply_document(&self, document: &Document) -> Document {
         document
             .iter()
-            .map(|(k, v)| match (k.as_str(), v) {
-                ("published", Bson::Boolean(_)) => (k.clone(), Bson::Boolean(true)),
-                _ => (k.clone(), self.apply(v)),
-            })
+            .map(|(k, v)| (k.clone(), self.apply(v)))
             .collect()
     }
 }
@@ -417,14 +414,14 @@ async fn template(
     let documents = loop {
         let now = snapshot(mongo).await?;
         let documents: Vec<Document> = now.iter().map(|s| s.document.clone()).collect();
-        let settled = now.iter().all(|s| published(&s.document));
+        let settled = now.iter().all(|s| !is_pending_marker(s));
         if settled && documents == previous {
             break now;
         }
         if Instant::now() > deadline {
             let pending: Vec<String> = now
                 .iter()
-                .filter(|s| !published(&s.document))
+                .filter(|s| is_pending_marker(s))
                 .map(|s| format!("{}.{} {}", s.database, s.collection, s.document))
                 .collect();
             bail!(
@@ -445,12 +442,9 @@ async fn template(
     ))
 }
 
-/// A change document whose events are out (or that has none); any other document.
-fn published(document: &Document) -> bool {
-    document.get_bool("published").unwrap_or(true)
-        || document
-            .get_array("events")
-            .is_ok_and(|events| events.is_empty())
+/// The pending marker of a change whose events are not out yet (deleted once they are).
+fn is_pending_marker(stored: &Stored) -> bool {
+    stored.collection.ends_with("_pending")
 }
 
 fn object_id(hex: &str, what: &str) -> anyhow::Result<ObjectId> {

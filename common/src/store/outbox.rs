@@ -40,7 +40,7 @@ pub struct RelayPass {
 enum PublishError {
     /// Not every event is in the stream.
     NotSent(anyhow::Error),
-    /// Every event is in the stream; only marking the change published failed.
+    /// Every event is in the stream; only deleting the change's pending marker failed.
     Sent(anyhow::Error),
 }
 
@@ -53,25 +53,25 @@ impl PublishError {
 }
 
 impl<T: VersionedRecord> VersionedStore<T> {
-    /// Publishes a change's events and marks it published. A failure is logged and left to the relay:
-    /// the change is already durable, so the caller's request still succeeded.
+    /// Publishes a change's events and deletes its pending marker. A failure is logged and left to
+    /// the relay: the change is already durable, so the caller's request still succeeded.
     ///
     /// Says whether the events are in the stream now (the broker acknowledged them), whatever
-    /// became of marking the change published.
+    /// became of the marker.
     pub(super) async fn publish(&self, bus: &EventBus, committed: Unpublished) -> Committed {
-        // While the broker is unreachable a publish would only wait for its ack timeout: answer the
-        // request now and let the relay publish once the connection is back.
-        if committed.events.is_empty() {
-            // Nothing to announce; the relay marks the change when it passes.
+        let Some(marker) = committed.marker.as_deref() else {
+            // Nothing to announce.
             committed.published.store(true, Ordering::Release);
             return Committed { in_stream: true };
-        }
+        };
+        // While the broker is unreachable a publish would only wait for its ack timeout: answer the
+        // request now and let the relay publish once the connection is back.
         if !bus.is_connected() {
             tracing::info!(change = %committed.change_id, "event bus disconnected; leaving the change to the outbox relay");
             return Committed { in_stream: false };
         }
         match self
-            .try_publish(bus, &committed.change_id, &committed.events)
+            .try_publish(bus, &committed.change_id, marker, &committed.events)
             .await
         {
             Ok(()) => {
@@ -81,7 +81,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
             }
             Err(PublishError::Sent(err)) => {
                 tracing::warn!(change = %committed.change_id, error = %format!("{err:#}"),
-                    "events published but the change not marked; the outbox relay will mark it");
+                    "events published but their pending marker not deleted; the outbox relay will");
                 Committed { in_stream: true }
             }
             Err(PublishError::NotSent(err)) => {
@@ -103,10 +103,12 @@ impl<T: VersionedRecord> VersionedStore<T> {
         .increment(u64::try_from(changes).unwrap_or(u64::MAX));
     }
 
+    /// Publishes the events of change `change_id`, then deletes its pending `marker`.
     async fn try_publish(
         &self,
         bus: &EventBus,
         change_id: &str,
+        marker: &str,
         events: &[PendingEvent],
     ) -> Result<(), PublishError> {
         for event in events {
@@ -122,25 +124,17 @@ impl<T: VersionedRecord> VersionedStore<T> {
             .await
             .map_err(PublishError::NotSent)?;
         }
-        self.changes
-            .update_one(
-                doc! { "_id": change_id },
-                doc! { "$set": { "published": true } },
-            )
-            .bounded()
-            .await
-            .context("marking a change published")
-            .map_err(PublishError::Sent)?;
-        self.unmark_pending(change_id)
+        self.unmark_pending(marker)
             .await
             .context("deleting the pending marker of a published change")
             .map_err(PublishError::Sent)?;
         Ok(())
     }
 
-    /// One pass of the outbox relay: every pending marker older than `min_age` whose change is still
-    /// unpublished has its change applied to its record if needed, then published; younger ones are
-    /// counted as waiting. Reads the markers (O(pending)), then each change by `_id`.
+    /// One pass of the outbox relay: every pending marker older than `min_age` that its change names
+    /// has its change applied to its record if needed, then published; younger ones are counted as
+    /// waiting, and those of writers that lost their version are deleted. Reads the markers
+    /// (O(pending)), then each change by `_id`.
     pub async fn relay_once(
         &self,
         bus: &EventBus,
@@ -165,7 +159,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
             }
             let Some(change) = self
                 .changes
-                .find_one(doc! { "_id": &marker.change_id })
+                .find_one(doc! { "_id": marker.change_id() })
                 .bounded()
                 .await?
             else {
@@ -173,19 +167,27 @@ impl<T: VersionedRecord> VersionedStore<T> {
                 // up. Left alone for a long while first: a writer stalled between the marker and
                 // the change (a paused database) may still insert the change.
                 if marker.at.timestamp_millis() <= dangling_ms {
-                    self.unmark_pending(&marker.change_id).await?;
+                    self.unmark_pending(&marker.id).await?;
                 }
                 continue;
             };
-            if change.published {
-                // Published by its writer, who could not delete the marker.
-                self.unmark_pending(&change.id).await?;
+            let stale = match &marker.change {
+                // Its writer lost the version to the change's, and could not tidy up.
+                Some(_) => change.marker.as_deref() != Some(marker.id.as_str()),
+                // An earlier release's marker: its writer published, but could not delete it.
+                None => change.published,
+            };
+            if stale {
+                self.unmark_pending(&marker.id).await?;
                 continue;
             }
-            if !self.materialise(&change).await? {
+            if !self.materialise(&change, &marker.id).await? {
                 continue;
             }
-            match self.try_publish(bus, &change.id, &change.events).await {
+            match self
+                .try_publish(bus, &change.id, &marker.id, &change.events)
+                .await
+            {
                 Ok(()) => pass.published += 1,
                 Err(err) => {
                     tracing::warn!(change = %change.id, error = %format!("{:#}", err.cause()), "relay could not publish");
@@ -200,8 +202,13 @@ impl<T: VersionedRecord> VersionedStore<T> {
         Ok(pass)
     }
 
-    /// Makes sure the record reflects `change`. `false` if the change lost its claim and was dropped.
-    pub(super) async fn materialise(&self, change: &ChangeDoc) -> Result<bool, StoreError> {
+    /// Makes sure the record reflects `change`. `false` if the change lost its claim and was dropped
+    /// (with its pending `marker`).
+    pub(super) async fn materialise(
+        &self,
+        change: &ChangeDoc,
+        marker: &str,
+    ) -> Result<bool, StoreError> {
         if change.version == 0 {
             if self.record_exists(&change.record_key).await? {
                 return Ok(true);
@@ -222,7 +229,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
                             .delete_one(doc! { "_id": &change.id })
                             .bounded()
                             .await?;
-                        self.unmark_pending(&change.id).await?;
+                        self.unmark_pending(marker).await?;
                         Ok(false)
                     }
                 }

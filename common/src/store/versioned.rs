@@ -8,15 +8,19 @@
 //! than the record applies it (read repair), and a relay publishes change events left unpublished,
 //! so a crash between any two steps loses nothing. Publishing and the relay are in `outbox.rs`.
 //!
-//! A change with events is announced first by a *pending marker* `{_id: <change id>, at}` in
-//! `<name>_pending`, deleted once its events are published: the relay reads the markers, not the
-//! ever-growing changes (FerretDB filters anything but `_id` alone by decoding every document).
+//! A change with events is announced first by a *pending marker* in `<name>_pending`, deleted once
+//! its events are published: the relay reads the markers, not the ever-growing changes (FerretDB
+//! filters anything but `_id` alone by decoding every document). Each writer marks with an id of
+//! its own, which the change it wins names: a marker that its change does not name belongs to a
+//! writer that lost the version, so the relay drops it without publishing, and no write is needed
+//! to say that a change's events are out besides deleting its marker.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
+use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::{Collection, Database};
 use serde::de::DeserializeOwned;
@@ -108,6 +112,8 @@ pub struct Committed {
 #[derive(Debug)]
 pub(super) struct Unpublished {
     pub(super) change_id: String,
+    /// The change's pending marker (a change with events).
+    pub(super) marker: Option<String>,
     pub(super) events: Vec<PendingEvent>,
     pub(super) published: AtomicBool,
     relay_wanted: Arc<AtomicBool>,
@@ -117,6 +123,7 @@ impl Unpublished {
     fn new(change: ChangeDoc, relay_wanted: &Arc<AtomicBool>) -> Self {
         Self {
             change_id: change.id,
+            marker: change.marker,
             events: change.events,
             published: AtomicBool::new(false),
             relay_wanted: Arc::clone(relay_wanted),
@@ -167,19 +174,39 @@ pub(super) struct ChangeDoc {
     pub(super) version: i64,
     pub(super) state: Document,
     pub(super) events: Vec<PendingEvent>,
+    /// The id of the pending marker its writer wrote first (a change with events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) marker: Option<String>,
+    /// Set to `true` once the events were out by releases before per-writer markers (whose markers
+    /// are the change's id); absent from later changes, whose deleted marker says it.
+    #[serde(default, skip_serializing_if = "is_false")]
     pub(super) published: bool,
     pub(super) at: bson::DateTime,
 }
 
+fn is_false(flag: &bool) -> bool {
+    !*flag
+}
+
 /// That a change with events may be unpublished: written before the change, deleted after its
 /// events are published, so the relay's work is O(pending) and a crash between any two writes
-/// leaves a marker for every unpublished change (at worst a marker without a change, which the
-/// relay drops).
+/// leaves a marker for every unpublished change (at worst a marker without a change, or one of a
+/// writer that lost the version, which the relay drops).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct PendingMarker {
+    /// `<change id>~<writer>`; the change id alone for markers of earlier releases.
     #[serde(rename = "_id")]
-    pub(super) change_id: String,
+    pub(super) id: String,
+    /// The change it announces; absent from markers of earlier releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) change: Option<String>,
     pub(super) at: bson::DateTime,
+}
+
+impl PendingMarker {
+    pub(super) fn change_id(&self) -> &str {
+        self.change.as_deref().unwrap_or(&self.id)
+    }
 }
 
 /// A finished one-time data migration (`migrations`, one per database).
@@ -273,7 +300,13 @@ impl<T: VersionedRecord> VersionedStore<T> {
         let mut adopted = 0;
         while let Some(change) = futures::TryStreamExt::try_next(&mut unpublished).await? {
             if !change.events.is_empty() {
-                self.mark_pending(&change.id, change.at).await?;
+                // Marked the way those releases did (the change's id): no marker of a writer.
+                let marker = PendingMarker {
+                    id: change.id.clone(),
+                    change: None,
+                    at: change.at,
+                };
+                self.mark_pending(&marker).await?;
                 adopted += 1;
             }
         }
@@ -290,18 +323,10 @@ impl<T: VersionedRecord> VersionedStore<T> {
         Ok(adopted)
     }
 
-    /// Writes the pending marker of a change (before the change itself). Already there is fine:
-    /// a writer racing for the same version, or an earlier try, wrote it for the same change id.
-    async fn mark_pending(
-        &self,
-        change_id: &str,
-        at: bson::DateTime,
-    ) -> mongodb::error::Result<()> {
-        let marker = PendingMarker {
-            change_id: change_id.to_owned(),
-            at,
-        };
-        match self.pending.insert_one(&marker).bounded().await {
+    /// Writes a pending marker (before the change itself). Already there is fine: an earlier try
+    /// wrote it.
+    async fn mark_pending(&self, marker: &PendingMarker) -> mongodb::error::Result<()> {
+        match self.pending.insert_one(marker).bounded().await {
             Ok(_) => Ok(()),
             Err(e) if is_duplicate_key(&e) => Ok(()),
             Err(e) => Err(e),
@@ -312,24 +337,31 @@ impl<T: VersionedRecord> VersionedStore<T> {
     /// change without events needs no relay: a later version is applied by the next read (`get`),
     /// and a replica's first version by the redelivery of the event that creates it.
     async fn insert_change(&self, change: &ChangeDoc) -> mongodb::error::Result<()> {
-        if !change.events.is_empty() {
-            self.mark_pending(&change.id, change.at).await?;
+        if let Some(marker) = &change.marker {
+            let marker = PendingMarker {
+                id: marker.clone(),
+                change: Some(change.id.clone()),
+                at: change.at,
+            };
+            self.mark_pending(&marker).await?;
         }
         self.changes.insert_one(change).bounded().await.map(drop)
     }
 
-    /// Deletes a pending marker whose change is published or gone.
-    pub(super) async fn unmark_pending(&self, change_id: &str) -> mongodb::error::Result<()> {
+    /// Deletes a pending marker whose change is published, gone, or another writer's.
+    pub(super) async fn unmark_pending(&self, marker: &str) -> mongodb::error::Result<()> {
         self.pending
-            .delete_one(doc! { "_id": change_id })
+            .delete_one(doc! { "_id": marker })
             .bounded()
             .await
             .map(drop)
     }
 
     fn change_doc(&self, record: &T, events: Vec<PendingEvent>) -> Result<ChangeDoc, StoreError> {
+        let id = change_id(&record.record_id(), record.version());
         Ok(ChangeDoc {
-            id: change_id(&record.record_id(), record.version()),
+            marker: (!events.is_empty()).then(|| format!("{id}~{}", ObjectId::new().to_hex())),
+            id,
             record_id: record.record_id(),
             record_key: record.key(),
             version: record.version(),
@@ -402,8 +434,8 @@ impl<T: VersionedRecord> VersionedStore<T> {
                     .await
                 {
                     tracing::warn!(change = %change.id, error = %err, "could not drop a lost claim; the relay will");
-                } else if let Err(err) = self.unmark_pending(&change.id).await {
-                    tracing::warn!(change = %change.id, error = %err, "could not drop the marker of a lost claim; the relay will");
+                } else {
+                    self.drop_marker_of_lost(&change).await;
                 }
                 Err(StoreError::Duplicate)
             }
@@ -490,15 +522,32 @@ impl<T: VersionedRecord> VersionedStore<T> {
         let change = self.change_doc(next, events)?;
         match self.insert_change(&change).await {
             Ok(_) => {}
-            Err(e) if is_duplicate_key(&e) => return Err(StoreError::Conflict),
+            Err(e) if is_duplicate_key(&e) => {
+                self.drop_marker_of_lost(&change).await;
+                return Err(StoreError::Conflict);
+            }
             Err(e) => return Err(e.into()),
         }
         self.apply(current, &change).await?;
-        // On FerretDB a conditional replace is read-then-write: a slower writer of an older version
-        // can land after us and roll the record back. Whoever writes last repairs forward here, so
-        // queries on `records()` do not keep a stale state.
-        self.get(current.key()).await?;
+        // Writes of the record are not conditional (see `apply`), so they can land out of order.
+        // Whoever writes last repairs forward: a writer of an older version that lands after us
+        // finds our change after its own, and if the next version's writer landed before us, its
+        // change is there now (it is inserted before its record is written): then we read through.
+        let newer = change_id(&next.record_id(), next.version() + 1);
+        if super::has_id(&self.changes.clone_with_type::<Document>(), newer).await? {
+            self.get(current.key()).await?;
+        }
         Ok(Unpublished::new(change, &self.relay_wanted))
+    }
+
+    /// Deletes the marker of a change that lost its version or its unique key. If this fails the
+    /// relay drops it: the change it names is another writer's, or gone.
+    async fn drop_marker_of_lost(&self, change: &ChangeDoc) {
+        if let Some(marker) = &change.marker
+            && let Err(err) = self.unmark_pending(marker).await
+        {
+            tracing::warn!(change = %change.id, error = %err, "could not drop the marker of a lost change; the relay will");
+        }
     }
 
     /// Read, decide, commit and publish; retried when a concurrent writer takes the version.

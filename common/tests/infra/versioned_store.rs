@@ -261,23 +261,24 @@ async fn publishing_twice_after_a_crash_delivers_once() {
     let bus = bus(&settings).await;
     let shutdown = CancellationToken::new();
     let mut seen = observe::<ExpirationComplete>(&bus, "observer", &shutdown).await;
-    // The writer published, then crashed before marking the change published (which also leaves
-    // its pending marker): the relay publishes it again, and JetStream drops the duplicate by its
-    // message id.
+    // The writer published, then crashed before deleting its pending marker: the relay publishes
+    // it again, and JetStream drops the duplicate by its message id.
     let committed = store
         .create(&bus, &counter("c1", "c1"), vec![event_for("c1", 0)])
         .await
         .expect("create");
     assert!(committed.in_stream);
-    db.collection::<Document>("counters_changes")
-        .update_one(
-            doc! { "_id": "c1:0" },
-            doc! { "$set": { "published": false } },
-        )
+    let change = db
+        .collection::<Document>("counters_changes")
+        .find_one(doc! { "_id": "c1:0" })
         .await
-        .expect("unmark");
+        .expect("find")
+        .expect("change");
+    let marker = change
+        .get_str("marker")
+        .expect("the change names its marker");
     db.collection::<Document>("counters_pending")
-        .insert_one(doc! { "_id": "c1:0", "at": mongodb::bson::DateTime::now() })
+        .insert_one(doc! { "_id": marker, "change": "c1:0", "at": mongodb::bson::DateTime::now() })
         .await
         .expect("marker");
     assert_eq!(
@@ -520,15 +521,22 @@ async fn markers(db: &mongodb::Database) -> u64 {
 }
 
 #[tokio::test]
-async fn a_change_published_by_its_writer_leaves_no_pending_marker() {
+async fn a_change_published_by_its_writer_leaves_no_pending_marker_and_is_not_written_again() {
     let (store, db) = store_with_unique_claim().await;
     let bus = bus(&fresh_nats_settings()).await;
+    common::store::query_log::clear(db.name());
     let committed = store
         .create(&bus, &counter("c1", "c1"), vec![event_for("c1", 0)])
         .await
         .expect("create");
     assert!(committed.in_stream);
     assert_eq!(markers(&db).await, 0);
+    // Deleting the marker is what says the events are out: the change document stays as written.
+    let change_writes: Vec<_> = common::store::query_log::queries_in(db.name())
+        .into_iter()
+        .filter(|query| query.collection == "counters_changes")
+        .collect();
+    assert_eq!(change_writes, vec![], "no update of the change document");
     // A change without events needs no relay, so it is never marked.
     store
         .create_unpublished(&counter("c2", "c2"), vec![])
@@ -563,11 +571,106 @@ async fn concurrent_writers_of_one_version_leave_no_marker_the_relay_cannot_clea
         }
     }))
     .await;
-    // A loser may mark a version after its winner published it: the relay drops such markers and
-    // publishes nothing again.
+    // Every writer marks with an id of its own, and a loser deletes its own marker.
+    assert_eq!(markers(&db).await, 0);
     let pass = store.relay_once(&bus, Duration::ZERO).await.expect("relay");
     assert_eq!(pass, RelayPass::default());
+}
+
+#[tokio::test]
+async fn markers_the_relay_must_not_publish_again_are_dropped() {
+    let (store, db) = store_with_unique_claim().await;
+    let settings = fresh_nats_settings();
+    let bus = bus(&settings).await;
+    let shutdown = CancellationToken::new();
+    let mut seen = observe::<ExpirationComplete>(&bus, "observer", &shutdown).await;
+    store
+        .create(&bus, &counter("c1", "c1"), vec![event_for("c1", 0)])
+        .await
+        .expect("create");
+    assert_eq!(drain(&mut seen, Duration::from_millis(500)).await.len(), 1);
+    let now = mongodb::bson::DateTime::now();
+    // A writer that lost version 0 of c1 and crashed before deleting its marker.
+    let pending = db.collection::<Document>("counters_pending");
+    pending
+        .insert_one(doc! { "_id": "c1:0~loser", "change": "c1:0", "at": now })
+        .await
+        .expect("marker");
+    // An earlier release's change, published by its writer, who could not delete its marker
+    // (those releases marked with the change's id and flagged the change published).
+    let state = mongodb::bson::to_document(&counter("c2", "c2")).expect("bson");
+    let payload = serde_json::to_string(&expiry_of("c2", 0)).expect("json");
+    db.collection::<Document>("counters_changes")
+        .insert_one(doc! {
+            "_id": "c2:0", "record_id": "c2", "record_key": "c2", "version": 0_i64,
+            "state": state.clone(),
+            "events": [{ "subject": "expiration:complete",
+                "msg_id": expiry_of("c2", 0).message_id(), "payload": &payload }],
+            "published": true, "at": now,
+        })
+        .await
+        .expect("old change");
+    db.collection::<Document>("counters")
+        .insert_one(state)
+        .await
+        .expect("record");
+    pending
+        .insert_one(doc! { "_id": "c2:0", "at": now })
+        .await
+        .expect("old marker");
+
+    let pass = store.relay_once(&bus, Duration::ZERO).await.expect("relay");
+
+    assert_eq!(pass, RelayPass::default());
     assert_eq!(markers(&db).await, 0);
+    assert_eq!(
+        drain(&mut seen, Duration::from_millis(800)).await.len(),
+        0,
+        "nothing published again"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_commit_whose_record_write_lands_after_the_next_versions_is_repaired_by_its_writer() {
+    let (store, db) = store_with_unique_claim().await;
+    store
+        .create_unpublished(&counter("c1", "c1"), vec![])
+        .await
+        .expect("create");
+    let current = counter("c1", "c1");
+    let mut next = current.clone();
+    next.version = 1;
+    next.writers = vec!["slow".into()];
+    let mut newest = next.clone();
+    newest.version = 2;
+    newest.writers.push("fast".into());
+    // The writer of version 2 read version 1 (the change below, applied), wrote its change and
+    // its record, and found nothing newer, all before the slow writer's record write landed.
+    db.collection::<Document>("counters_changes")
+        .insert_one(doc! {
+            "_id": "c1:2", "record_id": "c1", "record_key": "c1", "version": 2_i64,
+            "state": mongodb::bson::to_document(&newest).expect("bson"),
+            "events": [], "at": mongodb::bson::DateTime::now(),
+        })
+        .await
+        .expect("insert change");
+
+    store
+        .commit_unpublished(&current, &next, vec![])
+        .await
+        .expect("commit");
+
+    let raw = store
+        .records()
+        .find_one(doc! { "_id": "c1" })
+        .await
+        .expect("find")
+        .expect("record");
+    assert_eq!(
+        raw, newest,
+        "the slow writer read through to the newest version"
+    );
 }
 
 #[tokio::test]

@@ -718,16 +718,19 @@ impl OrderStore {
             reservation: reservation.to_owned(),
             order_id,
         };
-        match self
-            .holders
-            .replace_one(doc! { "_id": reservation }, &hint)
-            .upsert(true)
-            .bounded()
-            .await
-        {
-            Ok(_) => {}
-            // Recorded by someone else at the same moment (FerretDB's upsert is not atomic).
-            Err(err) if is_duplicate_key(&err) => {}
+        // An insert first: a ticket's first sale (most of them) needs no read of a previous hint,
+        // which an upsert makes on FerretDB.
+        let recorded = match self.holders.insert_one(&hint).bounded().await {
+            Err(err) if is_duplicate_key(&err) => self
+                .holders
+                .replace_one(doc! { "_id": reservation }, &hint)
+                .bounded()
+                .await
+                .map(drop),
+            other => other.map(drop),
+        };
+        match recorded {
+            Ok(()) => {}
             // Only a shortcut for later buyers; the answer stands without it.
             Err(err) => {
                 tracing::warn!(reservation, error = %err, "could not record the reservation holder");

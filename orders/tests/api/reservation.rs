@@ -233,6 +233,15 @@ async fn after_a_cancellation_or_an_expiry_the_ticket_can_be_ordered_again() {
 
     let third = id_of(&app.order_ok(&c, &ticket_id).await);
     assert_eq!(app.holders_of(&ticket_id).await, 1);
+    assert_eq!(
+        app.count(
+            "reservation_holders",
+            doc! { "_id": &ticket_id, "orderId": mongodb::bson::oid::ObjectId::parse_str(&third).expect("id") }
+        )
+        .await,
+        1,
+        "a sale after a release records its holder over the stale hint"
+    );
     assert_eq!(app.stored_order(&third).await.reservation, ticket_id);
     assert_eq!(
         app.count("orders", doc! { "ticketId": &ticket_id }).await,

@@ -445,9 +445,21 @@ impl<T: VersionedRecord> VersionedStore<T> {
 
     /// Loads a record, first applying any change newer than the stored version.
     pub async fn get(&self, key: Bson) -> Result<Option<T>, StoreError> {
-        let Some(mut record) = self.records.find_one(doc! { "_id": key }).bounded().await? else {
-            return Ok(None);
-        };
+        match self.stored(key).await? {
+            Some(record) => self.catch_up(record).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The record as stored, which may lag its newest change: a writer between its two writes, or
+    /// one that crashed there. Good enough to base a commit on (a stale one loses its version
+    /// claim); not to answer with.
+    async fn stored(&self, key: Bson) -> Result<Option<T>, StoreError> {
+        Ok(self.records.find_one(doc! { "_id": key }).bounded().await?)
+    }
+
+    /// Applies every change newer than `record`, in order, and returns the result.
+    async fn catch_up(&self, mut record: T) -> Result<T, StoreError> {
         loop {
             let next = change_id(&record.record_id(), record.version() + 1);
             let Some(change) = self
@@ -456,7 +468,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
                 .bounded()
                 .await?
             else {
-                return Ok(Some(record));
+                return Ok(record);
             };
             record = self.apply(&record, &change).await?;
         }
@@ -551,8 +563,11 @@ impl<T: VersionedRecord> VersionedStore<T> {
     }
 
     /// Read, decide, commit and publish; retried when a concurrent writer takes the version.
-    /// Returns the record as it ends up and the committed change, if any. `decide` sees the latest
-    /// state each time.
+    /// Returns the record as it ends up and the committed change, if any.
+    ///
+    /// `decide` first sees the record as stored (one read): a commit based on it claims the version
+    /// after it, which fails if a newer change exists, and is then decided again on the latest
+    /// state. An `Unchanged` answer is returned only once no newer change exists.
     pub async fn modify<E, F>(
         &self,
         bus: &EventBus,
@@ -563,14 +578,29 @@ impl<T: VersionedRecord> VersionedStore<T> {
         E: From<StoreError>,
         F: FnMut(&T) -> Result<Decision<T>, E>,
     {
+        let mut current = self
+            .stored(key.clone())
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let mut latest = false;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
-            let current = self.get(key.clone()).await?.ok_or(StoreError::NotFound)?;
             match decide(&current)? {
-                Decision::Unchanged => return Ok((current, None)),
+                Decision::Unchanged if latest => return Ok((current, None)),
+                Decision::Unchanged => {
+                    let caught_up = self.catch_up(current.clone()).await?;
+                    latest = true;
+                    if caught_up.version() == current.version() {
+                        return Ok((current, None));
+                    }
+                    current = caught_up;
+                }
                 Decision::Commit { next, events } => {
                     match self.commit(bus, &current, &next, events).await {
                         Ok(committed) => return Ok((next, Some(committed))),
-                        Err(StoreError::Conflict) => continue,
+                        Err(StoreError::Conflict) => {
+                            current = self.get(key.clone()).await?.ok_or(StoreError::NotFound)?;
+                            latest = true;
+                        }
                         Err(other) => return Err(other.into()),
                     }
                 }
@@ -606,15 +636,23 @@ impl<T: VersionedRecord> VersionedStore<T> {
     where
         F: FnMut(&T) -> T,
     {
+        // The record as stored first, as in `modify`: a version it already has is applied, and the
+        // claim of the next one fails if the record lags; only a gap needs the changes read.
+        let Some(mut current) = self.stored(key.clone()).await? else {
+            return Ok(ReplicaUpdate::NotYet);
+        };
+        let mut latest = false;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
-            let Some(current) = self.get(key.clone()).await? else {
-                return Ok(ReplicaUpdate::NotYet);
-            };
             if current.version() >= version {
                 return Ok(ReplicaUpdate::AlreadyApplied);
             }
             if current.version() + 1 < version {
-                return Ok(ReplicaUpdate::NotYet);
+                if latest {
+                    return Ok(ReplicaUpdate::NotYet);
+                }
+                current = self.catch_up(current).await?;
+                latest = true;
+                continue;
             }
             match self
                 .commit_change(&current, &next(&current), Vec::new())
@@ -625,8 +663,14 @@ impl<T: VersionedRecord> VersionedStore<T> {
                     change.published.store(true, Ordering::Release);
                     return Ok(ReplicaUpdate::Applied);
                 }
-                // Another consumer claimed this version: the next read applies its change.
-                Err(StoreError::Conflict) => continue,
+                // Another consumer claimed this version (or the record lagged): read through.
+                Err(StoreError::Conflict) => {
+                    let Some(caught_up) = self.get(key.clone()).await? else {
+                        return Ok(ReplicaUpdate::NotYet);
+                    };
+                    current = caught_up;
+                    latest = true;
+                }
                 Err(other) => return Err(other),
             }
         }

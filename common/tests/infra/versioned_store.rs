@@ -196,6 +196,144 @@ async fn a_change_left_unapplied_is_repaired_on_the_next_read() {
     );
 }
 
+/// Counter `c1` stored at version 0 with version 1 claimed by a writer that "crashed" before
+/// writing the record.
+async fn c1_lagging_its_change(store: &VersionedStore<Counter>, db: &mongodb::Database) {
+    store
+        .create_unpublished(&counter("c1", "c1"), vec![])
+        .await
+        .expect("create");
+    let mut state = counter("c1", "c1");
+    state.version = 1;
+    state.writers = vec!["crashed".into()];
+    db.collection::<Document>("counters_changes")
+        .insert_one(doc! {
+            "_id": "c1:1", "record_id": "c1", "record_key": "c1", "version": 1_i64,
+            "state": mongodb::bson::to_document(&state).expect("bson"),
+            "events": [], "at": mongodb::bson::DateTime::now(),
+        })
+        .await
+        .expect("insert change");
+}
+
+#[tokio::test]
+async fn a_modify_of_a_record_lagging_its_newest_change_decides_again_on_the_newest_state() {
+    let (store, db) = store_with_unique_claim().await;
+    let bus = bus(&fresh_nats_settings()).await;
+    c1_lagging_its_change(&store, &db).await;
+    let mut seen = Vec::new();
+
+    // Nothing to do at the stored version, something at the newest: the unchanged answer is
+    // checked against the next change before it is given.
+    let (after, committed) = store
+        .modify::<StoreError, _>(&bus, Bson::String("c1".into()), |current| {
+            seen.push(current.version);
+            if current.version == 0 {
+                return Ok(Decision::Unchanged);
+            }
+            let mut next = current.clone();
+            next.version += 1;
+            next.writers.push("w".into());
+            Ok(Decision::Commit {
+                next,
+                events: vec![],
+            })
+        })
+        .await
+        .expect("modify");
+
+    assert_eq!(seen, vec![0, 1]);
+    assert!(committed.is_some());
+    assert_eq!(
+        (after.version, after.writers),
+        (2, vec!["crashed".to_owned(), "w".to_owned()])
+    );
+
+    // A commit based on the lagging record loses the claim of version 1 and is decided again.
+    let (store, db) = store_with_unique_claim().await;
+    c1_lagging_its_change(&store, &db).await;
+    let mut seen = Vec::new();
+    let (after, _) = store
+        .modify::<StoreError, _>(&bus, Bson::String("c1".into()), |current| {
+            seen.push(current.version);
+            let mut next = current.clone();
+            next.version += 1;
+            next.writers.push("w".into());
+            Ok(Decision::Commit {
+                next,
+                events: vec![],
+            })
+        })
+        .await
+        .expect("modify");
+    assert_eq!(seen, vec![0, 1]);
+    assert_eq!(
+        (after.version, after.writers),
+        (2, vec!["crashed".to_owned(), "w".to_owned()])
+    );
+}
+
+#[tokio::test]
+async fn a_modify_of_an_up_to_date_record_reads_it_once_and_after_its_write_only_the_next_change() {
+    let (store, db) = store_with_unique_claim().await;
+    let bus = bus(&fresh_nats_settings()).await;
+    store
+        .create(&bus, &counter("c1", "c1"), vec![])
+        .await
+        .expect("create");
+    common::store::query_log::clear(db.name());
+
+    store
+        .modify::<StoreError, _>(&bus, Bson::String("c1".into()), |current| {
+            let mut next = current.clone();
+            next.version += 1;
+            Ok(Decision::Commit {
+                next,
+                events: vec![event_for("c1", 1)],
+            })
+        })
+        .await
+        .expect("modify");
+
+    let reads = |collection: &str| {
+        common::store::query_log::queries_in(db.name())
+            .into_iter()
+            .filter(|query| query.command == "find" && query.collection == collection)
+            .count()
+    };
+    assert_eq!(reads("counters"), 1, "the record, once");
+    assert_eq!(
+        reads("counters_changes"),
+        1,
+        "version 2's change, after the write"
+    );
+}
+
+#[tokio::test]
+async fn a_replica_lagging_its_newest_change_takes_the_version_after_it() {
+    use common::store::ReplicaUpdate;
+    let (store, db) = store_with_unique_claim().await;
+    c1_lagging_its_change(&store, &db).await;
+
+    let update = store
+        .apply_replica_version(Bson::String("c1".into()), 2, |current| {
+            let mut next = current.clone();
+            next.version = 2;
+            next.writers.push("v2".into());
+            next
+        })
+        .await
+        .expect("apply");
+
+    assert_eq!(update, ReplicaUpdate::Applied);
+    let stored = store
+        .get(Bson::String("c1".into()))
+        .await
+        .expect("read")
+        .expect("record");
+    assert_eq!(stored.writers, vec!["crashed".to_owned(), "v2".to_owned()]);
+}
+
 #[tokio::test]
 async fn the_relay_publishes_what_a_crashed_writer_left_behind_exactly_once() {
     let (store, _db) = store_with_unique_claim().await;

@@ -4,7 +4,9 @@
 #   scripts/e2e.sh [CARGO TEST ARGS...] [-- TEST ARGS...]     e.g. scripts/e2e.sh -- --nocapture
 #
 # 1. scripts/infra.sh up ferretdb nats redis chromedriver, and the Stripe double
-#    (`cargo build -p e2e --bin stripe-double`, on 127.0.0.1:12199 + the port offset, log
+#    (built with the test: `cargo test --workspace --test browser --no-run`, which resolves
+#    features as scripts/test.sh's `cargo test --workspace` did and so reuses its build; on
+#    127.0.0.1:12199 + the port offset, log
 #    .data/logs/stripe-double.log): Stripe's charges, PaymentIntents and refunds with a ledger, and
 #    the stub of Stripe.js (`e2e/static/stripe-stub.js`) the order page loads, so the page's
 #    checkout (card field, PaymentIntent, 3-D Secure) runs end to end without a Stripe account;
@@ -13,7 +15,7 @@
 #    already run with another binary or other settings.  Payments always uses the Stripe double
 #    and the client the stub of Stripe.js with a test publishable key (the caller's STRIPE_KEY,
 #    STRIPE_API_BASE, STRIPE_PUBLISHABLE_KEY and STRIPE_JS_URL are ignored);
-# 3. cargo test -p e2e [--locked] ARGS -- --test-threads=1 TEST ARGS, with exported
+# 3. cargo test --workspace --test browser [--locked] ARGS -- --test-threads=1 TEST ARGS, with exported
 #      APP_URL=http://localhost:8280         the app, through nginx (INFRA_INSTANCE=e2e: ports +200)
 #      WEBDRIVER_URL=http://127.0.0.1:29715  ChromeDriver (as root, Chromium needs --no-sandbox)
 #      E2E_ARTIFACTS=<repo>/e2e-artifacts    emptied first; screenshots, page sources (ignored by git)
@@ -73,11 +75,13 @@ install_axe_core() {
 
 # ------------------------------------------------------------------ preconditions
 [[ -f e2e/Cargo.toml ]] ||
-  die "no end-to-end tests yet: e2e/Cargo.toml is missing (scripts/e2e.sh runs \`cargo test -p e2e\`; create the e2e crate and add \"e2e\" to the workspace members)"
+  die "no end-to-end tests yet: e2e/Cargo.toml is missing (scripts/e2e.sh runs its \`browser\` test; create the e2e crate and add \"e2e\" to the workspace members)"
 sed -n '/^[[:space:]]*members[[:space:]]*=/,/\]/p' Cargo.toml | grep -q '"e2e"' ||
-  die "e2e/Cargo.toml exists but \"e2e\" is not in the workspace members of Cargo.toml (cargo test -p e2e would not find it)"
+  die "e2e/Cargo.toml exists but \"e2e\" is not in the workspace members of Cargo.toml (cargo test --workspace would not find it)"
 
-cargo_args=(test -p e2e)
+# The whole workspace selected, as in scripts/test.sh, so features resolve the same and its build is
+# reused; `--test browser` picks e2e's test alone (it is `test = false`: never run by default).
+cargo_args=(test --workspace --test browser)
 [[ -f Cargo.lock ]] && cargo_args+=(--locked)
 test_args=(--test-threads=1)
 seen_dashes=no
@@ -144,9 +148,8 @@ trap 'exit 143' TERM
 # ------------------------------------------------------------------ 1. infrastructure
 bash "$ROOT/scripts/infra.sh" up ferretdb nats redis chromedriver
 install_axe_core
-build_args=(build -p e2e --bin stripe-double)
-[[ -f Cargo.lock ]] && build_args+=(--locked)
-cargo "${build_args[@]}"
+# Builds the test and e2e's binaries (the Stripe double among them) before the app starts.
+cargo "${cargo_args[@]}" --no-run
 start_daemon stripe-double "$LOG_DIR/stripe-double.log" \
   env STRIPE_DOUBLE_ADDR="127.0.0.1:$STRIPE_DOUBLE_PORT" "${CARGO_TARGET_DIR:-$ROOT/target}/debug/stripe-double"
 wait_for_port 127.0.0.1 "$STRIPE_DOUBLE_PORT" stripe-double "$LOG_DIR/stripe-double.log" 30
@@ -167,7 +170,7 @@ bash "$ROOT/scripts/app.sh" up
 summary+=("app up $((SECONDS - t))s")
 
 # ------------------------------------------------------------------ 3. the tests
-phase="cargo test -p e2e"
+phase="cargo test --test browser"
 t=$SECONDS
 export APP_URL="http://localhost:$NGINX_PORT"
 export E2E_ARTIFACTS="$ARTIFACTS"
@@ -179,4 +182,4 @@ log "running: cargo ${cargo_args[*]} -- ${test_args[*]} (APP_URL=$APP_URL WEBDRI
 cargo_rc=0
 cargo "${cargo_args[@]}" -- "${test_args[@]}" || cargo_rc=$?
 ((cargo_rc == 0)) || exit "$cargo_rc"
-summary+=("cargo test -p e2e $((SECONDS - t))s")
+summary+=("cargo test --test browser $((SECONDS - t))s")

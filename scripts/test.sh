@@ -6,9 +6,9 @@
 #
 # 1. scripts/infra.sh up ferretdb nats redis stripe-mock, and its env (MONGO_URL, NATS_URL,
 #    REDIS_URL, and STRIPE_MOCK_URL for payments' PaymentIntent requests);
-# 2. cargo test --workspace [--exclude e2e] [--locked] ARGS (RUST_LOG unset, RUST_BACKTRACE=1);
-#    --workspace is left out when ARGS already select packages (-p/--package/--exclude/...);
-#    --exclude e2e is added when e2e/Cargo.toml exists (the browser tests need the app: step 4);
+# 2. cargo test --workspace [--locked] ARGS (RUST_LOG unset, RUST_BACKTRACE=1); --workspace is
+#    left out when ARGS already select packages (-p/--package/--exclude/...); e2e's browser test
+#    is `test = false` (it needs the app: step 4), so this runs only e2e's unit tests;
 # 3. python3 -m pytest -q tests-infra, when that directory exists (its own venv in .data/);
 # 4. the browser tests, APP_SKIP_BUILD=1 APP_PROFILE=debug scripts/e2e.sh (the app on the debug
 #    binaries step 2 built), when e2e/Cargo.toml exists, ARGS select no packages and step 2
@@ -90,9 +90,9 @@ done
 has_e2e=no
 [[ -f e2e/Cargo.toml ]] && has_e2e=yes
 if [[ "$select_packages" == no ]]; then
+  # e2e's browser test drives the running app: `test = false` keeps it for step 4 (scripts/e2e.sh),
+  # and selecting the whole workspace here lets step 4 reuse this build (same features).
   cargo_args+=(--workspace)
-  # e2e's tests drive the running app in a browser: they run in step 4 (scripts/e2e.sh).
-  [[ "$has_e2e" == yes ]] && cargo_args+=(--exclude e2e)
 fi
 [[ -f Cargo.lock ]] && cargo_args+=(--locked)
 cargo_args+=("$@")
@@ -172,8 +172,8 @@ stack_step() {
 }
 
 # 4. the browser tests: cargo test built every service's debug binary (they have integration
-# tests); e2e.sh builds any that is missing, starts the app on them, runs cargo test -p e2e, stops
-# the app.
+# tests); e2e.sh builds any that is missing, starts the app on them, runs cargo test --workspace
+# --test browser, stops the app.
 e2e_rc=0
 e2e_summary="e2e: none"
 if [[ "$has_e2e" == yes ]]; then

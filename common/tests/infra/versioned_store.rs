@@ -216,6 +216,17 @@ async fn c1_lagging_its_change(store: &VersionedStore<Counter>, db: &mongodb::Da
         .expect("insert change");
 }
 
+/// The next version of `current`, with `writer` added and no events.
+fn next_written_by(current: &Counter, writer: &str) -> Decision<Counter> {
+    let mut next = current.clone();
+    next.version += 1;
+    next.writers.push(writer.into());
+    Decision::Commit {
+        next,
+        events: vec![],
+    }
+}
+
 #[tokio::test]
 async fn a_modify_of_a_record_lagging_its_newest_change_decides_again_on_the_newest_state() {
     let (store, db) = store_with_unique_claim().await;
@@ -231,13 +242,7 @@ async fn a_modify_of_a_record_lagging_its_newest_change_decides_again_on_the_new
             if current.version == 0 {
                 return Ok(Decision::Unchanged);
             }
-            let mut next = current.clone();
-            next.version += 1;
-            next.writers.push("w".into());
-            Ok(Decision::Commit {
-                next,
-                events: vec![],
-            })
+            Ok(next_written_by(current, "w"))
         })
         .await
         .expect("modify");
@@ -256,13 +261,7 @@ async fn a_modify_of_a_record_lagging_its_newest_change_decides_again_on_the_new
     let (after, _) = store
         .modify::<StoreError, _>(&bus, Bson::String("c1".into()), |current| {
             seen.push(current.version);
-            let mut next = current.clone();
-            next.version += 1;
-            next.writers.push("w".into());
-            Ok(Decision::Commit {
-                next,
-                events: vec![],
-            })
+            Ok(next_written_by(current, "w"))
         })
         .await
         .expect("modify");

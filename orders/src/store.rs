@@ -73,10 +73,11 @@ struct ClaimQueue {
 
 /// An order seen holding a reservation: by this process's winning insert, or by a read of the
 /// order through the store. `seen_at` is when that insert or read was sent: the order held the
-/// reservation at some moment after it.
+/// reservation at some moment after it, at version `version`.
 struct SeenHolder {
     reservation: String,
     order_id: ObjectId,
+    version: i64,
     seen_at: Instant,
 }
 
@@ -581,8 +582,9 @@ impl OrderStore {
     ///   insert, or another buyer's read): the ticket was held at a moment within the buyer's
     ///   request, so the refusal is an answer the buyer could have had. This is how most of a flash
     ///   sale's losers are answered without touching the database;
-    /// - the last holder seen, or else the recorded one, read through the store by `_id`, still
-    ///   holds it.
+    /// - the last holder seen still holds it: one lookup by `_id` of the change that would claim
+    ///   its next version, and a read of the order only if that change exists;
+    /// - or else the recorded holder, read through the store by `_id`, still holds it.
     ///
     /// The user entry and the expiry marker are written before the order, so that a crash leaves at
     /// most an entry without its order (which readers skip); a lost insert takes them back.
@@ -601,17 +603,19 @@ impl OrderStore {
                 return Ok(Reservation::Taken);
             }
             let reading = Instant::now();
-            if self.holds(seen.order_id, &reservation).await? {
+            if let Some(version) = self.still_holding(seen).await? {
+                seen.version = version;
                 seen.seen_at = reading;
                 return Ok(Reservation::Taken);
             }
             *turn = None;
         }
         let reading = Instant::now();
-        if let Some(order_id) = self.recorded_holder(&reservation).await? {
+        if let Some((order_id, version)) = self.recorded_holder(&reservation).await? {
             *turn = Some(SeenHolder {
                 reservation,
                 order_id,
+                version,
                 seen_at: reading,
             });
             return Ok(Reservation::Taken);
@@ -632,6 +636,7 @@ impl OrderStore {
                 *turn = Some(SeenHolder {
                     reservation,
                     order_id: order.id,
+                    version: order.version,
                     seen_at: sent,
                 });
                 Ok(Reservation::Created { order, ticket })
@@ -675,17 +680,22 @@ impl OrderStore {
         Err(StoreError::Duplicate)
     }
 
-    /// The holder recorded for `reservation`, if it (brought up to date) still holds it.
-    async fn recorded_holder(&self, reservation: &str) -> Result<Option<ObjectId>, StoreError> {
-        match self
+    /// The holder recorded for `reservation` and the version at which it holds it, if it (brought
+    /// up to date) still does.
+    async fn recorded_holder(
+        &self,
+        reservation: &str,
+    ) -> Result<Option<(ObjectId, i64)>, StoreError> {
+        let Some(hint) = self
             .holders
             .find_one(doc! { "_id": reservation })
             .bounded()
             .await?
-        {
-            Some(hint) if self.holds(hint.order_id, reservation).await? => Ok(Some(hint.order_id)),
-            _ => Ok(None),
-        }
+        else {
+            return Ok(None);
+        };
+        let holding = self.holding_version(hint.order_id, reservation).await?;
+        Ok(holding.map(|version| (hint.order_id, version)))
     }
 
     /// Whether a live order holds `reservation`, after bringing its holder up to date.
@@ -705,7 +715,11 @@ impl OrderStore {
             // Released between our insert and this read.
             return Ok(false);
         };
-        if !self.holds(holder.id, reservation).await? {
+        if self
+            .holding_version(holder.id, reservation)
+            .await?
+            .is_none()
+        {
             return Ok(false);
         }
         self.record_holder(reservation, holder.id).await;
@@ -738,10 +752,32 @@ impl OrderStore {
         }
     }
 
-    /// Whether order `id`, brought up to date, holds `reservation`.
-    async fn holds(&self, id: ObjectId, reservation: &str) -> Result<bool, StoreError> {
+    /// The version at which order `id`, brought up to date, holds `reservation`; `None` if it
+    /// does not hold it (or does not exist).
+    async fn holding_version(
+        &self,
+        id: ObjectId,
+        reservation: &str,
+    ) -> Result<Option<i64>, StoreError> {
         let current = self.orders.get(Bson::ObjectId(id)).await?;
-        Ok(current.is_some_and(|order| order.reservation == reservation))
+        Ok(current
+            .filter(|order| order.reservation == reservation)
+            .map(|order| order.version))
+    }
+
+    /// The version at which a holder seen earlier holds its reservation now, if it still does.
+    /// Most often nothing changed the order since it was seen: then one lookup of the change that
+    /// would claim the next version says so, where reading the order through the store takes two.
+    /// This is what answers most losers of a flash sale.
+    async fn still_holding(&self, seen: &SeenHolder) -> Result<Option<i64>, StoreError> {
+        if self
+            .orders
+            .is_newest(&seen.order_id.to_hex(), seen.version)
+            .await?
+        {
+            return Ok(Some(seen.version));
+        }
+        self.holding_version(seen.order_id, &seen.reservation).await
     }
 }
 

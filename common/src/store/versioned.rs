@@ -451,6 +451,15 @@ impl<T: VersionedRecord> VersionedStore<T> {
         }
     }
 
+    /// Whether version `version` of record `record_id` is still its newest: no change claimed the
+    /// version after it (every version after the first is claimed by its change's insert). One
+    /// lookup by `_id`, where [`Self::get`] needs two: for a caller that already knows the record
+    /// at `version` and only asks whether it still stands.
+    pub async fn is_newest(&self, record_id: &str, version: i64) -> Result<bool, StoreError> {
+        let next = change_id(record_id, version + 1);
+        Ok(!super::has_id(&self.changes.clone_with_type::<Document>(), next).await?)
+    }
+
     /// The record as stored, which may lag its newest change: a writer between its two writes, or
     /// one that crashed there. Good enough to base a commit on (a stale one loses its version
     /// claim); not to answer with.

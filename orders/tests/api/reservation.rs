@@ -7,7 +7,7 @@ use common::events::OrderStatus;
 use common::store::PendingEvent;
 use common::testing::id_of;
 use futures::future::join_all;
-use mongodb::bson::doc;
+use mongodb::bson::{Document, doc};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -123,6 +123,56 @@ async fn buyers_queued_behind_a_read_that_found_the_ticket_held_are_refused_by_t
     assert!(
         order_reads < 25,
         "{order_reads} reads of the holder for 30 buyers"
+    );
+}
+
+/// The reads of one request that decide a reservation: orders, their changes and the holder hints
+/// (not the relay's or the sweeper's, which may run meanwhile).
+fn reservation_reads(app: &TestApp) -> Vec<(String, Document)> {
+    app.queries()
+        .into_iter()
+        .filter(|query| {
+            query.command == "find"
+                && ["orders", "orders_changes", "reservation_holders"]
+                    .contains(&query.collection.as_str())
+        })
+        .map(|query| (query.collection, query.filter))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_buyer_of_a_ticket_this_process_saw_held_is_refused_by_one_lookup_of_the_holders_next_version()
+ {
+    let app = spawn_app().await;
+    let ticket_id = app.ticket("Hot", 5000).await.id.to_hex();
+    let first = id_of(&app.order_ok(&User::new(), &ticket_id).await);
+
+    // Nothing changed the holder since its insert: whether its next version exists says it all.
+    app.forget_queries();
+    let reply = app.order(&User::new(), &ticket_id).await;
+    assert_reply(reply, StatusCode::BAD_REQUEST, already_reserved());
+    assert_eq!(
+        reservation_reads(&app),
+        vec![(
+            "orders_changes".to_owned(),
+            doc! { "_id": format!("{first}:1") }
+        )]
+    );
+
+    // Paid, the order keeps its ticket at a later version: read through once, then again one
+    // lookup of the version after the one seen.
+    assert_eq!(app.pay(&first).await, Outcome::Ack);
+    let reply = app.order(&User::new(), &ticket_id).await;
+    assert_reply(reply, StatusCode::BAD_REQUEST, already_reserved());
+    app.forget_queries();
+    let reply = app.order(&User::new(), &ticket_id).await;
+    assert_reply(reply, StatusCode::BAD_REQUEST, already_reserved());
+    assert_eq!(
+        reservation_reads(&app),
+        vec![(
+            "orders_changes".to_owned(),
+            doc! { "_id": format!("{first}:2") }
+        )]
     );
 }
 

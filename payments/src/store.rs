@@ -39,8 +39,8 @@ use chrono::{DateTime, Utc};
 use common::bus::EventBus;
 use common::events::{OrderStatus, PaymentCreated, PaymentUpdated};
 use common::store::{
-    Bounded as _, Committed, MIGRATIONS_COLLECTION, PendingEvent, ReplicaUpdate, StoreError,
-    VersionedStore, is_duplicate_key,
+    Bounded as _, Committed, Decision, MIGRATIONS_COLLECTION, PendingEvent, ReplicaUpdate,
+    StoreError, VersionedStore, is_duplicate_key,
 };
 use futures::TryStreamExt as _;
 use mongodb::bson::oid::ObjectId;
@@ -343,9 +343,6 @@ struct Migration {
 /// The one-time marking of payments left unsettled before `unsettled_payments` existed.
 const UNSETTLED_BACKFILL: &str = "unsettled_payments-from-payments";
 
-/// How many times a transition is tried again after another writer took the version.
-const TRANSITION_ATTEMPTS: usize = 20;
-
 /// How old a marker whose version was never committed must be before the reconciler drops it: its
 /// writer may be stalled between the marker and the commit (a paused database).
 const DANGLING_MARKER_AGE: Duration = Duration::from_secs(600);
@@ -446,10 +443,10 @@ impl PaymentStore {
         self.payments.get(Bson::ObjectId(order_id)).await
     }
 
-    /// One versioned transition of the order's payment: `next` sees the latest state (again after
-    /// losing a race to another writer) and returns the next state, or `None` to leave it; the
-    /// commit carries that state's events. A transition into an unsettled state from a settled one
-    /// is marked for the reconciler first.
+    /// One versioned transition of the order's payment: `next` sees the payment as stored (again,
+    /// up to date, after losing a race to another writer or before leaving it as it is) and
+    /// returns the next state, or `None` to leave it; the commit carries that state's events. A
+    /// transition into an unsettled state from a settled one is marked for the reconciler first.
     async fn transition<F>(
         &self,
         bus: &EventBus,
@@ -459,26 +456,30 @@ impl PaymentStore {
     where
         F: FnMut(&Payment) -> Option<Payment>,
     {
-        for _ in 0..TRANSITION_ATTEMPTS {
-            let current = self.get(order_id).await?.ok_or(StoreError::NotFound)?;
-            let Some(next) = next(&current) else {
-                return Ok((current, None));
-            };
-            let unsettled = |status| PaymentStatus::UNSETTLED.contains(&status);
-            if unsettled(next.status) && !unsettled(current.status) {
-                self.mark_unsettled(order_id, next.version).await?;
-            }
-            match self
-                .payments
-                .commit(bus, &current, &next, next.events()?)
-                .await
-            {
-                Ok(committed) => return Ok((next, Some(committed))),
-                Err(StoreError::Conflict) => continue,
-                Err(other) => return Err(other),
-            }
-        }
-        Err(StoreError::Conflict)
+        let unsettled = |status| PaymentStatus::UNSETTLED.contains(&status);
+        self.payments
+            .modify_prepared(
+                bus,
+                Bson::ObjectId(order_id),
+                |current: &Payment| match next(current) {
+                    Some(next) => Ok(Decision::Commit {
+                        events: next.events()?,
+                        next,
+                    }),
+                    None => Ok(Decision::Unchanged),
+                },
+                |current: &Payment, next: &Payment| {
+                    let marked = unsettled(next.status) && !unsettled(current.status);
+                    let version = next.version;
+                    async move {
+                        if marked {
+                            self.mark_unsettled(order_id, version).await?;
+                        }
+                        Ok(())
+                    }
+                },
+            )
+            .await
     }
 
     /// Records a new `pending` attempt to pay `order` with `token` (a card token, or a

@@ -581,11 +581,31 @@ impl<T: VersionedRecord> VersionedStore<T> {
         &self,
         bus: &EventBus,
         key: Bson,
-        mut decide: F,
+        decide: F,
     ) -> Result<(T, Option<Committed>), E>
     where
         E: From<StoreError>,
         F: FnMut(&T) -> Result<Decision<T>, E>,
+    {
+        self.modify_prepared(bus, key, decide, |_: &T, _: &T| std::future::ready(Ok(())))
+            .await
+    }
+
+    /// [`Self::modify`] with a step run before each commit, given the current and the next state:
+    /// a write that must exist before the change can (a marker for a sweeper). A failing step
+    /// fails the call, and nothing is committed.
+    pub async fn modify_prepared<E, F, P, Fut>(
+        &self,
+        bus: &EventBus,
+        key: Bson,
+        mut decide: F,
+        mut prepare: P,
+    ) -> Result<(T, Option<Committed>), E>
+    where
+        E: From<StoreError>,
+        F: FnMut(&T) -> Result<Decision<T>, E>,
+        P: FnMut(&T, &T) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
     {
         let mut current = self
             .stored(key.clone())
@@ -604,6 +624,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
                     current = caught_up;
                 }
                 Decision::Commit { next, events } => {
+                    prepare(&current, &next).await?;
                     match self.commit(bus, &current, &next, events).await {
                         Ok(committed) => return Ok((next, Some(committed))),
                         Err(StoreError::Conflict) => {

@@ -550,3 +550,25 @@ async fn the_owner_sees_where_the_payment_of_their_order_stands_and_nobody_else_
         reply.expect_not_found(missing);
     }
 }
+
+#[tokio::test]
+async fn each_step_of_a_payment_decides_on_the_record_as_stored_and_reads_the_change_log_only_after_its_commit()
+ {
+    let app = spawn_app().await;
+    app.stripe_double().await;
+    let (user, order) = app.order_of_new_buyer(1500).await;
+    common::store::query_log::clear(app.db.name());
+
+    app.pay_ok(&user, &order.id).await;
+
+    // Recorded at version 0, marked sent at 1, settled at 2. Each commit looks for the version
+    // after its own (a writer that landed before it); none reads the change it is about to
+    // succeed, since the record as stored was up to date.
+    let change_reads: Vec<_> = common::store::query_log::queries_in(app.db.name())
+        .into_iter()
+        .filter(|query| query.collection == "payments_changes" && query.command == "find")
+        .map(|query| query.filter)
+        .collect();
+    let change = |version: i64| mongodb::bson::doc! { "_id": format!("{}:{version}", order.id) };
+    assert_eq!(change_reads, vec![change(2), change(3)]);
+}

@@ -4,9 +4,10 @@
 //! A change to a record at version `v` is first written as a *change document* with
 //! `_id = "<record id>:<v+1>"`, holding the full new state and the events to publish. Only one
 //! writer can insert that id, so versions cannot fork even where conditional updates are not atomic
-//! (FerretDB). The record itself is then brought to the new state. Anyone who finds a change newer
-//! than the record applies it (read repair), and a relay publishes change events left unpublished,
-//! so a crash between any two steps loses nothing. Publishing and the relay are in `outbox.rs`.
+//! (FerretDB). The record itself is then brought to the new state while the change's events are
+//! published (the insert decided the version). Anyone who finds a change newer than the record
+//! applies it (read repair), and a relay publishes change events left unpublished, so a crash
+//! between any two steps loses nothing. Publishing and the relay are in `outbox.rs`.
 //!
 //! A change with events is announced first by a *pending marker* in `<name>_pending`, deleted once
 //! its events are published: the relay reads the markers, not the ever-growing changes (FerretDB
@@ -509,8 +510,18 @@ impl<T: VersionedRecord> VersionedStore<T> {
         next: &T,
         events: Vec<PendingEvent>,
     ) -> Result<Committed, StoreError> {
-        let change = self.commit_change(current, next, events).await?;
-        Ok(self.publish(bus, change).await)
+        let change = self.claim_version(current, next, events).await?;
+        // The claim decides the version, so its events go out while the record is written: a
+        // reader catches up from the change log meanwhile, and if this process dies before the
+        // record is written, the relay writes it (and publishes the events again if they were not
+        // out yet; the stream drops a message id it has seen).
+        let unpublished = Unpublished::new(change.clone(), &self.relay_wanted);
+        let (committed, written) = tokio::join!(
+            self.publish(bus, unpublished),
+            self.write_claimed(current, next, &change)
+        );
+        written?;
+        Ok(committed)
     }
 
     /// [`Self::commit`] without publishing, as if the writer had crashed right after the write:
@@ -531,6 +542,19 @@ impl<T: VersionedRecord> VersionedStore<T> {
         next: &T,
         events: Vec<PendingEvent>,
     ) -> Result<Unpublished, StoreError> {
+        let change = self.claim_version(current, next, events).await?;
+        self.write_claimed(current, next, &change).await?;
+        Ok(Unpublished::new(change, &self.relay_wanted))
+    }
+
+    /// Claims version `current + 1` for `next` by inserting its change document (with the pending
+    /// marker first if it has events). [`StoreError::Conflict`] if another writer claimed it first.
+    async fn claim_version(
+        &self,
+        current: &T,
+        next: &T,
+        events: Vec<PendingEvent>,
+    ) -> Result<ChangeDoc, StoreError> {
         if next.version() != current.version() + 1 || next.record_id() != current.record_id() {
             return Err(StoreError::Other(anyhow::anyhow!(
                 "a change must move {} from version {} to {}, not {}",
@@ -542,14 +566,24 @@ impl<T: VersionedRecord> VersionedStore<T> {
         }
         let change = self.change_doc(next, events)?;
         match self.insert_change(&change).await {
-            Ok(_) => {}
+            Ok(_) => Ok(change),
             Err(e) if is_duplicate_key(&e) => {
                 self.drop_marker_of_lost(&change).await;
-                return Err(StoreError::Conflict);
+                Err(StoreError::Conflict)
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => Err(e.into()),
         }
-        self.apply(current, &change).await?;
+    }
+
+    /// Writes a claimed change over the record, then repairs forward if a later version's writer
+    /// landed first.
+    async fn write_claimed(
+        &self,
+        current: &T,
+        next: &T,
+        change: &ChangeDoc,
+    ) -> Result<(), StoreError> {
+        self.apply(current, change).await?;
         // Writes of the record are not conditional (see `apply`), so they can land out of order.
         // Whoever writes last repairs forward: a writer of an older version that lands after us
         // finds our change after its own, and if the next version's writer landed before us, its
@@ -558,7 +592,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
         if super::has_id(&self.changes.clone_with_type::<Document>(), newer).await? {
             self.get(current.key()).await?;
         }
-        Ok(Unpublished::new(change, &self.relay_wanted))
+        Ok(())
     }
 
     /// Deletes the marker of a change that lost its version or its unique key. If this fails the

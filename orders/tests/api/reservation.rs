@@ -140,6 +140,17 @@ fn reservation_reads(app: &TestApp) -> Vec<(String, Document)> {
         .collect()
 }
 
+/// A new buyer of `ticket_id` is refused, having read only the change `<holder>:<version>`.
+async fn assert_refused_by_one_lookup_of(app: &TestApp, ticket_id: &str, change_id: String) {
+    app.forget_queries();
+    let reply = app.order(&User::new(), ticket_id).await;
+    assert_reply(reply, StatusCode::BAD_REQUEST, already_reserved());
+    assert_eq!(
+        reservation_reads(app),
+        vec![("orders_changes".to_owned(), doc! { "_id": change_id })]
+    );
+}
+
 #[tokio::test]
 async fn a_buyer_of_a_ticket_this_process_saw_held_is_refused_by_one_lookup_of_the_holders_next_version()
  {
@@ -148,32 +159,14 @@ async fn a_buyer_of_a_ticket_this_process_saw_held_is_refused_by_one_lookup_of_t
     let first = id_of(&app.order_ok(&User::new(), &ticket_id).await);
 
     // Nothing changed the holder since its insert: whether its next version exists says it all.
-    app.forget_queries();
-    let reply = app.order(&User::new(), &ticket_id).await;
-    assert_reply(reply, StatusCode::BAD_REQUEST, already_reserved());
-    assert_eq!(
-        reservation_reads(&app),
-        vec![(
-            "orders_changes".to_owned(),
-            doc! { "_id": format!("{first}:1") }
-        )]
-    );
+    assert_refused_by_one_lookup_of(&app, &ticket_id, format!("{first}:1")).await;
 
     // Paid, the order keeps its ticket at a later version: read through once, then again one
     // lookup of the version after the one seen.
     assert_eq!(app.pay(&first).await, Outcome::Ack);
     let reply = app.order(&User::new(), &ticket_id).await;
     assert_reply(reply, StatusCode::BAD_REQUEST, already_reserved());
-    app.forget_queries();
-    let reply = app.order(&User::new(), &ticket_id).await;
-    assert_reply(reply, StatusCode::BAD_REQUEST, already_reserved());
-    assert_eq!(
-        reservation_reads(&app),
-        vec![(
-            "orders_changes".to_owned(),
-            doc! { "_id": format!("{first}:2") }
-        )]
-    );
+    assert_refused_by_one_lookup_of(&app, &ticket_id, format!("{first}:2")).await;
 }
 
 #[tokio::test]

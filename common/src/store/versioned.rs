@@ -588,8 +588,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
         // Whoever writes last repairs forward: a writer of an older version that lands after us
         // finds our change after its own, and if the next version's writer landed before us, its
         // change is there now (it is inserted before its record is written): then we read through.
-        let newer = change_id(&next.record_id(), next.version() + 1);
-        if super::has_id(&self.changes.clone_with_type::<Document>(), newer).await? {
+        if !self.is_newest(&next.record_id(), next.version()).await? {
             self.get(current.key()).await?;
         }
         Ok(())

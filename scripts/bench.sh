@@ -18,6 +18,8 @@
 #                       A run takes about 5 minutes (plus builds). Results, in the ignored
 #                       bench-results/<run>/: results.json, report.md with SVG charts, summary.md
 #                       (the README's table); bench-results/latest points at the newest run.
+#                       Every phase also reports the commands FerretDB served meanwhile, read
+#                       from its metrics (FERRETDB_METRICS_URL, from scripts/infra.sh env).
 #                       Exits non-zero when the flash sale did not sell every ticket exactly once.
 # Environment (optional; defaults in bench/src/run.rs):
 #   BENCH_USERS (1000)  BENCH_TICKETS (100)  BENCH_SIGNIN_USERS (200)  BENCH_AUTH_CONCURRENCY (16)

@@ -13,7 +13,8 @@
 #
 # Components and loopback ports:
 #   ferretdb     127.0.0.1:27117  MongoDB wire protocol (FerretDB v1.24.2; SQLite backend in .data/ferretdb/,
-#                                 or PostgreSQL, see INFRA_DB_BACKEND)
+#                                 or PostgreSQL, see INFRA_DB_BACKEND); its Prometheus metrics (commands
+#                                 served, by command) at http://127.0.0.1:27118/debug/metrics
 #   postgresql   127.0.0.1:25432  PostgreSQL 15 (Debian), FerretDB's store with INFRA_DB_BACKEND=postgresql
 #                                 (data .data/postgresql/data/, run as the unprivileged user
 #                                 INFRA_PG_USER, default ticketing-pg, created if missing); started by
@@ -220,9 +221,9 @@ describe() {
   case "$1" in
     ferretdb)
       if [[ "$(db_backend)" == postgresql ]]; then
-        echo "mongodb://$INFRA_HOST:$FERRETDB_PORT (FerretDB $FERRETDB_VERSION, PostgreSQL $(postgresql_url))"
+        echo "mongodb://$INFRA_HOST:$FERRETDB_PORT (FerretDB $FERRETDB_VERSION, PostgreSQL $(postgresql_url), metrics http://$INFRA_HOST:$FERRETDB_METRICS_PORT/debug/metrics)"
       else
-        echo "mongodb://$INFRA_HOST:$FERRETDB_PORT (FerretDB $FERRETDB_VERSION, SQLite in ${DATA_DIR#"$ROOT"/}/ferretdb)"
+        echo "mongodb://$INFRA_HOST:$FERRETDB_PORT (FerretDB $FERRETDB_VERSION, SQLite in ${DATA_DIR#"$ROOT"/}/ferretdb, metrics http://$INFRA_HOST:$FERRETDB_METRICS_PORT/debug/metrics)"
       fi
       ;;
     postgresql) echo "postgres://$INFRA_HOST:$POSTGRES_PORT (PostgreSQL $("$PG_BIN/postgres" --version 2>/dev/null | awk '{ print $3 }') as user $PG_USER, data in ${PG_DIR#"$ROOT"/}/data)" ;;
@@ -266,6 +267,7 @@ start_ferretdb() {
       die "ferretdb is running on $running, not $backend: scripts/infra.sh down ferretdb first"
   else
     check_port_free ferretdb "$FERRETDB_PORT"
+    check_port_free "ferretdb (metrics)" "$FERRETDB_METRICS_PORT"
   fi
   printf '%s\n' "$backend" >"$BACKEND_FILE"
   start_daemon ferretdb "$logfile" "$BIN_DIR/ferretdb" \
@@ -273,7 +275,7 @@ start_ferretdb() {
     "--listen-addr=$INFRA_HOST:$FERRETDB_PORT" \
     "--state-dir=$DATA_DIR/ferretdb/state" \
     --telemetry=disable \
-    --debug-addr=- \
+    "--debug-addr=$INFRA_HOST:$FERRETDB_METRICS_PORT" \
     --log-level=warn
   wait_for_port "$INFRA_HOST" "$FERRETDB_PORT" ferretdb "$logfile" "$READY_TIMEOUT"
   wait_until ferretdb "$logfile" "$READY_TIMEOUT" "MongoDB ping on $INFRA_HOST:$FERRETDB_PORT" ready_ferretdb
@@ -495,6 +497,7 @@ print_env() {
   echo "export MONGO_URL=mongodb://$INFRA_HOST:$FERRETDB_PORT"
   echo "export NATS_URL=nats://$INFRA_HOST:$NATS_PORT"
   echo "export REDIS_URL=redis://$INFRA_HOST:$REDIS_PORT"
+  echo "export FERRETDB_METRICS_URL=http://$INFRA_HOST:$FERRETDB_METRICS_PORT/debug/metrics"
   if daemon_running stripe-mock; then
     echo "export STRIPE_API_BASE=http://$INFRA_HOST:$STRIPE_MOCK_PORT"
   fi

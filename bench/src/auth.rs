@@ -169,7 +169,7 @@ async fn authenticate(
 ) -> anyhow::Result<(AuthRun, Vec<Option<String>>)> {
     let operation = path.trim_start_matches("/api/users/").to_owned();
     eprintln!("==> auth: {operation} of {users} users, {concurrency} at a time");
-    let mark = monitor.begin(format!("auth {operation}"));
+    let mark = monitor.begin(format!("auth {operation}")).await;
     let started = Instant::now();
     let api = Arc::new(api.clone());
     let outcomes = run_all((0..users).collect(), concurrency, {
@@ -195,7 +195,7 @@ async fn authenticate(
     .await
     .context("authenticating users")?;
     let seconds = started.elapsed().as_secs_f64();
-    let usage = monitor.end(mark);
+    let usage = monitor.end(mark).await;
     let mut latencies = Latencies::new();
     for (elapsed, _) in &outcomes {
         latencies.record(*elapsed);

@@ -108,9 +108,9 @@ pub async fn run(
                 ),
                 _ => None,
             };
-            let mark = monitor.begin(label);
+            let mark = monitor.begin(label).await;
             let result = closed_loop(concurrency, options.duration, request).await;
-            let usage = monitor.end(mark);
+            let usage = monitor.end(mark).await;
             if let (Some(profiler), Some(session)) = (options.profiler, profiling) {
                 profiler.stop(session).await?;
             }

@@ -384,7 +384,7 @@ async fn race(api: &Api, monitor: &Monitor, setup: &SaleSetup<'_>) -> anyhow::Re
         Some(profiler) => Some(profiler.start("flash-sale").await?),
         None => None,
     };
-    let mark = monitor.begin("flash sale");
+    let mark = monitor.begin("flash sale").await;
     let started = Instant::now();
     let attempts = run_all(work, setup.in_flight, {
         let api = api.clone();
@@ -395,7 +395,7 @@ async fn race(api: &Api, monitor: &Monitor, setup: &SaleSetup<'_>) -> anyhow::Re
     })
     .await?;
     let all_answered = started.elapsed();
-    let usage = monitor.end(mark);
+    let usage = monitor.end(mark).await;
     Ok(Race {
         attempts,
         started,
@@ -699,7 +699,7 @@ pub async fn pay(
 ) -> anyhow::Result<Payments> {
     let count = winners.len();
     eprintln!("==> payments: {count} winners pay at once");
-    let mark = monitor.begin("payments");
+    let mark = monitor.begin("payments").await;
     let outcomes = run_all(winners.clone(), count, {
         let api = api.clone();
         move |(cookie, order_id): (String, String)| {
@@ -708,7 +708,7 @@ pub async fn pay(
         }
     })
     .await?;
-    let usage = monitor.end(mark);
+    let usage = monitor.end(mark).await;
     let mut payments = payment_figures(&outcomes, usage);
     let ids: Vec<Bson> = winners
         .iter()

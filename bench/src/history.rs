@@ -712,9 +712,9 @@ pub async fn run(
                 let request = fixtures.request(workload);
                 closed_loop(concurrency, WARM_UP, request.clone()).await;
                 let label = format!("history {sold} {} c={concurrency}", workload.label());
-                let mark = monitor.begin(label.clone());
+                let mark = monitor.begin(label.clone()).await;
                 let result = closed_loop(concurrency, options.duration, request).await;
-                let usage = monitor.end(mark);
+                let usage = monitor.end(mark).await;
                 eprintln!(
                     "    {label}: {:.0} req/s, p50 {:.1} ms, p99 {:.1} ms, {} errors",
                     result.throughput_rps,

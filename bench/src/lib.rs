@@ -2,6 +2,7 @@ pub mod api;
 pub mod auth;
 pub mod browse;
 pub mod database;
+pub mod ferretdb;
 pub mod flash_sale;
 pub mod history;
 pub mod load;

@@ -1,5 +1,6 @@
 //! Resident memory and CPU time of every process of the stack (and of this load generator), per
-//! phase of the benchmark: memory sampled every 100 ms, CPU time read at the phase's ends.
+//! phase of the benchmark: memory sampled every 100 ms, CPU time and FerretDB's command counts read
+//! at the phase's ends.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
+use crate::ferretdb::{CommandCounter, Commands, PhaseCommands, served_between};
 use crate::procfs;
 use crate::stack::Stack;
 
@@ -36,6 +38,7 @@ pub struct Monitor {
     peaks: Arc<Mutex<Peaks>>,
     ticks_per_second: u64,
     sampler: JoinHandle<()>,
+    commands: Option<CommandCounter>,
 }
 
 /// Where a phase started.
@@ -44,6 +47,7 @@ pub struct PhaseMark {
     started: Instant,
     cpu_ticks: BTreeMap<String, u64>,
     machine_ticks: u64,
+    commands: Option<Commands>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -66,6 +70,8 @@ pub struct PhaseUsage {
     pub machine_cpu_percent: f64,
     /// What programs outside the stack and the load generator used meanwhile (e.g. compilers).
     pub other_programs_cpu_percent: f64,
+    /// The commands FerretDB served during the phase, for every client (`None`: not measured).
+    pub database_commands: Option<PhaseCommands>,
 }
 
 impl PhaseUsage {
@@ -82,7 +88,8 @@ pub struct Resident {
 }
 
 impl Monitor {
-    pub fn start(stack: &Stack) -> Self {
+    /// Watches `stack`; with `commands`, also counts FerretDB's commands per phase.
+    pub fn start(stack: &Stack, commands: Option<CommandCounter>) -> Self {
         let watched = Arc::new(Mutex::new(watched_processes(stack)));
         let peaks = Arc::new(Mutex::new(Peaks::default()));
         let sampler = {
@@ -100,6 +107,7 @@ impl Monitor {
             peaks,
             ticks_per_second: procfs::clock_ticks_per_second(),
             sampler,
+            commands,
         }
     }
 
@@ -116,7 +124,16 @@ impl Monitor {
         current(&self.watched)
     }
 
-    pub fn begin(&self, name: impl Into<String>) -> PhaseMark {
+    /// The commands FerretDB served so far, if counted and readable.
+    async fn commands_served(&self) -> Option<Commands> {
+        match &self.commands {
+            Some(counter) => counter.served().await,
+            None => None,
+        }
+    }
+
+    pub async fn begin(&self, name: impl Into<String>) -> PhaseMark {
+        let commands = self.commands_served().await;
         sample(&self.watched(), &self.peaks);
         if let Ok(mut peaks) = self.peaks.lock() {
             peaks.phase.clear();
@@ -127,10 +144,11 @@ impl Monitor {
             started: Instant::now(),
             cpu_ticks: self.cpu_ticks(),
             machine_ticks: procfs::machine_busy_ticks().unwrap_or(0),
+            commands,
         }
     }
 
-    pub fn end(&self, mark: PhaseMark) -> PhaseUsage {
+    pub async fn end(&self, mark: PhaseMark) -> PhaseUsage {
         sample(&self.watched(), &self.peaks);
         let wall = mark.started.elapsed().as_secs_f64();
         let now = self.cpu_ticks();
@@ -169,12 +187,21 @@ impl Monitor {
             .collect();
         let machine_cpu_percent = percent(machine_ticks as f64 / self.ticks_per_second as f64);
         let ours: f64 = processes.iter().map(|p| p.cpu_percent).sum();
+        // Read last, so that the scrape is not in the phase's CPU figures.
+        let database_commands = match &mark.commands {
+            Some(before) => self
+                .commands_served()
+                .await
+                .map(|after| PhaseCommands::of(served_between(before, &after))),
+            None => None,
+        };
         PhaseUsage {
             phase: mark.name,
             wall_seconds: wall,
             processes,
             machine_cpu_percent,
             other_programs_cpu_percent: (machine_cpu_percent - ours).max(0.0),
+            database_commands,
         }
     }
 
@@ -324,7 +351,7 @@ mod tests {
         let (Some(first_pid), Some(second_pid)) = (first.id(), second.id()) else {
             anyhow::bail!("a child exited at once");
         };
-        let monitor = Monitor::start(&tickets(first_pid));
+        let monitor = Monitor::start(&tickets(first_pid), None);
         assert!(resident_tickets(&monitor) > 0.0);
 
         first.kill().await?;

@@ -7,6 +7,7 @@ use anyhow::{Context as _, bail};
 
 use crate::api::Api;
 use crate::browse::{self, BrowseOptions};
+use crate::ferretdb::CommandCounter;
 use crate::flash_sale::{self, FlashSale, Payments, SaleSetup};
 use crate::history::{self, History, HistoryOptions};
 use crate::monitor::{Monitor, PhaseUsage, Resident};
@@ -29,6 +30,8 @@ pub struct Config {
     pub payments_db: String,
     pub nats_url: String,
     pub subject_prefix: String,
+    /// FerretDB's Prometheus metrics (`scripts/infra.sh env`), for its command counts per phase.
+    pub ferretdb_metrics_url: Option<String>,
     /// The load and the address, as the results record them.
     pub settings: Settings,
 }
@@ -99,6 +102,7 @@ impl Config {
                 "NATS_URL is not set (scripts/bench.sh sets it from scripts/infra.sh env)",
             )?,
             subject_prefix: var("NATS_SUBJECT_PREFIX").unwrap_or_default(),
+            ferretdb_metrics_url: var("FERRETDB_METRICS_URL"),
             settings: Settings {
                 base_url: var("BENCH_BASE_URL").unwrap_or_else(|| "http://127.0.0.1:8080".into()),
                 users: number("BENCH_USERS", 1000)?,
@@ -144,7 +148,13 @@ pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
     api.get_bytes("/api/tickets")
         .await
         .with_context(|| format!("the app does not answer at {}", config.settings.base_url))?;
-    let monitor = Monitor::start(&stack);
+    let commands = CommandCounter::new(config.ferretdb_metrics_url.clone());
+    if commands.is_none() {
+        eprintln!(
+            "WARNING: FERRETDB_METRICS_URL is not set: no FerretDB command counts in this run"
+        );
+    }
+    let monitor = Monitor::start(&stack, commands.clone());
 
     let (mongo, database_at_start) = database_at_start(config).await?;
 
@@ -159,7 +169,7 @@ pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
         monitor
     } else {
         drop(monitor);
-        Monitor::start(&Stack::discover(&config.run_dir)?)
+        Monitor::start(&Stack::discover(&config.run_dir)?, commands)
     };
 
     let orders_db = mongo.database(&config.orders_db);
@@ -253,9 +263,9 @@ async fn database_at_start(
 /// The stack as `scripts/app.sh up` left it, before anything else: its CPU and memory at rest.
 async fn idle(monitor: &Monitor) -> (PhaseUsage, Vec<Resident>) {
     eprintln!("==> idle for {IDLE:?}");
-    let mark = monitor.begin("idle");
+    let mark = monitor.begin("idle").await;
     tokio::time::sleep(IDLE).await;
-    let idle_usage = monitor.end(mark);
+    let idle_usage = monitor.end(mark).await;
     (idle_usage, monitor.resident())
 }
 

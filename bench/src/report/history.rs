@@ -34,6 +34,16 @@ fn headline_level(h: &History) -> Option<usize> {
 }
 
 /// Answers per second that were not errors: a request that times out after 5 s is not served.
+/// FerretDB commands per answer: flat across history sizes when a request costs O(its result).
+fn commands_per_answer(run: &HistoryRun) -> String {
+    match &run.usage.database_commands {
+        Some(c) if run.result.requests > 0 => {
+            format!("{:.2}", c.total as f64 / run.result.requests as f64)
+        }
+        _ => "–".to_owned(),
+    }
+}
+
 fn ok_rps(run: &HistoryRun) -> f64 {
     let r = &run.result;
     if r.seconds > 0.0 {
@@ -105,14 +115,14 @@ pub fn section(md: &mut String, r: &Results) {
         );
         let _ = writeln!(
             md,
-            "| Workload | Clients | answers/s (2xx) | p50 ms | p99 ms | max ms | errors | vs {} sold | vs ceiling | CPU (100% = one core) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| Workload | Clients | answers/s (2xx) | p50 ms | p99 ms | max ms | errors | vs {} sold | vs ceiling | FerretDB commands per answer | CPU (100% = one core) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
             first.sold
         );
         for run in &size.runs {
             let clients = run.result.concurrency;
             let _ = writeln!(
                 md,
-                "| `{}` | {} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
+                "| `{}` | {} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
                 run.workload.label(),
                 clients,
                 ok_rps(run),
@@ -125,6 +135,7 @@ pub fn section(md: &mut String, r: &Results) {
                     Some(ok_rps(run)),
                     throughput(size, Workload::Ceiling, clients)
                 ),
+                commands_per_answer(run),
                 super::markdown::cpu_line(&run.usage, 3)
             );
         }

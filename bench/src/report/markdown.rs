@@ -21,6 +21,7 @@ pub fn markdown(r: &Results) -> String {
     auth(&mut md, r);
     database_sizes(&mut md, r);
     cpu(&mut md, r);
+    database_commands(&mut md, r);
     profiles(&mut md, r);
     md
 }
@@ -190,6 +191,10 @@ fn flash_sale_rows(s: &FlashSale) -> Vec<(&'static str, String)> {
         ),
         ("… of the 201s only", latency_line(&s.winning_order_latency)),
         ("CPU during the sale", cpu_line(&s.usage, 5)),
+        (
+            "FerretDB commands until the last answer",
+            super::commands_cell(&s.usage),
+        ),
     ]
 }
 
@@ -378,6 +383,31 @@ fn cpu(md: &mut String, r: &Results) {
         }
     }
     let _ = writeln!(md, "\n![cpu](cpu.svg)\n");
+}
+
+/// FerretDB's commands per phase: the figure to compare two versions of the code by.
+fn database_commands(md: &mut String, r: &Results) {
+    let _ = writeln!(
+        md,
+        "\n## FerretDB commands\n\nThe commands FerretDB served during each phase (from its own Prometheus counters, read at the phase's ends, every client included), and per second of the phase. Unlike times, these counts do not move with the machine's load, so they are what shows whether a change of the code saves work.\n\n| Phase | s | Commands | per s |\n|---|---:|---|---:|"
+    );
+    for phase in cpu_phases(r) {
+        let per_second = match &phase.database_commands {
+            Some(c) if phase.wall_seconds > 0.0 => {
+                format!("{:.0}", c.total as f64 / phase.wall_seconds)
+            }
+            _ => "–".to_owned(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {} | {} |",
+            phase.phase,
+            phase.wall_seconds,
+            super::commands_cell(&phase),
+            per_second
+        );
+    }
+    let _ = writeln!(md);
 }
 
 /// Only with `BENCH_PROFILE`: none otherwise.

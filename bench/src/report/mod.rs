@@ -35,6 +35,9 @@ pub use summary::summary;
 pub const IDLE_GOAL_MIB: f64 = 20_000_000.0 / 1_048_576.0;
 pub const READY_GOAL_MS: f64 = 200.0;
 pub const PROPAGATION_GOAL_MS: f64 = 100.0;
+/// Issue 13's targets for the flash sale.
+pub const SOLD_OUT_GOAL_MS: f64 = 1_500.0;
+pub const FAST_PROPAGATION_GOAL_MS: f64 = 50.0;
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Settings {
@@ -175,6 +178,14 @@ fn rss_of(list: &[Resident], name: &str) -> f64 {
 /// The levels of one endpoint, in the order they ran.
 fn levels_of(browse: &Browse, endpoint: Endpoint) -> impl Iterator<Item = &BrowseLevel> {
     browse.levels.iter().filter(move |l| l.endpoint == endpoint)
+}
+
+/// The commands FerretDB served during a phase, or why there is no figure.
+fn commands_cell(usage: &PhaseUsage) -> String {
+    usage.database_commands.as_ref().map_or_else(
+        || "not measured (no FERRETDB_METRICS_URL)".to_owned(),
+        |commands| commands.line(),
+    )
 }
 
 /// The phases worth comparing: each browse endpoint at its top concurrency, auth, sale, payments.

@@ -104,6 +104,12 @@ fn sale_rows(md: &mut String, r: &Results) {
         p.payment_latency.p50_ms,
         p.payment_latency.p99_ms
     );
+    let _ = writeln!(
+        md,
+        "| FerretDB commands (a figure the machine's noise does not move) | flash sale {}; payments {} |",
+        super::commands_cell(&s.usage),
+        super::commands_cell(&p.usage)
+    );
 }
 
 fn auth_row(md: &mut String, r: &Results) {

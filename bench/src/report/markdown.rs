@@ -389,7 +389,7 @@ fn cpu(md: &mut String, r: &Results) {
 fn database_commands(md: &mut String, r: &Results) {
     let _ = writeln!(
         md,
-        "\n## FerretDB commands\n\nThe commands FerretDB served during each phase (from its own Prometheus counters, read at the phase's ends, every client included), and per second of the phase. Unlike times, these counts do not move with the machine's load, so they are what shows whether a change of the code saves work.\n\n| Phase | s | Commands | per s |\n|---|---:|---|---:|"
+        "\n## FerretDB commands\n\nThe commands FerretDB served during each phase (from its own Prometheus counters, read at the phase's ends, every client included), and per second of the phase. Between two runs of the same code these counts move by a few percent (how many losing buyers reach the database depends on when they arrive), times by tens of percent: the counts are what shows whether a change of the code saves work.\n\n| Phase | s | Commands | per s |\n|---|---:|---|---:|"
     );
     for phase in cpu_phases(r) {
         let per_second = match &phase.database_commands {

@@ -106,7 +106,7 @@ fn sale_rows(md: &mut String, r: &Results) {
     );
     let _ = writeln!(
         md,
-        "| FerretDB commands (a figure the machine's noise does not move) | flash sale {}; payments {} |",
+        "| FerretDB commands (they move by a few % between runs, times by tens of %) | flash sale {}; payments {} |",
         super::commands_cell(&s.usage),
         super::commands_cell(&p.usage)
     );

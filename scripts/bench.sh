@@ -11,7 +11,8 @@
 #                       tickets and their orders and payments to the app's data, and removes the
 #                       1,000 users it signs up (…@bench.test) when it ends.
 #                       First the history dimension (issue 13): the app's databases are
-#                       EMPTIED (documents only), then the read workloads run with 0, 1,000 and
+#                       EMPTIED (documents only), and so is the expiration service's Redis (the
+#                       jobs of the deleted orders), then the read workloads run with 0, 1,000 and
 #                       10,000 sold tickets seeded in bulk (copies of one real purchase) and a
 #                       DB-free ceiling, and the databases are emptied again, so that the
 #                       phases after it start from empty databases.

@@ -30,6 +30,8 @@ pub struct Config {
     pub payments_db: String,
     pub nats_url: String,
     pub subject_prefix: String,
+    /// The expiration service's Redis, emptied with the databases by the history dimension.
+    pub redis_url: Option<String>,
     /// FerretDB's Prometheus metrics (`scripts/infra.sh env`), for its command counts per phase.
     pub ferretdb_metrics_url: Option<String>,
     /// The load and the address, as the results record them.
@@ -103,6 +105,7 @@ impl Config {
             )?,
             subject_prefix: var("NATS_SUBJECT_PREFIX").unwrap_or_default(),
             ferretdb_metrics_url: var("FERRETDB_METRICS_URL"),
+            redis_url: var("REDIS_URL"),
             settings: Settings {
                 base_url: var("BENCH_BASE_URL").unwrap_or_else(|| "http://127.0.0.1:8080".into()),
                 users: number("BENCH_USERS", 1000)?,
@@ -320,6 +323,7 @@ async fn history(
                 repo: config.repo.clone(),
                 run_dir: config.run_dir.clone(),
             },
+            redis_url: config.redis_url.as_deref(),
         },
     )
     .await

@@ -152,7 +152,7 @@ pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
         .await
         .with_context(|| format!("the app does not answer at {}", config.settings.base_url))?;
     let commands = CommandCounter::new(config.ferretdb_metrics_url.clone());
-    if commands.is_none() {
+    if config.ferretdb_metrics_url.is_none() {
         eprintln!(
             "WARNING: FERRETDB_METRICS_URL is not set: no FerretDB command counts in this run"
         );

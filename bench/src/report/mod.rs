@@ -183,7 +183,7 @@ fn levels_of(browse: &Browse, endpoint: Endpoint) -> impl Iterator<Item = &Brows
 /// The commands FerretDB served during a phase, or why there is no figure.
 fn commands_cell(usage: &PhaseUsage) -> String {
     usage.database_commands.as_ref().map_or_else(
-        || "not measured (no FERRETDB_METRICS_URL)".to_owned(),
+        || "not measured (no FERRETDB_METRICS_URL, or its metrics could not be read)".to_owned(),
         |commands| commands.line(),
     )
 }

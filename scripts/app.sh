@@ -39,6 +39,8 @@
 #   orders       + EXPIRATION_WINDOW_SECONDS (only when set in the caller's environment)
 #   payments     + STRIPE_KEY, STRIPE_API_BASE (stripe-mock: sk_test_123, http://127.0.0.1:12111)
 #   expiration   NATS_URL, REDIS_URL
+#   tickets, orders, payments, expiration
+#                + EVENT_HANDLERS_PER_SUBJECT (only when set in the caller's environment)
 #   client       API_BASE_URL=http://127.0.0.1:8080, CLIENT_ADDRESS_KEY, CSRF_KEY,
 #                STRIPE_PUBLISHABLE_KEY, STRIPE_JS_URL (when set)
 # JWT_KEY, CLIENT_ADDRESS_KEY (auth and client), CSRF_KEY (client): taken from the environment,
@@ -229,6 +231,7 @@ service_settings() {
       echo "MONGO_URL=$MONGO_URL"
       echo "MONGO_DB=$(service_of "$s")"
       echo "NATS_URL=$NATS_URL"
+      if [[ -n "${EVENT_HANDLERS_PER_SUBJECT:-}" ]]; then echo "EVENT_HANDLERS_PER_SUBJECT=$EVENT_HANDLERS_PER_SUBJECT"; fi
       ;;&
     orders)
       if [[ -n "${EXPIRATION_WINDOW_SECONDS:-}" ]]; then echo "EXPIRATION_WINDOW_SECONDS=$EXPIRATION_WINDOW_SECONDS"; fi
@@ -240,6 +243,7 @@ service_settings() {
     expiration)
       echo "NATS_URL=$NATS_URL"
       echo "REDIS_URL=$REDIS_URL"
+      if [[ -n "${EVENT_HANDLERS_PER_SUBJECT:-}" ]]; then echo "EVENT_HANDLERS_PER_SUBJECT=$EVENT_HANDLERS_PER_SUBJECT"; fi
       ;;
     client)
       echo "API_BASE_URL=http://127.0.0.1:$NGINX_PORT"

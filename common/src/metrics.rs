@@ -6,8 +6,8 @@
 //! - `http_requests_total{method,route,status}`, `http_request_duration_seconds{method,route}`:
 //!   [`record_requests`], in `server::with_standard_layers`; `route` is axum's matched route
 //!   (`/api/tickets/{id}`), `unmatched` for what no route matched.
-//! - `events_handled_total{consumer,subject,outcome}`, `event_lag_seconds{subject}`: the bus
-//!   listener.
+//! - `events_handled_total{consumer,subject,outcome}`, `event_lag_seconds{subject}`,
+//!   `event_handling_seconds{subject,outcome}`: the bus listener.
 //! - `outbox_waiting{collection}`, `outbox_published_total{collection,by}`: the outbox.
 //! - `dependency_up{dependency}`, `dead_letters{queue_group}`: each readiness check (`/readyz`).
 //! - Services record their own beside these (payments' `payment_attempts_total`, expiration's

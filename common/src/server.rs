@@ -406,7 +406,10 @@ impl Background {
     {
         let task = listen::<E, _, _>(
             bus,
-            ListenerOptions::new(queue_group),
+            ListenerOptions {
+                concurrency: bus.handlers_per_subject(),
+                ..ListenerOptions::new(queue_group)
+            },
             self.token(),
             move |event, delivery| handler(context.clone(), event, delivery),
         )

@@ -152,7 +152,13 @@ pub struct NatsSettings {
     /// 5): 3 in a 3-node cluster, so that losing a node loses no event. A stream made with fewer
     /// is raised to it at start.
     pub stream_replicas: usize,
+    /// How many events of one subject each listener handles at once (`EVENT_HANDLERS_PER_SUBJECT`,
+    /// 1 to 256).
+    pub handlers_per_subject: usize,
 }
+
+/// Events of one subject a listener handles at once unless `EVENT_HANDLERS_PER_SUBJECT` says.
+pub const DEFAULT_HANDLERS_PER_SUBJECT: usize = 16;
 
 impl NatsSettings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
@@ -163,11 +169,20 @@ impl NatsSettings {
                 reason: format!("it is {stream_replicas}; JetStream keeps 1 to 5 replicas"),
             });
         }
+        let handlers_per_subject =
+            env.parse_or("EVENT_HANDLERS_PER_SUBJECT", DEFAULT_HANDLERS_PER_SUBJECT)?;
+        if !(1..=256).contains(&handlers_per_subject) {
+            return Err(SettingsError::Invalid {
+                name: "EVENT_HANDLERS_PER_SUBJECT",
+                reason: format!("it is {handlers_per_subject}; it must be 1 to 256"),
+            });
+        }
         Ok(Self {
             url: env.require("NATS_URL")?,
             stream: env.or("NATS_STREAM", "ticketing"),
             subject_prefix: env.optional("NATS_SUBJECT_PREFIX").unwrap_or_default(),
             stream_replicas,
+            handlers_per_subject,
         })
     }
 
@@ -178,6 +193,7 @@ impl NatsSettings {
             stream,
             subject_prefix,
             stream_replicas: 1,
+            handlers_per_subject: DEFAULT_HANDLERS_PER_SUBJECT,
         }
     }
 }
@@ -335,6 +351,29 @@ mod tests {
                     replicas(Some(refused)),
                     Err(SettingsError::Invalid {
                         name: "NATS_STREAM_REPLICAS",
+                        ..
+                    })
+                ),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn listeners_handle_sixteen_events_of_a_subject_at_once_unless_told() {
+        let handlers = |value: Option<&str>| {
+            let mut pairs = vec![("NATS_URL", "nats://x")];
+            pairs.extend(value.map(|v| ("EVENT_HANDLERS_PER_SUBJECT", v)));
+            NatsSettings::from_env(&Env::from_pairs(pairs)).map(|s| s.handlers_per_subject)
+        };
+        assert_eq!(handlers(None), Ok(16));
+        assert_eq!(handlers(Some("64")), Ok(64));
+        for refused in ["0", "257", "many"] {
+            assert!(
+                matches!(
+                    handlers(Some(refused)),
+                    Err(SettingsError::Invalid {
+                        name: "EVENT_HANDLERS_PER_SUBJECT",
                         ..
                     })
                 ),

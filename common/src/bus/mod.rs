@@ -33,6 +33,8 @@ pub struct EventBus {
     prefix: String,
     /// How many times the connection was lost so far (see [`Self::disconnections`]).
     disconnections: tokio::sync::watch::Receiver<u64>,
+    /// `EVENT_HANDLERS_PER_SUBJECT`: events of one subject a listener handles at once.
+    handlers_per_subject: usize,
 }
 
 impl EventBus {
@@ -58,6 +60,7 @@ impl EventBus {
             stream: settings.stream.clone(),
             prefix: settings.subject_prefix.clone(),
             disconnections,
+            handlers_per_subject: settings.handlers_per_subject,
         };
         bus.ensure_stream(settings.stream_replicas).await?;
         bus.ensure_dead_letter_stream(settings.stream_replicas)
@@ -129,6 +132,12 @@ impl EventBus {
     /// The NATS subject of an event subject (with the configured prefix).
     pub fn subject(&self, subject: Subject) -> String {
         format!("{}{}", self.prefix, subject.as_str())
+    }
+
+    /// How many events of one subject a listener of this bus handles at once
+    /// (`EVENT_HANDLERS_PER_SUBJECT`).
+    pub fn handlers_per_subject(&self) -> usize {
+        self.handlers_per_subject
     }
 
     pub fn stream_name(&self) -> &str {

@@ -442,4 +442,11 @@ async fn each_outcome_of_a_delivery_is_counted_under_its_consumer_and_subject() 
         text.contains(r#"event_lag_seconds_count{subject="expiration:complete"}"#),
         "{text}"
     );
+    // The handler's time, by outcome (a malformed payload never reaches the handler).
+    for outcome in ["ack", "retry", "error", "poison"] {
+        let series = format!(
+            r#"event_handling_seconds_count{{subject="expiration:complete",outcome="{outcome}"}}"#
+        );
+        assert!(text.contains(&series), "{series}:\n{text}");
+    }
 }

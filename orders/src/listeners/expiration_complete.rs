@@ -8,7 +8,7 @@ use common::store::{Decision, StoreError};
 use mongodb::bson::Bson;
 use mongodb::bson::oid::ObjectId;
 
-use super::{QUEUE_GROUP, RETRY_DELAY};
+use super::{QUEUE_GROUP, RETRY_DELAY, unknown_order};
 use crate::store::{Order, OrderStore, cancellation};
 
 pub async fn handle(
@@ -21,7 +21,7 @@ pub async fn handle(
     match expire(store, bus, id, Some(delivery.sequence)).await {
         Ok(Expiry::Cancelled(_) | Expiry::Unchanged) => Ok(Outcome::Ack),
         Ok(Expiry::PaymentWaiting) => Ok(Outcome::Retry(RETRY_DELAY)),
-        Err(StoreError::NotFound) => Ok(Outcome::Retry(RETRY_DELAY)),
+        Err(StoreError::NotFound) => Ok(unknown_order(delivery)),
         Err(err) => Err(err.into()),
     }
 }

@@ -26,6 +26,25 @@ pub const QUEUE_GROUP: &str = "orders-service";
 /// ticket version, or the order it names, has not arrived).
 pub const RETRY_DELAY: Duration = Duration::from_millis(500);
 
+/// How many deliveries an event about an order this service does not have gets before it goes to
+/// the dead-letter stream: about two minutes of redeliveries with [`patient`]'s growing delays.
+pub const UNKNOWN_ORDER_DELIVERIES: i64 = 30;
+
+/// The answer to an event (`expiration:complete`, `payment:created`, `payment:updated`) naming an
+/// order this service does not have. Orders are stored before their `order:created` is published,
+/// and those events follow it, so only lost or deleted data makes the order missing for long; a
+/// database outage is an error, not this. Waiting is therefore bounded: after
+/// [`UNKNOWN_ORDER_DELIVERIES`] the event is kept in the dead-letter stream for an operator
+/// (`dead-letters list`, `replay` once the order is back) instead of coming back forever and
+/// taking a listener's slot and a read every few seconds.
+pub fn unknown_order(delivery: Delivery) -> Outcome {
+    if delivery.attempt >= UNKNOWN_ORDER_DELIVERIES {
+        Outcome::Poison("names an order this service does not have")
+    } else {
+        Outcome::Retry(RETRY_DELAY)
+    }
+}
+
 /// How soon an expiration that came during or right after an outage is looked at again.
 const EXPIRY_AFTER_OUTAGE_RETRY: Duration = Duration::from_secs(1);
 
@@ -49,23 +68,33 @@ pub async fn subscribe(
         background,
         bus,
         &context,
-        |c, event: TicketCreated| async move { ticket_created::handle(&c.store, event).await },
+        |c, event: TicketCreated, _| async move { ticket_created::handle(&c.store, event).await },
     )
     .await?;
     listen_patiently(
         background,
         bus,
         &context,
-        |c, event: TicketUpdated| async move { ticket_updated::handle(&c.store, event).await },
+        |c, event: TicketUpdated, _| async move { ticket_updated::handle(&c.store, event).await },
     )
     .await?;
-    listen_patiently(background, bus, &context, |c, event: PaymentCreated| async move {
-        payment_created::handle(&c.store, &c.bus, event).await
-    })
+    listen_patiently(
+        background,
+        bus,
+        &context,
+        |c, event: PaymentCreated, delivery| async move {
+            payment_created::handle(&c.store, &c.bus, event, delivery).await
+        },
+    )
     .await?;
-    listen_patiently(background, bus, &context, |c, event: PaymentUpdated| async move {
-        payment_updated::handle(&c.store, &c.bus, event).await
-    })
+    listen_patiently(
+        background,
+        bus,
+        &context,
+        |c, event: PaymentUpdated, delivery| async move {
+            payment_updated::handle(&c.store, &c.bus, event, delivery).await
+        },
+    )
     .await?;
     background
         .listen(
@@ -95,7 +124,7 @@ async fn listen_patiently<E, H, Fut>(
 ) -> anyhow::Result<()>
 where
     E: Event,
-    H: Fn(Context, E) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Context, E, Delivery) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<Outcome>> + Send + 'static,
 {
     background
@@ -104,7 +133,7 @@ where
             QUEUE_GROUP,
             context.clone(),
             move |c, event: E, delivery| {
-                let handled = handler(c, event);
+                let handled = handler(c, event, delivery);
                 async move { Ok(patient(handled.await?, delivery)) }
             },
         )
@@ -144,5 +173,34 @@ mod tests {
             Outcome::Retry(RETRY_DELAY * 10)
         );
         assert_eq!(patient(Outcome::Ack, delivery(5)), Outcome::Ack);
+    }
+
+    #[test]
+    fn an_unknown_order_is_waited_for_thirty_deliveries_then_dead_lettered() {
+        for attempt in 1..UNKNOWN_ORDER_DELIVERIES {
+            assert_eq!(
+                unknown_order(delivery(attempt)),
+                Outcome::Retry(RETRY_DELAY)
+            );
+        }
+        for attempt in [UNKNOWN_ORDER_DELIVERIES, UNKNOWN_ORDER_DELIVERIES + 1] {
+            assert!(matches!(
+                unknown_order(delivery(attempt)),
+                Outcome::Poison(_)
+            ));
+        }
+        // With the growing delays of `patient`, about two minutes pass before the last retry.
+        let waited: Duration = (1..UNKNOWN_ORDER_DELIVERIES)
+            .map(
+                |attempt| match patient(unknown_order(delivery(attempt)), delivery(attempt)) {
+                    Outcome::Retry(delay) => delay,
+                    other => panic!("{other:?}"),
+                },
+            )
+            .sum();
+        assert!(
+            (Duration::from_secs(100)..Duration::from_secs(180)).contains(&waited),
+            "{waited:?}"
+        );
     }
 }

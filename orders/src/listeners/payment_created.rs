@@ -1,18 +1,19 @@
 //! `payment:created`: the order is paid, so it becomes `complete` (version + 1; the SPEC publishes
 //! no event for this). It keeps its ticket for good.
 
-use common::bus::{EventBus, Outcome};
+use common::bus::{Delivery, EventBus, Outcome};
 use common::events::{OrderStatus, PaymentCreated};
 use common::store::{Decision, StoreError};
 use mongodb::bson::Bson;
 
-use super::RETRY_DELAY;
+use super::unknown_order;
 use crate::store::{Order, OrderStore};
 
 pub async fn handle(
     store: &OrderStore,
     bus: &EventBus,
     event: PaymentCreated,
+    delivery: Delivery,
 ) -> anyhow::Result<Outcome> {
     let id = event.order_id.oid();
     // `modify` re-reads and decides again if an expiry commits first, so exactly one of them wins.
@@ -42,7 +43,7 @@ pub async fn handle(
             }
             Ok(Outcome::Ack)
         }
-        Err(StoreError::NotFound) => Ok(Outcome::Retry(RETRY_DELAY)),
+        Err(StoreError::NotFound) => Ok(unknown_order(delivery)),
         Err(err) => Err(err.into()),
     }
 }

@@ -2,12 +2,12 @@
 //! published for an order that this service cancelled while it was being paid; the order records
 //! the refund (version + 1, no event: a cancelled order changes no replica), so its page can say so.
 
-use common::bus::{EventBus, Outcome};
+use common::bus::{Delivery, EventBus, Outcome};
 use common::events::{OrderStatus, PaymentUpdated};
 use common::store::{Decision, StoreError};
 use mongodb::bson::Bson;
 
-use super::RETRY_DELAY;
+use super::unknown_order;
 use crate::store::{Order, OrderStore, Refund};
 
 pub const REFUNDED: &str = "refunded";
@@ -16,6 +16,7 @@ pub async fn handle(
     store: &OrderStore,
     bus: &EventBus,
     event: PaymentUpdated,
+    delivery: Delivery,
 ) -> anyhow::Result<Outcome> {
     if event.status != REFUNDED {
         return Ok(Outcome::Ack);
@@ -53,7 +54,7 @@ pub async fn handle(
             }
             Ok(Outcome::Ack)
         }
-        Err(StoreError::NotFound) => Ok(Outcome::Retry(RETRY_DELAY)),
+        Err(StoreError::NotFound) => Ok(unknown_order(delivery)),
         Err(err) => Err(err.into()),
     }
 }

@@ -1,6 +1,7 @@
 use common::bus::Outcome;
 use common::events::{ExpirationComplete, OrderStatus};
 use common::testing::{as_id, new_user_id, order_cancelled};
+use orders::listeners::UNKNOWN_ORDER_DELIVERIES;
 use orders::sweeper::sweep_once;
 
 use crate::helpers::{
@@ -66,6 +67,23 @@ async fn expiry_of_a_cancelled_order_announces_nothing_more() {
 async fn expiry_of_an_order_not_stored_yet_is_retried() {
     let app = spawn_app().await;
     assert_retried(app.expire(&new_user_id()).await);
+}
+
+#[tokio::test]
+async fn an_expiry_of_an_order_still_unknown_after_thirty_deliveries_goes_to_the_dead_letters() {
+    // Only lost or deleted data leaves an order unknown this long: kept for an operator, not
+    // redelivered forever.
+    let app = spawn_app().await;
+    let order_id = new_user_id();
+    let last_retry = app
+        .expire_delivered(&order_id, u64::MAX, UNKNOWN_ORDER_DELIVERIES - 1)
+        .await;
+    assert_retried(last_retry);
+    assert!(matches!(
+        app.expire_delivered(&order_id, u64::MAX, UNKNOWN_ORDER_DELIVERIES)
+            .await,
+        Outcome::Poison(_)
+    ));
 }
 
 #[tokio::test]

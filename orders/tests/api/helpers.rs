@@ -169,11 +169,25 @@ impl TestApp {
             .collect()
     }
 
-    /// Hands `payment:created` of `order_id` straight to its listener.
+    /// Hands `payment:created` of `order_id` straight to its listener (a first delivery).
     pub async fn pay(&self, order_id: &str) -> Outcome {
-        orders::listeners::payment_created::handle(&self.store, &self.bus, payment(order_id))
-            .await
-            .expect("payment handled")
+        self.pay_delivered(order_id, 1).await
+    }
+
+    /// [`Self::pay`] as the `attempt`th delivery of the event.
+    pub async fn pay_delivered(&self, order_id: &str, attempt: i64) -> Outcome {
+        let delivery = Delivery {
+            attempt,
+            sequence: 1,
+        };
+        orders::listeners::payment_created::handle(
+            &self.store,
+            &self.bus,
+            payment(order_id),
+            delivery,
+        )
+        .await
+        .expect("payment handled")
     }
 
     /// Hands `expiration:complete` of `order_id` straight to its listener, as if published after
@@ -184,13 +198,15 @@ impl TestApp {
 
     /// [`Self::expire`] as if published at stream `sequence`.
     pub async fn expire_published_at(&self, order_id: &str, sequence: u64) -> Outcome {
+        self.expire_delivered(order_id, sequence, 1).await
+    }
+
+    /// [`Self::expire_published_at`] as the `attempt`th delivery of the event.
+    pub async fn expire_delivered(&self, order_id: &str, sequence: u64, attempt: i64) -> Outcome {
         let expiry = ExpirationComplete {
             order_id: as_id(order_id),
         };
-        let delivery = Delivery {
-            attempt: 1,
-            sequence,
-        };
+        let delivery = Delivery { attempt, sequence };
         orders::listeners::expiration_complete::handle(&self.store, &self.bus, expiry, delivery)
             .await
             .expect("expiry handled")

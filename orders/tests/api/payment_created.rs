@@ -2,6 +2,7 @@ use common::bus::Outcome;
 use common::events::OrderStatus;
 use common::testing::new_user_id;
 use futures::future::join_all;
+use orders::listeners::UNKNOWN_ORDER_DELIVERIES;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -56,6 +57,20 @@ async fn a_payment_for_a_cancelled_order_is_acknowledged_and_the_order_stays_can
 async fn a_payment_for_an_order_not_stored_yet_is_retried() {
     let app = spawn_app().await;
     assert_retried(app.pay(&new_user_id()).await);
+}
+
+#[tokio::test]
+async fn a_payment_for_an_order_still_unknown_after_thirty_deliveries_goes_to_the_dead_letters() {
+    let app = spawn_app().await;
+    let order_id = new_user_id();
+    assert_retried(
+        app.pay_delivered(&order_id, UNKNOWN_ORDER_DELIVERIES - 1)
+            .await,
+    );
+    assert!(matches!(
+        app.pay_delivered(&order_id, UNKNOWN_ORDER_DELIVERIES).await,
+        Outcome::Poison(_)
+    ));
 }
 
 #[tokio::test]

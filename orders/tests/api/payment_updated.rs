@@ -1,11 +1,19 @@
-use common::bus::Outcome;
+use common::bus::{Delivery, Outcome};
 use common::events::{OrderStatus, PaymentUpdated};
 use common::testing::{as_id, new_user_id};
+use orders::listeners::UNKNOWN_ORDER_DELIVERIES;
 use orders::listeners::payment_updated::handle;
 use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{TestApp, User, assert_retried, spawn_app};
+
+fn delivery(attempt: i64) -> Delivery {
+    Delivery {
+        attempt,
+        sequence: 1,
+    }
+}
 
 fn update(order_id: &str, status: &str, version: i64) -> PaymentUpdated {
     PaymentUpdated {
@@ -37,9 +45,14 @@ async fn a_refund_of_a_cancelled_orders_charge_is_shown_on_the_order_once() {
 
     for _ in 0..2 {
         assert_eq!(
-            handle(&app.store, &app.bus, update(&id, "refunded", 3))
-                .await
-                .expect("handled"),
+            handle(
+                &app.store,
+                &app.bus,
+                update(&id, "refunded", 3),
+                delivery(1)
+            )
+            .await
+            .expect("handled"),
             Outcome::Ack
         );
     }
@@ -63,7 +76,7 @@ async fn other_payment_states_change_nothing_and_an_unrefunded_order_shows_no_re
 
     for status in ["pending", "unknown", "failed", "succeeded", "refunding"] {
         assert_eq!(
-            handle(&app.store, &app.bus, update(&id, status, 1))
+            handle(&app.store, &app.bus, update(&id, status, 1), delivery(1))
                 .await
                 .expect("handled"),
             Outcome::Ack,
@@ -79,8 +92,36 @@ async fn other_payment_states_change_nothing_and_an_unrefunded_order_shows_no_re
 #[tokio::test]
 async fn a_refund_for_an_order_not_known_yet_is_retried() {
     let app = spawn_app().await;
-    let outcome = handle(&app.store, &app.bus, update(&new_user_id(), "refunded", 3))
-        .await
-        .expect("handled");
+    let outcome = handle(
+        &app.store,
+        &app.bus,
+        update(&new_user_id(), "refunded", 3),
+        delivery(1),
+    )
+    .await
+    .expect("handled");
     assert_retried(outcome);
+}
+
+#[tokio::test]
+async fn a_refund_for_an_order_still_unknown_after_thirty_deliveries_goes_to_the_dead_letters() {
+    let app = spawn_app().await;
+    let order_id = new_user_id();
+    let handled = |attempt| {
+        handle(
+            &app.store,
+            &app.bus,
+            update(&order_id, "refunded", 3),
+            delivery(attempt),
+        )
+    };
+    assert_retried(
+        handled(UNKNOWN_ORDER_DELIVERIES - 1)
+            .await
+            .expect("handled"),
+    );
+    assert!(matches!(
+        handled(UNKNOWN_ORDER_DELIVERIES).await.expect("handled"),
+        Outcome::Poison(_)
+    ));
 }

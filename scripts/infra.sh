@@ -279,8 +279,9 @@ start_ferretdb() {
     check_port_free "ferretdb (metrics)" "$FERRETDB_METRICS_PORT"
   fi
   printf '%s\n' "$backend" >"$BACKEND_FILE"
-  # FerretDB allocates a lot per command (documents decoded, JSON built), and with Go's default GOGC
-  # of 100 the collector took a quarter of its CPU: at 400 it spends 20-30% less CPU per command
+  # FerretDB allocates a lot per command (documents decoded, JSON built; its profile is largely the
+  # garbage collector and JSON), so Go's default GOGC of 100 collects often: at 400 it spends 20-30%
+  # less CPU per command
   # (pymongo, 10,000 `_id` finds and 4,000 inserts: 0.40-0.43 -> 0.26-0.31 ms and 0.38-0.39 ->
   # 0.33-0.35 ms per command), for a heap a few tens of MB larger (README, "What limits it").
   local gogc="${INFRA_FERRETDB_GOGC:-400}"

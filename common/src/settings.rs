@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::ops::RangeInclusive;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -71,6 +72,31 @@ impl Env {
                 reason: format!("{text:?}: {err}"),
             }),
         }
+    }
+
+    /// A variable parsed into `T`, with a default when absent, refused outside `range`.
+    pub fn parse_between<T>(
+        &self,
+        name: &'static str,
+        default: T,
+        range: RangeInclusive<T>,
+    ) -> Result<T, SettingsError>
+    where
+        T: FromStr + PartialOrd + std::fmt::Display,
+        T::Err: std::fmt::Display,
+    {
+        let value = self.parse_or(name, default)?;
+        if !range.contains(&value) {
+            return Err(SettingsError::Invalid {
+                name,
+                reason: format!(
+                    "{value} is not between {} and {}",
+                    range.start(),
+                    range.end()
+                ),
+            });
+        }
+        Ok(value)
     }
 
     /// A boolean flag: `true/false`, `1/0`, `yes/no`.
@@ -162,21 +188,13 @@ pub const DEFAULT_HANDLERS_PER_SUBJECT: usize = 16;
 
 impl NatsSettings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
-        let stream_replicas = env.parse_or("NATS_STREAM_REPLICAS", 1_usize)?;
-        if !(1..=5).contains(&stream_replicas) {
-            return Err(SettingsError::Invalid {
-                name: "NATS_STREAM_REPLICAS",
-                reason: format!("it is {stream_replicas}; JetStream keeps 1 to 5 replicas"),
-            });
-        }
-        let handlers_per_subject =
-            env.parse_or("EVENT_HANDLERS_PER_SUBJECT", DEFAULT_HANDLERS_PER_SUBJECT)?;
-        if !(1..=256).contains(&handlers_per_subject) {
-            return Err(SettingsError::Invalid {
-                name: "EVENT_HANDLERS_PER_SUBJECT",
-                reason: format!("it is {handlers_per_subject}; it must be 1 to 256"),
-            });
-        }
+        // JetStream keeps 1 to 5 replicas of a stream.
+        let stream_replicas = env.parse_between("NATS_STREAM_REPLICAS", 1_usize, 1..=5)?;
+        let handlers_per_subject = env.parse_between(
+            "EVENT_HANDLERS_PER_SUBJECT",
+            DEFAULT_HANDLERS_PER_SUBJECT,
+            1..=256,
+        )?;
         Ok(Self {
             url: env.require("NATS_URL")?,
             stream: env.or("NATS_STREAM", "ticketing"),
@@ -336,50 +354,75 @@ mod tests {
         assert!(matches!(client_address_key(&none), Ok(None)));
     }
 
-    #[test]
-    fn the_stream_keeps_one_replica_unless_told_and_never_more_than_jetstream_allows() {
-        let replicas = |value: Option<&str>| {
+    /// Checks a numeric NATS setting: `default` when `name` is absent, `accepted` parsed, each of
+    /// `refused` refused naming `name`.
+    fn check_nats_number(
+        name: &'static str,
+        field: fn(&NatsSettings) -> usize,
+        default: usize,
+        accepted: (&str, usize),
+        refused: &[&str],
+    ) {
+        let read = |value: Option<&str>| {
             let mut pairs = vec![("NATS_URL", "nats://x")];
-            pairs.extend(value.map(|v| ("NATS_STREAM_REPLICAS", v)));
-            NatsSettings::from_env(&Env::from_pairs(pairs)).map(|s| s.stream_replicas)
+            pairs.extend(value.map(|v| (name, v)));
+            NatsSettings::from_env(&Env::from_pairs(pairs)).map(|s| field(&s))
         };
-        assert_eq!(replicas(None), Ok(1));
-        assert_eq!(replicas(Some("3")), Ok(3));
-        for refused in ["0", "6", "three"] {
+        assert_eq!(read(None), Ok(default), "{name}");
+        assert_eq!(read(Some(accepted.0)), Ok(accepted.1), "{name}");
+        for value in refused {
             assert!(
                 matches!(
-                    replicas(Some(refused)),
-                    Err(SettingsError::Invalid {
-                        name: "NATS_STREAM_REPLICAS",
-                        ..
-                    })
+                    read(Some(value)),
+                    Err(SettingsError::Invalid { name: refused_name, .. }) if refused_name == name
                 ),
-                "{refused}"
+                "{name}={value}"
             );
         }
     }
 
     #[test]
+    fn the_stream_keeps_one_replica_unless_told_and_never_more_than_jetstream_allows() {
+        check_nats_number(
+            "NATS_STREAM_REPLICAS",
+            |s| s.stream_replicas,
+            1,
+            ("3", 3),
+            &["0", "6", "three"],
+        );
+    }
+
+    #[test]
     fn listeners_handle_sixteen_events_of_a_subject_at_once_unless_told() {
-        let handlers = |value: Option<&str>| {
-            let mut pairs = vec![("NATS_URL", "nats://x")];
-            pairs.extend(value.map(|v| ("EVENT_HANDLERS_PER_SUBJECT", v)));
-            NatsSettings::from_env(&Env::from_pairs(pairs)).map(|s| s.handlers_per_subject)
+        check_nats_number(
+            "EVENT_HANDLERS_PER_SUBJECT",
+            |s| s.handlers_per_subject,
+            16,
+            ("64", 64),
+            &["0", "257", "many"],
+        );
+    }
+
+    #[test]
+    fn a_number_outside_its_range_is_refused_with_the_range_and_the_default_applies_when_absent() {
+        let range = |value: Option<&str>| {
+            let pairs: Vec<(&str, &str)> = value.map(|v| ("N", v)).into_iter().collect();
+            Env::from_pairs(pairs).parse_between("N", 10_u64, 5..=20)
         };
-        assert_eq!(handlers(None), Ok(16));
-        assert_eq!(handlers(Some("64")), Ok(64));
-        for refused in ["0", "257", "many"] {
-            assert!(
-                matches!(
-                    handlers(Some(refused)),
-                    Err(SettingsError::Invalid {
-                        name: "EVENT_HANDLERS_PER_SUBJECT",
-                        ..
-                    })
-                ),
-                "{refused}"
-            );
-        }
+        assert_eq!(range(None), Ok(10));
+        assert_eq!(range(Some("5")), Ok(5));
+        assert_eq!(range(Some("20")), Ok(20));
+        assert_eq!(
+            range(Some("21")),
+            Err(SettingsError::Invalid {
+                name: "N",
+                reason: "21 is not between 5 and 20".to_owned(),
+            })
+        );
+        assert!(matches!(
+            range(Some("x")),
+            Err(SettingsError::Invalid { name: "N", .. })
+        ));
     }
 
     #[test]

@@ -39,29 +39,13 @@ fn seconds_between(
     default: u64,
     range: std::ops::RangeInclusive<u64>,
 ) -> Result<Duration, SettingsError> {
-    let seconds: u64 = env.parse_or(name, default)?;
-    if !range.contains(&seconds) {
-        return Err(SettingsError::Invalid {
-            name,
-            reason: format!(
-                "{seconds} is not between {} and {}",
-                range.start(),
-                range.end()
-            ),
-        });
-    }
-    Ok(Duration::from_secs(seconds))
+    env.parse_between(name, default, range)
+        .map(Duration::from_secs)
 }
 
 fn expiration_window(env: &Env) -> Result<TimeDelta, SettingsError> {
     const NAME: &str = "EXPIRATION_WINDOW_SECONDS";
-    let seconds: u64 = env.parse_or(NAME, 60)?;
-    if !(1..=MAX_EXPIRATION_WINDOW_SECONDS).contains(&seconds) {
-        return Err(SettingsError::Invalid {
-            name: NAME,
-            reason: format!("{seconds} is not between 1 and {MAX_EXPIRATION_WINDOW_SECONDS}"),
-        });
-    }
+    let seconds: u64 = env.parse_between(NAME, 60, 1..=MAX_EXPIRATION_WINDOW_SECONDS)?;
     // In range by the check above.
     Ok(TimeDelta::seconds(i64::try_from(seconds).unwrap_or(60)))
 }

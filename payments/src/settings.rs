@@ -59,13 +59,7 @@ impl StripeSettings {
 /// `STRIPE_TIMEOUT_MS`: at least 100 ms, at most 60 s (Stripe's own advice is "tens of seconds").
 fn stripe_timeout(env: &Env) -> Result<Duration, SettingsError> {
     let default_ms = u64::try_from(DEFAULT_STRIPE_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
-    let ms: u64 = env.parse_or("STRIPE_TIMEOUT_MS", default_ms)?;
-    if !(100..=60_000).contains(&ms) {
-        return Err(SettingsError::Invalid {
-            name: "STRIPE_TIMEOUT_MS",
-            reason: format!("{ms} is not between 100 and 60000 milliseconds"),
-        });
-    }
+    let ms: u64 = env.parse_between("STRIPE_TIMEOUT_MS", default_ms, 100..=60_000)?;
     Ok(Duration::from_millis(ms))
 }
 

@@ -243,9 +243,10 @@ pub async fn empty_databases(mongo: &mongodb::Client) -> anyhow::Result<u64> {
 
 /// Empties the expiration service's Redis, its delayed jobs: the orders they would expire were just
 /// deleted behind the services' backs. Left there, each fires up to 15 minutes later (the bench's
-/// reservation window) and the orders service, which cannot tell a deleted order from one not
-/// stored yet, retries its `expiration:complete` for good, one read every few seconds: measured,
-/// about 100 FerretDB reads a second behind every phase of a run that followed four others.
+/// reservation window), and the orders service retries an `expiration:complete` of an order it
+/// does not have for about two minutes (30 deliveries) before dead-lettering it: reads behind the
+/// phases of later runs (about 100 FerretDB reads a second, measured when it retried for good), and
+/// dead letters that are only the bench's doing.
 async fn empty_expiration_jobs(redis_url: Option<&str>) -> anyhow::Result<()> {
     let Some(url) = redis_url else {
         eprintln!(

@@ -62,17 +62,25 @@ export RUST_BACKTRACE=1
 
 # timed LABEL CMD...: runs CMD; sets run_rc to its exit status and run_summary to
 # "LABEL: PASS (<seconds>s)" or "LABEL: FAIL exit <status> (<seconds>s)".
+# Its output is also kept in .data/logs/test/LABEL.log: a failed step's last lines are shown
+# again just before the summary, because a CI log cut to its tail would otherwise end with the
+# steps after it and not say why it failed.
+TEST_LOGS="$ROOT/.data/logs/test"
+mkdir -p "$TEST_LOGS"
+rm -f "$TEST_LOGS"/*.log
+failed_steps=()
 timed() {
   local label="$1"
   shift
-  local start=$SECONDS
+  local start=$SECONDS out="$TEST_LOGS/${label// /-}.log"
   run_rc=0
-  "$@" || run_rc=$?
+  "$@" 2>&1 | tee "$out" || run_rc=${PIPESTATUS[0]}
   local took=$((SECONDS - start))
   if ((run_rc == 0)); then
     run_summary="$label: PASS (${took}s)"
   else
     run_summary="$label: FAIL exit $run_rc (${took}s)"
+    failed_steps+=("$label")
   fi
 }
 
@@ -214,6 +222,11 @@ if [[ -f "$ROOT/fault-suite/Cargo.toml" && -f "$ROOT/bench/Cargo.toml" ]]; then
 fi
 
 # ------------------------------------------------------------------ summary
+for label in "${failed_steps[@]}"; do
+  out="$TEST_LOGS/${label// /-}.log"
+  log "why '$label' failed: the last 40 lines of its output (all of it in ${out#"$ROOT"/}):"
+  tail -n 40 "$out"
+done
 overall=PASS
 ((cargo_rc == 0 && py_rc == 0 && e2e_rc == 0 && faults_rc == 0 && replicas_rc == 0)) || overall=FAIL
 if [[ -n "${CI:-}" ]]; then infra_note="infra stopped (CI)"; else infra_note="infra left running (scripts/infra.sh down)"; fi

@@ -154,12 +154,38 @@ impl TicketStore {
         E: From<StoreError>,
         F: FnMut(&Ticket) -> Result<Decision<Ticket>, E>,
     {
-        let (ticket, committed) = self.tickets.modify(bus, Bson::ObjectId(id), decide).await?;
+        let outcome = self.tickets.modify(bus, Bson::ObjectId(id), decide).await?;
+        Ok(self.took(outcome, author).await)
+    }
+
+    /// [`Self::modify`] from `current`, the ticket as [`Self::ticket_and_cancellation`] read it.
+    pub async fn modify_from<E, F>(
+        &self,
+        bus: &EventBus,
+        current: Ticket,
+        author: Option<&str>,
+        decide: F,
+    ) -> Result<(Ticket, Option<Committed>), E>
+    where
+        E: From<StoreError>,
+        F: FnMut(&Ticket) -> Result<Decision<Ticket>, E>,
+    {
+        let key = Bson::ObjectId(current.id);
+        let outcome = self.tickets.modify_from(bus, key, current, decide).await?;
+        Ok(self.took(outcome, author).await)
+    }
+
+    /// The read model takes a modification's outcome.
+    async fn took(
+        &self,
+        (ticket, committed): (Ticket, Option<Committed>),
+        author: Option<&str>,
+    ) -> (Ticket, Option<Committed>) {
         self.catalog.apply(&ticket);
         if let (Some(author), Some(_)) = (author, committed) {
             self.catalog.remember_write(author, &ticket).await;
         }
-        Ok((ticket, committed))
+        (ticket, committed)
     }
 
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
@@ -306,6 +332,21 @@ impl TicketStore {
 
     pub async fn is_order_cancelled(&self, order_id: Id) -> Result<bool, StoreError> {
         has_id(&self.cancelled_orders, order_id.to_string()).await
+    }
+
+    /// The ticket as stored (to base [`Self::modify_from`] on) and whether `order_id` was
+    /// cancelled: two lookups by `_id`, made side by side because a reservation needs both before
+    /// it can decide, and each waits its turn in the database under load.
+    pub async fn ticket_and_cancellation(
+        &self,
+        ticket_id: ObjectId,
+        order_id: Id,
+    ) -> Result<(Option<Ticket>, bool), StoreError> {
+        let (ticket, cancelled) = tokio::join!(
+            self.tickets.stored(Bson::ObjectId(ticket_id)),
+            self.is_order_cancelled(order_id)
+        );
+        Ok((ticket?, cancelled?))
     }
 }
 

@@ -464,7 +464,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
     /// The record as stored, which may lag its newest change: a writer between its two writes, or
     /// one that crashed there. Good enough to base a commit on (a stale one loses its version
     /// claim); not to answer with.
-    async fn stored(&self, key: Bson) -> Result<Option<T>, StoreError> {
+    pub async fn stored(&self, key: Bson) -> Result<Option<T>, StoreError> {
         Ok(self.records.find_one(doc! { "_id": key }).bounded().await?)
     }
 
@@ -631,6 +631,48 @@ impl<T: VersionedRecord> VersionedStore<T> {
         &self,
         bus: &EventBus,
         key: Bson,
+        decide: F,
+        prepare: P,
+    ) -> Result<(T, Option<Committed>), E>
+    where
+        E: From<StoreError>,
+        F: FnMut(&T) -> Result<Decision<T>, E>,
+        P: FnMut(&T, &T) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
+        let current = self
+            .stored(key.clone())
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        self.modify_from_prepared(bus, key, current, decide, prepare)
+            .await
+    }
+
+    /// [`Self::modify`] starting from `current`, the record as [`Self::stored`] read it: for a
+    /// caller that makes that read beside another one it needs (both before deciding), so that the
+    /// two do not wait for each other.
+    pub async fn modify_from<E, F>(
+        &self,
+        bus: &EventBus,
+        key: Bson,
+        current: T,
+        decide: F,
+    ) -> Result<(T, Option<Committed>), E>
+    where
+        E: From<StoreError>,
+        F: FnMut(&T) -> Result<Decision<T>, E>,
+    {
+        self.modify_from_prepared(bus, key, current, decide, |_: &T, _: &T| {
+            std::future::ready(Ok(()))
+        })
+        .await
+    }
+
+    async fn modify_from_prepared<E, F, P, Fut>(
+        &self,
+        bus: &EventBus,
+        key: Bson,
+        mut current: T,
         mut decide: F,
         mut prepare: P,
     ) -> Result<(T, Option<Committed>), E>
@@ -640,10 +682,6 @@ impl<T: VersionedRecord> VersionedStore<T> {
         P: FnMut(&T, &T) -> Fut,
         Fut: Future<Output = Result<(), E>>,
     {
-        let mut current = self
-            .stored(key.clone())
-            .await?
-            .ok_or(StoreError::NotFound)?;
         let mut latest = false;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             match decide(&current)? {

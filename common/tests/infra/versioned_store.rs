@@ -273,6 +273,47 @@ async fn a_modify_of_a_record_lagging_its_newest_change_decides_again_on_the_new
 }
 
 #[tokio::test]
+async fn a_modify_from_a_read_another_writer_overtook_decides_again_on_the_newest_state() {
+    let (store, _db) = store_with_unique_claim().await;
+    let bus = bus(&fresh_nats_settings()).await;
+    store
+        .create(&bus, &counter("c1", "c1"), vec![])
+        .await
+        .expect("create");
+    let read_earlier = store
+        .stored(Bson::String("c1".into()))
+        .await
+        .expect("read")
+        .expect("c1 is stored");
+    store
+        .modify::<StoreError, _>(&bus, Bson::String("c1".into()), |current| {
+            Ok(next_written_by(current, "first"))
+        })
+        .await
+        .expect("the other writer");
+
+    let mut seen = Vec::new();
+    let (after, committed) = store
+        .modify_from::<StoreError, _>(&bus, Bson::String("c1".into()), read_earlier, |current| {
+            seen.push(current.version);
+            Ok(next_written_by(current, "second"))
+        })
+        .await
+        .expect("modify from the earlier read");
+
+    assert_eq!(
+        seen,
+        vec![0, 1],
+        "the stale read loses its claim, then the newest is decided on"
+    );
+    assert!(committed.is_some());
+    assert_eq!(
+        (after.version, after.writers),
+        (2, vec!["first".to_owned(), "second".to_owned()])
+    );
+}
+
+#[tokio::test]
 async fn a_modify_of_an_up_to_date_record_reads_it_once_and_after_its_write_only_the_next_change() {
     let (store, db) = store_with_unique_claim().await;
     let bus = bus(&fresh_nats_settings()).await;

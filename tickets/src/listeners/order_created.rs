@@ -13,7 +13,8 @@ pub async fn handle(
     event: OrderCreated,
 ) -> anyhow::Result<Outcome> {
     let ticket_id = event.ticket.id.oid();
-    if store.is_order_cancelled(event.id).await? {
+    let (ticket, cancelled) = store.ticket_and_cancellation(ticket_id, event.id).await?;
+    if cancelled {
         // Its cancellation came first, or this is a redelivery after it. Releasing (not just
         // skipping) also covers a reservation that raced the cancellation on an earlier delivery.
         release(store, bus, ticket_id, event.id).await?;
@@ -21,9 +22,12 @@ pub async fn handle(
         return Ok(Outcome::Ack);
     }
 
+    let Some(ticket) = ticket else {
+        return Ok(unknown_ticket(&event));
+    };
     let mut holder: Option<Id> = None;
     let result = store
-        .modify(bus, ticket_id, None, |ticket| {
+        .modify_from(bus, ticket, None, |ticket| {
             holder = ticket.order_id;
             if ticket.order_id.is_some() {
                 return Ok(Decision::Unchanged);
@@ -46,10 +50,7 @@ pub async fn handle(
                 }
             });
         }
-        Err(StoreError::NotFound) => {
-            tracing::warn!(order_id = %event.id, ticket_id = %event.ticket.id, "order:created for an unknown ticket; retrying later");
-            return Ok(Outcome::Retry(RETRY_DELAY));
-        }
+        Err(StoreError::NotFound) => return Ok(unknown_ticket(&event)),
         Err(other) => return Err(other.into()),
     }
     tracing::info!(order_id = %event.id, ticket_id = %event.ticket.id, "ticket reserved");
@@ -63,4 +64,9 @@ pub async fn handle(
         tracing::info!(order_id = %event.id, "order was cancelled while reserving; released again");
     }
     Ok(Outcome::Ack)
+}
+
+fn unknown_ticket(event: &OrderCreated) -> Outcome {
+    tracing::warn!(order_id = %event.id, ticket_id = %event.ticket.id, "order:created for an unknown ticket; retrying later");
+    Outcome::Retry(RETRY_DELAY)
 }

@@ -445,6 +445,8 @@ start_nginx() {
     fail_with_log "$logfile" "nginx rejected $NGINX_CONF (generated from ${NGINX_TEMPLATE#"$ROOT"/})"
   fi
   if pid="$(daemon_pid nginx)"; then
+    # A running nginx keeps its access log open: after moving it, USR1 makes nginx reopen it.
+    if rotate_log "$LOG_DIR/nginx-access.log"; then kill -USR1 "$pid"; fi
     if [[ -n "$changed" ]]; then
       log "nginx config changed: reloading nginx (pid $pid)"
       kill -HUP "$pid"
@@ -454,6 +456,7 @@ start_nginx() {
     fi
   else
     check_port_free nginx "$NGINX_PORT"
+    rotate_log "$LOG_DIR/nginx-access.log" || true
     # `daemon off;` is in the config: nginx stays in the foreground under start_daemon.
     start_daemon nginx "$logfile" nginx -e stderr -p "$NGINX_DIR/" -c "$NGINX_CONF"
   fi

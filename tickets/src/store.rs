@@ -170,8 +170,7 @@ impl TicketStore {
         E: From<StoreError>,
         F: FnMut(&Ticket) -> Result<Decision<Ticket>, E>,
     {
-        let key = Bson::ObjectId(current.id);
-        let outcome = self.tickets.modify_from(bus, key, current, decide).await?;
+        let outcome = self.tickets.modify_from(bus, current, decide).await?;
         Ok(self.took(outcome, author).await)
     }
 

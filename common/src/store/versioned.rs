@@ -654,7 +654,6 @@ impl<T: VersionedRecord> VersionedStore<T> {
     pub async fn modify_from<E, F>(
         &self,
         bus: &EventBus,
-        key: Bson,
         current: T,
         decide: F,
     ) -> Result<(T, Option<Committed>), E>
@@ -662,12 +661,15 @@ impl<T: VersionedRecord> VersionedStore<T> {
         E: From<StoreError>,
         F: FnMut(&T) -> Result<Decision<T>, E>,
     {
+        let key = current.key();
         self.modify_from_prepared(bus, key, current, decide, |_: &T, _: &T| {
             std::future::ready(Ok(()))
         })
         .await
     }
 
+    /// The loop of every `modify`: decide, prepare, commit; on a lost claim, read the newest and
+    /// decide again.
     async fn modify_from_prepared<E, F, P, Fut>(
         &self,
         bus: &EventBus,

@@ -294,7 +294,7 @@ async fn a_modify_from_a_read_another_writer_overtook_decides_again_on_the_newes
 
     let mut seen = Vec::new();
     let (after, committed) = store
-        .modify_from::<StoreError, _>(&bus, Bson::String("c1".into()), read_earlier, |current| {
+        .modify_from::<StoreError, _>(&bus, read_earlier, |current| {
             seen.push(current.version);
             Ok(next_written_by(current, "second"))
         })

@@ -192,21 +192,22 @@ port_owner() {
   fi
 }
 
-# start_daemon NAME LOGFILE CMD...: run CMD in the background in its own session
-# (setsid + nohup, stdin from /dev/null, stdout+stderr appended to LOGFILE), cwd $DATA_DIR.
-# Its pid goes to .data/run/NAME.pid.  Does nothing if NAME is already running.
 # rotate_log FILE: moves FILE to FILE.1 (replacing the one before) if it is larger than
 # LOG_ROTATE_MIB (default 64); true if it did. The logs under .data/logs are appended to across
 # restarts, and one benchmark run adds about 250 MB of request lines to tickets.log and 100 MB to
 # nginx-access.log: without this, a day of runs filled gigabytes.
 rotate_log() {
   local file="$1" limit_mib="${LOG_ROTATE_MIB:-64}" size
+  [[ "$limit_mib" =~ ^[0-9]+$ ]] || die "LOG_ROTATE_MIB must be a whole number of MiB (got '$limit_mib')"
   [[ -f "$file" ]] || return 1
   size="$(stat -c %s "$file")"
   ((size > limit_mib * 1024 * 1024)) || return 1
   mv -f "$file" "$file.1"
 }
 
+# start_daemon NAME LOGFILE CMD...: run CMD in the background in its own session
+# (setsid + nohup, stdin from /dev/null, stdout+stderr appended to LOGFILE), cwd $DATA_DIR.
+# Its pid goes to .data/run/NAME.pid.  Does nothing if NAME is already running.
 start_daemon() {
   local name="$1" logfile="$2"
   shift 2

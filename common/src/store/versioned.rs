@@ -468,8 +468,10 @@ impl<T: VersionedRecord> VersionedStore<T> {
         Ok(self.records.find_one(doc! { "_id": key }).bounded().await?)
     }
 
-    /// Applies every change newer than `record`, in order, and returns the result.
-    async fn catch_up(&self, mut record: T) -> Result<T, StoreError> {
+    /// Applies every change newer than `record`, in order, and returns the result: with
+    /// [`Self::stored`], what [`Self::get`] does, for a caller that starts another read named by the
+    /// stored record (a field no change alters) while this one runs.
+    pub async fn catch_up(&self, mut record: T) -> Result<T, StoreError> {
         loop {
             let next = change_id(&record.record_id(), record.version() + 1);
             let Some(change) = self

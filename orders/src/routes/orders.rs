@@ -184,17 +184,17 @@ async fn show(
     Path(order_id): Path<String>,
 ) -> ApiResult<Json<OrderView>> {
     let key = Bson::ObjectId(parse_id(&order_id)?);
-    let order = state
-        .store
-        .orders()
-        .get(key)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    if order.user_id != user.id {
+    let orders = state.store.orders();
+    let stored = orders.stored(key).await?.ok_or(ApiError::NotFound)?;
+    // Neither the buyer nor the ticket of an order ever changes, so the stored record answers who
+    // may see it and names the ticket, which is looked up while the order catches up with its
+    // newest change (a buyer's page polls this right after paying).
+    if stored.user_id != user.id {
         return Err(ApiError::NotAuthorized);
     }
-    let ticket = state.store.find_ticket(order.ticket_id.oid()).await?;
-    Ok(Json(OrderView::new(&order, ticket.as_ref())))
+    let ticket_id = stored.ticket_id.oid();
+    let (order, ticket) = tokio::join!(orders.catch_up(stored), state.store.find_ticket(ticket_id));
+    Ok(Json(OrderView::new(&order?, ticket?.as_ref())))
 }
 
 #[tracing::instrument(name = "cancel_order", skip_all, fields(user_id = %user.id, %order_id))]

@@ -2,7 +2,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use common::bus::Outcome;
 use common::events::{OrderCreated, OrderCreatedTicket, OrderStatus};
 use common::money::Price;
-use common::testing::{as_id, new_user_id, order_cancelled};
+use common::testing::{as_id, id_of, new_user_id, order_cancelled};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -256,6 +256,52 @@ async fn showing_an_order_is_for_its_owner_only() {
 
     let reply = app.get_order(Some(&owner), id).await;
     assert_eq!((reply.status, &reply.body), (StatusCode::OK, &created));
+}
+
+#[tokio::test]
+async fn an_order_whose_newest_change_a_crash_left_unwritten_is_shown_at_that_change_by_id_lookups()
+{
+    use mongodb::bson::{Bson, DateTime as BsonDateTime, Document, doc};
+
+    let app = spawn_app().await;
+    let owner = User::new();
+    let ticket = app.ticket("Gig", 1000).await;
+    let id = id_of(&app.order_ok(&owner, &ticket.id.to_hex()).await);
+    let oid = common::store::parse_object_id(&id).expect("order id");
+    // Version 1 claimed by its change document, the record never written: a writer that crashed
+    // between the two.
+    let mut state: Document = app
+        .db
+        .collection::<Document>("orders")
+        .find_one(doc! { "_id": oid })
+        .await
+        .expect("read")
+        .expect("stored");
+    state.insert("status", "cancelled");
+    state.insert("version", 1_i64);
+    app.db
+        .collection::<Document>("orders_changes")
+        .insert_one(doc! {
+            "_id": format!("{id}:1"), "record_id": &id, "record_key": Bson::ObjectId(oid),
+            "version": 1_i64, "state": state, "events": [], "at": BsonDateTime::now(),
+        })
+        .await
+        .expect("insert change");
+    app.forget_queries();
+
+    let shown = app.get_order(Some(&owner), &id).await;
+
+    assert_eq!(shown.status, StatusCode::OK);
+    assert_eq!(
+        (&shown.body["status"], &shown.body["version"]),
+        (&json!("cancelled"), &json!(1))
+    );
+    assert_eq!(shown.body["ticket"]["title"], json!("Gig"));
+    let queries = app.queries();
+    assert!(!queries.is_empty(), "the lookups were recorded");
+    for query in queries {
+        assert!(query.is_id_lookup(), "{query:?}");
+    }
 }
 
 #[tokio::test]

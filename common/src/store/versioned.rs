@@ -642,11 +642,8 @@ impl<T: VersionedRecord> VersionedStore<T> {
         P: FnMut(&T, &T) -> Fut,
         Fut: Future<Output = Result<(), E>>,
     {
-        let current = self
-            .stored(key.clone())
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        self.modify_from_prepared(bus, key, current, decide, prepare)
+        let current = self.stored(key).await?.ok_or(StoreError::NotFound)?;
+        self.modify_from_prepared(bus, current, decide, prepare)
             .await
     }
 
@@ -663,8 +660,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
         E: From<StoreError>,
         F: FnMut(&T) -> Result<Decision<T>, E>,
     {
-        let key = current.key();
-        self.modify_from_prepared(bus, key, current, decide, |_: &T, _: &T| {
+        self.modify_from_prepared(bus, current, decide, |_: &T, _: &T| {
             std::future::ready(Ok(()))
         })
         .await
@@ -675,7 +671,6 @@ impl<T: VersionedRecord> VersionedStore<T> {
     async fn modify_from_prepared<E, F, P, Fut>(
         &self,
         bus: &EventBus,
-        key: Bson,
         mut current: T,
         mut decide: F,
         mut prepare: P,
@@ -703,7 +698,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
                     match self.commit(bus, &current, &next, events).await {
                         Ok(committed) => return Ok((next, Some(committed))),
                         Err(StoreError::Conflict) => {
-                            current = self.get(key.clone()).await?.ok_or(StoreError::NotFound)?;
+                            current = self.get(current.key()).await?.ok_or(StoreError::NotFound)?;
                             latest = true;
                         }
                         Err(other) => return Err(other.into()),

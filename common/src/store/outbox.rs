@@ -35,6 +35,19 @@ pub struct RelayPass {
     pub waiting: usize,
 }
 
+/// What [`VersionedStore::send`] did with a change's events.
+#[derive(Debug)]
+pub(super) enum Sent {
+    /// The change has no events.
+    NoEvents,
+    /// The broker was unreachable: nothing was tried.
+    Disconnected,
+    /// Not every event is in the stream.
+    Failed(anyhow::Error),
+    /// Every event is in the stream.
+    InStream,
+}
+
 /// Why publishing a change's events failed, and whether they reached the stream first.
 #[derive(Debug)]
 enum PublishError {
@@ -53,43 +66,73 @@ impl PublishError {
 }
 
 impl<T: VersionedRecord> VersionedStore<T> {
-    /// Publishes a change's events and deletes its pending marker. A failure is logged and left to
-    /// the relay: the change is already durable, so the caller's request still succeeded.
-    ///
-    /// Says whether the events are in the stream now (the broker acknowledged them), whatever
-    /// became of the marker.
+    /// Publishes a change's events and deletes its pending marker: [`Self::send`], then
+    /// [`Self::settle`]. For a change whose record is written already.
     pub(super) async fn publish(&self, bus: &EventBus, committed: Unpublished) -> Committed {
-        let Some(marker) = committed.marker.as_deref() else {
-            // Nothing to announce.
-            committed.published.store(true, Ordering::Release);
-            return Committed { in_stream: true };
-        };
+        let sent = self.send(bus, &committed).await;
+        self.settle(committed, sent).await
+    }
+
+    /// Publishes a change's events, keeping its pending marker: the marker must outlive the
+    /// record's write (see [`Self::settle`]).
+    pub(super) async fn send(&self, bus: &EventBus, committed: &Unpublished) -> Sent {
+        if committed.marker.is_none() {
+            return Sent::NoEvents;
+        }
         // While the broker is unreachable a publish would only wait for its ack timeout: answer the
         // request now and let the relay publish once the connection is back.
         if !bus.is_connected() {
-            tracing::info!(change = %committed.change_id, "event bus disconnected; leaving the change to the outbox relay");
-            return Committed { in_stream: false };
+            return Sent::Disconnected;
         }
         match self
-            .try_publish(bus, &committed.change_id, marker, &committed.events)
+            .send_events(bus, &committed.change_id, &committed.events)
             .await
         {
+            Ok(()) => Sent::InStream,
+            Err(err) => Sent::Failed(err),
+        }
+    }
+
+    /// Ends the publishing of a change whose record is written: deletes its pending marker once its
+    /// events are out. A failure is logged and left to the relay: the change is already durable, so
+    /// the caller's request still succeeded.
+    ///
+    /// The marker goes only after the record's write: a writer that stops between publishing and
+    /// writing (a crash, a cancelled request, a failed write) leaves the marker, and the relay then
+    /// writes the record. Without it the record would lag its published change until the next read
+    /// through the change log, and a read model filled from the records later would never see it.
+    ///
+    /// Says whether the events are in the stream now (the broker acknowledged them), whatever
+    /// became of the marker.
+    pub(super) async fn settle(&self, committed: Unpublished, sent: Sent) -> Committed {
+        let marker = match (sent, committed.marker.as_deref()) {
+            (Sent::NoEvents, _) | (_, None) => {
+                // Nothing to announce.
+                committed.published.store(true, Ordering::Release);
+                return Committed { in_stream: true };
+            }
+            (Sent::Disconnected, _) => {
+                tracing::info!(change = %committed.change_id, "event bus disconnected; leaving the change to the outbox relay");
+                return Committed { in_stream: false };
+            }
+            (Sent::Failed(err), _) => {
+                tracing::warn!(change = %committed.change_id, error = %format!("{err:#}"),
+                    "publishing failed; the outbox relay will retry");
+                return Committed { in_stream: false };
+            }
+            (Sent::InStream, Some(marker)) => marker,
+        };
+        match self.unmark_pending(marker).await {
             Ok(()) => {
                 committed.published.store(true, Ordering::Release);
                 self.record_published("writer", 1);
-                Committed { in_stream: true }
             }
-            Err(PublishError::Sent(err)) => {
-                tracing::warn!(change = %committed.change_id, error = %format!("{err:#}"),
+            Err(err) => {
+                tracing::warn!(change = %committed.change_id, error = %err,
                     "events published but their pending marker not deleted; the outbox relay will");
-                Committed { in_stream: true }
-            }
-            Err(PublishError::NotSent(err)) => {
-                tracing::warn!(change = %committed.change_id, error = %format!("{err:#}"),
-                    "publishing failed; the outbox relay will retry");
-                Committed { in_stream: false }
             }
         }
+        Committed { in_stream: true }
     }
 
     /// `outbox_published_total{collection,by}`: changes whose events reached the stream, published
@@ -103,7 +146,8 @@ impl<T: VersionedRecord> VersionedStore<T> {
         .increment(u64::try_from(changes).unwrap_or(u64::MAX));
     }
 
-    /// Publishes the events of change `change_id`, then deletes its pending `marker`.
+    /// Publishes the events of change `change_id` (the relay's, for a change it made sure is
+    /// written), then deletes its pending `marker`.
     async fn try_publish(
         &self,
         bus: &EventBus,
@@ -111,23 +155,35 @@ impl<T: VersionedRecord> VersionedStore<T> {
         marker: &str,
         events: &[PendingEvent],
     ) -> Result<(), PublishError> {
+        self.send_events(bus, change_id, events)
+            .await
+            .map_err(PublishError::NotSent)?;
+        self.unmark_pending(marker)
+            .await
+            .context("deleting the pending marker of a published change")
+            .map_err(PublishError::Sent)?;
+        Ok(())
+    }
+
+    /// Publishes the events of change `change_id`, in order.
+    async fn send_events(
+        &self,
+        bus: &EventBus,
+        change_id: &str,
+        events: &[PendingEvent],
+    ) -> anyhow::Result<()> {
         for event in events {
-            let subject = Subject::parse(&event.subject)
-                .with_context(|| format!("unknown subject {} in change {change_id}", event.subject))
-                .map_err(PublishError::NotSent)?;
+            let subject = Subject::parse(&event.subject).with_context(|| {
+                format!("unknown subject {} in change {change_id}", event.subject)
+            })?;
             bus.publish_traced(
                 subject,
                 &event.msg_id,
                 Bytes::from(event.payload.clone().into_bytes()),
                 &event.trace,
             )
-            .await
-            .map_err(PublishError::NotSent)?;
+            .await?;
         }
-        self.unmark_pending(marker)
-            .await
-            .context("deleting the pending marker of a published change")
-            .map_err(PublishError::Sent)?;
         Ok(())
     }
 

@@ -514,16 +514,17 @@ impl<T: VersionedRecord> VersionedStore<T> {
     ) -> Result<Committed, StoreError> {
         let change = self.claim_version(current, next, events).await?;
         // The claim decides the version, so its events go out while the record is written: a
-        // reader catches up from the change log meanwhile, and if this process dies before the
-        // record is written, the relay writes it (and publishes the events again if they were not
-        // out yet; the stream drops a message id it has seen).
+        // reader catches up from the change log meanwhile. The pending marker stays until both are
+        // done (see `settle`), so if the write fails, or this process dies or drops the call before
+        // it, the relay writes the record (and publishes the events again; the stream drops a
+        // message id it has seen).
         let unpublished = Unpublished::new(change.clone(), &self.relay_wanted);
-        let (committed, written) = tokio::join!(
-            self.publish(bus, unpublished),
+        let (sent, written) = tokio::join!(
+            self.send(bus, &unpublished),
             self.write_claimed(current, next, &change)
         );
         written?;
-        Ok(committed)
+        Ok(self.settle(unpublished, sent).await)
     }
 
     /// [`Self::commit`] without publishing, as if the writer had crashed right after the write:

@@ -852,6 +852,48 @@ async fn a_commit_whose_record_write_lands_after_the_next_versions_is_repaired_b
 }
 
 #[tokio::test]
+async fn a_change_whose_record_write_failed_after_its_events_went_out_keeps_its_marker_for_the_relay()
+ {
+    let (store, db) = store_with_unique_claim().await;
+    let bus = bus(&fresh_nats_settings()).await;
+    for id in ["c1", "c2"] {
+        store
+            .create(&bus, &counter(id, id), vec![])
+            .await
+            .expect("create");
+    }
+    // Version 1 of c1 takes c2's unique claim: its change is claimed and its event sent, then
+    // the record's write fails (as a crash or a lost connection between the two would leave it).
+    let current = counter("c1", "c1");
+    let mut next = counter("c1", "c2");
+    next.version = 1;
+    let failed = store
+        .commit(&bus, &current, &next, vec![event_for("c1", 1)])
+        .await;
+    assert!(matches!(failed, Err(StoreError::Db(_))), "{failed:?}");
+    assert_eq!(
+        markers(&db).await,
+        1,
+        "the marker outlives a record write that did not happen"
+    );
+
+    // Once the write can succeed, the relay writes the record (its event is out already).
+    db.collection::<Document>("counters")
+        .delete_one(doc! { "_id": "c2" })
+        .await
+        .expect("delete");
+    store.relay_once(&bus, Duration::ZERO).await.expect("relay");
+    assert_eq!(markers(&db).await, 0);
+    let raw = store
+        .records()
+        .find_one(doc! { "_id": "c1" })
+        .await
+        .expect("find")
+        .expect("record");
+    assert_eq!(raw, next);
+}
+
+#[tokio::test]
 async fn a_marker_whose_change_a_crash_never_wrote_is_kept_a_while_then_dropped() {
     let (store, db) = store_with_unique_claim().await;
     let bus = bus(&fresh_nats_settings()).await;

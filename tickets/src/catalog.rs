@@ -5,8 +5,8 @@
 //! (`orderId: null`) and a seller's tickets (`userId`) decoded every ticket ever listed. Each
 //! replica therefore keeps all tickets in memory, indexed by id, by "free", and by seller:
 //! - **Filled** by one scan of the collection at start (in the background: until it is done, reads
-//!   go to the database as before), while following `ticket:created` and `ticket:updated` from the
-//!   moment before the scan, so nothing committed meanwhile is missed.
+//!   go to the database as before), while following `ticket:created` and `ticket:updated` from a
+//!   replay window before the scan, so nothing committed meanwhile or just before is missed.
 //! - **Kept current** by those events from every replica (an ordered consumer per process, see
 //!   `common::bus::follow`) and, at once, by this replica's own writes. A ticket only ever moves to
 //!   a higher version, so duplicates, replays and the scan racing the events cannot roll it back.
@@ -25,7 +25,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::bus::EventBus;
+use common::bus::{DUPLICATE_WINDOW, EventBus};
 use common::events::{Event, TicketCreated, TicketUpdated};
 use common::server::{Background, ReadinessDetails};
 use common::store::{Bounded as _, StoreError, VersionedStore};
@@ -42,6 +42,9 @@ use crate::store::{Ticket, TicketView};
 const RECENT_WRITES: usize = 10;
 /// The wait before filling the model again after the database or the bus failed.
 const REFILL_DELAY: Duration = Duration::from_secs(1);
+/// How far back the model's following starts (see `follow`): the stream's duplicate window, plus a
+/// margin for the clocks of the broker and this replica.
+const REPLAY: Duration = Duration::from_secs(DUPLICATE_WINDOW.as_secs() + 60);
 /// The longest the start-up scan may take (about 1 s per 10,000 tickets on FerretDB/SQLite).
 const SCAN_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -349,8 +352,12 @@ impl TicketCatalog {
         let mut disconnections = bus.disconnections();
         disconnections.mark_unchanged();
         // Following first, scanning second: whatever is committed during the scan arrives as an event.
+        // The follow starts a replay window back: a writer publishes while it writes the record (or
+        // crashed in between, leaving it to the relay, whose republishing within the stream's
+        // duplicate window is dropped as a duplicate), so the scan may read a ticket older than an
+        // event sent before following began.
         // A creation is the ticket's first state, free: read both subjects as that state.
-        let created = bus.follow::<TicketCreated>().await?.map(|event| {
+        let created = bus.follow::<TicketCreated>(REPLAY).await?.map(|event| {
             event.map(|e| TicketUpdated {
                 id: e.id,
                 version: e.version,
@@ -360,7 +367,7 @@ impl TicketCatalog {
                 order_id: None,
             })
         });
-        let updated = bus.follow::<TicketUpdated>().await?;
+        let updated = bus.follow::<TicketUpdated>(REPLAY).await?;
         let mut events = futures::stream::select(created, updated).map(|event| {
             event.map(|e| Ticket {
                 id: e.id.oid(),

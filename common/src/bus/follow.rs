@@ -3,7 +3,9 @@
 //!
 //! No acks: the client tracks stream sequences and recreates the consumer from the last one it saw
 //! after a gap (a broker restart, a missed heartbeat), so a follower sees every message published
-//! after it started, in order, at least once.
+//! after it started (and those of a replay window before), in order, at least once.
+
+use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
@@ -13,11 +15,16 @@ use super::EventBus;
 use crate::events::Event;
 
 impl EventBus {
-    /// Every `E` published from now on, in stream order. The stream ends (or yields an error) when
-    /// the consumer cannot be kept going; the caller then starts over (and rebuilds its model, since
-    /// it may have missed messages).
+    /// Every `E` published from `replay` ago on, in stream order. The stream ends (or yields an
+    /// error) when the consumer cannot be kept going; the caller then starts over (and rebuilds its
+    /// model, since it may have missed messages).
+    ///
+    /// The replay is for a model filled from the database after following starts: a writer
+    /// publishes a change's events while it writes the record, so an event sent just before the
+    /// follower started can describe a write the fill does not see yet.
     pub async fn follow<E: Event>(
         &self,
+        replay: Duration,
     ) -> anyhow::Result<impl Stream<Item = anyhow::Result<E>> + Send + 'static> {
         let subject = self.subject(E::SUBJECT);
         let stream = self
@@ -28,7 +35,7 @@ impl EventBus {
         let consumer = stream
             .create_consumer(pull::OrderedConfig {
                 filter_subject: subject.clone(),
-                deliver_policy: DeliverPolicy::New,
+                deliver_policy: replay_from(replay),
                 ..Default::default()
             })
             .await
@@ -42,5 +49,18 @@ impl EventBus {
             serde_json::from_slice::<E>(&message.payload)
                 .with_context(|| format!("reading a {} payload", E::SUBJECT))
         }))
+    }
+}
+
+/// Where a follower with a replay window starts: at the first message of the window, or at the
+/// next message without one.
+fn replay_from(replay: Duration) -> DeliverPolicy {
+    if replay.is_zero() {
+        return DeliverPolicy::New;
+    }
+    let replay = time::Duration::try_from(replay).unwrap_or(time::Duration::MAX);
+    match time::OffsetDateTime::now_utc().checked_sub(replay) {
+        Some(start_time) => DeliverPolicy::ByStartTime { start_time },
+        None => DeliverPolicy::All,
     }
 }

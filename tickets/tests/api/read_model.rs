@@ -165,3 +165,28 @@ async fn two_replicas_show_each_others_tickets_and_reservations() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_replica_starting_while_a_reservations_record_write_is_still_on_its_way_shows_the_reservation()
+ {
+    let app = spawn_app().await;
+    let id = app.infra.new_ticket_id().await;
+    let free = app.infra.ticket(&id).await;
+    let order = Id::new();
+    app.infra.reserve(&id, order).await;
+    // The stored ticket back at version 0: its writer has published the reservation but its record
+    // write has not landed yet when the new replica reads every ticket.
+    app.infra
+        .db
+        .collection::<Ticket>("tickets")
+        .replace_one(mongodb::bson::doc! { "_id": free.id }, &free)
+        .await
+        .expect("replace");
+
+    let replica = spawn_replica(&app).await;
+    replica
+        .wait_for_ticket(&id, |shown| {
+            shown["orderId"] == order.to_string() && shown["version"] == 1
+        })
+        .await;
+}

@@ -14,6 +14,14 @@ use futures::{Stream, StreamExt};
 use super::EventBus;
 use crate::events::Event;
 
+/// An event a follower received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Followed<E> {
+    pub event: E,
+    /// Published before following began: part of the replay window.
+    pub replayed: bool,
+}
+
 impl EventBus {
     /// Every `E` published from `replay` ago on, in stream order. The stream ends (or yields an
     /// error) when the consumer cannot be kept going; the caller then starts over (and rebuilds its
@@ -25,13 +33,15 @@ impl EventBus {
     pub async fn follow<E: Event>(
         &self,
         replay: Duration,
-    ) -> anyhow::Result<impl Stream<Item = anyhow::Result<E>> + Send + 'static> {
+    ) -> anyhow::Result<impl Stream<Item = anyhow::Result<Followed<E>>> + Send + 'static> {
         let subject = self.subject(E::SUBJECT);
         let stream = self
             .jetstream()
             .get_stream(self.stream_name())
             .await
             .with_context(|| format!("looking up stream {}", self.stream_name()))?;
+        // Read by the lookup just now: what is at or before it was published before following.
+        let last_before = stream.cached_info().state.last_sequence;
         let consumer = stream
             .create_consumer(pull::OrderedConfig {
                 filter_subject: subject.clone(),
@@ -46,8 +56,13 @@ impl EventBus {
             .with_context(|| format!("following {subject}"))?;
         Ok(messages.map(move |message| {
             let message = message.with_context(|| format!("following {subject}"))?;
-            serde_json::from_slice::<E>(&message.payload)
-                .with_context(|| format!("reading a {} payload", E::SUBJECT))
+            let event = serde_json::from_slice::<E>(&message.payload)
+                .with_context(|| format!("reading a {} payload", E::SUBJECT))?;
+            // A message whose position cannot be read counts as new: applied like any other.
+            let replayed = message
+                .info()
+                .is_ok_and(|info| info.stream_sequence <= last_before);
+            Ok(Followed { event, replayed })
         }))
     }
 }

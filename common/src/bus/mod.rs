@@ -17,6 +17,7 @@ mod follow;
 mod listener;
 
 pub use dead_letter::{DeadLetter, count_by_consumer};
+pub use follow::Followed;
 pub use listener::{Delivery, ListenerOptions, Outcome, durable_name, listen};
 
 /// How long JetStream remembers message ids to drop duplicates.

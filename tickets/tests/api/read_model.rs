@@ -190,3 +190,37 @@ async fn a_replica_starting_while_a_reservations_record_write_is_still_on_its_wa
         })
         .await;
 }
+
+#[tokio::test]
+async fn a_replica_filled_after_a_ticket_left_the_database_does_not_bring_it_back_from_the_replayed_events()
+ {
+    let app = spawn_app().await;
+    // Listed, its `ticket:created` in the stream, then removed from the database (as the benchmark
+    // empties the databases between its phases).
+    let gone = app.infra.insert_ticket("seller").await;
+    app.infra
+        .db
+        .collection::<Ticket>("tickets")
+        .delete_one(mongodb::bson::doc! { "_id": gone.id })
+        .await
+        .expect("delete");
+
+    let replica = spawn_replica(&app).await;
+    // Listed after it: once the replica shows this one, it has seen the earlier creation too.
+    let (_, later) = app.new_ticket().await;
+    crate::helpers::eventually_listed(&replica, None, &later).await;
+    let listed: Vec<String> = replica
+        .get("/api/tickets")
+        .await
+        .body
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|t| t["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(listed, [later]);
+    assert_eq!(
+        replica.get_ticket(&gone.id.to_hex()).await.status,
+        reqwest::StatusCode::NOT_FOUND
+    );
+}

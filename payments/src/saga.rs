@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use common::bus::EventBus;
 use common::events::OrderStatus;
 use common::store::StoreError;
@@ -261,7 +261,7 @@ impl PaymentSaga {
                 self.stripe.create_intent(&intent_request(&attempt)).await,
             ),
         };
-        self.conclude(&attempt, settlement, answer, window_closed())
+        self.conclude(&attempt, settlement, answer, expires_at)
             .await
     }
 
@@ -292,7 +292,7 @@ impl PaymentSaga {
                     intent => intent,
                 };
                 let (settlement, answer) = intent_settlement(&payment, outcome);
-                saga.conclude(&payment, settlement, answer, expires_at <= Utc::now())
+                saga.conclude(&payment, settlement, answer, Some(expires_at))
                     .await
             }
             .instrument(tracing::Span::current()),
@@ -306,17 +306,22 @@ impl PaymentSaga {
     }
 
     /// Records what Stripe said about an attempt and tells the buyer: `answer` when Stripe's
-    /// answer decides it, else what the recorded state means.
+    /// answer decides it, else what the recorded state means. `expires_at` is the end of the
+    /// order's window (unknown if its replica was missing).
     async fn conclude(
         &self,
         attempt: &Payment,
         settlement: Settlement,
         answer: Option<PayOutcome>,
-        window_closed: bool,
+        expires_at: Option<DateTime<Utc>>,
     ) -> Result<PayOutcome, StoreError> {
         let Some((settled, announced)) = self.record_or_leave(attempt, settlement).await else {
             return Ok(PayOutcome::Confirming);
         };
+        // Read once the settlement is recorded, not before: recording can take seconds (a stalled
+        // database, retries), and only an announcement in the stream before the window's end is
+        // sure to go before the order's expiry.
+        let window_closed = expires_at.is_some_and(|at| at <= Utc::now());
         if settled.status == PaymentStatus::RequiresAction && settled.order_cancelled {
             // The reconciler cancels the intent: no point asking the buyer to authenticate.
             return Ok(PayOutcome::OrderCancelled);

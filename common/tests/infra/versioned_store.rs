@@ -27,6 +27,16 @@ fn event_for(id: &str, version: i64) -> PendingEvent {
     PendingEvent::of(&expiry_of(id, version)).expect("event")
 }
 
+/// Record `c1` as stored, without the catch-up a read through the store makes.
+async fn raw_c1(store: &VersionedStore<Counter>) -> Counter {
+    store
+        .records()
+        .find_one(doc! { "_id": "c1" })
+        .await
+        .expect("find")
+        .expect("record")
+}
+
 /// Commits counter `c1` at version 0 with its event left unpublished, as a writer that stopped
 /// before publishing leaves it.
 async fn create_c1_unpublished(store: &VersionedStore<Counter>) {
@@ -179,12 +189,7 @@ async fn a_change_left_unapplied_is_repaired_on_the_next_read() {
         .expect("get")
         .expect("record");
     assert_eq!(read, state);
-    let raw = store
-        .records()
-        .find_one(doc! { "_id": "c1" })
-        .await
-        .expect("find")
-        .expect("record");
+    let raw = raw_c1(&store).await;
     assert_eq!(raw.version, 1, "the repair was written back");
     // And the next writer builds on it instead of overwriting it.
     let outcome = store
@@ -839,12 +844,7 @@ async fn a_commit_whose_record_write_lands_after_the_next_versions_is_repaired_b
         .await
         .expect("commit");
 
-    let raw = store
-        .records()
-        .find_one(doc! { "_id": "c1" })
-        .await
-        .expect("find")
-        .expect("record");
+    let raw = raw_c1(&store).await;
     assert_eq!(
         raw, newest,
         "the slow writer read through to the newest version"
@@ -884,12 +884,7 @@ async fn a_change_whose_record_write_failed_after_its_events_went_out_keeps_its_
         .expect("delete");
     store.relay_once(&bus, Duration::ZERO).await.expect("relay");
     assert_eq!(markers(&db).await, 0);
-    let raw = store
-        .records()
-        .find_one(doc! { "_id": "c1" })
-        .await
-        .expect("find")
-        .expect("record");
+    let raw = raw_c1(&store).await;
     assert_eq!(raw, next);
 }
 

@@ -193,9 +193,10 @@ impl PaymentSaga {
         };
         let saga = self.clone();
         // In the request's trace: the charge's logs and its `payment:created` belong to it.
-        let task = self
-            .charges
-            .spawn(async move { saga.charge(attempt).await }.instrument(tracing::Span::current()));
+        let order = order.clone();
+        let task = self.charges.spawn(
+            async move { saga.charge(&order, attempt).await }.instrument(tracing::Span::current()),
+        );
         match task.await {
             Ok(outcome) => outcome,
             Err(join) => Err(StoreError::Other(anyhow::anyhow!(
@@ -204,12 +205,14 @@ impl PaymentSaga {
         }
     }
 
-    /// Charges a recorded `pending` attempt and records the answer.
-    async fn charge(&self, attempt: Payment) -> Result<PayOutcome, StoreError> {
+    /// Charges a recorded `pending` attempt of `read`, the order as read before the attempt
+    /// was recorded, and records the answer.
+    async fn charge(&self, read: &Order, attempt: Payment) -> Result<PayOutcome, StoreError> {
         // The attempt is recorded: if the order was cancelled meanwhile, the `order:cancelled`
         // listener either marked the attempt (seen by `mark_sent` or the settlement below) or
-        // cancelled the replica before the attempt was recorded, which this read sees.
-        let order = match self.orders.get(attempt.order_id).await {
+        // cancelled the replica before the attempt was recorded, which this read sees (every
+        // version of the replica is claimed by an insert, so "none after `read`" is one lookup).
+        let order = match self.orders.refresh(read).await {
             Ok(order) => order,
             Err(err) => {
                 // Not charging is always safe; the buyer can try again. If even this cannot be

@@ -40,7 +40,7 @@ use common::bus::EventBus;
 use common::events::{OrderStatus, PaymentCreated, PaymentUpdated};
 use common::store::{
     Bounded as _, Committed, Decision, MIGRATIONS_COLLECTION, PendingEvent, ReplicaUpdate,
-    StoreError, VersionedStore, is_duplicate_key,
+    StoreError, VersionedRecord as _, VersionedStore, is_duplicate_key,
 };
 use futures::TryStreamExt as _;
 use mongodb::bson::oid::ObjectId;
@@ -109,6 +109,19 @@ impl OrderStore {
     /// The replica, with any version a crash left half-applied finished first.
     pub async fn get(&self, id: ObjectId) -> Result<Option<Order>, StoreError> {
         self.orders.get(Bson::ObjectId(id)).await
+    }
+
+    /// `order` again if no version came after it (one lookup by `_id`), else the replica as
+    /// [`Self::get`] reads it: for a caller that read the order a moment ago.
+    pub async fn refresh(&self, order: &Order) -> Result<Option<Order>, StoreError> {
+        if self
+            .orders
+            .is_newest(&order.record_id(), order.version)
+            .await?
+        {
+            return Ok(Some(order.clone()));
+        }
+        self.get(order.id).await
     }
 
     /// Moves the replica to `version` as cancelled, from `version - 1` only.
@@ -451,16 +464,38 @@ impl PaymentStore {
         &self,
         bus: &EventBus,
         order_id: ObjectId,
+        next: F,
+    ) -> Result<(Payment, Option<Committed>), StoreError>
+    where
+        F: FnMut(&Payment) -> Option<Payment>,
+    {
+        let current = self
+            .payments
+            .stored(Bson::ObjectId(order_id))
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        self.transition_from(bus, current, next).await
+    }
+
+    /// [`Self::transition`] starting from `current`, the payment as this caller last had it (the
+    /// attempt it just recorded), without reading it first: if another writer moved it meanwhile,
+    /// the commit loses its version claim and `next` decides again on the newest. One lookup less
+    /// on the way of every charge.
+    async fn transition_from<F>(
+        &self,
+        bus: &EventBus,
+        current: Payment,
         mut next: F,
     ) -> Result<(Payment, Option<Committed>), StoreError>
     where
         F: FnMut(&Payment) -> Option<Payment>,
     {
         let unsettled = |status| PaymentStatus::UNSETTLED.contains(&status);
+        let order_id = current.order_id;
         self.payments
-            .modify_prepared(
+            .modify_from_prepared(
                 bus,
-                Bson::ObjectId(order_id),
+                current,
                 |current: &Payment| match next(current) {
                     Some(next) => Ok(Decision::Commit {
                         events: next.events()?,
@@ -544,13 +579,14 @@ impl PaymentStore {
 
     /// Marks `attempt` as about to be sent to Stripe. Returns the payment as it stands: marked, or
     /// unchanged when it is no longer this caller's to send (settled by someone else, or its order
-    /// cancelled meanwhile: then it must not be sent at all).
+    /// cancelled meanwhile: then it must not be sent at all). Starts from `attempt` as recorded (see
+    /// [`Self::transition_from`]).
     pub async fn mark_sent(
         &self,
         bus: &EventBus,
         attempt: &Payment,
     ) -> Result<(Payment, Option<Committed>), StoreError> {
-        self.transition(bus, attempt.order_id, |current| {
+        self.transition_from(bus, attempt.clone(), |current| {
             let sendable = current.payment_id == attempt.payment_id
                 && current.status == PaymentStatus::Pending
                 && !current.charge_sent
@@ -565,14 +601,15 @@ impl PaymentStore {
 
     /// Records what Stripe said about `attempt`'s charge. Only an attempt that is still open and
     /// still the order's current one moves; whoever settles it first (the request, the reconciler
-    /// of any replica) wins, and the others get the settled payment back unchanged.
+    /// of any replica) wins, and the others get the settled payment back unchanged. Starts from
+    /// `attempt` as the caller has it (see [`Self::transition_from`]).
     pub async fn settle(
         &self,
         bus: &EventBus,
         attempt: &Payment,
         settlement: Settlement,
     ) -> Result<(Payment, Option<Committed>), StoreError> {
-        self.transition(bus, attempt.order_id, |current| {
+        self.transition_from(bus, attempt.clone(), |current| {
             let open = current.payment_id == attempt.payment_id && current.status.is_open();
             Some(match (&settlement, current.status) {
                 _ if !open => return None,

@@ -668,8 +668,9 @@ impl<T: VersionedRecord> VersionedStore<T> {
     }
 
     /// The loop of every `modify`: decide, prepare, commit; on a lost claim, read the newest and
-    /// decide again.
-    async fn modify_from_prepared<E, F, P, Fut>(
+    /// decide again. Public for a caller that keeps the record it last wrote: starting from that
+    /// copy saves the read, and a copy someone has moved past only loses its claim.
+    pub async fn modify_from_prepared<E, F, P, Fut>(
         &self,
         bus: &EventBus,
         mut current: T,

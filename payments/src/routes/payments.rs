@@ -208,11 +208,18 @@ async fn pay(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let order_id = parse_id(order_id)?;
     tracing::Span::current().record("order_id", tracing::field::display(order_id));
-    let order = owned_order(state, user, order_id).await?;
+    // Both reads at once: every answer below needs the order, and most need its payment too. The
+    // payment is looked at only once the order is known to be the buyer's.
+    let (order, existing) = tokio::join!(
+        owned_order(state, user, order_id),
+        state.saga.payments().get(order_id)
+    );
+    let order = order?;
+    let existing = existing?;
     match order.status {
         OrderStatus::Cancelled => {
             // A buyer whose payment was being confirmed when the order expired learns of the refund.
-            let refunded = state.saga.payments().get(order_id).await?.is_some_and(|p| {
+            let refunded = existing.is_some_and(|p| {
                 matches!(p.status, PaymentStatus::Refunding | PaymentStatus::Refunded)
             });
             return Err(ApiError::bad_request(if refunded {
@@ -226,7 +233,7 @@ async fn pay(
     }
     // A cheap early answer (also for a paid order whose window has since passed: this replica never
     // hears of `complete`); recording the attempt below is what guarantees a single charge.
-    if let Some(existing) = state.saga.payments().get(order_id).await?
+    if let Some(existing) = existing
         && existing.status != PaymentStatus::Failed
     {
         // The buyer closed the card's authentication and pays again: the same intent is

@@ -320,6 +320,27 @@ async fn an_order_whose_window_closes_while_its_attempt_is_recorded_is_not_charg
 }
 
 #[tokio::test]
+async fn an_order_cancelled_after_the_route_read_it_is_not_charged() {
+    let (app, double, _, order) = app_with_order(1500, answering_after(Duration::ZERO)).await;
+    // The route read the order open; its cancellation is applied before the attempt is recorded.
+    let read = app.replica(&order.id).await.expect("replica");
+    app.cancel(&order).await;
+
+    let outcome = app
+        .saga
+        .pay(&read, payments::store::Via::Charge, "tok_visa")
+        .await
+        .expect("answered");
+
+    assert!(
+        matches!(outcome, payments::saga::PayOutcome::OrderCancelled),
+        "{outcome:?}"
+    );
+    assert_eq!(double.requests(), 0, "nothing sent to Stripe");
+    app.assert_not_paid(&order.id).await;
+}
+
+#[tokio::test]
 async fn a_charge_that_settles_after_the_window_closed_is_answered_as_being_confirmed_not_paid() {
     let (app, double, _, order) =
         app_with_order(1500, answering_after(Duration::from_millis(1500))).await;

@@ -38,7 +38,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 FERRETDB_VERSION=v1.24.2
 # What install_ferretdb builds: the version plus our patches in scripts/ferretdb/, applied in this
 # order (each file says what it changes and why). A new value rebuilds.
-FERRETDB_PATCHES=(id-index-lookup sqlite-write-turns collection-create-orphan)
+FERRETDB_PATCHES=(id-index-lookup sqlite-write-turns collection-create-orphan id-in-lookup)
 FERRETDB_BUILD="$FERRETDB_VERSION$(printf '+%s' "${FERRETDB_PATCHES[@]}")"
 STRIPE_MOCK_VERSION=v0.203.0 # newest in `go list -m -versions github.com/stripe/stripe-mock`
 
@@ -120,7 +120,8 @@ install_ferretdb() {
   done
   if ! grep -q 'IDColumn = DefaultColumn + `->"_id"`' "$build/internal/backends/sqlite/metadata/metadata.go" ||
     ! grep -q 'takeWriteTurn(ctx, c.dbName)' "$build/internal/backends/sqlite/collection.go" ||
-    ! grep -q 'CREATE TABLE IF NOT EXISTS %q (' "$build/internal/backends/sqlite/metadata/registry.go"; then
+    ! grep -q 'CREATE TABLE IF NOT EXISTS %q (' "$build/internal/backends/sqlite/metadata/registry.go" ||
+    ! grep -q 'if ids := idsOfIn(v); ids != nil {' "$build/internal/backends/sqlite/collection.go"; then
     fail_with_log "$logfile" "FerretDB's source does not show the patches after applying them"
   fi
   if ! (cd "$build" && go build -buildvcs=false -trimpath -o "$bin.tmp" ./cmd/ferretdb) >>"$logfile" 2>&1; then

@@ -16,6 +16,7 @@ use secrecy::ExposeSecret;
 
 use crate::settings::MongoSettings;
 
+mod group_commit;
 mod outbox;
 #[cfg(feature = "testing")]
 pub mod query_log;

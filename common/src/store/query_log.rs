@@ -11,6 +11,15 @@ use mongodb::event::command::CommandEvent;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static LOG: Mutex<Vec<Query>> = Mutex::new(Vec::new());
+static INSERTS: Mutex<Vec<Insert>> = Mutex::new(Vec::new());
+
+/// One `insert` command: how many documents it carried into which collection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Insert {
+    pub database: String,
+    pub collection: String,
+    pub documents: usize,
+}
 
 /// One filtering command: a read (`find`, `count`, `aggregate`) or a write's selector.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,13 +32,31 @@ pub struct Query {
 }
 
 impl Query {
-    /// Whether the filter is `_id` alone, compared for equality (what FerretDB looks up by index).
+    /// Whether the filter is `_id` alone, compared for equality with one value or with a list
+    /// (`$in`; of at most 500): what FerretDB looks up by index (the list with our patch
+    /// `scripts/ferretdb/id-in-lookup.patch`).
     pub fn is_id_lookup(&self) -> bool {
         let mut keys = self.filter.iter();
         match (keys.next(), keys.next()) {
-            (Some((key, value)), None) => key == "_id" && !matches!(value, Bson::Document(_)),
+            (Some((key, Bson::Document(operator))), None) => key == "_id" && is_id_list(operator),
+            (Some((key, _)), None) => key == "_id",
             _ => false,
         }
+    }
+}
+
+/// `{$in: [ids]}` with 1 to 500 strings or ObjectIds, nothing else.
+fn is_id_list(operator: &Document) -> bool {
+    let mut keys = operator.iter();
+    match (keys.next(), keys.next()) {
+        (Some((key, Bson::Array(ids))), None) => {
+            key == "$in"
+                && (1..=500).contains(&ids.len())
+                && ids
+                    .iter()
+                    .all(|id| matches!(id, Bson::String(_) | Bson::ObjectId(_)))
+        }
+        _ => false,
     }
 }
 
@@ -47,14 +74,30 @@ pub fn queries_in(database: &str) -> Vec<Query> {
         .collect()
 }
 
+/// The `insert` commands sent to `database` so far.
+pub fn inserts_in(database: &str) -> Vec<Insert> {
+    lock_inserts()
+        .iter()
+        .filter(|insert| insert.database == database)
+        .cloned()
+        .collect()
+}
+
 /// Forgets what was sent to `database` (to look at one request's queries alone).
 pub fn clear(database: &str) {
     lock().retain(|query| query.database != database);
+    lock_inserts().retain(|insert| insert.database != database);
 }
 
 fn lock() -> std::sync::MutexGuard<'static, Vec<Query>> {
     // A Vec of plain values is never left half-written: a poisoned lock still holds a valid one.
     LOG.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn lock_inserts() -> std::sync::MutexGuard<'static, Vec<Insert>> {
+    INSERTS
+        .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -67,6 +110,14 @@ pub(super) fn handler() -> Option<EventHandler<CommandEvent>> {
             return;
         };
         let command = &started.command;
+        if started.command_name == "insert" {
+            lock_inserts().push(Insert {
+                database: started.db.clone(),
+                collection: command.get_str("insert").unwrap_or_default().to_owned(),
+                documents: command.get_array("documents").map_or(0, Vec::len),
+            });
+            return;
+        }
         let field = |name: &str| command.get_document(name).ok().cloned();
         let first = |list: &str, name: &str| {
             command
@@ -96,4 +147,33 @@ pub(super) fn handler() -> Option<EventHandler<CommandEvent>> {
             filter: filter.unwrap_or_default(),
         });
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use mongodb::bson::doc;
+    use mongodb::bson::oid::ObjectId;
+
+    use super::*;
+
+    fn query(filter: Document) -> Query {
+        Query {
+            database: "db".to_owned(),
+            collection: "c".to_owned(),
+            command: "find".to_owned(),
+            filter,
+        }
+    }
+
+    #[test]
+    fn an_id_or_a_short_list_of_ids_is_a_lookup_and_anything_else_is_not() {
+        assert!(query(doc! { "_id": "a" }).is_id_lookup());
+        assert!(query(doc! { "_id": { "$in": ["a", ObjectId::new()] } }).is_id_lookup());
+        assert!(!query(doc! { "_id": { "$in": [] } }).is_id_lookup());
+        assert!(!query(doc! { "_id": { "$in": ["a", 1] } }).is_id_lookup());
+        assert!(!query(doc! { "_id": { "$gt": "a" } }).is_id_lookup());
+        assert!(!query(doc! { "_id": "a", "version": 1 }).is_id_lookup());
+        let long: Vec<Bson> = (0..501).map(|i| Bson::String(i.to_string())).collect();
+        assert!(!query(doc! { "_id": { "$in": long } }).is_id_lookup());
+    }
 }

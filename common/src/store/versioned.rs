@@ -27,6 +27,7 @@ use mongodb::{Collection, Database};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::group_commit::{DeletesById, Group, Inserts, WriteFailure};
 use super::{Bounded as _, IndexKind, is_duplicate_key};
 use crate::bus::EventBus;
 use crate::events::Event;
@@ -224,6 +225,12 @@ pub struct VersionedStore<T: Send + Sync> {
     pub(super) raw_records: Collection<Document>,
     pub(super) changes: Collection<ChangeDoc>,
     pub(super) pending: Collection<PendingMarker>,
+    /// The inserts of writers, and the deletes of their markers, grouped per collection when they
+    /// come together (see `group_commit`).
+    record_inserts: Group<T, Inserts<T>>,
+    change_inserts: Group<ChangeDoc, Inserts<ChangeDoc>>,
+    marker_inserts: Group<PendingMarker, Inserts<PendingMarker>>,
+    marker_deletes: Group<Bson, DeletesById>,
     pub(super) migrations: Collection<Migration>,
     /// Set when a change of this process may be left unpublished: the relay then looks for
     /// unpublished changes every interval instead of only every sweep (see `spawn_relay`).
@@ -238,6 +245,10 @@ impl<T: Send + Sync> Clone for VersionedStore<T> {
             raw_records: self.raw_records.clone(),
             changes: self.changes.clone(),
             pending: self.pending.clone(),
+            record_inserts: self.record_inserts.clone(),
+            change_inserts: self.change_inserts.clone(),
+            marker_inserts: self.marker_inserts.clone(),
+            marker_deletes: self.marker_deletes.clone(),
             migrations: self.migrations.clone(),
             relay_wanted: Arc::clone(&self.relay_wanted),
             _record: PhantomData,
@@ -251,11 +262,18 @@ fn change_id(record_id: &str, version: i64) -> String {
 
 impl<T: VersionedRecord> VersionedStore<T> {
     pub fn new(db: &Database, collection: &str) -> Self {
+        let records: Collection<T> = db.collection(collection);
+        let changes: Collection<ChangeDoc> = db.collection(&format!("{collection}_changes"));
+        let pending: Collection<PendingMarker> = db.collection(&format!("{collection}_pending"));
         Self {
-            records: db.collection(collection),
+            record_inserts: Group::new(Inserts(records.clone())),
+            change_inserts: Group::new(Inserts(changes.clone())),
+            marker_inserts: Group::new(Inserts(pending.clone())),
+            marker_deletes: Group::new(DeletesById(pending.clone_with_type())),
+            records,
             raw_records: db.collection(collection),
-            changes: db.collection(&format!("{collection}_changes")),
-            pending: db.collection(&format!("{collection}_pending")),
+            changes,
+            pending,
             migrations: db.collection(super::MIGRATIONS_COLLECTION),
             // A new process first looks for what an earlier one may have left unpublished.
             relay_wanted: Arc::new(AtomicBool::new(true)),
@@ -307,7 +325,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
                     change: None,
                     at: change.at,
                 };
-                self.mark_pending(&marker).await?;
+                self.mark_pending(marker).await?;
                 adopted += 1;
             }
         }
@@ -326,36 +344,42 @@ impl<T: VersionedRecord> VersionedStore<T> {
 
     /// Writes a pending marker (before the change itself). Already there is fine: an earlier try
     /// wrote it.
-    async fn mark_pending(&self, marker: &PendingMarker) -> mongodb::error::Result<()> {
-        match self.pending.insert_one(marker).bounded().await {
-            Ok(_) => Ok(()),
-            Err(e) if is_duplicate_key(&e) => Ok(()),
-            Err(e) => Err(e),
+    async fn mark_pending(&self, marker: PendingMarker) -> mongodb::error::Result<()> {
+        match self.marker_inserts.write(marker).await {
+            Ok(()) | Err(WriteFailure::Duplicate) => Ok(()),
+            Err(WriteFailure::Db(e)) => Err(e),
         }
     }
 
     /// Inserts a change document, announced first by its pending marker if it has events. A
     /// change without events needs no relay: a later version is applied by the next read (`get`),
     /// and a replica's first version by the redelivery of the event that creates it.
-    async fn insert_change(&self, change: &ChangeDoc) -> mongodb::error::Result<()> {
+    ///
+    /// [`WriteFailure::Duplicate`]: another writer claimed the change's version.
+    async fn insert_change(&self, change: &ChangeDoc) -> Result<(), WriteFailure> {
         if let Some(marker) = &change.marker {
             let marker = PendingMarker {
                 id: marker.clone(),
                 change: Some(change.id.clone()),
                 at: change.at,
             };
-            self.mark_pending(&marker).await?;
+            self.mark_pending(marker).await.map_err(WriteFailure::Db)?;
         }
-        self.changes.insert_one(change).bounded().await.map(drop)
+        self.change_inserts.write(change.clone()).await
     }
 
     /// Deletes a pending marker whose change is published, gone, or another writer's.
     pub(super) async fn unmark_pending(&self, marker: &str) -> mongodb::error::Result<()> {
-        self.pending
-            .delete_one(doc! { "_id": marker })
-            .bounded()
+        match self
+            .marker_deletes
+            .write(Bson::String(marker.to_owned()))
             .await
-            .map(drop)
+        {
+            Ok(()) => Ok(()),
+            Err(WriteFailure::Db(e)) => Err(e),
+            // Not an outcome of a delete.
+            Err(WriteFailure::Duplicate) => Ok(()),
+        }
     }
 
     fn change_doc(&self, record: &T, events: Vec<PendingEvent>) -> Result<ChangeDoc, StoreError> {
@@ -404,16 +428,13 @@ impl<T: VersionedRecord> VersionedStore<T> {
         events: Vec<PendingEvent>,
     ) -> Result<Unpublished, StoreError> {
         let change = self.change_doc(record, events)?;
-        self.insert_change(&change).await.map_err(|e| {
-            if is_duplicate_key(&e) {
-                StoreError::Duplicate
-            } else {
-                StoreError::Db(e)
-            }
+        self.insert_change(&change).await.map_err(|e| match e {
+            WriteFailure::Duplicate => StoreError::Duplicate,
+            WriteFailure::Db(e) => StoreError::Db(e),
         })?;
-        match self.records.insert_one(record).bounded().await {
-            Ok(_) => Ok(Unpublished::new(change, &self.relay_wanted)),
-            Err(e) if is_duplicate_key(&e) => {
+        match self.record_inserts.write(record.clone()).await {
+            Ok(()) => Ok(Unpublished::new(change, &self.relay_wanted)),
+            Err(WriteFailure::Duplicate) => {
                 // Either the relay already materialised our record (fine) or a unique key of the
                 // record belongs to someone else: then our change must vanish unpublished.
                 if self
@@ -440,7 +461,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
                 }
                 Err(StoreError::Duplicate)
             }
-            Err(e) => Err(e.into()),
+            Err(WriteFailure::Db(e)) => Err(e.into()),
         }
     }
 
@@ -569,12 +590,12 @@ impl<T: VersionedRecord> VersionedStore<T> {
         }
         let change = self.change_doc(next, events)?;
         match self.insert_change(&change).await {
-            Ok(_) => Ok(change),
-            Err(e) if is_duplicate_key(&e) => {
+            Ok(()) => Ok(change),
+            Err(WriteFailure::Duplicate) => {
                 self.drop_marker_of_lost(&change).await;
                 Err(StoreError::Conflict)
             }
-            Err(e) => Err(e.into()),
+            Err(WriteFailure::Db(e)) => Err(e.into()),
         }
     }
 
@@ -718,10 +739,10 @@ impl<T: VersionedRecord> VersionedStore<T> {
     /// record's). A version 0 change document that an earlier release wrote before a crash cut its
     /// record's insert stays harmless; the redelivery inserts the record.
     pub async fn create_replica(&self, record: &T) -> Result<bool, StoreError> {
-        match self.records.insert_one(record).bounded().await {
-            Ok(_) => Ok(true),
-            Err(e) if is_duplicate_key(&e) => Ok(false),
-            Err(e) => Err(e.into()),
+        match self.record_inserts.write(record.clone()).await {
+            Ok(()) => Ok(true),
+            Err(WriteFailure::Duplicate) => Ok(false),
+            Err(WriteFailure::Db(e)) => Err(e.into()),
         }
     }
 

@@ -165,6 +165,90 @@ async fn concurrent_creates_of_one_unique_claim_have_exactly_one_winner() {
 }
 
 #[tokio::test]
+async fn concurrent_commits_share_their_write_commands_and_each_learns_its_own_fate() {
+    let (store, db) = store_with_unique_claim().await;
+    let bus = bus(&fresh_nats_settings()).await;
+    let records = 40;
+    for i in 0..records {
+        store
+            .create(&bus, &counter(&format!("c{i}"), &format!("c{i}")), vec![])
+            .await
+            .expect("create");
+    }
+    common::store::query_log::clear(db.name());
+    // Each record gets one commit, and record c0 a second writer racing for the same version.
+    let writers = (0..records)
+        .map(|i| format!("c{i}"))
+        .chain(["c0".to_owned()]);
+    let results = join_all(writers.map(|id| {
+        let (store, bus) = (store.clone(), bus.clone());
+        async move {
+            let current = store
+                .stored(Bson::String(id.clone()))
+                .await
+                .expect("read")
+                .expect("record");
+            let mut next = current.clone();
+            next.version += 1;
+            let events = vec![event_for(&id, next.version)];
+            store.commit(&bus, &current, &next, events).await
+        }
+    }))
+    .await;
+    let committed = results.iter().filter(|r| r.is_ok()).count();
+    let lost = results
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::Conflict)))
+        .count();
+    assert_eq!((committed, lost), (records, 1), "{results:?}");
+
+    let inserts = common::store::query_log::inserts_in(db.name());
+    let into = |collection: &str| {
+        let commands: Vec<usize> = inserts
+            .iter()
+            .filter(|insert| insert.collection == collection)
+            .map(|insert| insert.documents)
+            .collect();
+        (commands.len(), commands.iter().sum::<usize>())
+    };
+    let (change_commands, change_documents) = into("counters_changes");
+    let (marker_commands, marker_documents) = into("counters_pending");
+    assert_eq!(
+        (change_documents, marker_documents),
+        (records + 1, records + 1),
+        "every writer's claim and marker was sent once"
+    );
+    assert!(
+        change_commands < change_documents && marker_commands < marker_documents,
+        "concurrent inserts go together: {change_commands} commands for the changes, \
+         {marker_commands} for the markers"
+    );
+    // Their markers go the same way once the events are out, each delete by `_id` (alone or in a
+    // list): an index lookup, not a read of every marker.
+    let marker_deletes: Vec<_> = common::store::query_log::queries_in(db.name())
+        .into_iter()
+        .filter(|query| query.command == "delete" && query.collection == "counters_pending")
+        .collect();
+    assert!(
+        marker_deletes.iter().all(|query| query.is_id_lookup()),
+        "{marker_deletes:?}"
+    );
+    assert!(
+        marker_deletes.len() < records,
+        "concurrent marker deletes go together: {} commands",
+        marker_deletes.len()
+    );
+    // The loser's claim was refused alone: one change per version, and no marker left behind.
+    let c0 = store
+        .get(Bson::String("c0".into()))
+        .await
+        .expect("get")
+        .expect("record");
+    assert_eq!(c0.version, 1);
+    assert_eq!(markers(&db).await, 0);
+}
+
+#[tokio::test]
 async fn a_change_left_unapplied_is_repaired_on_the_next_read() {
     let (store, db) = store_with_unique_claim().await;
     store

@@ -159,19 +159,15 @@ impl<D: Serialize + Send + Sync + 'static> GroupedWrite for Inserts<D> {
 
     async fn send(&self, documents: Vec<D>) -> Vec<Result<(), WriteFailure>> {
         let count = documents.len();
-        let result = if count == 1 {
-            let mut documents = documents;
-            match documents.pop() {
-                Some(document) => self.0.insert_one(document).bounded().await.map(drop),
-                None => Ok(()),
-            }
-        } else {
-            self.0
+        let result = match <[D; 1]>::try_from(documents) {
+            Ok([document]) => self.0.insert_one(document).bounded().await.map(drop),
+            Err(documents) => self
+                .0
                 .insert_many(documents)
                 .ordered(false)
                 .bounded()
                 .await
-                .map(drop)
+                .map(drop),
         };
         insert_outcomes(count, result)
     }
@@ -214,7 +210,9 @@ fn insert_outcomes(
 
 /// Deletes by `_id`, several as one `delete` of `_id: {$in: [ids]}`. An id that is not there is
 /// fine (deleted already). On FerretDB's SQLite backend that filter is an index lookup per id only
-/// with our patch `scripts/ferretdb/id-in-lookup.patch`; without it, it reads the whole collection.
+/// with our patch `scripts/ferretdb/id-in-lookup.patch`; without it, and on FerretDB's PostgreSQL
+/// backend, it reads the whole collection. The markers are only those of changes in flight or left
+/// to the relay, so that stays small but for a backlog after a long broker outage.
 pub(super) struct DeletesById(pub(super) Collection<Document>);
 
 impl GroupedWrite for DeletesById {
@@ -222,17 +220,14 @@ impl GroupedWrite for DeletesById {
 
     async fn send(&self, ids: Vec<Bson>) -> Vec<Result<(), WriteFailure>> {
         let count = ids.len();
-        let result = if count == 1 {
-            let mut ids = ids;
-            match ids.pop() {
-                Some(id) => self.0.delete_one(doc! { "_id": id }).bounded().await,
-                None => return Vec::new(),
+        let result = match <[Bson; 1]>::try_from(ids) {
+            Ok([id]) => self.0.delete_one(doc! { "_id": id }).bounded().await,
+            Err(ids) => {
+                self.0
+                    .delete_many(doc! { "_id": { "$in": ids } })
+                    .bounded()
+                    .await
             }
-        } else {
-            self.0
-                .delete_many(doc! { "_id": { "$in": ids } })
-                .bounded()
-                .await
         };
         match result {
             Ok(_) => vec![Ok(()); count],

@@ -375,10 +375,9 @@ impl<T: VersionedRecord> VersionedStore<T> {
             .write(Bson::String(marker.to_owned()))
             .await
         {
-            Ok(()) => Ok(()),
             Err(WriteFailure::Db(e)) => Err(e),
-            // Not an outcome of a delete.
-            Err(WriteFailure::Duplicate) => Ok(()),
+            // A delete is never refused for a taken key.
+            Ok(()) | Err(WriteFailure::Duplicate) => Ok(()),
         }
     }
 

@@ -41,6 +41,8 @@
 #   expiration   NATS_URL, REDIS_URL
 #   tickets, orders, payments, expiration
 #                + EVENT_HANDLERS_PER_SUBJECT (only when set in the caller's environment)
+#   auth, tickets, orders, payments
+#                + MONGO_REQUEST_CONCURRENCY (only when set in the caller's environment)
 #   client       API_BASE_URL=http://127.0.0.1:8080, CLIENT_ADDRESS_KEY, CSRF_KEY,
 #                STRIPE_PUBLISHABLE_KEY, STRIPE_JS_URL (when set)
 # JWT_KEY, CLIENT_ADDRESS_KEY (auth and client), CSRF_KEY (client): taken from the environment,
@@ -225,13 +227,16 @@ service_settings() {
       echo "MONGO_DB=auth"
       echo "CLIENT_ADDRESS_KEY=$APP_CLIENT_ADDRESS_KEY"
       if [[ -n "${AUTH_RATE_LIMIT_PER_MINUTE:-}" ]]; then echo "AUTH_RATE_LIMIT_PER_MINUTE=$AUTH_RATE_LIMIT_PER_MINUTE"; fi
-      ;;
+      ;;&
     tickets | orders | payments)
       echo "JWT_KEY=$APP_JWT_KEY"
       echo "MONGO_URL=$MONGO_URL"
       echo "MONGO_DB=$(service_of "$s")"
       echo "NATS_URL=$NATS_URL"
       if [[ -n "${EVENT_HANDLERS_PER_SUBJECT:-}" ]]; then echo "EVENT_HANDLERS_PER_SUBJECT=$EVENT_HANDLERS_PER_SUBJECT"; fi
+      ;;&
+    auth | tickets | orders | payments)
+      if [[ -n "${MONGO_REQUEST_CONCURRENCY:-}" ]]; then echo "MONGO_REQUEST_CONCURRENCY=$MONGO_REQUEST_CONCURRENCY"; fi
       ;;&
     orders)
       if [[ -n "${EXPIRATION_WINDOW_SECONDS:-}" ]]; then echo "EXPIRATION_WINDOW_SECONDS=$EXPIRATION_WINDOW_SECONDS"; fi

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use axum::extract::FromRef;
 use common::server::{App, Background, Server, database_readiness, finish_router};
 use common::session::{CookiePolicy, SessionKeys};
+use common::store::RequestLane;
 use tokio::sync::OnceCell;
 
 use crate::rate_limit::{ClientAddressKey, FailedSignins, RateLimiter};
@@ -59,7 +60,10 @@ pub async fn build(settings: Settings) -> anyhow::Result<App> {
         failed_signins: FailedSignins::default(),
         client_address_key: ClientAddressKey(settings.client_address_key.map(Arc::new)),
     };
-    let router = finish_router(routes::router().with_state(state), database_readiness(db));
+    // Health and readiness stay outside the lane: a queue of requests must not fail the probes.
+    let api = RequestLane::new(settings.mongo.request_concurrency)
+        .around(routes::router().with_state(state));
+    let router = finish_router(api, database_readiness(db));
     let server = Server::bind(&settings.http).await?;
     Ok(App::new(server, router, Background::new()))
 }

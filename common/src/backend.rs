@@ -13,7 +13,7 @@ use crate::server::{
     finish_router_with_details,
 };
 use crate::settings::BackendSettings;
-use crate::store::{RelayTiming, VersionedRecord, VersionedStore};
+use crate::store::{RelayTiming, RequestLane, VersionedRecord, VersionedStore};
 
 /// The service's database and the event bus, each connected as `client_name`.
 pub async fn connect(
@@ -65,6 +65,8 @@ pub async fn serve_with_details(
             all
         })
     });
+    // Health and readiness stay outside the lane: a queue of requests must not fail the probes.
+    let api = RequestLane::new(settings.mongo.request_concurrency).around(api);
     let router = finish_router_with_details(api, database_and_bus_readiness(db, bus), all);
     let server = Server::bind(&settings.http).await?;
     Ok(App::new(server, router, background))

@@ -153,6 +153,10 @@ pub struct MongoSettings {
     pub database: String,
     /// How long one operation may take before it fails as unavailable (503, a retried event).
     pub operation_timeout: Duration,
+    /// How many database operations of requests may be in flight at once per process
+    /// (`MONGO_REQUEST_CONCURRENCY`, 1 to 1024); the others wait their turn in the service (see
+    /// `store/lane.rs`). Event handlers are not counted.
+    pub request_concurrency: usize,
 }
 
 impl MongoSettings {
@@ -164,6 +168,11 @@ impl MongoSettings {
                 "MONGO_OPERATION_TIMEOUT_MS",
                 crate::store::DEFAULT_OPERATION_TIMEOUT_MS,
             )?),
+            request_concurrency: env.parse_between(
+                "MONGO_REQUEST_CONCURRENCY",
+                crate::store::DEFAULT_REQUEST_CONCURRENCY,
+                1..=1024,
+            )?,
         })
     }
 }

@@ -17,11 +17,13 @@ use secrecy::ExposeSecret;
 use crate::settings::MongoSettings;
 
 mod group_commit;
+mod lane;
 mod outbox;
 #[cfg(feature = "testing")]
 pub mod query_log;
 mod versioned;
 
+pub use lane::{DEFAULT_REQUEST_CONCURRENCY, RequestLane};
 pub use outbox::{RelayPass, RelayTiming};
 pub use versioned::{
     Committed, Decision, PendingEvent, ReplicaUpdate, StoreError, VersionedRecord, VersionedStore,
@@ -57,21 +59,25 @@ pub fn operation_timeout() -> Duration {
 
 type Answer<T> = mongodb::error::Result<T>;
 
-/// A database operation bounded by the operation timeout (see [`Bounded::bounded`]).
-pub type BoundedOperation<F, T> = futures::future::Map<
-    tokio::time::Timeout<F>,
-    fn(Result<Answer<T>, tokio::time::error::Elapsed>) -> Answer<T>,
->;
-
 /// Bounds a database operation (a driver action, or an async block of several) by the operation
 /// timeout: past it the operation is dropped (the driver closes a connection dropped mid-command)
-/// and fails as unavailable, so requests answer 503 and listeners retry later.
+/// and fails as unavailable, so requests answer 503 and listeners retry later. In a request, the
+/// operation first waits for its lane's admission within that timeout (see `lane.rs`).
 pub trait Bounded<T>: IntoFuture<Output = Answer<T>> + Sized {
-    fn bounded(self) -> BoundedOperation<Self::IntoFuture, T> {
-        let give_up: fn(Result<Answer<T>, tokio::time::error::Elapsed>) -> Answer<T> = |answer| {
-            answer.unwrap_or_else(|_| Err(mongodb::error::Error::custom(OperationTimedOut)))
+    fn bounded(self) -> impl Future<Output = Answer<T>> + Send
+    where
+        Self::IntoFuture: Send,
+        T: Send,
+    {
+        let operation = self.into_future();
+        let admitted = async move {
+            let lane = lane::current();
+            let _permit = lane::admit(lane.as_ref()).await;
+            operation.await
         };
-        tokio::time::timeout(operation_timeout(), self.into_future()).map(give_up)
+        tokio::time::timeout(operation_timeout(), admitted).map(|answer| {
+            answer.unwrap_or_else(|_| Err(mongodb::error::Error::custom(OperationTimedOut)))
+        })
     }
 }
 
@@ -80,7 +86,8 @@ impl<T, F: IntoFuture<Output = Answer<T>>> Bounded<T> for F {}
 /// Runs a find and reads its whole cursor, both within one operation timeout.
 pub async fn find_all<T, F>(find: F) -> Answer<Vec<T>>
 where
-    F: IntoFuture<Output = Answer<mongodb::Cursor<T>>>,
+    F: IntoFuture<Output = Answer<mongodb::Cursor<T>>> + Send,
+    F::IntoFuture: Send,
     T: serde::de::DeserializeOwned + Send + Sync + Unpin,
 {
     async move { find.await?.try_collect().await }
@@ -211,6 +218,7 @@ mod tests {
             url: SecretString::from(url),
             database: "orders".to_owned(),
             operation_timeout: Duration::from_secs(5),
+            request_concurrency: DEFAULT_REQUEST_CONCURRENCY,
         }
     }
 
@@ -249,6 +257,29 @@ mod tests {
             Ok(7)
         };
         assert_eq!(quick.bounded().await.ok(), Some(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waits_for_its_lane_within_the_timeout_and_a_handler_does_not_wait() {
+        let lane = RequestLane::new(1);
+        // The lane's only permit, held the way a request's operation in flight holds it.
+        let in_flight = lane.hold();
+        assert!(in_flight.is_some());
+
+        let started = tokio::time::Instant::now();
+        let handler = async { Ok(1) }.bounded().await;
+        assert_eq!(handler.ok(), Some(1), "outside a request: no wait");
+        assert_eq!(started.elapsed(), Duration::ZERO);
+
+        let Err(err) = lane.run(async { async { Ok(2) }.bounded().await }).await else {
+            panic!("a request cannot get past a full lane");
+        };
+        assert_eq!(started.elapsed(), operation_timeout());
+        assert!(is_unavailable(&err), "{err}");
+
+        drop(in_flight);
+        let admitted = lane.run(async { async { Ok(3) }.bounded().await }).await;
+        assert_eq!(admitted.ok(), Some(3), "admitted once the permit is back");
     }
 
     #[test]

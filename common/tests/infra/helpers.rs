@@ -27,6 +27,7 @@ pub async fn fresh_database() -> Database {
         url: SecretString::from(infra("MONGO_URL")),
         database: format!("common_{}", unique_suffix()),
         operation_timeout: Duration::from_millis(common::store::DEFAULT_OPERATION_TIMEOUT_MS),
+        request_concurrency: common::store::DEFAULT_REQUEST_CONCURRENCY,
     };
     common::store::connect(&settings, "common-tests")
         .await

@@ -23,6 +23,7 @@ async fn database_and_bus_readiness_names_the_database_when_it_does_not_answer()
         url: SecretString::from("mongodb://127.0.0.1:1/?directConnection=true"),
         database: "unreachable".to_owned(),
         operation_timeout: Duration::from_millis(common::store::DEFAULT_OPERATION_TIMEOUT_MS),
+        request_concurrency: common::store::DEFAULT_REQUEST_CONCURRENCY,
     };
     let db = common::store::connect(&unreachable, "common-tests")
         .await

@@ -296,6 +296,39 @@ pub struct OrderStore {
     expiries: Collection<ExpiryMarker>,
     migrations: Collection<Migration>,
     claims: ClaimQueue,
+    recent: RecentOrders,
+    /// Each ticket of the replica as this process last read or applied it lately: a read of the
+    /// ticket then only asks whether a change came after it (`VersionedStore::newest_from`).
+    recent_tickets: moka::sync::Cache<ObjectId, Ticket>,
+}
+
+/// The orders this process created, showed or changed lately, as it last saw them. Whose an order
+/// is and which ticket it holds never change, so a remembered order answers those without a read;
+/// and a listener that changes an order can start from it (a copy someone has moved past only
+/// loses its version claim, then the order is read). Never an answer in itself: the order's state
+/// always comes from the database. Bounded, least used first out.
+#[derive(Clone)]
+struct RecentOrders(moka::sync::Cache<ObjectId, Order>);
+
+/// How many orders [`RecentOrders`] keeps (a few MB at most), and how many tickets.
+const RECENT_ORDERS: u64 = 10_000;
+
+impl RecentOrders {
+    fn new() -> Self {
+        Self(moka::sync::Cache::new(RECENT_ORDERS))
+    }
+
+    fn get(&self, id: ObjectId) -> Option<Order> {
+        self.0.get(&id)
+    }
+
+    /// Keeps `order` unless a later version of it is kept already.
+    fn remember(&self, order: &Order) {
+        self.0.entry(order.id).and_compute_with(|kept| match kept {
+            Some(kept) if kept.value().version >= order.version => moka::ops::compute::Op::Nop,
+            _ => moka::ops::compute::Op::Put(order.clone()),
+        });
+    }
 }
 
 impl OrderStore {
@@ -308,7 +341,20 @@ impl OrderStore {
             expiries: db.collection(EXPIRIES_COLLECTION),
             migrations: db.collection(MIGRATIONS_COLLECTION),
             claims: ClaimQueue::new(),
+            recent: RecentOrders::new(),
+            recent_tickets: moka::sync::Cache::new(RECENT_ORDERS),
         }
+    }
+
+    /// Order `id` as this process last saw it, if it did lately (see [`RecentOrders`]): for what
+    /// never changes (its buyer, its ticket), or as the base of a change.
+    pub fn recent_order(&self, id: ObjectId) -> Option<Order> {
+        self.recent.get(id)
+    }
+
+    /// Remembers `order` as seen now (see [`RecentOrders`]).
+    pub fn remember(&self, order: &Order) {
+        self.recent.remember(order);
     }
 
     /// The index of users' orders (for tests).
@@ -520,7 +566,25 @@ impl OrderStore {
 
     /// The replica of a ticket, with any version a crash left half-applied finished first.
     pub async fn find_ticket(&self, id: ObjectId) -> Result<Option<Ticket>, StoreError> {
-        self.tickets.get(Bson::ObjectId(id)).await
+        let ticket = match self.recent_tickets.get(&id) {
+            Some(known) => Some(self.tickets.newest_from(known).await?),
+            None => self.tickets.get(Bson::ObjectId(id)).await?,
+        };
+        if let Some(ticket) = &ticket {
+            self.remember_ticket(ticket);
+        }
+        Ok(ticket)
+    }
+
+    /// Remembers `ticket` of the replica as read or applied just now (unless a later version of it
+    /// is remembered already): the next [`Self::find_ticket`] starts from it.
+    pub fn remember_ticket(&self, ticket: &Ticket) {
+        self.recent_tickets
+            .entry(ticket.id)
+            .and_compute_with(|kept| match kept {
+                Some(kept) if kept.value().version >= ticket.version => moka::ops::compute::Op::Nop,
+                _ => moka::ops::compute::Op::Put(ticket.clone()),
+            });
     }
 
     /// The replica tickets of `orders`, each looked up by `_id` (a few at once).
@@ -633,6 +697,7 @@ impl OrderStore {
         let sent = Instant::now();
         match self.insert_order(bus, &order, events).await {
             Ok(_) => {
+                self.remember(&order);
                 *turn = Some(SeenHolder {
                     reservation,
                     order_id: order.id,

@@ -472,6 +472,18 @@ impl<T: VersionedRecord> VersionedStore<T> {
         }
     }
 
+    /// The record's newest state, from `known`, a copy of it at some version (remembered from an
+    /// earlier read or commit). If no change claimed the version after `known`, `known` is still
+    /// the newest (versions are claimed one after the other, and a version's state never changes):
+    /// one lookup by `_id` answers where [`Self::get`] takes two. Otherwise it reads through as
+    /// `get` does.
+    pub async fn newest_from(&self, known: T) -> Result<T, StoreError> {
+        if self.is_newest(&known.record_id(), known.version()).await? {
+            return Ok(known);
+        }
+        self.get(known.key()).await?.ok_or(StoreError::NotFound)
+    }
+
     /// Whether version `version` of record `record_id` is still its newest: no change claimed the
     /// version after it (every version after the first is claimed by its change's insert). One
     /// lookup by `_id`, where [`Self::get`] needs two: for a caller that already knows the record

@@ -317,6 +317,60 @@ fn next_written_by(current: &Counter, writer: &str) -> Decision<Counter> {
 }
 
 #[tokio::test]
+async fn a_remembered_copy_nothing_came_after_is_the_newest_after_one_lookup_of_the_next_change() {
+    let (store, db) = store_with_unique_claim().await;
+    let bus = bus(&fresh_nats_settings()).await;
+    let created = counter("c1", "c1");
+    store.create(&bus, &created, vec![]).await.expect("create");
+    common::store::query_log::clear(db.name());
+
+    let newest = store.newest_from(created.clone()).await.expect("read");
+
+    assert_eq!(newest, created);
+    let queries = common::store::query_log::queries_in(db.name());
+    assert_eq!(
+        queries.len(),
+        1,
+        "the next version's change alone: {queries:?}"
+    );
+    assert_eq!(queries[0].collection, "counters_changes");
+    assert!(queries[0].is_id_lookup(), "{queries:?}");
+}
+
+#[tokio::test]
+async fn a_remembered_copy_someone_moved_past_reads_through_to_the_newest_state() {
+    let (store, _db) = store_with_unique_claim().await;
+    let bus = bus(&fresh_nats_settings()).await;
+    let created = counter("c1", "c1");
+    store.create(&bus, &created, vec![]).await.expect("create");
+    let (moved, _) = store
+        .modify::<StoreError, _>(&bus, Bson::String("c1".into()), |current| {
+            Ok(next_written_by(current, "w1"))
+        })
+        .await
+        .expect("modify");
+
+    assert_eq!(store.newest_from(created).await.expect("read"), moved);
+
+    // Also when the record itself lags its newest change (a writer that crashed between the two).
+    let (lagging, db2) = store_with_unique_claim().await;
+    c1_lagging_its_change(&lagging, &db2).await;
+    let newest = lagging
+        .newest_from(counter("c1", "c1"))
+        .await
+        .expect("read");
+    assert_eq!(
+        (newest.version, newest.writers.clone()),
+        (1, vec!["crashed".to_owned()])
+    );
+    assert_eq!(
+        raw_c1(&lagging).await,
+        newest,
+        "the repair was written back"
+    );
+}
+
+#[tokio::test]
 async fn a_modify_of_a_record_lagging_its_newest_change_decides_again_on_the_newest_state() {
     let (store, db) = store_with_unique_claim().await;
     let bus = bus(&fresh_nats_settings()).await;

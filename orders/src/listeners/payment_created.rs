@@ -16,19 +16,25 @@ pub async fn handle(
     delivery: Delivery,
 ) -> anyhow::Result<Outcome> {
     let id = event.order_id.oid();
-    // `modify` re-reads and decides again if an expiry commits first, so exactly one of them wins.
-    let result = store
-        .orders()
-        .modify(bus, Bson::ObjectId(id), |current: &Order| {
-            Ok::<_, StoreError>(match current.status {
-                OrderStatus::Created | OrderStatus::AwaitingPayment => Decision::Commit {
-                    next: current.with_status(OrderStatus::Complete),
-                    events: Vec::new(),
-                },
-                OrderStatus::Complete | OrderStatus::Cancelled => Decision::Unchanged,
-            })
+    let decide = |current: &Order| {
+        Ok::<_, StoreError>(match current.status {
+            OrderStatus::Created | OrderStatus::AwaitingPayment => Decision::Commit {
+                next: current.with_status(OrderStatus::Complete),
+                events: Vec::new(),
+            },
+            OrderStatus::Complete | OrderStatus::Cancelled => Decision::Unchanged,
         })
-        .await;
+    };
+    // A commit re-reads and decides again if another change (an expiry) claimed the version
+    // first, so exactly one of them wins. It starts from the order as this process last saw it
+    // while that one still awaits payment, which saves a read when nothing changed it since.
+    let result = match store.recent_order(id).filter(|seen| seen.status.is_open()) {
+        Some(seen) => store.orders().modify_from(bus, seen, decide).await,
+        None => store.orders().modify(bus, Bson::ObjectId(id), decide).await,
+    };
+    if let Ok((order, _)) = &result {
+        store.remember(order);
+    }
     match result {
         Ok((order, Some(_))) => {
             tracing::info!(order_id = %order.id, version = order.version, "order paid");

@@ -12,17 +12,22 @@ use crate::store::{OrderStore, Ticket};
 
 pub async fn handle(store: &OrderStore, event: TicketUpdated) -> anyhow::Result<Outcome> {
     let id = event.id.oid();
+    let applied = Ticket {
+        id,
+        title: event.title.clone(),
+        price: event.price.cents(),
+        version: event.version,
+    };
     let update = store
         .tickets()
-        .apply_replica_version(Bson::ObjectId(id), event.version, |_| Ticket {
-            id,
-            title: event.title.clone(),
-            price: event.price.cents(),
-            version: event.version,
-        })
+        .apply_replica_version(Bson::ObjectId(id), event.version, |_| applied.clone())
         .await?;
     Ok(match update {
-        ReplicaUpdate::Applied | ReplicaUpdate::AlreadyApplied => Outcome::Ack,
+        ReplicaUpdate::Applied => {
+            store.remember_ticket(&applied);
+            Outcome::Ack
+        }
+        ReplicaUpdate::AlreadyApplied => Outcome::Ack,
         // Its ticket:created, or an earlier update, has not been applied yet.
         ReplicaUpdate::NotYet => Outcome::Retry(RETRY_DELAY),
     })

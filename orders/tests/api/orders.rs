@@ -7,7 +7,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    TestApp, User, assert_reply, errors, not_authorized, not_found, spawn_app, spawn_app_with,
+    TestApp, User, assert_reply, errors, not_authorized, not_found, spawn_app, spawn_app_in,
+    spawn_app_with,
 };
 
 const TICKET_ID_REQUIRED: &str = "Ticket ID must be provided.";
@@ -256,6 +257,32 @@ async fn showing_an_order_is_for_its_owner_only() {
 
     let reply = app.get_order(Some(&owner), id).await;
     assert_eq!((reply.status, &reply.body), (StatusCode::OK, &created));
+}
+
+#[tokio::test]
+async fn an_order_is_shown_the_same_by_a_replica_that_never_saw_it_and_to_its_owner_only() {
+    let app = spawn_app().await;
+    let owner = User::new();
+    let ticket = app.ticket("Gig", 1000).await;
+    let created = app.order_ok(&owner, &ticket.id.to_hex()).await;
+    let id = id_of(&created);
+    // The replica that took the order remembers it; this one reads its buyer and ticket first.
+    let other = spawn_app_in(app.env.clone()).await;
+    app.cancel_ok(&owner, &id).await;
+
+    assert_for_its_owner_only(&other, Method::GET, &owner, &id).await;
+    let shown = other.get_order(Some(&owner), &id).await;
+    assert_eq!(shown.status, StatusCode::OK);
+    assert_eq!(
+        (
+            &shown.body["status"],
+            &shown.body["version"],
+            &shown.body["ticket"]
+        ),
+        (&json!("cancelled"), &json!(1), &created["ticket"])
+    );
+    // And the replica that remembers it shows its newest state, not the one it remembers.
+    assert_eq!(app.get_order(Some(&owner), &id).await.body, shown.body);
 }
 
 #[tokio::test]

@@ -54,6 +54,49 @@ async fn a_payment_for_a_cancelled_order_is_acknowledged_and_the_order_stays_can
 }
 
 #[tokio::test]
+async fn a_payment_handled_from_a_remembered_order_that_was_cancelled_since_leaves_it_cancelled() {
+    let app = spawn_app().await;
+    let (user, id, _) = app.new_pending_order().await;
+    // The listener's store saw the order awaiting payment; then another replica cancelled it.
+    app.store.remember(&app.stored_order(&id).await);
+    app.cancel_ok(&user, &id).await;
+
+    assert_eq!(app.pay(&id).await, Outcome::Ack);
+
+    let stored = app.stored_order(&id).await;
+    assert_eq!((stored.status, stored.version), (OrderStatus::Cancelled, 1));
+    assert!(app.change(&id, 2).await.is_none(), "no version after it");
+    let remembered = app.store.recent_order(stored.id).expect("remembered");
+    assert_eq!(
+        (remembered.status, remembered.version),
+        (OrderStatus::Cancelled, 1),
+        "the listener remembers the order as it found it"
+    );
+}
+
+#[tokio::test]
+async fn a_payment_handled_from_a_remembered_order_completes_it_without_reading_it_first() {
+    let app = spawn_app().await;
+    let (_, id, _) = app.new_pending_order().await;
+    app.store.remember(&app.stored_order(&id).await);
+    app.forget_queries();
+
+    assert_eq!(app.pay(&id).await, Outcome::Ack);
+
+    let reads_of_the_order: Vec<_> = app
+        .queries()
+        .into_iter()
+        .filter(|query| query.command == "find" && query.collection == "orders")
+        .collect();
+    assert!(
+        reads_of_the_order.is_empty(),
+        "the version claim needs no read of the order first: {reads_of_the_order:?}"
+    );
+    let stored = app.stored_order(&id).await;
+    assert_eq!((stored.status, stored.version), (OrderStatus::Complete, 1));
+}
+
+#[tokio::test]
 async fn a_payment_for_an_order_not_stored_yet_is_retried() {
     let app = spawn_app().await;
     assert_retried(app.pay(&new_user_id()).await);

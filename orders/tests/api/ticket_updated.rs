@@ -1,7 +1,7 @@
 use common::bus::Outcome;
 use common::events::{Id, TicketUpdated};
 use common::money::Price;
-use common::testing::{as_id, new_user_id};
+use common::testing::{as_id, id_of, new_user_id};
 use orders::listeners::ticket_updated::handle;
 use serde_json::json;
 
@@ -38,6 +38,28 @@ async fn the_next_version_of_a_ticket_is_applied_to_the_replica() {
     event.order_id = Some(Id::new());
     assert_eq!(apply(&app, event).await, Outcome::Ack);
     assert_eq!(replica_of(&app, &id).await, ("New".to_owned(), 1550, 1));
+}
+
+#[tokio::test]
+async fn an_order_shows_its_ticket_at_the_version_another_replica_applied_after_this_one_read_it() {
+    let app = spawn_app().await;
+    let id = app.ticket("Gig", 1000).await.id.to_hex();
+    let owner = User::new();
+    // The app reads the ticket to take the order, and remembers it at version 0.
+    let order_id = id_of(&app.order_ok(&owner, &id).await);
+    assert_eq!(
+        app.get_order(Some(&owner), &order_id).await.body["ticket"]["version"],
+        json!(0)
+    );
+
+    // Another replica of the orders service (the test's own store) applies version 1.
+    assert_eq!(
+        apply(&app, updated(&id, 1, "Gig", 1000)).await,
+        Outcome::Ack
+    );
+
+    let shown = app.get_order(Some(&owner), &order_id).await.body;
+    assert_eq!(shown["ticket"]["version"], json!(1));
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod listeners;
+pub mod recent;
 pub mod routes;
 pub mod settings;
 pub mod store;

@@ -33,6 +33,8 @@ use mongodb::bson::{Bson, doc};
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
+use crate::recent::{Recent, Remembered};
+
 pub const ORDERS_COLLECTION: &str = "orders";
 pub const TICKETS_COLLECTION: &str = "tickets";
 /// Who last won or was last found holding a reservation: a hint that spares losing buyers a search.
@@ -296,38 +298,48 @@ pub struct OrderStore {
     expiries: Collection<ExpiryMarker>,
     migrations: Collection<Migration>,
     claims: ClaimQueue,
-    recent: RecentOrders,
+    /// The orders this process created, showed or changed lately, as it last saw them. Whose an
+    /// order is and which ticket it holds never change, so a remembered order answers those without
+    /// a read; a listener that changes an order can start from it (a copy someone has moved past
+    /// only loses its version claim, then the order is read); and a paid order never changes again.
+    recent: Recent<Order>,
     /// Each ticket of the replica as this process last read or applied it lately: a read of the
     /// ticket then only asks whether a change came after it (`VersionedStore::newest_from`).
-    recent_tickets: moka::sync::Cache<ObjectId, Ticket>,
+    recent_tickets: Recent<RememberedTicket>,
 }
 
-/// The orders this process created, showed or changed lately, as it last saw them. Whose an order
-/// is and which ticket it holds never change, so a remembered order answers those without a read;
-/// and a listener that changes an order can start from it (a copy someone has moved past only
-/// loses its version claim, then the order is read). Never an answer in itself: the order's state
-/// always comes from the database. Bounded, least used first out.
-#[derive(Clone)]
-struct RecentOrders(moka::sync::Cache<ObjectId, Order>);
+/// How many orders this process remembers (a few MB at most), and how many tickets.
+const REMEMBERED: u64 = 10_000;
 
-/// How many orders [`RecentOrders`] keeps (a few MB at most), and how many tickets.
-const RECENT_ORDERS: u64 = 10_000;
-
-impl RecentOrders {
-    fn new() -> Self {
-        Self(moka::sync::Cache::new(RECENT_ORDERS))
+impl Remembered for Order {
+    fn recent_id(&self) -> ObjectId {
+        self.id
     }
 
-    fn get(&self, id: ObjectId) -> Option<Order> {
-        self.0.get(&id)
+    fn recent_version(&self) -> i64 {
+        self.version
+    }
+}
+
+/// A ticket of the replica as seen, and which order holds it at that version when this process
+/// learned it from the ticket's own `ticket:updated` (the replica does not keep it).
+#[derive(Debug, Clone)]
+pub struct RememberedTicket {
+    pub ticket: Ticket,
+    pub held_by: Option<ObjectId>,
+}
+
+impl Remembered for RememberedTicket {
+    fn recent_id(&self) -> ObjectId {
+        self.ticket.id
     }
 
-    /// Keeps `order` unless a later version of it is kept already.
-    fn remember(&self, order: &Order) {
-        self.0.entry(order.id).and_compute_with(|kept| match kept {
-            Some(kept) if kept.value().version >= order.version => moka::ops::compute::Op::Nop,
-            _ => moka::ops::compute::Op::Put(order.clone()),
-        });
+    fn recent_version(&self) -> i64 {
+        self.ticket.version
+    }
+
+    fn adds_to(&self, kept: &Self) -> bool {
+        self.held_by.is_some() && kept.held_by.is_none()
     }
 }
 
@@ -341,18 +353,18 @@ impl OrderStore {
             expiries: db.collection(EXPIRIES_COLLECTION),
             migrations: db.collection(MIGRATIONS_COLLECTION),
             claims: ClaimQueue::new(),
-            recent: RecentOrders::new(),
-            recent_tickets: moka::sync::Cache::new(RECENT_ORDERS),
+            recent: Recent::new(REMEMBERED),
+            recent_tickets: Recent::new(REMEMBERED),
         }
     }
 
-    /// Order `id` as this process last saw it, if it did lately (see [`RecentOrders`]): for what
-    /// never changes (its buyer, its ticket), or as the base of a change.
+    /// Order `id` as this process last saw it, if it did lately: for what never changes (its
+    /// buyer, its ticket), or as the base of a change.
     pub fn recent_order(&self, id: ObjectId) -> Option<Order> {
         self.recent.get(id)
     }
 
-    /// Remembers `order` as seen now (see [`RecentOrders`]).
+    /// Remembers `order` as seen now.
     pub fn remember(&self, order: &Order) {
         self.recent.remember(order);
     }
@@ -566,25 +578,37 @@ impl OrderStore {
 
     /// The replica of a ticket, with any version a crash left half-applied finished first.
     pub async fn find_ticket(&self, id: ObjectId) -> Result<Option<Ticket>, StoreError> {
-        let ticket = match self.recent_tickets.get(&id) {
-            Some(known) => Some(self.tickets.newest_from(known).await?),
+        let ticket = match self.recent_tickets.get(id) {
+            Some(known) => Some(self.tickets.newest_from(known.ticket).await?),
             None => self.tickets.get(Bson::ObjectId(id)).await?,
         };
         if let Some(ticket) = &ticket {
-            self.remember_ticket(ticket);
+            self.remember_ticket(ticket, None);
         }
         Ok(ticket)
     }
 
     /// Remembers `ticket` of the replica as read or applied just now (unless a later version of it
-    /// is remembered already): the next [`Self::find_ticket`] starts from it.
-    pub fn remember_ticket(&self, ticket: &Ticket) {
+    /// is remembered already), with the order holding it at that version if the ticket's event
+    /// said so: the next [`Self::find_ticket`] starts from it.
+    pub fn remember_ticket(&self, ticket: &Ticket, held_by: Option<ObjectId>) {
+        self.recent_tickets.remember(&RememberedTicket {
+            ticket: ticket.clone(),
+            held_by,
+        });
+    }
+
+    /// The ticket of a paid order from memory alone, once this process has applied the ticket's
+    /// reservation by that order: a paid order is never cancelled and a reserved ticket cannot be
+    /// edited, so that version of the ticket is its last. `None` otherwise (read it).
+    pub fn final_ticket_of(&self, order: &Order) -> Option<Ticket> {
+        if order.status != OrderStatus::Complete {
+            return None;
+        }
         self.recent_tickets
-            .entry(ticket.id)
-            .and_compute_with(|kept| match kept {
-                Some(kept) if kept.value().version >= ticket.version => moka::ops::compute::Op::Nop,
-                _ => moka::ops::compute::Op::Put(ticket.clone()),
-            });
+            .get(order.ticket_id.oid())
+            .filter(|seen| seen.held_by == Some(order.id))
+            .map(|seen| seen.ticket)
     }
 
     /// The replica tickets of `orders`, each looked up by `_id` (a few at once).

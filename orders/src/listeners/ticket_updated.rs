@@ -23,11 +23,12 @@ pub async fn handle(store: &OrderStore, event: TicketUpdated) -> anyhow::Result<
         .apply_replica_version(Bson::ObjectId(id), event.version, |_| applied.clone())
         .await?;
     Ok(match update {
-        ReplicaUpdate::Applied => {
-            store.remember_ticket(&applied);
+        // Which order holds the ticket at this version is only said here: remembered, it lets a
+        // paid order's page show its ticket without a read (`OrderStore::final_ticket_of`).
+        ReplicaUpdate::Applied | ReplicaUpdate::AlreadyApplied => {
+            store.remember_ticket(&applied, event.order_id.map(|order| order.oid()));
             Outcome::Ack
         }
-        ReplicaUpdate::AlreadyApplied => Outcome::Ack,
         // Its ticket:created, or an earlier update, has not been applied yet.
         ReplicaUpdate::NotYet => Outcome::Retry(RETRY_DELAY),
     })

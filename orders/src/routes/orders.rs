@@ -184,34 +184,41 @@ async fn show(
     Path(order_id): Path<String>,
 ) -> ApiResult<Json<OrderView>> {
     let id = parse_id(&order_id)?;
-    let key = Bson::ObjectId(id);
     let orders = state.store.orders();
-    // Neither the buyer nor the ticket of an order ever changes: once known (an order this process
-    // created, changed or showed lately), they say who may see it and name the ticket. The order
-    // and the ticket, each remembered, then only need to know that no change came after them: two
-    // lookups side by side (a buyer's page polls this right after paying).
-    let (order, ticket) = match state.store.recent_order(id) {
-        Some(seen) => {
-            if seen.user_id != user.id {
-                return Err(ApiError::NotAuthorized);
-            }
-            let ticket_id = seen.ticket_id.oid();
-            let (order, ticket) =
-                tokio::join!(orders.newest_from(seen), state.store.find_ticket(ticket_id));
-            (order?, ticket?)
-        }
+    // Neither the buyer nor the ticket of an order ever changes: an order this process created,
+    // changed or showed lately says who may see it and names the ticket without a read.
+    let (base, remembered) = match state.store.recent_order(id) {
+        Some(seen) => (seen, true),
         None => {
-            // Otherwise the stored record says so, and the ticket is read while the order catches
-            // up with its newest change.
-            let stored = orders.stored(key).await?.ok_or(ApiError::NotFound)?;
-            if stored.user_id != user.id {
-                return Err(ApiError::NotAuthorized);
-            }
-            let ticket_id = stored.ticket_id.oid();
-            let (order, ticket) =
-                tokio::join!(orders.catch_up(stored), state.store.find_ticket(ticket_id));
-            (order?, ticket?)
+            let stored = orders.stored(Bson::ObjectId(id)).await?;
+            (stored.ok_or(ApiError::NotFound)?, false)
         }
+    };
+    if base.user_id != user.id {
+        return Err(ApiError::NotAuthorized);
+    }
+    let ticket_id = base.ticket_id.oid();
+    let (order, ticket) = if base.status == OrderStatus::Complete {
+        // A paid order never changes again (a cancelled one still records its refund), and once
+        // this process has applied its ticket's reservation, neither does its ticket: a buyer's
+        // page polls this right after paying.
+        let ticket = match state.store.final_ticket_of(&base) {
+            Some(ticket) => Some(ticket),
+            None => state.store.find_ticket(ticket_id).await?,
+        };
+        (base, ticket)
+    } else {
+        // Otherwise the order only needs to know that no change came after the copy remembered
+        // (one lookup), or to catch up from the stored record; the ticket is read meanwhile.
+        let order = async {
+            if remembered {
+                orders.newest_from(base).await
+            } else {
+                orders.catch_up(base).await
+            }
+        };
+        let (order, ticket) = tokio::join!(order, state.store.find_ticket(ticket_id));
+        (order?, ticket?)
     };
     state.store.remember(&order);
     Ok(Json(OrderView::new(&order, ticket.as_ref())))

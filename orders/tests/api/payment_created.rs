@@ -1,8 +1,9 @@
 use common::bus::Outcome;
-use common::events::OrderStatus;
-use common::testing::new_user_id;
+use common::events::{OrderStatus, TicketUpdated};
+use common::money::Price;
+use common::testing::{as_id, id_of, new_user_id};
 use futures::future::join_all;
-use orders::listeners::UNKNOWN_ORDER_DELIVERIES;
+use orders::listeners::{UNKNOWN_ORDER_DELIVERIES, ticket_updated};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -181,5 +182,96 @@ async fn a_payment_published_on_the_bus_completes_the_order_which_then_cannot_be
         reply,
         StatusCode::BAD_REQUEST,
         errors(&[("Cannot cancel an order that has been paid.", None)]),
+    );
+}
+
+/// `ticket:updated` of the reservation of `ticket_id` (version 1) by `order_id`, as the tickets
+/// service publishes it.
+fn reservation(ticket_id: &str, order_id: &str, title: &str, cents: i64) -> TicketUpdated {
+    TicketUpdated {
+        id: as_id(ticket_id),
+        version: 1,
+        title: title.to_owned(),
+        price: Price::from_cents(cents),
+        user_id: new_user_id(),
+        order_id: Some(as_id(order_id)),
+    }
+}
+
+#[tokio::test]
+async fn a_paid_order_is_shown_without_a_read_once_this_replica_applied_its_tickets_reservation() {
+    let app = spawn_app().await;
+    let ticket = app.ticket("Gig", 1500).await;
+    let ticket_id = ticket.id.to_hex();
+    let user = User::new();
+    let created = app.order_ok(&user, &ticket_id).await;
+    let id = id_of(&created);
+    // The app, not the test's store, applies the reservation and the payment.
+    app.publish(&reservation(&ticket_id, &id, "Gig", 1500))
+        .await;
+    eventually("the reservation applied", || async {
+        let reply = app.get_order(Some(&user), &id).await;
+        (reply.body["ticket"]["version"] == 1).then_some(())
+    })
+    .await;
+    app.publish(&payment(&id)).await;
+    eventually("the order shown complete", || async {
+        let reply = app.get_order(Some(&user), &id).await;
+        (reply.body["status"] == "complete").then_some(())
+    })
+    .await;
+    app.forget_queries();
+
+    let shown = app.get_order(Some(&user), &id).await.body;
+
+    let mentions_it: Vec<_> = app
+        .queries()
+        .into_iter()
+        .filter(|query| {
+            let filter = query.filter.to_string();
+            filter.contains(&id) || filter.contains(&ticket_id)
+        })
+        .collect();
+    assert!(
+        mentions_it.is_empty(),
+        "a paid order and its reserved ticket never change again: {mentions_it:?}"
+    );
+    let mut reserved_ticket = created["ticket"].clone();
+    reserved_ticket["version"] = json!(1);
+    assert_eq!(
+        (&shown["status"], &shown["version"], &shown["ticket"]),
+        (&json!("complete"), &json!(1), &reserved_ticket)
+    );
+    // And never to anyone else.
+    let stranger = app.get_order(Some(&User::new()), &id).await;
+    assert_eq!(stranger.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_paid_order_shows_the_reservation_another_replica_applied_after_this_one_showed_it() {
+    let app = spawn_app().await;
+    let ticket = app.ticket("Gig", 1500).await;
+    let ticket_id = ticket.id.to_hex();
+    let user = User::new();
+    let id = id_of(&app.order_ok(&user, &ticket_id).await);
+    // Paid before the ticket's reservation reached the replica (events of two services): the app
+    // shows the paid order with the ticket as it stands, and remembers both.
+    assert_eq!(app.pay(&id).await, Outcome::Ack);
+    let shown = app.get_order(Some(&user), &id).await.body;
+    assert_eq!(
+        (&shown["status"], &shown["ticket"]["version"]),
+        (&json!("complete"), &json!(0))
+    );
+    // Another replica (the test's store) applies the reservation.
+    let applied = ticket_updated::handle(&app.store, reservation(&ticket_id, &id, "Gig", 1500))
+        .await
+        .expect("reservation handled");
+    assert_eq!(applied, Outcome::Ack);
+
+    let shown = app.get_order(Some(&user), &id).await.body;
+    assert_eq!(
+        (&shown["status"], &shown["ticket"]["version"]),
+        (&json!("complete"), &json!(1)),
+        "a ticket remembered from before its reservation is read again: {shown}"
     );
 }

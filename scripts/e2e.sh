@@ -3,7 +3,9 @@
 #
 #   scripts/e2e.sh [CARGO TEST ARGS...] [-- TEST ARGS...]     e.g. scripts/e2e.sh -- --nocapture
 #
-# 1. scripts/infra.sh up ferretdb nats redis chromedriver, and the Stripe double
+# 1. the instance's stored data emptied (FerretDB, NATS, Redis: every run starts from nothing, so a
+#    ticket a test puts up for sale is on the landing page's first page however many runs came
+#    before); scripts/infra.sh up ferretdb nats redis chromedriver, and the Stripe double
 #    (built with the test: `cargo test --workspace --test browser --no-run`, which resolves
 #    features as scripts/test.sh's `cargo test --workspace` did and so reuses its build; on
 #    127.0.0.1:12199 + the port offset, log
@@ -146,6 +148,13 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ------------------------------------------------------------------ 1. infrastructure
+# Only ever a private instance's data (never the local app's .data/ferretdb and the like).
+[[ -n "$INFRA_INSTANCE" ]] || die "scripts/e2e.sh runs on its own infrastructure instance; INFRA_INSTANCE is empty"
+# A run cut short may have left its app running: its services ensured their indexes at start.
+bash "$ROOT/scripts/app.sh" down >/dev/null 2>&1 || warn "scripts/app.sh down failed"
+bash "$ROOT/scripts/infra.sh" down >/dev/null 2>&1 || warn "scripts/infra.sh down failed"
+log "emptying the $INFRA_INSTANCE instance's stored data: ${DATA_DIR#"$ROOT"/}/{ferretdb,postgresql,nats,redis}"
+rm -rf "$DATA_DIR/ferretdb" "$DATA_DIR/postgresql" "$DATA_DIR/nats" "$DATA_DIR/redis"
 bash "$ROOT/scripts/infra.sh" up ferretdb nats redis chromedriver
 install_axe_core
 # Builds the test and e2e's binaries (the Stripe double among them) before the app starts.

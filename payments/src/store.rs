@@ -111,6 +111,13 @@ impl OrderStore {
         self.orders.get(Bson::ObjectId(id)).await
     }
 
+    /// The replica as stored, which may lag its newest change: for a caller that decides on it
+    /// only what [`Self::refresh`] checks again before acting (the payment saga re-reads before
+    /// charging), so one read is saved.
+    pub async fn stored(&self, id: ObjectId) -> Result<Option<Order>, StoreError> {
+        self.orders.stored(Bson::ObjectId(id)).await
+    }
+
     /// `order` again if no version came after it (one lookup by `_id`), else the replica as
     /// [`Self::get`] reads it: for a caller that read the order a moment ago.
     pub async fn refresh(&self, order: &Order) -> Result<Option<Order>, StoreError> {

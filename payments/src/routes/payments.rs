@@ -144,7 +144,11 @@ async fn payment_of_order(
 /// The replica of order `id`, if `user` owns it: 404 for an order this service does not know, 401
 /// for someone else's (as the SPEC answers).
 async fn owned_order(state: &AppState, user: &UserClaims, id: ObjectId) -> ApiResult<Order> {
-    let order = state.orders.get(id).await?.ok_or(ApiError::NotFound)?;
+    owned(state.orders.get(id).await?, user)
+}
+
+fn owned(order: Option<Order>, user: &UserClaims) -> ApiResult<Order> {
+    let order = order.ok_or(ApiError::NotFound)?;
     if order.user_id != user.id {
         return Err(ApiError::NotAuthorized);
     }
@@ -209,12 +213,14 @@ async fn pay(
     let order_id = parse_id(order_id)?;
     tracing::Span::current().record("order_id", tracing::field::display(order_id));
     // Both reads at once: every answer below needs the order, and most need its payment too. The
-    // payment is looked at only once the order is known to be the buyer's.
+    // payment is looked at only once the order is known to be the buyer's. The order as stored is
+    // enough here (its buyer, price and window never change): a cancellation it may not show yet
+    // is seen by the saga's re-read before any charge (`PaymentSaga::charge`), answered the same.
     let (order, existing) = tokio::join!(
-        owned_order(state, user, order_id),
+        state.orders.stored(order_id),
         state.saga.payments().get(order_id)
     );
-    let order = order?;
+    let order = owned(order?, user)?;
     let existing = existing?;
     match order.status {
         OrderStatus::Cancelled => {

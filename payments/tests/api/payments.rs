@@ -571,4 +571,12 @@ async fn each_step_of_a_payment_decides_on_the_record_as_stored_and_reads_the_ch
         .collect();
     let change = |version: i64| mongodb::bson::doc! { "_id": format!("{}:{version}", order.id) };
     assert_eq!(change_reads, vec![change(2), change(3)]);
+    // The order replica likewise: read as stored, then, right before the charge, one lookup of
+    // the version after it (a cancellation the stored record may not show yet).
+    let order_change_reads: Vec<_> = common::store::query_log::queries_in(app.db.name())
+        .into_iter()
+        .filter(|query| query.collection == "orders_changes" && query.command == "find")
+        .map(|query| query.filter)
+        .collect();
+    assert_eq!(order_change_reads, vec![change(1)]);
 }

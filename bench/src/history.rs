@@ -230,13 +230,37 @@ pub async fn empty_databases(mongo: &mongodb::Client) -> anyhow::Result<u64> {
             if name == "migrations" {
                 continue;
             }
-            removed += db
-                .collection::<Document>(&name)
-                .delete_many(doc! {})
+            removed += empty_collection(&db.collection::<Document>(&name))
                 .await
-                .with_context(|| format!("emptying {database}.{name}"))?
-                .deleted_count;
+                .with_context(|| format!("emptying {database}.{name}"))?;
         }
+    }
+    Ok(removed)
+}
+
+/// The most `_id`s one delete names: FerretDB/SQLite deletes by `_id: {$in}` through its index (our
+/// patch, up to 500), while `delete_many({})` binds every id of the collection as one SQL variable
+/// each and fails past SQLite's limit (32,766; a few dozen short runs leave more users than that).
+const DELETE_CHUNK: usize = 500;
+
+/// Deletes every document of `collection`: its ids read once, then deleted a chunk at a time.
+async fn empty_collection(collection: &mongodb::Collection<Document>) -> anyhow::Result<u64> {
+    let documents: Vec<Document> = collection
+        .find(doc! {})
+        .projection(doc! { "_id": 1 })
+        .await?
+        .try_collect()
+        .await?;
+    let ids: Vec<Bson> = documents
+        .into_iter()
+        .filter_map(|document| document.get("_id").cloned())
+        .collect();
+    let mut removed = 0;
+    for chunk in ids.chunks(DELETE_CHUNK) {
+        removed += collection
+            .delete_many(doc! { "_id": { "$in": chunk.to_vec() } })
+            .await?
+            .deleted_count;
     }
     Ok(removed)
 }
@@ -840,5 +864,36 @@ impl Fixtures {
                 }
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_collection_with_more_documents_than_one_sql_statement_can_name_is_emptied()
+    -> anyhow::Result<()> {
+        common::testing::require_infra(&["MONGO_URL"]);
+        let url = std::env::var("MONGO_URL")?;
+        let client = mongodb::Client::with_uri_str(&url).await?;
+        let db = client.database(&format!("bench_test_{}", ObjectId::new()));
+        let collection = db.collection::<Document>("many");
+        // More than the 32,766 variables SQLite binds in one statement: FerretDB's `DeleteAll`
+        // names every id of `delete_many({})` as one variable each.
+        const DOCUMENTS: usize = 33_000;
+        for start in (0..DOCUMENTS).step_by(1_000) {
+            let batch: Vec<Document> = (start..start + 1_000)
+                .map(|n| doc! { "_id": ObjectId::new(), "n": n as i64 })
+                .collect();
+            collection.insert_many(batch).await?;
+        }
+
+        let removed = empty_collection(&collection).await?;
+
+        let left = collection.count_documents(doc! {}).await?;
+        db.drop().await?;
+        assert_eq!((removed, left), (DOCUMENTS as u64, 0));
+        Ok(())
     }
 }

@@ -87,6 +87,9 @@ pub async fn outage(
 pub async fn pause_ferretdb(stack: &Stack, length: Duration) -> anyhow::Result<Vec<String>> {
     let pid = stack.infra_pid("ferretdb").await?;
     crate::stack::signal(pid, "STOP").await?;
+    // kill(1) returns once the signal is sent; each of FerretDB's threads stops on its own. A probe
+    // sent before the last one did was answered (a 404 from the database, seen once in CI).
+    crate::stack::wait_until_stopped(pid, Duration::from_secs(2)).await;
     let resume_at = tokio::time::Instant::now() + length;
     // Long enough a pause to see a request time out inside it: check that it does, in time.
     let mut problems = Vec::new();

@@ -296,6 +296,29 @@ pub async fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until every thread of process `pid` is stopped (state `T` in `/proc/<pid>/task/*/stat`),
+/// at most `within`; a thread that cannot be read counts as stopped (it may have exited).
+pub async fn wait_until_stopped(pid: u32, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline && !all_threads_stopped(pid) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).map_or(true, |stat| {
+            // The state follows the command name, which is in parentheses and may hold spaces.
+            stat.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next())
+                .is_none_or(|state| state == 'T' || state == 't')
+        })
+    })
+}
+
 fn infra(name: &str) -> anyhow::Result<String> {
     std::env::var(name).with_context(|| format!("{name} is not set: run through scripts/faults.sh"))
 }
@@ -580,5 +603,18 @@ mod tests {
             assert!(SERVICE_PORTS.contains(&u32::from(port)), "{port}");
             assert!(TcpListener::bind(("127.0.0.1", port)).is_ok(), "{port}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_process_is_seen_stopped_only_once_sigstop_has_taken_it() -> anyhow::Result<()> {
+        let mut child = Command::new("sleep").arg("30").kill_on_drop(true).spawn()?;
+        let pid = child.id().context("the child's pid")?;
+        assert!(!all_threads_stopped(pid), "running");
+        signal(pid, "STOP").await?;
+        wait_until_stopped(pid, Duration::from_secs(2)).await;
+        assert!(all_threads_stopped(pid), "stopped");
+        signal(pid, "CONT").await?;
+        child.kill().await?;
+        Ok(())
     }
 }

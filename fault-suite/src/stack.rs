@@ -592,8 +592,14 @@ impl Stack {
 mod tests {
     use super::*;
 
+    /// Held by the tests that spawn processes and by the one that checks ports are free: a child
+    /// between fork and exec holds a copy of every socket, so a port just closed here can still be
+    /// bound there.
+    static SPAWNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     #[test]
     fn service_ports_are_distinct_free_and_below_the_ephemeral_range() {
+        let _alone = SPAWNING.blocking_lock();
         let ports: Vec<u16> = (0..20).map(|_| free_port().expect("a port")).collect();
         let mut distinct = ports.clone();
         distinct.sort_unstable();
@@ -607,6 +613,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_process_is_seen_stopped_only_once_sigstop_has_taken_it() -> anyhow::Result<()> {
+        let _alone = SPAWNING.lock().await;
         let mut child = Command::new("sleep").arg("30").kill_on_drop(true).spawn()?;
         let pid = child.id().context("the child's pid")?;
         assert!(!all_threads_stopped(pid), "running");

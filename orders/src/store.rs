@@ -160,7 +160,24 @@ pub struct Refund {
     pub stripe_id: Option<String>,
 }
 
-common::versioned_record!(Order, id);
+impl VersionedRecord for Order {
+    fn key(&self) -> Bson {
+        Bson::ObjectId(self.id)
+    }
+
+    fn record_id(&self) -> String {
+        self.id.to_hex()
+    }
+
+    fn version(&self) -> i64 {
+        self.version
+    }
+
+    /// A paid order never changes again (a cancelled one still records its refund).
+    fn is_final(&self) -> bool {
+        self.status == OrderStatus::Complete
+    }
+}
 
 /// The reservation value of an order in `status`: every live status claims the ticket.
 pub fn reservation(status: OrderStatus, order_id: &ObjectId, ticket_id: Id) -> String {
@@ -345,15 +362,22 @@ impl Remembered for RememberedTicket {
 
 impl OrderStore {
     pub fn new(db: &Database) -> Self {
+        let recent = Recent::new(REMEMBERED);
+        // An order is remembered as soon as its new version is claimed, before the record write:
+        // a buyer polling their paid order is then answered from memory at once.
+        let orders = VersionedStore::new(db, ORDERS_COLLECTION).on_claimed({
+            let recent = recent.clone();
+            move |order: &Order| recent.remember(order)
+        });
         Self {
-            orders: VersionedStore::new(db, ORDERS_COLLECTION),
+            orders,
             tickets: VersionedStore::new(db, TICKETS_COLLECTION),
             holders: db.collection(HOLDERS_COLLECTION),
             user_orders: VersionedStore::new(db, USER_ORDERS_COLLECTION),
             expiries: db.collection(EXPIRIES_COLLECTION),
             migrations: db.collection(MIGRATIONS_COLLECTION),
             claims: ClaimQueue::new(),
-            recent: Recent::new(REMEMBERED),
+            recent,
             recent_tickets: Recent::new(REMEMBERED),
         }
     }

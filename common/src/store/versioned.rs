@@ -45,6 +45,12 @@ pub trait VersionedRecord:
     /// The `_id` as text (change ids are `<id>:<version>`).
     fn record_id(&self) -> String;
     fn version(&self) -> i64;
+
+    /// Whether no change can ever follow this state (a paid order): its writer then need not look
+    /// for a later version's writer after writing it, and a reader holding it needs no lookup.
+    fn is_final(&self) -> bool {
+        false
+    }
 }
 
 /// Implements [`VersionedRecord`] for a record whose `_id` is an `ObjectId` field and whose
@@ -235,8 +241,12 @@ pub struct VersionedStore<T: Send + Sync> {
     /// Set when a change of this process may be left unpublished: the relay then looks for
     /// unpublished changes every interval instead of only every sweep (see `spawn_relay`).
     pub(super) relay_wanted: Arc<AtomicBool>,
+    /// Told each state this process claimed a version for (see [`Self::on_claimed`]).
+    claimed: Option<ClaimObserver<T>>,
     _record: PhantomData<T>,
 }
+
+type ClaimObserver<T> = Arc<dyn Fn(&T) + Send + Sync>;
 
 impl<T: Send + Sync> Clone for VersionedStore<T> {
     fn clone(&self) -> Self {
@@ -251,6 +261,7 @@ impl<T: Send + Sync> Clone for VersionedStore<T> {
             marker_deletes: self.marker_deletes.clone(),
             migrations: self.migrations.clone(),
             relay_wanted: Arc::clone(&self.relay_wanted),
+            claimed: self.claimed.clone(),
             _record: PhantomData,
         }
     }
@@ -277,8 +288,17 @@ impl<T: VersionedRecord> VersionedStore<T> {
             migrations: db.collection(super::MIGRATIONS_COLLECTION),
             // A new process first looks for what an earlier one may have left unpublished.
             relay_wanted: Arc::new(AtomicBool::new(true)),
+            claimed: None,
             _record: PhantomData,
         }
+    }
+
+    /// Tells `observer` of every state this process claims a version for, as soon as the claim is
+    /// in, before the record is written: a claimed version is never undone, and readers already
+    /// take it from the change log, so a memory of recent records can hold it from then on.
+    pub fn on_claimed(mut self, observer: impl Fn(&T) + Send + Sync + 'static) -> Self {
+        self.claimed = Some(Arc::new(observer));
+        self
     }
 
     /// The records collection, for queries (listing, lookups by other fields).
@@ -475,10 +495,10 @@ impl<T: VersionedRecord> VersionedStore<T> {
     /// The record's newest state, from `known`, a copy of it at some version (remembered from an
     /// earlier read or commit). If no change claimed the version after `known`, `known` is still
     /// the newest (versions are claimed one after the other, and a version's state never changes):
-    /// one lookup by `_id` answers where [`Self::get`] takes two. Otherwise it reads through as
-    /// `get` does.
+    /// one lookup by `_id` answers where [`Self::get`] takes two, and a final copy needs none.
+    /// Otherwise it reads through as `get` does.
     pub async fn newest_from(&self, known: T) -> Result<T, StoreError> {
-        if self.is_newest(&known.record_id(), known.version()).await? {
+        if known.is_final() || self.is_newest(&known.record_id(), known.version()).await? {
             return Ok(known);
         }
         self.get(known.key()).await?.ok_or(StoreError::NotFound)
@@ -601,7 +621,12 @@ impl<T: VersionedRecord> VersionedStore<T> {
         }
         let change = self.change_doc(next, events)?;
         match self.insert_change(&change).await {
-            Ok(()) => Ok(change),
+            Ok(()) => {
+                if let Some(observer) = &self.claimed {
+                    observer(next);
+                }
+                Ok(change)
+            }
             Err(WriteFailure::Duplicate) => {
                 self.drop_marker_of_lost(&change).await;
                 Err(StoreError::Conflict)
@@ -623,7 +648,8 @@ impl<T: VersionedRecord> VersionedStore<T> {
         // Whoever writes last repairs forward: a writer of an older version that lands after us
         // finds our change after its own, and if the next version's writer landed before us, its
         // change is there now (it is inserted before its record is written): then we read through.
-        if !self.is_newest(&next.record_id(), next.version()).await? {
+        // No version comes after a final state, so no writer of one can have landed first.
+        if !next.is_final() && !self.is_newest(&next.record_id(), next.version()).await? {
             self.get(current.key()).await?;
         }
         Ok(())

@@ -93,7 +93,15 @@ impl VersionedRecord for Counter {
     fn version(&self) -> i64 {
         self.version
     }
+    fn is_final(&self) -> bool {
+        self.writers
+            .last()
+            .is_some_and(|writer| writer == FINAL_WRITER)
+    }
 }
+
+/// The writer whose change ends a [`Counter`]'s history (as payment ends an order's).
+pub const FINAL_WRITER: &str = "final";
 
 pub fn counter(id: &str, claim: &str) -> Counter {
     Counter {

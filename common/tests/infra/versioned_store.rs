@@ -13,7 +13,8 @@ use mongodb::options::IndexOptions;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
-    Counter, bus, counter, drain, fresh_database, fresh_nats_settings, named_id, observe,
+    Counter, FINAL_WRITER, bus, counter, drain, fresh_database, fresh_nats_settings, named_id,
+    observe,
 };
 
 /// An event that names version `version` of record `id`.
@@ -489,6 +490,104 @@ async fn a_modify_of_an_up_to_date_record_reads_it_once_and_after_its_write_only
         reads("counters_changes"),
         1,
         "version 2's change, after the write"
+    );
+}
+
+/// `c1` moved from version 0 by `writer` through `modify`; the lookups of changes it made.
+async fn modify_c1_by(
+    store: &VersionedStore<Counter>,
+    db: &mongodb::Database,
+    writer: &str,
+) -> usize {
+    let bus = bus(&fresh_nats_settings()).await;
+    store
+        .create(&bus, &counter("c1", "c1"), vec![])
+        .await
+        .expect("create");
+    common::store::query_log::clear(db.name());
+    store
+        .modify::<StoreError, _>(&bus, Bson::String("c1".into()), |current| {
+            let mut next = current.clone();
+            next.version += 1;
+            next.writers.push(writer.to_owned());
+            Ok(Decision::Commit {
+                next,
+                events: vec![],
+            })
+        })
+        .await
+        .expect("modify");
+    common::store::query_log::queries_in(db.name())
+        .into_iter()
+        .filter(|query| query.command == "find" && query.collection == "counters_changes")
+        .count()
+}
+
+#[tokio::test]
+async fn the_writer_of_a_final_state_does_not_look_for_a_later_version_and_a_reader_trusts_it() {
+    let (store, db) = store_with_unique_claim().await;
+    assert_eq!(
+        modify_c1_by(&store, &db, FINAL_WRITER).await,
+        0,
+        "no version can follow a final state"
+    );
+    assert_eq!(raw_c1(&store).await.writers, vec![FINAL_WRITER.to_owned()]);
+
+    let final_copy = raw_c1(&store).await;
+    common::store::query_log::clear(db.name());
+    let newest = store.newest_from(final_copy.clone()).await.expect("read");
+    assert_eq!(newest, final_copy);
+    assert!(
+        common::store::query_log::queries_in(db.name()).is_empty(),
+        "a final copy is the newest without a lookup"
+    );
+}
+
+#[tokio::test]
+async fn the_writer_of_a_state_that_is_not_final_still_looks_for_a_later_version() {
+    let (store, db) = store_with_unique_claim().await;
+    assert_eq!(modify_c1_by(&store, &db, "plain").await, 1);
+}
+
+#[tokio::test]
+async fn the_claim_observer_hears_each_claimed_state_once_and_never_a_lost_claim() {
+    let db = fresh_database().await;
+    let heard = Arc::new(std::sync::Mutex::new(Vec::<Counter>::new()));
+    let store = VersionedStore::<Counter>::new(&db, "counters").on_claimed({
+        let heard = Arc::clone(&heard);
+        move |state: &Counter| heard.lock().expect("lock").push(state.clone())
+    });
+    let bus = bus(&fresh_nats_settings()).await;
+    let current = counter("c1", "c1");
+    store.create(&bus, &current, vec![]).await.expect("create");
+    assert!(
+        heard.lock().expect("lock").is_empty(),
+        "a create is no version claim: its record's unique keys can still undo it"
+    );
+
+    let attempts = ["a", "b", "c"].map(|writer| {
+        let mut next = current.clone();
+        next.version = 1;
+        next.writers.push(writer.to_owned());
+        next
+    });
+    let results = join_all(
+        attempts
+            .iter()
+            .map(|next| store.commit(&bus, &current, next, vec![])),
+    )
+    .await;
+    let winners: Vec<&Counter> = attempts
+        .iter()
+        .zip(&results)
+        .filter(|(_, result)| result.is_ok())
+        .map(|(next, _)| next)
+        .collect();
+    assert_eq!(winners.len(), 1, "one claim of version 1 wins: {results:?}");
+    assert_eq!(
+        *heard.lock().expect("lock"),
+        vec![winners[0].clone()],
+        "the observer hears the winner only"
     );
 }
 

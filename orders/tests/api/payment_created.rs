@@ -93,8 +93,40 @@ async fn a_payment_handled_from_a_remembered_order_completes_it_without_reading_
         reads_of_the_order.is_empty(),
         "the version claim needs no read of the order first: {reads_of_the_order:?}"
     );
+    let lookups_of_changes: Vec<_> = app
+        .queries()
+        .into_iter()
+        .filter(|query| query.command == "find" && query.collection == "orders_changes")
+        .collect();
+    assert!(
+        lookups_of_changes.is_empty(),
+        "no version can follow a paid order, so none is looked for: {lookups_of_changes:?}"
+    );
     let stored = app.stored_order(&id).await;
     assert_eq!((stored.status, stored.version), (OrderStatus::Complete, 1));
+}
+
+#[tokio::test]
+async fn an_order_is_remembered_at_its_new_version_as_soon_as_the_version_is_claimed() {
+    let app = spawn_app().await;
+    let (_, id, _) = app.new_pending_order().await;
+    let current = app.stored_order(&id).await;
+    // Committed through the store alone, as a writer that stopped before its own `remember` did.
+    app.store
+        .orders()
+        .commit_unpublished(
+            &current,
+            &current.with_status(OrderStatus::Complete),
+            vec![],
+        )
+        .await
+        .expect("commit");
+
+    let remembered = app.store.recent_order(current.id).expect("remembered");
+    assert_eq!(
+        (remembered.status, remembered.version),
+        (OrderStatus::Complete, 1)
+    );
 }
 
 #[tokio::test]

@@ -626,7 +626,7 @@ impl OrderStore {
     /// reservation by that order: a paid order is never cancelled and a reserved ticket cannot be
     /// edited, so that version of the ticket is its last. `None` otherwise (read it).
     pub fn final_ticket_of(&self, order: &Order) -> Option<Ticket> {
-        if order.status != OrderStatus::Complete {
+        if !order.is_final() {
             return None;
         }
         self.recent_tickets

@@ -198,7 +198,7 @@ async fn show(
         return Err(ApiError::NotAuthorized);
     }
     let ticket_id = base.ticket_id.oid();
-    let (order, ticket) = if base.status == OrderStatus::Complete {
+    let (order, ticket) = if base.is_final() {
         // A paid order never changes again (a cancelled one still records its refund), and once
         // this process has applied its ticket's reservation, neither does its ticket: a buyer's
         // page polls this right after paying.

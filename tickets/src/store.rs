@@ -7,8 +7,8 @@ use common::bus::EventBus;
 use common::events::{Id, TicketCreated, TicketUpdated};
 use common::money::Price;
 use common::store::{
-    Bounded as _, Committed, Decision, IndexKind, PendingEvent, StoreError, VersionedStore,
-    ensure_index, has_id, is_duplicate_key,
+    Bounded as _, Committed, Decision, IndexKind, PendingEvent, Premark, StoreError,
+    VersionedRecord as _, VersionedStore, ensure_index, has_id, is_duplicate_key,
 };
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{self, Bson, Document, doc};
@@ -158,11 +158,13 @@ impl TicketStore {
         Ok(self.took(outcome, author).await)
     }
 
-    /// [`Self::modify`] from `current`, the ticket as [`Self::ticket_and_cancellation`] read it.
+    /// [`Self::modify`] from `current`, the ticket as [`Self::prepare_reservation`] read it, and
+    /// announced by its premark if that is the change committed.
     pub async fn modify_from<E, F>(
         &self,
         bus: &EventBus,
         current: Ticket,
+        premark: Option<Premark>,
         author: Option<&str>,
         decide: F,
     ) -> Result<(Ticket, Option<Committed>), E>
@@ -170,7 +172,14 @@ impl TicketStore {
         E: From<StoreError>,
         F: FnMut(&Ticket) -> Result<Decision<Ticket>, E>,
     {
-        let outcome = self.tickets.modify_from(bus, current, decide).await?;
+        let outcome = match premark {
+            Some(premark) => {
+                self.tickets
+                    .modify_from_premarked(bus, current, premark, decide)
+                    .await?
+            }
+            None => self.tickets.modify_from(bus, current, decide).await?,
+        };
         Ok(self.took(outcome, author).await)
     }
 
@@ -333,19 +342,46 @@ impl TicketStore {
         has_id(&self.cancelled_orders, order_id.to_string()).await
     }
 
-    /// The ticket as stored (to base [`Self::modify_from`] on) and whether `order_id` was
-    /// cancelled: two lookups by `_id`, made side by side because a reservation needs both before
-    /// it can decide, and each waits its turn in the database under load.
-    pub async fn ticket_and_cancellation(
+    /// What a reservation of `ticket_id` by `order_id` needs before it can decide, fetched side by
+    /// side because each waits its turn in the database under load: the ticket as stored (to base
+    /// [`Self::modify_from`] on), whether the order was cancelled (two lookups by `_id`), and the
+    /// pending marker of the ticket's next version (see `VersionedStore::premark`), written
+    /// meanwhile so that the reservation's claim is one insert. The version comes from the read
+    /// model; `None` if it does not have the ticket, or if the marker could not be written (the
+    /// commit then writes its own).
+    pub async fn prepare_reservation(
         &self,
         ticket_id: ObjectId,
         order_id: Id,
-    ) -> Result<(Option<Ticket>, bool), StoreError> {
-        let (ticket, cancelled) = tokio::join!(
+    ) -> Result<(Option<Ticket>, bool, Option<Premark>), StoreError> {
+        let premark = async {
+            let known = self.catalog.get(ticket_id)?;
+            match self
+                .tickets
+                .premark(&known.record_id(), known.version)
+                .await
+            {
+                Ok(premark) => Some(premark),
+                Err(err) => {
+                    tracing::warn!(%ticket_id, error = %err, "could not premark a reservation; its commit will mark itself");
+                    None
+                }
+            }
+        };
+        let (ticket, cancelled, premark) = tokio::join!(
             self.tickets.stored(Bson::ObjectId(ticket_id)),
-            self.is_order_cancelled(order_id)
+            self.is_order_cancelled(order_id),
+            premark
         );
-        Ok((ticket?, cancelled?))
+        match (ticket, cancelled) {
+            (Ok(ticket), Ok(cancelled)) => Ok((ticket, cancelled, premark)),
+            (Err(err), _) | (_, Err(err)) => {
+                if let Some(premark) = premark {
+                    self.tickets.drop_premark(premark).await;
+                }
+                Err(err)
+            }
+        }
     }
 }
 

@@ -248,6 +248,16 @@ pub struct VersionedStore<T: Send + Sync> {
 
 type ClaimObserver<T> = Arc<dyn Fn(&T) + Send + Sync>;
 
+/// The pending marker of a change written before the change is decided (see
+/// [`VersionedStore::premark`]).
+#[derive(Debug)]
+pub struct Premark {
+    /// The change it announces: `<record id>:<version>`.
+    change_id: String,
+    /// The marker's id, which that change must name.
+    marker: String,
+}
+
 impl<T: Send + Sync> Clone for VersionedStore<T> {
     fn clone(&self) -> Self {
         Self {
@@ -269,6 +279,16 @@ impl<T: Send + Sync> Clone for VersionedStore<T> {
 
 fn change_id(record_id: &str, version: i64) -> String {
     format!("{record_id}:{version}")
+}
+
+/// The preparation of a `modify` that needs none.
+fn no_preparation<T, E>(_: &T, _: &T) -> std::future::Ready<Result<(), E>> {
+    std::future::ready(Ok(()))
+}
+
+/// A marker id of this writer's own for the change `change_id`.
+fn marker_id(change_id: &str) -> String {
+    format!("{change_id}~{}", ObjectId::new().to_hex())
 }
 
 impl<T: VersionedRecord> VersionedStore<T> {
@@ -376,8 +396,8 @@ impl<T: VersionedRecord> VersionedStore<T> {
     /// and a replica's first version by the redelivery of the event that creates it.
     ///
     /// [`WriteFailure::Duplicate`]: another writer claimed the change's version.
-    async fn insert_change(&self, change: &ChangeDoc) -> Result<(), WriteFailure> {
-        if let Some(marker) = &change.marker {
+    async fn insert_change(&self, change: &ChangeDoc, premarked: bool) -> Result<(), WriteFailure> {
+        if let Some(marker) = change.marker.as_ref().filter(|_| !premarked) {
             let marker = PendingMarker {
                 id: marker.clone(),
                 change: Some(change.id.clone()),
@@ -404,7 +424,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
     fn change_doc(&self, record: &T, events: Vec<PendingEvent>) -> Result<ChangeDoc, StoreError> {
         let id = change_id(&record.record_id(), record.version());
         Ok(ChangeDoc {
-            marker: (!events.is_empty()).then(|| format!("{id}~{}", ObjectId::new().to_hex())),
+            marker: (!events.is_empty()).then(|| marker_id(&id)),
             id,
             record_id: record.record_id(),
             record_key: record.key(),
@@ -447,10 +467,12 @@ impl<T: VersionedRecord> VersionedStore<T> {
         events: Vec<PendingEvent>,
     ) -> Result<Unpublished, StoreError> {
         let change = self.change_doc(record, events)?;
-        self.insert_change(&change).await.map_err(|e| match e {
-            WriteFailure::Duplicate => StoreError::Duplicate,
-            WriteFailure::Db(e) => StoreError::Db(e),
-        })?;
+        self.insert_change(&change, false)
+            .await
+            .map_err(|e| match e {
+                WriteFailure::Duplicate => StoreError::Duplicate,
+                WriteFailure::Db(e) => StoreError::Db(e),
+            })?;
         match self.record_inserts.write(record.clone()).await {
             Ok(()) => Ok(Unpublished::new(change, &self.relay_wanted)),
             Err(WriteFailure::Duplicate) => {
@@ -564,7 +586,20 @@ impl<T: VersionedRecord> VersionedStore<T> {
         next: &T,
         events: Vec<PendingEvent>,
     ) -> Result<Committed, StoreError> {
-        let change = self.claim_version(current, next, events).await?;
+        self.commit_marked(bus, current, next, events, None).await
+    }
+
+    /// [`Self::commit`], announced by `premark` if it was written for this change (else by a
+    /// marker of its own).
+    async fn commit_marked(
+        &self,
+        bus: &EventBus,
+        current: &T,
+        next: &T,
+        events: Vec<PendingEvent>,
+        premark: Option<&Premark>,
+    ) -> Result<Committed, StoreError> {
+        let change = self.claim_version(current, next, events, premark).await?;
         // The claim decides the version, so its events go out while the record is written: a
         // reader catches up from the change log meanwhile. The pending marker stays until both are
         // done (see `settle`), so if the write fails, or this process dies or drops the call before
@@ -597,18 +632,20 @@ impl<T: VersionedRecord> VersionedStore<T> {
         next: &T,
         events: Vec<PendingEvent>,
     ) -> Result<Unpublished, StoreError> {
-        let change = self.claim_version(current, next, events).await?;
+        let change = self.claim_version(current, next, events, None).await?;
         self.write_claimed(current, next, &change).await?;
         Ok(Unpublished::new(change, &self.relay_wanted))
     }
 
     /// Claims version `current + 1` for `next` by inserting its change document (with the pending
-    /// marker first if it has events). [`StoreError::Conflict`] if another writer claimed it first.
+    /// marker first if it has events, unless `premark` is that change's). [`StoreError::Conflict`]
+    /// if another writer claimed it first.
     async fn claim_version(
         &self,
         current: &T,
         next: &T,
         events: Vec<PendingEvent>,
+        premark: Option<&Premark>,
     ) -> Result<ChangeDoc, StoreError> {
         if next.version() != current.version() + 1 || next.record_id() != current.record_id() {
             return Err(StoreError::Other(anyhow::anyhow!(
@@ -619,8 +656,15 @@ impl<T: VersionedRecord> VersionedStore<T> {
                 next.version()
             )));
         }
-        let change = self.change_doc(next, events)?;
-        match self.insert_change(&change).await {
+        let mut change = self.change_doc(next, events)?;
+        let premarked = match premark {
+            Some(premark) if change.marker.is_some() && premark.change_id == change.id => {
+                change.marker = Some(premark.marker.clone());
+                true
+            }
+            _ => false,
+        };
+        match self.insert_change(&change, premarked).await {
             Ok(()) => {
                 if let Some(observer) = &self.claimed {
                     observer(next);
@@ -681,8 +725,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
         E: From<StoreError>,
         F: FnMut(&T) -> Result<Decision<T>, E>,
     {
-        self.modify_prepared(bus, key, decide, |_: &T, _: &T| std::future::ready(Ok(())))
-            .await
+        self.modify_prepared(bus, key, decide, no_preparation).await
     }
 
     /// [`Self::modify`] with a step run before each commit, given the current and the next state:
@@ -719,10 +762,57 @@ impl<T: VersionedRecord> VersionedStore<T> {
         E: From<StoreError>,
         F: FnMut(&T) -> Result<Decision<T>, E>,
     {
-        self.modify_from_prepared(bus, current, decide, |_: &T, _: &T| {
-            std::future::ready(Ok(()))
+        self.modify_from_prepared(bus, current, decide, no_preparation)
+            .await
+    }
+
+    /// Writes the pending marker of the change that would move `record_id` from `version` to the
+    /// next, before that change is decided: a writer whose decision waits for reads anyway (a
+    /// reservation waits for the ticket and its order's tombstone) writes it beside them, and its
+    /// claim is then one insert instead of two. Hand it to [`Self::modify_from_premarked`], which
+    /// uses it if its commit is that change and deletes it otherwise; a marker whose change is
+    /// never written (the writer crashed) is dropped by the relay after a while.
+    pub async fn premark(&self, record_id: &str, version: i64) -> Result<Premark, StoreError> {
+        let change_id = change_id(record_id, version + 1);
+        let marker = marker_id(&change_id);
+        self.mark_pending(PendingMarker {
+            id: marker.clone(),
+            change: Some(change_id.clone()),
+            at: bson::DateTime::now(),
         })
-        .await
+        .await?;
+        Ok(Premark { change_id, marker })
+    }
+
+    /// [`Self::modify_from`] whose commit, if it is the change `premark` was written for, is
+    /// announced by it. An unused premark is deleted before this returns.
+    pub async fn modify_from_premarked<E, F>(
+        &self,
+        bus: &EventBus,
+        current: T,
+        premark: Premark,
+        decide: F,
+    ) -> Result<(T, Option<Committed>), E>
+    where
+        E: From<StoreError>,
+        F: FnMut(&T) -> Result<Decision<T>, E>,
+    {
+        let mut premark = Some(premark);
+        let result = self
+            .modify_loop(bus, current, decide, no_preparation, &mut premark)
+            .await;
+        if let Some(unused) = premark {
+            self.drop_premark(unused).await;
+        }
+        result
+    }
+
+    /// Deletes a premark its writer will not commit. If this fails the relay drops it (its change
+    /// never comes).
+    pub async fn drop_premark(&self, premark: Premark) {
+        if let Err(err) = self.unmark_pending(&premark.marker).await {
+            tracing::warn!(marker = %premark.marker, error = %err, "could not delete an unused premark; the relay will");
+        }
     }
 
     /// The loop of every `modify`: decide, prepare, commit; on a lost claim, read the newest and
@@ -731,9 +821,29 @@ impl<T: VersionedRecord> VersionedStore<T> {
     pub async fn modify_from_prepared<E, F, P, Fut>(
         &self,
         bus: &EventBus,
+        current: T,
+        decide: F,
+        prepare: P,
+    ) -> Result<(T, Option<Committed>), E>
+    where
+        E: From<StoreError>,
+        F: FnMut(&T) -> Result<Decision<T>, E>,
+        P: FnMut(&T, &T) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
+        self.modify_loop(bus, current, decide, prepare, &mut None)
+            .await
+    }
+
+    /// [`Self::modify_from_prepared`]; a commit that is the change `premark` announces takes it
+    /// (and leaves `None`): a lost claim deletes it then, and a failed one leaves it to the relay.
+    async fn modify_loop<E, F, P, Fut>(
+        &self,
+        bus: &EventBus,
         mut current: T,
         mut decide: F,
         mut prepare: P,
+        premark: &mut Option<Premark>,
     ) -> Result<(T, Option<Committed>), E>
     where
         E: From<StoreError>,
@@ -755,7 +865,13 @@ impl<T: VersionedRecord> VersionedStore<T> {
                 }
                 Decision::Commit { next, events } => {
                     prepare(&current, &next).await?;
-                    match self.commit(bus, &current, &next, events).await {
+                    let next_change = change_id(&next.record_id(), next.version());
+                    let premark = premark
+                        .take_if(|premark| !events.is_empty() && premark.change_id == next_change);
+                    match self
+                        .commit_marked(bus, &current, &next, events, premark.as_ref())
+                        .await
+                    {
                         Ok(committed) => return Ok((next, Some(committed))),
                         Err(StoreError::Conflict) => {
                             current = self.get(current.key()).await?.ok_or(StoreError::NotFound)?;

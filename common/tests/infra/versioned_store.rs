@@ -950,6 +950,115 @@ async fn a_change_published_by_its_writer_leaves_no_pending_marker_and_is_not_wr
     assert_eq!(markers(&db).await, 0);
 }
 
+/// A decision that moves a counter to its next version, written by `writer`, with its event.
+fn commit_by(current: &Counter, writer: &str) -> Result<Decision<Counter>, StoreError> {
+    let mut next = current.clone();
+    next.version += 1;
+    next.writers.push(writer.to_owned());
+    Ok(Decision::Commit {
+        events: vec![event_for(&current.id, next.version)],
+        next,
+    })
+}
+
+#[tokio::test]
+async fn a_premarked_commit_claims_its_version_with_one_insert_and_is_announced_by_the_premark() {
+    let (store, db) = store_with_unique_claim().await;
+    let bus = bus(&fresh_nats_settings()).await;
+    let shutdown = CancellationToken::new();
+    let mut seen = observe::<ExpirationComplete>(&bus, "observer", &shutdown).await;
+    store
+        .create(&bus, &counter("c1", "c1"), vec![])
+        .await
+        .expect("create");
+    let premark = store.premark("c1", 0).await.expect("premark");
+    let pending = db.collection::<Document>("counters_pending");
+    let marker = pending
+        .find_one(doc! {})
+        .await
+        .expect("read")
+        .expect("the premark")
+        .get_str("_id")
+        .expect("its id")
+        .to_owned();
+    common::store::query_log::clear(db.name());
+
+    let (after, committed) = store
+        .modify_from_premarked::<StoreError, _>(&bus, raw_c1(&store).await, premark, |current| {
+            commit_by(current, "premarked")
+        })
+        .await
+        .expect("commit");
+
+    assert!(committed.is_some_and(|committed| committed.in_stream));
+    assert_eq!(after.version, 1);
+    let inserts = |collection: &str| {
+        common::store::query_log::inserts_in(db.name())
+            .into_iter()
+            .filter(|insert| insert.collection == collection)
+            .count()
+    };
+    assert_eq!(inserts("counters_pending"), 0, "the premark is the marker");
+    assert_eq!(inserts("counters_changes"), 1);
+    // Had the writer died before publishing, the relay would have found the change by its marker.
+    let change = db
+        .collection::<Document>("counters_changes")
+        .find_one(doc! { "_id": "c1:1" })
+        .await
+        .expect("read")
+        .expect("the change");
+    assert_eq!(change.get_str("marker"), Ok(marker.as_str()));
+    assert_eq!(markers(&db).await, 0, "deleted once the event was out");
+    assert_eq!(drain(&mut seen, Duration::from_millis(500)).await.len(), 1);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_premark_its_writer_does_not_commit_by_is_deleted() {
+    let (store, db) = store_with_unique_claim().await;
+    let bus = bus(&fresh_nats_settings()).await;
+    store
+        .create(&bus, &counter("c1", "c1"), vec![])
+        .await
+        .expect("create");
+
+    // Nothing to commit.
+    let premark = store.premark("c1", 0).await.expect("premark");
+    let (_, committed) = store
+        .modify_from_premarked::<StoreError, _>(&bus, raw_c1(&store).await, premark, |_| {
+            Ok(Decision::Unchanged)
+        })
+        .await
+        .expect("unchanged");
+    assert!(committed.is_none());
+    assert_eq!(markers(&db).await, 0, "after an unchanged decision");
+
+    // Another writer took the premarked version first: the commit, decided again on the newest
+    // state, is the version after, with a marker of its own.
+    let stale = raw_c1(&store).await;
+    let premark = store.premark("c1", 0).await.expect("premark");
+    store
+        .modify::<StoreError, _>(&bus, Bson::String("c1".into()), |current| {
+            commit_by(current, "other")
+        })
+        .await
+        .expect("the other commit");
+    let (after, committed) = store
+        .modify_from_premarked::<StoreError, _>(&bus, stale, premark, |current| {
+            commit_by(current, "premarked")
+        })
+        .await
+        .expect("commit");
+    assert!(committed.is_some());
+    assert_eq!(
+        (after.version, after.writers),
+        (2, vec!["other".to_owned(), "premarked".to_owned()])
+    );
+    assert_eq!(markers(&db).await, 0, "after a premark for a version taken");
+    let pass = store.relay_once(&bus, Duration::ZERO).await.expect("relay");
+    assert_eq!(pass, RelayPass::default(), "nothing left for the relay");
+}
+
 #[tokio::test]
 async fn concurrent_writers_of_one_version_leave_no_marker_the_relay_cannot_clear() {
     let (store, db) = store_with_unique_claim().await;

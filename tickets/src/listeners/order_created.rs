@@ -13,21 +13,27 @@ pub async fn handle(
     event: OrderCreated,
 ) -> anyhow::Result<Outcome> {
     let ticket_id = event.ticket.id.oid();
-    let (ticket, cancelled) = store.ticket_and_cancellation(ticket_id, event.id).await?;
-    if cancelled {
-        // Its cancellation came first, or this is a redelivery after it. Releasing (not just
-        // skipping) also covers a reservation that raced the cancellation on an earlier delivery.
-        release(store, bus, ticket_id, event.id).await?;
-        tracing::info!(order_id = %event.id, "order already cancelled; not reserving");
-        return Ok(Outcome::Ack);
-    }
-
-    let Some(ticket) = ticket else {
-        return Ok(unknown_ticket(&event));
+    let (ticket, cancelled, premark) = store.prepare_reservation(ticket_id, event.id).await?;
+    let ticket = match ticket {
+        Some(ticket) if !cancelled => ticket,
+        _ => {
+            if let Some(premark) = premark {
+                store.tickets().drop_premark(premark).await;
+            }
+            if !cancelled {
+                return Ok(unknown_ticket(&event));
+            }
+            // Its cancellation came first, or this is a redelivery after it. Releasing (not just
+            // skipping) also covers a reservation that raced the cancellation on an earlier
+            // delivery.
+            release(store, bus, ticket_id, event.id).await?;
+            tracing::info!(order_id = %event.id, "order already cancelled; not reserving");
+            return Ok(Outcome::Ack);
+        }
     };
     let mut holder: Option<Id> = None;
     let result = store
-        .modify_from(bus, ticket, None, |ticket| {
+        .modify_from(bus, ticket, premark, None, |ticket| {
             holder = ticket.order_id;
             if ticket.order_id.is_some() {
                 return Ok(Decision::Unchanged);

@@ -218,7 +218,8 @@ impl Infra {
             .expect("the ticket exists")
     }
 
-    /// A ticket created straight in the store, as `POST /api/tickets` does, without HTTP.
+    /// A ticket created through the store, as `POST /api/tickets` does (the read model knows it),
+    /// without HTTP.
     pub async fn insert_ticket(&self, owner: &str) -> Ticket {
         let ticket = Ticket {
             id: ObjectId::new(),
@@ -230,11 +231,19 @@ impl Infra {
         };
         let events = vec![PendingEvent::of(&ticket.created_event()).expect("event")];
         self.store
-            .tickets()
             .create(&self.bus, &ticket, events)
             .await
             .expect("creating a ticket");
         ticket
+    }
+
+    /// How many pending markers (changes whose events may not be out yet) the tickets have.
+    pub async fn pending_markers(&self) -> u64 {
+        self.db
+            .collection::<Document>("tickets_pending")
+            .count_documents(doc! {})
+            .await
+            .expect("counting markers")
     }
 
     /// Hands `order:created` of `order_id` for the ticket straight to its listener.

@@ -3,7 +3,10 @@ use std::time::Duration;
 
 use common::bus::Outcome;
 use common::events::TicketUpdated;
+use common::store::{Decision, PendingEvent, StoreError};
 use futures::future::join_all;
+use mongodb::bson::Bson;
+use mongodb::bson::oid::ObjectId;
 use reqwest::StatusCode;
 use serde_json::json;
 use tickets::listeners::RETRY_DELAY;
@@ -63,6 +66,51 @@ async fn an_order_for_a_ticket_held_by_another_order_is_retried_without_changing
     infra.release(&id, first).await;
     assert_eq!(infra.reserve(&id, second).await, Outcome::Ack);
     assert_eq!(infra.hold(&id).await, (Some(second), 3));
+}
+
+#[tokio::test]
+async fn a_reservation_leaves_no_pending_marker_whatever_it_decides() {
+    let infra = infra().await;
+    let (id, first, second) = (infra.new_ticket_id().await, new_order_id(), new_order_id());
+    // Reserved, then the same event again, then another order's while it is held.
+    assert_eq!(infra.reserve(&id, first).await, Outcome::Ack);
+    assert_eq!(infra.reserve(&id, first).await, Outcome::Ack);
+    assert_eq!(
+        infra.reserve(&id, second).await,
+        Outcome::Retry(RETRY_DELAY)
+    );
+    assert_eq!(infra.pending_markers().await, 0);
+
+    // An order cancelled before its `order:created` arrives.
+    let cancelled = new_order_id();
+    infra.release(&id, cancelled).await;
+    assert_eq!(infra.reserve(&id, cancelled).await, Outcome::Ack);
+    assert_eq!(infra.pending_markers().await, 0);
+
+    // A ticket another replica changed since this one's read model saw it: the marker written
+    // for the version after the one it knew is not the reservation's.
+    let edited = infra.new_ticket_id().await;
+    infra
+        .store
+        .tickets()
+        .modify::<StoreError, _>(
+            &infra.bus,
+            Bson::ObjectId(ObjectId::parse_str(&edited).expect("an ObjectId")),
+            |ticket| {
+                let mut next = ticket.clone();
+                next.version += 1;
+                next.price_cents = 2500;
+                Ok(Decision::Commit {
+                    events: vec![PendingEvent::of(&next.updated_event()).expect("event")],
+                    next,
+                })
+            },
+        )
+        .await
+        .expect("an edit on another replica");
+    assert_eq!(infra.reserve(&edited, second).await, Outcome::Ack);
+    assert_eq!(infra.hold(&edited).await, (Some(second), 2));
+    assert_eq!(infra.pending_markers().await, 0);
 }
 
 #[tokio::test]

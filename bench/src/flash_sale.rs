@@ -136,6 +136,10 @@ pub struct Propagation {
     pub latency: LatencySummary,
     /// From sending the request: an upper bound (includes the request itself).
     pub from_request_sent: LatencySummary,
+    /// From the event that set it off, as seen on NATS (`order:created` for a reservation): the
+    /// handling service's own time, whatever the client's answer was delayed by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_event: Option<LatencySummary>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -219,7 +223,13 @@ struct Observer {
 }
 
 impl Observer {
-    async fn start(nats_url: &str, subject: String) -> anyhow::Result<Self> {
+    /// Records when each message of `subject` was first seen, by the order id in its field
+    /// `order_id_field`.
+    async fn start(
+        nats_url: &str,
+        subject: String,
+        order_id_field: &'static str,
+    ) -> anyhow::Result<Self> {
         let client = async_nats::connect(nats_url)
             .await
             .with_context(|| format!("connecting to NATS at {nats_url}"))?;
@@ -235,7 +245,7 @@ impl Observer {
                     let at = Instant::now();
                     let order_id = serde_json::from_slice::<serde_json::Value>(&message.payload)
                         .ok()
-                        .and_then(|v| v["orderId"].as_str().map(str::to_owned));
+                        .and_then(|v| v[order_id_field].as_str().map(str::to_owned));
                     if let (Some(order_id), Ok(mut seen)) = (order_id, seen.lock()) {
                         seen.entry(order_id).or_insert(at);
                     }
@@ -293,6 +303,13 @@ pub async fn run(
     let observer = Observer::start(
         setup.nats_url,
         format!("{}ticket:updated", setup.subject_prefix),
+        "orderId",
+    )
+    .await?;
+    let created = Observer::start(
+        setup.nats_url,
+        format!("{}order:created", setup.subject_prefix),
+        "id",
     )
     .await?;
     let Race {
@@ -310,7 +327,7 @@ pub async fn run(
     if let (Some(profiler), Some(session)) = (setup.profiler, profiling) {
         profiler.stop(session).await?;
     }
-    let reservation = reservation_figures(&observer, &winning);
+    let reservation = reservation_figures(&observer, &created, &winning);
 
     let database = DatabaseOrders::of(setup.orders_db, setup.ticket_ids).await?;
     let sold_unseen_by_client = tally.unseen_by_client(&database.live_order_of);
@@ -564,12 +581,20 @@ async fn wait_until_seen(observer: &Observer, winning: &[(&Attempt, String)]) {
     }
 }
 
-fn reservation_figures(observer: &Observer, winning: &[(&Attempt, String)]) -> Propagation {
+fn reservation_figures(
+    observer: &Observer,
+    created: &Observer,
+    winning: &[(&Attempt, String)],
+) -> Propagation {
     let mut reservation = Latencies::new();
     let mut from_request_sent = Latencies::new();
+    let mut from_event = Latencies::new();
     let mut before_the_201 = 0;
     for (attempt, id) in winning {
         if let Some(seen) = observer.seen(id) {
+            if let Some(event) = created.seen(id) {
+                from_event.record(seen.saturating_duration_since(event));
+            }
             if seen < attempt.answered {
                 before_the_201 += 1;
             }
@@ -587,6 +612,7 @@ fn reservation_figures(observer: &Observer, winning: &[(&Attempt, String)]) -> P
         before_the_201,
         latency: reservation.summary(),
         from_request_sent: from_request_sent.summary(),
+        from_event: (from_event.count() > 0).then(|| from_event.summary()),
     };
     eprintln!(
         "    reservation propagation: {}/{} seen, p50 {:.1} ms, p99 {:.1} ms",
@@ -771,6 +797,7 @@ fn payment_figures(outcomes: &[PaymentOutcome], usage: PhaseUsage) -> Payments {
             before_the_201: 0,
             latency: completion.summary(),
             from_request_sent: completion_from_sent.summary(),
+            from_event: None,
         },
         poll_every_ms: POLL_EVERY.as_secs_f64() * 1000.0,
         polls,

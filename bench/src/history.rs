@@ -30,7 +30,7 @@ use serde_json::json;
 
 use crate::api::Api;
 use crate::auth::PASSWORD;
-use crate::database::DATABASES;
+use crate::database::{self, DATABASES};
 use crate::load::{LoadResult, closed_loop, run_all};
 use crate::monitor::{Monitor, PhaseUsage};
 
@@ -238,31 +238,9 @@ pub async fn empty_databases(mongo: &mongodb::Client) -> anyhow::Result<u64> {
     Ok(removed)
 }
 
-/// The most `_id`s one delete names: FerretDB/SQLite deletes by `_id: {$in}` through its index (our
-/// patch, up to 500), while `delete_many({})` binds every id of the collection as one SQL variable
-/// each and fails past SQLite's limit (32,766; a few dozen short runs leave more users than that).
-const DELETE_CHUNK: usize = 500;
-
-/// Deletes every document of `collection`: its ids read once, then deleted a chunk at a time.
+/// Deletes every document of `collection` (see [`database::delete_matching`]).
 async fn empty_collection(collection: &mongodb::Collection<Document>) -> anyhow::Result<u64> {
-    let documents: Vec<Document> = collection
-        .find(doc! {})
-        .projection(doc! { "_id": 1 })
-        .await?
-        .try_collect()
-        .await?;
-    let ids: Vec<Bson> = documents
-        .into_iter()
-        .filter_map(|document| document.get("_id").cloned())
-        .collect();
-    let mut removed = 0;
-    for chunk in ids.chunks(DELETE_CHUNK) {
-        removed += collection
-            .delete_many(doc! { "_id": { "$in": chunk.to_vec() } })
-            .await?
-            .deleted_count;
-    }
-    Ok(removed)
+    database::delete_matching(collection, doc! {}).await
 }
 
 /// Empties the expiration service's Redis, its delayed jobs: the orders they would expire were just

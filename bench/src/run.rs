@@ -205,7 +205,7 @@ pub async fn run(config: &Config) -> anyhow::Result<(Results, PathBuf)> {
 
     let goals = report::goals(&idle, &startup, &flash_sale, &payments);
     let database_at_end = database::sizes(&mongo).await?;
-    let removed = database::remove_bench_users(&mongo).await?;
+    let removed = database::remove_bench_users(&mongo.database("auth")).await?;
     eprintln!("==> removed the {removed} users of this run");
     let results = Results {
         run: run.clone(),
@@ -255,7 +255,7 @@ async fn database_at_start(
     let mongo = mongodb::Client::with_uri_str(&config.mongo_url)
         .await
         .context("connecting to FerretDB")?;
-    let removed = database::remove_bench_users(&mongo).await?;
+    let removed = database::remove_bench_users(&mongo.database("auth")).await?;
     if removed > 0 {
         eprintln!("==> removed {removed} users left by earlier runs");
     }

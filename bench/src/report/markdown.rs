@@ -225,6 +225,14 @@ fn propagation(md: &mut String, r: &Results) {
     );
     let _ = writeln!(md, "{}", propagation_row(&r.flash_sale.reservation));
     let _ = writeln!(md, "{}", propagation_row(&p.completion));
+    if let Some(handling) = &r.flash_sale.reservation.from_event {
+        let _ = writeln!(
+            md,
+            "\nFrom `order:created` to `ticket:updated`, both seen on NATS (the tickets service's own handling, whatever delayed the buyer's 201): {} winners, p50 / p95 / p99 / max {}.",
+            handling.count,
+            latency_line(handling)
+        );
+    }
     let _ = writeln!(
         md,
         "\nPayments: {} of {} paid, {} errors{}; `POST /api/payments` p50 {:.1} ms, p99 {:.1} ms; {} answers 404 retried (order not yet in the payments service), {} answers 409 or \"in progress\" retried; {} orders complete in the database; {} polls. CPU: {}.\n",

@@ -270,6 +270,7 @@ fn add_sale_details(s: &mut FlashSale) {
     s.reservation.what = "POST /api/orders 201 → ticket:updated".into();
     s.reservation.before_the_201 = 3;
     s.reservation.from_request_sent = latency(90.0);
+    s.reservation.from_event = Some(latency(12.0));
 }
 
 fn add_payment_details(p: &mut Payments) {
@@ -562,6 +563,18 @@ fn the_report_and_the_summary_have_rectangular_tables() {
     let full = full_fixture();
     assert_tables_are_rectangular(&markdown(&full));
     assert_tables_are_rectangular(&summary(&full));
+}
+
+#[test]
+fn the_tickets_services_own_handling_time_is_reported_only_when_measured() {
+    let full = full_fixture();
+    assert!(summary(&full).contains("; from `order:created` on NATS: p50 "));
+    assert!(
+        markdown(&full).contains("From `order:created` to `ticket:updated`, both seen on NATS")
+    );
+    let plain = fixture();
+    assert!(!summary(&plain).contains("on NATS: p50"));
+    assert!(!markdown(&plain).contains("From `order:created` to `ticket:updated`"));
 }
 
 #[test]

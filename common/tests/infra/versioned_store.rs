@@ -1,6 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::bus::EventBus;
 use common::events::{Event, ExpirationComplete};
 use common::store::{
     Decision, PendingEvent, RelayPass, RelayTiming, StoreError, VersionedRecord, VersionedStore,
@@ -64,14 +65,20 @@ async fn store_with_unique_claim() -> (VersionedStore<Counter>, mongodb::Databas
     (store, db)
 }
 
-#[tokio::test]
-async fn concurrent_writers_never_fork_a_version_or_lose_an_update() {
+/// [`store_with_unique_claim`] with `c1` created at version 0 (no events), and a bus.
+async fn store_with_c1() -> (VersionedStore<Counter>, mongodb::Database, EventBus) {
     let (store, db) = store_with_unique_claim().await;
     let bus = bus(&fresh_nats_settings()).await;
     store
         .create(&bus, &counter("c1", "c1"), vec![])
         .await
         .expect("create");
+    (store, db, bus)
+}
+
+#[tokio::test]
+async fn concurrent_writers_never_fork_a_version_or_lose_an_update() {
+    let (store, db, bus) = store_with_c1().await;
     let writers = 12;
     let results = join_all((0..writers).map(|w| {
         let (store, bus) = (store.clone(), bus.clone());
@@ -1015,12 +1022,7 @@ async fn a_premarked_commit_claims_its_version_with_one_insert_and_is_announced_
 
 #[tokio::test]
 async fn a_premark_its_writer_does_not_commit_by_is_deleted() {
-    let (store, db) = store_with_unique_claim().await;
-    let bus = bus(&fresh_nats_settings()).await;
-    store
-        .create(&bus, &counter("c1", "c1"), vec![])
-        .await
-        .expect("create");
+    let (store, db, bus) = store_with_c1().await;
 
     // Nothing to commit.
     let premark = store.premark("c1", 0).await.expect("premark");
@@ -1061,12 +1063,7 @@ async fn a_premark_its_writer_does_not_commit_by_is_deleted() {
 
 #[tokio::test]
 async fn concurrent_writers_of_one_version_leave_no_marker_the_relay_cannot_clear() {
-    let (store, db) = store_with_unique_claim().await;
-    let bus = bus(&fresh_nats_settings()).await;
-    store
-        .create(&bus, &counter("c1", "c1"), vec![])
-        .await
-        .expect("create");
+    let (store, db, bus) = store_with_c1().await;
     join_all((0..8).map(|w| {
         let (store, bus) = (store.clone(), bus.clone());
         async move {

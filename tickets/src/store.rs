@@ -347,15 +347,20 @@ impl TicketStore {
     /// [`Self::modify_from`] on), whether the order was cancelled (two lookups by `_id`), and the
     /// pending marker of the ticket's next version (see `VersionedStore::premark`), written
     /// meanwhile so that the reservation's claim is one insert. The version comes from the read
-    /// model; `None` if it does not have the ticket, or if the marker could not be written (the
-    /// commit then writes its own).
+    /// model; `None` if it does not have the ticket or shows it held, or if the marker could not
+    /// be written (the commit then writes its own).
     pub async fn prepare_reservation(
         &self,
         ticket_id: ObjectId,
         order_id: Id,
     ) -> Result<(Option<Ticket>, bool, Option<Premark>), StoreError> {
         let premark = async {
-            let known = self.catalog.get(ticket_id)?;
+            // A ticket the read model shows held cannot be reserved now (a redelivery, or an
+            // order waiting for the holder's cancellation): no marker to write and delete again.
+            let known = self
+                .catalog
+                .get(ticket_id)
+                .filter(|known| known.order_id.is_none())?;
             match self
                 .tickets
                 .premark(&known.record_id(), known.version)

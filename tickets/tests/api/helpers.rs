@@ -35,6 +35,7 @@ pub struct Infra {
 pub async fn infra() -> Infra {
     require_infra(&["MONGO_URL", "NATS_URL"]);
     common::testing::init_test_log("tickets-test");
+    common::store::query_log::enable();
     let settings = Settings::from_env(&test_env("tickets", &[])).expect("test settings");
     let (db, bus) = common::backend::connect(&settings.backend, "tickets-test")
         .await

@@ -74,12 +74,21 @@ async fn a_reservation_leaves_no_pending_marker_whatever_it_decides() {
     let (id, first, second) = (infra.new_ticket_id().await, new_order_id(), new_order_id());
     // Reserved, then the same event again, then another order's while it is held.
     assert_eq!(infra.reserve(&id, first).await, Outcome::Ack);
+    common::store::query_log::clear(infra.db.name());
     assert_eq!(infra.reserve(&id, first).await, Outcome::Ack);
     assert_eq!(
         infra.reserve(&id, second).await,
         Outcome::Retry(RETRY_DELAY)
     );
     assert_eq!(infra.pending_markers().await, 0);
+    let marker_inserts = common::store::query_log::inserts_in(infra.db.name())
+        .into_iter()
+        .filter(|insert| insert.collection == "tickets_pending")
+        .count();
+    assert_eq!(
+        marker_inserts, 0,
+        "no marker for a ticket the read model shows held"
+    );
 
     // An order cancelled before its `order:created` arrives.
     let cancelled = new_order_id();

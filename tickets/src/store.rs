@@ -7,7 +7,7 @@ use common::bus::EventBus;
 use common::events::{Id, TicketCreated, TicketUpdated};
 use common::money::Price;
 use common::store::{
-    Bounded as _, Committed, Decision, IndexKind, PendingEvent, Premark, StoreError,
+    Bounded as _, Committed, Decision, IndexKind, PendingEvent, Premark, Settling, StoreError,
     VersionedRecord as _, VersionedStore, ensure_index, has_id, is_duplicate_key,
 };
 use mongodb::bson::oid::ObjectId;
@@ -158,29 +158,25 @@ impl TicketStore {
         Ok(self.took(outcome, author).await)
     }
 
-    /// [`Self::modify`] from `current`, the ticket as [`Self::prepare_reservation`] read it, and
-    /// announced by its premark if that is the change committed.
+    /// [`Self::modify`] from `current`, the ticket as [`Self::prepare_reservation`] read it,
+    /// announced by its premark if that is the change committed, and settled as `settling` says.
     pub async fn modify_from<E, F>(
         &self,
         bus: &EventBus,
         current: Ticket,
         premark: Option<Premark>,
-        author: Option<&str>,
+        settling: Settling,
         decide: F,
     ) -> Result<(Ticket, Option<Committed>), E>
     where
         E: From<StoreError>,
         F: FnMut(&Ticket) -> Result<Decision<Ticket>, E>,
     {
-        let outcome = match premark {
-            Some(premark) => {
-                self.tickets
-                    .modify_from_premarked(bus, current, premark, decide)
-                    .await?
-            }
-            None => self.tickets.modify_from(bus, current, decide).await?,
-        };
-        Ok(self.took(outcome, author).await)
+        let outcome = self
+            .tickets
+            .modify_from_premarked(bus, current, premark, settling, decide)
+            .await?;
+        Ok(self.took(outcome, None).await)
     }
 
     /// The read model takes a modification's outcome.

@@ -26,8 +26,8 @@ mod versioned;
 pub use lane::{DEFAULT_REQUEST_CONCURRENCY, RequestLane};
 pub use outbox::{RelayPass, RelayTiming};
 pub use versioned::{
-    Committed, Decision, PendingEvent, Premark, ReplicaUpdate, StoreError, VersionedRecord,
-    VersionedStore,
+    Committed, Decision, PendingEvent, Premark, ReplicaUpdate, Settling, StoreError,
+    VersionedRecord, VersionedStore,
 };
 
 /// One document per finished one-time data migration of a database (`{_id: <name>, at}`).

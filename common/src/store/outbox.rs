@@ -317,7 +317,12 @@ impl<T: VersionedRecord> VersionedStore<T> {
             let mut since_sweep = Duration::ZERO;
             loop {
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => {
+                        // Those are this process's writes: finish them rather than leave them to
+                        // the relay of the next start.
+                        store.settled().await;
+                        return;
+                    }
                     _ = tokio::time::sleep(timing.interval) => {}
                 }
                 since_sweep += timing.interval;

@@ -26,8 +26,11 @@ use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::{Collection, Database};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use super::group_commit::{DeletesById, Group, Inserts, WriteFailure};
+use super::outbox::Sent;
 use super::{Bounded as _, IndexKind, is_duplicate_key};
 use crate::bus::EventBus;
 use crate::events::Event;
@@ -243,7 +246,23 @@ pub struct VersionedStore<T: Send + Sync> {
     pub(super) relay_wanted: Arc<AtomicBool>,
     /// Told each state this process claimed a version for (see [`Self::on_claimed`]).
     claimed: Option<ClaimObserver<T>>,
+    /// The record writes and marker deletes of commits settling behind (see [`Settling`]).
+    settling: TaskTracker,
     _record: PhantomData<T>,
+}
+
+/// When a commit's record write and marker delete are done, once its version is claimed and its
+/// events are on their way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settling {
+    /// Before the call returns: whoever reads the records collection next sees the new state.
+    Awaited,
+    /// In a task of the store's after the events are out, so that the caller (an event handler
+    /// holding one of its subject's slots) is free two writes sooner. Readers through
+    /// [`VersionedStore::get`] already see the new state (they catch up from the change log), the
+    /// marker stays until both writes are done, and a crash before then leaves the change to the
+    /// relay, as for any writer. [`VersionedStore::settled`] waits for them.
+    Behind,
 }
 
 type ClaimObserver<T> = Arc<dyn Fn(&T) + Send + Sync>;
@@ -272,6 +291,7 @@ impl<T: Send + Sync> Clone for VersionedStore<T> {
             migrations: self.migrations.clone(),
             relay_wanted: Arc::clone(&self.relay_wanted),
             claimed: self.claimed.clone(),
+            settling: self.settling.clone(),
             _record: PhantomData,
         }
     }
@@ -309,6 +329,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
             // A new process first looks for what an earlier one may have left unpublished.
             relay_wanted: Arc::new(AtomicBool::new(true)),
             claimed: None,
+            settling: TaskTracker::new(),
             _record: PhantomData,
         }
     }
@@ -586,11 +607,12 @@ impl<T: VersionedRecord> VersionedStore<T> {
         next: &T,
         events: Vec<PendingEvent>,
     ) -> Result<Committed, StoreError> {
-        self.commit_marked(bus, current, next, events, None).await
+        self.commit_marked(bus, current, next, events, None, Settling::Awaited)
+            .await
     }
 
     /// [`Self::commit`], announced by `premark` if it was written for this change (else by a
-    /// marker of its own).
+    /// marker of its own), and settled as `settling` says.
     async fn commit_marked(
         &self,
         bus: &EventBus,
@@ -598,6 +620,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
         next: &T,
         events: Vec<PendingEvent>,
         premark: Option<&Premark>,
+        settling: Settling,
     ) -> Result<Committed, StoreError> {
         let change = self.claim_version(current, next, events, premark).await?;
         // The claim decides the version, so its events go out while the record is written: a
@@ -606,6 +629,25 @@ impl<T: VersionedRecord> VersionedStore<T> {
         // it, the relay writes the record (and publishes the events again; the stream drops a
         // message id it has seen).
         let unpublished = Unpublished::new(change.clone(), &self.relay_wanted);
+        if settling == Settling::Behind {
+            let sent = self.send(bus, &unpublished).await;
+            let in_stream = matches!(sent, Sent::NoEvents | Sent::InStream);
+            let store = self.clone();
+            let (current, next) = (current.clone(), next.clone());
+            self.settling.spawn(
+                async move {
+                    match store.write_claimed(&current, &next, &change).await {
+                        Ok(()) => drop(store.settle(unpublished, sent).await),
+                        // `unpublished` goes unpublished: the relay writes the record.
+                        Err(err) => {
+                            tracing::warn!(change = %change.id, error = %err, "writing a committed record failed; the outbox relay will")
+                        }
+                    }
+                }
+                .in_current_span(),
+            );
+            return Ok(Committed { in_stream });
+        }
         let (sent, written) = tokio::join!(
             self.send(bus, &unpublished),
             self.write_claimed(current, next, &change)
@@ -714,7 +756,8 @@ impl<T: VersionedRecord> VersionedStore<T> {
     ///
     /// `decide` first sees the record as stored (one read): a commit based on it claims the version
     /// after it, which fails if a newer change exists, and is then decided again on the latest
-    /// state. An `Unchanged` answer is returned only once no newer change exists.
+    /// state. An `Unchanged` answer or an error of `decide` is returned only once no newer
+    /// change exists.
     pub async fn modify<E, F>(
         &self,
         bus: &EventBus,
@@ -785,26 +828,35 @@ impl<T: VersionedRecord> VersionedStore<T> {
     }
 
     /// [`Self::modify_from`] whose commit, if it is the change `premark` was written for, is
-    /// announced by it. An unused premark is deleted before this returns.
+    /// announced by it, and is settled as `settling` says. An unused premark is deleted before
+    /// this returns.
     pub async fn modify_from_premarked<E, F>(
         &self,
         bus: &EventBus,
         current: T,
-        premark: Premark,
+        mut premark: Option<Premark>,
+        settling: Settling,
         decide: F,
     ) -> Result<(T, Option<Committed>), E>
     where
         E: From<StoreError>,
         F: FnMut(&T) -> Result<Decision<T>, E>,
     {
-        let mut premark = Some(premark);
         let result = self
-            .modify_loop(bus, current, decide, no_preparation, &mut premark)
+            .modify_loop(bus, current, decide, no_preparation, &mut premark, settling)
             .await;
         if let Some(unused) = premark {
             self.drop_premark(unused).await;
         }
         result
+    }
+
+    /// Waits until the commits settling behind (see [`Settling::Behind`]) that started before this
+    /// call have written their records and deleted their markers.
+    pub async fn settled(&self) {
+        self.settling.close();
+        self.settling.wait().await;
+        self.settling.reopen();
     }
 
     /// Deletes a premark its writer will not commit. If this fails the relay drops it (its change
@@ -831,7 +883,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
         P: FnMut(&T, &T) -> Fut,
         Fut: Future<Output = Result<(), E>>,
     {
-        self.modify_loop(bus, current, decide, prepare, &mut None)
+        self.modify_loop(bus, current, decide, prepare, &mut None, Settling::Awaited)
             .await
     }
 
@@ -844,6 +896,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
         mut decide: F,
         mut prepare: P,
         premark: &mut Option<Premark>,
+        settling: Settling,
     ) -> Result<(T, Option<Committed>), E>
     where
         E: From<StoreError>,
@@ -853,7 +906,22 @@ impl<T: VersionedRecord> VersionedStore<T> {
     {
         let mut latest = false;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
-            match decide(&current)? {
+            let decision = match decide(&current) {
+                Ok(decision) => decision,
+                Err(refused) if latest => return Err(refused),
+                // A refusal, like `Unchanged`, stands only on the newest state: the record may lag
+                // a change whose write is still on its way (see `Settling::Behind`).
+                Err(refused) => {
+                    let caught_up = self.catch_up(current.clone()).await?;
+                    latest = true;
+                    if caught_up.version() == current.version() {
+                        return Err(refused);
+                    }
+                    current = caught_up;
+                    continue;
+                }
+            };
+            match decision {
                 Decision::Unchanged if latest => return Ok((current, None)),
                 Decision::Unchanged => {
                     let caught_up = self.catch_up(current.clone()).await?;
@@ -869,7 +937,7 @@ impl<T: VersionedRecord> VersionedStore<T> {
                     let premark = premark
                         .take_if(|premark| !events.is_empty() && premark.change_id == next_change);
                     match self
-                        .commit_marked(bus, &current, &next, events, premark.as_ref())
+                        .commit_marked(bus, &current, &next, events, premark.as_ref(), settling)
                         .await
                     {
                         Ok(committed) => return Ok((next, Some(committed))),

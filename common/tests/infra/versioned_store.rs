@@ -4,7 +4,8 @@ use std::time::Duration;
 use common::bus::EventBus;
 use common::events::{Event, ExpirationComplete};
 use common::store::{
-    Decision, PendingEvent, RelayPass, RelayTiming, StoreError, VersionedRecord, VersionedStore,
+    Decision, PendingEvent, RelayPass, RelayTiming, Settling, StoreError, VersionedRecord,
+    VersionedStore,
 };
 use futures::TryStreamExt;
 use futures::future::join_all;
@@ -421,6 +422,23 @@ async fn a_modify_of_a_record_lagging_its_newest_change_decides_again_on_the_new
         (after.version, after.writers),
         (2, vec!["crashed".to_owned(), "w".to_owned()])
     );
+
+    // A refusal is checked against the next change too: only the newest state may refuse.
+    let (store, db) = store_with_unique_claim().await;
+    c1_lagging_its_change(&store, &db).await;
+    let mut seen = Vec::new();
+    let (after, _) = store
+        .modify::<StoreError, _>(&bus, Bson::String("c1".into()), |current| {
+            seen.push(current.version);
+            if current.writers.contains(&"crashed".to_owned()) {
+                return Ok(next_written_by(current, "w"));
+            }
+            Err(StoreError::NotFound)
+        })
+        .await
+        .expect("decided on the newest state");
+    assert_eq!(seen, vec![0, 1]);
+    assert_eq!(after.version, 2);
 }
 
 #[tokio::test]
@@ -991,9 +1009,13 @@ async fn a_premarked_commit_claims_its_version_with_one_insert_and_is_announced_
     common::store::query_log::clear(db.name());
 
     let (after, committed) = store
-        .modify_from_premarked::<StoreError, _>(&bus, raw_c1(&store).await, premark, |current| {
-            commit_by(current, "premarked")
-        })
+        .modify_from_premarked::<StoreError, _>(
+            &bus,
+            raw_c1(&store).await,
+            Some(premark),
+            Settling::Awaited,
+            |current| commit_by(current, "premarked"),
+        )
         .await
         .expect("commit");
 
@@ -1027,9 +1049,13 @@ async fn a_premark_its_writer_does_not_commit_by_is_deleted() {
     // Nothing to commit.
     let premark = store.premark("c1", 0).await.expect("premark");
     let (_, committed) = store
-        .modify_from_premarked::<StoreError, _>(&bus, raw_c1(&store).await, premark, |_| {
-            Ok(Decision::Unchanged)
-        })
+        .modify_from_premarked::<StoreError, _>(
+            &bus,
+            raw_c1(&store).await,
+            Some(premark),
+            Settling::Awaited,
+            |_| Ok(Decision::Unchanged),
+        )
         .await
         .expect("unchanged");
     assert!(committed.is_none());
@@ -1046,9 +1072,13 @@ async fn a_premark_its_writer_does_not_commit_by_is_deleted() {
         .await
         .expect("the other commit");
     let (after, committed) = store
-        .modify_from_premarked::<StoreError, _>(&bus, stale, premark, |current| {
-            commit_by(current, "premarked")
-        })
+        .modify_from_premarked::<StoreError, _>(
+            &bus,
+            stale,
+            Some(premark),
+            Settling::Awaited,
+            |current| commit_by(current, "premarked"),
+        )
         .await
         .expect("commit");
     assert!(committed.is_some());
@@ -1059,6 +1089,36 @@ async fn a_premark_its_writer_does_not_commit_by_is_deleted() {
     assert_eq!(markers(&db).await, 0, "after a premark for a version taken");
     let pass = store.relay_once(&bus, Duration::ZERO).await.expect("relay");
     assert_eq!(pass, RelayPass::default(), "nothing left for the relay");
+}
+
+#[tokio::test]
+async fn a_commit_settled_behind_is_announced_and_written_by_the_time_its_store_has_settled() {
+    let (store, db, bus) = store_with_c1().await;
+    let shutdown = CancellationToken::new();
+    let mut seen = observe::<ExpirationComplete>(&bus, "observer", &shutdown).await;
+    let premark = store.premark("c1", 0).await.expect("premark");
+
+    let (after, committed) = store
+        .modify_from_premarked::<StoreError, _>(
+            &bus,
+            raw_c1(&store).await,
+            Some(premark),
+            Settling::Behind,
+            |current| commit_by(current, "behind"),
+        )
+        .await
+        .expect("commit");
+
+    // Waiting at once: the marker's delete, the last write, is still ahead unless this waits.
+    store.settled().await;
+    assert_eq!(markers(&db).await, 0, "deleted once settled");
+    assert_eq!(raw_c1(&store).await.writers, vec!["behind".to_owned()]);
+    assert!(committed.is_some_and(|committed| committed.in_stream));
+    assert_eq!(after.version, 1);
+    assert_eq!(drain(&mut seen, Duration::from_millis(500)).await.len(), 1);
+    let pass = store.relay_once(&bus, Duration::ZERO).await.expect("relay");
+    assert_eq!(pass, RelayPass::default(), "nothing left for the relay");
+    shutdown.cancel();
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 
 use common::bus::{EventBus, Outcome};
 use common::events::{Id, OrderCreated};
-use common::store::{Decision, StoreError};
+use common::store::{Decision, Settling, StoreError};
 
 use super::{RETRY_DELAY, Release, release};
 use crate::store::TicketStore;
@@ -32,8 +32,10 @@ pub async fn handle(
         }
     };
     let mut holder: Option<Id> = None;
+    // Settled behind: the handler's slot is free once the event is out and the tombstone checked,
+    // not two writes later (under a flash sale later deliveries wait for a slot).
     let result = store
-        .modify_from(bus, ticket, premark, None, |ticket| {
+        .modify_from(bus, ticket, premark, Settling::Behind, |ticket| {
             holder = ticket.order_id;
             if ticket.order_id.is_some() {
                 return Ok(Decision::Unchanged);

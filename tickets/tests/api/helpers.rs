@@ -238,8 +238,10 @@ impl Infra {
         ticket
     }
 
-    /// How many pending markers (changes whose events may not be out yet) the tickets have.
+    /// How many pending markers (changes whose events may not be out yet) the tickets have, once
+    /// the writes settling behind a reservation's ack are done.
     pub async fn pending_markers(&self) -> u64 {
+        self.store.tickets().settled().await;
         self.db
             .collection::<Document>("tickets_pending")
             .count_documents(doc! {})

@@ -28,8 +28,11 @@ tokio::task_local! {
 }
 
 /// Requests' database operations in flight at once per process unless
-/// `MONGO_REQUEST_CONCURRENCY` says.
-pub const DEFAULT_REQUEST_CONCURRENCY: usize = 8;
+/// `MONGO_REQUEST_CONCURRENCY` says. Two, because on the 2-core machine that runs FerretDB beside
+/// every service, the tickets service's handling of a flash sale's `order:created` had a p99 of
+/// 65–84 ms with 8, 41–72 ms with 4 and 23–35 ms with 2 (alternating short benchmark runs), while
+/// the sale still sold out in 0.87–1.00 s.
+pub const DEFAULT_REQUEST_CONCURRENCY: usize = 2;
 
 /// The permits of one process's requests to its database. Cheap to clone.
 #[derive(Debug, Clone)]

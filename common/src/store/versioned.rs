@@ -906,31 +906,20 @@ impl<T: VersionedRecord> VersionedStore<T> {
     {
         let mut latest = false;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
-            let decision = match decide(&current) {
-                Ok(decision) => decision,
-                Err(refused) if latest => return Err(refused),
-                // A refusal, like `Unchanged`, stands only on the newest state: the record may lag
-                // a change whose write is still on its way (see `Settling::Behind`).
-                Err(refused) => {
-                    let caught_up = self.catch_up(current.clone()).await?;
-                    latest = true;
-                    if caught_up.version() == current.version() {
-                        return Err(refused);
-                    }
+            let decided = decide(&current);
+            // Only a commit is checked by its claim. An `Unchanged` answer or a refusal stands only
+            // on the newest state: the record may lag a change whose write is still on its way
+            // (see `Settling::Behind`), so it is decided again on that change if there is one.
+            if !latest && !matches!(decided, Ok(Decision::Commit { .. })) {
+                let caught_up = self.catch_up(current.clone()).await?;
+                latest = true;
+                if caught_up.version() != current.version() {
                     current = caught_up;
                     continue;
                 }
-            };
-            match decision {
-                Decision::Unchanged if latest => return Ok((current, None)),
-                Decision::Unchanged => {
-                    let caught_up = self.catch_up(current.clone()).await?;
-                    latest = true;
-                    if caught_up.version() == current.version() {
-                        return Ok((current, None));
-                    }
-                    current = caught_up;
-                }
+            }
+            match decided? {
+                Decision::Unchanged => return Ok((current, None)),
                 Decision::Commit { next, events } => {
                     prepare(&current, &next).await?;
                     let next_change = change_id(&next.record_id(), next.version());

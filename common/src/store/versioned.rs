@@ -852,7 +852,9 @@ impl<T: VersionedRecord> VersionedStore<T> {
     }
 
     /// Waits until the commits settling behind (see [`Settling::Behind`]) that started before this
-    /// call have written their records and deleted their markers.
+    /// call have written their records and deleted their markers. Meant for one caller at a time
+    /// (the relay at shutdown, tests): the tracker is closed while it waits, so a second caller
+    /// meanwhile may also wait for commits that began after its own call.
     pub async fn settled(&self) {
         self.settling.close();
         self.settling.wait().await;

@@ -4,8 +4,8 @@ use std::time::Duration;
 use common::bus::EventBus;
 use common::events::{Event, ExpirationComplete};
 use common::store::{
-    Decision, PendingEvent, RelayPass, RelayTiming, Settling, StoreError, VersionedRecord,
-    VersionedStore,
+    Committed, Decision, PendingEvent, Premark, RelayPass, RelayTiming, Settling, StoreError,
+    VersionedRecord, VersionedStore,
 };
 use futures::TryStreamExt;
 use futures::future::join_all;
@@ -975,6 +975,23 @@ async fn a_change_published_by_its_writer_leaves_no_pending_marker_and_is_not_wr
     assert_eq!(markers(&db).await, 0);
 }
 
+/// Commits `current`'s next version by `writer` as the change `premark` announces.
+async fn commit_premarked(
+    store: &VersionedStore<Counter>,
+    bus: &EventBus,
+    current: Counter,
+    premark: Premark,
+    settling: Settling,
+    writer: &str,
+) -> (Counter, Option<Committed>) {
+    store
+        .modify_from_premarked::<StoreError, _>(bus, current, Some(premark), settling, |current| {
+            commit_by(current, writer)
+        })
+        .await
+        .expect("commit")
+}
+
 /// A decision that moves a counter to its next version, written by `writer`, with its event.
 fn commit_by(current: &Counter, writer: &str) -> Result<Decision<Counter>, StoreError> {
     let mut next = current.clone();
@@ -1008,16 +1025,15 @@ async fn a_premarked_commit_claims_its_version_with_one_insert_and_is_announced_
         .to_owned();
     common::store::query_log::clear(db.name());
 
-    let (after, committed) = store
-        .modify_from_premarked::<StoreError, _>(
-            &bus,
-            raw_c1(&store).await,
-            Some(premark),
-            Settling::Awaited,
-            |current| commit_by(current, "premarked"),
-        )
-        .await
-        .expect("commit");
+    let (after, committed) = commit_premarked(
+        &store,
+        &bus,
+        raw_c1(&store).await,
+        premark,
+        Settling::Awaited,
+        "premarked",
+    )
+    .await;
 
     assert!(committed.is_some_and(|committed| committed.in_stream));
     assert_eq!(after.version, 1);
@@ -1071,16 +1087,8 @@ async fn a_premark_its_writer_does_not_commit_by_is_deleted() {
         })
         .await
         .expect("the other commit");
-    let (after, committed) = store
-        .modify_from_premarked::<StoreError, _>(
-            &bus,
-            stale,
-            Some(premark),
-            Settling::Awaited,
-            |current| commit_by(current, "premarked"),
-        )
-        .await
-        .expect("commit");
+    let (after, committed) =
+        commit_premarked(&store, &bus, stale, premark, Settling::Awaited, "premarked").await;
     assert!(committed.is_some());
     assert_eq!(
         (after.version, after.writers),
@@ -1098,16 +1106,15 @@ async fn a_commit_settled_behind_is_announced_and_written_by_the_time_its_store_
     let mut seen = observe::<ExpirationComplete>(&bus, "observer", &shutdown).await;
     let premark = store.premark("c1", 0).await.expect("premark");
 
-    let (after, committed) = store
-        .modify_from_premarked::<StoreError, _>(
-            &bus,
-            raw_c1(&store).await,
-            Some(premark),
-            Settling::Behind,
-            |current| commit_by(current, "behind"),
-        )
-        .await
-        .expect("commit");
+    let (after, committed) = commit_premarked(
+        &store,
+        &bus,
+        raw_c1(&store).await,
+        premark,
+        Settling::Behind,
+        "behind",
+    )
+    .await;
 
     // Waiting at once: the marker's delete, the last write, is still ahead unless this waits.
     store.settled().await;
